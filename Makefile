@@ -9,7 +9,7 @@ TAG ?= dev
 .PHONY: help deps build run test lint crds crds-check chart-lint bench bench-smoke e2e images clean
 
 help: ## List the targets
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 deps: ## Install what the tests need (Debian packages, pinned Helm in .tools/bin); idempotent
 	@./scripts/deps.sh
