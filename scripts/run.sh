@@ -1,5 +1,20 @@
 #!/usr/bin/env bash
-# `make run`: Parley's main job on its embedded default.
+# `make run`: a standalone Home Server on 127.0.0.1 with the sample users; Ctrl-C stops it.
 set -euo pipefail
-echo "make run: the standalone Home Server is not built yet (issue: Server sign-in and IM)."
-echo "It will start parley-server on 127.0.0.1 with a sample file directory (alice, bob, carol @ example.test)."
+cd "$(dirname "$0")/.."
+cargo build --release -q -p parley-server
+cat <<'MSG'
+
+Parley standalone Home Server, SIP domain example.test
+  SIP   udp/tcp 127.0.0.1:5060   tls 127.0.0.1:5061 (self-signed: .parley-demo/data/tls/cert.pem)
+  HTTP  http://127.0.0.1:8080/healthz  /readyz  /metrics
+  Users alice, bob, carol @example.test; passwords alice-password, bob-password, carol-password
+
+Try it from another terminal (sipsak comes with `make deps`):
+  sipsak -s sip:alice@127.0.0.1:5060 -vv                            # OPTIONS
+  sipsak -U -C sip:alice@127.0.0.1:5070 -s sip:alice@example.test \
+         -o 127.0.0.1:5060 -a alice-password -vv                      # REGISTER with digest auth
+Or point any SIP client at 127.0.0.1:5060 with user alice@example.test.
+
+MSG
+exec target/release/parley-server serve --role home --config examples/standalone/parley.toml

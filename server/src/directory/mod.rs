@@ -1,0 +1,53 @@
+//! Where users live: one trait, a file backend for standalone servers (the embedded default) and,
+//! in its own module, an LDAP backend for production.
+
+pub mod file;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+/// What the server needs to know about a user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Address of record without scheme, lower-case: `alice@example.test`.
+    pub address: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Name of the Home Server this user is homed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_server: Option<String>,
+    /// Digest HA1 = MD5(username:realm:password), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha1_md5: Option<String>,
+    /// Digest HA1 = SHA-256(username:realm:password), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha1_sha256: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl User {
+    /// The digest username: the user part of the address.
+    pub fn username(&self) -> &str {
+        self.address.split_once('@').map_or(self.address.as_str(), |(u, _)| u)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[allow(dead_code)] // raised by the LDAP backend (directory issue); the core already maps it to 503
+pub enum DirectoryError {
+    /// The directory could not be reached or did not answer in time: answer 503, retry later.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Lookups the SIP core makes. Implementations cache as they see fit and never block for long.
+pub trait Directory: Send + Sync {
+    /// Finds a user by address of record (`user@domain`, lower-case host).
+    fn find_user<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<Option<User>, DirectoryError>>;
+
+    /// Whether the directory currently answers (drives `/readyz`).
+    fn is_ready(&self) -> BoxFuture<'_, bool>;
+}

@@ -1,0 +1,436 @@
+//! The Home Server's SIP core: turns each received message into transaction-layer events,
+//! dispatches new requests by method, and sends responses and forwarded requests along flows.
+
+use super::auth::DigestAuth;
+use super::registrar::Registrar;
+use crate::directory::{Directory, DirectoryError, User};
+use crate::ops::metrics::Metrics;
+use crate::sip::message::{Limits, parse_datagram};
+use crate::sip::response::{self, from_headers};
+use crate::sip::via::Via;
+use crate::sip::{Message, ParseError};
+use crate::transaction::{ClientAction, ClientTransactions, ResponseEvent, ServerEvent, ServerTransactions, Timers};
+use crate::transport::{Flow, Handler, Transport, Transports};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::oneshot;
+
+/// Methods this server implements, for Allow headers.
+pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS";
+/// Methods rsip knows and we do not implement: 405. Anything else: 501.
+const KNOWN_METHODS: [&str; 14] = [
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "INFO",
+    "INVITE",
+    "MESSAGE",
+    "NOTIFY",
+    "OPTIONS",
+    "PRACK",
+    "PUBLISH",
+    "REFER",
+    "REGISTER",
+    "SUBSCRIBE",
+    "UPDATE",
+];
+
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    pub domain: String,
+    /// Hosts that stand for `domain` in addresses (lower-case).
+    pub domain_aliases: Vec<String>,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    pub timers: Timers,
+}
+
+/// A forwarded request waiting for its final response.
+pub(super) struct Pending {
+    flow: Flow,
+    data: Bytes,
+    reply: Option<oneshot::Sender<Option<Message>>>,
+}
+
+pub struct Core {
+    pub(super) settings: CoreSettings,
+    pub(super) transports: Arc<Transports>,
+    pub(super) directory: Arc<dyn Directory>,
+    pub(super) auth: DigestAuth,
+    pub(super) registrar: Mutex<Registrar>,
+    pub(super) metrics: Arc<Metrics>,
+    server_txns: Mutex<ServerTransactions>,
+    client_txns: Mutex<ClientTransactions<Pending>>,
+    /// Sent-by of our own Via, per transport.
+    via_hosts: Mutex<HashMap<Transport, String>>,
+    /// To tag of responses this server generates.
+    pub(super) tag: String,
+}
+
+impl Core {
+    pub fn new(
+        settings: CoreSettings,
+        transports: Arc<Transports>,
+        directory: Arc<dyn Directory>,
+        auth: DigestAuth,
+        registrar: Registrar,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Core> {
+        let timers = settings.timers;
+        Arc::new(Core {
+            settings,
+            transports,
+            directory,
+            auth,
+            registrar: Mutex::new(registrar),
+            metrics,
+            server_txns: Mutex::new(ServerTransactions::new(timers)),
+            client_txns: Mutex::new(ClientTransactions::new(timers)),
+            via_hosts: Mutex::new(HashMap::new()),
+            tag: format!("{:016x}", rand::random::<u64>()),
+        })
+    }
+
+    pub fn set_via_host(&self, transport: Transport, host: String) {
+        self.via_hosts.lock().expect("via hosts").insert(transport, host);
+    }
+
+    /// Drives timers: transaction retransmissions and timeouts, binding expiry, nonce purge.
+    pub fn start_timers(self: &Arc<Self>) {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut last_sweep = Instant::now();
+            loop {
+                tick.tick().await;
+                core.on_tick(Instant::now());
+                if last_sweep.elapsed() >= Duration::from_secs(1) {
+                    last_sweep = Instant::now();
+                    let now = SystemTime::now();
+                    let mut reg = core.registrar.lock().expect("registrar");
+                    reg.expire(now);
+                    core.metrics.registrations.store(reg.binding_count() as u64, Relaxed);
+                    drop(reg);
+                    core.auth.purge(now);
+                }
+            }
+        });
+    }
+
+    fn on_tick(self: &Arc<Self>, now: Instant) {
+        let mut sends = Vec::new();
+        {
+            let mut st = self.server_txns.lock().expect("server txns");
+            st.on_timer(now);
+            self.metrics.server_transactions.store(st.len() as u64, Relaxed);
+        }
+        {
+            let mut ct = self.client_txns.lock().expect("client txns");
+            ct.on_timer(now, |action, p| match action {
+                ClientAction::Retransmit => sends.push((p.flow, p.data.clone())),
+                ClientAction::Timeout => {
+                    if let Some(reply) = p.reply.take() {
+                        let _ = reply.send(None);
+                    }
+                }
+            });
+            self.metrics.client_transactions.store(ct.len() as u64, Relaxed);
+        }
+        for (flow, data) in sends {
+            let core = self.clone();
+            tokio::spawn(async move {
+                let _ = core.transports.send(&flow, data).await;
+            });
+        }
+    }
+
+    /// Requests still being processed (for draining on shutdown).
+    pub fn requests_in_progress(&self) -> usize {
+        self.server_txns.lock().expect("server txns").in_progress()
+    }
+
+    fn transaction_key(msg: &Message, via: &Via) -> String {
+        let method = msg.method().unwrap_or_default();
+        match via.branch() {
+            Some(b) if b.starts_with("z9hG4bK") => {
+                format!("{b}|{}:{:?}|{method}", via.host, via.port)
+            }
+            // RFC 2543 peers: match on the request's identity instead of a branch.
+            _ => format!(
+                "{}|{}|{}|{}",
+                msg.call_id(),
+                msg.headers.get("CSeq").unwrap_or(""),
+                msg.headers.get("From").unwrap_or(""),
+                via
+            ),
+        }
+    }
+
+    /// Where responses to a request go: back over its connection, or per Via over UDP.
+    fn response_flow(flow: Flow, via: &Via) -> Flow {
+        match flow.transport {
+            Transport::Udp => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
+            _ => flow,
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, flow: Flow, mut msg: Message) {
+        let method = msg.method().unwrap_or_default().to_string();
+        self.metrics.count_request(&method);
+        let Some(top) = msg.headers.first_mut("Via") else {
+            return;
+        };
+        let mut parts = crate::sip::params::split_list(top).into_iter().map(str::to_string).collect::<Vec<_>>();
+        let Ok(mut via) = Via::parse(&parts[0]) else {
+            return;
+        };
+        via.stamp_source(flow.remote);
+        parts[0] = via.to_string();
+        *top = parts.join(", ");
+        if method == "ACK" {
+            return; // no INVITE transactions here: nothing to acknowledge
+        }
+        let key = Self::transaction_key(&msg, &via);
+        let reply_flow = Self::response_flow(flow, &via);
+        let event = self.server_txns.lock().expect("server txns").on_request(&key, Instant::now());
+        match event {
+            ServerEvent::New => {
+                let core = self.clone();
+                tokio::spawn(async move {
+                    let response = core.dispatch(flow, &msg).await;
+                    core.finish(&key, reply_flow, response).await;
+                });
+            }
+            ServerEvent::Absorbed => {
+                self.metrics.retransmissions_absorbed.fetch_add(1, Relaxed);
+            }
+            ServerEvent::Resend(bytes) => {
+                self.metrics.retransmissions_absorbed.fetch_add(1, Relaxed);
+                let core = self.clone();
+                tokio::spawn(async move {
+                    let _ = core.transports.send(&reply_flow, bytes).await;
+                });
+            }
+        }
+    }
+
+    async fn finish(&self, key: &str, flow: Flow, response: Message) {
+        let bytes = response.to_bytes();
+        self.metrics.count_response(response.status().unwrap_or(500));
+        self.server_txns.lock().expect("server txns").on_final(
+            key,
+            bytes.clone(),
+            flow.transport.is_reliable(),
+            Instant::now(),
+        );
+        if let Err(e) = self.transports.send(&flow, bytes).await {
+            tracing::debug!(error = %e, remote = %flow.remote, "response not sent");
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, flow: Flow, req: &Message) -> Message {
+        let method = req.method().unwrap_or_default();
+        if let Some(r) = self.check_common(req) {
+            return r;
+        }
+        match method {
+            "REGISTER" => self.register(flow, req).await,
+            "MESSAGE" => self.message(req).await,
+            "OPTIONS" => {
+                let mut r = self.respond(req, 200);
+                r.headers.push("Allow", ALLOW);
+                r.headers.push("Accept", "text/plain, message/cpim, application/im-iscomposing+xml, */*");
+                r.headers.push("Supported", "path");
+                r
+            }
+            m if KNOWN_METHODS.contains(&m) => {
+                let mut r = self.respond(req, 405);
+                r.headers.push("Allow", ALLOW);
+                r
+            }
+            _ => {
+                let mut r = self.respond(req, 501);
+                r.headers.push("Allow", ALLOW);
+                r
+            }
+        }
+    }
+
+    /// Checks every request shares: URI scheme, Require, body size.
+    fn check_common(&self, req: &Message) -> Option<Message> {
+        let uri = req.request_uri().unwrap_or_default();
+        let scheme = uri.split(':').next().unwrap_or_default();
+        if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+            return Some(self.respond(req, 416));
+        }
+        let required: Vec<&str> = req.headers.get_all("Require").flat_map(crate::sip::params::split_list).collect();
+        if !required.is_empty() {
+            let mut r = self.respond(req, 420);
+            r.headers.push("Unsupported", required.join(", "));
+            return Some(r);
+        }
+        if req.body.len() > self.settings.max_body_bytes {
+            return Some(self.respond_with(
+                req,
+                413,
+                &format!("Body larger than {} bytes", self.settings.max_body_bytes),
+            ));
+        }
+        None
+    }
+
+    /// Whether a URI host is this server's SIP domain (or one of its aliases).
+    pub(super) fn is_local_host(&self, host: &str) -> bool {
+        host == self.settings.domain || self.settings.domain_aliases.iter().any(|a| a == host)
+    }
+
+    /// The address of record (`user@domain`) a URI names, if it is one of this domain's.
+    pub(super) fn local_aor(&self, uri: &crate::sip::uri::SipUri) -> Option<String> {
+        let user = uri.user()?;
+        self.is_local_host(&uri.host()).then(|| format!("{user}@{}", self.settings.domain))
+    }
+
+    pub(super) fn respond(&self, req: &Message, code: u16) -> Message {
+        response::respond(req, code, &self.tag)
+    }
+
+    pub(super) fn respond_with(&self, req: &Message, code: u16, reason: &str) -> Message {
+        from_headers(&req.headers, code, reason, &self.tag)
+    }
+
+    /// 503 with Retry-After when the directory cannot answer.
+    pub(super) fn unavailable(&self, req: &Message, e: &DirectoryError) -> Message {
+        tracing::warn!(error = %e, "directory lookup failed");
+        let mut r = self.respond_with(req, 503, "Directory Unavailable");
+        r.headers.push("Retry-After", "5");
+        r
+    }
+
+    /// Authenticates the sender as `aor`. Unknown users and wrong passwords get the same challenge.
+    pub(super) async fn authenticate(&self, req: &Message, aor: &str, proxy: bool) -> Result<User, Message> {
+        let (code, header, challenge) = if proxy {
+            (407, "Proxy-Authorization", "Proxy-Authenticate")
+        } else {
+            (401, "Authorization", "WWW-Authenticate")
+        };
+        let user = match self.directory.find_user(aor).await {
+            Ok(u) => u,
+            Err(e) => return Err(self.unavailable(req, &e)),
+        };
+        let realm = format!("realm=\"{}\"", self.settings.domain);
+        let creds = req.headers.get_all(header).find(|v| v.contains(&realm));
+        let now = SystemTime::now();
+        let mut stale = false;
+        if let Some(creds) = creds {
+            match self.auth.verify(creds, req.method().unwrap_or_default(), user.as_ref(), now) {
+                super::auth::Verdict::Ok => {
+                    let user = user.expect("verified users exist");
+                    if !user.enabled {
+                        return Err(self.respond_with(req, 403, "Account Disabled"));
+                    }
+                    return Ok(user);
+                }
+                super::auth::Verdict::Stale => stale = true,
+                super::auth::Verdict::Fail(why) => {
+                    self.metrics.auth_failures.fetch_add(1, Relaxed);
+                    tracing::info!(aor, why, "authentication failed");
+                }
+            }
+        }
+        let mut r = self.respond(req, code);
+        for c in self.auth.challenges(stale, now) {
+            r.headers.push(challenge, c);
+        }
+        Err(r)
+    }
+
+    /// Sends a request along a flow with a fresh Via and waits for its final response
+    /// (`None` on timeout or when it cannot be sent).
+    pub(super) async fn forward(self: &Arc<Self>, flow: Flow, mut req: Message) -> Option<Message> {
+        let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+        let host = self
+            .via_hosts
+            .lock()
+            .expect("via hosts")
+            .get(&flow.transport)
+            .cloned()
+            .unwrap_or_else(|| self.settings.domain.clone());
+        req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
+        let data = req.to_bytes();
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending { flow, data: data.clone(), reply: Some(tx) };
+        self.client_txns.lock().expect("client txns").start(
+            branch.clone(),
+            flow.transport.is_reliable(),
+            pending,
+            Instant::now(),
+        );
+        if let Err(e) = self.transports.send(&flow, data).await {
+            tracing::debug!(error = %e, remote = %flow.remote, "request not sent");
+            if let Some(p) = self.client_txns.lock().expect("client txns").data_mut(&branch) {
+                p.reply.take();
+            }
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+
+    fn on_response(&self, msg: Message) {
+        let Some(branch) =
+            msg.headers.get("Via").and_then(|v| Via::parse(v).ok()).and_then(|v| v.branch().map(str::to_string))
+        else {
+            self.metrics.malformed_responses.fetch_add(1, Relaxed);
+            return;
+        };
+        let status = msg.status().unwrap_or(0);
+        let mut ct = self.client_txns.lock().expect("client txns");
+        match ct.on_response(&branch, status, Instant::now()) {
+            ResponseEvent::Final => {
+                if let Some(reply) = ct.data_mut(&branch).and_then(|p| p.reply.take()) {
+                    let _ = reply.send(Some(msg));
+                }
+            }
+            ResponseEvent::Provisional => {}
+            ResponseEvent::Ignore => {
+                self.metrics.stray_responses.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn on_malformed(self: &Arc<Self>, flow: Flow, e: ParseError) {
+        if !e.is_request {
+            self.metrics.malformed_responses.fetch_add(1, Relaxed);
+            return;
+        }
+        self.metrics.malformed_requests.fetch_add(1, Relaxed);
+        let Some(via) = e.scan.get("Via").and_then(|v| Via::parse(v).ok()) else {
+            return; // nowhere to send a response
+        };
+        tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
+        let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
+        let r = from_headers(&e.scan, code, &e.reason, &self.tag);
+        self.metrics.count_response(code);
+        let reply_flow = Self::response_flow(flow, &via);
+        let core = self.clone();
+        tokio::spawn(async move {
+            let _ = core.transports.send(&reply_flow, r.to_bytes()).await;
+        });
+    }
+}
+
+/// The transports hand every message here.
+pub struct CoreHandler(pub Arc<Core>);
+
+impl Handler for CoreHandler {
+    fn on_message(&self, flow: Flow, data: Bytes) {
+        let core = &self.0;
+        match parse_datagram(&data, &core.settings.limits) {
+            Ok(msg) if msg.is_request() => core.on_request(flow, msg),
+            Ok(msg) => core.on_response(msg),
+            Err(e) => core.on_malformed(flow, e),
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! The Home Server role: registrar, digest authentication, instant message delivery.
+
+pub mod auth;
+mod core;
+mod im;
+mod register;
+pub mod registrar;
+
+pub use self::core::{Core, CoreHandler, CoreSettings};

@@ -1,0 +1,97 @@
+//! REGISTER (RFC 3261 section 10.3): authenticate the address of record's owner, then update
+//! and list its bindings.
+
+use super::core::Core;
+use super::registrar::{Contacts, RegisterError, Update};
+use crate::sip::Message;
+use crate::sip::params::split_list;
+use crate::sip::uri::{NameAddr, SipUri};
+use crate::transport::Flow;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::SystemTime;
+
+impl Core {
+    pub(super) async fn register(&self, flow: Flow, req: &Message) -> Message {
+        match SipUri::parse(req.request_uri().unwrap_or_default()) {
+            Ok(u) if self.is_local_host(&u.host()) || u.ip().is_some() => {}
+            Ok(_) => return self.respond_with(req, 404, "Domain Not Served Here"),
+            Err(e) => return self.respond_with(req, 400, &format!("Bad Request-URI: {e}")),
+        }
+        let aor = match NameAddr::parse(req.headers.get("To").unwrap_or_default()) {
+            Ok(to) if to.uri.user().is_none() => return self.respond_with(req, 400, "To has no user part"),
+            Ok(to) => match self.local_aor(&to.uri) {
+                Some(aor) => aor,
+                None => return self.respond_with(req, 404, "Domain Not Served Here"),
+            },
+            Err(e) => return self.respond_with(req, 400, &format!("Bad To header: {e}")),
+        };
+        if let Err(r) = self.authenticate(req, &aor, false).await {
+            return r;
+        }
+        let contacts = match parse_contacts(req) {
+            Ok(c) => c,
+            Err(reason) => return self.respond_with(req, 400, &reason),
+        };
+        let expires = match req.headers.get("Expires").map(|e| e.trim().parse::<u32>()) {
+            None => None,
+            Some(Ok(e)) => Some(e),
+            Some(Err(_)) => return self.respond_with(req, 400, "Bad Expires header"),
+        };
+        let now = SystemTime::now();
+        let (call_id, cseq) = (req.call_id().to_string(), req.cseq().map_or(0, |(n, _)| n));
+        let result = {
+            let mut registrar = self.registrar.lock().expect("registrar");
+            let result = match contacts {
+                None => Ok(registrar.lookup(&aor, now)),
+                Some(contacts) => registrar.register(Update { aor, contacts, expires, call_id, cseq, flow }, now),
+            };
+            self.metrics.registrations.store(registrar.binding_count() as u64, Relaxed);
+            result
+        };
+        match result {
+            Ok(bindings) => {
+                let mut r = self.respond(req, 200);
+                for b in bindings {
+                    let q = b.q.as_deref().map(|q| format!(";q={q}")).unwrap_or_default();
+                    r.headers.push("Contact", format!("<{}>;expires={}{q}", b.uri, b.remaining(now)));
+                }
+                r
+            }
+            Err(RegisterError::IntervalTooBrief(min)) => {
+                let mut r = self.respond(req, 423);
+                r.headers.push("Min-Expires", min.to_string());
+                r
+            }
+            Err(RegisterError::BadWildcard) => {
+                self.respond_with(req, 400, "Contact * Needs Expires 0 And No Other Contact")
+            }
+            Err(RegisterError::OutOfOrder) => self.respond_with(req, 500, "CSeq Out Of Order"),
+            Err(RegisterError::TooManyContacts(n)) => self.respond_with(req, 403, &format!("More Than {n} Contacts")),
+        }
+    }
+}
+
+/// The request's Contact headers: none (a query), `*`, or a list of URIs with parameters.
+fn parse_contacts(req: &Message) -> Result<Option<Contacts>, String> {
+    let values: Vec<&str> = req.headers.get_all("Contact").flat_map(split_list).collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    if values.contains(&"*") {
+        return if values.len() == 1 {
+            Ok(Some(Contacts::Wildcard))
+        } else {
+            Err("Contact * Mixed With Others".into())
+        };
+    }
+    let mut list = Vec::with_capacity(values.len());
+    for v in values {
+        let c = NameAddr::parse(v).map_err(|e| format!("Bad Contact: {e}"))?;
+        let expires = match c.param("expires") {
+            None => None,
+            Some(e) => Some(e.parse::<u32>().map_err(|_| "Bad Contact expires".to_string())?),
+        };
+        list.push((c.raw_uri.clone(), expires, c.param("q").map(str::to_string)));
+    }
+    Ok(Some(Contacts::List(list)))
+}

@@ -1,0 +1,238 @@
+//! The registrar's bindings (RFC 3261 section 10.3) as plain data: several contacts per address
+//! of record, expiry clamped to [min, max] (423 below min), `*` unregister, Call-ID/CSeq ordering.
+//! No IO here; the core turns requests into `Update`s and results into responses.
+
+use crate::transport::Flow;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    /// Contact URI as the client wrote it (the key of the binding within its address of record).
+    pub uri: String,
+    pub expires_at: SystemTime,
+    pub call_id: String,
+    pub cseq: u32,
+    /// `q` parameter, kept to echo it back.
+    pub q: Option<String>,
+    /// The connection or address the REGISTER came over: requests for this contact go back there.
+    pub flow: Flow,
+}
+
+impl Binding {
+    pub fn remaining(&self, now: SystemTime) -> u64 {
+        self.expires_at.duration_since(now).unwrap_or_default().as_secs()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Contacts {
+    /// `Contact: *`
+    Wildcard,
+    /// Each contact URI with its `expires` and `q` parameters.
+    List(Vec<(String, Option<u32>, Option<String>)>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub aor: String,
+    pub contacts: Contacts,
+    /// The Expires header, if any.
+    pub expires: Option<u32>,
+    pub call_id: String,
+    pub cseq: u32,
+    pub flow: Flow,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// 423 with Min-Expires.
+    IntervalTooBrief(u32),
+    /// 400: `*` with other contacts or a non-zero Expires.
+    BadWildcard,
+    /// 500: a CSeq not higher than the stored one for the same Call-ID (RFC 3261 10.3 step 7).
+    OutOfOrder,
+    /// 403: more contacts than an address of record may hold.
+    TooManyContacts(usize),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub max_contacts: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Registrar {
+    policy: Policy,
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+impl Registrar {
+    pub fn new(policy: Policy) -> Registrar {
+        Registrar { policy, bindings: HashMap::new() }
+    }
+
+    /// Applies a REGISTER; returns the address of record's bindings afterwards. All or nothing.
+    pub fn register(&mut self, u: Update, now: SystemTime) -> Result<Vec<Binding>, RegisterError> {
+        let p = self.policy;
+        let current = self.bindings.get(&u.aor).cloned().unwrap_or_default();
+        let stale = |b: &Binding| b.call_id == u.call_id && u.cseq <= b.cseq;
+        let next: Vec<Binding> = match &u.contacts {
+            Contacts::Wildcard => {
+                if u.expires != Some(0) {
+                    return Err(RegisterError::BadWildcard);
+                }
+                if current.iter().any(stale) {
+                    return Err(RegisterError::OutOfOrder);
+                }
+                Vec::new()
+            }
+            Contacts::List(list) => {
+                let mut next: Vec<Binding> = current.into_iter().filter(|b| b.expires_at > now).collect();
+                for (uri, param, q) in list {
+                    let expires = param.or(u.expires).unwrap_or(p.default_expires);
+                    if expires != 0 && expires < p.min_expires {
+                        return Err(RegisterError::IntervalTooBrief(p.min_expires));
+                    }
+                    let expires = expires.min(p.max_expires);
+                    let existing = next.iter().position(|b| b.uri == *uri);
+                    if existing.is_some_and(|i| stale(&next[i])) {
+                        return Err(RegisterError::OutOfOrder);
+                    }
+                    let binding = Binding {
+                        uri: uri.clone(),
+                        expires_at: now + Duration::from_secs(expires.into()),
+                        call_id: u.call_id.clone(),
+                        cseq: u.cseq,
+                        q: q.clone(),
+                        flow: u.flow,
+                    };
+                    match (existing, expires) {
+                        (Some(i), 0) => {
+                            next.remove(i);
+                        }
+                        (Some(i), _) => next[i] = binding,
+                        (None, 0) => {}
+                        (None, _) => next.push(binding),
+                    }
+                }
+                if next.len() > p.max_contacts {
+                    return Err(RegisterError::TooManyContacts(p.max_contacts));
+                }
+                next
+            }
+        };
+        if next.is_empty() {
+            self.bindings.remove(&u.aor);
+        } else {
+            self.bindings.insert(u.aor, next.clone());
+        }
+        Ok(next)
+    }
+
+    /// Current (unexpired) bindings of an address of record.
+    pub fn lookup(&self, aor: &str, now: SystemTime) -> Vec<Binding> {
+        self.bindings.get(aor).map(|bs| bs.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()
+    }
+
+    /// Removes expired bindings; returns the addresses of record that lost their last binding.
+    pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
+        let mut emptied = Vec::new();
+        self.bindings.retain(|aor, bs| {
+            bs.retain(|b| b.expires_at > now);
+            if bs.is_empty() {
+                emptied.push(aor.clone());
+            }
+            !bs.is_empty()
+        });
+        emptied
+    }
+
+    /// Number of bindings held.
+    pub fn binding_count(&self) -> usize {
+        self.bindings.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Flow, Transport};
+
+    fn flow() -> Flow {
+        Flow::datagram(Transport::Udp, "127.0.0.1:5070".parse().unwrap())
+    }
+
+    fn update(contacts: Contacts, expires: Option<u32>, call_id: &str, cseq: u32) -> Update {
+        Update { aor: "alice@example.test".into(), contacts, expires, call_id: call_id.into(), cseq, flow: flow() }
+    }
+
+    fn list(uris: &[(&str, Option<u32>)]) -> Contacts {
+        Contacts::List(uris.iter().map(|(u, e)| (u.to_string(), *e, None)).collect())
+    }
+
+    #[test]
+    fn several_contacts_expiry_and_clamping() {
+        let mut r = Registrar::new(Policy::default());
+        let now = SystemTime::now();
+        let b = r.register(update(list(&[("sip:a@1", None), ("sip:a@2", Some(99_999))]), None, "c", 1), now).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].remaining(now), 3600);
+        assert_eq!(b[1].remaining(now), 7200);
+        assert_eq!(
+            r.register(update(list(&[("sip:a@3", Some(10))]), None, "c", 2), now),
+            Err(RegisterError::IntervalTooBrief(60))
+        );
+        assert_eq!(r.lookup("alice@example.test", now).len(), 2, "a refused request changes nothing");
+        let later = now + Duration::from_secs(3601);
+        assert_eq!(r.lookup("alice@example.test", later).len(), 1);
+        assert!(r.expire(later).is_empty());
+        assert_eq!(r.expire(now + Duration::from_secs(7201)), vec!["alice@example.test".to_string()]);
+        assert_eq!(r.binding_count(), 0);
+    }
+
+    #[test]
+    fn ordering_refresh_and_removal() {
+        let mut r = Registrar::new(Policy::default());
+        let now = SystemTime::now();
+        r.register(update(list(&[("sip:a@1", None)]), Some(120), "c", 5), now).unwrap();
+        assert_eq!(
+            r.register(update(list(&[("sip:a@1", None)]), Some(120), "c", 5), now),
+            Err(RegisterError::OutOfOrder)
+        );
+        let b = r.register(update(list(&[("sip:a@1", None)]), Some(300), "c", 6), now).unwrap();
+        assert_eq!(b[0].remaining(now), 300);
+        let b = r.register(update(list(&[("sip:a@1", Some(0))]), None, "c", 7), now).unwrap();
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn wildcard_needs_expires_zero() {
+        let mut r = Registrar::new(Policy::default());
+        let now = SystemTime::now();
+        r.register(update(list(&[("sip:a@1", None), ("sip:a@2", None)]), None, "c", 1), now).unwrap();
+        assert_eq!(r.register(update(Contacts::Wildcard, None, "d", 1), now), Err(RegisterError::BadWildcard));
+        assert_eq!(r.register(update(Contacts::Wildcard, Some(0), "d", 1), now), Ok(vec![]));
+        assert!(r.lookup("alice@example.test", now).is_empty());
+    }
+
+    #[test]
+    fn contact_limit() {
+        let mut r = Registrar::new(Policy { max_contacts: 1, ..Policy::default() });
+        let now = SystemTime::now();
+        assert_eq!(
+            r.register(update(list(&[("sip:a@1", None), ("sip:a@2", None)]), None, "c", 1), now),
+            Err(RegisterError::TooManyContacts(1))
+        );
+    }
+}

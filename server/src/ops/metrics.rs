@@ -1,0 +1,117 @@
+//! Counters and gauges, rendered in the Prometheus text format. Plain atomics: the SIP path only
+//! increments, `/metrics` reads.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Methods counted by name; anything else is `other`.
+pub const METHODS: [&str; 9] =
+    ["REGISTER", "MESSAGE", "OPTIONS", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INVITE", "ACK", "other"];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: [AtomicU64; 9],
+    /// Responses sent by class: 1xx..6xx.
+    pub responses: [AtomicU64; 6],
+    pub retransmissions_absorbed: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub malformed_requests: AtomicU64,
+    pub malformed_responses: AtomicU64,
+    pub stray_responses: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub active_connections: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub registrations: AtomicU64,
+    pub server_transactions: AtomicU64,
+    pub client_transactions: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_request(&self, method: &str) {
+        let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
+        self.requests[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_response(&self, code: u16) {
+        if let Some(c) = self.responses.get(usize::from(code / 100).saturating_sub(1)) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        out.push_str("# HELP parley_sip_requests_total SIP requests received, by method.\n# TYPE parley_sip_requests_total counter\n");
+        for (m, c) in METHODS.iter().zip(&self.requests) {
+            let _ = writeln!(out, "parley_sip_requests_total{{method=\"{m}\"}} {}", c.load(Relaxed));
+        }
+        out.push_str("# HELP parley_sip_responses_total SIP responses sent, by class.\n# TYPE parley_sip_responses_total counter\n");
+        for (i, c) in self.responses.iter().enumerate() {
+            let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
+        }
+        let scalars: [(&str, &str, &str, &AtomicU64); 11] = [
+            (
+                "parley_sip_retransmissions_absorbed_total",
+                "counter",
+                "Retransmitted requests answered from the transaction layer without reprocessing.",
+                &self.retransmissions_absorbed,
+            ),
+            ("parley_auth_failures_total", "counter", "Requests whose digest credentials failed.", &self.auth_failures),
+            (
+                "parley_sip_malformed_requests_total",
+                "counter",
+                "Requests rejected as malformed (400) or dropped.",
+                &self.malformed_requests,
+            ),
+            (
+                "parley_sip_malformed_responses_total",
+                "counter",
+                "Malformed responses dropped.",
+                &self.malformed_responses,
+            ),
+            (
+                "parley_sip_stray_responses_total",
+                "counter",
+                "Responses matching no client transaction.",
+                &self.stray_responses,
+            ),
+            (
+                "parley_messages_delivered_total",
+                "counter",
+                "MESSAGE requests answered 2xx by a destination.",
+                &self.messages_delivered,
+            ),
+            (
+                "parley_connections_refused_total",
+                "counter",
+                "Connections refused by a limit.",
+                &self.connections_refused,
+            ),
+            ("parley_active_connections", "gauge", "Open TCP and TLS connections.", &self.active_connections),
+            ("parley_registrations", "gauge", "Registered contact bindings.", &self.registrations),
+            ("parley_server_transactions", "gauge", "Server transactions held.", &self.server_transactions),
+            ("parley_client_transactions", "gauge", "Client transactions held.", &self.client_transactions),
+        ];
+        for (name, kind, help, v) in scalars {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_by_method_and_class() {
+        let m = Metrics::default();
+        m.count_request("REGISTER");
+        m.count_request("SERVICE");
+        m.count_response(401);
+        let text = m.render();
+        assert!(text.contains("parley_sip_requests_total{method=\"REGISTER\"} 1"));
+        assert!(text.contains("parley_sip_requests_total{method=\"other\"} 1"));
+        assert!(text.contains("parley_sip_responses_total{class=\"4xx\"} 1"));
+        assert!(text.contains("# TYPE parley_registrations gauge"));
+    }
+}

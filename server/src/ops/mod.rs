@@ -1,0 +1,4 @@
+//! Operations: HTTP health, readiness and Prometheus metrics.
+
+pub mod http;
+pub mod metrics;

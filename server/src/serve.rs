@@ -1,0 +1,123 @@
+//! Wiring of a running server: directory, transports, core, listeners, operations HTTP, and the
+//! graceful shutdown on SIGTERM or Ctrl-C.
+
+use crate::config::{Config, DirectoryConfig};
+use crate::directory::{Directory, file::FileDirectory};
+use crate::home::auth::DigestAuth;
+use crate::home::registrar::{Policy, Registrar};
+use crate::home::{Core, CoreHandler, CoreSettings};
+use crate::ops::{http, metrics::Metrics};
+use crate::transaction::Timers;
+use crate::transport::{self, Transport, Transports};
+use anyhow::Context;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a shutdown waits for open transactions.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    for dir in [&config.storage.data_dir, &config.storage.logs_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let directory: Arc<dyn Directory> = match &config.directory {
+        DirectoryConfig::File { file } => Arc::new(FileDirectory::load(file)?),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let limits = crate::sip::message::Limits {
+        max_headers: config.limits.max_headers,
+        max_message_bytes: config.limits.max_message_bytes,
+    };
+    let transports = Transports::new(
+        transport::Limits {
+            message: limits,
+            max_connections_per_ip: config.limits.max_connections_per_ip,
+            max_connections: config.limits.max_connections,
+            idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+        },
+        metrics.clone(),
+    );
+    let r = &config.registrar;
+    let core = Core::new(
+        CoreSettings {
+            domain: config.sip_domain.clone(),
+            domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            limits,
+            max_body_bytes: config.limits.max_body_bytes,
+            timers: Timers::default(),
+        },
+        transports.clone(),
+        directory.clone(),
+        DigestAuth::new(
+            &config.sip_domain,
+            config.auth.algorithms.clone(),
+            Duration::from_secs(config.auth.nonce_ttl_secs),
+        ),
+        Registrar::new(Policy {
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            default_expires: r.default_expires,
+            max_contacts: r.max_contacts,
+        }),
+        metrics.clone(),
+    );
+    transports.set_handler(Arc::new(CoreHandler(core.clone())));
+    core.start_timers();
+
+    let advertise = |addr: std::net::SocketAddr| match &config.listen.advertise {
+        Some(host) => format!("{host}:{}", addr.port()),
+        None if addr.ip().is_unspecified() => format!("{}:{}", config.sip_domain, addr.port()),
+        None => addr.to_string(),
+    };
+    if let Some(addr) = config.listen.udp {
+        let bound = transports.listen_udp(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+        core.set_via_host(Transport::Udp, advertise(bound));
+        tracing::info!(%bound, "listening on UDP");
+    }
+    if let Some(addr) = config.listen.tcp {
+        let bound = transports.listen_stream(addr, None).await.with_context(|| format!("binding TCP {addr}"))?;
+        core.set_via_host(Transport::Tcp, advertise(bound));
+        tracing::info!(%bound, "listening on TCP");
+    }
+    if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
+        if tls.self_signed {
+            let names = vec![config.sip_domain.clone(), "localhost".into(), addr.ip().to_string()];
+            if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
+                tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
+            }
+        }
+        let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
+        let bound =
+            transports.listen_stream(addr, Some(acceptor)).await.with_context(|| format!("binding TLS {addr}"))?;
+        core.set_via_host(Transport::Tls, advertise(bound));
+        tracing::info!(%bound, "listening on TLS");
+    }
+    let listening = Arc::new(AtomicBool::new(true));
+    if let Some(addr) = config.listen.ops {
+        let state =
+            http::OpsState { metrics: metrics.clone(), directory: directory.clone(), listening: listening.clone() };
+        let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
+        tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
+    }
+    tracing::info!(domain = %config.sip_domain, server = %config.server_name, "home server ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new requests; finishing open transactions");
+    listening.store(false, Ordering::Relaxed);
+    transports.stop_accepting();
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while core.requests_in_progress() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(unfinished = core.requests_in_progress(), "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,155 @@
+//! The Via header: transport, sent-by, and the parameters a server reads or adds
+//! (`branch`, `received`, `rport`, RFC 3261 section 18.2.1 and RFC 3581). Parsed here rather than by
+//! rsip because rsip 0.4.0 cannot hold an IPv6 sent-by (`[2001:db8::1]:5060`).
+
+use super::params::split_top_level;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Via {
+    /// `UDP`, `TCP`, `TLS`, ... upper-cased.
+    pub transport: String,
+    /// Host as written (IPv6 with brackets), and port if given.
+    pub host: String,
+    pub port: Option<u16>,
+    /// Parameters in order; a flag has an empty value.
+    pub params: Vec<(String, String)>,
+}
+
+impl Via {
+    /// Parses the first value of a Via header (a line may hold several, comma-separated).
+    pub fn parse(value: &str) -> Result<Via, String> {
+        let first = super::params::split_list(value).into_iter().next().ok_or("empty")?;
+        let mut parts = split_top_level(first, b';').into_iter();
+        let proto_and_host = parts.next().ok_or("empty")?;
+        let (proto, sent_by) = proto_and_host.split_once(char::is_whitespace).ok_or("no sent-by")?;
+        let mut proto_parts = proto.split('/').map(str::trim);
+        let (Some(name), Some(version), Some(transport), None) =
+            (proto_parts.next(), proto_parts.next(), proto_parts.next(), proto_parts.next())
+        else {
+            return Err("malformed protocol".into());
+        };
+        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
+            return Err("unsupported protocol".into());
+        }
+        let (host, port) = split_host_port(sent_by.trim())?;
+        let params = parts
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+                None => (p.trim().to_string(), String::new()),
+            })
+            .collect();
+        Ok(Via { transport: transport.to_ascii_uppercase(), host, port, params })
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn branch(&self) -> Option<&str> {
+        self.param("branch")
+    }
+
+    fn set_param(&mut self, name: &str, value: String) {
+        match self.params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            Some((_, v)) => *v = value,
+            None => self.params.push((name.to_string(), value)),
+        }
+    }
+
+    /// Records where the request really came from: `received` when the sent-by host differs from
+    /// the source address, and the source port in an empty `rport` (RFC 3581).
+    pub fn stamp_source(&mut self, source: SocketAddr) {
+        let wants_rport = self.param("rport").is_some();
+        if wants_rport {
+            self.set_param("rport", source.port().to_string());
+        }
+        let sent_by_ip = self.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        if wants_rport || sent_by_ip != Some(source.ip()) {
+            self.set_param("received", source.ip().to_string());
+        }
+    }
+
+    /// Where a response to this Via goes over an unreliable transport (RFC 3261 18.2.2, RFC 3581):
+    /// received address (or sent-by), with rport if given, else the sent-by port.
+    pub fn response_target(&self, source: SocketAddr) -> SocketAddr {
+        let ip = self.param("received").and_then(|r| r.parse().ok()).unwrap_or(source.ip());
+        let port = match self.param("rport").and_then(|p| p.parse().ok()) {
+            Some(p) => p,
+            None => self.port.unwrap_or(5060),
+        };
+        SocketAddr::new(ip, port)
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SIP/2.0/{} {}", self.transport, self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        for (k, v) in &self.params {
+            if v.is_empty() { write!(f, ";{k}")? } else { write!(f, ";{k}={v}")? }
+        }
+        Ok(())
+    }
+}
+
+/// Splits `host[:port]`, where host may be a bracketed IPv6 literal.
+pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
+    let bad_port = |p: &str| format!("bad port: {:.8}", p);
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or("unterminated IPv6 literal")?;
+        addr.parse::<std::net::Ipv6Addr>().map_err(|_| "bad IPv6 literal".to_string())?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().map_err(|_| bad_port(p))?),
+            None if after.is_empty() => None,
+            None => return Err("junk after IPv6 literal".into()),
+        };
+        return Ok((format!("[{addr}]"), port));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse().map_err(|_| bad_port(p))?)),
+        None => (s, None),
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+        return Err(format!("bad host: {:.40}", host));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sent_by_and_rport() {
+        let mut v = Via::parse("SIP/2.0/udp [2001:db8::1]:5070;branch=z9hG4bKx;rport, SIP/2.0/TCP b").unwrap();
+        assert_eq!((v.transport.as_str(), v.host.as_str(), v.port), ("UDP", "[2001:db8::1]", Some(5070)));
+        assert_eq!(v.branch(), Some("z9hG4bKx"));
+        let src: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
+        v.stamp_source(src);
+        assert_eq!(v.to_string(), "SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKx;rport=40000;received=2001:db8::1");
+        assert_eq!(v.response_target(src), src);
+    }
+
+    #[test]
+    fn received_is_added_only_when_the_host_differs() {
+        let mut v = Via::parse("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1").unwrap();
+        let src: SocketAddr = "192.0.2.7:5060".parse().unwrap();
+        v.stamp_source(src);
+        assert_eq!(v.param("received"), Some("192.0.2.7"));
+        assert_eq!(v.response_target(src), "192.0.2.7:5060".parse().unwrap());
+        let mut same = Via::parse("SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bK1").unwrap();
+        same.stamp_source(src);
+        assert_eq!(same.param("received"), None);
+        assert_eq!(same.response_target(src), "192.0.2.7:5062".parse().unwrap());
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        for bad in ["garbage", "SIP/2.0/UDP", "SIP/3.0/UDP h", "SIP/2.0/UDP h:xx", "SIP/2.0/UDP [::1"] {
+            assert!(Via::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! UDP, TCP and TLS listeners and the flow table. A flow is where a message came from and where
+//! requests for that peer go back: the UDP source address, or the very TCP/TLS connection (so
+//! clients behind NAT are reachable over the connection they opened, RFC 5626 style reuse).
+
+mod stream;
+pub mod tls;
+
+use crate::ops::metrics::Metrics;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// Where a message came from; for streams, which connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Flow {
+    pub transport: Transport,
+    pub remote: SocketAddr,
+    /// Connection id for TCP/TLS (0 for UDP).
+    pub conn: u64,
+}
+
+impl Flow {
+    pub fn datagram(transport: Transport, remote: SocketAddr) -> Flow {
+        Flow { transport, remote, conn: 0 }
+    }
+}
+
+/// Resolves once the server stops accepting.
+async fn closed(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
+/// Receives every message the transports read.
+pub trait Handler: Send + Sync + 'static {
+    fn on_message(&self, flow: Flow, data: Bytes);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no {0:?} listener")]
+    NoTransport(Transport),
+    #[error("connection to {0} is gone")]
+    NoConnection(SocketAddr),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub message: crate::sip::message::Limits,
+    pub max_connections_per_ip: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+struct Connection {
+    transport: Transport,
+    remote: SocketAddr,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// The listeners' shared state: the UDP socket, open connections, per-address counts.
+pub struct Transports {
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    udp: Mutex<Option<Arc<UdpSocket>>>,
+    conns: Mutex<HashMap<u64, Connection>>,
+    /// Newest connection per (transport, remote address), for requests to a peer without a flow.
+    by_remote: Mutex<HashMap<(Transport, SocketAddr), u64>>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    next_conn: AtomicU64,
+    handler: OnceLock<Arc<dyn Handler>>,
+    /// Flips to true when the server stops accepting (SIGTERM).
+    closing: watch::Sender<bool>,
+}
+
+impl Transports {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Transports> {
+        Arc::new(Transports {
+            limits,
+            metrics,
+            udp: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
+            by_remote: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            handler: OnceLock::new(),
+            closing: watch::channel(false).0,
+        })
+    }
+
+    /// Sets who receives messages; call once before listening.
+    pub fn set_handler(&self, handler: Arc<dyn Handler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    fn handler(&self) -> Arc<dyn Handler> {
+        self.handler.get().expect("Transports::set_handler before listening").clone()
+    }
+
+    /// Binds UDP and starts reading; returns the bound address.
+    pub async fn listen_udp(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let handler = self.handler();
+        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let local = socket.local_addr()?;
+        *self.udp.lock().expect("udp") = Some(socket.clone());
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                tokio::select! {
+                    r = socket.recv_from(&mut buf) => match r {
+                        Ok((n, from)) => {
+                            let data = Bytes::copy_from_slice(&buf[..n]);
+                            if data.iter().all(|b| b.is_ascii_whitespace()) {
+                                continue; // keep-alive datagram
+                            }
+                            handler.on_message(Flow::datagram(Transport::Udp, from), data);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "udp receive"),
+                    },
+                    _ = closed(&mut closing) => break,
+                }
+            }
+        });
+        Ok(local)
+    }
+
+    /// Binds a TCP listener (TLS when `tls` is given) and accepts; returns the bound address.
+    pub async fn listen_stream(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<SocketAddr> {
+        let handler = self.handler();
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let this = self.clone();
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((stream, remote)) => {
+                            let _ = stream.set_nodelay(true);
+                            let Some(conn) = this.admit(remote.ip()) else {
+                                tracing::warn!(%remote, "connection refused: limit reached");
+                                continue;
+                            };
+                            let this = this.clone();
+                            let handler = handler.clone();
+                            let tls = tls.clone();
+                            tokio::spawn(async move {
+                                match tls {
+                                    None => this.serve_stream(conn, Transport::Tcp, remote, stream, handler).await,
+                                    Some(acceptor) => {
+                                        let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                                        match hs {
+                                            Ok(Ok(s)) => this.serve_stream(conn, Transport::Tls, remote, s, handler).await,
+                                            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "tls handshake failed"),
+                                            Err(_) => tracing::debug!(%remote, "tls handshake timed out"),
+                                        }
+                                    }
+                                }
+                                this.release(remote.ip());
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = closed(&mut closing) => break,
+                }
+            }
+        });
+        Ok(local)
+    }
+
+    /// Counts a new connection against the limits; `None` if it must be refused.
+    fn admit(&self, ip: IpAddr) -> Option<u64> {
+        let mut per_ip = self.per_ip.lock().expect("per_ip");
+        let total: usize = per_ip.values().sum();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.limits.max_connections_per_ip || total >= self.limits.max_connections {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            self.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(self.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock().expect("per_ip");
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn register_conn(&self, id: u64, transport: Transport, remote: SocketAddr, tx: mpsc::Sender<Bytes>) {
+        self.conns.lock().expect("conns").insert(id, Connection { transport, remote, tx });
+        self.by_remote.lock().expect("by_remote").insert((transport, remote), id);
+        self.metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unregister_conn(&self, id: u64) {
+        if let Some(c) = self.conns.lock().expect("conns").remove(&id) {
+            let mut by_remote = self.by_remote.lock().expect("by_remote");
+            if by_remote.get(&(c.transport, c.remote)) == Some(&id) {
+                by_remote.remove(&(c.transport, c.remote));
+            }
+            self.metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends bytes along a flow: the UDP socket, the flow's connection, or (TCP only) the newest
+    /// connection to that address, opening one if there is none.
+    pub async fn send(self: &Arc<Self>, flow: &Flow, data: Bytes) -> Result<(), SendError> {
+        if flow.transport == Transport::Udp {
+            let socket = self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))?;
+            socket.send_to(&data, flow.remote).await?;
+            return Ok(());
+        }
+        let tx = {
+            let conns = self.conns.lock().expect("conns");
+            let by_id = conns.get(&flow.conn);
+            let found = by_id.or_else(|| {
+                let id = self.by_remote.lock().expect("by_remote").get(&(flow.transport, flow.remote)).copied()?;
+                conns.get(&id)
+            });
+            found.map(|c| c.tx.clone())
+        };
+        match tx {
+            Some(tx) => tx.send(data).await.map_err(|_| SendError::NoConnection(flow.remote)),
+            None if flow.transport == Transport::Tcp => self.connect_tcp(flow.remote, data).await,
+            None => Err(SendError::NoConnection(flow.remote)),
+        }
+    }
+
+    async fn connect_tcp(self: &Arc<Self>, remote: SocketAddr, first: Bytes) -> Result<(), SendError> {
+        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(remote))
+            .await
+            .map_err(|_| SendError::NoConnection(remote))??;
+        let id = self.admit(remote.ip()).ok_or(SendError::NoConnection(remote))?;
+        let (tx, rx) = mpsc::channel(256);
+        tx.send(first).await.map_err(|_| SendError::NoConnection(remote))?;
+        let this = self.clone();
+        let handler = self.handler();
+        tokio::spawn(async move {
+            this.run_stream(id, Transport::Tcp, remote, stream, handler, tx, rx).await;
+            this.release(remote.ip());
+        });
+        Ok(())
+    }
+
+    /// Stops accepting new messages and connections (the first step of a graceful shutdown).
+    pub fn stop_accepting(&self) {
+        self.closing.send_replace(true);
+    }
+}

@@ -1,0 +1,101 @@
+//! One TCP or TLS connection: a reader that frames messages by Content-Length and answers
+//! keep-alive pings, and a writer fed by a channel so any task can send along the connection.
+
+use super::{Flow, Handler, Transport, Transports, closed};
+use crate::sip::framing::{Frame, FrameError, Framer};
+use crate::sip::message::parse_head;
+use crate::sip::response;
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+impl Transports {
+    pub(super) async fn serve_stream<S>(
+        self: &Arc<Self>,
+        id: u64,
+        transport: Transport,
+        remote: SocketAddr,
+        stream: S,
+        handler: Arc<dyn Handler>,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(256);
+        self.run_stream(id, transport, remote, stream, handler, tx, rx).await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_stream<S>(
+        self: &Arc<Self>,
+        id: u64,
+        transport: Transport,
+        remote: SocketAddr,
+        stream: S,
+        handler: Arc<dyn Handler>,
+        tx: mpsc::Sender<Bytes>,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        self.register_conn(id, transport, remote, tx.clone());
+        let writer_task = tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if writer.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        });
+        let flow = Flow { transport, remote, conn: id };
+        let mut framer = Framer::new(self.limits.message);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut closing = self.closing.subscribe();
+        'read: loop {
+            let n = tokio::select! {
+                r = tokio::time::timeout(self.limits.idle_timeout, reader.read(&mut buf)) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_) => {
+                        tracing::debug!(%remote, "closing idle connection");
+                        break;
+                    }
+                },
+                _ = closed(&mut closing) => break,
+            };
+            framer.push(&buf[..n]);
+            loop {
+                match framer.next_frame() {
+                    Ok(None) => break,
+                    Ok(Some(Frame::Ping)) => {
+                        let _ = tx.send(Bytes::from_static(b"\r\n")).await;
+                    }
+                    Ok(Some(Frame::Message(data))) => handler.on_message(flow, data),
+                    Err(FrameError::TooLarge { limit }) => {
+                        tracing::debug!(%remote, limit, "message too large: closing connection");
+                        self.metrics.malformed_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        break 'read;
+                    }
+                    Err(FrameError::BadLength { reason, head }) => {
+                        // Answer 400 if the head identifies a request, then give up on the stream.
+                        self.metrics.malformed_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let scan = match parse_head(&head, &self.limits.message) {
+                            Ok((start, h)) => matches!(start, crate::sip::StartLine::Request { .. }).then_some(h),
+                            Err(e) => e.is_request.then_some(e.scan),
+                        };
+                        if let Some(h) = scan.filter(|h| h.get("Via").is_some()) {
+                            let r = response::from_headers(&h, 400, &reason, "parley");
+                            let _ = tx.send(r.to_bytes()).await;
+                        }
+                        break 'read;
+                    }
+                }
+            }
+        }
+        self.unregister_conn(id);
+        drop(tx);
+        let _ = writer_task.await;
+    }
+}
