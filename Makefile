@@ -31,7 +31,7 @@ lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 crds: ## Regenerate crds/ from the operator's types
-	@if grep -q crdgen operator/src/main.rs; then $(CARGO) run -q -p parley-operator -- crdgen --out crds; else echo "crds: the operator has no CRD types yet"; fi
+	$(CARGO) run -q -p parley-operator -- crdgen --repo .
 
 chart-lint: ## helm lint and helm template of the operator chart
 	@if [ -f charts/parley-operator/Chart.yaml ]; then ./scripts/chart-lint.sh; else echo "chart-lint: no chart yet (charts/parley-operator)"; fi

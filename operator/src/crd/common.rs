@@ -1,0 +1,64 @@
+//! Types shared by the three kinds.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Pattern of a DNS-1123 name (a Kubernetes object name), used for references to other objects.
+pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Pattern of a SIP domain: a lowercase DNS name with at least two labels, e.g. `example.test`.
+pub const SIP_DOMAIN_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// Types of conditions the operator sets.
+pub mod condition {
+    /// Everything the resource asks for exists and is ready.
+    pub const READY: &str = "Ready";
+    /// `spec.paused` is true: the operator reads but does not write children.
+    pub const PAUSED: &str = "Paused";
+    /// A scale-down waits because a Home Server that is no longer needed may still have users homed on it.
+    pub const SCALE_DOWN_BLOCKED: &str = "ScaleDownBlocked";
+}
+
+/// Kubernetes Service type for client-facing SIP traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+    /// Also reachable through a cloud load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".to_string()
+}
+
+/// Conditions and the generation they describe, common to every status.
+pub trait HasConditions {
+    fn conditions(&self) -> &[Condition];
+}

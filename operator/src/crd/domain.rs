@@ -1,0 +1,261 @@
+//! `CommunicationsDomain`: one SIP domain, its directory, sizing and topology.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{NAME_PATTERN, SIP_DOMAIN_PATTERN, SecretKeyRef, ServiceType};
+use crate::tiers::Tier;
+
+/// A SIP domain served by Parley: the users' addresses, how many of them to size for, where they
+/// are listed (the directory) and whether the operator lays out the Home Servers and Front-End itself.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "parley.dev",
+    version = "v1alpha1",
+    kind = "CommunicationsDomain",
+    namespaced,
+    doc = "A SIP domain served by Parley: its users, sizing tier and topology.",
+    status = "CommunicationsDomainStatus",
+    shortname = "cdom",
+    shortname = "commdomain",
+    category = "parley",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.sipDomain"),
+    printcolumn(name = "Tier", type_ = "string", json_path = ".status.tier"),
+    printcolumn(name = "Users", type_ = "integer", json_path = ".spec.users"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 40").message(
+        "the name of a CommunicationsDomain is at most 40 characters (its Home Servers are named <name>-home-<n>)"
+    ),
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.topology == 'auto' || (!has(self.homeServers) && !has(self.frontEnd))").message(
+    "homeServers and frontEnd configure operator-owned resources and need topology: auto; with topology: manual create HomeServer and FrontEnd resources yourself"
+))]
+#[x_kube(validation = Rule::new("!has(self.homeServers) || self.homeServers * 10000 >= self.users").message(
+    "homeServers is too small for users: one Home Server holds at most 10,000 users"
+))]
+pub struct CommunicationsDomainSpec {
+    /// The SIP domain: users' addresses are `sip:user@<sipDomain>`. A lowercase DNS name that should
+    /// match the organisation's e-mail domain. Immutable: create a new CommunicationsDomain to change it.
+    #[schemars(length(min = 3, max = 253), regex(pattern = SIP_DOMAIN_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "sipDomain is immutable: users' addresses depend on it; create a new CommunicationsDomain instead"
+    ))]
+    pub sip_domain: String,
+
+    /// The number of users to size for. Selects the sizing tier: up to 1,000 is small, up to 10,000
+    /// standard, more is enterprise with one Home Server per 10,000 users and a Front-End.
+    /// The operator never rewrites this value.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub users: u32,
+
+    /// Who lays out the Home Servers and the Front-End: `auto` (the operator creates, owns and
+    /// updates the HomeServer and FrontEnd resources the tier calls for) or `manual` (you create
+    /// them; the operator only reports).
+    #[serde(default)]
+    pub topology: Topology,
+
+    /// With topology `auto`: the number of Home Servers, overriding the tier's
+    /// ceil(users / 10,000). Each Home Server holds at most 10,000 users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub home_servers: Option<u32>,
+
+    /// With topology `auto`: settings of the operator-owned FrontEnd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front_end: Option<FrontEndTemplate>,
+
+    /// Where users are listed and how the servers bind to it.
+    pub directory: DirectorySpec,
+
+    /// Other directory domains whose users may use these servers (the seed's `prep=domainadd`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub additional_domains: Vec<AdditionalDomain>,
+
+    /// Certificates of the servers and whether clients must use TLS.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// The `parley-server` image. Defaults to the image the operator was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Stops the operator from changing anything of this domain, its Home Servers and its
+    /// Front-End; it keeps reporting status and sets the `Paused` condition.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Who lays out the Home Servers and the Front-End of a domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// The operator creates, owns and updates the HomeServer and FrontEnd resources the tier calls for.
+    #[default]
+    Auto,
+    /// The administrator writes HomeServer and FrontEnd resources; the operator only reports.
+    Manual,
+}
+
+/// Settings of the operator-owned FrontEnd (topology `auto`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontEndTemplate {
+    /// Replicas of the Front-End; the enterprise tier starts with 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 50))]
+    pub replicas: Option<i32>,
+    /// Type of the Service clients connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<ServiceType>,
+}
+
+/// The directory users are listed in: exactly one of `ldap` or `file`.
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.ldap) != has(self.file)").message(
+    "directory needs exactly one of ldap or file"
+))]
+pub struct DirectorySpec {
+    /// An LDAP directory (OpenLDAP, or Active Directory over LDAP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<LdapDirectory>,
+    /// A TOML file of users in a ConfigMap, for trying Parley out without a directory server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileDirectory>,
+}
+
+/// An LDAP directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LdapDirectory {
+    /// URL of the directory server, `ldap://host:389` or `ldaps://host:636`.
+    #[schemars(length(max = 2048), regex(pattern = r"^ldaps?://[^\s/]+(:[0-9]+)?/?$"))]
+    pub url: String,
+    /// Base DN under which users and Parley's entries live, e.g. `dc=example,dc=test`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub base_dn: String,
+    /// DN the servers bind as. Defaults to `cn=parley-service,ou=Parley,<baseDn>`, the service
+    /// account the domain-prep step creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub bind_dn: Option<String>,
+    /// Secret key holding the service account's password; mounted into the servers.
+    pub password_secret: SecretKeyRef,
+    /// Secret with keys `bindDn` and `password` of a directory administrator. Only the
+    /// directory-prep Jobs use it; the servers never see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret: Option<SecretKeyRef>,
+}
+
+impl LdapDirectory {
+    /// The DN the servers bind as.
+    pub fn service_bind_dn(&self) -> String {
+        self.bind_dn.clone().unwrap_or_else(|| format!("cn=parley-service,ou=Parley,{}", self.base_dn))
+    }
+}
+
+/// Users listed in a TOML file held by a ConfigMap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileDirectory {
+    /// Name of the ConfigMap in the domain's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub config_map: String,
+    /// Key of the file within the ConfigMap.
+    #[serde(default = "default_users_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_users_key() -> String {
+    "users.toml".to_string()
+}
+
+/// Another directory domain whose users may use these servers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdditionalDomain {
+    /// The other domain's SIP domain.
+    #[schemars(length(min = 3, max = 253), regex(pattern = SIP_DOMAIN_PATTERN))]
+    pub sip_domain: String,
+    /// Base DN of the other domain's users.
+    #[schemars(length(min = 1, max = 1024))]
+    pub base_dn: String,
+}
+
+/// Certificates of the servers and whether clients must use TLS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A cert-manager issuer that signs the servers' certificates. Without one the operator's own
+    /// CA (a Secret) signs them. Either way each server reads its certificate from the Secret
+    /// `<server name>-tls` (keys `tls.crt` and `tls.key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager_issuer: Option<IssuerRef>,
+    /// Clients must use TLS (port 5061): the client-facing servers do not listen on 5060.
+    #[serde(default)]
+    pub require_client_tls: bool,
+}
+
+/// A cert-manager issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub name: String,
+    /// `Issuer` (same namespace) or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+}
+
+/// Kind of a cert-manager issuer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum IssuerKind {
+    /// A namespaced Issuer.
+    #[default]
+    Issuer,
+    /// A cluster-wide ClusterIssuer.
+    ClusterIssuer,
+}
+
+/// What the operator observed and decided for a domain.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommunicationsDomainStatus {
+    /// The generation of the spec this status describes.
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Paused` and `ScaleDownBlocked`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The sizing tier `spec.users` resolves to.
+    pub tier: Option<Tier>,
+    /// Names of the domain's HomeServers (owned with topology `auto`, found with `manual`).
+    #[serde(default)]
+    pub home_servers: Vec<String>,
+    /// Name of the domain's FrontEnd, if it has one.
+    pub front_end: Option<String>,
+    /// HomeServers the tier no longer calls for, kept because users may still be homed on them.
+    #[serde(default)]
+    pub waiting_removal: Vec<WaitingRemoval>,
+}
+
+/// A HomeServer that waits to be removed, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitingRemoval {
+    /// Name of the HomeServer.
+    pub name: String,
+    /// Why it is kept and what would let it go.
+    pub reason: String,
+}

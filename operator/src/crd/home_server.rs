@@ -1,0 +1,109 @@
+//! `HomeServer`: one Home Server, home to the users assigned to it.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::NAME_PATTERN;
+use crate::tiers::Tier;
+
+/// A Home Server: a StatefulSet of one pod with its own data and logs volumes, home to the users
+/// whose directory entry names it. Sized by its domain's tier unless overridden here.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "parley.dev",
+    version = "v1alpha1",
+    kind = "HomeServer",
+    namespaced,
+    doc = "A Parley Home Server: home to the users assigned to it.",
+    status = "HomeServerStatus",
+    shortname = "hs",
+    category = "parley",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
+    printcolumn(name = "Tier", type_ = "string", json_path = ".status.tier"),
+    printcolumn(name = "Users", type_ = "integer", json_path = ".spec.capacity"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 52").message(
+        "the name of a HomeServer is at most 52 characters (it names a StatefulSet and its pod)"
+    ),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeServerSpec {
+    /// Name of the CommunicationsDomain (same namespace) this Home Server belongs to. Immutable.
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "domain is immutable: users homed here belong to that domain"
+    ))]
+    pub domain: String,
+
+    /// The number of users this Home Server is meant to hold (at most 10,000). Shown in the
+    /// Users column; the operator sets it on the Home Servers it owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub capacity: Option<u32>,
+
+    /// CPU and memory of the server container, overriding the tier key by key (an override of
+    /// `limits.memory` leaves the tier's CPU in place).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Volume sizes and storage class, overriding the tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageOverrides>,
+}
+
+/// Volume overrides of a Home Server. Volumes can grow after creation (when the storage class
+/// allows expansion) but never shrink; the storage class is fixed once the volumes exist.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageOverrides {
+    /// Size of the data volume (durable state: registrations, presence, subscriptions, contact lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_size: Option<Quantity>,
+    /// Size of the logs volume (journal and logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_size: Option<Quantity>,
+    /// Storage class of both volumes; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+/// What the operator observed and decided for a Home Server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeServerStatus {
+    /// The generation of the spec this status describes.
+    pub observed_generation: Option<i64>,
+    /// `Ready` and `Paused`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The sizing tier of the domain.
+    pub tier: Option<Tier>,
+    /// The resolved size: the tier with this resource's overrides applied.
+    pub resolved: Option<ResolvedSize>,
+    /// Address the Front-End forwards to (`<service>.<namespace>.svc.<cluster domain>:5061`).
+    pub address: Option<String>,
+}
+
+/// The size a Home Server runs with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedSize {
+    /// CPU limit.
+    pub cpu: Option<String>,
+    /// Memory limit.
+    pub memory: Option<String>,
+    /// Size of the data volume.
+    pub data_volume: Option<String>,
+    /// Size of the logs volume.
+    pub logs_volume: Option<String>,
+}
