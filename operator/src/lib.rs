@@ -2,5 +2,6 @@
 //! process runtime (leader election, health, metrics). `main.rs` is a thin CLI over this library
 //! so the controller tests can run the same code against an API server double.
 
+pub mod build;
 pub mod crd;
 pub mod tiers;

@@ -16,6 +16,7 @@ use crate::tiers::Tier;
     version = "v1alpha1",
     kind = "CommunicationsDomain",
     namespaced,
+    derive = "PartialEq",
     doc = "A SIP domain served by Parley: its users, sizing tier and topology.",
     status = "CommunicationsDomainStatus",
     shortname = "cdom",

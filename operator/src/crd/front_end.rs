@@ -17,6 +17,7 @@ use crate::tiers::Tier;
     version = "v1alpha1",
     kind = "FrontEnd",
     namespaced,
+    derive = "PartialEq",
     doc = "A Parley Front-End: stateless proxies that forward each request to the destination user's Home Server.",
     status = "FrontEndStatus",
     shortname = "fe",

@@ -18,6 +18,7 @@ use crate::tiers::Tier;
     version = "v1alpha1",
     kind = "HomeServer",
     namespaced,
+    derive = "PartialEq",
     doc = "A Parley Home Server: home to the users assigned to it.",
     status = "HomeServerStatus",
     shortname = "hs",

@@ -1,0 +1,427 @@
+//! Pure builders: a custom resource (and what it points to) in, Kubernetes objects out.
+//!
+//! Nothing here talks to the API server, so every object the operator writes can be checked by
+//! plain unit tests: labels, owner references, probes, resources, volumes, security context.
+
+pub mod config;
+pub mod domain;
+pub mod front_end;
+pub mod home_server;
+pub mod quantity;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSecurityContext, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{CommunicationsDomain, DirectorySpec};
+use crate::tiers::Sizing;
+
+/// Field manager of every server-side apply the operator sends.
+pub const FIELD_MANAGER: &str = "parley-operator";
+/// Pod-template annotation holding the hash of the server config; a new hash rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "parley.dev/config-hash";
+/// Annotation holding the hash of the object as last applied; lets a reconcile skip writing.
+pub const APPLIED_HASH_ANNOTATION: &str = "parley.dev/applied-hash";
+/// Label naming the CommunicationsDomain an object belongs to.
+pub const DOMAIN_LABEL: &str = "parley.dev/domain";
+/// `app.kubernetes.io/managed-by` value of every object the operator creates.
+pub const MANAGED_BY: &str = "parley-operator";
+/// Label selector matching every object the operator creates (used to narrow its watches).
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=parley-operator";
+
+/// Uid and gid the server image runs as (distroless `nonroot`).
+pub const SERVER_UID: i64 = 65532;
+/// SIP over UDP and TCP, in the pods.
+pub const SIP_PORT: i32 = 5060;
+/// SIP over TLS, in the pods.
+pub const SIP_TLS_PORT: i32 = 5061;
+/// HTTP operations port: `/healthz`, `/readyz`, `/metrics`.
+pub const OPS_PORT: i32 = 8080;
+
+/// Where things are mounted in the server container.
+pub mod paths {
+    pub const CONFIG: &str = "/etc/parley/parley.toml";
+    pub const TLS_DIR: &str = "/etc/parley/tls";
+    pub const TLS_CERT: &str = "/etc/parley/tls/tls.crt";
+    pub const TLS_KEY: &str = "/etc/parley/tls/tls.key";
+    pub const DIRECTORY_DIR: &str = "/etc/parley/directory";
+    pub const DIRECTORY_PASSWORD: &str = "/etc/parley/directory/password";
+    pub const DIRECTORY_FILE: &str = "/etc/parley/directory/users.toml";
+    pub const DATA_DIR: &str = "/var/lib/parley/data";
+    pub const LOGS_DIR: &str = "/var/lib/parley/logs";
+}
+
+/// Component label values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    HomeServer,
+    FrontEnd,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::HomeServer => "home-server",
+            Component::FrontEnd => "front-end",
+        }
+    }
+    fn role(self) -> &'static str {
+        match self {
+            Component::HomeServer => "home",
+            Component::FrontEnd => "frontend",
+        }
+    }
+}
+
+/// Why an object could not be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error("{0} has no {1} (it must come from the API server)")]
+    MissingMetadata(&'static str, &'static str),
+    #[error("rendering the server config: {0}")]
+    Config(String),
+}
+
+/// Everything a builder needs besides the resource itself: the domain it belongs to and the
+/// operator's settings. Built by the controllers from what they dereferenced.
+#[derive(Clone, Debug)]
+pub struct BuildContext<'a> {
+    pub domain: &'a CommunicationsDomain,
+    pub sizing: Sizing,
+    /// The operator's default server image, used when the domain names none.
+    pub default_image: &'a str,
+    /// DNS suffix of Services, `cluster.local` by default.
+    pub cluster_domain: &'a str,
+}
+
+impl BuildContext<'_> {
+    pub fn image(&self) -> String {
+        self.domain.spec.image.clone().unwrap_or_else(|| self.default_image.to_string())
+    }
+}
+
+/// Labels that select a workload's pods; never change once the workload exists.
+pub fn selector_labels(instance: &str, component: Component) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", "parley"),
+        ("app.kubernetes.io/instance", instance),
+        ("app.kubernetes.io/component", component.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Labels of every object built for `instance`.
+pub fn labels(instance: &str, component: Component, domain: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(instance, component);
+    l.insert("app.kubernetes.io/part-of".into(), "parley".into());
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+    l.insert(DOMAIN_LABEL.into(), domain.into());
+    l
+}
+
+/// The controller owner reference to `owner`, so deleting it deletes what was built for it.
+pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K, what: &'static str) -> Result<OwnerReference, BuildError> {
+    if owner.meta().uid.is_none() {
+        return Err(BuildError::MissingMetadata(what, "uid"));
+    }
+    owner.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata(what, "name"))
+}
+
+/// Name and namespace of a resource, which every builder needs.
+pub fn name_ns<K: Resource>(obj: &K, what: &'static str) -> Result<(String, String), BuildError> {
+    let m = obj.meta();
+    Ok((
+        m.name.clone().ok_or(BuildError::MissingMetadata(what, "name"))?,
+        m.namespace.clone().ok_or(BuildError::MissingMetadata(what, "namespace"))?,
+    ))
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Name of the ConfigMap holding a server's config.
+pub fn config_map_name(instance: &str) -> String {
+    format!("{instance}-config")
+}
+
+/// Name of the Secret holding a server's certificate (`tls.crt`, `tls.key`).
+pub fn tls_secret_name(instance: &str) -> String {
+    format!("{instance}-tls")
+}
+
+/// Pod security: non-root uid 65532, the volumes group-owned by it, seccomp RuntimeDefault.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SERVER_UID),
+        run_as_group: Some(SERVER_UID),
+        fs_group: Some(SERVER_UID),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Container security: read-only root filesystem, no privilege escalation, every capability dropped.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(SERVER_UID),
+        run_as_group: Some(SERVER_UID),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("ops".into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        success_threshold: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Readiness on `/readyz`: out of the Service while not ready (e.g. draining).
+pub fn readiness_probe() -> Probe {
+    http_probe("/readyz", 5, 2)
+}
+
+/// Liveness on `/healthz`: restart after 30 seconds of failures.
+pub fn liveness_probe() -> Probe {
+    http_probe("/healthz", 10, 3)
+}
+
+/// Startup on `/healthz`: up to two minutes to open the store before liveness applies.
+pub fn startup_probe() -> Probe {
+    http_probe("/healthz", 2, 60)
+}
+
+/// The server's ports. Without `sip_plain` (clients must use TLS) only 5061 and ops.
+pub fn container_ports(sip_plain: bool) -> Vec<ContainerPort> {
+    let port = |name: &str, p: i32, proto: &str| ContainerPort {
+        name: Some(name.into()),
+        container_port: p,
+        protocol: Some(proto.into()),
+        ..Default::default()
+    };
+    let mut ports = Vec::new();
+    if sip_plain {
+        ports.push(port("sip-udp", SIP_PORT, "UDP"));
+        ports.push(port("sip-tcp", SIP_PORT, "TCP"));
+    }
+    ports.push(port("sip-tls", SIP_TLS_PORT, "TCP"));
+    ports.push(port("ops", OPS_PORT, "TCP"));
+    ports
+}
+
+fn mount(name: &str, path: &str, sub_path: Option<&str>) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        sub_path: sub_path.map(Into::into),
+        read_only: Some(!path.starts_with("/var/lib") && path != "/tmp"),
+        ..Default::default()
+    }
+}
+
+/// The server container of either role.
+pub fn server_container(
+    ctx: &BuildContext,
+    component: Component,
+    resources: k8s_openapi::api::core::v1::ResourceRequirements,
+) -> Container {
+    let plain = !ctx.domain.spec.tls.require_client_tls;
+    let mut mounts = vec![
+        mount("config", paths::CONFIG, Some("parley.toml")),
+        mount("tls", paths::TLS_DIR, None),
+        mount("directory", paths::DIRECTORY_DIR, None),
+        mount("data", paths::DATA_DIR, None),
+        mount("logs", paths::LOGS_DIR, None),
+        mount("tmp", "/tmp", None),
+    ];
+    mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
+    Container {
+        name: "server".into(),
+        image: Some(ctx.image()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec!["/usr/local/bin/parley-server".into()]),
+        args: Some(vec![
+            "serve".into(),
+            "--role".into(),
+            component.role().into(),
+            "--config".into(),
+            paths::CONFIG.into(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "PARLEY_INSTANCE".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(container_ports(plain)),
+        readiness_probe: Some(readiness_probe()),
+        liveness_probe: Some(liveness_probe()),
+        startup_probe: Some(startup_probe()),
+        resources: Some(resources),
+        security_context: Some(container_security_context()),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// Volumes every server pod has: its config, its certificate, the directory credentials (or
+/// users file) and a scratch `/tmp`. Data and logs are added by the role's builder.
+pub fn common_volumes(instance: &str, directory: &DirectorySpec) -> Vec<Volume> {
+    let directory_volume = match (&directory.ldap, &directory.file) {
+        (Some(ldap), _) => Volume {
+            name: "directory".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ldap.password_secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ldap.password_secret.key.clone(),
+                    path: "password".into(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        (None, Some(file)) => Volume {
+            name: "directory".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: file.config_map.clone(),
+                items: Some(vec![KeyToPath { key: file.key.clone(), path: "users.toml".into(), ..Default::default() }]),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        // Refused by the CRD's CEL rule and by validation; an empty dir keeps the builder total.
+        (None, None) => {
+            Volume { name: "directory".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }
+        }
+    };
+    vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(instance),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls_secret_name(instance)),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        directory_volume,
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(quantity::q("64Mi")), ..Default::default() }),
+            ..Default::default()
+        },
+    ]
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Resources as the API server would hand them to a controller (with uid and namespace).
+
+    use kube::api::ObjectMeta;
+
+    use crate::crd::*;
+
+    pub fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            uid: Some(format!("uid-{name}")),
+            generation: Some(1),
+            ..Default::default()
+        }
+    }
+
+    pub fn domain(name: &str, users: u32) -> CommunicationsDomain {
+        CommunicationsDomain {
+            metadata: meta(name),
+            spec: CommunicationsDomainSpec {
+                sip_domain: "example.test".into(),
+                users,
+                topology: Topology::Auto,
+                home_servers: None,
+                front_end: None,
+                directory: DirectorySpec {
+                    ldap: Some(LdapDirectory {
+                        url: "ldap://ldap.example:389".into(),
+                        base_dn: "dc=example,dc=test".into(),
+                        bind_dn: None,
+                        password_secret: SecretKeyRef { name: "ldap-service".into(), key: "password".into() },
+                        admin_secret: None,
+                    }),
+                    file: None,
+                },
+                additional_domains: vec![],
+                tls: TlsSpec::default(),
+                image: None,
+                paused: false,
+            },
+            status: None,
+        }
+    }
+
+    pub fn home_server(name: &str, domain: &str) -> HomeServer {
+        HomeServer {
+            metadata: meta(name),
+            spec: HomeServerSpec { domain: domain.into(), capacity: None, resources: None, storage: None },
+            status: None,
+        }
+    }
+
+    pub fn front_end(name: &str, domain: &str) -> FrontEnd {
+        FrontEnd {
+            metadata: meta(name),
+            spec: FrontEndSpec {
+                domain: domain.into(),
+                replicas: None,
+                service_type: ServiceType::ClusterIP,
+                ports: FrontEndPorts::default(),
+                resources: None,
+            },
+            status: None,
+        }
+    }
+}
