@@ -406,9 +406,10 @@ impl Core {
             return;
         }
         self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        let Some(via) = e.scan.get("Via").and_then(|v| Via::parse(v).ok()) else {
+        let Some(mut via) = e.scan.get("Via").and_then(|v| Via::parse(v).ok()) else {
             return; // nowhere to send a response
         };
+        via.stamp_source(flow.remote);
         tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
         let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
         let r = from_headers(&e.scan, code, &e.reason, &self.tag);

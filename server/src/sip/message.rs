@@ -227,6 +227,10 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
             continue;
         };
         let name = name.trim_end();
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            error = error.or(Some(format!("control character in header {:.40}", name)));
+            continue;
+        }
         if !is_token(name) {
             error = error.or(Some(format!("invalid header name: {:.40}", name)));
             continue;

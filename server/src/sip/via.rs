@@ -33,12 +33,14 @@ impl Via {
             return Err("unsupported protocol".into());
         }
         let (host, port) = split_host_port(sent_by.trim())?;
-        let params = parts
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
-                None => (p.trim().to_string(), String::new()),
-            })
-            .collect();
+        let mut params = Vec::new();
+        for p in parts {
+            let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim(), v.trim()));
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+                return Err(format!("bad parameter name: {:.20}", k));
+            }
+            params.push((k.to_string(), v.to_string()));
+        }
         Ok(Via { transport: transport.to_ascii_uppercase(), host, port, params })
     }
 

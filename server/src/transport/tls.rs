@@ -20,11 +20,14 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
         bail!("no certificate in {}", cert.display());
     }
     let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("TLS certificate and key do not match")?;
+    // No TLS 1.3 session tickets: SIP clients keep one long connection, and some (sipsak's GnuTLS
+    // loop) take the post-handshake ticket record for a SIP message and give up.
+    config.send_tls13_tickets = 0;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

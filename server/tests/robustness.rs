@@ -1,0 +1,183 @@
+//! What a hostile or broken peer can do: malformed input over UDP and TCP, retransmissions,
+//! and a SIGTERM in the middle of things.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use support::Server;
+use support::ua::{Ua, status};
+
+const VALID: &str = "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbad;rport\r\n\
+    From: <sip:alice@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\nCall-ID: bad-1\r\nCSeq: 1 OPTIONS\r\n\
+    Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+/// Limits small enough that an oversized message still fits in one UDP datagram.
+const SMALL_LIMITS: &str = "[limits]\nmax_message_bytes = 8192\nmax_body_bytes = 4096\n";
+
+fn replace_bytes(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    match data.windows(from.len()).position(|w| w == from) {
+        Some(i) => [&data[..i], to, &data[i + from.len()..]].concat(),
+        None => data.to_vec(),
+    }
+}
+
+/// At least 50 broken messages: truncations, bad lengths, garbage headers, oversize, noise.
+fn malformed_inputs() -> Vec<(String, Vec<u8>)> {
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add = |name: &str, data: Vec<u8>| cases.push((name.to_string(), data));
+    for cut in [10, 25, 40, 60, 90, 120, 150, 200, 230] {
+        add(&format!("truncated at {cut}"), VALID.as_bytes()[..cut.min(VALID.len() - 3)].to_vec());
+    }
+    let replace = |from: &str, to: &str| VALID.replacen(from, to, 1).into_bytes();
+    for (name, from, to) in [
+        ("content-length letters", "Content-Length: 0", "Content-Length: abc"),
+        ("content-length negative", "Content-Length: 0", "Content-Length: -5"),
+        ("content-length too big", "Content-Length: 0", "Content-Length: 500"),
+        ("content-length huge", "Content-Length: 0", "Content-Length: 99999999999999999999"),
+        ("content-length twice", "Content-Length: 0", "Content-Length: 0\r\nContent-Length: 7"),
+        ("garbage second via", "Max-Forwards", "Via: \u{1}\u{2}garbage;;;==\r\nMax-Forwards"),
+        ("garbage top via", "Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbad;rport", "Via: garbage"),
+        ("via wrong version", "SIP/2.0/UDP 127.0.0.1:9", "SIP/3.0/UDP 127.0.0.1:9"),
+        ("via bad port", "127.0.0.1:9;", "127.0.0.1:99999999;"),
+        ("via unterminated ipv6", "127.0.0.1:9;", "[::1:9;"),
+        ("missing from", "From: <sip:alice@example.test>;tag=1\r\n", ""),
+        ("missing to", "To: <sip:bob@example.test>\r\n", ""),
+        ("missing call-id", "Call-ID: bad-1\r\n", ""),
+        ("missing cseq", "CSeq: 1 OPTIONS\r\n", ""),
+        ("cseq no method", "CSeq: 1 OPTIONS", "CSeq: 1"),
+        ("cseq letters", "CSeq: 1 OPTIONS", "CSeq: one OPTIONS"),
+        ("cseq method mismatch", "CSeq: 1 OPTIONS", "CSeq: 1 MESSAGE"),
+        ("max-forwards garbage", "Max-Forwards: 70", "Max-Forwards: lots"),
+        ("max-forwards too big", "Max-Forwards: 70", "Max-Forwards: 70000"),
+        ("header without colon", "Max-Forwards: 70", "Max-Forwards 70"),
+        ("bad header name", "Max-Forwards: 70", "Max Forwards: 70"),
+        ("continuation first", "Via:", " folded\r\nVia:"),
+        ("request line extra field", "OPTIONS sip:127.0.0.1 SIP/2.0", "OPTIONS sip:127.0.0.1 SIP/2.0 extra"),
+        ("request line missing uri", "OPTIONS sip:127.0.0.1 SIP/2.0", "OPTIONS SIP/2.0"),
+        ("request line bad version", "sip:127.0.0.1 SIP/2.0", "sip:127.0.0.1 SIP/1.0"),
+        ("request line bad method", "OPTIONS sip:", "OPT(IONS sip:"),
+        ("request uri without scheme", "OPTIONS sip:127.0.0.1", "OPTIONS 127.0.0.1"),
+        ("empty start line", "OPTIONS sip:127.0.0.1 SIP/2.0", ""),
+        ("lowercase version", "SIP/2.0\r\nVia", "sip/2.0\r\nVia"),
+        ("nul in header", "Call-ID: bad-1", "Call-ID: bad\u{0}-1"),
+        ("status line response garbage", "OPTIONS sip:127.0.0.1 SIP/2.0", "SIP/2.0 abc Bad"),
+        ("status code out of range", "OPTIONS sip:127.0.0.1 SIP/2.0", "SIP/2.0 999 Odd"),
+    ] {
+        add(name, replace(from, to));
+    }
+    let mut latin1 = VALID.as_bytes().to_vec();
+    latin1.splice(60..60, [0xff, 0xfe, 0xfd]);
+    add("invalid utf-8 in headers", latin1);
+    add(
+        "oversized header",
+        VALID
+            .replacen("Max-Forwards: 70", &format!("X-Big: {}\r\nMax-Forwards: 70", "a".repeat(20_000)), 1)
+            .into_bytes(),
+    );
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    add(
+        "too many headers",
+        VALID.replacen("Max-Forwards: 70\r\n", &format!("{many}Max-Forwards: 70\r\n"), 1).into_bytes(),
+    );
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for i in 0..8 {
+        let noise: Vec<u8> = (0..64 + i * 97)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        add(&format!("binary noise {i}"), noise);
+    }
+    add("only spaces and tabs", b" \t \t".to_vec());
+    add("headers but no start line", b"\r\nVia: SIP/2.0/UDP a\r\n\r\n".to_vec());
+    add("sip-ish noise", b"INVITE INVITE INVITE\r\n\r\n".to_vec());
+    cases
+}
+
+/// A 400-class answer must name the problem in its reason phrase.
+fn check_answer(name: &str, answer: &str) {
+    let code = status(answer);
+    assert!(code == 400 || code == 513, "{name}: expected 400/513, got {answer}");
+    let reason = answer.lines().next().unwrap_or("").splitn(3, ' ').nth(2).unwrap_or("");
+    assert!(reason.len() > 3 && reason != "Bad Request", "{name}: reason should say what is wrong: {reason:?}");
+}
+
+#[test]
+fn malformed_input_over_udp_gets_400_or_is_dropped() {
+    let server = Server::start_with(SMALL_LIMITS);
+    let ua = Ua::new("alice", server.sip);
+    let cases = malformed_inputs();
+    assert!(cases.len() >= 50, "{} cases", cases.len());
+    let mut answered = 0;
+    for (name, data) in &cases {
+        ua.send_raw(data);
+        if let Some(answer) = ua.recv(Duration::from_millis(200)) {
+            check_answer(name, &answer);
+            answered += 1;
+        }
+    }
+    assert!(answered >= 30, "most malformed requests with a usable Via are answered: {answered}");
+    let mut ok = Ua::new("carol", server.sip);
+    let r = ok.send_authenticated("OPTIONS", "sip:127.0.0.1", "sip:127.0.0.1", "", "");
+    assert_eq!(status(&r), 200, "server still answers OPTIONS: {r}");
+    assert!(server.metric("parley_sip_malformed_requests_total") >= answered as f64);
+    assert!(!server.log_text().contains("panicked"), "{}", server.log_text());
+}
+
+#[test]
+fn malformed_input_over_tcp_gets_400_or_a_closed_connection() {
+    let server = Server::start_with(SMALL_LIMITS);
+    let mut answered = 0;
+    for (name, data) in malformed_inputs() {
+        let mut s = TcpStream::connect(server.sip).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let data = replace_bytes(&data, b"SIP/2.0/UDP", b"SIP/2.0/TCP");
+        let _ = s.write_all(&data);
+        let mut buf = vec![0u8; 65_536];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {} // closed or nothing: dropped
+            Ok(n) => {
+                check_answer(&name, &String::from_utf8_lossy(&buf[..n]));
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered >= 20, "answered {answered}");
+    let mut s = TcpStream::connect(server.sip).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(VALID.replace("SIP/2.0/UDP", "SIP/2.0/TCP").as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200 OK"), "{}", String::from_utf8_lossy(&buf[..n]));
+}
+
+#[test]
+fn retransmitted_register_is_answered_without_reprocessing() {
+    let server = Server::start();
+    let mut alice = Ua::new("alice", server.sip);
+    let first = alice.register(300);
+    assert_eq!(status(&first), 200, "{first}");
+    // Reprocessing would see a replayed nonce count and answer 401 stale; the transaction layer
+    // must answer with the very same 200 instead.
+    alice.send_raw(alice.last_request.clone().as_bytes());
+    let again = alice.recv_response(Duration::from_secs(5)).expect("retransmitted response");
+    assert_eq!(again, first);
+    assert_eq!(server.metric("parley_sip_retransmissions_absorbed_total"), 1.0);
+    assert_eq!(server.metric("parley_registrations"), 1.0);
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let mut server = Server::start();
+    let mut alice = Ua::new("alice", server.sip);
+    assert_eq!(status(&alice.register(300)), 200);
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}; log:\n{}", server.log_text());
+    assert!(server.log_text().contains("shutting down"), "{}", server.log_text());
+    assert!(!server.is_running());
+}

@@ -1,0 +1,162 @@
+//! Test support: starts a real `parley-server` on 127.0.0.1 with free ports, a temporary data
+//! directory and the sample users (examples/standalone/users.toml: alice, bob, carol with
+//! passwords `<name>-password`, domain example.test), and stops it when dropped.
+#![allow(dead_code)] // each test binary uses part of this module
+
+pub mod ua;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DOMAIN: &str = "example.test";
+
+pub fn password(user: &str) -> String {
+    format!("{user}-password")
+}
+
+/// A port free on both UDP and TCP of 127.0.0.1.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub struct Server {
+    child: Child,
+    /// UDP and TCP listen on the same port.
+    pub sip: SocketAddr,
+    pub tls: SocketAddr,
+    pub ops: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with("")
+    }
+
+    /// Starts with extra TOML appended to the config (whole sections, e.g. `[registrar]`).
+    pub fn start_with(extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    /// Starts on an existing data directory (to restart on the same state).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Server {
+        let (sip, tls, ops) = (free_port(), free_port(), free_port());
+        let users = repo_root().join("examples/standalone/users.toml");
+        let config = format!(
+            "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\n\
+             [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\nops = \"127.0.0.1:{ops}\"\n\
+             [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nself_signed = true\n\
+             [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
+             [directory]\nbackend = \"file\"\nfile = \"{}\"\n{extra}",
+            users.display()
+        );
+        let config_path = dir.path().join("parley.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
+            .args(["serve", "--role", "home", "--config"])
+            .arg(&config_path)
+            .env("PARLEY_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start parley-server");
+        let server = Server {
+            child,
+            sip: SocketAddr::from(([127, 0, 0, 1], sip)),
+            tls: SocketAddr::from(([127, 0, 0, 1], tls)),
+            ops: SocketAddr::from(([127, 0, 0, 1], ops)),
+            dir,
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.http_get("/readyz").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not become ready; log:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+
+    /// GET on the operations port: status code and body.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.ops, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.split(' ').nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// A metric's value (first sample whose name and labels start with `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics").expect("metrics");
+        body.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether an external tool is installed; tests that need it fail loudly when it is not
+/// (`make deps` installs them), so a missing tool never passes silently.
+pub fn require_tool(name: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success();
+    assert!(found, "{name} is not installed: run `make deps`");
+}

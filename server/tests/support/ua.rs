@@ -1,0 +1,157 @@
+//! A minimal SIP user agent for tests, over a real UDP socket: registers with MD5 digest,
+//! sends requests, receives and answers them. Deliberately independent of the server's code.
+
+use md5::{Digest, Md5};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+pub struct Ua {
+    pub socket: UdpSocket,
+    pub user: String,
+    pub server: SocketAddr,
+    cseq: u32,
+    call_id: String,
+    /// The last request sent by `send_authenticated` (to replay it).
+    pub last_request: String,
+}
+
+/// A header's value in a raw message (first occurrence, case-insensitive, long names only).
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+pub fn status(msg: &str) -> u16 {
+    msg.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn param<'a>(challenge: &'a str, name: &str) -> &'a str {
+    let key = format!("{name}=\"");
+    challenge.split(&key).nth(1).and_then(|r| r.split('"').next()).unwrap_or("")
+}
+
+fn md5(s: &str) -> String {
+    hex::encode(Md5::digest(s.as_bytes()))
+}
+
+impl Ua {
+    pub fn new(user: &str, server: SocketAddr) -> Ua {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Ua {
+            socket,
+            user: user.into(),
+            server,
+            cseq: 0,
+            call_id: format!("{user}-{}", std::process::id()),
+            last_request: String::new(),
+        }
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub fn send_raw(&self, data: &[u8]) {
+        self.socket.send_to(data, self.server).unwrap();
+    }
+
+    /// Next datagram as text, or None after the timeout.
+    pub fn recv(&self, timeout: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = vec![0u8; 65_535];
+        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Next response (skipping requests), or None.
+    pub fn recv_response(&self, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let m = self.recv(left)?;
+            if m.starts_with("SIP/2.0 ") {
+                return Some(m);
+            }
+        }
+        None
+    }
+
+    fn request(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
+        self.cseq += 1;
+        let local = self.local();
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}{};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{user}@example.test>;tag={user}tag\r\nTo: <{to}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:{user}@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+            self.call_id,
+            self.cseq,
+            user = self.user,
+            cid = self.call_id,
+            cseq = self.cseq,
+            len = body.len()
+        )
+    }
+
+    /// Sends a request, answers one digest challenge, returns the final response.
+    pub fn send_authenticated(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
+        let req = self.request(method, uri, to, extra, body);
+        self.send_raw(req.as_bytes());
+        self.last_request = req;
+        let first = self.recv_response(Duration::from_secs(5)).expect("response");
+        let (challenge_header, auth_header) = match status(&first) {
+            401 => ("WWW-Authenticate", "Authorization"),
+            407 => ("Proxy-Authenticate", "Proxy-Authorization"),
+            _ => return first,
+        };
+        let challenge = header(&first, challenge_header).expect("challenge");
+        assert!(challenge.contains("algorithm=MD5"), "first challenge is MD5: {challenge}");
+        let (realm, nonce) = (param(challenge, "realm"), param(challenge, "nonce"));
+        let ha1 = md5(&format!("{}:{realm}:{}-password", self.user, self.user));
+        let ha2 = md5(&format!("{method}:{uri}"));
+        let response = md5(&format!("{ha1}:{nonce}:00000001:abcdef:auth:{ha2}"));
+        let creds = format!(
+            "{auth_header}: Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abcdef\"\r\n",
+            self.user
+        );
+        let req = self.request(method, uri, to, &format!("{extra}{creds}"), body);
+        self.send_raw(req.as_bytes());
+        self.last_request = req;
+        self.recv_response(Duration::from_secs(40)).expect("final response")
+    }
+
+    pub fn register(&mut self, expires: u32) -> String {
+        let to = format!("sip:{}@example.test", self.user);
+        self.send_authenticated("REGISTER", "sip:example.test", &to, &format!("Expires: {expires}\r\n"), "")
+    }
+
+    /// Answers a received request with `code`, copying the dialog headers.
+    pub fn answer(&self, request: &str, code: u16) {
+        let mut out = format!("SIP/2.0 {code} OK\r\n");
+        for line in request.lines() {
+            let name = line.split(':').next().unwrap_or("").trim();
+            if ["Via", "From", "Call-ID", "CSeq"].iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                out.push_str(line.trim_end());
+                out.push_str("\r\n");
+            } else if name.eq_ignore_ascii_case("To") {
+                out.push_str(&format!("{};tag=uas\r\n", line.trim_end()));
+            }
+        }
+        out.push_str("Content-Length: 0\r\n\r\n");
+        self.send_raw(out.as_bytes());
+    }
+
+    /// Waits for a request of `method`, skipping anything else.
+    pub fn recv_request(&self, method: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let m = self.recv(left)?;
+            if m.starts_with(&format!("{method} ")) {
+                return Some(m);
+            }
+        }
+        None
+    }
+}
