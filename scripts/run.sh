@@ -9,12 +9,8 @@ Parley standalone Home Server, SIP domain example.test
   SIP   udp/tcp 127.0.0.1:5060   tls 127.0.0.1:5061 (self-signed: .parley-demo/data/tls/cert.pem)
   HTTP  http://127.0.0.1:8080/healthz  /readyz  /metrics
   Users alice, bob, carol @example.test; passwords alice-password, bob-password, carol-password
-
-Try it from another terminal (sipsak comes with `make deps`):
-  sipsak -s sip:alice@127.0.0.1:5060 -vv                            # OPTIONS
-  sipsak -U -C sip:alice@127.0.0.1:5070 -s sip:alice@example.test \
-         -o 127.0.0.1:5060 -a alice-password -vv                      # REGISTER with digest auth
-Or point any SIP client at 127.0.0.1:5060 with user alice@example.test.
+  Try:  sipsak -vv -U -x 300 -C sip:alice@127.0.0.1:5070 -s sip:alice@127.0.0.1:5060 -u alice -a alice-password
+  More: README.md, "Start here"
 
 MSG
 exec target/release/parley-server serve --role home --config examples/standalone/parley.toml

@@ -181,3 +181,30 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(server.log_text().contains("shutting down"), "{}", server.log_text());
     assert!(!server.is_running());
 }
+
+#[test]
+fn unknown_and_unsupported_methods_get_501_or_405_with_allow() {
+    let server = Server::start();
+    let ua = Ua::new("alice", server.sip);
+    // SERVICE and BENOTIFY are what LCS-dialect clients (pidgin-sipe) send; rsip cannot parse them.
+    for (method, code) in [("SERVICE", 501), ("BENOTIFY", 501), ("INVITE", 405), ("INFO", 405)] {
+        let req = VALID.replace("OPTIONS sip:", &format!("{method} sip:")).replace("1 OPTIONS", &format!("1 {method}"));
+        let req = req.replace("z9hG4bKbad", &format!("z9hG4bK{method}"));
+        ua.send_raw(req.as_bytes());
+        let answer = ua.recv_response(Duration::from_secs(5)).expect("answer");
+        assert_eq!(status(&answer), code, "{method}: {answer}");
+        assert!(answer.contains("\r\nAllow: REGISTER, MESSAGE, OPTIONS\r\n"), "{method}: {answer}");
+    }
+}
+
+#[test]
+fn compact_folded_lf_only_request_is_understood() {
+    let server = Server::start();
+    let ua = Ua::new("alice", server.sip);
+    let req = "OPTIONS sip:127.0.0.1 SIP/2.0\nv: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKcompact;rport\n\
+        f: <sip:alice@example.test>\n ;tag=1\nt: <sip:bob@example.test>\ni: compact-1\nCSeq: 1 OPTIONS\nl: 0\n\n";
+    ua.send_raw(req.as_bytes());
+    let answer = ua.recv_response(Duration::from_secs(5)).expect("answer");
+    assert_eq!(status(&answer), 200, "{answer}");
+    assert!(answer.contains("From: <sip:alice@example.test> ;tag=1"), "{answer}");
+}

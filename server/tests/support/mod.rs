@@ -65,8 +65,13 @@ impl Server {
              [directory]\nbackend = \"file\"\nfile = \"{}\"\n{extra}",
             users.display()
         );
+        std::fs::write(dir.path().join("parley.toml"), config).unwrap();
+        Self::start_from(dir, sip, tls, ops)
+    }
+
+    /// Starts with `dir/parley.toml` as written by the caller, listening on the given ports.
+    pub fn start_from(dir: tempfile::TempDir, sip: u16, tls: u16, ops: u16) -> Server {
         let config_path = dir.path().join("parley.toml");
-        std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("server.log");
         let child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
             .args(["serve", "--role", "home", "--config"])
