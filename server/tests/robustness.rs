@@ -208,3 +208,22 @@ fn compact_folded_lf_only_request_is_understood() {
     assert_eq!(status(&answer), 200, "{answer}");
     assert!(answer.contains("From: <sip:alice@example.test> ;tag=1"), "{answer}");
 }
+
+#[test]
+fn connections_beyond_the_per_address_limit_are_closed() {
+    let server = Server::start_with("[limits]\nmax_connections_per_ip = 2\n");
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(server.sip).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut third = TcpStream::connect(server.sip).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "third connection is closed");
+    assert_eq!(server.metric("parley_connections_refused_total"), 1.0);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = TcpStream::connect(server.sip).unwrap();
+    again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    again.write_all(VALID.replace("SIP/2.0/UDP", "SIP/2.0/TCP").as_bytes()).unwrap();
+    let n = again.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"), "a freed slot is usable again");
+}

@@ -1,0 +1,50 @@
+//! The command line: config errors name the key and exit non-zero; `user hash` prints entries
+//! that the file directory accepts.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn parley(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn config_errors_name_the_key_and_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "sip_domain = \"example.test\"\n[storage]\ndata_dir = \"d\"\nlogs_dir = \"l\"\n\
+         [directory]\nbackend = \"file\"\nfile = \"u.toml\"\n[registrar]\nmin_expirs = 5\n",
+    )
+    .unwrap();
+    let (ok, _, err) = parley(&["serve", "--config", path.to_str().unwrap()], "");
+    assert!(!ok);
+    assert!(err.contains("min_expirs"), "{err}");
+    let (ok, _, err) = parley(&["serve", "--config", "/nonexistent/parley.toml"], "");
+    assert!(!ok && err.contains("/nonexistent/parley.toml"), "{err}");
+}
+
+#[test]
+fn user_hash_matches_the_sample_directory() {
+    let (ok, out, err) = parley(&["user", "hash", "alice@example.test"], "alice-password\n");
+    assert!(ok, "{err}");
+    let sample = std::fs::read_to_string(support::repo_root().join("examples/standalone/users.toml")).unwrap();
+    for line in out.lines().filter(|l| l.starts_with("ha1_")) {
+        assert!(sample.contains(line), "{line} not in the sample users file");
+    }
+    assert_eq!(out.lines().filter(|l| l.starts_with("ha1_")).count(), 2);
+    let (ok, _, err) = parley(&["user", "hash", "alice"], "pw\n");
+    assert!(!ok && err.contains("user@domain"), "{err}");
+}
