@@ -3,5 +3,7 @@
 //! so the controller tests can run the same code against an API server double.
 
 pub mod build;
+pub mod controllers;
 pub mod crd;
+pub mod runtime;
 pub mod tiers;

@@ -1,0 +1,147 @@
+//! FrontEnd -> ConfigMap (with the domain's routing table), Service, PodDisruptionBudget, Deployment.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::apply::{apply, patch_status};
+use super::conditions::{Want, merge};
+use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use crate::build::config::{HomeServerRoute, home_server_address};
+use crate::build::{self, BuildContext};
+use crate::crd::condition::{PAUSED, READY};
+use crate::crd::{CommunicationsDomain, FrontEnd, FrontEndStatus, HomeServer};
+use crate::tiers;
+
+pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
+    if fe.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = namespace_of(fe.as_ref())?;
+    let name = fe.name_any();
+    let client = ctx.client.clone();
+    let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+
+    // Dereference: the domain and its Home Servers (the routing table).
+    let domain = Api::<CommunicationsDomain>::namespaced(client.clone(), &ns).get_opt(&fe.spec.domain).await?;
+    let mut home_servers: Vec<HomeServer> = Api::<HomeServer>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|h| h.spec.domain == fe.spec.domain && h.metadata.deletion_timestamp.is_none())
+        .collect();
+    home_servers.sort_by_key(|h| h.name_any());
+    let routes: Vec<HomeServerRoute> = home_servers
+        .iter()
+        .map(|h| HomeServerRoute {
+            name: h.name_any(),
+            address: home_server_address(&h.name_any(), &ns, &ctx.settings.cluster_domain),
+        })
+        .collect();
+    let live = deploy_api.get_opt(&name).await?;
+    let old = fe.status.clone().unwrap_or_default();
+    let mut status = FrontEndStatus { observed_generation: fe.metadata.generation, ..old.clone() };
+    let mut wants = Vec::new();
+    let mut wrote_workload = false;
+
+    match &domain {
+        None => wants.push(Want::new(
+            READY,
+            false,
+            "DomainNotFound",
+            format!("CommunicationsDomain {} not found in namespace {ns}", fe.spec.domain),
+        )),
+        Some(domain) if domain.spec.paused => wants.push(Want::new(
+            PAUSED,
+            true,
+            "DomainPaused",
+            format!("CommunicationsDomain {} is paused: the operator changes nothing", fe.spec.domain),
+        )),
+        Some(domain) => {
+            let sizing = tiers::resolve(domain.spec.users.into());
+            status.tier = Some(sizing.tier);
+            status.domain_users = Some(domain.spec.users);
+            wants.push(Want::new(PAUSED, false, "NotPaused", ""));
+            let mut problems = validate::front_end(&fe);
+            problems.extend(validate::domain(domain).into_iter().map(|p| format!("domain {}: {p}", fe.spec.domain)));
+            if !problems.is_empty() {
+                wants.push(Want::new(READY, false, "InvalidSpec", problems.join("; ")));
+            } else {
+                let bctx = BuildContext {
+                    domain,
+                    sizing,
+                    default_image: &ctx.settings.default_image,
+                    cluster_domain: &ctx.settings.cluster_domain,
+                };
+                let objs = build::front_end::build(&fe, &bctx, &routes)?;
+                let cm = objs.config_map.name_any();
+                report_apply(
+                    &ctx,
+                    fe.as_ref(),
+                    "ConfigMap",
+                    &cm,
+                    apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?,
+                )
+                .await;
+                report_apply(
+                    &ctx,
+                    fe.as_ref(),
+                    "Service",
+                    &name,
+                    apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?,
+                )
+                .await;
+                report_apply(
+                    &ctx,
+                    fe.as_ref(),
+                    "PodDisruptionBudget",
+                    &name,
+                    apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?,
+                )
+                .await;
+                let out = apply(&deploy_api, &objs.deployment).await?;
+                wrote_workload = out.wrote();
+                report_apply(&ctx, fe.as_ref(), "Deployment", &name, out).await;
+                status.replicas = objs.deployment.spec.as_ref().and_then(|s| s.replicas);
+                status.home_servers = routes.iter().map(|r| r.name.clone()).collect();
+            }
+        }
+    }
+
+    status.ready_replicas = live.as_ref().and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas).or(Some(0));
+    if !wants.iter().any(|w| w.type_ == READY) {
+        wants.push(ready(live.as_ref(), wrote_workload, &name, routes.len()));
+    }
+    wants.sort_by_key(|w| w.type_);
+    status.conditions = merge(&old.conditions, &wants, fe.metadata.generation, Timestamp::now());
+    if patch_status(&Api::<FrontEnd>::namespaced(client, &ns), &name, fe.status.as_ref(), &status).await? {
+        report_transitions(&ctx, fe.as_ref(), &old.conditions, &status.conditions).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Ready when every replica runs the current revision and is ready, and there is somewhere to route.
+fn ready(deploy: Option<&Deployment>, just_written: bool, name: &str, routes: usize) -> Want {
+    let Some(d) = deploy else {
+        return Want::new(READY, false, "Creating", format!("creating Deployment {name}"));
+    };
+    if routes == 0 {
+        return Want::new(READY, false, "NoHomeServers", "the domain has no Home Servers to route to");
+    }
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    let current = st.observed_generation >= d.metadata.generation && !just_written;
+    let ready = st.ready_replicas.unwrap_or(0);
+    if current && ready >= want && st.updated_replicas.unwrap_or(0) >= want {
+        Want::new(READY, true, "Running", format!("{ready} of {want} replicas ready"))
+    } else {
+        Want::new(READY, false, "Progressing", format!("{ready} of {want} replicas ready"))
+    }
+}

@@ -1,0 +1,304 @@
+//! HomeServer -> ConfigMap, headless Service, PodDisruptionBudget, StatefulSet.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::apply::{apply, patch_status};
+use super::conditions::{Want, merge};
+use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use crate::build::{self, BuildContext, FIELD_MANAGER, quantity};
+use crate::crd::condition::{PAUSED, READY};
+use crate::crd::{CommunicationsDomain, HomeServer, HomeServerStatus};
+use crate::tiers;
+
+/// Condition type: the volumes have the size the spec asks for.
+pub const VOLUMES: &str = "VolumesUpToDate";
+
+pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action> {
+    if hs.metadata.deletion_timestamp.is_some() {
+        // Owner references take the children with it; nothing to clean up outside them.
+        return Ok(Action::await_change());
+    }
+    let ns = namespace_of(hs.as_ref())?;
+    let name = hs.name_any();
+    let client = ctx.client.clone();
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+
+    // Dereference.
+    let domain = Api::<CommunicationsDomain>::namespaced(client.clone(), &ns).get_opt(&hs.spec.domain).await?;
+    let live_sts = sts_api.get_opt(&name).await?;
+    let old = hs.status.clone().unwrap_or_default();
+    let mut status = HomeServerStatus { observed_generation: hs.metadata.generation, ..old.clone() };
+    let mut wants = Vec::new();
+    let mut wrote_workload = false;
+
+    match &domain {
+        None => {
+            wants.push(Want::new(
+                READY,
+                false,
+                "DomainNotFound",
+                format!("CommunicationsDomain {} not found in namespace {ns}", hs.spec.domain),
+            ));
+        }
+        Some(domain) if domain.spec.paused => {
+            wants.push(Want::new(
+                PAUSED,
+                true,
+                "DomainPaused",
+                format!("CommunicationsDomain {} is paused: the operator changes nothing", hs.spec.domain),
+            ));
+        }
+        Some(domain) => {
+            let sizing = tiers::resolve(domain.spec.users.into());
+            status.tier = Some(sizing.tier);
+            wants.push(Want::new(PAUSED, false, "NotPaused", ""));
+            // Validate.
+            let mut problems = validate::home_server(&hs);
+            problems.extend(validate::domain(domain).into_iter().map(|p| format!("domain {}: {p}", hs.spec.domain)));
+            if !problems.is_empty() {
+                wants.push(Want::new(READY, false, "InvalidSpec", problems.join("; ")));
+            } else {
+                // Build.
+                let bctx = BuildContext {
+                    domain,
+                    sizing,
+                    default_image: &ctx.settings.default_image,
+                    cluster_domain: &ctx.settings.cluster_domain,
+                };
+                let mut objs = build::home_server::build(&hs, &bctx)?;
+                // Apply, in order.
+                let cm = objs.config_map.name_any();
+                report_apply(
+                    &ctx,
+                    hs.as_ref(),
+                    "ConfigMap",
+                    &cm,
+                    apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?,
+                )
+                .await;
+                report_apply(
+                    &ctx,
+                    hs.as_ref(),
+                    "Service",
+                    &name,
+                    apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?,
+                )
+                .await;
+                report_apply(
+                    &ctx,
+                    hs.as_ref(),
+                    "PodDisruptionBudget",
+                    &name,
+                    apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?,
+                )
+                .await;
+                let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
+                let out = apply(&sts_api, &objs.stateful_set).await?;
+                wrote_workload = out.wrote();
+                report_apply(&ctx, hs.as_ref(), "StatefulSet", &name, out).await;
+                wants.push(expand_volumes(&ctx, &ns, &name, &volumes).await?);
+                status.resolved = Some(objs.resolved);
+                status.address = Some(objs.address);
+            }
+        }
+    }
+
+    // Status.
+    if !wants.iter().any(|w| w.type_ == READY) {
+        wants.insert(0, ready(live_sts.as_ref(), wrote_workload, &name));
+    }
+    wants.sort_by_key(|w| w.type_);
+    status.conditions = merge(&old.conditions, &wants, hs.metadata.generation, Timestamp::now());
+    if patch_status(&Api::<HomeServer>::namespaced(client, &ns), &name, hs.status.as_ref(), &status).await? {
+        report_transitions(&ctx, hs.as_ref(), &old.conditions, &status.conditions).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Ready when the StatefulSet's one pod runs the current revision and passes its readiness probe.
+fn ready(sts: Option<&StatefulSet>, just_written: bool, name: &str) -> Want {
+    let Some(sts) = sts else {
+        return Want::new(READY, false, "Creating", format!("creating StatefulSet {name}"));
+    };
+    let st = sts.status.clone().unwrap_or_default();
+    let current = st.observed_generation >= sts.metadata.generation && !just_written;
+    let rolled = st.updated_replicas.unwrap_or(0) >= 1 || st.current_revision == st.update_revision;
+    if current && rolled && st.ready_replicas.unwrap_or(0) >= 1 {
+        Want::new(READY, true, "Running", format!("pod {name}-0 is ready"))
+    } else {
+        Want::new(
+            READY,
+            false,
+            "Progressing",
+            format!("waiting for pod {name}-0 to run the current spec and become ready"),
+        )
+    }
+}
+
+/// A volume whose claim template differs between what the spec wants and what exists.
+#[derive(Debug, PartialEq)]
+pub struct VolumeChange {
+    pub claim: String,
+    pub have: String,
+    pub want: String,
+}
+
+/// A StatefulSet's claim templates cannot change once it exists. Keeps the live templates in the
+/// desired object (so the apply is accepted) and returns the size changes the spec asks for,
+/// which are made on the PersistentVolumeClaims themselves.
+pub fn keep_claim_templates(desired: &mut StatefulSet, live: Option<&StatefulSet>) -> Vec<VolumeChange> {
+    let Some(live_templates) = live.and_then(|l| l.spec.as_ref()).and_then(|s| s.volume_claim_templates.clone()) else {
+        return Vec::new();
+    };
+    let size = |c: &PersistentVolumeClaim| {
+        c.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+            .unwrap_or_default()
+    };
+    let Some(templates) = desired.spec.as_mut().and_then(|s| s.volume_claim_templates.as_mut()) else {
+        return Vec::new();
+    };
+    let mut changes = Vec::new();
+    for t in templates.iter_mut() {
+        let Some(l) = live_templates.iter().find(|l| l.metadata.name == t.metadata.name) else { continue };
+        let (have, want) = (size(l), size(t));
+        if !quantity::same(&have, &want) {
+            changes.push(VolumeChange { claim: t.metadata.name.clone().unwrap_or_default(), have: have.clone(), want });
+        }
+        // Keep what exists: size and class.
+        if let (Some(ts), Some(ls)) = (t.spec.as_mut(), l.spec.as_ref()) {
+            ts.resources = ls.resources.clone();
+            ts.storage_class_name = ls.storage_class_name.clone();
+        }
+    }
+    changes
+}
+
+/// Grows the pod's claims where the spec asks for more (the storage class must allow expansion);
+/// refuses to shrink.
+async fn expand_volumes(ctx: &Context, ns: &str, sts: &str, changes: &[VolumeChange]) -> Result<Want> {
+    if changes.is_empty() {
+        return Ok(Want::new(VOLUMES, true, "AsSpecified", "volumes have the requested size"));
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let mut messages = Vec::new();
+    let mut shrink = false;
+    for c in changes {
+        let pvc_name = format!("{}-{sts}-0", c.claim);
+        if quantity::parse(&c.want) < quantity::parse(&c.have) {
+            shrink = true;
+            messages.push(format!("{} is {} and cannot shrink to {}", c.claim, c.have, c.want));
+            continue;
+        }
+        messages.push(format!("{} grows from {} to {}", c.claim, c.have, c.want));
+        if let Some(pvc) = pvcs.get_opt(&pvc_name).await? {
+            let requested =
+                pvc.spec.and_then(|s| s.resources).and_then(|r| r.requests).and_then(|r| r.get("storage").cloned());
+            if requested.is_none_or(|q| quantity::parse(&q.0) < quantity::parse(&c.want)) {
+                let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": c.want}}}});
+                pvcs.patch(&pvc_name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&patch)).await?;
+                ctx.event_for_pvc(ns, &pvc_name, &c.want).await;
+            }
+        }
+    }
+    Ok(if shrink {
+        Want::new(VOLUMES, false, "CannotShrink", messages.join("; "))
+    } else {
+        Want::new(
+            VOLUMES,
+            false,
+            "Expanding",
+            format!("{} (the claim templates keep their first size)", messages.join("; ")),
+        )
+    })
+}
+
+impl Context {
+    async fn event_for_pvc(&self, ns: &str, pvc: &str, size: &str) {
+        let obj = PersistentVolumeClaim {
+            metadata: kube::api::ObjectMeta {
+                name: Some(pvc.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        self.event(&obj, false, "Expanding", "Resize", format!("requested {size} for {pvc}")).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::fixtures;
+
+    fn sts(users: u32) -> StatefulSet {
+        let d = fixtures::domain("corp", users);
+        let ctx = BuildContext {
+            domain: &d,
+            sizing: tiers::resolve(users.into()),
+            default_image: "i",
+            cluster_domain: "cluster.local",
+        };
+        build::home_server::build(&fixtures::home_server("h", "corp"), &ctx).unwrap().stateful_set
+    }
+
+    #[test]
+    fn claim_templates_of_a_live_statefulset_are_kept() {
+        let live = sts(500);
+        let mut desired = sts(5_000);
+        let changes = keep_claim_templates(&mut desired, Some(&live));
+        assert_eq!(
+            changes,
+            vec![
+                VolumeChange { claim: "data".into(), have: "20Gi".into(), want: "36Gi".into() },
+                VolumeChange { claim: "logs".into(), have: "1Gi".into(), want: "36Gi".into() },
+            ]
+        );
+        assert_eq!(
+            desired.spec.as_ref().unwrap().volume_claim_templates,
+            live.spec.as_ref().unwrap().volume_claim_templates
+        );
+        // The rest of the spec still follows the new tier.
+        let c = &desired.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["cpu"].0, "2");
+    }
+
+    #[test]
+    fn nothing_to_keep_for_a_new_statefulset() {
+        let mut desired = sts(5_000);
+        let before = desired.clone();
+        assert!(keep_claim_templates(&mut desired, None).is_empty());
+        assert_eq!(desired, before);
+    }
+
+    #[test]
+    fn readiness_needs_the_current_revision() {
+        use k8s_openapi::api::apps::v1::StatefulSetStatus;
+        assert_eq!(ready(None, false, "h").reason, "Creating");
+        let mut s = sts(500);
+        s.metadata.generation = Some(2);
+        s.status = Some(StatefulSetStatus {
+            observed_generation: Some(1),
+            ready_replicas: Some(1),
+            updated_replicas: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(ready(Some(&s), false, "h").reason, "Progressing");
+        s.status.as_mut().unwrap().observed_generation = Some(2);
+        assert!(ready(Some(&s), false, "h").status);
+        assert!(!ready(Some(&s), true, "h").status, "a StatefulSet just written is not yet observed");
+    }
+}

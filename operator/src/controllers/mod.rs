@@ -1,0 +1,345 @@
+//! One kube-rs `Controller` per kind. Each reconcile runs the same steps:
+//! dereference (read what the resource points to) -> validate (no client) -> build (pure) ->
+//! apply (server-side apply, in order: ConfigMap, Service, PDB, then the workload) -> status.
+//!
+//! A reconcile writes only what differs, so a steady state writes nothing; `paused` makes it
+//! read-only apart from the `Paused` condition; Events mark every write and every error.
+
+pub mod apply;
+pub mod conditions;
+pub mod domain;
+pub mod front_end;
+pub mod home_server;
+pub mod validate;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::build::{BuildError, Component, MANAGED_SELECTOR};
+use crate::crd::{CommunicationsDomain, FrontEnd, HomeServer};
+use crate::runtime::Shutdown;
+use crate::runtime::metrics::Metrics;
+
+/// Operator-wide settings the builders need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Server image for domains that name none.
+    pub default_image: String,
+    /// DNS suffix of Services (`cluster.local`).
+    pub cluster_domain: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_image: format!("parley-server:{}", env!("CARGO_PKG_VERSION")),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// Shared by every reconcile of one operator instance.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, identity: &str) -> Self {
+        let reporter = Reporter { controller: "parley-operator".into(), instance: Some(identity.into()) };
+        Self { recorder: Recorder::new(client.clone(), reporter), client, settings, metrics }
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "publishing an Event failed");
+        }
+    }
+}
+
+/// Why a reconcile failed; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("{kind} {name} exists and is controlled by {owner}; rename or remove it")]
+    NotOwned { kind: String, name: String, owner: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A short class for the errors metric.
+    pub fn class(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                409 => "conflict".into(),
+                404 => "not_found".into(),
+                422 => "invalid".into(),
+                403 => "forbidden".into(),
+                code => format!("http_{code}"),
+            },
+            Error::Kube(_) => "api".into(),
+            Error::Build(_) => "build".into(),
+            Error::NotOwned { .. } => "not_owned".into(),
+            Error::Invalid(_) => "invalid".into(),
+            Error::Json(_) => "json".into(),
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How often a converged resource is looked at again (reads only) in case a watch missed something.
+pub const RESYNC: Duration = Duration::from_secs(600);
+
+/// Runs `reconcile`, recording its count, duration and errors.
+async fn instrumented<F>(kind: &'static str, ctx: &Context, f: F) -> Result<Action>
+where
+    F: Future<Output = Result<Action>>,
+{
+    let start = Instant::now();
+    let result = f.await;
+    ctx.metrics.observe(kind, start.elapsed(), result.is_ok());
+    if let Err(e) = &result {
+        ctx.metrics.error(kind, &e.class());
+    }
+    result
+}
+
+/// Retries failed reconciles: conflicts (someone wrote in between) quickly, others after a pause,
+/// with a Warning Event on the resource for anything but a conflict.
+fn error_policy<K>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    if err.is_conflict() {
+        debug!(name = %obj.name_any(), error = %err, "conflict; retrying");
+        return Action::requeue(Duration::from_millis(500));
+    }
+    warn!(kind = %K::kind(&()), name = %obj.name_any(), error = %err, "reconcile failed");
+    let note = err.to_string();
+    tokio::spawn(async move { ctx.event(obj.as_ref(), true, "ReconcileFailed", "Reconcile", note).await });
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The namespace of a namespaced object (always set for objects from the API server).
+pub fn namespace_of<K: Resource>(obj: &K) -> Result<String> {
+    obj.meta().namespace.clone().ok_or_else(|| Error::Invalid("object without a namespace".into()))
+}
+
+type RunResult<K, E1, E2> = Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E1, E2>>;
+
+fn log_results<K, E1, E2>(kind: &'static str) -> impl Fn(RunResult<K, E1, E2>) -> std::future::Ready<()>
+where
+    K: Resource,
+    K::DynamicType: Debug,
+    E1: std::error::Error,
+    E2: std::error::Error,
+{
+    move |r| {
+        match r {
+            Ok((obj, _)) => debug!(kind, name = %obj.name, "reconciled"),
+            Err(e) => debug!(kind, error = %e, "controller event"),
+        }
+        std::future::ready(())
+    }
+}
+
+fn managed(component: Component) -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_SELECTOR},app.kubernetes.io/component={}", component.as_str()))
+}
+
+/// Maps an object naming a domain (`spec.domain`) to the resources of `store` in that domain.
+fn by_domain<K>(store: &kube::runtime::reflector::Store<K>, ns: Option<String>, domain: &str) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: HasDomain,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| o.domain() == domain && o.namespace() == ns)
+        .map(|o| ObjectRef::from(o.as_ref()))
+        .collect()
+}
+
+/// Resources that belong to a domain through `spec.domain`.
+pub trait HasDomain {
+    fn domain(&self) -> &str;
+}
+
+impl HasDomain for HomeServer {
+    fn domain(&self) -> &str {
+        &self.spec.domain
+    }
+}
+
+impl HasDomain for FrontEnd {
+    fn domain(&self) -> &str {
+        &self.spec.domain
+    }
+}
+
+/// Runs the three controllers until `stop` completes, then lets running reconciles finish.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let domains: Api<CommunicationsDomain> = api(&client, ns);
+    let home_servers: Api<HomeServer> = api(&client, ns);
+    let front_ends: Api<FrontEnd> = api(&client, ns);
+    let all = watcher::Config::default;
+
+    let domain_of = |domain: &str, obj_ns: Option<String>| {
+        let r = ObjectRef::<CommunicationsDomain>::new(domain);
+        Some(match obj_ns {
+            Some(ns) => r.within(&ns),
+            None => r,
+        })
+    };
+    let domain_ctrl = Controller::new(domains.clone(), all())
+        .watches(home_servers.clone(), all(), move |hs: HomeServer| domain_of(&hs.spec.domain, hs.namespace()))
+        .watches(front_ends.clone(), all(), move |fe: FrontEnd| domain_of(&fe.spec.domain, fe.namespace()))
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            |d, ctx: Arc<Context>| async move {
+                instrumented("CommunicationsDomain", &ctx.clone(), domain::reconcile(d, ctx)).await
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_results("CommunicationsDomain"));
+
+    let hs_ctrl = Controller::new(home_servers.clone(), all());
+    let hs_store = hs_ctrl.store();
+    let hs_ctrl = hs_ctrl
+        .owns(api::<StatefulSet>(&client, ns), managed(Component::HomeServer))
+        .owns(api::<Service>(&client, ns), managed(Component::HomeServer))
+        .owns(api::<ConfigMap>(&client, ns), managed(Component::HomeServer))
+        .owns(api::<PodDisruptionBudget>(&client, ns), managed(Component::HomeServer))
+        .watches(domains.clone(), all(), move |d: CommunicationsDomain| {
+            by_domain(&hs_store, d.namespace(), &d.name_any())
+        })
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            |hs, ctx: Arc<Context>| async move {
+                instrumented("HomeServer", &ctx.clone(), home_server::reconcile(hs, ctx)).await
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_results("HomeServer"));
+
+    let fe_ctrl = Controller::new(front_ends.clone(), all());
+    let fe_store = fe_ctrl.store();
+    let fe_store2 = fe_store.clone();
+    let fe_ctrl = fe_ctrl
+        .owns(api::<Deployment>(&client, ns), managed(Component::FrontEnd))
+        .owns(api::<Service>(&client, ns), managed(Component::FrontEnd))
+        .owns(api::<ConfigMap>(&client, ns), managed(Component::FrontEnd))
+        .owns(api::<PodDisruptionBudget>(&client, ns), managed(Component::FrontEnd))
+        .watches(domains, all(), move |d: CommunicationsDomain| by_domain(&fe_store, d.namespace(), &d.name_any()))
+        // The routing table lists the domain's Home Servers.
+        .watches(home_servers, all(), move |hs: HomeServer| by_domain(&fe_store2, hs.namespace(), &hs.spec.domain))
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            |fe, ctx: Arc<Context>| async move {
+                instrumented("FrontEnd", &ctx.clone(), front_end::reconcile(fe, ctx)).await
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(log_results("FrontEnd"));
+
+    info!(namespace = ?namespace, "controllers running");
+    futures::join!(domain_ctrl, hs_ctrl, fe_ctrl);
+    info!("controllers stopped");
+}
+
+/// Reasons whose transitions are reported as Warning Events.
+const WARNING_REASONS: [&str; 4] = ["InvalidSpec", "DomainNotFound", "CannotShrink", "NotOwned"];
+
+/// Publishes an Event for every condition that changed status between `old` and `new`.
+pub async fn report_transitions<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    for c in conditions::transitions(old, new) {
+        let first = !old.iter().any(|o| o.type_ == c.type_);
+        // A condition that starts out False (not paused, nothing blocked) is not news.
+        if first && c.status == "False" && c.type_ != crate::crd::condition::READY {
+            continue;
+        }
+        let warning = c.status == "False" && WARNING_REASONS.contains(&c.reason.as_str());
+        let note = if c.message.is_empty() { format!("{} is {}", c.type_, c.status) } else { c.message.clone() };
+        ctx.event(obj, warning, &c.reason, c.type_.as_str(), note).await;
+    }
+}
+
+/// Publishes an Event saying that `kind/name` was created or put back.
+pub async fn report_apply<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    obj: &K,
+    kind: &str,
+    name: &str,
+    outcome: apply::Outcome,
+) {
+    let (reason, verb) = match outcome {
+        apply::Outcome::Unchanged => return,
+        apply::Outcome::Created => ("Created", "created"),
+        apply::Outcome::Updated => ("Updated", "updated"),
+    };
+    info!(kind, name, verb, "applied");
+    ctx.event(obj, false, reason, "Apply", format!("{verb} {kind} {name}")).await;
+}

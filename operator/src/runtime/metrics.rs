@@ -1,0 +1,139 @@
+//! Prometheus metrics of one operator instance, rendered in the text exposition format.
+//!
+//! Kept per instance (not global) so that two operators in one test process report separately.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the reconcile-duration histogram buckets.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    reconciles: BTreeMap<(String, &'static str), u64>,
+    errors: BTreeMap<(String, String), u64>,
+    durations: BTreeMap<String, Histogram>,
+    leader: bool,
+    ready: bool,
+}
+
+/// Counters, histograms and gauges of one operator instance.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    /// Records one reconcile of `kind`: its duration and whether it succeeded.
+    pub fn observe(&self, kind: &str, took: Duration, ok: bool) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        *m.reconciles.entry((kind.to_string(), if ok { "success" } else { "error" })).or_default() += 1;
+        let h = m.durations.entry(kind.to_string()).or_default();
+        let secs = took.as_secs_f64();
+        h.count += 1;
+        h.sum += secs;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+    }
+
+    /// Counts a failed reconcile of `kind` by the error's class.
+    pub fn error(&self, kind: &str, class: &str) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        *m.errors.entry((kind.to_string(), class.to_string())).or_default() += 1;
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.inner.lock().expect("metrics lock").leader = leader;
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.lock().expect("metrics lock").leader
+    }
+
+    /// Ready: the CRDs are established and this instance either leads or stands by.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.lock().expect("metrics lock").ready = ready;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.lock().expect("metrics lock").ready
+    }
+
+    /// Reconciles of `kind` so far (successful and failed).
+    pub fn reconciles(&self, kind: &str) -> u64 {
+        let m = self.inner.lock().expect("metrics lock");
+        m.reconciles.iter().filter(|((k, _), _)| k == kind).map(|(_, n)| n).sum()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let m = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP parley_operator_reconciles_total Reconciles by kind and result.");
+        let _ = writeln!(out, "# TYPE parley_operator_reconciles_total counter");
+        for ((kind, result), n) in &m.reconciles {
+            let _ = writeln!(out, "parley_operator_reconciles_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP parley_operator_reconcile_errors_total Failed reconciles by kind and error.");
+        let _ = writeln!(out, "# TYPE parley_operator_reconcile_errors_total counter");
+        for ((kind, class), n) in &m.errors {
+            let _ = writeln!(out, "parley_operator_reconcile_errors_total{{kind=\"{kind}\",error=\"{class}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP parley_operator_reconcile_duration_seconds Time spent in one reconcile.");
+        let _ = writeln!(out, "# TYPE parley_operator_reconcile_duration_seconds histogram");
+        for (kind, h) in &m.durations {
+            for (bound, n) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(
+                    out,
+                    "parley_operator_reconcile_duration_seconds_bucket{{kind=\"{kind}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "parley_operator_reconcile_duration_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "parley_operator_reconcile_duration_seconds_sum{{kind=\"{kind}\"}} {}", h.sum);
+            let _ = writeln!(out, "parley_operator_reconcile_duration_seconds_count{{kind=\"{kind}\"}} {}", h.count);
+        }
+        let _ = writeln!(out, "# HELP parley_operator_leader 1 while this instance holds the leader Lease.");
+        let _ = writeln!(out, "# TYPE parley_operator_leader gauge");
+        let _ = writeln!(out, "parley_operator_leader {}", u8::from(m.leader));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_errors_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.observe("HomeServer", Duration::from_millis(20), true);
+        m.observe("HomeServer", Duration::from_millis(300), false);
+        m.error("HomeServer", "conflict");
+        m.set_leader(true);
+        let text = m.render();
+        assert!(text.contains("parley_operator_reconciles_total{kind=\"HomeServer\",result=\"success\"} 1"));
+        assert!(text.contains("parley_operator_reconciles_total{kind=\"HomeServer\",result=\"error\"} 1"));
+        assert!(text.contains("parley_operator_reconcile_errors_total{kind=\"HomeServer\",error=\"conflict\"} 1"));
+        assert!(text.contains("parley_operator_reconcile_duration_seconds_bucket{kind=\"HomeServer\",le=\"0.025\"} 1"));
+        assert!(text.contains("parley_operator_reconcile_duration_seconds_bucket{kind=\"HomeServer\",le=\"0.5\"} 2"));
+        assert!(text.contains("parley_operator_reconcile_duration_seconds_count{kind=\"HomeServer\"} 2"));
+        assert!(text.contains("parley_operator_leader 1"));
+        assert_eq!(m.reconciles("HomeServer"), 2);
+    }
+}
