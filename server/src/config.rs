@@ -31,6 +31,16 @@ pub struct Config {
     pub registrar: Registrar,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub api: Api,
+}
+
+/// The presence-rules and contact-list HTTP API on the operations port.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// File holding a token that authorises an administrator for every user (`Bearer` scheme).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn default_server_name() -> String {
@@ -133,15 +143,16 @@ impl Default for Registrar {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
-    /// Challenge algorithms, one WWW-Authenticate each, in this order. MD5 comes first by default
-    /// because many deployed clients (sipsak, older baresip) read only the first challenge.
+    /// Challenge algorithms, one WWW-Authenticate each, in this order. The default is MD5 alone:
+    /// sipsak reads only the first challenge, and baresip 1.0 (libre 1.1) gives up when any
+    /// challenge names an algorithm it lacks. Add "SHA-256" for clients that follow RFC 8760.
     pub algorithms: Vec<Algorithm>,
     pub nonce_ttl_secs: u64,
 }
 
 impl Default for Auth {
     fn default() -> Self {
-        Auth { algorithms: vec![Algorithm::Md5, Algorithm::Sha256], nonce_ttl_secs: 300 }
+        Auth { algorithms: vec![Algorithm::Md5], nonce_ttl_secs: 300 }
     }
 }
 
@@ -220,7 +231,7 @@ mod tests {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.listen.udp, Some("0.0.0.0:5060".parse().unwrap()));
         assert_eq!(c.registrar.min_expires, 60);
-        assert_eq!(c.auth.algorithms, vec![Algorithm::Md5, Algorithm::Sha256]);
+        assert_eq!(c.auth.algorithms, vec![Algorithm::Md5]);
     }
 
     #[test]

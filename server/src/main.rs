@@ -6,6 +6,7 @@ mod home;
 mod ops;
 mod serve;
 mod sip;
+mod store;
 mod transaction;
 mod transport;
 

@@ -7,6 +7,7 @@ use crate::home::auth::DigestAuth;
 use crate::home::registrar::{Policy, Registrar};
 use crate::home::{Core, CoreHandler, CoreSettings};
 use crate::ops::{http, metrics::Metrics};
+use crate::store::{Store, Table};
 use crate::transaction::Timers;
 use crate::transport::{self, Transport, Transports};
 use anyhow::Context;
@@ -38,7 +39,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         metrics.clone(),
     );
-    let r = &config.registrar;
+    let store = Store::open(&config.storage.data_dir)?;
+    let mut registrar = Registrar::new(Policy {
+        min_expires: config.registrar.min_expires,
+        max_expires: config.registrar.max_expires,
+        default_expires: config.registrar.default_expires,
+        max_contacts: config.registrar.max_contacts,
+    });
+    let now = std::time::SystemTime::now();
+    for (aor, bindings) in store.load(Table::Registrations)? {
+        registrar.restore(aor, bindings, now);
+    }
     let core = Core::new(
         CoreSettings {
             domain: config.sip_domain.clone(),
@@ -46,6 +57,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits,
             max_body_bytes: config.limits.max_body_bytes,
             timers: Timers::default(),
+            min_expires: config.registrar.min_expires,
+            max_expires: config.registrar.max_expires,
+            admin_token: match &config.api.admin_token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading api.admin_token_file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            },
         },
         transports.clone(),
         directory.clone(),
@@ -54,14 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.auth.algorithms.clone(),
             Duration::from_secs(config.auth.nonce_ttl_secs),
         ),
-        Registrar::new(Policy {
-            min_expires: r.min_expires,
-            max_expires: r.max_expires,
-            default_expires: r.default_expires,
-            max_contacts: r.max_contacts,
-        }),
+        registrar,
         metrics.clone(),
+        store,
     );
+    let restored = core.restore_presence()?;
+    tracing::info!(bindings = core.binding_count(), subscriptions = restored, "restored state from the store");
     transports.set_handler(Arc::new(CoreHandler(core.clone())));
     core.start_timers();
 
@@ -95,8 +115,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let listening = Arc::new(AtomicBool::new(true));
     if let Some(addr) = config.listen.ops {
-        let state =
-            http::OpsState { metrics: metrics.clone(), directory: directory.clone(), listening: listening.clone() };
+        let state = http::OpsState {
+            metrics: metrics.clone(),
+            directory: directory.clone(),
+            listening: listening.clone(),
+            core: Some(core.clone()),
+        };
         let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
         tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
     }
@@ -106,6 +130,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: no new requests; finishing open transactions");
     listening.store(false, Ordering::Relaxed);
     transports.stop_accepting();
+    // Subscribers are told to subscribe again (to whichever server takes over), within bounds.
+    let _ = tokio::time::timeout(Duration::from_secs(3), core.terminate_all_subscriptions("deactivated")).await;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while core.requests_in_progress() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

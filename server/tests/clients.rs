@@ -23,7 +23,7 @@ fn sipsak_options_over_udp_and_tls() {
     let udp = format!("sip:alice@127.0.0.1:{}", server.sip.port());
     let out = sipsak(&["-vv", "-s", &udp]);
     assert!(out.status.success() && text(&out).contains("SIP/2.0 200 OK"), "{}", text(&out));
-    assert!(text(&out).contains("Allow: REGISTER, MESSAGE, OPTIONS"), "{}", text(&out));
+    assert!(text(&out).contains("Allow: REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH"), "{}", text(&out));
     // sipsak checks the certificate's name against "host:port" (a sipsak bug), so it cannot verify
     // our certificate; baresip below does verify it.
     let tls = format!("sip:alice@127.0.0.1:{}", server.tls.port());

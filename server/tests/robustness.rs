@@ -193,7 +193,7 @@ fn unknown_and_unsupported_methods_get_501_or_405_with_allow() {
         ua.send_raw(req.as_bytes());
         let answer = ua.recv_response(Duration::from_secs(5)).expect("answer");
         assert_eq!(status(&answer), code, "{method}: {answer}");
-        assert!(answer.contains("\r\nAllow: REGISTER, MESSAGE, OPTIONS\r\n"), "{method}: {answer}");
+        assert!(answer.contains("\r\nAllow: REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH\r\n"), "{method}: {answer}");
     }
 }
 

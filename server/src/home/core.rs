@@ -2,13 +2,16 @@
 //! dispatches new requests by method, and sends responses and forwarded requests along flows.
 
 use super::auth::DigestAuth;
+use super::presence::state::PresenceState;
 use super::registrar::Registrar;
 use crate::directory::{Directory, DirectoryError, User};
 use crate::ops::metrics::Metrics;
 use crate::sip::message::{Limits, parse_datagram};
 use crate::sip::response::{self, from_headers};
+use crate::sip::uri::NameAddr;
 use crate::sip::via::Via;
 use crate::sip::{Message, ParseError};
+use crate::store::{Store, Table, Write};
 use crate::transaction::{ClientAction, ClientTransactions, ResponseEvent, ServerEvent, ServerTransactions, Timers};
 use crate::transport::{Flow, Handler, Transport, Transports};
 use bytes::Bytes;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 /// Methods this server implements, for Allow headers.
-pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS";
+pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH";
 /// Methods rsip knows and we do not implement: 405. Anything else: 501.
 const KNOWN_METHODS: [&str; 14] = [
     "ACK",
@@ -46,6 +49,23 @@ pub struct CoreSettings {
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub timers: Timers,
+    /// Bounds of subscription and publication intervals (the registrar's, by default).
+    pub min_expires: u32,
+    pub max_expires: u32,
+    /// Token that lets an administrator use the HTTP API for any user.
+    pub admin_token: Option<String>,
+}
+
+/// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
+pub(super) enum After {
+    /// Notify these subscriptions; `true` sends full state.
+    Notify(Vec<String>, bool),
+    /// End these subscriptions with a final NOTIFY giving the reason.
+    Terminate(Vec<String>, &'static str),
+    /// A user's presence changed: notify its watchers and lists that contain it.
+    PresenceChanged(String),
+    /// A user's watchers changed: notify its watcher-info subscriptions.
+    WatchersChanged(String),
 }
 
 /// A forwarded request waiting for its final response.
@@ -62,6 +82,10 @@ pub struct Core {
     pub(super) auth: DigestAuth,
     pub(super) registrar: Mutex<Registrar>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) store: Store,
+    pub(super) presence: Mutex<PresenceState>,
+    /// Serialises notification rounds so each subscriber sees NOTIFYs in the order of changes.
+    pub(super) notify_lock: tokio::sync::Mutex<()>,
     server_txns: Mutex<ServerTransactions>,
     client_txns: Mutex<ClientTransactions<Pending>>,
     /// Sent-by of our own Via, per transport.
@@ -78,6 +102,7 @@ impl Core {
         auth: DigestAuth,
         registrar: Registrar,
         metrics: Arc<Metrics>,
+        store: Store,
     ) -> Arc<Core> {
         let timers = settings.timers;
         Arc::new(Core {
@@ -87,6 +112,9 @@ impl Core {
             auth,
             registrar: Mutex::new(registrar),
             metrics,
+            store,
+            presence: Mutex::new(PresenceState::default()),
+            notify_lock: tokio::sync::Mutex::new(()),
             server_txns: Mutex::new(ServerTransactions::new(timers)),
             client_txns: Mutex::new(ClientTransactions::new(timers)),
             via_hosts: Mutex::new(HashMap::new()),
@@ -110,11 +138,22 @@ impl Core {
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     last_sweep = Instant::now();
                     let now = SystemTime::now();
-                    let mut reg = core.registrar.lock().expect("registrar");
-                    reg.expire(now);
-                    core.metrics.registrations.store(reg.binding_count() as u64, Relaxed);
-                    drop(reg);
+                    let emptied = {
+                        let mut reg = core.registrar.lock().expect("registrar");
+                        let emptied = reg.expire(now);
+                        core.metrics.registrations.store(reg.binding_count() as u64, Relaxed);
+                        emptied
+                    };
                     core.auth.purge(now);
+                    let sweeper = core.clone();
+                    tokio::spawn(async move {
+                        let writes = emptied.iter().map(|aor| Write::delete(Table::Registrations, aor)).collect();
+                        let _ = sweeper.store.apply(writes).await;
+                        for aor in emptied {
+                            sweeper.run_after(After::PresenceChanged(aor)).await;
+                        }
+                        sweeper.presence_sweep(now).await;
+                    });
                 }
             }
         });
@@ -145,6 +184,10 @@ impl Core {
                 let _ = core.transports.send(&flow, data).await;
             });
         }
+    }
+
+    pub fn binding_count(&self) -> usize {
+        self.registrar.lock().expect("registrar").binding_count()
     }
 
     /// Requests still being processed (for draining on shutdown).
@@ -200,8 +243,11 @@ impl Core {
             ServerEvent::New => {
                 let core = self.clone();
                 tokio::spawn(async move {
-                    let response = core.dispatch(flow, &msg).await;
+                    let (response, after) = core.dispatch(flow, &msg).await;
                     core.finish(&key, reply_flow, response).await;
+                    for a in after {
+                        core.run_after(a).await;
+                    }
                 });
             }
             ServerEvent::Absorbed => {
@@ -231,19 +277,37 @@ impl Core {
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, flow: Flow, req: &Message) -> Message {
+    pub(super) async fn run_after(self: &Arc<Self>, after: After) {
+        match after {
+            After::Notify(ids, full) => self.notify(ids, full, None).await,
+            After::Terminate(ids, reason) => self.notify(ids, true, Some(reason)).await,
+            After::PresenceChanged(aor) => {
+                let ids = self.affected_by_presence(&aor);
+                self.notify(ids, false, None).await
+            }
+            After::WatchersChanged(aor) => {
+                let ids = self.winfo_subscriptions(&aor);
+                self.notify(ids, true, None).await
+            }
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, flow: Flow, req: &Message) -> (Message, Vec<After>) {
         let method = req.method().unwrap_or_default();
         if let Some(r) = self.check_common(req) {
-            return r;
+            return (r, vec![]);
         }
-        match method {
-            "REGISTER" => self.register(flow, req).await,
+        let response = match method {
+            "REGISTER" => return self.register(flow, req).await,
             "MESSAGE" => self.message(req).await,
+            "SUBSCRIBE" => return self.subscribe(flow, req).await,
+            "PUBLISH" => return self.publish(req).await,
             "OPTIONS" => {
                 let mut r = self.respond(req, 200);
                 r.headers.push("Allow", ALLOW);
-                r.headers.push("Accept", "text/plain, message/cpim, application/im-iscomposing+xml, */*");
-                r.headers.push("Supported", "path");
+                r.headers.push("Accept", "text/plain, message/cpim, application/pidf+xml, */*");
+                r.headers.push("Allow-Events", super::presence::ALLOW_EVENTS);
+                r.headers.push("Supported", "path, eventlist");
                 r
             }
             m if KNOWN_METHODS.contains(&m) => {
@@ -256,7 +320,8 @@ impl Core {
                 r.headers.push("Allow", ALLOW);
                 r
             }
-        }
+        };
+        (response, vec![])
     }
 
     /// Checks every request shares: URI scheme, Require, body size.
@@ -291,6 +356,33 @@ impl Core {
     pub(super) fn local_aor(&self, uri: &crate::sip::uri::SipUri) -> Option<String> {
         let user = uri.user()?;
         self.is_local_host(&uri.host()).then(|| format!("{user}@{}", self.settings.domain))
+    }
+
+    /// The Contact this server puts in dialogs it is part of.
+    pub(super) fn own_contact(&self, flow: Flow) -> String {
+        let host = self.via_host(flow.transport);
+        match flow.transport {
+            Transport::Udp => format!("<sip:parley@{host}>"),
+            Transport::Tcp => format!("<sip:parley@{host};transport=tcp>"),
+            Transport::Tls => format!("<sips:parley@{host}>"),
+        }
+    }
+
+    fn via_host(&self, transport: Transport) -> String {
+        let hosts = self.via_hosts.lock().expect("via hosts");
+        hosts.get(&transport).cloned().unwrap_or_else(|| self.settings.domain.clone())
+    }
+
+    /// Authenticates the sender of a request as a local user (407 challenge), by its From.
+    pub(super) async fn authenticated_sender(&self, req: &Message) -> Result<User, Message> {
+        let from = match NameAddr::parse(req.headers.get("From").unwrap_or_default()) {
+            Ok(f) => match self.local_aor(&f.uri) {
+                Some(aor) => aor,
+                None => return Err(self.respond_with(req, 403, "Relaying Denied")),
+            },
+            Err(e) => return Err(self.respond_with(req, 400, &format!("Bad From header: {e}"))),
+        };
+        self.authenticate(req, &from, true).await
     }
 
     pub(super) fn respond(&self, req: &Message, code: u16) -> Message {
@@ -349,15 +441,19 @@ impl Core {
 
     /// Sends a request along a flow with a fresh Via and waits for its final response
     /// (`None` on timeout or when it cannot be sent).
-    pub(super) async fn forward(self: &Arc<Self>, flow: Flow, mut req: Message) -> Option<Message> {
+    pub(super) async fn forward(self: &Arc<Self>, flow: Flow, req: Message) -> Option<Message> {
+        self.start_request(flow, req).await?.await.ok().flatten()
+    }
+
+    /// Sends a request along a flow with a fresh Via in a new client transaction; the receiver
+    /// yields its final response (`None` on timeout). `None` here: it could not be sent.
+    pub(super) async fn start_request(
+        self: &Arc<Self>,
+        flow: Flow,
+        mut req: Message,
+    ) -> Option<oneshot::Receiver<Option<Message>>> {
         let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
-        let host = self
-            .via_hosts
-            .lock()
-            .expect("via hosts")
-            .get(&flow.transport)
-            .cloned()
-            .unwrap_or_else(|| self.settings.domain.clone());
+        let host = self.via_host(flow.transport);
         req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
         let data = req.to_bytes();
         let (tx, rx) = oneshot::channel();
@@ -375,7 +471,7 @@ impl Core {
             }
             return None;
         }
-        rx.await.ok().flatten()
+        Some(rx)
     }
 
     fn on_response(&self, msg: Message) {

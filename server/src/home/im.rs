@@ -3,7 +3,7 @@
 
 use super::core::Core;
 use crate::sip::Message;
-use crate::sip::uri::{NameAddr, SipUri};
+use crate::sip::uri::SipUri;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::sync::Arc;
@@ -12,14 +12,7 @@ use std::time::SystemTime;
 
 impl Core {
     pub(super) async fn message(self: &Arc<Self>, req: &Message) -> Message {
-        let from = match NameAddr::parse(req.headers.get("From").unwrap_or_default()) {
-            Ok(f) => match self.local_aor(&f.uri) {
-                Some(aor) => aor,
-                None => return self.respond_with(req, 403, "Relaying Denied"),
-            },
-            Err(e) => return self.respond_with(req, 400, &format!("Bad From header: {e}")),
-        };
-        if let Err(r) = self.authenticate(req, &from, true).await {
+        if let Err(r) = self.authenticated_sender(req).await {
             return r;
         }
         let target = match SipUri::parse(req.request_uri().unwrap_or_default()) {

@@ -3,6 +3,7 @@
 pub mod auth;
 mod core;
 mod im;
+pub mod presence;
 mod register;
 pub mod registrar;
 

@@ -1,17 +1,38 @@
 //! REGISTER (RFC 3261 section 10.3): authenticate the address of record's owner, then update
 //! and list its bindings.
 
-use super::core::Core;
+use super::core::{After, Core};
 use super::registrar::{Contacts, RegisterError, Update};
 use crate::sip::Message;
 use crate::sip::params::split_list;
 use crate::sip::uri::{NameAddr, SipUri};
+use crate::store::{Table, Write};
 use crate::transport::Flow;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 impl Core {
-    pub(super) async fn register(&self, flow: Flow, req: &Message) -> Message {
+    /// Handles REGISTER; a successful change is on disk before the 200 goes out, and a user
+    /// coming online or going offline is announced to watchers afterwards.
+    pub(super) async fn register(&self, flow: Flow, req: &Message) -> (Message, Vec<After>) {
+        let mut change = None;
+        let response = self.register_inner(flow, req, &mut change).await;
+        let Some((aor, was_online, now_online)) = change else { return (response, vec![]) };
+        let bindings = self.registrar.lock().expect("registrar").lookup(&aor, SystemTime::now());
+        let write = if bindings.is_empty() {
+            Write::delete(Table::Registrations, &aor)
+        } else {
+            Write::put(Table::Registrations, &aor, &bindings)
+        };
+        if let Err(e) = self.store.apply(vec![write]).await {
+            tracing::error!(error = %e, "store write failed");
+            return (self.respond_with(req, 500, "Storage Failure"), vec![]);
+        }
+        let after = if was_online != now_online { vec![After::PresenceChanged(aor)] } else { vec![] };
+        (response, after)
+    }
+
+    async fn register_inner(&self, flow: Flow, req: &Message, change: &mut Option<(String, bool, bool)>) -> Message {
         match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) if self.is_local_host(&u.host()) || u.ip().is_some() => {}
             Ok(_) => return self.respond_with(req, 404, "Domain Not Served Here"),
@@ -41,9 +62,17 @@ impl Core {
         let (call_id, cseq) = (req.call_id().to_string(), req.cseq().map_or(0, |(n, _)| n));
         let result = {
             let mut registrar = self.registrar.lock().expect("registrar");
+            let was_online = !registrar.lookup(&aor, now).is_empty();
             let result = match contacts {
                 None => Ok(registrar.lookup(&aor, now)),
-                Some(contacts) => registrar.register(Update { aor, contacts, expires, call_id, cseq, flow }, now),
+                Some(contacts) => {
+                    let r =
+                        registrar.register(Update { aor: aor.clone(), contacts, expires, call_id, cseq, flow }, now);
+                    if let Ok(b) = &r {
+                        *change = Some((aor, was_online, !b.is_empty()));
+                    }
+                    r
+                }
             };
             self.metrics.registrations.store(registrar.binding_count() as u64, Relaxed);
             result

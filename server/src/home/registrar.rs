@@ -140,6 +140,14 @@ impl Registrar {
         Ok(next)
     }
 
+    /// Puts back bindings loaded from the store (expired ones are dropped).
+    pub fn restore(&mut self, aor: String, bindings: Vec<Binding>, now: SystemTime) {
+        let live: Vec<Binding> = bindings.into_iter().filter(|b| b.expires_at > now).collect();
+        if !live.is_empty() {
+            self.bindings.insert(aor, live);
+        }
+    }
+
     /// Current (unexpired) bindings of an address of record.
     pub fn lookup(&self, aor: &str, now: SystemTime) -> Vec<Binding> {
         self.bindings.get(aor).map(|bs| bs.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()

@@ -3,7 +3,12 @@
 
 use super::metrics::Metrics;
 use crate::directory::Directory;
-use axum::{Router, extract::State, http::StatusCode, routing::get};
+use crate::home::Core;
+use crate::home::presence::state::Rules;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, routing::get};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +19,8 @@ pub struct OpsState {
     pub directory: Arc<dyn Directory>,
     /// Set once every SIP listener is bound; cleared when draining.
     pub listening: Arc<AtomicBool>,
+    /// The Home Server's core, for the presence-rules and contact-list API.
+    pub core: Option<Arc<Core>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: OpsState) -> std::io::Result<SocketAddr> {
@@ -21,6 +28,8 @@ pub async fn serve(addr: SocketAddr, state: OpsState) -> std::io::Result<SocketA
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|State(s): State<OpsState>| async move { s.metrics.render() }))
+        .route("/users/{user}/presence-rules", get(get_rules).put(put_rules))
+        .route("/users/{user}/contacts", get(get_contacts).put(put_contacts))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -40,4 +49,92 @@ async fn readyz(State(s): State<OpsState>) -> (StatusCode, &'static str) {
         return (StatusCode::SERVICE_UNAVAILABLE, "directory unavailable\n");
     }
     (StatusCode::OK, "ready\n")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContactList {
+    contacts: Vec<String>,
+}
+
+/// Resolves the user and checks the caller may act for them; Err is the response to send.
+async fn authorize(
+    s: &OpsState,
+    user: &str,
+    method: &str,
+    headers: &HeaderMap,
+) -> Result<(Arc<Core>, String), Response> {
+    let Some(core) = s.core.clone() else { return Err(StatusCode::NOT_FOUND.into_response()) };
+    let user = user.trim_start_matches("sip:").to_ascii_lowercase();
+    let aor = if user.contains('@') { user } else { format!("{user}@{}", core.domain()) };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match core.authorize_http(&aor, method, authorization).await {
+        Ok(()) => Ok((core, aor)),
+        Err(challenges) => {
+            let mut r = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
+            for c in challenges {
+                if let Ok(v) = HeaderValue::from_str(&c) {
+                    r.headers_mut().append(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Err(r)
+        }
+    }
+}
+
+/// Addresses in rules and lists are stored as `user@domain`, lower-case, without `sip:`.
+fn normalise(list: Vec<String>) -> Vec<String> {
+    list.into_iter()
+        .map(|a| a.trim().trim_start_matches("sip:").to_ascii_lowercase())
+        .filter(|a| a.contains('@'))
+        .collect()
+}
+
+async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, headers: HeaderMap) -> Response {
+    match authorize(&s, &user, "GET", &headers).await {
+        Ok((core, aor)) => Json(core.presence_rules(&aor)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn put_rules(
+    State(s): State<OpsState>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    Json(rules): Json<Rules>,
+) -> Response {
+    match authorize(&s, &user, "PUT", &headers).await {
+        Ok((core, aor)) => {
+            let rules = Rules { allow: normalise(rules.allow), block: normalise(rules.block) };
+            match core.set_presence_rules(&aor, rules.clone()).await {
+                Ok(()) => Json(rules).into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+            }
+        }
+        Err(r) => r,
+    }
+}
+
+async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, headers: HeaderMap) -> Response {
+    match authorize(&s, &user, "GET", &headers).await {
+        Ok((core, aor)) => Json(ContactList { contacts: core.contact_list(&aor) }).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn put_contacts(
+    State(s): State<OpsState>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    Json(list): Json<ContactList>,
+) -> Response {
+    match authorize(&s, &user, "PUT", &headers).await {
+        Ok((core, aor)) => {
+            let contacts = normalise(list.contacts);
+            match core.set_contact_list(&aor, contacts.clone()).await {
+                Ok(()) => Json(ContactList { contacts }).into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+            }
+        }
+        Err(r) => r,
+    }
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub registrations: AtomicU64,
     pub server_transactions: AtomicU64,
     pub client_transactions: AtomicU64,
+    pub subscriptions: AtomicU64,
 }
 
 impl Metrics {
@@ -48,7 +49,13 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 11] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 12] = [
+            (
+                "parley_subscriptions",
+                "gauge",
+                "Active event subscriptions (presence, winfo, lists).",
+                &self.subscriptions,
+            ),
             (
                 "parley_sip_retransmissions_absorbed_total",
                 "counter",

@@ -1,0 +1,331 @@
+//! Presence state without IO: publications per presentity (RFC 3903), subscriptions as dialogs
+//! (RFC 6665), watcher rules and contact lists; and the documents each watcher is shown.
+//!
+//! Composition rule: when a user publishes from several devices, watchers see the document of
+//! the most available device (open > away > busy > closed; the newest publication breaks ties).
+//! A registered user who published nothing is online; a user with neither is offline.
+
+use super::pidf;
+use crate::transport::Flow;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    pub etag: String,
+    pub body: String,
+    pub expires_at: SystemTime,
+    pub published_at: SystemTime,
+}
+
+/// Who may watch a user. Same-domain watchers are allowed unless blocked (as in the seed's
+/// enterprise); `allow` admits watchers of other domains.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rules {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub block: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Package {
+    /// `presence` for one presentity.
+    Presence,
+    /// `presence.winfo`: who watches the subscriber.
+    Winfo,
+    /// `presence` with `eventlist` for the subscriber's contact list (RFC 4662).
+    List,
+}
+
+impl Package {
+    pub fn event(self) -> &'static str {
+        match self {
+            Package::Presence | Package::List => "presence",
+            Package::Winfo => "presence.winfo",
+        }
+    }
+}
+
+/// A subscription and the dialog it lives in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub package: Package,
+    /// Address of record of the subscriber.
+    pub watcher: String,
+    /// The presentity watched, or the owner of the watched list / watcher info.
+    pub resource: String,
+    pub call_id: String,
+    /// The subscriber's From header (our NOTIFY's To) and our To with our tag (NOTIFY's From).
+    pub remote_party: String,
+    pub local_party: String,
+    /// `id` parameter of the Event header, echoed back.
+    pub event_id: Option<String>,
+    pub remote_target: String,
+    pub route_set: Vec<String>,
+    pub flow: Flow,
+    pub local_cseq: u32,
+    pub remote_cseq: u32,
+    pub expires_at: SystemTime,
+    /// Version counter of winfo and RLMI documents.
+    pub version: u32,
+    /// For lists: the body last sent per resource, to send only what changed.
+    #[serde(default)]
+    pub last_sent: BTreeMap<String, String>,
+}
+
+impl Subscription {
+    pub fn remaining(&self, now: SystemTime) -> u64 {
+        self.expires_at.duration_since(now).unwrap_or_default().as_secs()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// 412: SIP-If-Match names no current publication.
+    UnknownEtag,
+    /// 400: an initial publication without a body.
+    MissingBody,
+}
+
+#[derive(Debug, Default)]
+pub struct PresenceState {
+    publications: HashMap<String, Vec<Publication>>,
+    subscriptions: HashMap<String, Subscription>,
+    /// Subscription ids by the resource they watch (presence and winfo by user, lists by owner).
+    by_resource: HashMap<String, HashSet<String>>,
+    rules: HashMap<String, Rules>,
+    contacts: HashMap<String, Vec<String>>,
+}
+
+impl PresenceState {
+    /// Adds, refreshes, modifies or removes (expires 0) a publication; returns its entity tag.
+    pub fn publish(
+        &mut self,
+        aor: &str,
+        if_match: Option<&str>,
+        body: Option<String>,
+        expires: u32,
+        now: SystemTime,
+    ) -> Result<Option<String>, PublishError> {
+        let pubs = self.publications.entry(aor.to_string()).or_default();
+        pubs.retain(|p| p.expires_at > now);
+        let etag = format!("{:016x}", rand::random::<u64>());
+        let expires_at = now + Duration::from_secs(expires.into());
+        let result = match if_match {
+            Some(tag) => {
+                let i = pubs.iter().position(|p| p.etag == tag).ok_or(PublishError::UnknownEtag)?;
+                if expires == 0 {
+                    pubs.remove(i);
+                    None
+                } else {
+                    let p = &mut pubs[i];
+                    if let Some(body) = body {
+                        p.body = body;
+                        p.published_at = now;
+                    }
+                    p.etag = etag.clone();
+                    p.expires_at = expires_at;
+                    Some(etag)
+                }
+            }
+            None => {
+                let body = body.ok_or(PublishError::MissingBody)?;
+                if expires > 0 {
+                    pubs.push(Publication { etag: etag.clone(), body, expires_at, published_at: now });
+                }
+                Some(etag)
+            }
+        };
+        if pubs.is_empty() {
+            self.publications.remove(aor);
+        }
+        Ok(result)
+    }
+
+    pub fn publications_of(&self, aor: &str) -> &[Publication] {
+        self.publications.get(aor).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    pub fn restore_publications(&mut self, aor: String, pubs: Vec<Publication>) {
+        self.publications.insert(aor, pubs);
+    }
+
+    /// Drops expired publications; returns the presentities whose state changed.
+    pub fn expire_publications(&mut self, now: SystemTime) -> Vec<String> {
+        let mut changed = Vec::new();
+        self.publications.retain(|aor, pubs| {
+            let before = pubs.len();
+            pubs.retain(|p| p.expires_at > now);
+            if pubs.len() != before {
+                changed.push(aor.clone());
+            }
+            !pubs.is_empty()
+        });
+        changed
+    }
+
+    /// The presentity's own composed document.
+    pub fn document(&self, aor: &str, registered: bool, now: SystemTime) -> String {
+        let best = self
+            .publications_of(aor)
+            .iter()
+            .filter(|p| p.expires_at > now)
+            .max_by_key(|p| (pidf::availability(&p.body), p.published_at));
+        match best {
+            Some(p) => p.body.clone(),
+            None if registered => pidf::registered(aor),
+            None => pidf::offline(aor),
+        }
+    }
+
+    /// Whether `watcher` sees the real state of `aor` (else it is shown offline: polite blocking).
+    pub fn may_watch(&self, aor: &str, watcher: &str, domain: &str) -> bool {
+        let rules = self.rules.get(aor);
+        if watcher == aor {
+            return true;
+        }
+        if rules.is_some_and(|r| r.block.iter().any(|b| b == watcher)) {
+            return false;
+        }
+        watcher.ends_with(&format!("@{domain}")) || rules.is_some_and(|r| r.allow.iter().any(|a| a == watcher))
+    }
+
+    /// What `watcher` is shown of `aor`.
+    pub fn view(&self, aor: &str, watcher: &str, domain: &str, registered: bool, now: SystemTime) -> String {
+        if self.may_watch(aor, watcher, domain) { self.document(aor, registered, now) } else { pidf::offline(aor) }
+    }
+
+    pub fn rules(&self, aor: &str) -> Rules {
+        self.rules.get(aor).cloned().unwrap_or_default()
+    }
+
+    pub fn set_rules(&mut self, aor: &str, rules: Rules) {
+        self.rules.insert(aor.to_string(), rules);
+    }
+
+    pub fn contacts(&self, aor: &str) -> Vec<String> {
+        self.contacts.get(aor).cloned().unwrap_or_default()
+    }
+
+    pub fn set_contacts(&mut self, aor: &str, contacts: Vec<String>) {
+        self.contacts.insert(aor.to_string(), contacts);
+    }
+
+    pub fn add_subscription(&mut self, sub: Subscription) {
+        self.by_resource.entry(sub.resource.clone()).or_default().insert(sub.id.clone());
+        self.subscriptions.insert(sub.id.clone(), sub);
+    }
+
+    pub fn subscription(&self, id: &str) -> Option<&Subscription> {
+        self.subscriptions.get(id)
+    }
+
+    pub fn subscription_mut(&mut self, id: &str) -> Option<&mut Subscription> {
+        self.subscriptions.get_mut(id)
+    }
+
+    pub fn remove_subscription(&mut self, id: &str) -> Option<Subscription> {
+        let sub = self.subscriptions.remove(id)?;
+        if let Some(ids) = self.by_resource.get_mut(&sub.resource) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_resource.remove(&sub.resource);
+            }
+        }
+        Some(sub)
+    }
+
+    /// Subscriptions whose documents change when `aor`'s presence changes: presence
+    /// subscriptions to it and the lists that contain it.
+    pub fn affected_by_presence(&self, aor: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .by_resource
+            .get(aor)
+            .into_iter()
+            .flatten()
+            .filter(|id| self.subscriptions.get(*id).is_some_and(|s| s.package == Package::Presence))
+            .cloned()
+            .collect();
+        for (owner, contacts) in &self.contacts {
+            if contacts.iter().any(|c| c == aor) {
+                ids.extend(
+                    self.by_resource
+                        .get(owner)
+                        .into_iter()
+                        .flatten()
+                        .filter(|id| self.subscriptions.get(*id).is_some_and(|s| s.package == Package::List))
+                        .cloned(),
+                );
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Subscriptions of a package to a resource.
+    pub fn subscriptions_to(&self, resource: &str, package: Package) -> Vec<&Subscription> {
+        self.by_resource
+            .get(resource)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.subscriptions.get(id))
+            .filter(|s| s.package == package)
+            .collect()
+    }
+
+    pub fn expired_subscriptions(&self, now: SystemTime) -> Vec<String> {
+        self.subscriptions.values().filter(|s| s.expires_at <= now).map(|s| s.id.clone()).collect()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    pub fn all_subscription_ids(&self) -> Vec<String> {
+        self.subscriptions.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publications_compose_refresh_and_remove() {
+        let mut s = PresenceState::default();
+        let now = SystemTime::now();
+        assert_eq!(pidf::availability(&s.document("a@x", false, now)), 0);
+        assert_eq!(pidf::availability(&s.document("a@x", true, now)), 3);
+        let away = "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"><basic>open</basic><rpid:away/></presence>";
+        let busy = away.replace("away", "busy");
+        let e1 = s.publish("a@x", None, Some(away.into()), 60, now).unwrap().unwrap();
+        let e2 = s.publish("a@x", None, Some(busy.clone()), 60, now).unwrap().unwrap();
+        assert_eq!(s.document("a@x", true, now), away, "the most available device wins");
+        assert_eq!(s.publish("a@x", Some("nope"), None, 60, now), Err(PublishError::UnknownEtag));
+        assert_eq!(s.publish("a@x", None, None, 60, now), Err(PublishError::MissingBody));
+        let e1b = s.publish("a@x", Some(&e1), None, 60, now).unwrap().unwrap();
+        assert_ne!(e1, e1b, "a refresh gets a new entity tag");
+        assert_eq!(s.publish("a@x", Some(&e1b), None, 0, now), Ok(None));
+        assert_eq!(s.document("a@x", true, now), busy);
+        assert_eq!(s.expire_publications(now + Duration::from_secs(61)), vec!["a@x".to_string()]);
+        let _ = e2;
+        assert_eq!(s.publications_of("a@x").len(), 0);
+    }
+
+    #[test]
+    fn rules_allow_the_domain_and_block_politely() {
+        let mut s = PresenceState::default();
+        assert!(s.may_watch("a@x", "b@x", "x"));
+        assert!(!s.may_watch("a@x", "m@y", "x"));
+        s.set_rules("a@x", Rules { allow: vec!["m@y".into()], block: vec!["b@x".into()] });
+        assert!(s.may_watch("a@x", "m@y", "x"));
+        assert!(!s.may_watch("a@x", "b@x", "x"));
+        let now = SystemTime::now();
+        assert_eq!(pidf::availability(&s.view("a@x", "b@x", "x", true, now)), 0);
+        assert_eq!(pidf::availability(&s.view("a@x", "c@x", "x", true, now)), 3);
+    }
+}

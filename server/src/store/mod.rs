@@ -1,0 +1,134 @@
+//! Durable state on the data volume: registrations, publications, subscriptions, presence rules
+//! and contact lists, each a table of JSON values in one redb file (`<data_dir>/parley.redb`).
+//!
+//! redb commits are crash-safe (copy-on-write B-trees, fsync on commit), so a write the server has
+//! awaited before answering a client survives `kill -9`. redb keeps no separate journal: the file
+//! is the whole state. Writes run on the blocking pool so the SIP path never waits on fsync
+//! inside the async workers.
+
+use anyhow::Context;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Registrations,
+    Publications,
+    Subscriptions,
+    Rules,
+    Contacts,
+}
+
+impl Table {
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(match self {
+            Table::Registrations => "registrations",
+            Table::Publications => "publications",
+            Table::Subscriptions => "subscriptions",
+            Table::Rules => "rules",
+            Table::Contacts => "contacts",
+        })
+    }
+}
+
+/// One change: a value to store under a key, or `None` to delete it.
+pub struct Write {
+    pub table: Table,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Write {
+    pub fn put<T: Serialize>(table: Table, key: impl Into<String>, value: &T) -> Write {
+        Write { table, key: key.into(), value: Some(serde_json::to_vec(value).expect("state serialises")) }
+    }
+
+    pub fn delete(table: Table, key: impl Into<String>) -> Write {
+        Write { table, key: key.into(), value: None }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        let path = data_dir.join("parley.redb");
+        let db = Database::create(&path).with_context(|| format!("opening the store {}", path.display()))?;
+        let txn = db.begin_write()?;
+        for t in [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts] {
+            txn.open_table(t.def())?;
+        }
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Applies writes in one durable transaction; returns once they are on disk.
+    pub async fn apply(&self, writes: Vec<Write>) -> anyhow::Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || Self::apply_now(&db, writes)).await?
+    }
+
+    fn apply_now(db: &Database, writes: Vec<Write>) -> anyhow::Result<()> {
+        let txn = db.begin_write()?;
+        for w in writes {
+            let mut table = txn.open_table(w.table.def())?;
+            match &w.value {
+                Some(v) => {
+                    table.insert(w.key.as_str(), v.as_slice())?;
+                }
+                None => {
+                    table.remove(w.key.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every value of a table; entries that no longer parse are skipped with a warning.
+    pub fn load<T: DeserializeOwned>(&self, table: Table) -> anyhow::Result<Vec<(String, T)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(table.def())?;
+        let mut out = Vec::new();
+        for entry in t.iter()? {
+            let (k, v) = entry?;
+            match serde_json::from_slice(v.value()) {
+                Ok(value) => out.push((k.value().to_string(), value)),
+                Err(e) => tracing::warn!(table = ?table, key = k.value(), error = %e, "skipping unreadable entry"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .apply(vec![
+                Write::put(Table::Rules, "alice@x", &vec!["bob@x"]),
+                Write::put(Table::Rules, "bob@x", &vec!["c"]),
+            ])
+            .await
+            .unwrap();
+        store.apply(vec![Write::delete(Table::Rules, "bob@x")]).await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let rules: Vec<(String, Vec<String>)> = store.load(Table::Rules).unwrap();
+        assert_eq!(rules, vec![("alice@x".to_string(), vec!["bob@x".to_string()])]);
+    }
+}
