@@ -81,6 +81,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store,
     );
     let restored = core.restore_presence()?;
+    metrics.registrations.store(core.binding_count() as u64, Ordering::Relaxed);
+    metrics.subscriptions.store(restored as u64, Ordering::Relaxed);
     tracing::info!(bindings = core.binding_count(), subscriptions = restored, "restored state from the store");
     transports.set_handler(Arc::new(CoreHandler(core.clone())));
     core.start_timers();

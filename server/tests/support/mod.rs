@@ -53,10 +53,30 @@ impl Server {
         Self::start_in(dir, extra)
     }
 
+    /// Starts with a generated directory of `count` users `u0`..`u{count-1}` (passwords
+    /// `u<N>-password`) in addition to nothing else.
+    pub fn start_with_users(count: usize, extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let users: String = (0..count)
+            .map(|i| {
+                let u = format!("u{i}");
+                let ha1 = hex::encode(<md5::Md5 as md5::Digest>::digest(format!("{u}:{DOMAIN}:{u}-password")));
+                format!("[[users]]\naddress = \"{u}@{DOMAIN}\"\nha1_md5 = \"{ha1}\"\n")
+            })
+            .collect();
+        let path = dir.path().join("users.toml");
+        std::fs::write(&path, users).unwrap();
+        Self::start_in_with_users(dir, &path, extra)
+    }
+
     /// Starts on an existing data directory (to restart on the same state).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Server {
-        let (sip, tls, ops) = (free_port(), free_port(), free_port());
         let users = repo_root().join("examples/standalone/users.toml");
+        Self::start_in_with_users(dir, &users, extra)
+    }
+
+    fn start_in_with_users(dir: tempfile::TempDir, users: &Path, extra: &str) -> Server {
+        let (sip, tls, ops) = (free_port(), free_port(), free_port());
         let config = format!(
             "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\n\
              [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\nops = \"127.0.0.1:{ops}\"\n\
@@ -132,6 +152,39 @@ impl Server {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+    }
+
+    /// `kill -9`, then starts again on the same config, ports and data.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
+            .args(["serve", "--role", "home", "--config"])
+            .arg(self.dir.path().join("parley.toml"))
+            .env("PARLEY_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&self.log).unwrap())
+            .spawn()
+            .expect("restart parley-server");
+        self.wait_ready();
+    }
+
+    /// PUT or GET on the HTTP API with a bearer token; returns status and body.
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect_timeout(&self.ops, Duration::from_secs(1)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -80,10 +80,12 @@ impl Ua {
 
     fn request(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
         self.cseq += 1;
+        // A To that carries its own brackets (and tag) is used as it is.
+        let to = if to.starts_with('<') { to.to_string() } else { format!("<{to}>") };
         let local = self.local();
         format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}{};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:{user}@example.test>;tag={user}tag\r\nTo: <{to}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             From: <sip:{user}@example.test>;tag={user}tag\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
              Contact: <sip:{user}@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
             self.call_id,
             self.cseq,
@@ -141,6 +143,18 @@ impl Ua {
         }
         out.push_str("Content-Length: 0\r\n\r\n");
         self.send_raw(out.as_bytes());
+    }
+
+    /// Starts a new Call-ID (a new dialog for the next requests).
+    pub fn new_call(&mut self, name: &str) {
+        self.call_id = format!("{}-{name}-{}", self.user, std::process::id());
+    }
+
+    /// Receives a NOTIFY, answers 200, returns it.
+    pub fn expect_notify(&self, timeout: Duration) -> String {
+        let n = self.recv_request("NOTIFY", timeout).unwrap_or_else(|| panic!("{}: no NOTIFY", self.user));
+        self.answer(&n, 200);
+        n
     }
 
     /// Waits for a request of `method`, skipping anything else.
