@@ -62,26 +62,40 @@ enum UserCommand {
     },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| "info".into());
+/// Logs go to standard error (text or JSON) and, for a server, also to `parley.log` in the logs
+/// directory as JSON lines, so the logs volume keeps them across pod restarts.
+fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    use tracing_subscriber::{Layer, Registry, fmt, prelude::*};
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| "info".into());
     // Colours only for a person at a terminal, never in files or container logs.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+        LogFormat::Text => stderr.boxed(),
+        LogFormat::Json => stderr.json().boxed(),
+    }];
+    if let Some(path) = file {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the log file {}", path.display()))?;
+        layers.push(fmt::layer().json().with_ansi(false).with_writer(std::sync::Mutex::new(f)).boxed());
     }
+    layers.push(filter.boxed());
+    tracing_subscriber::registry().with(layers).init();
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = cli.log_format;
     let result = match cli.command {
-        Command::Serve { role, config } => serve_cmd(role, config),
-        Command::User(UserCommand::Hash { address, password_file }) => user_hash(&address, password_file),
+        Command::Serve { role, config } => serve_cmd(role, config, format),
+        command => init_logging(format, None).and_then(|()| match command {
+            Command::User(UserCommand::Hash { address, password_file }) => user_hash(&address, password_file),
+            Command::Serve { .. } => unreachable!("handled above"),
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -92,11 +106,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve_cmd(role: Role, path: PathBuf) -> anyhow::Result<()> {
+fn serve_cmd(role: Role, path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
     if role == Role::Frontend {
         anyhow::bail!("the Front-End role is not built yet; run --role home");
     }
     let config = config::Config::load(&path)?;
+    let logs = &config.storage.logs_dir;
+    std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
+    init_logging(format, Some(&logs.join("parley.log")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve::run(config))
 }

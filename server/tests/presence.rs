@@ -224,3 +224,21 @@ fn registrations_publications_and_subscriptions_survive_kill_9() {
         assert!(body(&n).contains("rpid:away"), "{}: {n}", ua.user);
     }
 }
+
+#[test]
+fn one_change_fans_out_to_a_thousand_watchers() {
+    let server = Server::start_with_users(1001, "");
+    let mut watchers: Vec<Ua> = (1..=1000).map(|i| Ua::new(&format!("u{i}"), server.sip)).collect();
+    for w in watchers.iter_mut() {
+        subscribe(w, "u0", "presence", 600, "");
+        w.expect_notify(WAIT);
+    }
+    assert_eq!(server.metric("parley_subscriptions"), 1000.0);
+    let mut presentity = Ua::new("u0", server.sip);
+    publish(&mut presentity, &PIDF_AWAY.replace("alice", "u0"), None, 600);
+    // Count every NOTIFY; how long the last one takes is the benchmark's business, not this test's.
+    let delivered = watchers.iter().filter(|w| body(&w.expect_notify(WAIT)).contains("rpid:away")).count();
+    assert_eq!(delivered, 1000);
+    let log = std::fs::read_to_string(server.dir.path().join("logs/parley.log")).unwrap();
+    assert!(log.contains("home server ready"), "the logs volume holds the server's log");
+}
