@@ -3,8 +3,9 @@
 //!
 //! redb commits are crash-safe (copy-on-write B-trees, fsync on commit), so a write the server has
 //! awaited before answering a client survives `kill -9`. redb keeps no separate journal: the file
-//! is the whole state. Writes run on the blocking pool so the SIP path never waits on fsync
-//! inside the async workers.
+//! is the whole state. Writes go to one writer thread that commits everything queued since its
+//! last commit in a single transaction (group commit): under load many requests share one fsync,
+//! and each caller still gets its answer only once its writes are durable.
 
 use anyhow::Context;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -51,9 +52,27 @@ impl Write {
     }
 }
 
+type Batch = (Vec<Write>, tokio::sync::oneshot::Sender<Result<(), String>>);
+
 #[derive(Clone)]
 pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: Arc<Database>,
+    writer: Option<std::sync::mpsc::Sender<Batch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Lets the writer finish what is queued and release the database file.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Store {
@@ -65,7 +84,21 @@ impl Store {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (writer, queue) = std::sync::mpsc::channel::<Batch>();
+        let writer_db = db.clone();
+        let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut batches = vec![first];
+                batches.extend(queue.try_iter());
+                let (writes, waiters): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
+                let result = Self::apply_now(&writer_db, writes.into_iter().flatten()).map_err(|e| format!("{e:#}"));
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+        })?;
+        Ok(Store { inner: Arc::new(Inner { db, writer: Some(writer), thread: Some(thread) }) })
     }
 
     /// Applies writes in one durable transaction; returns once they are on disk.
@@ -73,11 +106,13 @@ impl Store {
         if writes.is_empty() {
             return Ok(());
         }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || Self::apply_now(&db, writes)).await?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
+        writer.send((writes, tx)).map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the store writer has stopped"))?.map_err(|e| anyhow::anyhow!(e))
     }
 
-    fn apply_now(db: &Database, writes: Vec<Write>) -> anyhow::Result<()> {
+    fn apply_now(db: &Database, writes: impl Iterator<Item = Write>) -> anyhow::Result<()> {
         let txn = db.begin_write()?;
         for w in writes {
             let mut table = txn.open_table(w.table.def())?;
@@ -96,7 +131,7 @@ impl Store {
 
     /// Every value of a table; entries that no longer parse are skipped with a warning.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> anyhow::Result<Vec<(String, T)>> {
-        let txn = self.db.begin_read()?;
+        let txn = self.inner.db.begin_read()?;
         let t = txn.open_table(table.def())?;
         let mut out = Vec::new();
         for entry in t.iter()? {
