@@ -52,6 +52,8 @@ impl Write {
     }
 }
 
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 type Batch = (Vec<Write>, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 #[derive(Clone)]
@@ -78,7 +80,12 @@ impl Drop for Inner {
 impl Store {
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
         let path = data_dir.join("parley.redb");
-        let db = Database::create(&path).with_context(|| format!("opening the store {}", path.display()))?;
+        // redb caches up to 1 GiB by default; the in-memory state is the server's working set,
+        // so the store's cache only needs to cover recent writes.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .with_context(|| format!("opening the store {}", path.display()))?;
         let txn = db.begin_write()?;
         for t in [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts] {
             txn.open_table(t.def())?;
