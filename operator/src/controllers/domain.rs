@@ -82,7 +82,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             // Apply: Home Servers first, the Front-End routes to them.
             for hs in &plan.home_servers {
                 let out = apply(&hs_api, hs).await?;
-                report_apply(&ctx, d.as_ref(), "HomeServer", &hs.name_any(), out).await;
+                report_apply(&ctx, d.as_ref(), hs, out).await;
             }
             for gone in &plan.delete_home_servers {
                 if delete(&hs_api, gone).await? {
@@ -93,7 +93,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             match &plan.front_end {
                 Some(fe) => {
                     let out = apply(&fe_api, fe).await?;
-                    report_apply(&ctx, d.as_ref(), "FrontEnd", &fe.name_any(), out).await;
+                    report_apply(&ctx, d.as_ref(), fe, out).await;
                 }
                 None => {
                     for fe in front_ends.iter().filter(|f| owned_by(*f, &uid)) {

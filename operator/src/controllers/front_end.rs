@@ -81,34 +81,15 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
                     cluster_domain: &ctx.settings.cluster_domain,
                 };
                 let objs = build::front_end::build(&fe, &bctx, &routes)?;
-                let cm = objs.config_map.name_any();
-                report_apply(
-                    &ctx,
-                    fe.as_ref(),
-                    "ConfigMap",
-                    &cm,
-                    apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?,
-                )
-                .await;
-                report_apply(
-                    &ctx,
-                    fe.as_ref(),
-                    "Service",
-                    &name,
-                    apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?,
-                )
-                .await;
-                report_apply(
-                    &ctx,
-                    fe.as_ref(),
-                    "PodDisruptionBudget",
-                    &name,
-                    apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?,
-                )
-                .await;
+                let out = apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?;
+                report_apply(&ctx, fe.as_ref(), &objs.config_map, out).await;
+                let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?;
+                report_apply(&ctx, fe.as_ref(), &objs.service, out).await;
+                let out = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?;
+                report_apply(&ctx, fe.as_ref(), &objs.pdb, out).await;
                 let out = apply(&deploy_api, &objs.deployment).await?;
                 wrote_workload = out.wrote();
-                report_apply(&ctx, fe.as_ref(), "Deployment", &name, out).await;
+                report_apply(&ctx, fe.as_ref(), &objs.deployment, out).await;
                 status.replicas = objs.deployment.spec.as_ref().and_then(|s| s.replicas);
                 status.home_servers = routes.iter().map(|r| r.name.clone()).collect();
             }

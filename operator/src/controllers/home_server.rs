@@ -75,35 +75,16 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 };
                 let mut objs = build::home_server::build(&hs, &bctx)?;
                 // Apply, in order.
-                let cm = objs.config_map.name_any();
-                report_apply(
-                    &ctx,
-                    hs.as_ref(),
-                    "ConfigMap",
-                    &cm,
-                    apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?,
-                )
-                .await;
-                report_apply(
-                    &ctx,
-                    hs.as_ref(),
-                    "Service",
-                    &name,
-                    apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?,
-                )
-                .await;
-                report_apply(
-                    &ctx,
-                    hs.as_ref(),
-                    "PodDisruptionBudget",
-                    &name,
-                    apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?,
-                )
-                .await;
+                let out = apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?;
+                report_apply(&ctx, hs.as_ref(), &objs.config_map, out).await;
+                let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?;
+                report_apply(&ctx, hs.as_ref(), &objs.service, out).await;
+                let out = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?;
+                report_apply(&ctx, hs.as_ref(), &objs.pdb, out).await;
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
                 let out = apply(&sts_api, &objs.stateful_set).await?;
                 wrote_workload = out.wrote();
-                report_apply(&ctx, hs.as_ref(), "StatefulSet", &name, out).await;
+                report_apply(&ctx, hs.as_ref(), &objs.stateful_set, out).await;
                 wants.push(expand_volumes(&ctx, &ns, &name, &volumes).await?);
                 status.resolved = Some(objs.resolved);
                 status.address = Some(objs.address);

@@ -75,12 +75,26 @@ impl Context {
         action: &str,
         note: String,
     ) {
+        self.event_about(obj, None, warning, reason, action, note).await
+    }
+
+    /// Publishes an Event about `obj` concerning `related` (e.g. the StatefulSet it applied), so
+    /// that Events about different children are not folded into one series.
+    pub async fn event_about<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.into(),
             note: Some(note),
             action: action.into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "publishing an Event failed");
@@ -327,19 +341,18 @@ pub async fn report_transitions<K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Publishes an Event saying that `kind/name` was created or put back.
-pub async fn report_apply<K: Resource<DynamicType = ()>>(
-    ctx: &Context,
-    obj: &K,
-    kind: &str,
-    name: &str,
-    outcome: apply::Outcome,
-) {
+/// Publishes an Event saying that `child` was created or put back.
+pub async fn report_apply<K, C>(ctx: &Context, obj: &K, child: &C, outcome: apply::Outcome)
+where
+    K: Resource<DynamicType = ()>,
+    C: Resource<DynamicType = ()>,
+{
     let (reason, verb) = match outcome {
         apply::Outcome::Unchanged => return,
         apply::Outcome::Created => ("Created", "created"),
         apply::Outcome::Updated => ("Updated", "updated"),
     };
-    info!(kind, name, verb, "applied");
-    ctx.event(obj, false, reason, "Apply", format!("{verb} {kind} {name}")).await;
+    let (kind, name) = (C::kind(&()), child.name_any());
+    info!(%kind, %name, verb, "applied");
+    ctx.event_about(obj, Some(child.object_ref(&())), false, reason, "Apply", format!("{verb} {kind} {name}")).await;
 }

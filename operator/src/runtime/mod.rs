@@ -195,3 +195,35 @@ pub async fn wait_for_crds(client: &Client, poll: Duration) -> anyhow::Result<()
         tokio::time::sleep(poll).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn ops_endpoints_report_health_readiness_and_metrics() {
+        let metrics = Arc::new(Metrics::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = ops_router(metrics.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        metrics.set_ready(true);
+        metrics.observe("FrontEnd", Duration::from_millis(3), true);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let m = get(addr, "/metrics").await;
+        assert!(m.contains("text/plain; version=0.0.4"), "{m}");
+        assert!(m.contains("parley_operator_reconciles_total{kind=\"FrontEnd\",result=\"success\"} 1"), "{m}");
+    }
+}

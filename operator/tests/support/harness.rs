@@ -1,0 +1,372 @@
+//! Runs a scenario against the double or, when `KUBECONFIG` is set, against a real cluster: in a
+//! fresh namespace, with operator instances started in-process (watching only that namespace,
+//! electing a leader with a Lease in it).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use parley_operator::controllers::Settings;
+use parley_operator::crd::{CommunicationsDomain, CommunicationsDomainSpec, DirectorySpec, FileDirectory};
+use parley_operator::runtime::leader::LeaseTiming;
+use parley_operator::runtime::metrics::Metrics;
+use parley_operator::runtime::{Operator, OperatorConfig, shutdown_signal};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::ApiServer;
+
+/// Where a scenario runs.
+pub enum Backend {
+    Double(ApiServer),
+    Cluster,
+}
+
+pub struct Harness {
+    pub ns: String,
+    /// The test's own client (what `kubectl` would be).
+    pub client: Client,
+    pub backend: Backend,
+    /// How long to wait for the operator to converge.
+    pub timeout: Duration,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Field manager of the test's own writes (what `kubectl apply --server-side` would use).
+pub const TEST_MANAGER: &str = "kubectl";
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in parley_operator::crd::generate::all() {
+        let name = crd.name_any();
+        crds.patch(&name, &PatchParams::apply("parley-tests").force(), &Patch::Apply(&crd)).await.expect("install CRD");
+    }
+    eventually("CRDs established", Duration::from_secs(60), || async {
+        for crd in parley_operator::crd::generate::all() {
+            let live = crds.get(&crd.name_any()).await.ok()?;
+            let ok = live.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+            if !ok {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+/// Plays kube-controller-manager for the double: marks StatefulSets and Deployments as rolled
+/// out and ready, as their controllers would once the pods run.
+async fn fake_workload_controllers(client: Client, ns: String) {
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let deploys: Api<Deployment> = Api::namespaced(client, &ns);
+    let pp = PatchParams::default();
+    loop {
+        if let Ok(list) = sts.list(&ListParams::default()).await {
+            for s in list {
+                let replicas = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let generation = s.metadata.generation.unwrap_or(1);
+                let want = json!({
+                    "replicas": replicas, "readyReplicas": replicas, "currentReplicas": replicas,
+                    "updatedReplicas": replicas, "availableReplicas": replicas, "observedGeneration": generation,
+                    "currentRevision": format!("{}-r{generation}", s.name_any()), "updateRevision": format!("{}-r{generation}", s.name_any()),
+                });
+                if serde_json::to_value(&s.status).ok() != Some(want.clone()) {
+                    let _ = sts.patch_status(&s.name_any(), &pp, &Patch::Merge(json!({"status": want}))).await;
+                }
+            }
+        }
+        if let Ok(list) = deploys.list(&ListParams::default()).await {
+            for d in list {
+                let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let want = json!({
+                    "replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas,
+                    "availableReplicas": replicas, "observedGeneration": d.metadata.generation.unwrap_or(1),
+                });
+                if serde_json::to_value(&d.status).ok() != Some(want.clone()) {
+                    let _ = deploys.patch_status(&d.name_any(), &pp, &Patch::Merge(json!({"status": want}))).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An operator instance running in the test process.
+pub struct OperatorHandle {
+    pub identity: String,
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl OperatorHandle {
+    /// Graceful shutdown: controllers finish, the Lease is released.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await??
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics.is_leader()
+    }
+}
+
+impl Drop for OperatorHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Harness {
+    /// A scenario against a fresh double.
+    pub async fn double(test: &str) -> Harness {
+        let api = ApiServer::new();
+        let client = api.client("test");
+        install_crds(&client).await;
+        let ns = format!("t-{}", test.replace('_', "-"));
+        let h = Harness {
+            ns: ns.clone(),
+            client,
+            background: vec![tokio::spawn(fake_workload_controllers(api.client("kube-controller-manager"), ns))],
+            backend: Backend::Double(api),
+            timeout: Duration::from_secs(20),
+        };
+        h.create_namespace().await;
+        h
+    }
+
+    /// A scenario against the cluster in `KUBECONFIG`, or `None` (with a message) without one.
+    pub async fn cluster(test: &str) -> Option<Harness> {
+        if std::env::var_os("KUBECONFIG").is_none() {
+            eprintln!(
+                "skipped: KUBECONFIG not set ({test} runs against a real cluster only when it is; `make e2e` sets it)"
+            );
+            return None;
+        }
+        let client = Client::try_default().await.expect("KUBECONFIG names a reachable cluster");
+        install_crds(&client).await;
+        let suffix =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let mut base = format!("parley-test-{}", test.replace('_', "-"));
+        base.truncate(52);
+        let h = Harness {
+            ns: format!("{}-{:08x}", base.trim_end_matches('-'), suffix),
+            client,
+            backend: Backend::Cluster,
+            timeout: Duration::from_secs(120),
+            background: Vec::new(),
+        };
+        h.create_namespace().await;
+        Some(h)
+    }
+
+    async fn create_namespace(&self) {
+        let ns = Namespace {
+            metadata: ObjectMeta { name: Some(self.ns.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    }
+
+    pub fn is_double(&self) -> bool {
+        matches!(self.backend, Backend::Double(_))
+    }
+
+    pub fn double_api(&self) -> Option<&ApiServer> {
+        match &self.backend {
+            Backend::Double(api) => Some(api),
+            Backend::Cluster => None,
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Starts an operator instance called `identity` (its client is logged under that name).
+    pub fn start_operator(&self, identity: &str) -> OperatorHandle {
+        let client = match &self.backend {
+            Backend::Double(api) => api.client(identity),
+            Backend::Cluster => self.client.clone(),
+        };
+        let config = OperatorConfig {
+            watch_namespace: Some(self.ns.clone()),
+            lease_namespace: self.ns.clone(),
+            lease_name: "parley-operator".into(),
+            identity: identity.into(),
+            lease_timing: LeaseTiming {
+                duration: Duration::from_secs(2),
+                retry: Duration::from_millis(200),
+                renew_deadline: Duration::from_secs(1),
+            },
+            ops_addr: None,
+            crd_poll: Duration::from_millis(100),
+            settings: Settings { default_image: "parley-server:test".into(), cluster_domain: "cluster.local".into() },
+        };
+        let operator = Operator::new(client, config);
+        let metrics = operator.metrics();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(operator.run(shutdown_signal(async move {
+            let _ = rx.await;
+        })));
+        OperatorHandle { identity: identity.into(), metrics, stop: Some(tx), task }
+    }
+
+    /// The users file the domains of the scenarios point at.
+    pub async fn create_users_config_map(&self) {
+        let cm = ConfigMap {
+            metadata: ObjectMeta { name: Some("users".into()), ..Default::default() },
+            data: Some(
+                [("users.toml".to_string(), "[[users]]\nname = \"alice\"\npassword = \"secret\"\n".to_string())].into(),
+            ),
+            ..Default::default()
+        };
+        self.api::<ConfigMap>().create(&PostParams::default(), &cm).await.expect("users ConfigMap");
+    }
+
+    /// Applies a domain of `users` users, as `kubectl apply --server-side` would.
+    pub async fn apply_domain(&self, name: &str, users: u32) -> CommunicationsDomain {
+        let spec = CommunicationsDomainSpec {
+            sip_domain: "example.test".into(),
+            users,
+            topology: Default::default(),
+            home_servers: None,
+            front_end: None,
+            directory: DirectorySpec {
+                ldap: None,
+                file: Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() }),
+            },
+            additional_domains: vec![],
+            tls: Default::default(),
+            image: None,
+            paused: false,
+        };
+        let d = CommunicationsDomain::new(name, spec);
+        self.api::<CommunicationsDomain>()
+            .patch(name, &PatchParams::apply(TEST_MANAGER), &Patch::Apply(&d))
+            .await
+            .expect("apply CommunicationsDomain")
+    }
+
+    /// Merge-patches a domain's spec.
+    pub async fn patch_domain(&self, name: &str, spec: serde_json::Value) {
+        self.api::<CommunicationsDomain>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+            .await
+            .expect("patch CommunicationsDomain");
+    }
+
+    /// Waits for `check` to hold on the object `name` of kind `K`, returning the object.
+    pub async fn wait_for<K, F>(&self, what: &str, name: &str, check: F) -> K
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        F: Fn(&K) -> bool,
+    {
+        let api = self.api::<K>();
+        let check = &check;
+        eventually(what, self.timeout, || {
+            let api = api.clone();
+            async move { api.get_opt(name).await.ok().flatten().filter(|o| check(o)) }
+        })
+        .await
+    }
+
+    /// Waits until `name` of kind `K` does not exist.
+    pub async fn wait_gone<K>(&self, name: &str)
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let api = self.api::<K>();
+        eventually(&format!("{} {name} to be gone", K::kind(&())), self.timeout, || {
+            let api = api.clone();
+            async move { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }
+        })
+        .await
+    }
+
+    /// Names of the objects of kind `K` in the namespace.
+    pub async fn names<K>(&self) -> Vec<String>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let mut names: Vec<String> = self
+            .api::<K>()
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .map(|o| o.name_any())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Deletes `name` of kind `K`.
+    pub async fn delete<K>(&self, name: &str)
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Serialize,
+    {
+        self.api::<K>().delete(name, &DeleteParams::default()).await.expect("delete");
+    }
+
+    /// Stops background tasks and, on a cluster, deletes the namespace.
+    pub async fn finish(self) {
+        for t in &self.background {
+            t.abort();
+        }
+        if !self.is_double() {
+            let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.ns, &DeleteParams::default()).await;
+        }
+    }
+}
+
+impl Harness {
+    /// Waits until the list of `K` in the namespace satisfies `check`, returning it.
+    pub async fn wait_for_list<K, F>(&self, what: &str, check: F) -> Vec<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        F: Fn(&[K]) -> bool,
+    {
+        let api = self.api::<K>();
+        let check = &check;
+        eventually(what, self.timeout, || {
+            let api = api.clone();
+            async move { api.list(&ListParams::default()).await.ok().map(|l| l.items).filter(|items| check(items)) }
+        })
+        .await
+    }
+}
