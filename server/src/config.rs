@@ -91,7 +91,41 @@ pub struct Storage {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DirectoryConfig {
-    File { file: PathBuf },
+    File {
+        file: PathBuf,
+    },
+    /// An LDAP directory prepared with `parley-server prep`; the server binds as the service account.
+    Ldap {
+        /// `ldap://host:389` or `ldaps://host:636`.
+        url: String,
+        base_dn: String,
+        bind_dn: String,
+        bind_password_file: PathBuf,
+        /// PEM CA certificates for ldaps:// or StartTLS (default: the system store).
+        ca_file: Option<PathBuf>,
+        #[serde(default)]
+        starttls: bool,
+        /// Deadline for each directory operation, connecting included.
+        #[serde(default = "default_ldap_timeout_ms")]
+        timeout_ms: u64,
+        /// How long answers (including "no such user") are reused.
+        #[serde(default = "default_ldap_cache_ttl_secs")]
+        cache_ttl_secs: u64,
+        #[serde(default = "default_ldap_pool_size")]
+        pool_size: usize,
+    },
+}
+
+fn default_ldap_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_ldap_cache_ttl_secs() -> u64 {
+    30
+}
+
+fn default_ldap_pool_size() -> usize {
+    4
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -175,6 +209,12 @@ impl Config {
         }
         match &mut config.directory {
             DirectoryConfig::File { file } => rebase(file),
+            DirectoryConfig::Ldap { bind_password_file, ca_file, .. } => {
+                rebase(bind_password_file);
+                if let Some(ca) = ca_file {
+                    rebase(ca);
+                }
+            }
         }
         Ok(config)
     }
@@ -211,6 +251,14 @@ impl Config {
         }
         if self.limits.max_message_bytes < 1024 {
             bail!("key `limits.max_message_bytes`: at least 1024");
+        }
+        if let DirectoryConfig::Ldap { url, timeout_ms, pool_size, .. } = &self.directory {
+            if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
+                bail!("key `directory.url`: {url:?} is not an ldap:// or ldaps:// URL");
+            }
+            if *timeout_ms < 50 || *pool_size == 0 {
+                bail!("key `directory.timeout_ms` must be at least 50 and `directory.pool_size` at least 1");
+            }
         }
         if self.limits.max_body_bytes > self.limits.max_message_bytes {
             bail!("key `limits.max_body_bytes`: must not exceed limits.max_message_bytes");

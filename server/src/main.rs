@@ -1,9 +1,11 @@
 //! `parley-server`: Parley's SIP server.
 
+mod admin;
 mod config;
 mod directory;
 mod home;
 mod ops;
+mod prep;
 mod serve;
 mod sip;
 mod store;
@@ -48,6 +50,9 @@ enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Prepare the LDAP directory: schema, enterprise, domain, domainadd, verify.
+    #[command(subcommand)]
+    Prep(prep::PrepCommand),
 }
 
 #[derive(Subcommand)]
@@ -60,6 +65,8 @@ enum UserCommand {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Ldap(admin::UserLdapCommand),
 }
 
 /// Logs go to standard error (text or JSON) and, for a server, also to `parley.log` in the logs
@@ -94,6 +101,8 @@ fn main() -> std::process::ExitCode {
         Command::Serve { role, config } => serve_cmd(role, config, format),
         command => init_logging(format, None).and_then(|()| match command {
             Command::User(UserCommand::Hash { address, password_file }) => user_hash(&address, password_file),
+            Command::User(UserCommand::Ldap(cmd)) => admin::run(cmd),
+            Command::Prep(cmd) => prep::run(cmd),
             Command::Serve { .. } => unreachable!("handled above"),
         }),
     };

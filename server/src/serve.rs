@@ -24,6 +24,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let directory: Arc<dyn Directory> = match &config.directory {
         DirectoryConfig::File { file } => Arc::new(FileDirectory::load(file)?),
+        DirectoryConfig::Ldap { .. } => {
+            Arc::new(crate::directory::ldap::LdapDirectory::from_config(&config.directory)?)
+        }
     };
     let metrics = Arc::new(Metrics::default());
     let limits = crate::sip::message::Limits {

@@ -1,7 +1,10 @@
 //! Where users live: one trait, a file backend for standalone servers (the embedded default) and,
 //! in its own module, an LDAP backend for production.
 
+pub mod cache;
 pub mod file;
+pub mod ldap;
+pub mod ldap_client;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -36,7 +39,6 @@ impl User {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[allow(dead_code)] // raised by the LDAP backend (directory issue); the core already maps it to 503
 pub enum DirectoryError {
     /// The directory could not be reached or did not answer in time: answer 503, retry later.
     #[error("directory unavailable: {0}")]

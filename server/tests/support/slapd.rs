@@ -1,0 +1,195 @@
+//! A real OpenLDAP `slapd` for tests: a temporary `cn=config` (written with `slapadd -n0`) with
+//! the core, cosine, nis and inetorgperson schemas, one mdb database for `dc=example,dc=test`
+//! (holding `dc=partner,dc=example,dc=test` for a second domain), an administrator that also
+//! manages `cn=config`, listening on 127.0.0.1 only. Stopped (and its files removed) on drop;
+//! `stop` and `restart` simulate an outage on the same port and data.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BASE: &str = "dc=example,dc=test";
+pub const PARTNER_BASE: &str = "dc=partner,dc=example,dc=test";
+pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=test";
+const ADMIN_PASSWORD: &str = "admin-secret";
+
+pub struct Slapd {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Slapd {
+    pub fn start() -> Slapd {
+        super::require_tool("slapd");
+        super::require_tool("ldapsearch");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("slapd.d")).unwrap();
+        std::fs::create_dir_all(d.join("db")).unwrap();
+        let config = format!(
+            "dn: cn=config\nobjectClass: olcGlobal\ncn: config\nolcPidFile: {d}/slapd.pid\nolcArgsFile: {d}/slapd.args\n\n\
+             dn: cn=module{{0}},cn=config\nobjectClass: olcModuleList\ncn: module{{0}}\nolcModulePath: /usr/lib/ldap\nolcModuleLoad: back_mdb\n\n\
+             dn: cn=schema,cn=config\nobjectClass: olcSchemaConfig\ncn: schema\n\n\
+             include: file:///etc/ldap/schema/core.ldif\n\n\
+             include: file:///etc/ldap/schema/cosine.ldif\n\n\
+             include: file:///etc/ldap/schema/nis.ldif\n\n\
+             include: file:///etc/ldap/schema/inetorgperson.ldif\n\n\
+             dn: olcDatabase={{-1}}frontend,cn=config\nobjectClass: olcDatabaseConfig\nobjectClass: olcFrontendConfig\nolcDatabase: {{-1}}frontend\n\n\
+             dn: olcDatabase={{0}}config,cn=config\nobjectClass: olcDatabaseConfig\nolcDatabase: {{0}}config\n\
+             olcAccess: {{0}}to * by dn.exact=\"{ADMIN_DN}\" manage by * none\n\n\
+             dn: olcDatabase={{1}}mdb,cn=config\nobjectClass: olcDatabaseConfig\nobjectClass: olcMdbConfig\nolcDatabase: {{1}}mdb\n\
+             olcDbDirectory: {d}/db\nolcSuffix: {BASE}\nolcRootDN: {ADMIN_DN}\nolcRootPW: {ADMIN_PASSWORD}\n\
+             olcDbMaxSize: 33554432\n\
+             olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none\n\
+             olcAccess: {{1}}to * by * read\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("config.ldif"), config).unwrap();
+        run(Command::new("slapadd").args(["-n0", "-F"]).arg(d.join("slapd.d")).arg("-l").arg(d.join("config.ldif")));
+        let data = format!(
+            "dn: {BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
+             dn: {PARTNER_BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: partner\no: Partner\n"
+        );
+        std::fs::write(d.join("data.ldif"), data).unwrap();
+        run(Command::new("slapadd").args(["-b", BASE, "-F"]).arg(d.join("slapd.d")).arg("-l").arg(d.join("data.ldif")));
+        std::fs::write(d.join("admin.pw"), ADMIN_PASSWORD).unwrap();
+        let port = super::free_port();
+        let mut slapd = Slapd { child: None, dir, port, url: format!("ldap://127.0.0.1:{port}") };
+        slapd.restart();
+        slapd
+    }
+
+    /// Starts (again) on the same port and data, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "slapd is running");
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("slapd.log")).unwrap();
+        let child = Command::new("slapd")
+            .arg("-h")
+            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .arg("-F")
+            .arg(self.dir.path().join("slapd.d"))
+            .args(["-d", "0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start slapd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("slapd did not start; log:\n{}", std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap());
+    }
+
+    /// Stops slapd (SIGTERM) and waits until it has exited.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn admin_password_file(&self) -> PathBuf {
+        self.dir.path().join("admin.pw")
+    }
+
+    /// Writes a password file (no trailing newline, as `ldapsearch -y` wants) and returns its path.
+    pub fn password_file(&self, name: &str, password: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.pw"));
+        std::fs::write(&path, password).unwrap();
+        path
+    }
+
+    fn bind_args(&self, bind: Option<(&str, &Path)>) -> Vec<String> {
+        let mut args = vec!["-x".to_string(), "-H".into(), self.url.clone(), "-o".into(), "ldif-wrap=no".into()];
+        if let Some((dn, pw)) = bind {
+            args.extend(["-D".into(), dn.into(), "-y".into(), pw.display().to_string()]);
+        }
+        args
+    }
+
+    /// `ldapsearch -LLL`: (success, stdout + stderr).
+    pub fn search(
+        &self,
+        bind: Option<(&str, &Path)>,
+        base: &str,
+        scope: &str,
+        filter: &str,
+        attrs: &[&str],
+    ) -> (bool, String) {
+        let out = Command::new("ldapsearch")
+            .args(self.bind_args(bind))
+            .args(["-LLL", "-b", base, "-s", scope, filter])
+            .args(attrs)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    /// `ldapsearch` as the administrator; panics on failure.
+    pub fn admin_search(&self, base: &str, scope: &str, filter: &str, attrs: &[&str]) -> String {
+        let (ok, out) = self.search(Some((ADMIN_DN, &self.admin_password_file())), base, scope, filter, attrs);
+        assert!(ok, "ldapsearch failed: {out}");
+        out
+    }
+
+    /// `ldapmodify` (add entries with `changetype: add`): (success, output).
+    pub fn modify(&self, bind: Option<(&str, &Path)>, ldif: &str) -> (bool, String) {
+        let mut child = Command::new("ldapmodify")
+            .args(self.bind_args(bind))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(ldif.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+
+    pub fn admin_modify(&self, ldif: &str) -> String {
+        let (ok, out) = self.modify(Some((ADMIN_DN, &self.admin_password_file())), ldif);
+        assert!(ok, "ldapmodify failed: {out}");
+        out
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
