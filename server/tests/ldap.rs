@@ -250,8 +250,9 @@ fn access_rules_separate_the_service_account_and_the_administrators() {
     assert!(!wrong.ok && wrong.stderr.contains(&format!("binding as {ua_dn} was refused")), "{}", wrong.stderr);
 }
 
-/// Config for a Home Server whose directory is `slapd`, bound as the service account.
-fn start_server(slapd: &Slapd) -> Server {
+/// A Home Server whose directory is `slapd` at `url`, bound as the service account; `extra` adds
+/// keys to `[directory]`.
+fn start_server(url: &str, extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let (sip, tls, ops) = (free_port(), free_port(), free_port());
     std::fs::write(dir.path().join("service.pw"), format!("{SERVICE_PASSWORD}\n")).unwrap();
@@ -260,8 +261,8 @@ fn start_server(slapd: &Slapd) -> Server {
          [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\nops = \"127.0.0.1:{ops}\"\n\
          [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
          [directory]\nbackend = \"ldap\"\nurl = \"{}\"\nbase_dn = \"{BASE}\"\nbind_dn = \"{SERVICE_DN}\"\n\
-         bind_password_file = \"service.pw\"\ntimeout_ms = 1000\ncache_ttl_secs = 1\npool_size = 2\n",
-        slapd.url
+         bind_password_file = \"service.pw\"\ntimeout_ms = 1000\ncache_ttl_secs = 1\npool_size = 2\n{extra}",
+        url
     );
     std::fs::write(dir.path().join("parley.toml"), config).unwrap();
     Server::start_from(dir, sip, tls, ops)
@@ -304,7 +305,7 @@ fn home_server_users_from_slapd_register_message_disable_and_survive_an_outage()
     prepare(&slapd);
     add_user(&slapd, "alice@example.test", "alice-password");
     add_user(&slapd, "bob@example.test", "bob-password");
-    let server = start_server(&slapd);
+    let server = start_server(&slapd.url, "");
 
     let mut bob = Ua::new("bob", server.sip);
     assert_eq!(status(&bob.register(300)), 200, "bob registers with digest against slapd");
@@ -352,4 +353,23 @@ fn active_directory_schema_ldif_matches_the_golden_file() {
         "AD schema LDIF drifted from {}; regenerate with PARLEY_BLESS=1 and review",
         golden.display()
     );
+}
+
+#[test]
+fn ldaps_and_starttls_verify_the_directory_certificate() {
+    let slapd = Slapd::start_tls();
+    let ldaps = slapd.ldaps_url.clone().unwrap();
+    let ca = slapd.ca_file();
+    let ca = ca.to_str().unwrap();
+    let prep = must(admin(&slapd, &["prep", "schema", "--url", &ldaps, "--ca-file", ca]), "prep schema over ldaps");
+    assert!(prep.contains("added object class parleyUser"), "{prep}");
+    let untrusted = admin(&slapd, &["prep", "verify", "--url", &ldaps]);
+    assert!(!untrusted.ok && untrusted.stderr.contains("UnknownIssuer"), "{}", untrusted.stderr);
+    let starttls = admin(&slapd, &["prep", "verify", "--starttls", "--ca-file", ca]);
+    assert!(starttls.stdout.contains("schema: prepared"), "{}{}", starttls.stdout, starttls.stderr);
+
+    prepare(&slapd);
+    add_user(&slapd, "bob@example.test", "bob-password");
+    let server = start_server(&ldaps, &format!("ca_file = {ca:?}\n"));
+    assert_eq!(status(&Ua::new("bob", server.sip).register(300)), 200, "the server reads users over ldaps");
 }

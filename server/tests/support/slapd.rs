@@ -21,6 +21,8 @@ pub struct Slapd {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub url: String,
+    /// `ldaps://127.0.0.1:PORT` when started with TLS (StartTLS then works on `url` too).
+    pub ldaps_url: Option<String>,
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -36,14 +38,37 @@ fn run(cmd: &mut Command) -> Output {
 
 impl Slapd {
     pub fn start() -> Slapd {
+        Self::start_with(false)
+    }
+
+    /// With TLS: a test CA (`ca_file()`) signs a certificate for 127.0.0.1; slapd also listens
+    /// on `ldaps_url` and offers StartTLS.
+    pub fn start_tls() -> Slapd {
+        Self::start_with(true)
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Slapd {
         super::require_tool("slapd");
         super::require_tool("ldapsearch");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("slapd.d")).unwrap();
         std::fs::create_dir_all(d.join("db")).unwrap();
+        let tls_config = if tls {
+            make_certificates(d);
+            format!(
+                "olcTLSCACertificateFile: {d}/ca.pem\nolcTLSCertificateFile: {d}/server.pem\nolcTLSCertificateKeyFile: {d}/server.key\n",
+                d = d.display()
+            )
+        } else {
+            String::new()
+        };
         let config = format!(
-            "dn: cn=config\nobjectClass: olcGlobal\ncn: config\nolcPidFile: {d}/slapd.pid\nolcArgsFile: {d}/slapd.args\n\n\
+            "dn: cn=config\nobjectClass: olcGlobal\ncn: config\nolcPidFile: {d}/slapd.pid\nolcArgsFile: {d}/slapd.args\n{tls_config}\n\
              dn: cn=module{{0}},cn=config\nobjectClass: olcModuleList\ncn: module{{0}}\nolcModulePath: /usr/lib/ldap\nolcModuleLoad: back_mdb\n\n\
              dn: cn=schema,cn=config\nobjectClass: olcSchemaConfig\ncn: schema\n\n\
              include: file:///etc/ldap/schema/core.ldif\n\n\
@@ -70,7 +95,8 @@ impl Slapd {
         run(Command::new("slapadd").args(["-b", BASE, "-F"]).arg(d.join("slapd.d")).arg("-l").arg(d.join("data.ldif")));
         std::fs::write(d.join("admin.pw"), ADMIN_PASSWORD).unwrap();
         let port = super::free_port();
-        let mut slapd = Slapd { child: None, dir, port, url: format!("ldap://127.0.0.1:{port}") };
+        let ldaps_url = tls.then(|| format!("ldaps://127.0.0.1:{}", super::free_port()));
+        let mut slapd = Slapd { child: None, dir, port, url: format!("ldap://127.0.0.1:{port}"), ldaps_url };
         slapd.restart();
         slapd
     }
@@ -79,9 +105,13 @@ impl Slapd {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "slapd is running");
         let log = std::fs::File::options().create(true).append(true).open(self.dir.path().join("slapd.log")).unwrap();
+        let mut urls = format!("ldap://127.0.0.1:{}/", self.port);
+        if let Some(ldaps) = &self.ldaps_url {
+            urls = format!("{urls} {ldaps}/");
+        }
         let child = Command::new("slapd")
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .arg(urls)
             .arg("-F")
             .arg(self.dir.path().join("slapd.d"))
             .args(["-d", "0"])
@@ -183,6 +213,48 @@ impl Slapd {
         assert!(ok, "ldapmodify failed: {out}");
         out
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 (CA:FALSE, serverAuth), made with openssl.
+fn make_certificates(d: &Path) {
+    super::require_tool("openssl");
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(Command::new("openssl")
+        .current_dir(d)
+        .args(["req", "-x509"])
+        .args(ec)
+        .args(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Parley Test CA"])
+        .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]));
+    run(Command::new("openssl").current_dir(d).args(["req"]).args(ec).args([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]));
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl").current_dir(d).args([
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]));
 }
 
 impl Drop for Slapd {
