@@ -334,6 +334,17 @@ fn home_server_users_from_slapd_register_message_disable_and_survive_an_outage()
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(status(&bob.register(300)), 200, "service resumes without restarting the server");
+
+    // A directory that accepts connections but never answers: the deadline still holds.
+    slapd.signal("STOP");
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    let answer = bob.register(300);
+    slapd.signal("CONT");
+    assert_eq!(status(&answer), 503, "{answer}");
+    assert!(started.elapsed() < Duration::from_millis(1800), "answered in {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&bob.register(300)), 200, "service resumes after the stall");
 }
 
 #[test]

@@ -144,6 +144,12 @@ impl Slapd {
         }
     }
 
+    /// Sends a signal (e.g. "STOP", "CONT") to the running slapd.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("slapd is running");
+        run(Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()));
+    }
+
     pub fn admin_password_file(&self) -> PathBuf {
         self.dir.path().join("admin.pw")
     }
