@@ -1,0 +1,267 @@
+//! Presence with a real client: Debian's baresip 1.0.0 (libre 1.1.0) as bob over TLS, with the
+//! contact.so and presence.so modules. bob's contacts file lists alice with `;presence=p2p`, so
+//! baresip subscribes to her presence and shows each change; with `pubint` on the account it also
+//! PUBLISHes bob's own state, which a watcher of bob (carol, the UDP test UA) receives.
+//!
+//! What baresip 1.0.0's presence module does (checked against the module's strings and source):
+//! - the subscriber reads a NOTIFY's PIDF as `<basic>` open/closed, overridden by `<rpid:away/>`
+//!   (shown as Offline: 1.0.0 has no "away" state), `<rpid:busy/>` or `<rpid:on-the-phone/>`
+//!   (Busy). A change from a known state is logged as `<sip:alice@example.test> changed status
+//!   from X to Y` (the first NOTIFY, from Unknown, is not); `/contacts` lists the current state.
+//! - the publisher (account `pubint` > 0) PUBLISHes 10 ms after start with `<basic>unknown</basic>`
+//!   and again, without SIP-If-Match, on REGISTER_OK with `<basic>open</basic>` (a tuple `t4109`
+//!   with bob's AOR as contact) when the first 200 has not arrived yet, which is the usual case: two
+//!   publications. It keeps the SIP-ETag of whichever 200 arrives last and refreshes and modifies
+//!   only that one (`/presence_offline`, `/presence_online` publish `closed` / `open`); the other
+//!   stays until it expires. When the kept one is the `unknown` publication, the stray `open` one
+//!   outranks bob's later `closed` (the server composes devices most-available-first), so the test
+//!   uses a short `pubint` and lets the stray publication expire before bob goes offline.
+//! - like registration, SUBSCRIBE and PUBLISH need the server to offer MD5 only (see baresip.rs).
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::ua::{Ua, header, status};
+use support::{Server, free_port, require_tool};
+
+/// baresip's publication interval (s): short, so that a stray start-up publication expires soon.
+const PUBINT: u32 = 4;
+const PIDF_AWAY: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+    xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" \
+    entity=\"sip:alice@example.test\"><tuple id=\"pc\"><status><basic>open</basic></status></tuple>\
+    <dm:person id=\"p\"><rpid:activities><rpid:away/></rpid:activities></dm:person></presence>";
+const PIDF_ONLINE: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+    entity=\"sip:alice@example.test\"><tuple id=\"pc\"><status><basic>open</basic></status>\
+    <note>Online and typing</note></tuple></presence>";
+
+/// baresip listens on UDP and TCP at `sip_listen` and on TLS at the next port: both must be free.
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn body(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A running baresip, killed when dropped (also when the test fails half-way).
+struct Baresip {
+    child: Child,
+    /// Held open: the stdio UI reads commands from it (and cannot poll /dev/null).
+    stdin: ChildStdin,
+    out: PathBuf,
+}
+
+impl Baresip {
+    /// Starts baresip in `dir` with the account, contact, presence, menu and stdio modules (in
+    /// this order: presence.so finds the UAs and contacts the others created), `contacts` as its
+    /// contacts file, listening on 127.0.0.1 only.
+    fn start(dir: &Path, ca: &Path, account: &str, contacts: &str) -> Baresip {
+        require_tool("baresip");
+        std::fs::create_dir_all(dir).unwrap();
+        let config = format!(
+            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{}\nsip_cafile {}\n\
+             module account.so\nmodule contact.so\nmodule presence.so\nmodule menu.so\nmodule stdio.so\n",
+            free_port_pair(),
+            ca.display()
+        );
+        std::fs::write(dir.join("config"), config).unwrap();
+        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+        std::fs::write(dir.join("contacts"), contacts).unwrap();
+        let out = dir.join("baresip.out");
+        let file = std::fs::File::create(&out).unwrap();
+        let mut child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir)
+            .args(["-s", "-t", "35"]) // SIP trace; quits by itself even if the test process dies
+            .stdin(Stdio::piped())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start baresip");
+        let stdin = child.stdin.take().unwrap();
+        Baresip { child, stdin, out }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    /// A long command of the stdio UI, e.g. `/contacts`.
+    fn command(&mut self, cmd: &str) {
+        self.stdin.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits until `done` holds for the output; panics with both outputs after `timeout`.
+    fn wait_for(&self, server: &Server, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.output();
+            if done(&text) {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", server.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Receives NOTIFYs (answering each 200) until one whose body satisfies `want`.
+fn notify_until(ua: &Ua, baresip: &Baresip, server: &Server, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(n) = ua.recv_request("NOTIFY", left) else { break };
+        ua.answer(&n, 200);
+        if want(body(&n)) {
+            return n;
+        }
+        seen.push(n);
+    }
+    panic!(
+        "{}: no NOTIFY with {what}; got:\n{}\nbaresip:\n{}\nserver:\n{}",
+        ua.user,
+        seen.join("\n----\n"),
+        baresip.output(),
+        server.log_text()
+    );
+}
+
+fn publish(alice: &mut Ua, pidf: &str, if_match: Option<&str>) -> String {
+    let uri = "sip:alice@example.test";
+    let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
+    let extra = format!("Event: presence\r\nExpires: 300\r\n{m}Content-Type: application/pidf+xml\r\n");
+    let r = alice.send_authenticated("PUBLISH", uri, uri, &extra, pidf);
+    assert_eq!(status(&r), 200, "PUBLISH: {r}");
+    header(&r, "SIP-ETag").expect("SIP-ETag").to_string()
+}
+
+#[test]
+fn baresip_publishes_its_presence_and_follows_a_contact() {
+    let server = Server::start_with("[auth]\nalgorithms = [\"MD5\"]\n[registrar]\nmin_expires = 1\n");
+    let mut alice = Ua::new("alice", server.sip);
+    assert_eq!(status(&alice.register(300)), 200);
+
+    // carol watches bob before bob's client runs: bob is offline.
+    let mut carol = Ua::new("carol", server.sip);
+    let uri = "sip:bob@example.test";
+    let r = carol.send_authenticated("SUBSCRIBE", uri, uri, "Event: presence\r\nExpires: 300\r\n", "");
+    assert_eq!(status(&r), 200, "{r}");
+    let n = carol.expect_notify(Duration::from_secs(5));
+    assert!(body(&n).contains("<basic>closed</basic>"), "{n}");
+
+    let account = format!(
+        "<sip:bob@example.test;transport=tls>;auth_pass=bob-password;regint=300;pubint={PUBINT};\
+         outbound=\"sip:{}:{};transport=tls\"",
+        server.tls.ip(),
+        server.tls.port()
+    );
+    let mut baresip = Baresip::start(
+        &server.dir.path().join("baresip"),
+        &server.cert(),
+        &account,
+        "\"Alice\" <sip:alice@example.test>;presence=p2p\n",
+    );
+
+    let out = baresip.wait_for(&server, "200 to REGISTER", Duration::from_secs(10), |t| {
+        t.contains("bob@example.test: {0/TLS/v4} 200 OK") || t.contains("reg: ")
+    });
+    assert!(out.contains("{0/TLS/v4} 200 OK () [1 binding]"), "baresip did not register:\n{out}");
+    let registered = Instant::now();
+
+    // baresip publishes bob's state (after one 407) and carol, watching bob, is notified of it:
+    // the published tuple (baresip's id t4109, bob's AOR as contact), not just "registered".
+    let n = notify_until(&carol, &baresip, &server, "bob's published PIDF", |b| {
+        b.contains("t4109") && b.contains("<basic>open</basic>")
+    });
+    assert_eq!(header(&n, "Content-Type"), Some("application/pidf+xml"), "{n}");
+    let publishes = server.metric("parley_sip_requests_total{method=\"PUBLISH\"}");
+    assert!(publishes >= 2.0, "baresip's PUBLISH was challenged, then accepted: {publishes}");
+
+    // baresip subscribed to alice (registered, nothing published: Online).
+    wait_for_contacts(&mut baresip, &server, "Online Alice <sip:alice@example.test>");
+
+    // alice's publications reach baresip: away (shown as Offline by 1.0.0), then online again.
+    let etag = publish(&mut alice, PIDF_AWAY, None);
+    baresip.wait_for(&server, "alice away", Duration::from_secs(5), |t| {
+        plain(t).contains("<sip:alice@example.test> changed status from Online to Offline")
+    });
+    publish(&mut alice, PIDF_ONLINE, Some(&etag));
+    baresip.wait_for(&server, "alice online", Duration::from_secs(5), |t| {
+        plain(t).contains("<sip:alice@example.test> changed status from Offline to Online")
+    });
+    wait_for_contacts(&mut baresip, &server, "Online Alice <sip:alice@example.test>");
+
+    // bob goes offline in baresip: a new PUBLISH, and carol sees bob closed although bob's
+    // registration is still there; then online again. First baresip's stray start-up publication
+    // (see above) expires: it was sent when the registration succeeded. baresip refreshes its own
+    // at 90% of pubint, well before this.
+    let stray_gone = registered + Duration::from_secs(u64::from(PUBINT)) + Duration::from_millis(700);
+    std::thread::sleep(stray_gone.saturating_duration_since(Instant::now()));
+    baresip.command("/presence_offline");
+    let n = notify_until(&carol, &baresip, &server, "bob closed", |b| b.contains("<basic>closed</basic>"));
+    assert!(body(&n).contains("t4109"), "the published tuple: {n}");
+    assert_eq!(server.metric("parley_registrations"), 2.0, "alice and bob stay registered");
+    assert!(server.metric("parley_sip_requests_total{method=\"PUBLISH\"}") > publishes);
+    baresip.command("/presence_online");
+    notify_until(&carol, &baresip, &server, "bob open again", |b| {
+        b.contains("t4109") && b.contains("<basic>open</basic>")
+    });
+    let out = plain(&baresip.output());
+    assert!(!out.contains("publisher got error response"), "{out}");
+}
+
+/// The output without the ANSI colour codes baresip puts around status names.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs `/contacts` until the listing after the last command shows `line` (within 8 s).
+fn wait_for_contacts(baresip: &mut Baresip, server: &Server, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let before = baresip.output().len();
+        baresip.command("/contacts");
+        std::thread::sleep(Duration::from_millis(300));
+        let out = baresip.output();
+        let listing = plain(out.get(before..).unwrap_or(&out));
+        if listing.contains("--- Contacts (1) ---") && listing.contains(line) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("baresip: /contacts does not show {line:?}; output:\n{out}\nserver:\n{}", server.log_text());
+        }
+    }
+}
