@@ -7,3 +7,6 @@ pub mod controllers;
 pub mod crd;
 pub mod runtime;
 pub mod tiers;
+
+#[cfg(test)]
+mod chart_check;

@@ -176,6 +176,7 @@ async fn expand_volumes(ctx: &Context, ns: &str, sts: &str, changes: &[VolumeCha
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
     let mut messages = Vec::new();
     let mut shrink = false;
+    let mut refused = None;
     for c in changes {
         let pvc_name = format!("{}-{sts}-0", c.claim);
         if quantity::parse(&c.want) < quantity::parse(&c.have) {
@@ -189,13 +190,21 @@ async fn expand_volumes(ctx: &Context, ns: &str, sts: &str, changes: &[VolumeCha
                 pvc.spec.and_then(|s| s.resources).and_then(|r| r.requests).and_then(|r| r.get("storage").cloned());
             if requested.is_none_or(|q| quantity::parse(&q.0) < quantity::parse(&c.want)) {
                 let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": c.want}}}});
-                pvcs.patch(&pvc_name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&patch)).await?;
-                ctx.event_for_pvc(ns, &pvc_name, &c.want).await;
+                match pvcs.patch(&pvc_name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&patch)).await {
+                    Ok(_) => ctx.event_for_pvc(ns, &pvc_name, &c.want).await,
+                    // The storage class does not allow expansion: say so instead of retrying forever.
+                    Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                        refused = Some(format!("{pvc_name} cannot grow: {}", e.message));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }
     Ok(if shrink {
         Want::new(VOLUMES, false, "CannotShrink", messages.join("; "))
+    } else if let Some(why) = refused {
+        Want::new(VOLUMES, false, "ExpansionRefused", why)
     } else {
         Want::new(
             VOLUMES,

@@ -236,9 +236,12 @@ pub async fn grow_small_to_standard(h: &Harness) {
     );
     let hs = h
         .wait_for::<HomeServer, _>("volumes condition", "corp-home-1", |hs| {
-            hs.status
-                .as_ref()
-                .is_some_and(|s| condition(&s.conditions, "VolumesUpToDate").is_some_and(|c| c.1 == "Expanding"))
+            hs.status.as_ref().is_some_and(|s| {
+                condition(&s.conditions, "VolumesUpToDate").is_some_and(|c| {
+                    // A real cluster's storage class may refuse to expand (kind's local-path does).
+                    c.0 == "False" && (c.1 == "Expanding" || c.1 == "ExpansionRefused")
+                })
+            })
         })
         .await;
     let st = hs.status.unwrap();
@@ -402,13 +405,28 @@ pub async fn paused_domain_is_left_alone(h: &Harness) {
     op.stop().await.unwrap();
 }
 
-/// Resource versions of everything in the namespace, to see whether anything was written.
+/// For everything in the namespace, when the operator last changed it: its managedFields times
+/// on a real cluster (where kube-controller-manager also writes the workloads' status), its
+/// resourceVersion on the double (where nothing else writes).
 async fn versions(h: &Harness) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    let stamp = |o: &kube::api::ObjectMeta| {
+        if h.is_double() {
+            return o.resource_version.clone().unwrap_or_default();
+        }
+        let times: Vec<String> = o
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|m| m.manager.as_deref() == Some("parley-operator"))
+            .map(|m| format!("{:?}@{:?}", m.operation, m.time.as_ref().map(|t| t.0.to_string())))
+            .collect();
+        times.join(",")
+    };
     macro_rules! collect {
         ($($k:ty),*) => {$(
             for o in h.api::<$k>().list(&Default::default()).await.unwrap() {
-                out.push((format!("{}/{}", <$k as kube::Resource>::kind(&()), o.name_any()), o.resource_version().unwrap_or_default()));
+                out.push((format!("{}/{}", <$k as kube::Resource>::kind(&()), o.name_any()), stamp(&o.metadata)));
             }
         )*};
     }

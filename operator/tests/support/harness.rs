@@ -40,6 +40,10 @@ pub struct Harness {
     background: Vec<JoinHandle<()>>,
 }
 
+/// A users file in the server's format (alice, password alice-password).
+pub const USERS_TOML: &str =
+    "[[users]]\naddress = \"alice@example.test\"\nha1_md5 = \"9e08d7520c4e1e3699eba51896968f5d\"\n";
+
 /// Field manager of the test's own writes (what `kubectl apply --server-side` would use).
 pub const TEST_MANAGER: &str = "kubectl";
 
@@ -245,9 +249,7 @@ impl Harness {
     pub async fn create_users_config_map(&self) {
         let cm = ConfigMap {
             metadata: ObjectMeta { name: Some("users".into()), ..Default::default() },
-            data: Some(
-                [("users.toml".to_string(), "[[users]]\nname = \"alice\"\npassword = \"secret\"\n".to_string())].into(),
-            ),
+            data: Some([("users.toml".to_string(), USERS_TOML.to_string())].into()),
             ..Default::default()
         };
         self.api::<ConfigMap>().create(&PostParams::default(), &cm).await.expect("users ConfigMap");
