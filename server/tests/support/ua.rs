@@ -138,7 +138,8 @@ impl Ua {
                 out.push_str(line.trim_end());
                 out.push_str("\r\n");
             } else if name.eq_ignore_ascii_case("To") {
-                out.push_str(&format!("{};tag=uas\r\n", line.trim_end()));
+                let has_tag = line.contains(";tag=");
+                out.push_str(&format!("{}{}\r\n", line.trim_end(), if has_tag { "" } else { ";tag=uas" }));
             }
         }
         out.push_str("Content-Length: 0\r\n\r\n");

@@ -25,8 +25,12 @@ pub fn validate(body: &str) -> Result<(), String> {
     if !body.contains("urn:ietf:params:xml:ns:pidf") || !body.contains("presence") {
         return Err("body is not a PIDF document".into());
     }
-    if !body.to_ascii_lowercase().contains("basic>") {
-        return Err("PIDF document has no basic status".into());
+    let lower = body.to_ascii_lowercase();
+    let mut statuses = lower.split("basic>").skip(1).step_by(2).map(|rest| rest.split('<').next().unwrap_or("").trim());
+    let first = statuses.next().ok_or("PIDF document has no basic status")?;
+    // RFC 3863 4.1.4: basic is open or closed; anything else makes the document invalid.
+    if std::iter::once(first).chain(statuses).any(|b| b != "open" && b != "closed") {
+        return Err("basic status must be open or closed".into());
     }
     Ok(())
 }
@@ -65,5 +69,6 @@ mod tests {
         assert_eq!(availability(&AWAY.replace("away", "busy")), 1);
         assert!(validate(AWAY).is_ok());
         assert!(validate("hello").is_err());
+        assert!(validate(&AWAY.replace("<basic>open", "<basic>unknown")).is_err());
     }
 }
