@@ -30,13 +30,7 @@ use support::{Server, free_port, require_tool};
 
 /// baresip's publication interval (s): short, so that a stray start-up publication expires soon.
 const PUBINT: u32 = 4;
-const PIDF_AWAY: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
-    xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" \
-    entity=\"sip:alice@example.test\"><tuple id=\"pc\"><status><basic>open</basic></status></tuple>\
-    <dm:person id=\"p\"><rpid:activities><rpid:away/></rpid:activities></dm:person></presence>";
-const PIDF_ONLINE: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
-    entity=\"sip:alice@example.test\"><tuple id=\"pc\"><status><basic>open</basic></status>\
-    <note>Online and typing</note></tuple></presence>";
+use support::pidf::{PIDF_AWAY, PIDF_ONLINE};
 
 /// baresip listens on UDP and TCP at `sip_listen` and on TLS at the next port: both must be free.
 fn free_port_pair() -> u16 {

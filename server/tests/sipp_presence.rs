@@ -14,13 +14,7 @@ use std::time::{Duration, Instant};
 use support::ua::{Ua, header, status};
 use support::{Server, free_port, require_tool};
 
-const PIDF_AWAY: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
-    xmlns:rpid=\"urn:ietf:params:xml:ns:pidf:rpid\" xmlns:dm=\"urn:ietf:params:xml:ns:pidf:data-model\" \
-    entity=\"sip:alice@example.test\"><tuple id=\"pc\"><status><basic>open</basic></status></tuple>\
-    <dm:person id=\"p\"><rpid:activities><rpid:away/></rpid:activities></dm:person></presence>";
-const PIDF_ONLINE: &str = "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
-    entity=\"sip:alice@example.test\"><tuple id=\"pc\"><status><basic>open</basic></status>\
-    <note>Online and typing</note></tuple></presence>";
+use support::pidf::{PIDF_AWAY, PIDF_ONLINE};
 
 /// A sipp process running one scenario of `tests/sipp_presence/` once, in its own directory.
 struct Sipp {

@@ -3,6 +3,7 @@
 //! passwords `<name>-password`, domain example.test), and stops it when dropped.
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod pidf;
 pub mod ua;
 
 use std::io::{Read, Write};

@@ -22,14 +22,22 @@ pub const ALLOW_EVENTS: &str = "presence, presence.winfo";
 pub const LIST_SUFFIX: &str = "+contacts";
 const DEFAULT_EXPIRES: u32 = 3600;
 
-fn expires_of(req: &Message) -> Result<u32, ()> {
-    match req.headers.get("Expires") {
-        None => Ok(DEFAULT_EXPIRES),
-        Some(v) => v.trim().parse::<u32>().map_err(|_| ()),
-    }
-}
-
 impl Core {
+    /// The Expires of a SUBSCRIBE or PUBLISH, clamped to the maximum; 400 if unreadable, 423 with
+    /// Min-Expires if shorter than the minimum (0 stays 0: it ends the subscription/publication).
+    fn interval(&self, req: &Message) -> Result<u32, Message> {
+        let expires = match req.headers.get("Expires") {
+            None => DEFAULT_EXPIRES,
+            Some(v) => v.trim().parse::<u32>().map_err(|_| self.respond_with(req, 400, "Bad Expires header"))?,
+        };
+        if expires != 0 && expires < self.settings.min_expires {
+            let mut r = self.respond(req, 423);
+            r.headers.push("Min-Expires", self.settings.min_expires.to_string());
+            return Err(r);
+        }
+        Ok(expires.min(self.settings.max_expires))
+    }
+
     /// Whether the user has at least one registered contact (online without a publication).
     fn is_registered(&self, aor: &str, now: SystemTime) -> bool {
         !self.registrar.lock().expect("registrar").lookup(aor, now).is_empty()
@@ -50,13 +58,10 @@ impl Core {
         if target.as_deref() != Some(user.address.as_str()) {
             return (self.respond_with(req, 403, "Publish Only Your Own Presence"), vec![]);
         }
-        let Ok(expires) = expires_of(req) else { return (self.respond_with(req, 400, "Bad Expires header"), vec![]) };
-        if expires != 0 && expires < self.settings.min_expires {
-            let mut r = self.respond(req, 423);
-            r.headers.push("Min-Expires", self.settings.min_expires.to_string());
-            return (r, vec![]);
-        }
-        let expires = expires.min(self.settings.max_expires);
+        let expires = match self.interval(req) {
+            Ok(e) => e,
+            Err(r) => return (r, vec![]),
+        };
         let body = if req.body.is_empty() {
             None
         } else {
@@ -114,13 +119,10 @@ impl Core {
             Ok(u) => u,
             Err(r) => return (r, vec![]),
         };
-        let Ok(expires) = expires_of(req) else { return (self.respond_with(req, 400, "Bad Expires header"), vec![]) };
-        if expires != 0 && expires < self.settings.min_expires {
-            let mut r = self.respond(req, 423);
-            r.headers.push("Min-Expires", self.settings.min_expires.to_string());
-            return (r, vec![]);
-        }
-        let expires = expires.min(self.settings.max_expires);
+        let expires = match self.interval(req) {
+            Ok(e) => e,
+            Err(r) => return (r, vec![]),
+        };
         let to = NameAddr::parse(req.headers.get("To").unwrap_or_default());
         let from = NameAddr::parse(req.headers.get("From").unwrap_or_default());
         let (Ok(to), Ok(from)) = (to, from) else { return (self.respond_with(req, 400, "Bad From or To"), vec![]) };
