@@ -1,6 +1,5 @@
 //! Types shared by the three kinds.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -56,9 +55,4 @@ pub struct SecretKeyRef {
 
 fn default_password_key() -> String {
     "password".to_string()
-}
-
-/// Conditions and the generation they describe, common to every status.
-pub trait HasConditions {
-    fn conditions(&self) -> &[Condition];
 }

@@ -171,6 +171,16 @@ impl Harness {
             eprintln!(
                 "skipped: KUBECONFIG not set ({test} runs against a real cluster only when it is; `make e2e` sets it)"
             );
+            // Written past the test harness's output capture, once, so a plain `cargo test` shows it.
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped: KUBECONFIG not set, so the cluster::* scenarios did not run against a real cluster \
+                     (the double::* ones did); `make e2e` runs them in kind"
+                );
+            });
             return None;
         }
         let client = Client::try_default().await.expect("KUBECONFIG names a reachable cluster");
