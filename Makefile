@@ -39,6 +39,9 @@ chart-lint: ## helm lint and helm template of the operator chart
 bench: ## Benchmarks side by side with Kamailio (not part of test)
 	@if [ -x bench/run.sh ]; then ./bench/run.sh; else echo "bench: not built yet"; exit 1; fi
 
+bench-smoke: ## A few seconds of every benchmark workload (cargo test runs it too)
+	@./bench/run.sh --smoke
+
 e2e: ## kind cluster, images, helm install, SIP client through the Front-End (needs Docker and kind)
 	@./e2e/run.sh
 

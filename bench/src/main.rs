@@ -1,0 +1,416 @@
+//! `parley-bench`: Parley's Home Server side by side with Kamailio, in one run.
+//!
+//! ```text
+//! parley-bench [--smoke] [--parley PATH] [--out DIR] [--markdown FILE] [--no-kamailio]
+//!              [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes 10000,100000,1000000]
+//! ```
+//!
+//! Starts each server pinned to the server CPUs (taskset), drives it with sipp and with the
+//! bench's own UDP client pinned to the other CPUs, samples /proc for CPU and memory, and writes
+//! `results/latest.json`, the table in BENCHMARKS.md and `results/throughput.svg`.
+
+mod procstat;
+mod report;
+mod servers;
+mod sip;
+mod sipp;
+mod workloads;
+
+use anyhow::{Context, bail};
+use servers::{Kind, Server, Settings};
+use std::collections::BTreeMap;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use workloads::{Ctx, Users};
+
+pub fn free_udp_port() -> u16 {
+    loop {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = s.local_addr().expect("addr").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind")
+}
+
+/// What a run does; the smoke plan is the same shape, tiny.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Plan {
+    pub smoke: bool,
+    pub register_rates: Vec<u32>,
+    pub message_rates: Vec<u32>,
+    pub step_secs: f64,
+    pub fixed_rate: u32,
+    pub fixed_secs: f64,
+    pub senders: usize,
+    pub fanout: Vec<usize>,
+    pub memory_sizes: Vec<usize>,
+    pub memory_sizes_kamailio: Vec<usize>,
+    pub cold_start_runs: usize,
+    pub cold_start_users: usize,
+}
+
+impl Plan {
+    fn full() -> Plan {
+        Plan {
+            smoke: false,
+            register_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000],
+            message_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000],
+            step_secs: 4.0,
+            fixed_rate: 1000,
+            fixed_secs: 10.0,
+            senders: 1000,
+            fanout: vec![1000, 10000],
+            memory_sizes: vec![10_000, 100_000, 1_000_000],
+            memory_sizes_kamailio: vec![10_000, 100_000, 1_000_000],
+            cold_start_runs: 5,
+            cold_start_users: 10_000,
+        }
+    }
+
+    fn smoke() -> Plan {
+        Plan {
+            smoke: true,
+            register_rates: vec![100],
+            message_rates: vec![100],
+            step_secs: 1.0,
+            fixed_rate: 100,
+            fixed_secs: 1.0,
+            senders: 20,
+            fanout: vec![20],
+            memory_sizes: vec![50, 100, 200],
+            memory_sizes_kamailio: vec![50, 100, 200],
+            cold_start_runs: 1,
+            cold_start_users: 100,
+        }
+    }
+
+    /// Users one throughput phase takes from its counter at most.
+    fn phase_users(&self) -> usize {
+        let ladder = |rates: &[u32]| rates.iter().map(|r| (*r as f64 * self.step_secs) as usize).sum::<usize>();
+        ladder(&self.register_rates)
+            + (self.fixed_rate as f64 * self.fixed_secs) as usize
+            + self.senders
+            + 4
+            + self.fanout.iter().map(|n| n + 1).sum::<usize>()
+    }
+}
+
+struct Args {
+    plan: Plan,
+    parley: PathBuf,
+    out: PathBuf,
+    markdown: Option<PathBuf>,
+    kamailio: Option<bool>,
+    server_cpus: String,
+    sipp_cpus: String,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ has a parent").to_path_buf()
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let root = repo_root();
+    let mut args = std::env::args().skip(1);
+    let mut smoke = false;
+    let mut parley = root.join("target/release/parley-server");
+    let mut out: Option<PathBuf> = None;
+    let mut markdown = None;
+    let mut markdown_set = false;
+    let mut kamailio = None;
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut server_cpus = "0".to_string();
+    let mut sipp_cpus = if cpus > 1 { format!("1-{}", cpus - 1) } else { "0".into() };
+    let mut memory_sizes: Option<Vec<usize>> = None;
+    while let Some(a) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--smoke" => smoke = true,
+            "--parley" => parley = PathBuf::from(value()?),
+            "--out" => out = Some(PathBuf::from(value()?)),
+            "--markdown" => {
+                markdown = Some(PathBuf::from(value()?));
+                markdown_set = true
+            }
+            "--no-markdown" => markdown_set = true,
+            "--no-kamailio" => kamailio = Some(false),
+            "--kamailio" => kamailio = Some(true),
+            "--server-cpus" => server_cpus = value()?,
+            "--sipp-cpus" => sipp_cpus = value()?,
+            "--memory-sizes" => {
+                memory_sizes = Some(value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?)
+            }
+            "-h" | "--help" => {
+                println!(
+                    "parley-bench [--smoke] [--parley PATH] [--out DIR] [--markdown FILE | --no-markdown] \
+                     [--kamailio | --no-kamailio] [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes A,B,C]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    let mut plan = if smoke { Plan::smoke() } else { Plan::full() };
+    if let Some(m) = memory_sizes {
+        plan.memory_sizes_kamailio = m.clone();
+        plan.memory_sizes = m;
+    }
+    // A smoke run never overwrites the committed results.
+    let out = out.unwrap_or_else(|| {
+        if smoke { std::env::temp_dir().join("parley-bench-smoke") } else { root.join("bench/results") }
+    });
+    if !markdown_set && !smoke {
+        markdown = Some(root.join("BENCHMARKS.md"));
+    }
+    Ok(Args { plan, parley, out, markdown, kamailio, server_cpus, sipp_cpus })
+}
+
+fn kamailio_installed() -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", "command -v kamailio && test -f /usr/lib/x86_64-linux-gnu/kamailio/modules/presence.so"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("parley-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let started = Instant::now();
+    let root = repo_root();
+    if !args.parley.exists() {
+        bail!("{} does not exist: build it first (cargo build --release -p parley-server)", args.parley.display());
+    }
+    let with_kamailio = match args.kamailio {
+        Some(true) => {
+            if !kamailio_installed() {
+                bail!("kamailio (with kamailio-presence-modules) is not installed: run bench/run.sh");
+            }
+            true
+        }
+        Some(false) => false,
+        None => kamailio_installed() || !args.plan.smoke,
+    };
+    if with_kamailio && !kamailio_installed() {
+        bail!("kamailio (with kamailio-presence-modules) is not installed: run bench/run.sh");
+    }
+    pin_self(&args.sipp_cpus);
+    let work = std::env::temp_dir().join(format!("parley-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let settings = Settings {
+        parley_bin: args.parley.clone(),
+        kamailio_cfg: root.join("bench/kamailio/kamailio.cfg"),
+        cpus: args.server_cpus.clone(),
+        kamailio_children: 2 * cpu_count(&args.server_cpus),
+        kamailio_shm_mb: 2048,
+    };
+    let scenarios = root.join("bench/scenarios");
+    let ctx = Ctx { scenarios: &scenarios, sipp_cpus: &args.sipp_cpus, work: work.clone() };
+    let plan = &args.plan;
+    eprintln!(
+        "parley-bench: {} run; servers on CPUs {}, sipp and the bench client on CPUs {}; work in {}",
+        if plan.smoke { "smoke" } else { "full" },
+        args.server_cpus,
+        args.sipp_cpus,
+        work.display()
+    );
+
+    // Users files for Parley (Kamailio derives the same passwords from the user name).
+    let phase_users = plan.phase_users();
+    let users_phase = work.join("users-phase.toml");
+    servers::write_users(&users_phase, phase_users)?;
+    let users_cold = work.join("users-cold.toml");
+    servers::write_users(&users_cold, plan.cold_start_users)?;
+    let mem_max = plan.memory_sizes.iter().chain(&plan.memory_sizes_kamailio).copied().max().unwrap_or(0);
+    let users_mem = work.join("users-memory.toml");
+    servers::write_users(&users_mem, mem_max)?;
+
+    let load_start = procstat::loadavg();
+    let mut results: BTreeMap<String, report::ServerResults> = BTreeMap::new();
+    let mut kinds = vec![Kind::Parley];
+    if with_kamailio {
+        kinds.push(Kind::Kamailio);
+    }
+    kinds.push(Kind::ParleyTls);
+    for kind in kinds {
+        eprintln!("== {}", kind.key());
+        let r = bench_server(kind, plan, &settings, &ctx, &users_phase, &users_cold, &users_mem)
+            .with_context(|| format!("benchmarking {}", kind.key()))?;
+        results.insert(kind.key().to_string(), r);
+    }
+    let run = report::Run {
+        date: report::now_utc(),
+        machine: procstat::machine(),
+        kamailio_version: if with_kamailio { report::kamailio_version() } else { None },
+        sipp_version: report::sipp_version(),
+        server_cpus: args.server_cpus.clone(),
+        sipp_cpus: args.sipp_cpus.clone(),
+        kamailio_children: settings.kamailio_children,
+        kamailio_shm_mb: settings.kamailio_shm_mb,
+        loadavg_start: load_start,
+        loadavg_end: procstat::loadavg(),
+        duration_s: started.elapsed().as_secs_f64(),
+        plan: plan.clone(),
+        figures: report::figures(&results, plan),
+        servers: results,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("latest.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&run)? + "\n")?;
+    let svg = args.out.join("throughput.svg");
+    std::fs::write(&svg, report::chart(&run))?;
+    if let Some(md) = &args.markdown {
+        std::fs::write(md, report::markdown(&run, &root))?;
+        eprintln!("parley-bench: wrote {}", md.display());
+    }
+    eprintln!("parley-bench: wrote {} and {} in {:.0} s", json.display(), svg.display(), run.duration_s);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Pins the bench (its UDP client) to the load generator's CPUs, away from the servers'.
+fn pin_self(list: &str) {
+    // SAFETY: a zeroed cpu_set_t filled with CPU_SET, passed with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for part in list.split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) else { continue };
+            for c in a..=b {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.trim().parse::<usize>().unwrap_or(0).saturating_sub(a.trim().parse().unwrap_or(0)) + 1,
+            None => 1,
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
+fn bench_server(
+    kind: Kind,
+    plan: &Plan,
+    settings: &Settings,
+    ctx: &Ctx,
+    users_phase: &Path,
+    users_cold: &Path,
+    users_mem: &Path,
+) -> anyhow::Result<report::ServerResults> {
+    let key = kind.key();
+    let mut r = report::ServerResults::default();
+
+    // 5. Cold start: process start to the first answered OPTIONS.
+    let mut cold = Vec::new();
+    for i in 0..plan.cold_start_runs {
+        let s = Server::start(kind, settings, &ctx.work.join(format!("{key}-cold-{i}")), users_cold)?;
+        cold.push(s.ready_after.as_secs_f64() * 1000.0);
+        s.stop();
+    }
+    cold.sort_by(|a, b| a.total_cmp(b));
+    eprintln!("  cold start: {cold:.1?} ms");
+    r.cold_start_ms = sipp::percentile(&cold, 50.0);
+    r.cold_start_runs_ms = cold;
+
+    // 1 and 2: REGISTER and MESSAGE throughput and latency, on one server instance.
+    let mut server = Server::start(kind, settings, &ctx.work.join(format!("{key}-load")), users_phase)?;
+    let mut users = Users { next: 0, dir: ctx.work.clone() };
+    let (pss, rss) = server.memory();
+    r.idle_pss_bytes = Some(pss);
+    r.idle_rss_bytes = Some(rss);
+    let full = kind != Kind::ParleyTls;
+    if full {
+        eprintln!("  REGISTER ladder");
+        r.register_ladder = workloads::ladder(&plan.register_rates, |rate| {
+            workloads::register_step(ctx, &server, &mut users, rate, plan.step_secs, key)
+        })?;
+    }
+    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
+    let range = users.take(count as usize);
+    let mut jobs = range.map(|i| sip::Job::new(format!("u{i}"), vec![sip::register(&format!("u{i}"))]));
+    let fixed = workloads::fixed_rate(&server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
+    eprintln!(
+        "  REGISTER at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000, {} failed",
+        plan.fixed_rate,
+        fixed.p50_ms,
+        fixed.p99_ms,
+        1000.0 * fixed.server_cpu_s / fixed.successful.max(1) as f64,
+        fixed.failed
+    );
+    r.register_fixed = Some(fixed);
+
+    let senders = users.take(plan.senders);
+    let senders_inf = users.inf(&format!("{key}-senders"), senders.clone())?;
+    let recipient = workloads::Recipient::start(ctx, &server, &mut users, key)?;
+    if full {
+        eprintln!("  MESSAGE ladder");
+        r.message_ladder = workloads::ladder(&plan.message_rates, |rate| {
+            workloads::message_step(ctx, &server, &recipient, &senders_inf, rate, plan.step_secs, key)
+        })?;
+    }
+    let to = recipient.user.clone();
+    let mut jobs = senders.clone().cycle().enumerate().map(|(n, i)| {
+        sip::Job::new(
+            format!("u{i}"),
+            vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
+        )
+    });
+    let fixed = workloads::fixed_rate(&server, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
+    eprintln!(
+        "  MESSAGE at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000, {} failed",
+        plan.fixed_rate,
+        fixed.p50_ms,
+        fixed.p99_ms,
+        1000.0 * fixed.server_cpu_s / fixed.successful.max(1) as f64,
+        fixed.failed
+    );
+    r.message_fixed = Some(fixed);
+    r.recipient_sipp_cpu_s = Some(recipient.stop());
+
+    // 3. Presence fan-out.
+    if full {
+        for &n in &plan.fanout {
+            let f = workloads::fanout(&server, &mut users, n)?;
+            eprintln!(
+                "  fan-out to {n}: last NOTIFY after {:?} ms ({} notified, {} subscribe failures)",
+                f.last_notify_ms, f.notified, f.subscribe_failed
+            );
+            r.fanout.push(f);
+        }
+    }
+    if !server.alive() {
+        bail!("{key} died during the load phase: {:?}", server.log_errors());
+    }
+    r.log_errors = server.log_errors();
+    server.stop();
+
+    // 4. Memory with N registered users, each with one presence subscription.
+    if full {
+        let sizes = if kind == Kind::Kamailio { &plan.memory_sizes_kamailio } else { &plan.memory_sizes };
+        if !sizes.is_empty() {
+            eprintln!("  memory");
+            let mut server = Server::start(kind, settings, &ctx.work.join(format!("{key}-memory")), users_mem)?;
+            r.memory = workloads::memory(&mut server, sizes, 1000)?;
+            server.stop();
+        }
+    }
+    Ok(r)
+}

@@ -1,0 +1,559 @@
+//! Results: the JSON document, the figures table (Parley, Kamailio, ratio), BENCHMARKS.md and
+//! the throughput chart (hand-written SVG: no font or drawing dependencies).
+
+use crate::Plan;
+use crate::workloads::{Fanout, Memory, Step, max_clean};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Debug, Default, Serialize)]
+pub struct ServerResults {
+    pub cold_start_ms: Option<f64>,
+    pub cold_start_runs_ms: Vec<f64>,
+    pub idle_pss_bytes: Option<u64>,
+    pub idle_rss_bytes: Option<u64>,
+    pub register_ladder: Vec<Step>,
+    pub register_fixed: Option<Step>,
+    pub message_ladder: Vec<Step>,
+    pub message_fixed: Option<Step>,
+    pub recipient_sipp_cpu_s: Option<f64>,
+    pub fanout: Vec<Fanout>,
+    pub memory: Vec<Memory>,
+    pub log_errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Figure {
+    pub key: String,
+    pub name: String,
+    pub unit: String,
+    /// "higher" or "lower" is better; "info" for context rows.
+    pub better: String,
+    pub parley: Option<f64>,
+    pub kamailio: Option<f64>,
+    /// Parley / Kamailio.
+    pub ratio: Option<f64>,
+    pub target: Option<String>,
+    pub meets_target: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub date: String,
+    pub machine: String,
+    pub kamailio_version: Option<String>,
+    pub sipp_version: Option<String>,
+    pub server_cpus: String,
+    pub sipp_cpus: String,
+    pub kamailio_children: usize,
+    pub kamailio_shm_mb: usize,
+    pub loadavg_start: f64,
+    pub loadavg_end: f64,
+    pub duration_s: f64,
+    pub plan: Plan,
+    pub figures: Vec<Figure>,
+    pub servers: BTreeMap<String, ServerResults>,
+}
+
+enum Target {
+    None,
+    /// Parley at least as good as Kamailio.
+    VsKamailio,
+    /// Parley below this absolute value.
+    Below(f64, &'static str),
+}
+
+pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Figure> {
+    let p = results.get("parley");
+    let k = results.get("kamailio");
+    let t = results.get("parley_tls");
+    let mut out = Vec::new();
+    let mut add = |key: &str,
+                   name: String,
+                   unit: &str,
+                   better: &str,
+                   f: &dyn Fn(&ServerResults) -> Option<f64>,
+                   target: Target| {
+        let pv = p.and_then(f);
+        let kv = k.and_then(f);
+        let ratio = match (pv, kv) {
+            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+            _ => None,
+        };
+        let (target_text, meets) = match target {
+            Target::None => (None, None),
+            Target::VsKamailio => (
+                Some(if better == "higher" { "≥ Kamailio" } else { "≤ Kamailio" }.to_string()),
+                ratio.map(|r| if better == "higher" { r >= 1.0 } else { r <= 1.0 }),
+            ),
+            Target::Below(v, text) => (Some(text.to_string()), pv.map(|x| x < v)),
+        };
+        out.push(Figure {
+            key: key.into(),
+            name,
+            unit: unit.into(),
+            better: better.into(),
+            parley: pv,
+            kamailio: kv,
+            ratio,
+            target: target_text,
+            meets_target: meets,
+        });
+    };
+    let rate = plan.fixed_rate;
+    for (m, ladder, fixed) in [
+        (
+            "register",
+            (|r: &ServerResults| &r.register_ladder) as fn(&ServerResults) -> &Vec<Step>,
+            (|r: &ServerResults| &r.register_fixed) as fn(&ServerResults) -> &Option<Step>,
+        ),
+        ("message", |r: &ServerResults| &r.message_ladder, |r: &ServerResults| &r.message_fixed),
+    ] {
+        let label =
+            if m == "register" { "REGISTER (digest auth, distinct users)" } else { "MESSAGE relay (digest auth)" };
+        let what = if m == "register" { "registrations" } else { "messages" };
+        add(
+            &format!("{m}_max_rate"),
+            format!("{label}: highest offered rate with zero failures"),
+            "calls/s",
+            "higher",
+            &|r| max_clean(ladder(r)).map(f64::from),
+            Target::None,
+        );
+        add(
+            &format!("{m}_per_cpu_s"),
+            format!("{label}: {what} per server CPU-second at {rate}/s"),
+            "per CPU-s",
+            "higher",
+            &|r| fixed(r).as_ref().map(|s| s.per_server_cpu_s),
+            Target::VsKamailio,
+        );
+        add(
+            &format!("{m}_cpu_s_per_1000"),
+            format!("{label}: server CPU-seconds per 1,000 {what} at {rate}/s"),
+            "CPU-s",
+            "lower",
+            &|r| fixed(r).as_ref().map(|s| 1000.0 * s.server_cpu_s / s.successful.max(1) as f64),
+            Target::None,
+        );
+        add(
+            &format!("{m}_p50_ms"),
+            format!("{label}: p50 response time at {rate}/s"),
+            "ms",
+            "lower",
+            &|r| fixed(r).as_ref().and_then(|s| s.p50_ms),
+            Target::None,
+        );
+        add(
+            &format!("{m}_p99_ms"),
+            format!("{label}: p99 response time at {rate}/s"),
+            "ms",
+            "lower",
+            &|r| fixed(r).as_ref().and_then(|s| s.p99_ms),
+            Target::VsKamailio,
+        );
+        add(
+            &format!("{m}_failed_fixed"),
+            format!("{label}: failed calls at {rate}/s"),
+            "calls",
+            "lower",
+            &|r| fixed(r).as_ref().map(|s| s.failed as f64),
+            Target::None,
+        );
+        add(
+            &format!("{m}_sipp_cpu_at_max"),
+            format!("{label}: sipp CPU at the highest clean step (share of one CPU)"),
+            "CPU",
+            "info",
+            &|r| {
+                let l = ladder(r);
+                let best = max_clean(l)?;
+                l.iter().find(|s| s.offered_per_s == best).map(|s| s.sipp_cpu_s / s.elapsed_s.max(1e-9))
+            },
+            Target::None,
+        );
+    }
+    let largest_fanout = plan.fanout.iter().copied().max().unwrap_or(0);
+    for &n in &plan.fanout {
+        add(
+            &format!("fanout_{n}_ms"),
+            format!("Presence: one PUBLISH to {} watchers, time to the last NOTIFY", thousands(n)),
+            "ms",
+            "lower",
+            &|r| r.fanout.iter().find(|f| f.watchers == n).and_then(|f| f.last_notify_ms),
+            if n == largest_fanout && n >= 10_000 { Target::Below(1000.0, "< 1,000 ms") } else { Target::None },
+        );
+    }
+    add(
+        "memory_idle_mib",
+        "Memory after start, before any load (users file loaded)".into(),
+        "MiB",
+        "lower",
+        &|r| r.memory.iter().find(|m| m.users == 0).map(|m| mib(m.pss_bytes)),
+        Target::None,
+    );
+    let largest_mem = plan.memory_sizes.iter().copied().max().unwrap_or(0);
+    for &n in &plan.memory_sizes {
+        add(
+            &format!("memory_{n}_mib"),
+            format!("Memory (PSS) with {} registered users, one presence subscription each", thousands(n)),
+            "MiB",
+            "lower",
+            &|r| r.memory.iter().find(|m| m.users == n && m.failed == 0).map(|m| mib(m.pss_bytes)),
+            if n == largest_mem && n >= 1_000_000 { Target::Below(2048.0, "< 2,048 MiB") } else { Target::None },
+        );
+    }
+    add(
+        "cold_start_ms",
+        "Cold start: process start to the first answered OPTIONS (median)".into(),
+        "ms",
+        "lower",
+        &|r| r.cold_start_ms,
+        Target::Below(100.0, "< 100 ms"),
+    );
+    // Parley with its TLS listener on (loads still over UDP: Debian's sipp has no TLS).
+    let tls = |f: &dyn Fn(&ServerResults) -> Option<f64>| t.and_then(f);
+    for (key, name, unit, v) in [
+        ("tls_cold_start_ms", "Parley with TLS on: cold start (median)", "ms", tls(&|r| r.cold_start_ms)),
+        (
+            "tls_register_per_cpu_s",
+            "Parley with TLS on: registrations per server CPU-second (UDP load)",
+            "per CPU-s",
+            tls(&|r| r.register_fixed.as_ref().map(|s| s.per_server_cpu_s)),
+        ),
+        (
+            "tls_message_p99_ms",
+            "Parley with TLS on: MESSAGE p99 response time (UDP load)",
+            "ms",
+            tls(&|r| r.message_fixed.as_ref().and_then(|s| s.p99_ms)),
+        ),
+    ] {
+        out.push(Figure {
+            key: key.into(),
+            name: format!(
+                "{name}{}",
+                if key.contains("register") || key.contains("message") {
+                    format!(" at {rate}/s")
+                } else {
+                    String::new()
+                }
+            ),
+            unit: unit.into(),
+            better: "info".into(),
+            parley: v,
+            kamailio: None,
+            ratio: None,
+            target: (key == "tls_cold_start_ms").then(|| "< 100 ms".into()),
+            meets_target: (key == "tls_cold_start_ms").then(|| v.map(|x| x < 100.0)).flatten(),
+        });
+    }
+    out
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "n/a".into(),
+        Some(x) if x.abs() >= 100.0 => thousands(x.round() as usize),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.3}"),
+    }
+}
+
+pub fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
+    let o = std::process::Command::new(cmd).args(args).output().ok()?;
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    text.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
+}
+
+pub fn kamailio_version() -> Option<String> {
+    first_line("kamailio", &["-v"])
+}
+
+pub fn sipp_version() -> Option<String> {
+    first_line("sipp", &["-v"])
+}
+
+pub fn markdown(run: &Run, root: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks: Parley's Home Server and Kamailio, side by side\n");
+    let _ = writeln!(
+        s,
+        "Generated by `make bench` (`bench/run.sh`, driver `bench/src`, results `bench/results/latest.json`).\n\
+         Do not edit the tables by hand; the notes at the end come from `bench/NOTES.md`.\n"
+    );
+    let _ = writeln!(s, "- Date: {}", run.date);
+    let _ = writeln!(s, "- Machine: {}", run.machine);
+    let _ = writeln!(
+        s,
+        "- Servers pinned with `taskset -c {}`; sipp and the bench's UDP client on CPUs {}",
+        run.server_cpus, run.sipp_cpus
+    );
+    let _ = writeln!(
+        s,
+        "- Kamailio: {} with {} UDP workers, {} MB shared memory, in-memory usrloc and presence (`bench/kamailio/kamailio.cfg`)",
+        run.kamailio_version.as_deref().unwrap_or("not run"),
+        run.kamailio_children,
+        run.kamailio_shm_mb
+    );
+    let _ =
+        writeln!(s, "- Parley: release build, UDP only (and again with its TLS listener on), durable state in redb");
+    let _ = writeln!(s, "- Load generator: {}", run.sipp_version.as_deref().unwrap_or("sipp"));
+    let _ = writeln!(
+        s,
+        "- Load average (1 min) at start {:.2}, at end {:.2}: the machine is shared{}; the run took {:.0} s\n",
+        run.loadavg_start,
+        run.loadavg_end,
+        if run.loadavg_start > 1.0 || run.loadavg_end > 1.0 {
+            " and was busy with other work, so absolute numbers are noisy; ratios measured in one run matter more"
+        } else {
+            ""
+        },
+        run.duration_s
+    );
+    if run.plan.smoke {
+        let _ = writeln!(s, "**Smoke run: tiny loads, the numbers mean nothing.**\n");
+    }
+    let _ = writeln!(s, "| figure | unit | Parley | Kamailio | Parley/Kamailio | target | met |");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|");
+    for f in &run.figures {
+        let met = match f.meets_target {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into());
+        let kam = if f.key.starts_with("tls_") { "".into() } else { fmt(f.kamailio) };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            f.name,
+            f.unit,
+            fmt(f.parley),
+            kam,
+            if f.key.starts_with("tls_") { "".into() } else { ratio },
+            f.target.as_deref().unwrap_or(""),
+            met
+        );
+    }
+    let _ = writeln!(s, "\n![Throughput against offered rate](bench/results/throughput.svg)\n");
+    let _ = writeln!(s, "## Rate ladders\n");
+    let _ = writeln!(
+        s,
+        "Each step offers a fixed rate for {} s (bounded call count); a step is clean when every call succeeds \
+         without retransmission and at least 95% of the offered rate is achieved. The ladder stops after the first \
+         step that is not clean.\n",
+        run.plan.step_secs
+    );
+    let _ = writeln!(
+        s,
+        "| server | load | offered/s | achieved/s | failed | retrans | p50 ms | p99 ms | server CPU-s | calls per CPU-s | sipp CPU-s |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, r) in &run.servers {
+        for (load, ladder) in [("REGISTER", &r.register_ladder), ("MESSAGE", &r.message_ladder)] {
+            for st in ladder {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {load} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.0} | {:.2} |",
+                    st.offered_per_s,
+                    st.achieved_per_s,
+                    st.failed,
+                    st.retransmissions,
+                    fmt(st.p50_ms),
+                    fmt(st.p99_ms),
+                    st.server_cpu_s,
+                    st.per_server_cpu_s,
+                    st.sipp_cpu_s
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "\n## Memory fill\n");
+    let _ = writeln!(s, "| server | users | failed | PSS MiB | RSS MiB | fill time s |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for (name, r) in &run.servers {
+        for m in &r.memory {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                thousands(m.users),
+                m.failed,
+                mib(m.pss_bytes),
+                mib(m.rss_bytes),
+                m.fill_s
+            );
+        }
+    }
+    let shortfalls: Vec<&Figure> = run.figures.iter().filter(|f| f.meets_target == Some(false)).collect();
+    let _ = writeln!(s, "\n## Where Parley falls short in this run\n");
+    if shortfalls.is_empty() {
+        let _ = writeln!(s, "Every target was met.");
+    }
+    for f in shortfalls {
+        let _ = writeln!(
+            s,
+            "- {}: Parley {} {} against target {} (Kamailio {}).",
+            f.name,
+            fmt(f.parley),
+            f.unit,
+            f.target.as_deref().unwrap_or(""),
+            fmt(f.kamailio)
+        );
+    }
+    for f in run.figures.iter().filter(|f| f.parley.is_none() && f.better != "info") {
+        let _ = writeln!(s, "- {}: no figure for Parley in this run.", f.name);
+    }
+    let notes = std::fs::read_to_string(root.join("bench/NOTES.md")).unwrap_or_default();
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n{}", notes.trim_end());
+    }
+    s
+}
+
+/// A chart line: name, colour, dash pattern, points.
+type Series = (String, &'static str, &'static str, Vec<(f64, f64)>);
+
+/// Achieved against offered rate for each server and load, as an SVG line chart.
+pub fn chart(run: &Run) -> String {
+    let series: Vec<Series> = run
+        .servers
+        .iter()
+        .flat_map(|(name, r)| {
+            let color = if name == "kamailio" { "#d62728" } else { "#1f77b4" };
+            [
+                (format!("{name} REGISTER"), color, "", &r.register_ladder),
+                (format!("{name} MESSAGE"), color, "6,4", &r.message_ladder),
+            ]
+        })
+        .filter(|(_, _, _, l)| !l.is_empty())
+        .map(|(n, c, d, l)| (n, c, d, l.iter().map(|s| (s.offered_per_s as f64, s.achieved_per_s)).collect()))
+        .collect();
+    let max = series.iter().flat_map(|s| s.3.iter().flat_map(|(x, y)| [*x, *y])).fold(100.0f64, f64::max);
+    let max = nice(max);
+    let (w, h, left, right, top, bottom) = (760.0, 480.0, 80.0, 200.0, 40.0, 60.0);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let x = |v: f64| left + v / max * pw;
+    let y = |v: f64| top + ph - v / max * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">"
+    );
+    let _ = writeln!(s, "<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>");
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">Throughput against offered rate ({})</text>",
+        left + pw / 2.0,
+        run.date
+    );
+    for i in 0..=5 {
+        let v = max * i as f64 / 5.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{4}</text>\
+             <line x1=\"{5:.1}\" y1=\"{top}\" x2=\"{5:.1}\" y2=\"{6:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{5:.1}\" y=\"{7:.1}\" text-anchor=\"middle\">{4}</text>",
+            y(v),
+            left + pw,
+            left - 6.0,
+            y(v) + 4.0,
+            thousands(v as usize),
+            x(v),
+            top + ph,
+            top + ph + 18.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#999\" stroke-dasharray=\"2,3\"/>",
+        x(0.0),
+        y(0.0),
+        x(max),
+        y(max)
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">offered rate (calls/s)</text>\
+         <text x=\"18\" y=\"{:.1}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {:.1})\">achieved (successful calls/s)</text>",
+        left + pw / 2.0,
+        h - 15.0,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    for (i, (name, color, dash, pts)) in series.iter().enumerate() {
+        let path: Vec<String> = pts.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        for (a, b) in pts {
+            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>", x(*a), y(*b));
+        }
+        let ly = top + 10.0 + i as f64 * 20.0;
+        let lx = left + pw + 15.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/>\
+             <text x=\"{}\" y=\"{}\">{name}</text>",
+            lx + 25.0,
+            lx + 30.0,
+            ly + 4.0
+        );
+    }
+    let _ = writeln!(s, "</svg>");
+    s
+}
+
+fn nice(v: f64) -> f64 {
+    let mag = 10f64.powf(v.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if v <= m * mag {
+            return m * mag;
+        }
+    }
+    10.0 * mag
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_and_nice() {
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(nice(7300.0), 10000.0);
+        assert_eq!(nice(2100.0), 2500.0);
+    }
+}

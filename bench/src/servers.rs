@@ -1,0 +1,210 @@
+//! Starting and stopping the servers under test, each pinned with taskset to the server CPUs.
+
+use crate::procstat;
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Parley's Home Server, UDP only.
+    Parley,
+    /// Parley with its TLS listener on as well (self-signed certificate).
+    ParleyTls,
+    Kamailio,
+}
+
+impl Kind {
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Parley => "parley",
+            Kind::ParleyTls => "parley_tls",
+            Kind::Kamailio => "kamailio",
+        }
+    }
+}
+
+pub struct Settings {
+    pub parley_bin: PathBuf,
+    pub kamailio_cfg: PathBuf,
+    /// taskset CPU list for servers.
+    pub cpus: String,
+    /// Kamailio UDP workers (two per server CPU).
+    pub kamailio_children: usize,
+    pub kamailio_shm_mb: usize,
+}
+
+pub struct Server {
+    pub kind: Kind,
+    child: Child,
+    pub sip: SocketAddr,
+    pub dir: PathBuf,
+    pub ready_after: Duration,
+}
+
+/// Writes a Parley users file with u<first>..u<first+count-1> (password u<N>-password).
+pub fn write_users(path: &Path, count: usize) -> anyhow::Result<()> {
+    use md5::{Digest, Md5};
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..count {
+        let u = format!("u{i}");
+        let ha1 = hex::encode(Md5::digest(format!("{u}:{}:{u}-password", crate::sip::DOMAIN)));
+        write!(w, "[[users]]\naddress = \"{u}@{}\"\nha1_md5 = \"{ha1}\"\n", crate::sip::DOMAIN)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+impl Server {
+    /// Starts a server in a fresh directory under `dir` and waits until it answers OPTIONS.
+    pub fn start(kind: Kind, settings: &Settings, dir: &Path, users: &Path) -> anyhow::Result<Server> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let port = crate::free_udp_port();
+        let sip = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = std::fs::File::create(dir.join("server.log"))?;
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &settings.cpus]);
+        match kind {
+            Kind::Parley | Kind::ParleyTls => {
+                let ops = crate::free_tcp_port();
+                let tls = if kind == Kind::ParleyTls {
+                    let t = crate::free_tcp_port();
+                    format!("tls = \"127.0.0.1:{t}\"\n")
+                } else {
+                    String::new()
+                };
+                let tls_section = if kind == Kind::ParleyTls {
+                    "[tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nself_signed = true\n"
+                } else {
+                    ""
+                };
+                let config = format!(
+                    "sip_domain = \"example.test\"\ndomain_aliases = [\"127.0.0.1\"]\n\
+                     [listen]\nudp = \"127.0.0.1:{port}\"\n{tls}ops = \"127.0.0.1:{ops}\"\n{tls_section}\
+                     [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
+                     [directory]\nbackend = \"file\"\nfile = \"{}\"\n\
+                     [registrar]\nmax_expires = 7200\n",
+                    users.display()
+                );
+                std::fs::write(dir.join("parley.toml"), config)?;
+                cmd.arg(&settings.parley_bin)
+                    .args(["serve", "--role", "home", "--config"])
+                    .arg(dir.join("parley.toml"))
+                    .env("PARLEY_LOG", "warn");
+            }
+            Kind::Kamailio => {
+                let db = dir.join("dbtext");
+                copy_dir(Path::new("/usr/share/kamailio/dbtext/kamailio"), &db)
+                    .context("copying Kamailio's db_text tables (is kamailio installed?)")?;
+                let template = std::fs::read_to_string(&settings.kamailio_cfg)?;
+                let cfg = template
+                    .replace("@DEBUG@", "0")
+                    .replace("@CHILDREN@", &settings.kamailio_children.to_string())
+                    .replace("@PORT@", &port.to_string())
+                    .replace("@UDP_BUF@", sipp_buf())
+                    .replace("@DBDIR@", &db.display().to_string());
+                std::fs::write(dir.join("kamailio.cfg"), cfg)?;
+                cmd.arg("kamailio")
+                    .arg("-f")
+                    .arg(dir.join("kamailio.cfg"))
+                    .args(["-DD", "-E", "-m", &settings.kamailio_shm_mb.to_string(), "-M", "32"])
+                    .arg("-Y")
+                    .arg(dir.join("run"));
+                std::fs::create_dir_all(dir.join("run"))?;
+            }
+        }
+        let started = Instant::now();
+        let child = cmd
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", kind.key()))?;
+        let mut server = Server { kind, child, sip, dir: dir.to_path_buf(), ready_after: Duration::ZERO };
+        let limit = Duration::from_secs(120);
+        match crate::sip::wait_options(sip, limit) {
+            Some(at) => server.ready_after = at - started,
+            None => {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                let tail: String =
+                    log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                bail!("{} did not answer OPTIONS within {limit:?}; log tail:\n{tail}", kind.key());
+            }
+        }
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        procstat::tree_cpu_seconds(self.pid())
+    }
+
+    /// (PSS, RSS) of the server's process tree in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        procstat::tree_memory(self.pid())
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Lines of the server's log that mention errors (e.g. Kamailio's "out of memory").
+    pub fn log_errors(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("error") || l.contains("out of") || l.contains("panic")
+            })
+            .take(5)
+            .map(|l| l.chars().take(300).collect())
+            .collect()
+    }
+
+    /// SIGTERM, then SIGKILL after a few seconds; waits for the whole tree.
+    pub fn stop(mut self) {
+        let pids = procstat::tree(self.pid());
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.alive() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.alive() {
+            for p in &pids {
+                // SAFETY: the server's own processes, found a moment ago.
+                unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+            }
+            let _ = self.child.wait();
+        }
+        // Kamailio's children exit with their parent; give them a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && pids.iter().skip(1).any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn sipp_buf() -> &'static str {
+    crate::sipp::BUFF
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The five workloads. Each takes a running server and returns what it measured.
+
+use crate::servers::Server;
+use crate::sip::{self, Client, Job};
+use crate::sipp::{self, Load};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One rate step of a ladder (or the fixed-rate run).
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub offered_per_s: u32,
+    pub calls: u32,
+    pub successful: u64,
+    pub failed: u64,
+    pub retransmissions: u64,
+    pub achieved_per_s: f64,
+    pub elapsed_s: f64,
+    pub server_cpu_s: f64,
+    pub sipp_cpu_s: f64,
+    /// Successful calls per server CPU-second.
+    pub per_server_cpu_s: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// No failed call, no retransmission needed, and at least 95% of the offered rate achieved.
+    pub clean: bool,
+}
+
+/// Allocates distinct users u<N> from one counter, and writes sipp injection files for them.
+pub struct Users {
+    pub next: usize,
+    pub dir: PathBuf,
+}
+
+impl Users {
+    pub fn take(&mut self, n: usize) -> std::ops::Range<usize> {
+        let r = self.next..self.next + n;
+        self.next += n;
+        r
+    }
+
+    /// A sipp -inf file for the given users (field0 user, field1 its credentials).
+    pub fn inf(&self, name: &str, users: std::ops::Range<usize>) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        let path = self.dir.join(format!("{name}.csv"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        writeln!(w, "SEQUENTIAL")?;
+        for i in users {
+            writeln!(w, "u{i};[authentication username=u{i} password=u{i}-password]")?;
+        }
+        w.flush()?;
+        Ok(path)
+    }
+}
+
+pub struct Ctx<'a> {
+    pub scenarios: &'a Path,
+    pub sipp_cpus: &'a str,
+    pub work: PathBuf,
+}
+
+fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64) -> Step {
+    let achieved = if o.elapsed_s > 0.0 { o.successful as f64 / o.elapsed_s } else { 0.0 };
+    Step {
+        offered_per_s: offered,
+        calls,
+        successful: o.successful,
+        failed: o.failed,
+        retransmissions: o.retransmissions,
+        achieved_per_s: achieved,
+        elapsed_s: o.elapsed_s,
+        server_cpu_s,
+        sipp_cpu_s: o.sipp_cpu_s,
+        per_server_cpu_s: if server_cpu_s > 0.0 { o.successful as f64 / server_cpu_s } else { 0.0 },
+        p50_ms: o.percentile(50.0),
+        p99_ms: o.percentile(99.0),
+        clean: o.failed == 0
+            && o.exit_code == 0
+            && o.successful == calls as u64
+            && o.retransmissions == 0
+            && achieved >= 0.95 * offered as f64,
+    }
+}
+
+/// REGISTER with digest auth, each call a distinct user, at `rate` for `secs`.
+pub fn register_step(
+    ctx: &Ctx,
+    server: &Server,
+    users: &mut Users,
+    rate: u32,
+    secs: f64,
+    tag: &str,
+) -> anyhow::Result<Step> {
+    let calls = ((rate as f64 * secs) as u32).max(1);
+    let range = users.take(calls as usize);
+    let inf = users.inf(&format!("{tag}-register-{rate}"), range)?;
+    let cpu0 = server.cpu_seconds();
+    let o = sipp::run(&Load {
+        scenario: &ctx.scenarios.join("register.xml"),
+        server: server.sip,
+        inf: Some(&inf),
+        service: None,
+        rate,
+        count: calls,
+        cpus: ctx.sipp_cpus,
+        dir: ctx.work.join(format!("{tag}-register-{rate}")),
+    })?;
+    let _ = std::fs::remove_file(&inf);
+    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0))
+}
+
+/// The MESSAGE recipient: one registered user whose contact is a sipp UAS answering 200.
+pub struct Recipient {
+    pub user: String,
+    uas: std::process::Child,
+}
+
+impl Recipient {
+    pub fn start(ctx: &Ctx, server: &Server, users: &mut Users, tag: &str) -> anyhow::Result<Recipient> {
+        let i = users.take(1).start;
+        let user = format!("u{i}");
+        // Register from the port the recipient will listen on, then hand the port to sipp:
+        // Parley relays over the registration's flow (its source address), Kamailio to the
+        // Contact; both are this address.
+        let mut client = Client::new(server.sip)?;
+        let port = client.local().port();
+        let stats = client.run(
+            &mut std::iter::once(Job::new(&user, vec![sip::register(&user)])),
+            1,
+            Duration::from_secs(10),
+            None,
+        );
+        if stats.done != 1 {
+            anyhow::bail!("registering the recipient {user} failed: {:?}", client.first_error);
+        }
+        drop(client);
+        let uas = sipp::start_uas(
+            &ctx.scenarios.join("message_uas.xml"),
+            port,
+            ctx.sipp_cpus,
+            &ctx.work.join(format!("{tag}-uas")),
+        )?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Recipient { user, uas })
+    }
+
+    pub fn stop(mut self) -> f64 {
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.uas.id() as i32, libc::SIGTERM) };
+        let cpu = sipp::wait_with_rusage(self.uas.id() as i32, Duration::from_secs(5)).map(|(_, c)| c).unwrap_or(0.0);
+        let _ = self.uas.try_wait();
+        cpu
+    }
+}
+
+/// MESSAGE relay: senders (1,000 users cycled) to the recipient, at `rate` for `secs`.
+pub fn message_step(
+    ctx: &Ctx,
+    server: &Server,
+    recipient: &Recipient,
+    senders: &Path,
+    rate: u32,
+    secs: f64,
+    tag: &str,
+) -> anyhow::Result<Step> {
+    let calls = ((rate as f64 * secs) as u32).max(1);
+    let cpu0 = server.cpu_seconds();
+    let o = sipp::run(&Load {
+        scenario: &ctx.scenarios.join("message_uac.xml"),
+        server: server.sip,
+        inf: Some(senders),
+        service: Some(&recipient.user),
+        rate,
+        count: calls,
+        cpus: ctx.sipp_cpus,
+        dir: ctx.work.join(format!("{tag}-message-{rate}")),
+    })?;
+    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0))
+}
+
+/// Runs a ladder of rates, stopping after the first step that is not clean.
+pub fn ladder(rates: &[u32], mut step: impl FnMut(u32) -> anyhow::Result<Step>) -> anyhow::Result<Vec<Step>> {
+    let mut out = Vec::new();
+    for &r in rates {
+        let s = step(r)?;
+        eprintln!(
+            "    {r:>6}/s offered: {:>8.0}/s achieved, {} failed, {} retrans, p99 {:?} ms, server {:.2} CPU-s, sipp {:.2} CPU-s",
+            s.achieved_per_s, s.failed, s.retransmissions, s.p99_ms, s.server_cpu_s, s.sipp_cpu_s
+        );
+        let clean = s.clean;
+        out.push(s);
+        if !clean {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(out)
+}
+
+pub fn max_clean(steps: &[Step]) -> Option<u32> {
+    steps.iter().filter(|s| s.clean).map(|s| s.offered_per_s).max()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Fanout {
+    pub watchers: usize,
+    pub subscribe_failed: usize,
+    pub notified: usize,
+    /// From sending the authenticated PUBLISH to the last watcher's NOTIFY.
+    pub last_notify_ms: Option<f64>,
+    pub first_notify_ms: Option<f64>,
+    pub server_cpu_s: f64,
+}
+
+/// `watchers` users subscribe to one presentity; it publishes once; time to the last NOTIFY.
+pub fn fanout(server: &Server, users: &mut Users, watchers: usize) -> anyhow::Result<Fanout> {
+    let presentity = format!("u{}", users.take(1).start);
+    let range = users.take(watchers);
+    let mut client = Client::new(server.sip)?;
+    let mut jobs = range.map(|i| Job::new(format!("u{i}"), vec![sip::subscribe(&presentity)]));
+    let stats = client.run(&mut jobs, 500, Duration::from_secs(300), None);
+    // Let the initial NOTIFYs arrive and be answered.
+    let want = stats.done;
+    client.pump(Duration::from_secs(30), &mut |c| c.notifies.len() >= want);
+    std::thread::sleep(Duration::from_millis(300));
+    client.pump(Duration::from_millis(200), &mut |_| false);
+    client.notifies.clear();
+    let marker = format!("bench-{}", std::process::id());
+    client.marker = Some(marker.clone());
+    let cpu0 = server.cpu_seconds();
+    let mut done = Vec::new();
+    let pstats = client.run(
+        &mut std::iter::once(Job::new(&presentity, vec![sip::publish(&presentity, &marker)])),
+        1,
+        Duration::from_secs(60),
+        Some(&mut done),
+    );
+    if pstats.done != 1 {
+        anyhow::bail!("PUBLISH failed: {:?}", client.first_error);
+    }
+    let sent = done[0].last_auth_sent.unwrap_or_else(Instant::now);
+    client.pump(Duration::from_secs(60), &mut |c| c.notifies.iter().filter(|n| n.marked).count() >= want);
+    let server_cpu_s = server.cpu_seconds() - cpu0;
+    let marked: Vec<Instant> = client.notifies.iter().filter(|n| n.marked).map(|n| n.at).collect();
+    let ms = |t: &Instant| t.saturating_duration_since(sent).as_secs_f64() * 1000.0;
+    Ok(Fanout {
+        watchers,
+        subscribe_failed: stats.failed,
+        notified: marked.len(),
+        last_notify_ms: if marked.len() >= watchers { marked.iter().max().map(ms) } else { None },
+        first_notify_ms: marked.iter().min().map(ms),
+        server_cpu_s,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub users: usize,
+    pub failed: usize,
+    pub pss_bytes: u64,
+    pub rss_bytes: u64,
+    pub fill_s: f64,
+}
+
+/// Fills a server with users (REGISTER, then SUBSCRIBE to the previous user's presence) up to
+/// each size in turn and records its memory at each.
+pub fn memory(server: &mut Server, sizes: &[usize], window: usize) -> anyhow::Result<Vec<Memory>> {
+    let mut out = Vec::new();
+    let (pss, rss) = server.memory();
+    out.push(Memory { users: 0, failed: 0, pss_bytes: pss, rss_bytes: rss, fill_s: 0.0 });
+    let mut client = Client::new(server.sip)?;
+    let mut filled = 0usize;
+    let mut failed = 0usize;
+    let t0 = Instant::now();
+    for &size in sizes {
+        let mut jobs = (filled..size).map(|i| {
+            let u = format!("u{i}");
+            let watched = format!("u{}", i.saturating_sub(1));
+            Job::new(&u, vec![sip::register(&u), sip::subscribe(&watched)])
+        });
+        let stats = client.run(&mut jobs, window, Duration::from_secs(1800), None);
+        failed += stats.failed;
+        filled = size;
+        client.pump(Duration::from_millis(500), &mut |_| false);
+        client.notifies.clear();
+        if !server.alive() {
+            anyhow::bail!("{} exited while filling to {size} users", server.kind.key());
+        }
+        let (pss, rss) = server.memory();
+        eprintln!(
+            "    {size:>8} users: PSS {:.0} MiB, RSS {:.0} MiB, {failed} failed, {:.0} s (first error: {:?})",
+            pss as f64 / 1048576.0,
+            rss as f64 / 1048576.0,
+            t0.elapsed().as_secs_f64(),
+            client.first_error
+        );
+        out.push(Memory { users: size, failed, pss_bytes: pss, rss_bytes: rss, fill_s: t0.elapsed().as_secs_f64() });
+        if failed > size / 100 {
+            break; // the server is refusing: larger sizes would say nothing more
+        }
+    }
+    Ok(out)
+}
+
+/// Which part of a job the response time covers.
+#[derive(Clone, Copy)]
+pub enum Timed {
+    /// From the first request to the final 2xx, challenge included.
+    Whole,
+    /// From sending the request with credentials to its final 2xx.
+    AuthenticatedLeg,
+}
+
+/// Runs `count` jobs paced at `rate` per second with the bench's own client (microsecond clock;
+/// sipp's response times tick in 4 ms steps here) and reports them as a step.
+pub fn fixed_rate(
+    server: &Server,
+    jobs: &mut dyn Iterator<Item = Job>,
+    rate: u32,
+    count: u32,
+    timed: Timed,
+) -> anyhow::Result<Step> {
+    let mut client = Client::new(server.sip)?;
+    let mut done = Vec::with_capacity(count as usize);
+    let cpu0 = server.cpu_seconds();
+    let me0 = thread_cpu_seconds();
+    let t0 = Instant::now();
+    let stats = client.run_paced(
+        &mut jobs.take(count as usize),
+        (rate as usize).max(100),
+        Some(rate as f64),
+        Duration::from_secs_f64(count as f64 / rate as f64 + 60.0),
+        Some(&mut done),
+    );
+    let elapsed = t0.elapsed().as_secs_f64();
+    let server_cpu_s = server.cpu_seconds() - cpu0;
+    let mut rtt: Vec<f64> = done
+        .iter()
+        .filter(|j| j.failed.is_none())
+        .filter_map(|j| {
+            let from = match timed {
+                Timed::Whole => j.started_at?,
+                Timed::AuthenticatedLeg => j.last_auth_sent.or(j.started_at)?,
+            };
+            Some(j.done_at?.saturating_duration_since(from).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    rtt.sort_by(|a, b| a.total_cmp(b));
+    let o = sipp::Outcome {
+        successful: stats.done as u64,
+        failed: stats.failed as u64,
+        retransmissions: stats.retransmissions as u64,
+        elapsed_s: elapsed,
+        sipp_cpu_s: thread_cpu_seconds() - me0,
+        rtt_ms: rtt,
+        exit_code: if stats.failed == 0 { 0 } else { 1 },
+    };
+    if let Some(e) = &client.first_error {
+        eprintln!("    first error: {e}");
+    }
+    Ok(step_from(rate, count, &o, server_cpu_s))
+}
+
+/// CPU seconds of the calling thread (the bench client's own cost).
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage with a valid out-pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6
+}

@@ -1,0 +1,86 @@
+//! `parley-bench --smoke`: every workload runs tiny against Parley (and Kamailio when it is
+//! installed) in a few seconds, and the results document has every figure.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The parley-server binary of this build (built here when this test runs alone).
+fn parley_server() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>/deps/.. -> target/<profile>
+    let bin = profile_dir.join("parley-server");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "parley-server", "--bin", "parley-server"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let target_dir = profile_dir.parent().unwrap();
+        let status = cmd.env("CARGO_TARGET_DIR", target_dir).status().unwrap();
+        assert!(status.success(), "building parley-server failed");
+    }
+    bin
+}
+
+fn require(tool: &str) {
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap().status.success();
+    assert!(ok, "{tool} is not installed: run `make deps`");
+}
+
+#[test]
+fn smoke_run_writes_every_figure() {
+    require("sipp");
+    require("taskset");
+    let out = tempfile::tempdir().unwrap();
+    let md = out.path().join("BENCHMARKS.md");
+    let started = std::time::Instant::now();
+    let status = Command::new(env!("CARGO_BIN_EXE_parley-bench"))
+        .arg("--smoke")
+        .arg("--parley")
+        .arg(parley_server())
+        .arg("--out")
+        .arg(out.path())
+        .arg("--markdown")
+        .arg(&md)
+        .status()
+        .unwrap();
+    assert!(status.success(), "parley-bench --smoke failed");
+    eprintln!("smoke run took {:?}", started.elapsed());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("latest.json")).unwrap()).unwrap();
+    let kamailio_ran = json["servers"].get("kamailio").is_some();
+    let figures = json["figures"].as_array().unwrap();
+    let keys: Vec<&str> = figures.iter().map(|f| f["key"].as_str().unwrap()).collect();
+    for key in [
+        "register_max_rate",
+        "register_per_cpu_s",
+        "register_cpu_s_per_1000",
+        "register_p50_ms",
+        "register_p99_ms",
+        "message_max_rate",
+        "message_per_cpu_s",
+        "message_p50_ms",
+        "message_p99_ms",
+        "memory_idle_mib",
+        "cold_start_ms",
+        "tls_cold_start_ms",
+    ] {
+        assert!(keys.contains(&key), "figure {key} missing: {keys:?}");
+    }
+    assert!(keys.iter().any(|k| k.starts_with("fanout_")), "no fan-out figure");
+    assert!(keys.iter().filter(|k| k.starts_with("memory_")).count() >= 3, "memory figures missing");
+    for f in figures {
+        let key = f["key"].as_str().unwrap();
+        assert!(f["parley"].is_number(), "Parley has no value for {key}: {f}");
+        if kamailio_ran && !key.starts_with("tls_") {
+            assert!(f["kamailio"].is_number(), "Kamailio has no value for {key}: {f}");
+            assert!(f["ratio"].is_number() || f["kamailio"].as_f64() == Some(0.0), "no ratio for {key}");
+        }
+    }
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.contains("| figure | unit | Parley | Kamailio | Parley/Kamailio |"), "{text}");
+    let svg = std::fs::read_to_string(out.path().join("throughput.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    assert!(Path::new(&out.path().join("latest.json")).exists());
+}
