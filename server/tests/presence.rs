@@ -140,6 +140,36 @@ fn blocked_watcher_sees_offline_allowed_sees_state_and_winfo_shows_both() {
     assert!(b.contains("status=\"active\" event=\"subscribe\">sip:bob@example.test</watcher>"), "{b}");
     assert!(b.contains(">sip:carol@example.test</watcher>"), "{b}");
 
+    // A user manages their own rules with HTTP digest (their SIP password); credentials made for
+    // one path do not open another.
+    let (code, head, _) = server.http_raw("GET", "/users/alice/presence-rules", None, "");
+    assert_eq!(code, 401);
+    let challenge = head.lines().find_map(|l| l.strip_prefix("www-authenticate: ")).expect("challenge");
+    let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
+    let md5 = |s: String| hex::encode(<md5::Md5 as md5::Digest>::digest(s));
+    let ha1 = md5("alice:example.test:alice-password".into());
+    let creds = |path: &str, nc: &str| {
+        let response = md5(format!("{ha1}:{nonce}:{nc}:c1:auth:{}", md5(format!("GET:{path}"))));
+        format!(
+            "Digest username=\"alice\", realm=\"example.test\", nonce=\"{nonce}\", uri=\"{path}\", \
+             response=\"{response}\", algorithm=MD5, qop=auth, nc={nc}, cnonce=\"c1\""
+        )
+    };
+    let (code, _, rules) = server.http_raw(
+        "GET",
+        "/users/alice/presence-rules",
+        Some(&creds("/users/alice/presence-rules", "00000001")),
+        "",
+    );
+    assert_eq!(code, 200, "{rules}");
+    assert!(rules.contains("carol@example.test"));
+    let (code, _, _) =
+        server.http_raw("GET", "/users/alice/contacts", Some(&creds("/users/alice/presence-rules", "00000002")), "");
+    assert_eq!(code, 401, "credentials for another path are refused");
+    let (code, _, _) =
+        server.http_raw("GET", "/users/bob/presence-rules", Some(&creds("/users/bob/presence-rules", "00000003")), "");
+    assert_eq!(code, 401, "alice's password does not open bob's rules");
+
     // Unblocking shows carol the real state at once.
     let (code, _) = server.http("PUT", "/users/alice/presence-rules", Some("s3cret-admin"), "{\"block\":[]}");
     assert_eq!(code, 200);

@@ -6,7 +6,7 @@ use crate::directory::Directory;
 use crate::home::Core;
 use crate::home::presence::state::Rules;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::get};
 use std::net::SocketAddr;
@@ -61,13 +61,14 @@ async fn authorize(
     s: &OpsState,
     user: &str,
     method: &str,
+    path: &Uri,
     headers: &HeaderMap,
 ) -> Result<(Arc<Core>, String), Response> {
     let Some(core) = s.core.clone() else { return Err(StatusCode::NOT_FOUND.into_response()) };
     let user = user.trim_start_matches("sip:").to_ascii_lowercase();
     let aor = if user.contains('@') { user } else { format!("{user}@{}", core.domain()) };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match core.authorize_http(&aor, method, authorization).await {
+    match core.authorize_http(&aor, method, path.path(), authorization).await {
         Ok(()) => Ok((core, aor)),
         Err(challenges) => {
             let mut r = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
@@ -89,8 +90,8 @@ fn normalise(list: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, headers: HeaderMap) -> Response {
-    match authorize(&s, &user, "GET", &headers).await {
+async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    match authorize(&s, &user, "GET", &uri, &headers).await {
         Ok((core, aor)) => Json(core.presence_rules(&aor)).into_response(),
         Err(r) => r,
     }
@@ -99,10 +100,11 @@ async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, headers:
 async fn put_rules(
     State(s): State<OpsState>,
     Path(user): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     Json(rules): Json<Rules>,
 ) -> Response {
-    match authorize(&s, &user, "PUT", &headers).await {
+    match authorize(&s, &user, "PUT", &uri, &headers).await {
         Ok((core, aor)) => {
             let rules = Rules { allow: normalise(rules.allow), block: normalise(rules.block) };
             match core.set_presence_rules(&aor, rules.clone()).await {
@@ -114,8 +116,8 @@ async fn put_rules(
     }
 }
 
-async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, headers: HeaderMap) -> Response {
-    match authorize(&s, &user, "GET", &headers).await {
+async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    match authorize(&s, &user, "GET", &uri, &headers).await {
         Ok((core, aor)) => Json(ContactList { contacts: core.contact_list(&aor) }).into_response(),
         Err(r) => r,
     }
@@ -124,10 +126,11 @@ async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, heade
 async fn put_contacts(
     State(s): State<OpsState>,
     Path(user): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     Json(list): Json<ContactList>,
 ) -> Response {
-    match authorize(&s, &user, "PUT", &headers).await {
+    match authorize(&s, &user, "PUT", &uri, &headers).await {
         Ok((core, aor)) => {
             let contacts = normalise(list.contacts);
             match core.set_contact_list(&aor, contacts.clone()).await {

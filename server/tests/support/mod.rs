@@ -172,9 +172,17 @@ impl Server {
 
     /// PUT or GET on the HTTP API with a bearer token; returns status and body.
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let (code, head, body) = self.http_raw(method, path, auth.as_deref(), body);
+        let _ = head;
+        (code, body)
+    }
+
+    /// An HTTP request with any Authorization value; returns status, header section and body.
+    pub fn http_raw(&self, method: &str, path: &str, authorization: Option<&str>, body: &str) -> (u16, String, String) {
         let mut s = TcpStream::connect_timeout(&self.ops, Duration::from_secs(1)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\n\
@@ -185,7 +193,8 @@ impl Server {
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (code, head.to_string(), body.to_string())
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -496,6 +496,7 @@ impl Core {
         &self,
         aor: &str,
         method: &str,
+        path: &str,
         authorization: Option<&str>,
     ) -> Result<(), Vec<String>> {
         let now = SystemTime::now();
@@ -505,8 +506,13 @@ impl Core {
                 if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) {
                     return Ok(());
                 }
-            } else if value.starts_with("Digest") {
-                let user = self.directory.find_user(aor).await.ok().flatten();
+            } else if let Some(params) = value.strip_prefix("Digest") {
+                // The credentials must be for this very resource, not replayed from another path.
+                let uri = crate::sip::params::parse_auth_params(params).into_iter().find(|(k, _)| k == "uri");
+                let user = match uri {
+                    Some((_, u)) if u == path => self.directory.find_user(aor).await.ok().flatten(),
+                    _ => None,
+                };
                 if matches!(self.auth.verify(value, method, user.as_ref(), now), super::auth::Verdict::Ok)
                     && user.is_some_and(|u| u.enabled)
                 {
