@@ -47,16 +47,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ $rc -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
 fi
 
-# UDP socket buffers of 32 MiB for sipp (-buff_size), Kamailio (maxbuffer) and the bench client.
-for key in net.core.rmem_max net.core.wmem_max; do
+# UDP socket buffers: up to 32 MiB for sipp (-buff_size), Kamailio (maxbuffer) and the bench client,
+# and a default of 8 MiB for the run, as an operator would set for a busy SIP server: Parley does not
+# size its UDP socket itself, and with the 208 KiB default the kernel drops bursts. The defaults are
+# put back when the run ends.
+restore=()
+for pair in net.core.rmem_max=33554432 net.core.wmem_max=33554432 net.core.rmem_default=8388608 net.core.wmem_default=8388608; do
+  key=${pair%=*} want=${pair#*=}
   cur=$(sysctl -n "$key" 2>/dev/null || echo 0)
-  if [ "$cur" -lt 33554432 ]; then
-    "${sudo_cmd[@]}" sysctl -q -w "$key=33554432" || say "could not raise $key (now $cur): sipp may drop datagrams"
+  if [ "$cur" -lt "$want" ]; then
+    if "${sudo_cmd[@]}" sysctl -q -w "$key=$want"; then
+      [[ $key == *default ]] && restore+=("$key=$cur")
+    else
+      say "could not raise $key (now $cur): servers or sipp may drop datagrams"
+    fi
   fi
 done
+put_back() { for kv in "${restore[@]}"; do "${sudo_cmd[@]}" sysctl -q -w "$kv" || true; done; }
+trap put_back EXIT
 
 cargo=${CARGO:-cargo}
 say "building parley-server and parley-bench (release)"
 "$cargo" build --release -q -p parley-server -p parley-bench
 target=$("$cargo" metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-exec "$target/release/parley-bench" --parley "$target/release/parley-server" "$@"
+"$target/release/parley-bench" --parley "$target/release/parley-server" "$@"

@@ -88,7 +88,8 @@ pub fn machine() -> String {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // Not available_parallelism: the bench pins itself to the load generator's CPUs.
+    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kb: u64 = meminfo
         .lines()

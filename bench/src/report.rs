@@ -102,7 +102,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             meets_target: meets,
         });
     };
-    let rate = plan.fixed_rate;
+    let rate = thousands(plan.fixed_rate as usize);
     for (m, ladder, fixed) in [
         (
             "register",
@@ -128,6 +128,18 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             "per CPU-s",
             "higher",
             &|r| fixed(r).as_ref().map(|s| s.per_server_cpu_s),
+            Target::VsKamailio,
+        );
+        add(
+            &format!("{m}_per_cpu_s_at_max"),
+            format!("{label}: {what} per server CPU-second at the highest clean step"),
+            "per CPU-s",
+            "higher",
+            &|r| {
+                let l = ladder(r);
+                let best = max_clean(l)?;
+                l.iter().find(|s| s.offered_per_s == best).map(|s| s.per_server_cpu_s)
+            },
             Target::VsKamailio,
         );
         add(
@@ -194,14 +206,23 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         &|r| r.memory.iter().find(|m| m.users == 0).map(|m| mib(m.pss_bytes)),
         Target::None,
     );
-    let largest_mem = plan.memory_sizes.iter().copied().max().unwrap_or(0);
-    for &n in &plan.memory_sizes {
+    let largest_mem = plan.memory_report.iter().copied().max().unwrap_or(0);
+    for &n in &plan.memory_report {
+        let measured = plan.memory_sizes.contains(&n);
         add(
             &format!("memory_{n}_mib"),
-            format!("Memory (PSS) with {} registered users, one presence subscription each", thousands(n)),
+            format!(
+                "Memory (PSS) with {} registered users, one presence subscription each{}",
+                thousands(n),
+                if measured {
+                    ""
+                } else {
+                    " (extrapolated linearly from the two largest measured sizes, not measured)"
+                }
+            ),
             "MiB",
             "lower",
-            &|r| r.memory.iter().find(|m| m.users == n && m.failed == 0).map(|m| mib(m.pss_bytes)),
+            &|r| memory_at(&r.memory, n).map(mib),
             if n == largest_mem && n >= 1_000_000 { Target::Below(2048.0, "< 2,048 MiB") } else { Target::None },
         );
     }
@@ -252,6 +273,19 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     out
 }
 
+/// Memory at `n` users: measured (with no failures), or extrapolated linearly from the two largest
+/// clean measurements below it.
+fn memory_at(points: &[Memory], n: usize) -> Option<u64> {
+    if let Some(m) = points.iter().find(|m| m.users == n) {
+        return (m.failed == 0).then_some(m.pss_bytes);
+    }
+    let mut clean: Vec<&Memory> = points.iter().filter(|m| m.failed == 0 && m.users > 0 && m.users < n).collect();
+    clean.sort_by_key(|m| m.users);
+    let [.., a, b] = clean.as_slice() else { return None };
+    let slope = (b.pss_bytes as f64 - a.pss_bytes as f64) / (b.users - a.users) as f64;
+    Some((b.pss_bytes as f64 + slope * (n - b.users) as f64).max(0.0) as u64)
+}
+
 fn mib(b: u64) -> f64 {
     b as f64 / 1048576.0
 }
@@ -272,6 +306,7 @@ fn fmt(v: Option<f64>) -> String {
     match v {
         None => "n/a".into(),
         Some(x) if x.abs() >= 100.0 => thousands(x.round() as usize),
+        Some(x) if x == x.round() => format!("{x:.0}"),
         Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.3}"),
     }

@@ -25,6 +25,21 @@ pub struct Step {
     pub p99_ms: Option<f64>,
     /// No failed call, no retransmission needed, and at least 95% of the offered rate achieved.
     pub clean: bool,
+    /// Datagrams the kernel dropped for a full receive buffer during the step (all sockets).
+    pub udp_rcvbuf_errors: u64,
+}
+
+/// The kernel's count of UDP datagrams dropped for a full socket receive buffer.
+pub fn udp_rcvbuf_errors() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Allocates distinct users u<N> from one counter, and writes sipp injection files for them.
@@ -60,7 +75,7 @@ pub struct Ctx<'a> {
     pub work: PathBuf,
 }
 
-fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64) -> Step {
+fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, drops: u64) -> Step {
     let achieved = if o.elapsed_s > 0.0 { o.successful as f64 / o.elapsed_s } else { 0.0 };
     Step {
         offered_per_s: offered,
@@ -80,6 +95,7 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64) -> 
             && o.successful == calls as u64
             && o.retransmissions == 0
             && achieved >= 0.95 * offered as f64,
+        udp_rcvbuf_errors: drops,
     }
 }
 
@@ -96,6 +112,7 @@ pub fn register_step(
     let range = users.take(calls as usize);
     let inf = users.inf(&format!("{tag}-register-{rate}"), range)?;
     let cpu0 = server.cpu_seconds();
+    let drops0 = udp_rcvbuf_errors();
     let o = sipp::run(&Load {
         scenario: &ctx.scenarios.join("register.xml"),
         server: server.sip,
@@ -107,7 +124,7 @@ pub fn register_step(
         dir: ctx.work.join(format!("{tag}-register-{rate}")),
     })?;
     let _ = std::fs::remove_file(&inf);
-    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0))
+    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
 }
 
 /// The MESSAGE recipient: one registered user whose contact is a sipp UAS answering 200.
@@ -166,6 +183,7 @@ pub fn message_step(
 ) -> anyhow::Result<Step> {
     let calls = ((rate as f64 * secs) as u32).max(1);
     let cpu0 = server.cpu_seconds();
+    let drops0 = udp_rcvbuf_errors();
     let o = sipp::run(&Load {
         scenario: &ctx.scenarios.join("message_uac.xml"),
         server: server.sip,
@@ -176,7 +194,7 @@ pub fn message_step(
         cpus: ctx.sipp_cpus,
         dir: ctx.work.join(format!("{tag}-message-{rate}")),
     })?;
-    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0))
+    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
 }
 
 /// Runs a ladder of rates, stopping after the first step that is not clean.
@@ -185,8 +203,8 @@ pub fn ladder(rates: &[u32], mut step: impl FnMut(u32) -> anyhow::Result<Step>) 
     for &r in rates {
         let s = step(r)?;
         eprintln!(
-            "    {r:>6}/s offered: {:>8.0}/s achieved, {} failed, {} retrans, p99 {:?} ms, server {:.2} CPU-s, sipp {:.2} CPU-s",
-            s.achieved_per_s, s.failed, s.retransmissions, s.p99_ms, s.server_cpu_s, s.sipp_cpu_s
+            "    {r:>6}/s offered: {:>8.0}/s achieved, {} failed, {} retrans, {} UDP drops, p99 {:?} ms, server {:.2} CPU-s, sipp {:.2} CPU-s",
+            s.achieved_per_s, s.failed, s.retransmissions, s.udp_rcvbuf_errors, s.p99_ms, s.server_cpu_s, s.sipp_cpu_s
         );
         let clean = s.clean;
         out.push(s);
@@ -324,6 +342,7 @@ pub fn fixed_rate(
     let mut client = Client::new(server.sip)?;
     let mut done = Vec::with_capacity(count as usize);
     let cpu0 = server.cpu_seconds();
+    let drops0 = udp_rcvbuf_errors();
     let me0 = thread_cpu_seconds();
     let t0 = Instant::now();
     let stats = client.run_paced(
@@ -359,7 +378,7 @@ pub fn fixed_rate(
     if let Some(e) = &client.first_error {
         eprintln!("    first error: {e}");
     }
-    Ok(step_from(rate, count, &o, server_cpu_s))
+    Ok(step_from(rate, count, &o, server_cpu_s, udp_rcvbuf_errors() - drops0))
 }
 
 /// CPU seconds of the calling thread (the bench client's own cost).
