@@ -120,6 +120,8 @@ impl Server {
             }
         }
         let started = Instant::now();
+        // Its own process group, so that stopping it reaches every worker it forks.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -172,26 +174,37 @@ impl Server {
             .collect()
     }
 
-    /// SIGTERM, then SIGKILL after a few seconds; waits for the whole tree.
+    /// SIGTERM to the server's process group, SIGKILL to what is left after a few seconds; waits
+    /// until the whole group is gone.
     pub fn stop(mut self) {
-        let pids = procstat::tree(self.pid());
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        self.signal_group(libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && self.alive() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if self.alive() {
-            for p in &pids {
-                // SAFETY: the server's own processes, found a moment ago.
-                unsafe { libc::kill(*p as i32, libc::SIGKILL) };
-            }
-            let _ = self.child.wait();
-        }
-        // Kamailio's children exit with their parent; give them a moment.
+        self.kill_group();
+    }
+
+    fn signal_group(&self, signal: i32) -> bool {
+        // SAFETY: signalling the process group this bench created for the server.
+        unsafe { libc::kill(-(self.pid() as i32), signal) == 0 }
+    }
+
+    fn kill_group(&mut self) {
+        self.signal_group(libc::SIGKILL);
+        let _ = self.child.wait();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && pids.iter().skip(1).any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        while Instant::now() < deadline && self.signal_group(0) {
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    /// A server left running by an error path is killed with its workers.
+    fn drop(&mut self) {
+        if self.signal_group(0) {
+            self.kill_group();
         }
     }
 }
