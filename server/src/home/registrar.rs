@@ -75,11 +75,13 @@ impl Default for Policy {
 pub struct Registrar {
     policy: Policy,
     bindings: HashMap<String, Vec<Binding>>,
+    /// Bindings held, kept as they change: counting on demand walks every binding.
+    count: usize,
 }
 
 impl Registrar {
     pub fn new(policy: Policy) -> Registrar {
-        Registrar { policy, bindings: HashMap::new() }
+        Registrar { policy, bindings: HashMap::new(), count: 0 }
     }
 
     /// Applies a REGISTER; returns the address of record's bindings afterwards. All or nothing.
@@ -132,11 +134,9 @@ impl Registrar {
                 next
             }
         };
-        if next.is_empty() {
-            self.bindings.remove(&u.aor);
-        } else {
-            self.bindings.insert(u.aor, next.clone());
-        }
+        let before =
+            if next.is_empty() { self.bindings.remove(&u.aor) } else { self.bindings.insert(u.aor, next.clone()) };
+        self.count = self.count + next.len() - before.map_or(0, |b| b.len());
         Ok(next)
     }
 
@@ -144,7 +144,10 @@ impl Registrar {
     pub fn restore(&mut self, aor: String, bindings: Vec<Binding>, now: SystemTime) {
         let live: Vec<Binding> = bindings.into_iter().filter(|b| b.expires_at > now).collect();
         if !live.is_empty() {
-            self.bindings.insert(aor, live);
+            self.count += live.len();
+            if let Some(old) = self.bindings.insert(aor, live) {
+                self.count -= old.len();
+            }
         }
     }
 
@@ -156,8 +159,11 @@ impl Registrar {
     /// Removes expired bindings; returns the addresses of record that lost their last binding.
     pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
         let mut emptied = Vec::new();
+        let count = &mut self.count;
         self.bindings.retain(|aor, bs| {
+            let before = bs.len();
             bs.retain(|b| b.expires_at > now);
+            *count -= before - bs.len();
             if bs.is_empty() {
                 emptied.push(aor.clone());
             }
@@ -168,7 +174,8 @@ impl Registrar {
 
     /// Number of bindings held.
     pub fn binding_count(&self) -> usize {
-        self.bindings.values().map(Vec::len).sum()
+        debug_assert_eq!(self.count, self.bindings.values().map(Vec::len).sum::<usize>());
+        self.count
     }
 }
 

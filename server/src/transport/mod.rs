@@ -52,6 +52,21 @@ impl Flow {
     }
 }
 
+/// Socket buffers asked of the kernel for the UDP listener (it caps them at `net.core.rmem_max` /
+/// `wmem_max`): the default ~200 KiB drops bursts such as a fan-out's NOTIFY responses.
+const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES).and(socket.set_send_buffer_size(UDP_BUFFER_BYTES)) {
+        tracing::warn!(error = %e, "could not enlarge the UDP socket buffers");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Resolves once the server stops accepting.
 async fn closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|c| *c).await;
@@ -128,7 +143,7 @@ impl Transports {
     /// Binds UDP and starts reading; returns the bound address.
     pub async fn listen_udp(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let handler = self.handler();
-        let socket = Arc::new(UdpSocket::bind(addr).await?);
+        let socket = Arc::new(bind_udp(addr)?);
         let local = socket.local_addr()?;
         *self.udp.lock().expect("udp") = Some(socket.clone());
         let mut closing = self.closing.subscribe();
