@@ -48,9 +48,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # UDP socket buffers: up to 32 MiB for sipp (-buff_size), Kamailio (maxbuffer) and the bench client,
-# and a default of 8 MiB for the run, as an operator would set for a busy SIP server: Parley does not
-# size its UDP socket itself, and with the 208 KiB default the kernel drops bursts. The defaults are
-# put back when the run ends.
+# and a default of 8 MiB for the run, as an operator would set for a busy SIP server (Parley asks for
+# 8 MiB on its own socket, which the kernel caps at rmem_max/wmem_max; with the 208 KiB default the
+# kernel drops bursts). The defaults are put back when the run ends.
 restore=()
 for pair in net.core.rmem_max=33554432 net.core.wmem_max=33554432 net.core.rmem_default=8388608 net.core.wmem_default=8388608; do
   key=${pair%=*} want=${pair#*=}
