@@ -132,17 +132,8 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::build::fixtures;
+    use crate::build::fixtures::ctx;
     use crate::crd::{DirectorySpec, FileDirectory};
-    use crate::tiers;
-
-    fn ctx(d: &crate::crd::CommunicationsDomain) -> BuildContext<'_> {
-        BuildContext {
-            domain: d,
-            sizing: tiers::resolve(d.spec.users.into()),
-            default_image: "parley-server:test",
-            cluster_domain: "cluster.local",
-        }
-    }
 
     #[test]
     fn home_server_config_follows_the_contract() {

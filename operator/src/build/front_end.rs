@@ -148,13 +148,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
 
 /// The client-facing ports: `sip` (UDP and TCP, unless clients must use TLS) and `sip_tls`.
 pub fn client_ports(plain: bool, sip: i32, sip_tls: i32) -> Vec<ServicePort> {
-    let port = |name: &str, p: i32, target: i32, proto: &str| ServicePort {
-        name: Some(name.into()),
-        port: p,
-        target_port: Some(IntOrString::Int(target)),
-        protocol: Some(proto.into()),
-        ..Default::default()
-    };
+    let port = super::service_port;
     let mut ports = Vec::new();
     if plain {
         ports.push(port("sip-udp", sip, SIP_PORT, "UDP"));
@@ -169,17 +163,9 @@ mod tests {
     use super::*;
     use crate::build::config::home_server_address;
     use crate::build::fixtures;
+    use crate::build::fixtures::ctx;
     use crate::build::quantity::q;
     use crate::crd::FrontEndPorts;
-
-    fn ctx(d: &crate::crd::CommunicationsDomain) -> BuildContext<'_> {
-        BuildContext {
-            domain: d,
-            sizing: tiers::resolve(d.spec.users.into()),
-            default_image: "parley-server:test",
-            cluster_domain: "cluster.local",
-        }
-    }
 
     fn routes(n: usize) -> Vec<HomeServerRoute> {
         (1..=n)

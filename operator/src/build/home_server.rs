@@ -159,20 +159,8 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
 
 /// SIP ports of a server's Service (5060 UDP and TCP unless clients must use TLS, 5061) and ops.
 pub fn service_ports(plain: bool) -> Vec<ServicePort> {
-    let port = |name: &str, p: i32, target: i32, proto: &str| ServicePort {
-        name: Some(name.into()),
-        port: p,
-        target_port: Some(IntOrString::Int(target)),
-        protocol: Some(proto.into()),
-        ..Default::default()
-    };
-    let mut ports = Vec::new();
-    if plain {
-        ports.push(port("sip-udp", SIP_PORT, SIP_PORT, "UDP"));
-        ports.push(port("sip-tcp", SIP_PORT, SIP_PORT, "TCP"));
-    }
-    ports.push(port("sip-tls", SIP_TLS_PORT, SIP_TLS_PORT, "TCP"));
-    ports.push(port("ops", OPS_PORT, OPS_PORT, "TCP"));
+    let mut ports = super::front_end::client_ports(plain, SIP_PORT, SIP_TLS_PORT);
+    ports.push(super::service_port("ops", OPS_PORT, OPS_PORT, "TCP"));
     ports
 }
 
@@ -182,17 +170,9 @@ mod tests {
 
     use super::*;
     use crate::build::fixtures;
+    use crate::build::fixtures::ctx;
     use crate::build::quantity::q;
     use crate::crd::StorageOverrides;
-
-    fn ctx(d: &crate::crd::CommunicationsDomain) -> BuildContext<'_> {
-        BuildContext {
-            domain: d,
-            sizing: tiers::resolve(d.spec.users.into()),
-            default_image: "parley-server:test",
-            cluster_domain: "cluster.local",
-        }
-    }
 
     fn pod(o: &HomeServerObjects) -> &PodSpec {
         o.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap()

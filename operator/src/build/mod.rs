@@ -357,6 +357,17 @@ pub fn common_volumes(instance: &str, directory: &DirectorySpec) -> Vec<Volume> 
     ]
 }
 
+/// One port of a Service.
+pub fn service_port(name: &str, port: i32, target: i32, protocol: &str) -> k8s_openapi::api::core::v1::ServicePort {
+    k8s_openapi::api::core::v1::ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::Int(target)),
+        protocol: Some(protocol.into()),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Resources as the API server would hand them to a controller (with uid and namespace).
@@ -372,6 +383,16 @@ pub(crate) mod fixtures {
             uid: Some(format!("uid-{name}")),
             generation: Some(1),
             ..Default::default()
+        }
+    }
+
+    /// The build context the builders' tests use.
+    pub fn ctx(d: &CommunicationsDomain) -> super::BuildContext<'_> {
+        super::BuildContext {
+            domain: d,
+            sizing: crate::tiers::resolve(d.spec.users.into()),
+            default_image: "parley-server:test",
+            cluster_domain: "cluster.local",
         }
     }
 
