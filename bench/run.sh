@@ -11,41 +11,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 say() { echo "bench: $*" >&2; }
-die() { echo "bench: error: $*" >&2; exit 1; }
-
-smoke=0
-for a in "$@"; do [ "$a" = "--smoke" ] && smoke=1; done
 
 sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || die "not root and no sudo: install kamailio kamailio-presence-modules sip-tester by hand"
-  sudo_cmd=(sudo -n)
-fi
-
-packages=(sip-tester kamailio kamailio-presence-modules)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
-  apt_opts=(-o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 -o Acquire::Retries=2 -o DPkg::Lock::Timeout=120)
-  timeout 600 "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" update -qq </dev/null \
-    || die "apt-get update failed: is the Debian package registry reachable?"
-  # The kamailio package would start a system daemon on port 5060: policy-rc.d forbids it.
-  policy=/usr/sbin/policy-rc.d
-  had_policy=0
-  [ -e "$policy" ] && had_policy=1
-  if [ $had_policy -eq 0 ]; then
-    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
-    "${sudo_cmd[@]}" chmod +x "$policy"
-  fi
-  rc=0
-  timeout 1200 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" </dev/null || rc=$?
-  [ $had_policy -eq 0 ] && "${sudo_cmd[@]}" rm -f "$policy"
-  [ $rc -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc)"
-fi
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo -n)
+"$root/scripts/apt-install.sh" sip-tester kamailio kamailio-presence-modules
 
 # UDP socket buffers: up to 32 MiB for sipp (-buff_size), Kamailio (maxbuffer) and the bench client,
 # and a default of 8 MiB for the run, as an operator would set for a busy SIP server (Parley asks for

@@ -19,39 +19,9 @@ kubectl_sha256=720d31a15368ad56993c127a7d4fa2688a8520029c2e6be86b1a877ad6f92624
 say() { echo "deps: $*"; }
 die() { echo "deps: error: $*" >&2; exit 1; }
 
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || die "not root and no sudo: install ${packages[*]} by hand"
-  sudo_cmd=(sudo -n)
-fi
-
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
-  apt_opts=(-o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 -o Acquire::Retries=2 -o DPkg::Lock::Timeout=120)
-  if ! timeout 600 "${sudo_cmd[@]}" apt-get "${apt_opts[@]}" update -qq </dev/null; then
-    die "apt-get update failed: is the Debian package registry reachable?"
-  fi
-  # slapd must not start a system daemon: the tests start their own on ports they pick.
-  policy=/usr/sbin/policy-rc.d
-  had_policy=0
-  [ -e "$policy" ] && had_policy=1
-  if [ $had_policy -eq 0 ]; then
-    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
-    "${sudo_cmd[@]}" chmod +x "$policy"
-  fi
-  rc=0
-  DEBIAN_FRONTEND=noninteractive timeout 1200 "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}" </dev/null || rc=$?
-  [ $had_policy -eq 0 ] && "${sudo_cmd[@]}" rm -f "$policy"
-  [ $rc -eq 0 ] || die "apt-get install ${missing[*]} failed (exit $rc): is the Debian package registry reachable?"
-  # A slapd that an init system started anyway would hold port 389 and confuse nobody, but stop it.
-  "${sudo_cmd[@]}" pkill -x slapd 2>/dev/null || true
-fi
+"$root/scripts/apt-install.sh" "${packages[@]}"
+# Should an init system have started slapd anyway, stop it: the tests run their own.
+pkill -x slapd 2>/dev/null || true
 
 install_helm() {
   local work
