@@ -12,88 +12,12 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::Server;
+use support::baresip::Baresip;
 use support::ua::{Ua, status};
-use support::{Server, free_port, require_tool};
-
-/// baresip listens on UDP and TCP at `sip_listen` and on TLS at the next port: both must be free.
-fn free_port_pair() -> u16 {
-    loop {
-        let port = free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A running baresip, killed when dropped (also when the test fails half-way).
-struct Baresip {
-    child: Child,
-    /// Held open: the stdio UI reads commands from it (and cannot poll /dev/null).
-    _stdin: ChildStdin,
-    out: PathBuf,
-}
-
-impl Baresip {
-    /// Starts baresip with a config directory in `dir`: only the account, menu and stdio modules
-    /// (no audio, no STUN, no DNS lookups), listening on 127.0.0.1, registering `account`. menu
-    /// shows a received MESSAGE through the UI modules only, hence stdio.
-    fn start(dir: &Path, ca: &Path, account: &str) -> Baresip {
-        require_tool("baresip");
-        std::fs::create_dir_all(dir).unwrap();
-        let config = format!(
-            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{}\nsip_cafile {}\n\
-             module account.so\nmodule menu.so\nmodule stdio.so\n",
-            free_port_pair(),
-            ca.display()
-        );
-        std::fs::write(dir.join("config"), config).unwrap();
-        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
-        let out = dir.join("baresip.out");
-        let file = std::fs::File::create(&out).unwrap();
-        let mut child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir)
-            .args(["-t", "25"]) // quits by itself even if the test process dies
-            .stdin(Stdio::piped())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start baresip");
-        let stdin = child.stdin.take().unwrap();
-        Baresip { child, _stdin: stdin, out }
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits until `done` holds for the output; panics with both outputs after `timeout`.
-    fn wait_for(&self, server: &Server, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.output();
-            if done(&text) {
-                return text;
-            }
-            if Instant::now() > deadline {
-                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", server.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn baresip_registers_over_tls_and_receives_a_message() {
@@ -106,7 +30,8 @@ fn baresip_registers_over_tls_and_receives_a_message() {
         tls.ip(),
         tls.port()
     );
-    let baresip = Baresip::start(&server.dir.path().join("baresip"), &server.cert(), &account);
+    let baresip =
+        Baresip::start(&server.dir.path().join("baresip"), &server.cert(), &account, &[], None, &["-t", "25"]);
 
     // (a) Registration over TLS, answered after one MD5 challenge.
     let out = baresip.wait_for(&server, "200 to REGISTER", Duration::from_secs(10), |t| {

@@ -20,103 +20,14 @@
 
 mod support;
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::ua::{Ua, header, status};
-use support::{Server, free_port, require_tool};
+use support::Server;
+use support::baresip::Baresip;
+use support::ua::{Ua, body, header, status};
 
 /// baresip's publication interval (s): short, so that a stray start-up publication expires soon.
 const PUBINT: u32 = 4;
 use support::pidf::{PIDF_AWAY, PIDF_ONLINE};
-
-/// baresip listens on UDP and TCP at `sip_listen` and on TLS at the next port: both must be free.
-fn free_port_pair() -> u16 {
-    loop {
-        let port = free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn body(msg: &str) -> &str {
-    msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
-/// A running baresip, killed when dropped (also when the test fails half-way).
-struct Baresip {
-    child: Child,
-    /// Held open: the stdio UI reads commands from it (and cannot poll /dev/null).
-    stdin: ChildStdin,
-    out: PathBuf,
-}
-
-impl Baresip {
-    /// Starts baresip in `dir` with the account, contact, presence, menu and stdio modules (in
-    /// this order: presence.so finds the UAs and contacts the others created), `contacts` as its
-    /// contacts file, listening on 127.0.0.1 only.
-    fn start(dir: &Path, ca: &Path, account: &str, contacts: &str) -> Baresip {
-        require_tool("baresip");
-        std::fs::create_dir_all(dir).unwrap();
-        let config = format!(
-            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{}\nsip_cafile {}\n\
-             module account.so\nmodule contact.so\nmodule presence.so\nmodule menu.so\nmodule stdio.so\n",
-            free_port_pair(),
-            ca.display()
-        );
-        std::fs::write(dir.join("config"), config).unwrap();
-        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
-        std::fs::write(dir.join("contacts"), contacts).unwrap();
-        let out = dir.join("baresip.out");
-        let file = std::fs::File::create(&out).unwrap();
-        let mut child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir)
-            .args(["-s", "-t", "35"]) // SIP trace; quits by itself even if the test process dies
-            .stdin(Stdio::piped())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start baresip");
-        let stdin = child.stdin.take().unwrap();
-        Baresip { child, stdin, out }
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
-    }
-
-    /// A long command of the stdio UI, e.g. `/contacts`.
-    fn command(&mut self, cmd: &str) {
-        self.stdin.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Waits until `done` holds for the output; panics with both outputs after `timeout`.
-    fn wait_for(&self, server: &Server, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.output();
-            if done(&text) {
-                return text;
-            }
-            if Instant::now() > deadline {
-                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", server.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Receives NOTIFYs (answering each 200) until one whose body satisfies `want`.
 fn notify_until(ua: &Ua, baresip: &Baresip, server: &Server, what: &str, want: impl Fn(&str) -> bool) -> String {
@@ -137,15 +48,6 @@ fn notify_until(ua: &Ua, baresip: &Baresip, server: &Server, what: &str, want: i
         baresip.output(),
         server.log_text()
     );
-}
-
-fn publish(alice: &mut Ua, pidf: &str, if_match: Option<&str>) -> String {
-    let uri = "sip:alice@example.test";
-    let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
-    let extra = format!("Event: presence\r\nExpires: 300\r\n{m}Content-Type: application/pidf+xml\r\n");
-    let r = alice.send_authenticated("PUBLISH", uri, uri, &extra, pidf);
-    assert_eq!(status(&r), 200, "PUBLISH: {r}");
-    header(&r, "SIP-ETag").expect("SIP-ETag").to_string()
 }
 
 #[test]
@@ -172,7 +74,10 @@ fn baresip_publishes_its_presence_and_follows_a_contact() {
         &server.dir.path().join("baresip"),
         &server.cert(),
         &account,
-        "\"Alice\" <sip:alice@example.test>;presence=p2p\n",
+        // presence.so finds the UAs and contacts that account.so and contact.so created.
+        &["contact.so", "presence.so"],
+        Some("\"Alice\" <sip:alice@example.test>;presence=p2p\n"),
+        &["-s", "-t", "35"], // SIP trace; quits by itself even if the test process dies
     );
 
     let out = baresip.wait_for(&server, "200 to REGISTER", Duration::from_secs(10), |t| {
@@ -194,11 +99,11 @@ fn baresip_publishes_its_presence_and_follows_a_contact() {
     wait_for_contacts(&mut baresip, &server, "Online Alice <sip:alice@example.test>");
 
     // alice's publications reach baresip: away (shown as Offline by 1.0.0), then online again.
-    let etag = publish(&mut alice, PIDF_AWAY, None);
+    let etag = alice.publish(PIDF_AWAY, None, 300);
     baresip.wait_for(&server, "alice away", Duration::from_secs(5), |t| {
         plain(t).contains("<sip:alice@example.test> changed status from Online to Offline")
     });
-    publish(&mut alice, PIDF_ONLINE, Some(&etag));
+    alice.publish(PIDF_ONLINE, Some(&etag), 300);
     baresip.wait_for(&server, "alice online", Duration::from_secs(5), |t| {
         plain(t).contains("<sip:alice@example.test> changed status from Offline to Online")
     });

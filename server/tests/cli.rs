@@ -3,20 +3,9 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 fn parley(args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = support::run_parley(args, &[], stdin);
+    (out.ok, out.stdout, out.stderr)
 }
 
 #[test]

@@ -7,43 +7,25 @@ mod slapd;
 mod support;
 
 use slapd::{ADMIN_DN, BASE, PARTNER_BASE, Slapd};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::ua::{Ua, header, status};
-use support::{Server, free_port, require_tool};
+use support::{Out, Server, free_port, require_tool, run_parley};
 
 const SERVICE_DN: &str = "cn=ParleyService,ou=Parley,dc=example,dc=test";
 const SERVICE_PASSWORD: &str = "service-secret";
 
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `parley-server` against `slapd`, bound as `dn` with the password in `password_file`.
 fn parley_as(slapd: &Slapd, dn: &str, password_file: &Path, args: &[&str], stdin: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
-        .args(args)
-        .env("PARLEY_LDAP_URL", &slapd.url)
-        .env("PARLEY_LDAP_BASE_DN", BASE)
-        .env("PARLEY_LDAP_BIND_DN", dn)
-        .env("PARLEY_LDAP_BIND_PASSWORD_FILE", password_file)
-        .env("PARLEY_LDAP_PASSWORD", "not-this-one")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    Out {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+    let env: [(&str, &std::ffi::OsStr); 5] = [
+        ("PARLEY_LDAP_URL", slapd.url.as_ref()),
+        ("PARLEY_LDAP_BASE_DN", BASE.as_ref()),
+        ("PARLEY_LDAP_BIND_DN", dn.as_ref()),
+        ("PARLEY_LDAP_BIND_PASSWORD_FILE", password_file.as_os_str()),
+        ("PARLEY_LDAP_PASSWORD", "not-this-one".as_ref()),
+    ];
+    run_parley(args, &env, stdin)
 }
 
 fn admin(slapd: &Slapd, args: &[&str]) -> Out {

@@ -6,14 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::Server;
-use support::ua::{Ua, header, status};
+use support::ua::{Ua, body, header, status};
 
 use support::pidf::{PIDF_AWAY, PIDF_ONLINE};
 const WAIT: Duration = Duration::from_secs(5);
-
-fn body(msg: &str) -> &str {
-    msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
 
 fn subscribe(ua: &mut Ua, target: &str, event: &str, expires: u32, extra: &str) -> String {
     let uri = format!("sip:{target}@example.test");
@@ -21,15 +17,6 @@ fn subscribe(ua: &mut Ua, target: &str, event: &str, expires: u32, extra: &str) 
         ua.send_authenticated("SUBSCRIBE", &uri, &uri, &format!("Event: {event}\r\nExpires: {expires}\r\n{extra}"), "");
     assert_eq!(status(&r), 200, "SUBSCRIBE {target}: {r}");
     r
-}
-
-fn publish(ua: &mut Ua, pidf: &str, if_match: Option<&str>, expires: u32) -> String {
-    let uri = format!("sip:{}@example.test", ua.user);
-    let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
-    let extra = format!("Event: presence\r\nExpires: {expires}\r\n{m}Content-Type: application/pidf+xml\r\n");
-    let r = ua.send_authenticated("PUBLISH", &uri, &uri, &extra, pidf);
-    assert_eq!(status(&r), 200, "PUBLISH: {r}");
-    header(&r, "SIP-ETag").unwrap_or_default().to_string()
 }
 
 #[test]
@@ -47,14 +34,14 @@ fn watcher_follows_publications_refresh_unsubscribe_and_expiry() {
     assert_eq!(header(&n, "Content-Type"), Some("application/pidf+xml"));
     assert!(body(&n).contains("<basic>open</basic>"), "registered, no publication: online\n{n}");
 
-    let etag = publish(&mut alice, PIDF_AWAY, None, 300);
+    let etag = alice.publish(PIDF_AWAY, None, 300);
     let sent = Instant::now();
     let n = bob.expect_notify(WAIT);
     let latency = sent.elapsed();
     assert!(body(&n).contains("rpid:away"), "{n}");
     assert!(latency < Duration::from_millis(100), "NOTIFY after {latency:?}");
 
-    publish(&mut alice, PIDF_ONLINE, Some(&etag), 300);
+    alice.publish(PIDF_ONLINE, Some(&etag), 300);
     let sent = Instant::now();
     let n = bob.expect_notify(WAIT);
     assert!(body(&n).contains("Online and typing") && !body(&n).contains("away"), "{n}");
@@ -127,7 +114,7 @@ fn blocked_watcher_sees_offline_allowed_sees_state_and_winfo_shows_both() {
     let n = carol.expect_notify(WAIT);
     assert!(body(&n).contains("<basic>closed</basic>"), "blocked: offline, not 403\n{n}");
 
-    publish(&mut alice, PIDF_AWAY, None, 300);
+    alice.publish(PIDF_AWAY, None, 300);
     assert!(body(&bob.expect_notify(WAIT)).contains("rpid:away"));
     let n = carol.expect_notify(WAIT);
     assert!(body(&n).contains("<basic>closed</basic>") && !body(&n).contains("away"), "{n}");
@@ -208,7 +195,7 @@ fn resource_list_subscription_carries_fifty_contacts_then_partial_state() {
     assert_eq!(body(&n).matches("application/pidf+xml").count(), 50);
 
     let mut u7 = Ua::new("u7", server.sip);
-    publish(&mut u7, &PIDF_AWAY.replace("alice", "u7"), None, 300);
+    u7.publish(&PIDF_AWAY.replace("alice", "u7"), None, 300);
     let n = owner.expect_notify(WAIT);
     let b = body(&n);
     assert!(b.contains("fullState=\"false\""), "{b}");
@@ -226,7 +213,7 @@ fn registrations_publications_and_subscriptions_survive_kill_9() {
     }
     let mut etags = Vec::new();
     for ua in uas.iter_mut().take(10) {
-        etags.push(publish(ua, &PIDF_ONLINE.replace("alice", &ua.user.clone()), None, 600));
+        etags.push(ua.publish(&PIDF_ONLINE.replace("alice", &ua.user.clone()), None, 600));
     }
     // Every user watches u0.
     for ua in uas.iter_mut() {
@@ -242,7 +229,7 @@ fn registrations_publications_and_subscriptions_survive_kill_9() {
 
     // The next change reaches every watcher without re-subscribing; the etag still works.
     let first = uas[0].user.clone();
-    publish(&mut uas[0], &PIDF_AWAY.replace("alice", &first), Some(&etags[0]), 600);
+    uas[0].publish(&PIDF_AWAY.replace("alice", &first), Some(&etags[0]), 600);
     for ua in &uas {
         let n = ua.expect_notify(WAIT);
         assert!(body(&n).contains("rpid:away"), "{}: {n}", ua.user);
@@ -259,7 +246,7 @@ fn one_change_fans_out_to_a_thousand_watchers() {
     }
     assert_eq!(server.metric("parley_subscriptions"), 1000.0);
     let mut presentity = Ua::new("u0", server.sip);
-    publish(&mut presentity, &PIDF_AWAY.replace("alice", "u0"), None, 600);
+    presentity.publish(&PIDF_AWAY.replace("alice", "u0"), None, 600);
     // Count every NOTIFY; how long the last one takes is the benchmark's business, not this test's.
     let delivered = watchers.iter().filter(|w| body(&w.expect_notify(WAIT)).contains("rpid:away")).count();
     assert_eq!(delivered, 1000);

@@ -11,7 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use support::ua::{Ua, header, status};
+use support::ua::{Ua, status};
 use support::{Server, free_port, require_tool};
 
 use support::pidf::{PIDF_AWAY, PIDF_ONLINE};
@@ -99,16 +99,6 @@ fn tail(s: &str, n: usize) -> &str {
     &s[start..]
 }
 
-/// alice publishes `pidf` (refreshing the publication `etag`, if any); returns the new SIP-ETag.
-fn publish(alice: &mut Ua, pidf: &str, if_match: Option<&str>) -> String {
-    let uri = "sip:alice@example.test";
-    let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
-    let extra = format!("Event: presence\r\nExpires: 300\r\n{m}Content-Type: application/pidf+xml\r\n");
-    let r = alice.send_authenticated("PUBLISH", uri, uri, &extra, pidf);
-    assert_eq!(status(&r), 200, "PUBLISH: {r}");
-    header(&r, "SIP-ETag").expect("SIP-ETag").to_string()
-}
-
 /// Waits until the server's `metric` reaches `value`, failing with sipp's logs if sipp exits or
 /// the metric does not get there within 10 s.
 fn wait_metric(server: &Server, sipp: &mut Sipp, metric: &str, value: f64) {
@@ -135,9 +125,9 @@ fn sipp_watcher_sees_publications_refreshes_and_unsubscribes() {
     // The server sends the initial NOTIFY right after the 200; the pauses keep the NOTIFYs in the
     // order the scenario expects them even if the server sent them on a slow path.
     std::thread::sleep(Duration::from_millis(300));
-    let etag = publish(&mut alice, PIDF_AWAY, None);
+    let etag = alice.publish(PIDF_AWAY, None, 300);
     std::thread::sleep(Duration::from_millis(300));
-    publish(&mut alice, PIDF_ONLINE, Some(&etag));
+    alice.publish(PIDF_ONLINE, Some(&etag), 300);
 
     watcher.assert_success(&server);
     assert_eq!(server.metric("parley_subscriptions"), 0.0, "unsubscribed");

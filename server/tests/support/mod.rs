@@ -3,6 +3,7 @@
 //! passwords `<name>-password`, domain example.test), and stops it when dropped.
 #![allow(dead_code)] // each test binary uses part of this module
 
+pub mod baresip;
 pub mod pidf;
 pub mod ua;
 
@@ -219,6 +220,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The output of one `parley-server` command.
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `parley-server` binary with `args`, extra environment and `stdin`.
+pub fn run_parley(args: &[&str], env: &[(&str, &std::ffi::OsStr)], stdin: &str) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
     }
 }
 

@@ -23,6 +23,11 @@ pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The body of a raw message.
+pub fn body(msg: &str) -> &str {
+    msg.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
 pub fn status(msg: &str) -> u16 {
     msg.strip_prefix("SIP/2.0 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
@@ -144,6 +149,17 @@ impl Ua {
         }
         out.push_str("Content-Length: 0\r\n\r\n");
         self.send_raw(out.as_bytes());
+    }
+
+    /// Publishes `pidf` as this user (refreshing the publication `if_match`, if any), expects 200
+    /// and returns the new SIP-ETag.
+    pub fn publish(&mut self, pidf: &str, if_match: Option<&str>, expires: u32) -> String {
+        let uri = format!("sip:{}@example.test", self.user);
+        let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
+        let extra = format!("Event: presence\r\nExpires: {expires}\r\n{m}Content-Type: application/pidf+xml\r\n");
+        let r = self.send_authenticated("PUBLISH", &uri, &uri, &extra, pidf);
+        assert_eq!(status(&r), 200, "PUBLISH: {r}");
+        header(&r, "SIP-ETag").expect("SIP-ETag").to_string()
     }
 
     /// Starts a new Call-ID (a new dialog for the next requests).
