@@ -32,18 +32,10 @@ pub struct FrontEndObjects {
 
 /// Builds the objects of `fe`; `routes` is the routing table (the domain's Home Servers).
 pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> Result<FrontEndObjects, BuildError> {
-    let (name, ns) = name_ns(fe, "FrontEnd")?;
-    let owner = owner_ref(fe, "FrontEnd")?;
     let component = Component::FrontEnd;
-    let labels = labels(&name, component, &fe.spec.domain);
-    let selector = selector_labels(&name, component);
-    let meta = |obj_name: String| ObjectMeta {
-        name: Some(obj_name),
-        namespace: Some(ns.clone()),
-        labels: Some(labels.clone()),
-        owner_references: Some(vec![owner.clone()]),
-        ..Default::default()
-    };
+    let workload = Workload::of(fe, "FrontEnd", component, &fe.spec.domain)?;
+    let meta = |obj_name: String| workload.meta(obj_name);
+    let (name, labels, selector) = (workload.name.clone(), &workload.labels, &workload.selector);
 
     let config_text = config::render(ctx, &name, Some(routes))?;
     let config_hash = sha256_hex(config_text.as_bytes());

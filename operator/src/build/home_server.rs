@@ -35,18 +35,10 @@ pub struct HomeServerObjects {
 
 /// Builds the objects of `hs` from its domain (`ctx`).
 pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, BuildError> {
-    let (name, ns) = name_ns(hs, "HomeServer")?;
-    let owner = owner_ref(hs, "HomeServer")?;
     let component = Component::HomeServer;
-    let labels = labels(&name, component, &hs.spec.domain);
-    let selector = selector_labels(&name, component);
-    let meta = |obj_name: String| ObjectMeta {
-        name: Some(obj_name),
-        namespace: Some(ns.clone()),
-        labels: Some(labels.clone()),
-        owner_references: Some(vec![owner.clone()]),
-        ..Default::default()
-    };
+    let workload = Workload::of(hs, "HomeServer", component, &hs.spec.domain)?;
+    let meta = |obj_name: String| workload.meta(obj_name);
+    let (name, labels, selector) = (workload.name.clone(), &workload.labels, &workload.selector);
 
     let config_text = config::render(ctx, &name, None)?;
     let config_hash = sha256_hex(config_text.as_bytes());
@@ -153,7 +145,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         pdb,
         stateful_set,
         resolved,
-        address: home_server_address(&name, &ns, ctx.cluster_domain),
+        address: home_server_address(&name, &workload.namespace, ctx.cluster_domain),
     })
 }
 

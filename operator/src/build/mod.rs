@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
+use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::crd::{CommunicationsDomain, DirectorySpec};
@@ -135,6 +136,45 @@ pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K, what: &'static str) -
         return Err(BuildError::MissingMetadata(what, "uid"));
     }
     owner.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata(what, "name"))
+}
+
+/// What every object built for one workload shares: name, namespace, labels and owner.
+pub struct Workload {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub selector: BTreeMap<String, String>,
+    pub namespace: String,
+    owner: OwnerReference,
+}
+
+impl Workload {
+    /// The identity of the workload built for `obj` (a HomeServer or FrontEnd of `domain`).
+    pub fn of<K: Resource<DynamicType = ()>>(
+        obj: &K,
+        what: &'static str,
+        component: Component,
+        domain: &str,
+    ) -> Result<Workload, BuildError> {
+        let (name, namespace) = name_ns(obj, what)?;
+        Ok(Workload {
+            labels: labels(&name, component, domain),
+            selector: selector_labels(&name, component),
+            owner: owner_ref(obj, what)?,
+            name,
+            namespace,
+        })
+    }
+
+    /// Metadata of one of the workload's objects: its namespace, labels and owner.
+    pub fn meta(&self, obj_name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(obj_name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels.clone()),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
 }
 
 /// Name and namespace of a resource, which every builder needs.
