@@ -14,6 +14,7 @@ use crate::sip::uri::{NameAddr, SipUri};
 use crate::store::{Table, Write};
 use crate::transport::Flow;
 use state::{Package, PresenceState, PublishError, Subscription};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -273,10 +274,12 @@ impl Core {
         let mut writes = Vec::with_capacity(ids.len());
         {
             let mut p = self.presence.lock().expect("presence");
+            // Each presentity's document is composed once per round, however many watch it.
+            let mut documents = HashMap::new();
             for id in &ids {
                 let Some(mut sub) = p.subscription(id).cloned() else { continue };
-                let Some((content_type, body)) = self.notify_body(&p, &mut sub, full || terminate.is_some(), now)
-                else {
+                let full = full || terminate.is_some();
+                let Some((content_type, body)) = self.notify_body(&p, &mut documents, &mut sub, full, now) else {
                     continue;
                 };
                 sub.local_cseq += 1;
@@ -326,16 +329,20 @@ impl Core {
     fn notify_body(
         &self,
         p: &PresenceState,
+        docs: &mut HashMap<String, String>,
         sub: &mut Subscription,
         full: bool,
         now: SystemTime,
     ) -> Option<(String, String)> {
         let domain = &self.settings.domain;
+        let mut view = |aor: &str, watcher: &str| {
+            p.view(aor, watcher, domain, || {
+                let doc = || p.document(aor, self.is_registered(aor, now), now);
+                docs.entry(aor.to_string()).or_insert_with(doc).clone()
+            })
+        };
         match sub.package {
-            Package::Presence => Some((
-                documents::PIDF.to_string(),
-                p.view(&sub.resource, &sub.watcher, domain, self.is_registered(&sub.resource, now), now),
-            )),
+            Package::Presence => Some((documents::PIDF.to_string(), view(&sub.resource, &sub.watcher))),
             Package::Winfo => {
                 sub.version += 1;
                 let watchers: Vec<(&Subscription, bool)> = p
@@ -349,7 +356,7 @@ impl Core {
                 let contacts = p.contacts(&sub.resource);
                 let mut resources = Vec::new();
                 for c in &contacts {
-                    let body = p.view(c, &sub.watcher, domain, self.is_registered(c, now), now);
+                    let body = view(c, &sub.watcher);
                     if full || sub.last_sent.get(c) != Some(&body) {
                         sub.last_sent.insert(c.clone(), body.clone());
                         resources.push((c.clone(), body));

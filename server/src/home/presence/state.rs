@@ -193,9 +193,10 @@ impl PresenceState {
         watcher.ends_with(&format!("@{domain}")) || rules.is_some_and(|r| r.allow.iter().any(|a| a == watcher))
     }
 
-    /// What `watcher` is shown of `aor`.
-    pub fn view(&self, aor: &str, watcher: &str, domain: &str, registered: bool, now: SystemTime) -> String {
-        if self.may_watch(aor, watcher, domain) { self.document(aor, registered, now) } else { pidf::offline(aor) }
+    /// What `watcher` is shown of `aor`: its composed `document` (computed only when needed, so a
+    /// fan-out composes it once) or, for a politely blocked watcher, offline.
+    pub fn view(&self, aor: &str, watcher: &str, domain: &str, document: impl FnOnce() -> String) -> String {
+        if self.may_watch(aor, watcher, domain) { document() } else { pidf::offline(aor) }
     }
 
     pub fn rules(&self, aor: &str) -> Rules {
@@ -325,7 +326,8 @@ mod tests {
         assert!(s.may_watch("a@x", "m@y", "x"));
         assert!(!s.may_watch("a@x", "b@x", "x"));
         let now = SystemTime::now();
-        assert_eq!(pidf::availability(&s.view("a@x", "b@x", "x", true, now)), 0);
-        assert_eq!(pidf::availability(&s.view("a@x", "c@x", "x", true, now)), 3);
+        let doc = || s.document("a@x", true, now);
+        assert_eq!(pidf::availability(&s.view("a@x", "b@x", "x", doc)), 0);
+        assert_eq!(pidf::availability(&s.view("a@x", "c@x", "x", doc)), 3);
     }
 }
