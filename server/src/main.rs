@@ -1,7 +1,6 @@
 //! `parley-server`: Parley's SIP server.
 
 mod admin;
-mod config;
 mod directory;
 mod home;
 mod ops;
@@ -11,6 +10,8 @@ mod sip;
 mod store;
 mod transaction;
 mod transport;
+
+use parley_config as config;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,10 +39,26 @@ enum Role {
     Frontend,
 }
 
+impl From<Role> for config::Role {
+    fn from(r: Role) -> config::Role {
+        match r {
+            Role::Home => config::Role::Home,
+            Role::Frontend => config::Role::FrontEnd,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the SIP server.
     Serve {
+        #[arg(long, value_enum, default_value_t = Role::Home)]
+        role: Role,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file without opening its files or sockets: exit 0, or name the offending key.
+    CheckConfig {
         #[arg(long, value_enum, default_value_t = Role::Home)]
         role: Role,
         #[arg(long)]
@@ -103,6 +120,15 @@ fn main() -> std::process::ExitCode {
             Command::User(UserCommand::Hash { address, password_file }) => user_hash(&address, password_file),
             Command::User(UserCommand::Ldap(cmd)) => admin::run(cmd),
             Command::Prep(cmd) => prep::run(cmd),
+            Command::CheckConfig { role, config } => {
+                config::Config::load(&config, role.into())?;
+                println!(
+                    "{}: valid for role {}",
+                    config.display(),
+                    role.to_possible_value().expect("named").get_name()
+                );
+                Ok(())
+            }
             Command::Serve { .. } => unreachable!("handled above"),
         }),
     };
@@ -119,7 +145,7 @@ fn serve_cmd(role: Role, path: PathBuf, format: LogFormat) -> anyhow::Result<()>
     if role == Role::Frontend {
         anyhow::bail!("the Front-End role is not built yet; run --role home");
     }
-    let config = config::Config::load(&path)?;
+    let config = config::Config::load(&path, role.into())?;
     let logs = &config.storage.logs_dir;
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
     init_logging(format, Some(&logs.join("parley.log")))?;

@@ -26,6 +26,16 @@ fn config_errors_name_the_key_and_fail() {
 }
 
 #[test]
+fn check_config_accepts_the_example_and_names_a_bad_key() {
+    let example = support::repo_root().join("examples/standalone/parley.toml");
+    let (ok, out, err) = parley(&["check-config", "--config", example.to_str().unwrap()], "");
+    assert!(ok && out.contains("valid for role home"), "{out}{err}");
+    // The example is a Home Server's: as a Front-End it lacks the routing table.
+    let (ok, _, err) = parley(&["check-config", "--role", "frontend", "--config", example.to_str().unwrap()], "");
+    assert!(!ok && err.contains("`frontend`"), "{err}");
+}
+
+#[test]
 fn user_hash_matches_the_sample_directory() {
     let (ok, out, err) = parley(&["user", "hash", "alice@example.test"], "alice-password\n");
     assert!(ok, "{err}");

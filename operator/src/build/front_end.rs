@@ -199,9 +199,9 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                ("corp-home-1", "corp-home-1.ns.svc.cluster.local:5061"),
-                ("corp-home-2", "corp-home-2.ns.svc.cluster.local:5061"),
-                ("corp-home-3", "corp-home-3.ns.svc.cluster.local:5061"),
+                ("corp-home-1", "corp-home-1.ns.svc.cluster.local:5062"),
+                ("corp-home-2", "corp-home-2.ns.svc.cluster.local:5062"),
+                ("corp-home-3", "corp-home-3.ns.svc.cluster.local:5062"),
             ]
         );
         assert_eq!(v["server_name"].as_str(), Some("fe"));

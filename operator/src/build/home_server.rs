@@ -149,9 +149,11 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     })
 }
 
-/// SIP ports of a server's Service (5060 UDP and TCP unless clients must use TLS, 5061) and ops.
+/// SIP ports of a server's Service (5060 UDP and TCP unless clients must use TLS, 5061), the
+/// internal mutual-TLS port the Front-End dials, and ops.
 pub fn service_ports(plain: bool) -> Vec<ServicePort> {
     let mut ports = super::front_end::client_ports(plain, SIP_PORT, SIP_TLS_PORT);
+    ports.push(super::service_port("sip-internal", INTERNAL_PORT, INTERNAL_PORT, "TCP"));
     ports.push(super::service_port("ops", OPS_PORT, OPS_PORT, "TCP"));
     ports
 }
@@ -191,7 +193,7 @@ mod tests {
         }
         assert_eq!(o.config_map.metadata.name.as_deref(), Some("corp-home-1-config"));
         assert_eq!(o.stateful_set.metadata.name.as_deref(), Some("corp-home-1"));
-        assert_eq!(o.address, "corp-home-1.ns.svc.cluster.local:5061");
+        assert_eq!(o.address, "corp-home-1.ns.svc.cluster.local:5062");
     }
 
     #[test]
@@ -216,7 +218,16 @@ mod tests {
         }
         let ports: Vec<_> =
             spec.ports.as_ref().unwrap().iter().map(|p| (p.port, p.protocol.clone().unwrap())).collect();
-        assert_eq!(ports, vec![(5060, "UDP".into()), (5060, "TCP".into()), (5061, "TCP".into()), (8080, "TCP".into())]);
+        assert_eq!(
+            ports,
+            vec![
+                (5060, "UDP".into()),
+                (5060, "TCP".into()),
+                (5061, "TCP".into()),
+                (5062, "TCP".into()),
+                (8080, "TCP".into())
+            ]
+        );
         assert_eq!(sts.service_name.as_deref(), Some("h"));
     }
 
@@ -388,7 +399,7 @@ mod tests {
         let o = build(&fixtures::home_server("h", "corp"), &ctx(&d)).unwrap();
         let svc_ports: Vec<_> =
             o.service.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().map(|p| p.port).collect();
-        assert_eq!(svc_ports, vec![5061, 8080]);
+        assert_eq!(svc_ports, vec![5061, 5062, 8080]);
         let c = &pod(&o).containers[0];
         assert!(c.ports.as_ref().unwrap().iter().all(|p| p.container_port != 5060));
     }

@@ -44,6 +44,8 @@ pub const SERVER_UID: i64 = 65532;
 pub const SIP_PORT: i32 = 5060;
 /// SIP over TLS, in the pods.
 pub const SIP_TLS_PORT: i32 = 5061;
+/// SIP over mutual TLS between Front-Ends and Home Servers (the internal link).
+pub const INTERNAL_PORT: i32 = 5062;
 /// HTTP operations port: `/healthz`, `/readyz`, `/metrics`.
 pub const OPS_PORT: i32 = 8080;
 
@@ -53,6 +55,7 @@ pub mod paths {
     pub const TLS_DIR: &str = "/etc/parley/tls";
     pub const TLS_CERT: &str = "/etc/parley/tls/tls.crt";
     pub const TLS_KEY: &str = "/etc/parley/tls/tls.key";
+    pub const TLS_CA: &str = "/etc/parley/tls/ca.crt";
     pub const DIRECTORY_DIR: &str = "/etc/parley/directory";
     pub const DIRECTORY_PASSWORD: &str = "/etc/parley/directory/password";
     pub const DIRECTORY_FILE: &str = "/etc/parley/directory/users.toml";
@@ -260,7 +263,7 @@ pub fn startup_probe() -> Probe {
     http_probe("/healthz", 2, 60)
 }
 
-/// The server's ports. Without `sip_plain` (clients must use TLS) only 5061 and ops.
+/// The server's ports. Without `sip_plain` (clients must use TLS) only 5061, the internal link and ops.
 pub fn container_ports(sip_plain: bool) -> Vec<ContainerPort> {
     let port = |name: &str, p: i32, proto: &str| ContainerPort {
         name: Some(name.into()),
@@ -274,6 +277,7 @@ pub fn container_ports(sip_plain: bool) -> Vec<ContainerPort> {
         ports.push(port("sip-tcp", SIP_PORT, "TCP"));
     }
     ports.push(port("sip-tls", SIP_TLS_PORT, "TCP"));
+    ports.push(port("sip-internal", INTERNAL_PORT, "TCP"));
     ports.push(port("ops", OPS_PORT, "TCP"));
     ports
 }

@@ -145,7 +145,7 @@ pub struct LdapDirectory {
     /// Base DN under which users and Parley's entries live, e.g. `dc=example,dc=test`.
     #[schemars(length(min = 1, max = 1024))]
     pub base_dn: String,
-    /// DN the servers bind as. Defaults to `cn=parley-service,ou=Parley,<baseDn>`, the service
+    /// DN the servers bind as. Defaults to `cn=ParleyService,ou=Parley,<baseDn>`, the service
     /// account the domain-prep step creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
@@ -161,7 +161,7 @@ pub struct LdapDirectory {
 impl LdapDirectory {
     /// The DN the servers bind as.
     pub fn service_bind_dn(&self) -> String {
-        self.bind_dn.clone().unwrap_or_else(|| format!("cn=parley-service,ou=Parley,{}", self.base_dn))
+        self.bind_dn.clone().unwrap_or_else(|| parley_config::service_account_dn(&self.base_dn))
     }
 }
 

@@ -150,7 +150,7 @@ impl Directory for LdapDirectory {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, DirectoryConfig};
+    use crate::config::{Config, DirectoryConfig, Role};
 
     const BASE: &str = "sip_domain = \"example.test\"\n[storage]\ndata_dir = \"d\"\nlogs_dir = \"l\"\n[directory]\n\
         backend = \"ldap\"\nurl = \"ldaps://ldap.example.test\"\nbase_dn = \"dc=example,dc=test\"\n\
@@ -158,16 +158,16 @@ mod tests {
 
     #[test]
     fn ldap_config_gets_defaults_and_errors_name_the_key() {
-        let c = Config::parse(BASE).unwrap();
+        let c = Config::parse(BASE, Role::Home).unwrap();
         let DirectoryConfig::Ldap { timeout_ms, cache_ttl_secs, pool_size, starttls, ca_file, .. } = c.directory else {
             panic!("ldap backend");
         };
         assert_eq!((timeout_ms, cache_ttl_secs, pool_size, starttls, ca_file), (2000, 30, 4, false, None));
-        let e = Config::parse(&BASE.replace("ldaps://", "http://")).unwrap_err().to_string();
+        let e = Config::parse(&BASE.replace("ldaps://", "http://"), Role::Home).unwrap_err();
         assert!(e.contains("directory.url"), "{e}");
-        let e = Config::parse(&format!("{BASE}bind_password = \"x\"\n")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{BASE}bind_password = \"x\"\n"), Role::Home).unwrap_err();
         assert!(e.contains("bind_password"), "a password in the config is refused: {e}");
-        let e = Config::parse(&format!("{BASE}timeout_ms = 0\n")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{BASE}timeout_ms = 0\n"), Role::Home).unwrap_err();
         assert!(e.contains("directory.timeout_ms"), "{e}");
     }
 }

@@ -13,41 +13,19 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum Algorithm {
-    #[serde(rename = "MD5")]
-    Md5,
-    #[serde(rename = "SHA-256")]
-    Sha256,
-}
+pub use crate::config::Algorithm;
 
-impl Algorithm {
-    pub fn token(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "MD5",
-            Algorithm::Sha256 => "SHA-256",
-        }
-    }
-
-    fn from_token(t: &str) -> Option<Algorithm> {
-        match t.to_ascii_uppercase().as_str() {
-            "MD5" => Some(Algorithm::Md5),
-            "SHA-256" => Some(Algorithm::Sha256),
-            _ => None,
-        }
-    }
-
-    pub fn hash(self, data: &str) -> String {
-        match self {
-            Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
-        }
+/// H(data) in hex, with the algorithm's hash.
+pub fn hash(alg: Algorithm, data: &str) -> String {
+    match alg {
+        Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
+        Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
     }
 }
 
 /// HA1 = H(username:realm:password), what the directory stores instead of a password.
 pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
-    alg.hash(&format!("{username}:{realm}:{password}"))
+    hash(alg, &format!("{username}:{realm}:{password}"))
 }
 
 /// The outcome of checking credentials.
@@ -154,7 +132,7 @@ impl DigestAuth {
             Algorithm::Sha256 => u.ha1_sha256.as_deref(),
         });
         let ha1 = stored.unwrap_or(&dummy).to_ascii_lowercase();
-        let ha2 = alg.hash(&format!("{method}:{uri}"));
+        let ha2 = hash(alg, &format!("{method}:{uri}"));
         let qop = get("qop");
         let nc = get("nc");
         let expected = match qop {
@@ -162,9 +140,9 @@ impl DigestAuth {
                 let (Some(nc), Some(cnonce)) = (nc, get("cnonce")) else {
                     return Verdict::Fail("qop without nc or cnonce");
                 };
-                alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+                hash(alg, &format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
             }
-            None => alg.hash(&format!("{ha1}:{nonce}:{ha2}")),
+            None => hash(alg, &format!("{ha1}:{nonce}:{ha2}")),
             Some(_) => return Verdict::Fail("unsupported qop"),
         };
         let matches: bool = expected.as_bytes().ct_eq(response.to_ascii_lowercase().as_bytes()).into();
@@ -231,8 +209,8 @@ mod tests {
     fn answer(challenge: &str, alg: Algorithm, password: &str, nc: &str) -> String {
         let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
         let ha1 = ha1(alg, "alice", "example.test", password);
-        let ha2 = alg.hash("REGISTER:sip:example.test");
-        let resp = alg.hash(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
+        let ha2 = hash(alg, "REGISTER:sip:example.test");
+        let resp = hash(alg, &format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
         format!(
             "Digest username=\"alice\", realm=\"example.test\", nonce=\"{nonce}\", uri=\"sip:example.test\", \
              response=\"{resp}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"c0ffee\"",

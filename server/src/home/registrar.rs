@@ -67,7 +67,13 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 }
+        let r = crate::config::Registrar::default();
+        Policy {
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            default_expires: r.default_expires,
+            max_contacts: r.max_contacts,
+        }
     }
 }
 
