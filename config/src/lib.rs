@@ -78,6 +78,11 @@ pub struct Listen {
     /// Host or address written into Via, Contact, Path and Record-Route headers this server adds
     /// (default: the listening address, or the SIP domain when listening on every address).
     pub advertise: Option<String>,
+    /// Host (IP address or DNS name) peers on the internal link reach this server at, written into
+    /// the Path and Record-Route a Front-End adds and the Contact a Home Server gives there
+    /// (default: `advertise`). The environment variable `PARLEY_ADVERTISE_INTERNAL` overrides it,
+    /// so replicas sharing one config each name their own pod IP.
+    pub advertise_internal: Option<String>,
 }
 
 impl Default for Listen {
@@ -89,6 +94,7 @@ impl Default for Listen {
             internal: None,
             ops: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
             advertise: None,
+            advertise_internal: None,
         }
     }
 }

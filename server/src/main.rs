@@ -2,6 +2,7 @@
 
 mod admin;
 mod directory;
+mod frontend;
 mod home;
 mod ops;
 mod prep;
@@ -142,15 +143,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve_cmd(role: Role, path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
-    if role == Role::Frontend {
-        anyhow::bail!("the Front-End role is not built yet; run --role home");
-    }
     let config = config::Config::load(&path, role.into())?;
     let logs = &config.storage.logs_dir;
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
     init_logging(format, Some(&logs.join("parley.log")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(serve::run(config))
+    runtime.block_on(serve::run(config, role.into()))
 }
 
 fn user_hash(address: &str, password_file: Option<PathBuf>) -> anyhow::Result<()> {

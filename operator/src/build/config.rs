@@ -52,6 +52,7 @@ pub fn build(
             internal: any(INTERNAL_PORT),
             ops: any(OPS_PORT),
             advertise: None,
+            advertise_internal: None,
         },
         tls: Some(Tls {
             cert: paths::TLS_CERT.into(),

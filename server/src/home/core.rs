@@ -46,6 +46,8 @@ pub struct CoreSettings {
     pub domain: String,
     /// Hosts that stand for `domain` in addresses (lower-case).
     pub domain_aliases: Vec<String>,
+    /// This server's name: users whose directory entry names another are homed elsewhere.
+    pub server_name: String,
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub timers: Timers,
@@ -223,16 +225,9 @@ impl Core {
     fn on_request(self: &Arc<Self>, flow: Flow, mut msg: Message) {
         let method = msg.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
-        let Some(top) = msg.headers.first_mut("Via") else {
+        let Some(via) = crate::sip::routing::stamp_top_via(&mut msg, flow.remote) else {
             return;
         };
-        let mut parts = crate::sip::params::split_list(top).into_iter().map(str::to_string).collect::<Vec<_>>();
-        let Ok(mut via) = Via::parse(&parts[0]) else {
-            return;
-        };
-        via.stamp_source(flow.remote);
-        parts[0] = via.to_string();
-        *top = parts.join(", ");
         if method == "ACK" {
             return; // no INVITE transactions here: nothing to acknowledge
         }
@@ -358,6 +353,25 @@ impl Core {
         self.is_local_host(&uri.host()).then(|| format!("{user}@{}", self.settings.domain))
     }
 
+    /// Where requests along a Route set go: over the internal link, the connection the request
+    /// came in on, or failing that the address of the first route (the Front-End instance that
+    /// holds the client's connection). Elsewhere the flow itself.
+    pub(super) async fn next_hop(&self, flow: Flow, first_route: Option<&String>) -> Flow {
+        if flow.transport != Transport::Internal {
+            return flow;
+        }
+        let Some(uri) = first_route.and_then(|r| NameAddr::parse(r).ok()).map(|n| n.uri) else {
+            return flow;
+        };
+        let host = uri.host();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port().unwrap_or(5061);
+        match tokio::net::lookup_host((host, port)).await.ok().and_then(|mut a| a.next()) {
+            Some(remote) => Flow { transport: Transport::Internal, remote, conn: flow.conn },
+            None => flow,
+        }
+    }
+
     /// The Contact this server puts in dialogs it is part of.
     pub(super) fn own_contact(&self, flow: Flow) -> String {
         let host = self.via_host(flow.transport);
@@ -365,6 +379,8 @@ impl Core {
             Transport::Udp => format!("<sip:parley@{host}>"),
             Transport::Tcp => format!("<sip:parley@{host};transport=tcp>"),
             Transport::Tls => format!("<sips:parley@{host}>"),
+            // The Front-End finds this server by this address in its routing table.
+            Transport::Internal => format!("<sip:parley@{host};transport=tls>"),
         }
     }
 

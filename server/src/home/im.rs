@@ -43,6 +43,11 @@ impl Core {
                 fwd.start = crate::sip::StartLine::Request { method: "MESSAGE".into(), uri: b.uri.clone() };
                 fwd.headers.set("Max-Forwards", max_forwards.to_string());
                 fwd.headers.remove("Proxy-Authorization");
+                // Our own Route entries are used up; the binding's Path leads to its client.
+                fwd.headers.remove("Route");
+                for p in &b.path {
+                    fwd.headers.push("Route", p.clone());
+                }
                 let core = self.clone();
                 async move { core.forward(b.flow, fwd).await }
             })

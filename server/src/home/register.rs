@@ -46,9 +46,18 @@ impl Core {
             },
             Err(e) => return self.respond_with(req, 400, &format!("Bad To header: {e}")),
         };
-        if let Err(r) = self.authenticate(req, &aor, false).await {
-            return r;
+        let user = match self.authenticate(req, &aor, false).await {
+            Ok(user) => user,
+            Err(r) => return r,
+        };
+        if let Some(home) = user.home_server.as_deref().filter(|h| *h != self.settings.server_name) {
+            // Homing is the directory's: a Front-End routes REGISTER to the right server, so this
+            // is a client pointed at the wrong one. Refuse rather than hold a second binding here.
+            tracing::info!(aor, home_server = home, "REGISTER refused: homed on another server");
+            return self.respond_with(req, 403, "Homed On Another Home Server");
         }
+        let path: Vec<String> = req.headers.get_all("Path").flat_map(split_list).map(str::to_string).collect();
+        let flow = self.next_hop(flow, path.first()).await;
         let contacts = match parse_contacts(req) {
             Ok(c) => c,
             Err(reason) => return self.respond_with(req, 400, &reason),
@@ -66,8 +75,10 @@ impl Core {
             let result = match contacts {
                 None => Ok(registrar.lookup(&aor, now)),
                 Some(contacts) => {
-                    let r =
-                        registrar.register(Update { aor: aor.clone(), contacts, expires, call_id, cseq, flow }, now);
+                    let r = registrar.register(
+                        Update { aor: aor.clone(), contacts, expires, call_id, cseq, flow, path: path.clone() },
+                        now,
+                    );
                     if let Ok(b) = &r {
                         *change = Some((aor, was_online, !b.is_empty()));
                     }
@@ -80,6 +91,9 @@ impl Core {
         match result {
             Ok(bindings) => {
                 let mut r = self.respond(req, 200);
+                for p in &path {
+                    r.headers.push("Path", p.clone());
+                }
                 for b in bindings {
                     let q = b.q.as_deref().map(|q| format!(";q={q}")).unwrap_or_default();
                     r.headers.push("Contact", format!("<{}>;expires={}{q}", b.uri, b.remaining(now)));

@@ -18,6 +18,9 @@ pub struct Binding {
     pub q: Option<String>,
     /// The connection or address the REGISTER came over: requests for this contact go back there.
     pub flow: Flow,
+    /// Path header values (RFC 3327) from the REGISTER: the Route set of requests to this contact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
 }
 
 impl Binding {
@@ -43,6 +46,7 @@ pub struct Update {
     pub call_id: String,
     pub cseq: u32,
     pub flow: Flow,
+    pub path: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -124,6 +128,7 @@ impl Registrar {
                         cseq: u.cseq,
                         q: q.clone(),
                         flow: u.flow,
+                        path: u.path.clone(),
                     };
                     match (existing, expires) {
                         (Some(i), 0) => {
@@ -195,7 +200,15 @@ mod tests {
     }
 
     fn update(contacts: Contacts, expires: Option<u32>, call_id: &str, cseq: u32) -> Update {
-        Update { aor: "alice@example.test".into(), contacts, expires, call_id: call_id.into(), cseq, flow: flow() }
+        Update {
+            aor: "alice@example.test".into(),
+            contacts,
+            expires,
+            call_id: call_id.into(),
+            cseq,
+            flow: flow(),
+            path: vec![],
+        }
     }
 
     fn list(uris: &[(&str, Option<u32>)]) -> Contacts {

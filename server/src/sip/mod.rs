@@ -10,6 +10,7 @@ pub mod framing;
 pub mod message;
 pub mod params;
 pub mod response;
+pub mod routing;
 pub mod uri;
 pub mod via;
 

@@ -65,10 +65,15 @@ impl Ua {
 
     /// Next datagram as text, or None after the timeout.
     pub fn recv(&self, timeout: Duration) -> Option<String> {
+        self.recv_from(timeout).map(|(m, _)| m)
+    }
+
+    /// Next datagram as text and the address it came from, or None after the timeout.
+    pub fn recv_from(&self, timeout: Duration) -> Option<(String, SocketAddr)> {
         self.socket.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = vec![0u8; 65_535];
-        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        let (n, from) = self.socket.recv_from(&mut buf).ok()?;
+        Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
     }
 
     /// Next response (skipping requests), or None.

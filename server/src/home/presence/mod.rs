@@ -175,6 +175,14 @@ impl Core {
         };
         let local_tag = format!("{:016x}", rand::random::<u64>());
         let mut response = from_headers(&req.headers, 200, "OK", &local_tag);
+        let route_set: Vec<String> =
+            req.headers.get_all("Record-Route").flat_map(split_list).map(str::to_string).collect();
+        // RFC 3261 12.1.1: the 200 carries the Record-Route set, so the subscriber's route set
+        // matches ours.
+        for r in &route_set {
+            response.headers.push("Record-Route", r.clone());
+        }
+        let flow = self.next_hop(flow, route_set.first()).await;
         let sub = Subscription {
             id: subscription_id(req.call_id(), &from_tag, &local_tag),
             package,
@@ -185,7 +193,7 @@ impl Core {
             local_party: response.headers.get("To").unwrap_or_default().to_string(),
             event_id,
             remote_target: contact.raw_uri.clone(),
-            route_set: req.headers.get_all("Record-Route").flat_map(split_list).map(str::to_string).collect(),
+            route_set,
             flow,
             local_cseq: 0,
             remote_cseq: cseq,
