@@ -232,21 +232,33 @@ pub struct Out {
 
 /// Runs the `parley-server` binary with `args`, extra environment and `stdin`.
 pub fn run_parley(args: &[&str], env: &[(&str, &std::ffi::OsStr)], stdin: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_parley-server")).args(args).envs(env.iter().copied()),
+        stdin,
+    );
     Out {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     }
+}
+
+/// Runs a command to the end with `input` on its standard input; returns its output and status.
+/// The command may exit before reading its input (an argument error, say): writing then fails
+/// with EPIPE, which is no error of the test, so the exit status and output are what count. The
+/// input is written from a thread, so a command that writes much before reading cannot block it.
+pub fn output_with_stdin(command: &mut Command, input: &str) -> std::process::Output {
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start command");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || match stdin.write_all(input.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()), // written, or the command did not want it
+    });
+    let out = child.wait_with_output().expect("wait for command");
+    writer.join().unwrap().expect("write standard input");
+    out
 }
 
 /// Whether an external tool is installed; tests that need it fail loudly when it is not
