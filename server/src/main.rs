@@ -88,14 +88,17 @@ enum UserCommand {
 }
 
 /// Logs go to standard error (text or JSON) and, for a server, also to `parley.log` in the logs
-/// directory as JSON lines, so the logs volume keeps them across pod restarts.
+/// directory as JSON lines, so the logs volume keeps them across pod restarts. `PARLEY_LOG` (default
+/// `info`) filters what reaches every output.
 fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    use tracing_subscriber::{Layer, Registry, fmt, prelude::*};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| "info".into());
+    use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, layer::Layered, prelude::*};
+    let filter = EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in files or container logs.
     let stderr = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+    // The outputs sit on top of the filter, so it decides for all of them. (As one more entry in
+    // the list beside them it would not: a list of layers is interested in whatever any member is.)
+    let mut outputs: Vec<Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync>> = vec![match format {
         LogFormat::Text => stderr.boxed(),
         LogFormat::Json => stderr.json().boxed(),
     }];
@@ -105,10 +108,9 @@ fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Re
             .append(true)
             .open(path)
             .with_context(|| format!("opening the log file {}", path.display()))?;
-        layers.push(fmt::layer().json().with_ansi(false).with_writer(std::sync::Mutex::new(f)).boxed());
+        outputs.push(fmt::layer().json().with_ansi(false).with_writer(std::sync::Mutex::new(f)).boxed());
     }
-    layers.push(filter.boxed());
-    tracing_subscriber::registry().with(layers).init();
+    tracing_subscriber::registry().with(filter).with(outputs).init();
     Ok(())
 }
 

@@ -47,3 +47,13 @@ fn user_hash_matches_the_sample_directory() {
     let (ok, _, err) = parley(&["user", "hash", "alice"], "pw\n");
     assert!(!ok && err.contains("user@domain"), "{err}");
 }
+
+/// The runner must not fail when the command exits before reading its input (here, an argument
+/// error): more input than a pipe holds makes the write meet the closed pipe (EPIPE) every time,
+/// which a busy machine used to cause now and then with a short input.
+#[test]
+fn a_command_that_exits_before_reading_its_input_is_reported_not_a_broken_pipe() {
+    let input = "x".repeat(1 << 20);
+    let (ok, _, err) = parley(&["user", "hash", "alice"], &input);
+    assert!(!ok && err.contains("user@domain"), "{err}");
+}

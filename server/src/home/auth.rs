@@ -38,6 +38,9 @@ pub enum Verdict {
     Fail(&'static str),
 }
 
+/// Why right credentials fail: their nonce is not one of ours (e.g. issued before a restart).
+pub const FOREIGN_NONCE: &str = "nonce not issued here";
+
 pub struct DigestAuth {
     realm: String,
     algorithms: Vec<Algorithm>,
@@ -153,7 +156,7 @@ impl DigestAuth {
             return Verdict::Fail("wrong credentials");
         }
         match self.nonce_age(nonce, now) {
-            None => Verdict::Fail("nonce not issued here"),
+            None => Verdict::Fail(FOREIGN_NONCE),
             Some(age) if age > self.nonce_ttl => Verdict::Stale,
             Some(_) => self.check_count(nonce, nc, now),
         }

@@ -140,12 +140,16 @@ impl Core {
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     last_sweep = Instant::now();
                     let now = SystemTime::now();
-                    let emptied = {
+                    let (emptied, expired) = {
                         let mut reg = core.registrar.lock().expect("registrar");
-                        let emptied = reg.expire(now);
+                        let expired = reg.expire(now);
                         core.metrics.registrations.store(reg.binding_count() as u64, Relaxed);
-                        emptied
+                        expired
                     };
+                    for (aor, b) in expired {
+                        let (source, transport) = (b.flow.remote, b.flow.transport.via_token());
+                        tracing::info!(user = %aor, %source, %transport, contact = %b.uri, "signed out: registration expired");
+                    }
                     core.auth.purge(now);
                     let sweeper = core.clone();
                     tokio::spawn(async move {
@@ -294,9 +298,9 @@ impl Core {
         }
         let response = match method {
             "REGISTER" => return self.register(flow, req).await,
-            "MESSAGE" => self.message(req).await,
+            "MESSAGE" => self.message(flow, req).await,
             "SUBSCRIBE" => return self.subscribe(flow, req).await,
-            "PUBLISH" => return self.publish(req).await,
+            "PUBLISH" => return self.publish(flow, req).await,
             "OPTIONS" => {
                 let mut r = self.respond(req, 200);
                 r.headers.push("Allow", ALLOW);
@@ -390,7 +394,7 @@ impl Core {
     }
 
     /// Authenticates the sender of a request as a local user (407 challenge), by its From.
-    pub(super) async fn authenticated_sender(&self, req: &Message) -> Result<User, Message> {
+    pub(super) async fn authenticated_sender(&self, flow: Flow, req: &Message) -> Result<User, Message> {
         let from = match NameAddr::parse(req.headers.get("From").unwrap_or_default()) {
             Ok(f) => match self.local_aor(&f.uri) {
                 Some(aor) => aor,
@@ -398,7 +402,7 @@ impl Core {
             },
             Err(e) => return Err(self.respond_with(req, 400, &format!("Bad From header: {e}"))),
         };
-        self.authenticate(req, &from, true).await
+        self.authenticate(flow, req, &from, true).await
     }
 
     pub(super) fn respond(&self, req: &Message, code: u16) -> Message {
@@ -418,7 +422,15 @@ impl Core {
     }
 
     /// Authenticates the sender as `aor`. Unknown users and wrong passwords get the same challenge.
-    pub(super) async fn authenticate(&self, req: &Message, aor: &str, proxy: bool) -> Result<User, Message> {
+    /// Failures are logged at WARN with the user and the source address (never the credentials),
+    /// for a person reading the log and for fail2ban-style tools.
+    pub(super) async fn authenticate(
+        &self,
+        flow: Flow,
+        req: &Message,
+        aor: &str,
+        proxy: bool,
+    ) -> Result<User, Message> {
         let (code, header, challenge) = if proxy {
             (407, "Proxy-Authorization", "Proxy-Authenticate")
         } else {
@@ -430,6 +442,9 @@ impl Core {
         };
         let realm = format!("realm=\"{}\"", self.settings.domain);
         let creds = req.headers.get_all(header).find(|v| v.contains(&realm));
+        if creds.is_none() {
+            self.log_unsupported_auth(flow, req, aor, header);
+        }
         let now = SystemTime::now();
         let mut stale = false;
         if let Some(creds) = creds {
@@ -444,7 +459,13 @@ impl Core {
                 super::auth::Verdict::Stale => stale = true,
                 super::auth::Verdict::Fail(why) => {
                     self.metrics.auth_failures.fetch_add(1, Relaxed);
-                    tracing::info!(aor, why, "authentication failed");
+                    let (source, transport) = (flow.remote, flow.transport.via_token());
+                    if why == super::auth::FOREIGN_NONCE {
+                        // The password was right: a client reusing a nonce from before a restart.
+                        tracing::info!(user = %aor, %source, %transport, why, "credentials for an unknown nonce: challenged again");
+                    } else {
+                        tracing::warn!(user = %aor, %source, %transport, why, "authentication failed");
+                    }
                 }
             }
         }
@@ -453,6 +474,45 @@ impl Core {
             r.headers.push(challenge, c);
         }
         Err(r)
+    }
+
+    /// A client that asks for an authentication scheme other than Digest gets a Digest challenge
+    /// it cannot answer, and usually gives up without another word: say so in the log. Microsoft's
+    /// dialect (pidgin-sipe, Lync, Skype for Business) speaks NTLM, Kerberos or TLS-DSK only; its
+    /// first REGISTER carries no credentials but its extensions give it away.
+    fn log_unsupported_auth(&self, flow: Flow, req: &Message, aor: &str, header: &str) {
+        let (source, transport) = (flow.remote, flow.transport.via_token());
+        for value in req.headers.get_all(header) {
+            let scheme = value.split_whitespace().next().unwrap_or_default();
+            if !scheme.eq_ignore_ascii_case("Digest") {
+                tracing::warn!(
+                    user = %aor,
+                    %source,
+                    %transport,
+                    %scheme,
+                    "client offered an authentication scheme this server does not support (Digest only)"
+                );
+                return;
+            }
+        }
+        let microsoft = req.method() == Some("REGISTER")
+            && (req.headers.get("ms-keep-alive").is_some()
+                || req
+                    .headers
+                    .get_all("Supported")
+                    .flat_map(crate::sip::params::split_list)
+                    .any(|s| s.eq_ignore_ascii_case("msrtc-event-categories")));
+        if microsoft {
+            let user_agent = req.headers.get("User-Agent").unwrap_or_default();
+            tracing::warn!(
+                user = %aor,
+                %source,
+                %transport,
+                user_agent,
+                "client speaks Microsoft's SIP dialect (NTLM, Kerberos or TLS-DSK authentication); \
+                 this server offers Digest only, so it will give up"
+            );
+        }
     }
 
     /// Sends a request along a flow with a fresh Via and waits for its final response

@@ -167,20 +167,28 @@ impl Registrar {
         self.bindings.get(aor).map(|bs| bs.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()
     }
 
-    /// Removes expired bindings; returns the addresses of record that lost their last binding.
-    pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
+    /// Removes expired bindings; returns the addresses of record that lost their last binding,
+    /// and each removed binding with its address of record.
+    pub fn expire(&mut self, now: SystemTime) -> (Vec<String>, Vec<(String, Binding)>) {
         let mut emptied = Vec::new();
+        let mut removed = Vec::new();
         let count = &mut self.count;
         self.bindings.retain(|aor, bs| {
             let before = bs.len();
-            bs.retain(|b| b.expires_at > now);
+            bs.retain(|b| {
+                let live = b.expires_at > now;
+                if !live {
+                    removed.push((aor.clone(), b.clone()));
+                }
+                live
+            });
             *count -= before - bs.len();
             if bs.is_empty() {
                 emptied.push(aor.clone());
             }
             !bs.is_empty()
         });
-        emptied
+        (emptied, removed)
     }
 
     /// Number of bindings held.
@@ -230,8 +238,13 @@ mod tests {
         assert_eq!(r.lookup("alice@example.test", now).len(), 2, "a refused request changes nothing");
         let later = now + Duration::from_secs(3601);
         assert_eq!(r.lookup("alice@example.test", later).len(), 1);
-        assert!(r.expire(later).is_empty());
-        assert_eq!(r.expire(now + Duration::from_secs(7201)), vec!["alice@example.test".to_string()]);
+        let uris = |removed: Vec<(String, Binding)>| removed.into_iter().map(|(a, b)| (a, b.uri)).collect::<Vec<_>>();
+        let (emptied, removed) = r.expire(later);
+        assert!(emptied.is_empty());
+        assert_eq!(uris(removed), vec![("alice@example.test".to_string(), "sip:a@1".to_string())]);
+        let (emptied, removed) = r.expire(now + Duration::from_secs(7201));
+        assert_eq!(emptied, vec!["alice@example.test".to_string()]);
+        assert_eq!(uris(removed), vec![("alice@example.test".to_string(), "sip:a@2".to_string())]);
         assert_eq!(r.binding_count(), 0);
     }
 

@@ -57,6 +57,12 @@ impl Baresip {
         if let Some(contacts) = contacts {
             std::fs::write(dir.join("contacts"), contacts).unwrap();
         }
+        Self::start_configured(dir, args)
+    }
+
+    /// Starts baresip on a config directory the caller wrote (`config`, `accounts`, ...).
+    pub fn start_configured(dir: &Path, args: &[&str]) -> Baresip {
+        require_tool("baresip");
         let out = dir.join("baresip.out");
         let file = std::fs::File::create(&out).unwrap();
         let mut child = Command::new("baresip")
@@ -76,10 +82,14 @@ impl Baresip {
         String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
     }
 
-    /// A long command of the stdio UI, e.g. `/contacts`.
+    /// A long command of the stdio UI, e.g. `/contacts`. Panics, saying so, if baresip has
+    /// already exited (e.g. its `-t` time is up): writing to it then fails with EPIPE.
     pub fn command(&mut self, cmd: &str) {
-        self.stdin.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-        self.stdin.flush().unwrap();
+        let sent = self.stdin.write_all(format!("{cmd}\n").as_bytes()).and_then(|()| self.stdin.flush());
+        if let Err(e) = sent {
+            let status = self.child.try_wait().ok().flatten();
+            panic!("baresip did not take {cmd:?} ({e}); exit status {status:?}; output:\n{}", self.output());
+        }
     }
 
     /// Waits until `done` holds for the output; panics with both outputs after `timeout`.

@@ -9,6 +9,8 @@ pub struct Ua {
     pub socket: UdpSocket,
     pub user: String,
     pub server: SocketAddr,
+    /// The password `send_authenticated` answers challenges with (`<user>-password`).
+    pub password: String,
     cseq: u32,
     call_id: String,
     /// The last request sent by `send_authenticated` (to replay it).
@@ -49,6 +51,7 @@ impl Ua {
             socket,
             user: user.into(),
             server,
+            password: format!("{user}-password"),
             cseq: 0,
             call_id: format!("{user}-{}", std::process::id()),
             last_request: String::new(),
@@ -120,7 +123,7 @@ impl Ua {
         let challenge = header(&first, challenge_header).expect("challenge");
         assert!(challenge.contains("algorithm=MD5"), "first challenge is MD5: {challenge}");
         let (realm, nonce) = (param(challenge, "realm"), param(challenge, "nonce"));
-        let ha1 = md5(&format!("{}:{realm}:{}-password", self.user, self.user));
+        let ha1 = md5(&format!("{}:{realm}:{}", self.user, self.password));
         let ha2 = md5(&format!("{method}:{uri}"));
         let response = md5(&format!("{ha1}:{nonce}:00000001:abcdef:auth:{ha2}"));
         let creds = format!(
