@@ -13,7 +13,22 @@ pub const MAX_MESSAGE_BYTES: usize = 65_535;
 
 /// The internal (mutual-TLS) address of a Home Server's Service, as the Front-End dials it.
 pub fn home_server_address(name: &str, namespace: &str, cluster_domain: &str) -> String {
-    format!("{name}.{namespace}.svc.{cluster_domain}:{INTERNAL_PORT}")
+    format!("{}:{INTERNAL_PORT}", service_host(name, namespace, cluster_domain))
+}
+
+/// The hosts a server names itself by in the SIP headers it adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertise {
+    /// For clients: Via, Contact, the client-side Record-Route.
+    pub public: Option<String>,
+    /// For the internal link (a Home Server's Service name; a Front-End's pod IP comes from
+    /// `PARLEY_ADVERTISE_INTERNAL` at run time instead, as replicas share one config).
+    pub internal: Option<String>,
+}
+
+/// The cluster DNS name of a Service.
+pub fn service_host(name: &str, namespace: &str, cluster_domain: &str) -> String {
+    format!("{name}.{namespace}.svc.{cluster_domain}")
 }
 
 /// The config of the server `server_name`; `front_end` is the routing table of a Front-End,
@@ -22,6 +37,7 @@ pub fn build(
     ctx: &BuildContext,
     server_name: &str,
     front_end: Option<&[HomeServerRoute]>,
+    advertise: &Advertise,
 ) -> Result<Config, BuildError> {
     let spec = &ctx.domain.spec;
     let plain = !spec.tls.require_client_tls;
@@ -51,8 +67,8 @@ pub fn build(
             tls: any(SIP_TLS_PORT),
             internal: any(INTERNAL_PORT),
             ops: any(OPS_PORT),
-            advertise: None,
-            advertise_internal: None,
+            advertise: advertise.public.clone(),
+            advertise_internal: advertise.internal.clone(),
         },
         tls: Some(Tls {
             cert: paths::TLS_CERT.into(),
@@ -79,8 +95,9 @@ pub fn render(
     ctx: &BuildContext,
     server_name: &str,
     front_end: Option<&[HomeServerRoute]>,
+    advertise: &Advertise,
 ) -> Result<String, BuildError> {
-    let config = build(ctx, server_name, front_end)?;
+    let config = build(ctx, server_name, front_end, advertise)?;
     Ok(format!("# Written by parley-operator; edits are overwritten.\n{}", config.to_toml()))
 }
 
@@ -114,8 +131,11 @@ mod tests {
                             file: Some(FileDirectory { config_map: "u".into(), key: "k".into() }),
                         };
                     }
-                    parse(&render(&ctx(&d), "corp-home-1", None).unwrap(), Role::Home);
-                    parse(&render(&ctx(&d), "corp-frontend", Some(&routes)).unwrap(), Role::FrontEnd);
+                    parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
+                    parse(
+                        &render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap(),
+                        Role::FrontEnd,
+                    );
                 }
             }
         }
@@ -124,7 +144,7 @@ mod tests {
     #[test]
     fn home_server_config_follows_the_contract() {
         let d = fixtures::domain("corp", 500);
-        let text = render(&ctx(&d), "corp-home-1", None).unwrap();
+        let text = render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap();
         let v = parse(&text, Role::Home);
         assert_eq!(v["sip_domain"].as_str(), Some("example.test"));
         assert_eq!(v["server_name"].as_str(), Some("corp-home-1"));
@@ -158,7 +178,7 @@ mod tests {
                 address: home_server_address("corp-home-2", "ns", "cluster.local"),
             },
         ];
-        let text = render(&ctx(&d), "corp-frontend", Some(&routes)).unwrap();
+        let text = render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap();
         let v = parse(&text, Role::FrontEnd);
         let table = v["frontend"]["home_servers"].as_array().unwrap();
         assert_eq!(table.len(), 2);
@@ -170,7 +190,7 @@ mod tests {
     fn required_client_tls_drops_the_plain_listeners() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.tls.require_client_tls = true;
-        let v = parse(&render(&ctx(&d), "x", None).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert!(v["listen"].get("udp").is_none() && v["listen"].get("tcp").is_none());
         assert_eq!(v["listen"]["tls"].as_str(), Some("0.0.0.0:5061"));
     }
@@ -182,7 +202,7 @@ mod tests {
             ldap: None,
             file: Some(FileDirectory { config_map: "users".into(), key: "u.toml".into() }),
         };
-        let v = parse(&render(&ctx(&d), "x", None).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["backend"].as_str(), Some("file"));
         assert_eq!(v["directory"]["file"].as_str(), Some("/etc/parley/directory/users.toml"));
         assert!(v["directory"].get("url").is_none());
@@ -192,7 +212,7 @@ mod tests {
     fn values_are_escaped() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.directory.ldap.as_mut().unwrap().base_dn = "dc=\"quoted\"\n,dc=x".into();
-        let v = parse(&render(&ctx(&d), "x", None).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["base_dn"].as_str(), Some("dc=\"quoted\"\n,dc=x"));
     }
 }

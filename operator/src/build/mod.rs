@@ -320,14 +320,7 @@ pub fn server_container(
             "--config".into(),
             paths::CONFIG.into(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "PARLEY_INSTANCE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(server_env(component)),
         ports: Some(container_ports(plain)),
         readiness_probe: Some(readiness_probe()),
         liveness_probe: Some(liveness_probe()),
@@ -338,6 +331,24 @@ pub fn server_container(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
+}
+
+/// The server's environment: its pod name and, for a Front-End (replicas share one config), the
+/// pod IP that Home Servers reach this replica at (`PARLEY_ADVERTISE_INTERNAL`).
+fn server_env(component: Component) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![field("PARLEY_INSTANCE", "metadata.name")];
+    if component == Component::FrontEnd {
+        env.push(field("PARLEY_ADVERTISE_INTERNAL", "status.podIP"));
+    }
+    env
 }
 
 /// Volumes every server pod has: its config, its certificate, the directory credentials (or
@@ -471,7 +482,14 @@ pub(crate) mod fixtures {
     pub fn home_server(name: &str, domain: &str) -> HomeServer {
         HomeServer {
             metadata: meta(name),
-            spec: HomeServerSpec { domain: domain.into(), capacity: None, resources: None, storage: None },
+            spec: HomeServerSpec {
+                domain: domain.into(),
+                capacity: None,
+                resources: None,
+                storage: None,
+                service: Default::default(),
+                advertise: None,
+            },
             status: None,
         }
     }
@@ -485,6 +503,7 @@ pub(crate) mod fixtures {
                 service_type: ServiceType::ClusterIP,
                 ports: FrontEndPorts::default(),
                 resources: None,
+                advertise: None,
             },
             status: None,
         }

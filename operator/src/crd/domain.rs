@@ -115,7 +115,8 @@ pub struct FrontEndTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 50))]
     pub replicas: Option<i32>,
-    /// Type of the Service clients connect to.
+    /// Type of the Service clients connect to: the Front-End's or, while the domain has none,
+    /// the Home Server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_type: Option<ServiceType>,
 }
