@@ -2,6 +2,7 @@
 
 mod admin;
 mod directory;
+mod domains;
 mod frontend;
 mod home;
 mod ops;

@@ -161,6 +161,7 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
         shared.directory.clone(),
         shared.metrics.clone(),
     );
+    fe.load_domains().await;
     shared.transports.set_handler(Arc::new(FrontEndHandler(fe.clone())));
     shared.listen(&config, |t, host| fe.set_advertised(t, &host)).await?;
     fe.start_probes();
@@ -210,15 +211,12 @@ async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
         },
         transports.clone(),
         directory.clone(),
-        DigestAuth::new(
-            &config.sip_domain,
-            config.auth.algorithms.clone(),
-            Duration::from_secs(config.auth.nonce_ttl_secs),
-        ),
+        DigestAuth::new(config.auth.algorithms.clone(), Duration::from_secs(config.auth.nonce_ttl_secs)),
         registrar,
         metrics.clone(),
         store,
     );
+    core.load_domains().await;
     let restored = core.restore_presence()?;
     metrics.registrations.store(core.binding_count() as u64, Ordering::Relaxed);
     metrics.subscriptions.store(restored as u64, Ordering::Relaxed);

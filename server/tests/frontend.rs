@@ -22,11 +22,15 @@ struct Deployment {
     front_ends: Vec<Node>,
 }
 
-/// alice on home-1, bob on home-2, carol on home-3; Front-Ends fe-1 and fe-2.
+/// alice on home-1, bob on home-2, carol on home-3, dave of the admitted domain partner.test on
+/// home-3; Front-Ends fe-1 and fe-2.
 fn deploy() -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "deployment-ca");
-    let users = users_file(dir.path(), &[("alice", "home-1"), ("bob", "home-2"), ("carol", "home-3")]);
+    let users = users_file(
+        dir.path(),
+        &[("alice", "home-1"), ("bob", "home-2"), ("carol", "home-3"), ("dave@partner.test", "home-3")],
+    );
     let homes: Vec<Node> = (1..=3).map(|i| Node::start(dir.path(), &format!("home-{i}"), &ca, &users, None)).collect();
     let table: Vec<(String, SocketAddr)> = homes.iter().map(|h| (h.name.clone(), h.internal)).collect();
     let front_ends = (1..=2).map(|i| Node::start(dir.path(), &format!("fe-{i}"), &ca, &users, Some(&table))).collect();
@@ -49,7 +53,7 @@ fn expect_request(ua: &Ua, method: &str) -> (String, SocketAddr) {
 /// `from` sends `text` to `to`'s user while `to` waits for it: (final response, the MESSAGE as
 /// received, where it came from).
 fn message(from: &mut Ua, to: &Ua, text: &str) -> (String, String, SocketAddr) {
-    let uri = format!("sip:{}@example.test", to.user);
+    let uri = format!("sip:{}@{}", to.user, to.domain);
     std::thread::scope(|s| {
         let waiter = s.spawn(|| expect_request(to, "MESSAGE"));
         let r = from.send_authenticated("MESSAGE", &uri, &uri, "Content-Type: text/plain\r\n", text);
@@ -118,6 +122,24 @@ fn users_on_different_home_servers_message_and_watch_each_other_through_either_f
     let r = ghost.send_authenticated("MESSAGE", "sip:nobody@example.test", "sip:nobody@example.test", "", "x");
     assert_eq!(status(&r), 404, "{r}");
     drop(d.dir);
+}
+
+#[test]
+fn a_user_of_an_admitted_domain_signs_in_and_messages_across_home_servers() {
+    let d = deploy();
+    let mut dave = Ua::new("dave", d.front_ends[0].sip).in_domain("partner.test");
+    let mut alice = Ua::new("alice", d.front_ends[1].sip);
+    let r = dave.register(300);
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(status(&alice.register(300)), 200);
+    let (r, m, _) = message(&mut dave, &alice, "from partner.test");
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(m.contains("<sip:dave@partner.test>") && body(&m) == "from partner.test", "{m}");
+    alice.new_call("to-dave");
+    let (r, m, from) = message(&mut alice, &dave, "to partner.test");
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(from, d.front_ends[0].sip, "dave's flow is on fe-1");
+    assert_eq!(body(&m), "to partner.test");
 }
 
 #[test]

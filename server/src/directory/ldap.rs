@@ -69,6 +69,13 @@ impl LdapDirectory {
 
     /// Base DN to search for users of `domain`.
     async fn base_for(&self, domain: &str) -> Result<String, DirectoryError> {
+        let domains = self.admitted().await?;
+        Ok(domains.get(domain).cloned().unwrap_or_else(|| self.base_dn.clone()))
+    }
+
+    /// The SIP domains of the global settings (`prep enterprise`, `prep domainadd`) with their
+    /// users' base DN.
+    async fn admitted(&self) -> Result<HashMap<String, String>, DirectoryError> {
         let domains = match self.domains.get("") {
             Some(d) => d,
             None => {
@@ -92,7 +99,7 @@ impl LdapDirectory {
                 map
             }
         };
-        Ok(domains.get(domain).cloned().unwrap_or_else(|| self.base_dn.clone()))
+        Ok(domains)
     }
 
     async fn lookup(&self, address: &str) -> Result<Option<User>, DirectoryError> {
@@ -133,6 +140,10 @@ impl Directory for LdapDirectory {
             self.users.put(address, answer.clone());
             Ok(answer)
         })
+    }
+
+    fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>> {
+        Box::pin(async move { Ok(self.admitted().await?.into_keys().collect()) })
     }
 
     fn is_ready(&self) -> BoxFuture<'_, bool> {

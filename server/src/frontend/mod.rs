@@ -15,6 +15,7 @@
 
 use crate::config::HomeServerRoute;
 use crate::directory::{Directory, DirectoryError};
+use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
 use crate::sip::message::{Limits, parse_datagram};
 use crate::sip::response::{from_headers, reason_phrase};
@@ -62,6 +63,8 @@ pub struct FrontEnd {
     directory: Arc<dyn Directory>,
     metrics: Arc<Metrics>,
     tokens: FlowTokens,
+    /// The SIP domains whose users the Home Servers serve.
+    domains: Domains,
     homes: Vec<HomeServer>,
     /// A user's Home Server (index into `homes`, `None`: no such user) and when that was read.
     cache: Mutex<HashMap<String, (Option<usize>, Instant)>>,
@@ -110,12 +113,14 @@ impl FrontEnd {
                 stats.entry(h.name.clone()).or_default().up = true;
             }
         }
+        let domains = Domains::new(&settings.domain, &settings.domain_aliases);
         Arc::new(FrontEnd {
             settings,
             transports,
             directory,
             metrics,
             tokens: FlowTokens::new(),
+            domains,
             homes,
             cache: Mutex::new(HashMap::new()),
             advertised: Mutex::new(HashMap::new()),
@@ -135,7 +140,7 @@ impl FrontEnd {
         let a = self.advertised.lock().expect("advertised");
         match a.get(&transport).or_else(|| a.values().next()) {
             Some((host, port)) => format!("{host}:{port}"),
-            None => self.settings.domain.clone(),
+            None => self.domains.primary().to_string(),
         }
     }
 
@@ -146,8 +151,10 @@ impl FrontEnd {
         self.advertised.lock().expect("advertised").values().any(|(h, p)| *h == host && port.is_none_or(|q| q == *p))
     }
 
-    fn is_local_host(&self, host: &str) -> bool {
-        host == self.settings.domain || self.settings.domain_aliases.iter().any(|a| a == host)
+    /// Reads the domains the directory admits (then again on every probe round; the directory
+    /// caches).
+    pub async fn load_domains(&self) {
+        self.domains.refresh(self.directory.as_ref()).await;
     }
 
     /// Probes Home Servers marked down, so they are used again as soon as they answer.
@@ -158,6 +165,7 @@ impl FrontEnd {
             loop {
                 tick.tick().await;
                 fe.fail_orphaned_forwards().await;
+                fe.domains.refresh(fe.directory.as_ref()).await;
                 for i in 0..fe.homes.len() {
                     if !fe.homes[i].up.load(Relaxed) {
                         fe.probe(i).await;
@@ -368,11 +376,9 @@ impl FrontEnd {
                     Ok(uri.clone())
                 };
                 let aor = match target {
-                    Ok(t) => match t.user() {
-                        Some(user) if self.is_local_host(&t.host()) => {
-                            format!("{}@{}", user.to_ascii_lowercase(), self.settings.domain)
-                        }
-                        _ => return self.reply(flow, &req, 404, "Domain Not Served Here", false).await,
+                    Ok(t) => match self.domains.aor(&t) {
+                        Some(aor) => aor,
+                        None => return self.reply(flow, &req, 404, "Domain Not Served Here", false).await,
                     },
                     Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false).await,
                 };

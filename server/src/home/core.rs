@@ -86,6 +86,8 @@ pub struct Core {
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Store,
     pub(super) presence: Mutex<PresenceState>,
+    /// The SIP domains served here.
+    pub(super) domains: crate::domains::Domains,
     /// Serialises notification rounds so each subscriber sees NOTIFYs in the order of changes.
     pub(super) notify_lock: tokio::sync::Mutex<()>,
     server_txns: Mutex<ServerTransactions>,
@@ -107,6 +109,7 @@ impl Core {
         store: Store,
     ) -> Arc<Core> {
         let timers = settings.timers;
+        let domains = crate::domains::Domains::new(&settings.domain, &settings.domain_aliases);
         Arc::new(Core {
             settings,
             transports,
@@ -116,12 +119,18 @@ impl Core {
             metrics,
             store,
             presence: Mutex::new(PresenceState::default()),
+            domains,
             notify_lock: tokio::sync::Mutex::new(()),
             server_txns: Mutex::new(ServerTransactions::new(timers)),
             client_txns: Mutex::new(ClientTransactions::new(timers)),
             via_hosts: Mutex::new(HashMap::new()),
             tag: format!("{:016x}", rand::random::<u64>()),
         })
+    }
+
+    /// Reads the domains the directory admits (then again every second; the directory caches).
+    pub async fn load_domains(&self) {
+        self.domains.refresh(self.directory.as_ref()).await;
     }
 
     pub fn set_via_host(&self, transport: Transport, host: String) {
@@ -159,6 +168,7 @@ impl Core {
                             sweeper.run_after(After::PresenceChanged(aor)).await;
                         }
                         sweeper.presence_sweep(now).await;
+                        sweeper.domains.refresh(sweeper.directory.as_ref()).await;
                     });
                 }
             }
@@ -346,15 +356,14 @@ impl Core {
         None
     }
 
-    /// Whether a URI host is this server's SIP domain (or one of its aliases).
+    /// Whether a URI host is a SIP domain served here (or an alias of it).
     pub(super) fn is_local_host(&self, host: &str) -> bool {
-        host == self.settings.domain || self.settings.domain_aliases.iter().any(|a| a == host)
+        self.domains.is_local(host)
     }
 
-    /// The address of record (`user@domain`) a URI names, if it is one of this domain's.
+    /// The address of record (`user@domain`) a URI names, if its domain is served here.
     pub(super) fn local_aor(&self, uri: &crate::sip::uri::SipUri) -> Option<String> {
-        let user = uri.user()?;
-        self.is_local_host(&uri.host()).then(|| format!("{user}@{}", self.settings.domain))
+        self.domains.aor(uri)
     }
 
     /// Where requests along a Route set go: over the internal link, the connection the request
@@ -440,15 +449,16 @@ impl Core {
             Ok(u) => u,
             Err(e) => return Err(self.unavailable(req, &e)),
         };
-        let realm = format!("realm=\"{}\"", self.settings.domain);
-        let creds = req.headers.get_all(header).find(|v| v.contains(&realm));
+        let realm = realm_of(aor);
+        let quoted = format!("realm=\"{realm}\"");
+        let creds = req.headers.get_all(header).find(|v| v.contains(&quoted));
         if creds.is_none() {
             self.log_unsupported_auth(flow, req, aor, header);
         }
         let now = SystemTime::now();
         let mut stale = false;
         if let Some(creds) = creds {
-            match self.auth.verify(creds, req.method().unwrap_or_default(), user.as_ref(), now) {
+            match self.auth.verify(creds, realm, req.method().unwrap_or_default(), user.as_ref(), now) {
                 super::auth::Verdict::Ok => {
                     let user = user.expect("verified users exist");
                     if !user.enabled {
@@ -470,7 +480,7 @@ impl Core {
             }
         }
         let mut r = self.respond(req, code);
-        for c in self.auth.challenges(stale, now) {
+        for c in self.auth.challenges(realm, stale, now) {
             r.headers.push(challenge, c);
         }
         Err(r)
@@ -592,6 +602,11 @@ impl Core {
             let _ = core.transports.send(&reply_flow, r.to_bytes()).await;
         });
     }
+}
+
+/// The digest realm of a user: the domain of their address (what `user add` hashes with).
+pub(super) fn realm_of(aor: &str) -> &str {
+    aor.rsplit_once('@').map_or(aor, |(_, d)| d)
 }
 
 /// The transports hand every message here.

@@ -41,13 +41,15 @@ impl Ca {
     }
 }
 
-/// A users file: each `(user, home server)` with the password `<user>-password`.
+/// A users file: each `(user, home server)` with the password `<user>-password`; a user without
+/// a domain is of `example.test`. The digest realm is the user's domain.
 pub fn users_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
     let text: String = users
         .iter()
-        .map(|(u, home)| {
-            let ha1 = hex::encode(<md5::Md5 as md5::Digest>::digest(format!("{u}:{DOMAIN}:{u}-password")));
-            format!("[[users]]\naddress = \"{u}@{DOMAIN}\"\nhome_server = \"{home}\"\nha1_md5 = \"{ha1}\"\n")
+        .map(|(address, home)| {
+            let (u, domain) = address.split_once('@').unwrap_or((address, DOMAIN));
+            let ha1 = hex::encode(<md5::Md5 as md5::Digest>::digest(format!("{u}:{domain}:{u}-password")));
+            format!("[[users]]\naddress = \"{u}@{domain}\"\nhome_server = \"{home}\"\nha1_md5 = \"{ha1}\"\n")
         })
         .collect();
     let path = dir.join("users.toml");

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct Ua {
     pub socket: UdpSocket,
     pub user: String,
+    /// The user's SIP domain (`example.test` unless `in_domain` says otherwise).
+    pub domain: String,
     pub server: SocketAddr,
     /// The password `send_authenticated` answers challenges with (`<user>-password`).
     pub password: String,
@@ -50,12 +52,19 @@ impl Ua {
         Ua {
             socket,
             user: user.into(),
+            domain: "example.test".into(),
             server,
             password: format!("{user}-password"),
             cseq: 0,
             call_id: format!("{user}-{}", std::process::id()),
             last_request: String::new(),
         }
+    }
+
+    /// The same user agent for a user of another SIP domain.
+    pub fn in_domain(mut self, domain: &str) -> Ua {
+        self.domain = domain.into();
+        self
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -98,11 +107,12 @@ impl Ua {
         let local = self.local();
         format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}{};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:{user}@example.test>;tag={user}tag\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             From: <sip:{user}@{domain}>;tag={user}tag\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
              Contact: <sip:{user}@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
             self.call_id,
             self.cseq,
             user = self.user,
+            domain = self.domain,
             cid = self.call_id,
             cseq = self.cseq,
             len = body.len()
@@ -138,8 +148,9 @@ impl Ua {
     }
 
     pub fn register(&mut self, expires: u32) -> String {
-        let to = format!("sip:{}@example.test", self.user);
-        self.send_authenticated("REGISTER", "sip:example.test", &to, &format!("Expires: {expires}\r\n"), "")
+        let to = format!("sip:{}@{}", self.user, self.domain);
+        let uri = format!("sip:{}", self.domain);
+        self.send_authenticated("REGISTER", &uri, &to, &format!("Expires: {expires}\r\n"), "")
     }
 
     /// Answers a received request with `code`, copying the dialog headers.
@@ -162,7 +173,7 @@ impl Ua {
     /// Publishes `pidf` as this user (refreshing the publication `if_match`, if any), expects 200
     /// and returns the new SIP-ETag.
     pub fn publish(&mut self, pidf: &str, if_match: Option<&str>, expires: u32) -> String {
-        let uri = format!("sip:{}@example.test", self.user);
+        let uri = format!("sip:{}@{}", self.user, self.domain);
         let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
         let extra = format!("Event: presence\r\nExpires: {expires}\r\n{m}Content-Type: application/pidf+xml\r\n");
         let r = self.send_authenticated("PUBLISH", &uri, &uri, &extra, pidf);

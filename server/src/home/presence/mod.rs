@@ -548,7 +548,8 @@ impl Core {
                     Some((_, u)) if u == path => self.directory.find_user(aor).await.ok().flatten(),
                     _ => None,
                 };
-                if matches!(self.auth.verify(value, method, user.as_ref(), now), super::auth::Verdict::Ok)
+                let realm = super::core::realm_of(aor);
+                if matches!(self.auth.verify(value, realm, method, user.as_ref(), now), super::auth::Verdict::Ok)
                     && user.is_some_and(|u| u.enabled)
                 {
                     return Ok(());
@@ -556,7 +557,7 @@ impl Core {
                 self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        Err(self.auth.challenges(false, now))
+        Err(self.auth.challenges(super::core::realm_of(aor), false, now))
     }
 
     pub fn domain(&self) -> &str {
