@@ -36,6 +36,16 @@ fn check_config_accepts_the_example_and_names_a_bad_key() {
 }
 
 #[test]
+fn the_multi_server_demo_configs_are_valid_for_their_roles() {
+    let dir = support::repo_root().join("examples/multi");
+    for (file, role) in [("frontend.toml", "frontend"), ("home-1.toml", "home"), ("home-2.toml", "home")] {
+        let path = dir.join(file);
+        let (ok, out, err) = parley(&["check-config", "--role", role, "--config", path.to_str().unwrap()], "");
+        assert!(ok, "{file}: {out}{err}");
+    }
+}
+
+#[test]
 fn user_hash_matches_the_sample_directory() {
     let (ok, out, err) = parley(&["user", "hash", "alice@example.test"], "alice-password\n");
     assert!(ok, "{err}");

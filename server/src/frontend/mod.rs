@@ -365,7 +365,7 @@ impl FrontEnd {
             // In-dialog: the Request-URI is a Home Server's own Contact.
             Some(i) => i,
             None => {
-                if uri.user().is_none() && self.is_own(&uri) {
+                if method != "REGISTER" && uri.user().is_none() && self.is_own(&uri) {
                     // For this instance itself: load balancers and monitors ask OPTIONS.
                     let code = if method == "OPTIONS" { 200 } else { 404 };
                     return self.reply(flow, &req, code, reason_phrase(code), false).await;
