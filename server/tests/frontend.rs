@@ -9,6 +9,7 @@ mod support;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::baresip::{Baresip, plain};
 use support::cluster::{Ca, Node, users_file};
 use support::pidf::PIDF_AWAY;
 use support::ua::{Ua, body, header, status};
@@ -122,6 +123,60 @@ fn users_on_different_home_servers_message_and_watch_each_other_through_either_f
     let r = ghost.send_authenticated("MESSAGE", "sip:nobody@example.test", "sip:nobody@example.test", "", "x");
     assert_eq!(status(&r), 404, "{r}");
     drop(d.dir);
+}
+
+/// Debian's baresip 1.0 as bob, signed in through fe-1 over TLS (trusting the deployment CA; see
+/// baresip.rs for what this baresip checks), watching alice, who is homed on another Home Server
+/// and signed in through fe-2.
+#[test]
+fn baresip_through_a_front_end_over_tls_gets_messages_and_presence_from_another_home_server() {
+    let d = deploy();
+    let (fe1, fe2) = (&d.front_ends[0], &d.front_ends[1]);
+    let mut alice = Ua::new("alice", fe2.sip);
+    assert_eq!(status(&alice.register(300)), 200);
+    let account = format!(
+        "<sip:bob@example.test;transport=tls>;auth_pass=bob-password;regint=300;\
+         outbound=\"sip:{}:{};transport=tls\"",
+        fe1.tls.ip(),
+        fe1.tls.port()
+    );
+    let baresip = Baresip::start(
+        &d.dir.path().join("baresip"),
+        &d.ca.cert,
+        &account,
+        &["contact.so", "presence.so"],
+        Some("\"Alice\" <sip:alice@example.test>;presence=p2p\n"),
+        &["-t", "30"],
+    );
+    let logs = || d.homes.iter().chain(&d.front_ends).map(|n| format!("--- {}\n{}", n.name, n.log_text())).collect();
+    let out = baresip.wait_until("200 to REGISTER", WAIT * 2, &logs, |t| t.contains("200 OK () [1 binding]"));
+    assert!(out.contains("{0/TLS/v4} 200 OK"), "{out}");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    let text = "hello bob, from home-1 through both Front-Ends";
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let to = "sip:bob@example.test";
+            let _ = tx.send(alice.send_authenticated("MESSAGE", to, to, "Content-Type: text/plain\r\n", text));
+        });
+        let answer = rx.recv_timeout(WAIT * 2).expect("alice's MESSAGE is answered");
+        assert_eq!(status(&answer), 200, "{answer}");
+    });
+    let shown = format!("sip:alice@example.test: \"{text}\"");
+    baresip.wait_until("the message", WAIT, &logs, |t| t.contains(&shown));
+
+    // baresip subscribes to alice (through fe-1, to home-1) a moment after signing in; once it
+    // has, her publication reaches it.
+    let deadline = Instant::now() + WAIT;
+    while !d.homes[0].log_text().contains("subscription started user=bob@example.test") {
+        assert!(Instant::now() < deadline, "baresip did not subscribe to alice:\n{}", baresip.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    alice.new_call("publish");
+    alice.publish(PIDF_AWAY, None, 300);
+    baresip.wait_until("alice's new status", WAIT, &logs, |t| {
+        plain(t).contains("<sip:alice@example.test> changed status from Online to Offline")
+    });
 }
 
 #[test]

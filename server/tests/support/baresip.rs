@@ -94,6 +94,18 @@ impl Baresip {
 
     /// Waits until `done` holds for the output; panics with both outputs after `timeout`.
     pub fn wait_for(&self, server: &Server, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        self.wait_until(what, timeout, &|| server.log_text(), done)
+    }
+
+    /// Waits until `done` holds for the output; panics with it and `context()` (e.g. the servers'
+    /// logs) after `timeout`.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        context: &dyn Fn() -> String,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.output();
@@ -101,7 +113,7 @@ impl Baresip {
                 return text;
             }
             if Instant::now() > deadline {
-                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", server.log_text());
+                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", context());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -113,4 +125,23 @@ impl Drop for Baresip {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The output without the ANSI colour codes baresip puts around status names.
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

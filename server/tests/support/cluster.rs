@@ -66,6 +66,8 @@ pub struct Node {
     pub log: PathBuf,
     /// SIP over UDP and TCP, for clients.
     pub sip: SocketAddr,
+    /// SIP over TLS, for clients (the server's certificate, from the deployment CA).
+    pub tls: SocketAddr,
     pub internal: SocketAddr,
     pub ops: SocketAddr,
 }
@@ -74,7 +76,7 @@ impl Node {
     /// Writes the config of a server and starts it. `frontend` is the routing table of a
     /// Front-End (`None` for a Home Server).
     pub fn start(dir: &Path, name: &str, ca: &Ca, users: &Path, frontend: Option<&[(String, SocketAddr)]>) -> Node {
-        let (sip, internal, ops) = (free_port(), free_port(), free_port());
+        let (sip, tls, internal, ops) = (free_port(), free_port(), free_port(), free_port());
         let own = dir.join(name);
         std::fs::create_dir_all(&own).unwrap();
         let (cert, key) = ca.issue(&own, name);
@@ -87,7 +89,8 @@ impl Node {
             .unwrap_or_default();
         let config = format!(
             "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\nserver_name = \"{name}\"\n\
-             [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ninternal = \"127.0.0.1:{internal}\"\n\
+             [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\n\
+             internal = \"127.0.0.1:{internal}\"\n\
              ops = \"127.0.0.1:{ops}\"\n\
              [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
              [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
@@ -103,6 +106,7 @@ impl Node {
             config: config_path,
             log: own.join("server.log"),
             sip: SocketAddr::from(([127, 0, 0, 1], sip)),
+            tls: SocketAddr::from(([127, 0, 0, 1], tls)),
             internal: SocketAddr::from(([127, 0, 0, 1], internal)),
             ops: SocketAddr::from(([127, 0, 0, 1], ops)),
         };
