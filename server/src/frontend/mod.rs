@@ -195,7 +195,7 @@ impl FrontEnd {
         for (home, client, response) in failed {
             self.mark(home, false);
             self.metrics.count_response(503);
-            let _ = self.transports.send(&client, response).await;
+            self.emit(client, response);
         }
     }
 
@@ -283,8 +283,22 @@ impl FrontEnd {
         Ok(home)
     }
 
+    /// Sends without waiting, so that what this instance relays leaves in the order it was read
+    /// (a subscriber's NOTIFYs, say); only when that cannot be done at once (no open connection, a
+    /// full queue) does a task wait for it.
+    fn emit(&self, flow: Flow, data: Bytes) {
+        if self.transports.send_now(&flow, data.clone()).is_err() {
+            let transports = self.transports.clone();
+            tokio::spawn(async move {
+                if let Err(e) = transports.send(&flow, data).await {
+                    tracing::debug!(error = %e, remote = %flow.remote, "not sent");
+                }
+            });
+        }
+    }
+
     /// A response generated here, sent back along the request's flow.
-    async fn reply(&self, flow: Flow, req: &Message, code: u16, reason: &str, retry_after: bool) {
+    fn reply(&self, flow: Flow, req: &Message, code: u16, reason: &str, retry_after: bool) {
         let mut r = from_headers(&req.headers, code, reason, &self.tag);
         if retry_after {
             r.headers.push("Retry-After", RETRY_AFTER);
@@ -295,10 +309,12 @@ impl FrontEnd {
             (Transport::Udp, Some(via)) => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
             _ => flow,
         };
-        let _ = self.transports.send(&target, r.to_bytes()).await;
+        self.emit(target, r.to_bytes());
     }
 
-    async fn on_request(self: Arc<Self>, flow: Flow, mut req: Message) {
+    /// Everything but a request for a user is handled here, in the order messages arrive; a
+    /// request that needs the directory or a new connection continues on a task of its own.
+    fn on_request(self: &Arc<Self>, flow: Flow, mut req: Message) {
         let method = req.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
         let Some(incoming_via) = stamp_top_via(&mut req, flow.remote) else {
@@ -311,9 +327,9 @@ impl FrontEnd {
             req.headers.remove("P-Asserted-Identity");
         }
         match req.headers.get("Max-Forwards").map(|v| v.trim().parse::<u8>()) {
-            Some(Ok(0)) => return self.reply(flow, &req, 483, reason_phrase(483), false).await,
+            Some(Ok(0)) => return self.reply(flow, &req, 483, reason_phrase(483), false),
             Some(Ok(n)) => req.headers.set("Max-Forwards", (n - 1).to_string()),
-            Some(Err(_)) => return self.reply(flow, &req, 400, "Bad Max-Forwards", false).await,
+            Some(Err(_)) => return self.reply(flow, &req, 400, "Bad Max-Forwards", false),
             None => req.headers.push("Max-Forwards", "69"),
         }
         // Route entries naming this instance are used up here; a flow token in one of them (from
@@ -322,7 +338,7 @@ impl FrontEnd {
         while let Some(top) = req.headers.get("Route").and_then(|r| crate::sip::params::split_list(r).first().copied())
         {
             let Ok(route) = NameAddr::parse(top) else {
-                return self.reply(flow, &req, 400, "Bad Route header", false).await;
+                return self.reply(flow, &req, 400, "Bad Route header", false);
             };
             if !self.is_own(&route.uri) {
                 break;
@@ -335,13 +351,16 @@ impl FrontEnd {
             }
         }
         match client {
-            Some(client) => self.to_client(flow, req, client, &incoming_via).await,
-            None => self.to_home_server(flow, req, &method, &incoming_via).await,
+            Some(client) => self.to_client(flow, req, client, &incoming_via),
+            None => {
+                let fe = self.clone();
+                tokio::spawn(async move { fe.to_home_server(flow, req, &method, &incoming_via).await });
+            }
         }
     }
 
     /// A request from a Home Server to a client whose connection this instance holds.
-    async fn to_client(&self, from: Flow, mut req: Message, client: Flow, incoming_via: &Via) {
+    fn to_client(&self, from: Flow, mut req: Message, client: Flow, incoming_via: &Via) {
         let host = self.advertised(client.transport);
         let branch = stateless_branch(incoming_via, req.request_uri().unwrap_or_default(), "c");
         let token = self.tokens.encode(&from);
@@ -349,9 +368,10 @@ impl FrontEnd {
             "Via",
             format!("SIP/2.0/{} {host};branch={branch};{FLOW_PARAM}={token}", client.transport.via_token()),
         );
-        if self.transports.send(&client, req.to_bytes()).await.is_err() {
+        if self.transports.send_now(&client, req.to_bytes()).is_err() {
             // RFC 5626 section 5.3: the flow is gone; the Home Server may try another contact.
-            self.reply(from, &req, 430, "Flow Failed", false).await;
+            req.headers.pop_first_value("Via");
+            self.reply(from, &req, 430, "Flow Failed", false);
         }
     }
 
@@ -359,7 +379,7 @@ impl FrontEnd {
     async fn to_home_server(&self, flow: Flow, mut req: Message, method: &str, incoming_via: &Via) {
         let uri = match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) => u,
-            Err(e) => return self.reply(flow, &req, 400, &format!("Bad Request-URI: {e}"), false).await,
+            Err(e) => return self.reply(flow, &req, 400, &format!("Bad Request-URI: {e}"), false),
         };
         let home = match self.homes.iter().position(|h| names_home(&uri, &h.address)) {
             // In-dialog: the Request-URI is a Home Server's own Contact.
@@ -368,7 +388,7 @@ impl FrontEnd {
                 if method != "REGISTER" && uri.user().is_none() && self.is_own(&uri) {
                     // For this instance itself: load balancers and monitors ask OPTIONS.
                     let code = if method == "OPTIONS" { 200 } else { 404 };
-                    return self.reply(flow, &req, code, reason_phrase(code), false).await;
+                    return self.reply(flow, &req, code, reason_phrase(code), false);
                 }
                 let target = if method == "REGISTER" {
                     NameAddr::parse(req.headers.get("To").unwrap_or_default()).map(|n| n.uri)
@@ -378,22 +398,22 @@ impl FrontEnd {
                 let aor = match target {
                     Ok(t) => match self.domains.aor(&t) {
                         Some(aor) => aor,
-                        None => return self.reply(flow, &req, 404, "Domain Not Served Here", false).await,
+                        None => return self.reply(flow, &req, 404, "Domain Not Served Here", false),
                     },
-                    Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false).await,
+                    Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false),
                 };
                 match self.home_of(&aor).await {
                     Ok(Some(i)) => i,
-                    Ok(None) => return self.reply(flow, &req, 404, "Not Found", false).await,
+                    Ok(None) => return self.reply(flow, &req, 404, "Not Found", false),
                     Err(e) => {
                         tracing::warn!(error = %e, "directory lookup failed");
-                        return self.reply(flow, &req, 503, "Directory Unavailable", true).await;
+                        return self.reply(flow, &req, 503, "Directory Unavailable", true);
                     }
                 }
             }
         };
         if !self.homes[home].up.load(Relaxed) {
-            return self.reply(flow, &req, 503, "Home Server Unavailable", true).await;
+            return self.reply(flow, &req, 503, "Home Server Unavailable", true);
         }
         let internal = self.advertised(Transport::Internal);
         let token = self.tokens.encode(&flow);
@@ -431,14 +451,14 @@ impl FrontEnd {
         if self.send_to_home(home, req.to_bytes()).await.is_err() {
             self.pending.lock().expect("pending").remove(&branch);
             req.headers.pop_first_value("Via");
-            return self.reply(flow, &req, 503, "Home Server Unavailable", true).await;
+            return self.reply(flow, &req, 503, "Home Server Unavailable", true);
         }
         let mut stats = self.metrics.home_servers.lock().expect("home server stats");
         stats.entry(self.homes[home].name.clone()).or_default().forwarded += 1;
     }
 
     /// Responses follow the Via this instance added: its flow token says where they go.
-    async fn on_response(&self, flow: Flow, mut resp: Message) {
+    fn on_response(&self, flow: Flow, mut resp: Message) {
         let Some(top) = resp.headers.pop_first_value("Via") else {
             self.metrics.malformed_responses.fetch_add(1, Relaxed);
             return;
@@ -478,12 +498,10 @@ impl FrontEnd {
             },
             _ => target,
         };
-        if let Err(e) = self.transports.send(&target, resp.to_bytes()).await {
-            tracing::debug!(error = %e, remote = %target.remote, "response not relayed");
-        }
+        self.emit(target, resp.to_bytes());
     }
 
-    async fn on_malformed(&self, flow: Flow, e: ParseError) {
+    fn on_malformed(&self, flow: Flow, e: ParseError) {
         if !e.is_request {
             self.metrics.malformed_responses.fetch_add(1, Relaxed);
             return;
@@ -500,7 +518,7 @@ impl FrontEnd {
             Transport::Udp => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
             _ => flow,
         };
-        let _ = self.transports.send(&target, r.to_bytes()).await;
+        self.emit(target, r.to_bytes());
     }
 }
 
@@ -510,20 +528,17 @@ fn names_home(uri: &SipUri, address: &str) -> bool {
     uri.user() == Some("parley") && uri.host() == host.to_ascii_lowercase() && uri.port() == Some(port)
 }
 
-/// The transports hand every message here; each is handled on its own task (directory lookups
-/// and connection set-up may wait).
+/// The transports hand every message here, in the order each connection delivers them.
 pub struct FrontEndHandler(pub Arc<FrontEnd>);
 
 impl Handler for FrontEndHandler {
     fn on_message(&self, flow: Flow, data: Bytes) {
-        let fe = self.0.clone();
-        tokio::spawn(async move {
-            match parse_datagram(&data, &fe.settings.limits) {
-                Ok(msg) if msg.is_request() => fe.on_request(flow, msg).await,
-                Ok(msg) => fe.on_response(flow, msg).await,
-                Err(e) => fe.on_malformed(flow, e).await,
-            }
-        });
+        let fe = &self.0;
+        match parse_datagram(&data, &fe.settings.limits) {
+            Ok(msg) if msg.is_request() => fe.on_request(flow, msg),
+            Ok(msg) => fe.on_response(flow, msg),
+            Err(e) => fe.on_malformed(flow, e),
+        }
     }
 }
 

@@ -308,6 +308,26 @@ impl Transports {
         }
     }
 
+    /// Queues bytes on a flow without waiting, so that calls leave in the order they were made.
+    /// Fails when the flow has no open connection or its queue (or the UDP socket) is full; the
+    /// caller may then fall back to `send`, which waits and connects.
+    pub fn send_now(&self, flow: &Flow, data: Bytes) -> Result<(), SendError> {
+        if flow.transport == Transport::Udp {
+            let socket = self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))?;
+            socket.try_send_to(&data, flow.remote)?;
+            return Ok(());
+        }
+        let conns = self.conns.lock().expect("conns");
+        let found = conns.get(&flow.conn).or_else(|| {
+            let id = self.by_remote.lock().expect("by_remote").get(&(flow.transport, flow.remote)).copied()?;
+            conns.get(&id)
+        });
+        match found {
+            Some(c) => c.tx.try_send(data).map_err(|_| SendError::NoConnection(flow.remote)),
+            None => Err(SendError::NoConnection(flow.remote)),
+        }
+    }
+
     /// Opens a connection (plain TCP, or mutual TLS on the internal link), sends `first` on it and
     /// reads from it like an accepted one.
     async fn connect(

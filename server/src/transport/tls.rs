@@ -35,32 +35,41 @@ fn load_key(cert: &Path, key: &Path) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(certified))
 }
 
-/// The server's certificate and key, re-read when the certificate file's modification time
-/// changes; a file that fails to load keeps the previous pair in use (and says so).
+/// The server's certificate and key, re-read when either file's modification time changes; a
+/// pair that fails to load keeps the previous one in use (and says so, once per change).
 #[derive(Debug)]
 pub struct ReloadingKey {
     cert: PathBuf,
     key: PathBuf,
-    current: Mutex<(Option<SystemTime>, Arc<CertifiedKey>)>,
+    /// The files' modification times when last read, and the pair in use.
+    current: Mutex<(Stamp, Arc<CertifiedKey>)>,
 }
+
+type Stamp = (Option<SystemTime>, Option<SystemTime>);
 
 impl ReloadingKey {
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Arc<ReloadingKey>> {
+        let stamp = Self::stamp(cert, key);
         let loaded = load_key(cert, key)?;
-        let mtime = std::fs::metadata(cert).and_then(|m| m.modified()).ok();
-        Ok(Arc::new(ReloadingKey { cert: cert.into(), key: key.into(), current: Mutex::new((mtime, loaded)) }))
+        Ok(Arc::new(ReloadingKey { cert: cert.into(), key: key.into(), current: Mutex::new((stamp, loaded)) }))
+    }
+
+    fn stamp(cert: &Path, key: &Path) -> Stamp {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (modified(cert), modified(key))
     }
 
     fn get(&self) -> Arc<CertifiedKey> {
         let mut current = self.current.lock().expect("tls key");
-        let mtime = std::fs::metadata(&self.cert).and_then(|m| m.modified()).ok();
-        if mtime != current.0 {
+        let stamp = Self::stamp(&self.cert, &self.key);
+        if stamp != current.0 {
+            current.0 = stamp;
             match load_key(&self.cert, &self.key) {
                 Ok(k) => {
                     tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                    *current = (mtime, k);
+                    current.1 = k;
                 }
-                // Mid-rotation the key may not match yet: keep the old pair, try again next time.
+                // Mid-rotation the key may not match yet: keep the old pair until a file changes.
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "TLS certificate not reloaded"),
             }
         }
@@ -224,6 +233,36 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let write = |name: &str, when: u64| {
+            let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            // The modification time is what is watched; set it, as file systems count coarsely.
+            let f = std::fs::File::options().write(true).open(&cert).unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(when)).unwrap();
+            made.cert.der().to_vec()
+        };
+        let first = write("first.test", 1_000);
+        let keys = ReloadingKey::load(&cert, &key).unwrap();
+        assert_eq!(keys.get().cert[0].as_ref(), first.as_slice());
+        let second = write("second.test", 2_000);
+        assert_eq!(keys.get().cert[0].as_ref(), second.as_slice(), "the renewed pair is served");
+        // Half-way through a rotation (certificate written, key not yet): keep serving the old pair.
+        let made = rcgen::generate_simple_self_signed(vec!["third.test".to_string()]).unwrap();
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        let f = std::fs::File::options().write(true).open(&cert).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3_000)).unwrap();
+        assert_eq!(keys.get().cert[0].as_ref(), second.as_slice(), "a mismatched pair is not taken");
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        let f = std::fs::File::options().write(true).open(&key).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(3_001)).unwrap();
+        assert_eq!(keys.get().cert[0].as_ref(), made.cert.der().as_ref(), "then its key arrives");
+    }
 
     #[test]
     fn self_signed_certificate_loads_once() {

@@ -76,7 +76,6 @@ impl Node {
     /// Writes the config of a server and starts it. `frontend` is the routing table of a
     /// Front-End (`None` for a Home Server).
     pub fn start(dir: &Path, name: &str, ca: &Ca, users: &Path, frontend: Option<&[(String, SocketAddr)]>) -> Node {
-        let (sip, tls, internal, ops) = (free_port(), free_port(), free_port(), free_port());
         let own = dir.join(name);
         std::fs::create_dir_all(&own).unwrap();
         let (cert, key) = ca.issue(&own, name);
@@ -87,34 +86,48 @@ impl Node {
                 format!("[frontend]\nhome_servers = [{}]\nprobe_interval_ms = 100\n", rows.join(", "))
             })
             .unwrap_or_default();
-        let config = format!(
-            "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\nserver_name = \"{name}\"\n\
-             [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\n\
-             internal = \"127.0.0.1:{internal}\"\n\
-             ops = \"127.0.0.1:{ops}\"\n\
-             [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
-             [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
-             [directory]\nbackend = \"file\"\nfile = {users:?}\n{table}",
-            ca = ca.cert,
+        // Ports are picked free, but another test may take one before the server binds it: then
+        // the server exits at once, and it gets other ports.
+        for _attempt in 0..3 {
+            let (sip, tls, internal, ops) = (free_port(), free_port(), free_port(), free_port());
+            let config = format!(
+                "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\nserver_name = \"{name}\"\n\
+                 [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\n\
+                 internal = \"127.0.0.1:{internal}\"\nops = \"127.0.0.1:{ops}\"\n\
+                 [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
+                 [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
+                 [directory]\nbackend = \"file\"\nfile = {users:?}\n{table}",
+                ca = ca.cert,
+            );
+            let config_path = own.join("parley.toml");
+            std::fs::write(&config_path, config).unwrap();
+            let mut node = Node {
+                name: name.into(),
+                role: if frontend.is_some() { "frontend" } else { "home" },
+                child: None,
+                config: config_path,
+                log: own.join("server.log"),
+                sip: SocketAddr::from(([127, 0, 0, 1], sip)),
+                tls: SocketAddr::from(([127, 0, 0, 1], tls)),
+                internal: SocketAddr::from(([127, 0, 0, 1], internal)),
+                ops: SocketAddr::from(([127, 0, 0, 1], ops)),
+            };
+            if node.try_spawn() {
+                return node;
+            }
+        }
+        panic!(
+            "{name} did not start on three sets of ports; log:\n{}",
+            std::fs::read_to_string(own.join("server.log")).unwrap_or_default()
         );
-        let config_path = own.join("parley.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut node = Node {
-            name: name.into(),
-            role: if frontend.is_some() { "frontend" } else { "home" },
-            child: None,
-            config: config_path,
-            log: own.join("server.log"),
-            sip: SocketAddr::from(([127, 0, 0, 1], sip)),
-            tls: SocketAddr::from(([127, 0, 0, 1], tls)),
-            internal: SocketAddr::from(([127, 0, 0, 1], internal)),
-            ops: SocketAddr::from(([127, 0, 0, 1], ops)),
-        };
-        node.spawn();
-        node
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "{} did not become ready; log:\n{}", self.name, self.log_text());
+    }
+
+    /// Starts the process and waits until it is ready: false if it exited first.
+    fn try_spawn(&mut self) -> bool {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
             .args(["serve", "--role", self.role, "--config"])
@@ -125,18 +138,18 @@ impl Node {
             .spawn()
             .expect("start parley-server");
         self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if super::http_get(self.ops, "/readyz").is_some_and(|(code, _)| code == 200) {
-                return;
+                return true;
+            }
+            if self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
+                self.child = None;
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("{} did not become ready; log:\n{}", self.name, self.log_text());
+        panic!("{} did not become ready in 20 s; log:\n{}", self.name, self.log_text());
     }
 
     pub fn log_text(&self) -> String {
