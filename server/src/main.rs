@@ -8,12 +8,12 @@ mod home;
 mod ops;
 mod prep;
 mod serve;
-mod sip;
 mod store;
-mod transaction;
 mod transport;
 
 use parley_config as config;
+use parley_sip as sip;
+use parley_sip::transaction;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};

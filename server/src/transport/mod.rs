@@ -7,7 +7,6 @@ pub mod tls;
 
 use crate::ops::metrics::Metrics;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,44 +15,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-    /// TLS on the internal port: the peer presented a certificate from the deployment CA, so it
-    /// is one of this deployment's Front-Ends or Home Servers.
-    Internal,
-}
-
-impl Transport {
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls | Transport::Internal => "TLS",
-        }
-    }
-
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-}
-
-/// Where a message came from; for streams, which connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Flow {
-    pub transport: Transport,
-    pub remote: SocketAddr,
-    /// Connection id for TCP/TLS (0 for UDP).
-    pub conn: u64,
-}
-
-impl Flow {
-    pub fn datagram(transport: Transport, remote: SocketAddr) -> Flow {
-        Flow { transport, remote, conn: 0 }
-    }
-}
+pub use parley_sip::flow::{Flow, Transport};
 
 /// Socket buffers asked of the kernel for the UDP listener (it caps them at `net.core.rmem_max` /
 /// `wmem_max`): the default ~200 KiB drops bursts such as a fan-out's NOTIFY responses.

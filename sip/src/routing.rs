@@ -3,10 +3,10 @@
 //! Path, Record-Route and Via it adds, so that traffic for that client comes back through the
 //! connection it holds), and the stateless branch of a forwarded request.
 
-use super::Message;
-use super::params::split_list;
-use super::via::Via;
-use crate::transport::{Flow, Transport};
+use crate::Message;
+use crate::flow::{Flow, Transport};
+use crate::params::split_list;
+use crate::via::Via;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
@@ -43,7 +43,14 @@ pub struct FlowTokens {
 
 const MAC_BYTES: usize = 8;
 
+impl Default for FlowTokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FlowTokens {
+    /// Tokens under a fresh random key: only this instance can mint or read them.
     pub fn new() -> FlowTokens {
         FlowTokens { key: rand::random() }
     }

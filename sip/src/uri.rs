@@ -114,7 +114,7 @@ impl NameAddr {
             },
             _ => return Err("unbalanced angle brackets".into()),
         };
-        let params = super::params::split_top_level(params, b';')
+        let params = crate::params::split_top_level(params, b';')
             .into_iter()
             .map(|p| match p.split_once('=') {
                 Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_string()),
