@@ -7,6 +7,7 @@ mod frontend;
 mod home;
 mod ops;
 mod prep;
+mod probe;
 mod serve;
 mod store;
 mod transport;
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check a deployment end to end: two users sign in, watch, publish and message; exit 0 or 1.
+    Probe(probe::ProbeArgs),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -124,6 +127,7 @@ fn main() -> std::process::ExitCode {
             Command::User(UserCommand::Hash { address, password_file }) => user_hash(&address, password_file),
             Command::User(UserCommand::Ldap(cmd)) => admin::run(cmd),
             Command::Prep(cmd) => prep::run(cmd),
+            Command::Probe(args) => probe::run(args),
             Command::CheckConfig { role, config } => {
                 config::Config::load(&config, role.into())?;
                 println!(
