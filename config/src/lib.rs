@@ -239,11 +239,27 @@ pub struct Auth {
     /// challenge names an algorithm it lacks. Add "SHA-256" for clients that follow RFC 8760.
     pub algorithms: Vec<Algorithm>,
     pub nonce_ttl_secs: u64,
+    /// Failed authentications from one address (for any user) within `failure_window_secs` that
+    /// lock that address out for `lockout_secs`. A locked-out attempt is answered exactly like a
+    /// wrong password, so guessing learns nothing, not even that it was stopped.
+    pub max_failures_per_source: u32,
+    /// Failed authentications for one user (from any address) within the window that lock the
+    /// user out: a much higher bar, so an attacker on one address cannot lock a user out.
+    pub max_failures_per_user: u32,
+    pub failure_window_secs: u64,
+    pub lockout_secs: u64,
 }
 
 impl Default for Auth {
     fn default() -> Self {
-        Auth { algorithms: vec![Algorithm::Md5], nonce_ttl_secs: 300 }
+        Auth {
+            algorithms: vec![Algorithm::Md5],
+            nonce_ttl_secs: 300,
+            max_failures_per_source: 10,
+            max_failures_per_user: 100,
+            failure_window_secs: 300,
+            lockout_secs: 300,
+        }
     }
 }
 
@@ -361,6 +377,9 @@ impl Config {
         }
         if !(r.min_expires..=r.max_expires).contains(&r.default_expires) {
             return Err("key `registrar.default_expires`: must lie between min_expires and max_expires".into());
+        }
+        if self.auth.max_failures_per_source == 0 || self.auth.max_failures_per_user == 0 {
+            return Err("keys `auth.max_failures_per_source` and `auth.max_failures_per_user`: at least 1".into());
         }
         if self.auth.algorithms.is_empty() {
             return Err("key `auth.algorithms`: at least one of \"SHA-256\", \"MD5\" is needed".into());

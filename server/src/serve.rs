@@ -199,6 +199,12 @@ async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
             timers: Timers::default(),
             min_expires: config.registrar.min_expires,
             max_expires: config.registrar.max_expires,
+            guard: crate::home::guard::Policy {
+                max_failures_per_source: config.auth.max_failures_per_source,
+                max_failures_per_user: config.auth.max_failures_per_user,
+                window: Duration::from_secs(config.auth.failure_window_secs),
+                lockout: Duration::from_secs(config.auth.lockout_secs),
+            },
             admin_token: match &config.api.admin_token_file {
                 Some(f) => Some(
                     std::fs::read_to_string(f)

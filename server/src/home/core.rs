@@ -56,6 +56,8 @@ pub struct CoreSettings {
     pub max_expires: u32,
     /// Token that lets an administrator use the HTTP API for any user.
     pub admin_token: Option<String>,
+    /// When failed authentications lock an address or a user out.
+    pub guard: super::guard::Policy,
 }
 
 /// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
@@ -82,6 +84,8 @@ pub struct Core {
     pub(super) transports: Arc<Transports>,
     pub(super) directory: Arc<dyn Directory>,
     pub(super) auth: DigestAuth,
+    /// Failed authentications per address and user, and lockouts.
+    guard: Mutex<super::guard::Guard>,
     pub(super) registrar: Mutex<Registrar>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Store,
@@ -109,12 +113,14 @@ impl Core {
         store: Store,
     ) -> Arc<Core> {
         let timers = settings.timers;
+        let guard = settings.guard;
         let domains = crate::domains::Domains::new(&settings.domain, &settings.domain_aliases);
         Arc::new(Core {
             settings,
             transports,
             directory,
             auth,
+            guard: Mutex::new(super::guard::Guard::new(guard)),
             registrar: Mutex::new(registrar),
             metrics,
             store,
@@ -160,6 +166,7 @@ impl Core {
                         tracing::info!(user = %aor, %source, %transport, contact = %b.uri, "signed out: registration expired");
                     }
                     core.auth.purge(now);
+                    core.guard.lock().expect("guard").purge(now);
                     let sweeper = core.clone();
                     tokio::spawn(async move {
                         let writes = emptied.iter().map(|aor| Write::delete(Table::Registrations, aor)).collect();
@@ -456,10 +463,17 @@ impl Core {
             self.log_unsupported_auth(flow, req, aor, header);
         }
         let now = SystemTime::now();
+        let client = client_address(flow, req);
         let mut stale = false;
-        if let Some(creds) = creds {
+        let locked = creds.is_some() && self.guard.lock().expect("guard").locked(client.ip(), aor, now);
+        if locked {
+            // Not checked at all, and answered as a wrong password is: the guesser learns nothing.
+            self.metrics.auth_refused_locked.fetch_add(1, Relaxed);
+            tracing::debug!(user = %aor, source = %client, "attempt while locked out");
+        } else if let Some(creds) = creds {
             match self.auth.verify(creds, realm, req.method().unwrap_or_default(), user.as_ref(), now) {
                 super::auth::Verdict::Ok => {
+                    self.guard.lock().expect("guard").succeeded(client.ip());
                     let user = user.expect("verified users exist");
                     if !user.enabled {
                         return Err(self.respond_with(req, 403, "Account Disabled"));
@@ -469,12 +483,24 @@ impl Core {
                 super::auth::Verdict::Stale => stale = true,
                 super::auth::Verdict::Fail(why) => {
                     self.metrics.auth_failures.fetch_add(1, Relaxed);
-                    let (source, transport) = (flow.remote, flow.transport.via_token());
+                    let (source, transport) = (client, flow.transport.via_token());
                     if why == super::auth::FOREIGN_NONCE {
                         // The password was right: a client reusing a nonce from before a restart.
                         tracing::info!(user = %aor, %source, %transport, why, "credentials for an unknown nonce: challenged again");
                     } else {
                         tracing::warn!(user = %aor, %source, %transport, why, "authentication failed");
+                        match self.guard.lock().expect("guard").failed(client.ip(), aor, now) {
+                            super::guard::Lockout::None => {}
+                            super::guard::Lockout::Source => {
+                                self.metrics.auth_lockouts.fetch_add(1, Relaxed);
+                                let address = source.ip();
+                                tracing::warn!(%address, "too many failed authentications: address locked out");
+                            }
+                            super::guard::Lockout::User => {
+                                self.metrics.auth_lockouts.fetch_add(1, Relaxed);
+                                tracing::warn!(user = %aor, "too many failed authentications: user locked out");
+                            }
+                        }
                     }
                 }
             }
@@ -602,6 +628,24 @@ impl Core {
             let _ = core.transports.send(&reply_flow, r.to_bytes()).await;
         });
     }
+}
+
+/// The address a request really comes from: over the internal link, the client's as the
+/// Front-End stamped it on the client's Via (a Front-End is trusted: it authenticated with a
+/// certificate); otherwise the peer's.
+fn client_address(flow: Flow, req: &Message) -> std::net::SocketAddr {
+    if flow.transport == Transport::Internal
+        && let Some(via) =
+            req.headers.get_all("Via").flat_map(crate::sip::params::split_list).nth(1).and_then(|v| Via::parse(v).ok())
+        && let Some(ip) = via
+            .param("received")
+            .and_then(|r| r.parse().ok())
+            .or_else(|| via.host.trim_matches(['[', ']']).parse().ok())
+    {
+        let port = via.param("rport").and_then(|p| p.parse().ok()).or(via.port).unwrap_or(5060);
+        return std::net::SocketAddr::new(ip, port);
+    }
+    flow.remote
 }
 
 /// The digest realm of a user: the domain of their address (what `user add` hashes with).

@@ -2,6 +2,7 @@
 
 pub mod auth;
 mod core;
+pub mod guard;
 mod im;
 pub mod presence;
 mod register;

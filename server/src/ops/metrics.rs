@@ -15,6 +15,10 @@ pub struct Metrics {
     pub responses: [AtomicU64; 6],
     pub retransmissions_absorbed: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Lockouts started (an address or a user).
+    pub auth_lockouts: AtomicU64,
+    /// Attempts refused unchecked during a lockout.
+    pub auth_refused_locked: AtomicU64,
     pub malformed_requests: AtomicU64,
     pub malformed_responses: AtomicU64,
     pub stray_responses: AtomicU64,
@@ -60,7 +64,7 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 12] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 14] = [
             (
                 "parley_subscriptions",
                 "gauge",
@@ -74,6 +78,18 @@ impl Metrics {
                 &self.retransmissions_absorbed,
             ),
             ("parley_auth_failures_total", "counter", "Requests whose digest credentials failed.", &self.auth_failures),
+            (
+                "parley_auth_lockouts_total",
+                "counter",
+                "Addresses or users locked out after too many failed authentications.",
+                &self.auth_lockouts,
+            ),
+            (
+                "parley_auth_refused_locked_total",
+                "counter",
+                "Authentication attempts refused unchecked during a lockout.",
+                &self.auth_refused_locked,
+            ),
             (
                 "parley_sip_malformed_requests_total",
                 "counter",

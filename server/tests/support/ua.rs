@@ -47,7 +47,12 @@ fn md5(s: &str) -> String {
 
 impl Ua {
     pub fn new(user: &str, server: SocketAddr) -> Ua {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Self::bound(user, server, "127.0.0.1")
+    }
+
+    /// A user agent on another local address (any of 127.0.0.0/8), e.g. a second machine.
+    pub fn bound(user: &str, server: SocketAddr, ip: &str) -> Ua {
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
         socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         Ua {
             socket,
