@@ -157,6 +157,52 @@ fn malformed_input_over_tcp_gets_400_or_a_closed_connection() {
 }
 
 #[test]
+fn a_request_stuffed_with_via_values_is_refused_without_echoing_them() {
+    let server = Server::start();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let local = socket.local_addr().unwrap();
+    let extra: Vec<String> =
+        (0..500).map(|i| format!("SIP/2.0/UDP 192.0.2.{}:5060;branch=z9hG4bK{i}", i % 250)).collect();
+    let request = format!(
+        "OPTIONS sip:example.test SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKtop;rport, {}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@example.test>;tag=1\r\nTo: <sip:example.test>\r\nCall-ID: vias\r\n\
+         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        extra.join(", ")
+    );
+    socket.send_to(request.as_bytes(), server.sip).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = socket.recv_from(&mut buf).expect("an answer");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        answer.starts_with("SIP/2.0 400 ") && answer.contains("500 Via") || answer.contains("501 Via"),
+        "{answer:.300}"
+    );
+    assert!(n < 1024, "the answer is small ({n} bytes), not an echo of {} bytes", request.len());
+}
+
+#[test]
+fn a_message_larger_than_the_limit_over_tcp_gets_513_before_the_connection_closes() {
+    let server = Server::start();
+    let mut s = TcpStream::connect(server.sip).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = "x".repeat(70_000);
+    let request = format!(
+        "MESSAGE sip:bob@example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKbig\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=1\r\nTo: <sip:bob@example.test>\r\n\
+         Call-ID: big\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // The server may close before it has read everything: what matters is what it said first.
+    let _ = s.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("SIP/2.0 513 "), "{answer:.200}");
+    assert!(answer.contains("Call-ID: big"), "{answer:.400}");
+}
+
+#[test]
 fn retransmitted_register_is_answered_without_reprocessing() {
     let server = Server::start();
     let mut alice = Ua::new("alice", server.sip);

@@ -15,15 +15,12 @@ pub enum Frame {
 /// Framing failures end the connection: the stream cannot be resynchronised.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameError {
-    TooLarge {
-        limit: usize,
-    },
+    /// Larger than the limit. Carries the header section when it is complete (the declared
+    /// body is what is too large), so the caller can still answer 513.
+    TooLarge { limit: usize, head: Option<Bytes> },
     /// The header section is complete but its length cannot be known. Carries the header bytes so
     /// the caller can still answer 400.
-    BadLength {
-        reason: String,
-        head: Bytes,
-    },
+    BadLength { reason: String, head: Bytes },
 }
 
 #[derive(Debug)]
@@ -61,7 +58,7 @@ impl Framer {
         }
         let Some(end) = header_end(&self.buf) else {
             if self.buf.len() > self.limits.max_message_bytes {
-                return Err(FrameError::TooLarge { limit: self.limits.max_message_bytes });
+                return Err(FrameError::TooLarge { limit: self.limits.max_message_bytes, head: None });
             }
             return Ok(None);
         };
@@ -74,7 +71,8 @@ impl Framer {
         };
         let total = end + body;
         if total > self.limits.max_message_bytes {
-            return Err(FrameError::TooLarge { limit: self.limits.max_message_bytes });
+            let head = Some(Bytes::copy_from_slice(&self.buf[..end]));
+            return Err(FrameError::TooLarge { limit: self.limits.max_message_bytes, head });
         }
         if self.buf.len() < total {
             return Ok(None);
@@ -147,7 +145,7 @@ mod tests {
     fn limits_and_bad_lengths_end_the_stream() {
         let mut f = Framer::new(Limits { max_message_bytes: 64, ..Limits::default() });
         f.push(&[b'A'; 100]);
-        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 64 }));
+        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 64, head: None }));
         let mut f = Framer::new(Limits::default());
         f.push(b"OPTIONS sip:x SIP/2.0\r\nVia: a\r\n\r\n");
         assert!(matches!(f.next_frame(), Err(FrameError::BadLength { .. })));
@@ -158,6 +156,9 @@ mod tests {
         );
         let mut f = Framer::new(Limits { max_message_bytes: 64, ..Limits::default() });
         f.push(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 1000\r\n\r\n");
-        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 64 }));
+        assert!(
+            matches!(f.next_frame(), Err(FrameError::TooLarge { limit: 64, head: Some(h) }) if h.starts_with(b"OPTIONS")),
+            "the head is kept to answer 513"
+        );
     }
 }

@@ -318,7 +318,28 @@ fn validate_request(method: &str, headers: &Headers) -> Result<(), String> {
         return Err("malformed Max-Forwards".into());
     }
     crate::via::Via::parse(headers.get("Via").unwrap_or_default()).map_err(|e| format!("malformed Via: {e}"))?;
+    let vias = headers.get_all("Via").flat_map(crate::params::split_list).count();
+    if vias > MAX_VIAS {
+        return Err(format!("{vias} Via values (at most {MAX_VIAS})"));
+    }
     Ok(())
+}
+
+/// More Via values than hops a request may take (Max-Forwards starts at 70): a request with more
+/// is refused, and its answer would otherwise echo them all (an amplifier over UDP).
+pub const MAX_VIAS: usize = 70;
+
+/// The headers an answer to a malformed request echoes: only the top Via (where the answer goes),
+/// so that a request stuffed with Via values does not get them all back.
+pub fn answerable(scan: &Headers) -> Headers {
+    let mut out = Headers::default();
+    if let Some(top) = scan.get("Via").and_then(|v| crate::params::split_list(v).first().map(|s| s.to_string())) {
+        out.push("Via", top);
+    }
+    for (name, value) in scan.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("Via")) {
+        out.push(name, value);
+    }
+    out
 }
 
 /// Parses a whole message whose body is everything after the header section, as over UDP, or as

@@ -512,7 +512,7 @@ impl FrontEnd {
         };
         via.stamp_source(flow.remote);
         let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
-        let r = from_headers(&e.scan, code, &e.reason, &self.tag);
+        let r = from_headers(&crate::sip::message::answerable(&e.scan), code, &e.reason, &self.tag);
         self.metrics.count_response(code);
         let target = match flow.transport {
             Transport::Udp => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),

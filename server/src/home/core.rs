@@ -620,7 +620,7 @@ impl Core {
         via.stamp_source(flow.remote);
         tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
         let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
-        let r = from_headers(&e.scan, code, &e.reason, &self.tag);
+        let r = from_headers(&crate::sip::message::answerable(&e.scan), code, &e.reason, &self.tag);
         self.metrics.count_response(code);
         let reply_flow = Self::response_flow(flow, &via);
         let core = self.clone();

@@ -53,6 +53,10 @@ impl Transports {
         let mut framer = Framer::new(self.limits.message);
         let mut buf = vec![0u8; 16 * 1024];
         let mut closing = self.closing.subscribe();
+        // After an answer to a request that cannot be read (513), what the peer still sends is
+        // read and dropped for a moment before closing: closing with unread data would reset the
+        // connection and could destroy the answer before the peer reads it.
+        let mut drain = false;
         'read: loop {
             let n = tokio::select! {
                 r = tokio::time::timeout(self.limits.idle_timeout, reader.read(&mut buf)) => match r {
@@ -73,22 +77,21 @@ impl Transports {
                         let _ = tx.send(Bytes::from_static(b"\r\n")).await;
                     }
                     Ok(Some(Frame::Message(data))) => handler.on_message(flow, data),
-                    Err(FrameError::TooLarge { limit }) => {
+                    Err(FrameError::TooLarge { limit, head }) => {
+                        // 513 when the head is there to answer (RFC 3261 21.5.14), then close: the
+                        // rest of the stream cannot be framed.
                         tracing::debug!(%remote, limit, "message too large: closing connection");
                         self.metrics.malformed_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(head) = head {
+                            let reason = format!("Message Larger Than {limit} Bytes");
+                            drain = self.answer_head(&tx, &head, 513, &reason).await;
+                        }
                         break 'read;
                     }
                     Err(FrameError::BadLength { reason, head }) => {
                         // Answer 400 if the head identifies a request, then give up on the stream.
                         self.metrics.malformed_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let scan = match parse_head(&head, &self.limits.message) {
-                            Ok((start, h)) => matches!(start, crate::sip::StartLine::Request { .. }).then_some(h),
-                            Err(e) => e.is_request.then_some(e.scan),
-                        };
-                        if let Some(h) = scan.filter(|h| h.get("Via").is_some()) {
-                            let r = response::from_headers(&h, 400, &reason, "parley");
-                            let _ = tx.send(r.to_bytes()).await;
-                        }
+                        drain = self.answer_head(&tx, &head, 400, &reason).await;
                         break 'read;
                     }
                 }
@@ -97,5 +100,24 @@ impl Transports {
         self.unregister_conn(id);
         drop(tx);
         let _ = writer_task.await;
+        if drain {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Answers the request a header section starts, if it is one with a Via; says whether it did.
+    async fn answer_head(&self, tx: &mpsc::Sender<Bytes>, head: &[u8], code: u16, reason: &str) -> bool {
+        let scan = match parse_head(head, &self.limits.message) {
+            Ok((start, h)) => matches!(start, crate::sip::StartLine::Request { .. }).then_some(h),
+            Err(e) => e.is_request.then_some(e.scan),
+        };
+        let Some(h) = scan.filter(|h| h.get("Via").is_some()) else { return false };
+        let r = response::from_headers(&h, code, reason, "parley");
+        tx.send(r.to_bytes()).await.is_ok()
     }
 }
