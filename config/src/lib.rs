@@ -175,6 +175,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// Seconds a stream connection may stay idle (no message, no keep-alive) before it is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds a stream connection has to complete a message once it has begun one, and to send
+    /// its first one after connecting: a peer that trickles bytes or sends nothing (slowloris)
+    /// is closed long before the idle timeout.
+    pub message_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -186,6 +190,7 @@ impl Default for Limits {
             max_connections_per_ip: 64,
             max_connections: 100_000,
             idle_timeout_secs: 600,
+            message_timeout_secs: 10,
         }
     }
 }
@@ -386,6 +391,9 @@ impl Config {
         }
         if self.limits.max_message_bytes < 1024 {
             return Err("key `limits.max_message_bytes`: at least 1024".into());
+        }
+        if self.limits.message_timeout_secs == 0 || self.limits.message_timeout_secs > self.limits.idle_timeout_secs {
+            return Err("key `limits.message_timeout_secs`: between 1 and limits.idle_timeout_secs".into());
         }
         if self.limits.max_body_bytes > self.limits.max_message_bytes {
             return Err("key `limits.max_body_bytes`: must not exceed limits.max_message_bytes".into());

@@ -52,6 +52,7 @@ impl Shared {
                 max_connections_per_ip: config.limits.max_connections_per_ip,
                 max_connections: config.limits.max_connections,
                 idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+                message_timeout: Duration::from_secs(config.limits.message_timeout_secs),
             },
             metrics.clone(),
         );

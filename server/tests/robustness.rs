@@ -5,7 +5,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::Server;
 use support::ua::{Ua, status};
 
@@ -154,6 +154,43 @@ fn malformed_input_over_tcp_gets_400_or_a_closed_connection() {
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"SIP/2.0 200 OK"), "{}", String::from_utf8_lossy(&buf[..n]));
+}
+
+#[test]
+fn connections_that_send_nothing_or_trickle_a_header_are_closed_after_the_message_timeout() {
+    let server = Server::start_with("[limits]\nmessage_timeout_secs = 1\nmax_connections_per_ip = 8\n");
+    let started = Instant::now();
+    // All of this address's connections, held by a slow client: silent ones and half-headers.
+    let mut stalled: Vec<TcpStream> = (0..8)
+        .map(|i| {
+            let mut s = TcpStream::connect(server.sip).unwrap();
+            if i % 2 == 1 {
+                s.write_all(b"REGISTER sip:example.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;bran").unwrap();
+            }
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut stalled {
+        let mut buf = [0u8; 64];
+        assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "the server closes a stalled connection");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "closed after {took:?}, not the 600 s idle timeout");
+    // The address may connect again (once the server has counted the closed ones off), and a
+    // complete request is answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(server.sip).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(VALID.replace("SIP/2.0/UDP", "SIP/2.0/TCP").as_bytes());
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        if buf[..n].starts_with(b"SIP/2.0 200 OK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the address cannot connect again: {}", String::from_utf8_lossy(&buf[..n]));
+    }
 }
 
 #[test]

@@ -38,6 +38,11 @@ impl Framer {
         self.buf.extend_from_slice(data);
     }
 
+    /// Whether part of a message is waiting for the rest (CRLF keep-alive bytes do not count).
+    pub fn has_partial(&self) -> bool {
+        self.buf.iter().any(|b| !b.is_ascii_whitespace())
+    }
+
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         loop {
             if self.buf.starts_with(b"\r\n\r\n") {

@@ -58,6 +58,8 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Time to complete a begun message, and to send the first one.
+    pub message_timeout: Duration,
 }
 
 struct Connection {

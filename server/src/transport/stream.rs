@@ -57,13 +57,21 @@ impl Transports {
         // read and dropped for a moment before closing: closing with unread data would reset the
         // connection and could destroy the answer before the peer reads it.
         let mut drain = false;
+        // Until the first message, and while a message is incomplete, the peer has the (short)
+        // message timeout; otherwise the idle timeout.
+        let mut unfinished_since = Some(tokio::time::Instant::now());
         'read: loop {
+            let deadline = match unfinished_since {
+                Some(t) => t + self.limits.message_timeout,
+                None => tokio::time::Instant::now() + self.limits.idle_timeout,
+            };
             let n = tokio::select! {
-                r = tokio::time::timeout(self.limits.idle_timeout, reader.read(&mut buf)) => match r {
+                r = tokio::time::timeout_at(deadline, reader.read(&mut buf)) => match r {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => n,
                     Err(_) => {
-                        tracing::debug!(%remote, "closing idle connection");
+                        let why = if unfinished_since.is_some() { "message not completed in time" } else { "idle" };
+                        tracing::debug!(%remote, why, "closing connection");
                         break;
                     }
                 },
@@ -76,7 +84,10 @@ impl Transports {
                     Ok(Some(Frame::Ping)) => {
                         let _ = tx.send(Bytes::from_static(b"\r\n")).await;
                     }
-                    Ok(Some(Frame::Message(data))) => handler.on_message(flow, data),
+                    Ok(Some(Frame::Message(data))) => {
+                        unfinished_since = None;
+                        handler.on_message(flow, data)
+                    }
                     Err(FrameError::TooLarge { limit, head }) => {
                         // 513 when the head is there to answer (RFC 3261 21.5.14), then close: the
                         // rest of the stream cannot be framed.
@@ -95,6 +106,9 @@ impl Transports {
                         break 'read;
                     }
                 }
+            }
+            if framer.has_partial() && unfinished_since.is_none() {
+                unfinished_since = Some(tokio::time::Instant::now());
             }
         }
         self.unregister_conn(id);
