@@ -122,6 +122,20 @@ fn is_false(b: &bool) -> bool {
 pub struct Storage {
     pub data_dir: PathBuf,
     pub logs_dir: PathBuf,
+    /// `parley.log` is rotated when it would pass this size ...
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
+    /// ... keeping this many older files (`parley.log.1` is the newest).
+    #[serde(default = "default_log_files")]
+    pub log_files: u32,
+}
+
+pub fn default_log_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+pub fn default_log_files() -> u32 {
+    5
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

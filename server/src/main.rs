@@ -94,7 +94,10 @@ enum UserCommand {
 /// Logs go to standard error (text or JSON) and, for a server, also to `parley.log` in the logs
 /// directory as JSON lines, so the logs volume keeps them across pod restarts. `PARLEY_LOG` (default
 /// `info`) filters what reaches every output.
-fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// The server's log file and its rotation: path, size limit, files kept.
+struct LogFile<'a>(&'a std::path::Path, u64, u32);
+
+fn init_logging(format: LogFormat, file: Option<LogFile>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, layer::Layered, prelude::*};
     let filter = EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -106,11 +109,8 @@ fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Re
         LogFormat::Text => stderr.boxed(),
         LogFormat::Json => stderr.json().boxed(),
     }];
-    if let Some(path) = file {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+    if let Some(LogFile(path, max_bytes, keep)) = file {
+        let f = ops::logfile::RotatingFile::open(path, max_bytes, keep)
             .with_context(|| format!("opening the log file {}", path.display()))?;
         outputs.push(fmt::layer().json().with_ansi(false).with_writer(std::sync::Mutex::new(f)).boxed());
     }
@@ -153,7 +153,8 @@ fn serve_cmd(role: Role, path: PathBuf, format: LogFormat) -> anyhow::Result<()>
     let config = config::Config::load(&path, role.into())?;
     let logs = &config.storage.logs_dir;
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
-    init_logging(format, Some(&logs.join("parley.log")))?;
+    let path = logs.join("parley.log");
+    init_logging(format, Some(LogFile(&path, config.storage.log_max_bytes, config.storage.log_files)))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(serve::run(config, role.into()))
 }

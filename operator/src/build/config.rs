@@ -76,7 +76,12 @@ pub fn build(
             ca: Some(paths::TLS_CA.into()),
             self_signed: false,
         }),
-        storage: Storage { data_dir: paths::DATA_DIR.into(), logs_dir: paths::LOGS_DIR.into() },
+        storage: Storage {
+            data_dir: paths::DATA_DIR.into(),
+            logs_dir: paths::LOGS_DIR.into(),
+            log_max_bytes: parley_config::default_log_max_bytes(),
+            log_files: parley_config::default_log_files(),
+        },
         directory,
         limits: Limits { max_message_bytes: MAX_MESSAGE_BYTES, ..Limits::default() },
         registrar: Default::default(),

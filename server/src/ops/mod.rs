@@ -1,4 +1,5 @@
 //! Operations: HTTP health, readiness and Prometheus metrics.
 
 pub mod http;
+pub mod logfile;
 pub mod metrics;
