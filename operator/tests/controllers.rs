@@ -1,12 +1,14 @@
-//! The real kube-runtime controllers, run in-process against the API server double, and the same
-//! scenarios against a real cluster when `KUBECONFIG` is set (skipped with a message otherwise).
+//! The real kube-runtime controllers, run in-process against the API server double, against a
+//! real kube-apiserver and etcd this binary starts from `KUBEBUILDER_ASSETS`, and against the
+//! cluster in `KUBECONFIG` when set (each real backend skipped with a message when absent).
 
 mod support;
 
 mod scenarios;
 
-/// Declares a scenario twice: `double::<name>` against the API server double and
-/// `cluster::<name>` against the cluster in `KUBECONFIG`.
+/// Declares a scenario three times: `double::<name>` against the API server double,
+/// `apiserver::<name>` against the real control plane and `cluster::<name>` against the cluster
+/// in `KUBECONFIG`.
 macro_rules! scenario {
     ($($name:ident),* $(,)?) => {
         mod double {
@@ -14,6 +16,16 @@ macro_rules! scenario {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let h = crate::support::Harness::double(stringify!($name)).await;
+                    crate::scenarios::$name(&h).await;
+                    h.finish().await;
+                }
+            )*
+        }
+        mod apiserver {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(h) = crate::support::Harness::apiserver(stringify!($name)).await else { return };
                     crate::scenarios::$name(&h).await;
                     h.finish().await;
                 }

@@ -29,14 +29,17 @@ fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
 }
 
 pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Result<Action> {
-    if d.metadata.deletion_timestamp.is_some() {
-        // Owner references take the HomeServers and FrontEnd (and so their workloads) with it.
-        return Ok(Action::await_change());
-    }
     let ns = namespace_of(d.as_ref())?;
     let name = d.name_any();
-    let uid = d.metadata.uid.clone().unwrap_or_default();
     let client = ctx.client.clone();
+    // The watch cache can lag behind a deletion (a child's deletion may start this reconcile
+    // first): read the domain itself so that nothing is recreated for a domain that is going.
+    let d = match Api::<CommunicationsDomain>::namespaced(client.clone(), &ns).get_opt(&name).await? {
+        Some(d) if d.metadata.deletion_timestamp.is_none() => Arc::new(d),
+        // Owner references take the HomeServers and FrontEnd (and so their workloads) with it.
+        _ => return Ok(Action::await_change()),
+    };
+    let uid = d.metadata.uid.clone().unwrap_or_default();
     let hs_api: Api<HomeServer> = Api::namespaced(client.clone(), &ns);
     let fe_api: Api<FrontEnd> = Api::namespaced(client.clone(), &ns);
 

@@ -152,6 +152,7 @@ where
     F: Future<Output = Result<Action>>,
 {
     let start = Instant::now();
+    ctx.metrics.start(kind);
     let result = f.await;
     ctx.metrics.observe(kind, start.elapsed(), result.is_ok());
     if let Err(e) = &result {

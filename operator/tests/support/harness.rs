@@ -1,6 +1,6 @@
-//! Runs a scenario against the double or, when `KUBECONFIG` is set, against a real cluster: in a
-//! fresh namespace, with operator instances started in-process (watching only that namespace,
-//! electing a leader with a Lease in it).
+//! Runs a scenario against the double, against the control plane of [`super::envtest`], or, when
+//! `KUBECONFIG` is set, against a real cluster: in a fresh namespace, with operator instances
+//! started in-process (watching only that namespace, electing a leader with a Lease in it).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -139,6 +139,16 @@ impl OperatorHandle {
     pub fn is_leader(&self) -> bool {
         self.metrics.is_leader()
     }
+
+    /// Waits until every reconcile of `kind` begun by now has finished: later ones start from
+    /// what the API server says after this call.
+    pub async fn drain(&self, kind: &str, timeout: Duration) {
+        let begun = self.metrics.started(kind);
+        eventually(&format!("the {kind} reconciles begun so far to finish"), timeout, || async {
+            (self.metrics.reconciles(kind) >= begun).then_some(())
+        })
+        .await
+    }
 }
 
 impl Drop for OperatorHandle {
@@ -177,13 +187,33 @@ impl Harness {
                 use std::io::Write;
                 let _ = writeln!(
                     std::io::stderr(),
-                    "skipped: KUBECONFIG not set, so the cluster::* scenarios did not run against a real cluster \
-                     (the double::* ones did); `make e2e` runs them in kind"
+                    "skipped: KUBECONFIG not set, so the cluster::* scenarios did not run against a real cluster; \
+                     `make e2e` runs them in kind"
                 );
             });
             return None;
         }
         let client = Client::try_default().await.expect("KUBECONFIG names a reachable cluster");
+        Some(Self::real(test, client, Duration::from_secs(120)).await)
+    }
+
+    /// A scenario against the control plane this test binary starts from `KUBEBUILDER_ASSETS`
+    /// (see [`super::envtest`]), or `None` (counted and reported) when it is to be skipped.
+    pub async fn apiserver(test: &str) -> Option<Harness> {
+        let plane = match tokio::task::spawn_blocking(super::envtest::control_plane).await.expect("join") {
+            Ok(Some(plane)) => plane,
+            Ok(None) => {
+                super::envtest::skipped(&format!("apiserver::{test}"));
+                return None;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let h = Self::real(test, plane.client().await, Duration::from_secs(60)).await;
+        Some(h)
+    }
+
+    /// A scenario on a real API server, in a namespace of its own.
+    async fn real(test: &str, client: Client, timeout: Duration) -> Harness {
         install_crds(&client).await;
         let suffix =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -193,11 +223,11 @@ impl Harness {
             ns: format!("{}-{:08x}", base.trim_end_matches('-'), suffix),
             client,
             backend: Backend::Cluster,
-            timeout: Duration::from_secs(120),
+            timeout,
             background: Vec::new(),
         };
         h.create_namespace().await;
-        Some(h)
+        h
     }
 
     async fn create_namespace(&self) {
