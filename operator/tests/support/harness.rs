@@ -4,11 +4,13 @@
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
+
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -23,6 +25,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::ApiServer;
+use super::store::Logged;
 
 /// Where a scenario runs.
 pub enum Backend {
@@ -35,6 +38,11 @@ pub struct Harness {
     /// The test's own client (what `kubectl` would be).
     pub client: Client,
     pub backend: Backend,
+    /// Whether workloads become ready: the double fakes their status, and on the control plane
+    /// of [`super::envtest`] the harness plays the kubelet; on a cluster pods really run.
+    pub pods_become_ready: bool,
+    /// On a real API server: every request the operators sent (the double keeps its own log).
+    log: Arc<Mutex<Vec<Logged>>>,
     /// How long to wait for the operator to converge.
     pub timeout: Duration,
     background: Vec<JoinHandle<()>>,
@@ -103,6 +111,65 @@ async fn fake_workload_controllers(client: Client, ns: String) {
     }
 }
 
+/// Plays the kubelet on a control plane without one: marks every pod in `ns` running and ready,
+/// so that the workload controllers report ready StatefulSets and Deployments.
+async fn fake_kubelet(client: Client, ns: String) {
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let status = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True"},
+        {"type": "ContainersReady", "status": "True"},
+        {"type": "Ready", "status": "True"},
+    ]}});
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready && p.metadata.deletion_timestamp.is_none() {
+                    let _ = pods.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client that sends through `inner` and logs each request under `name`, so that a scenario
+/// can count an operator's writes on a real API server as it does on the double.
+fn recording(inner: Client, log: Arc<Mutex<Vec<Logged>>>, name: &str) -> Client {
+    let name = name.to_string();
+    let ns = inner.default_namespace().to_string();
+    let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (inner, log, name) = (inner.clone(), log.clone(), name.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let mut entry = Logged {
+                client: name,
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                code: 0,
+            };
+            let req = axum::http::Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+            let response = match inner.send(req).await {
+                Ok(resp) => {
+                    entry.code = resp.status().as_u16();
+                    resp.map(axum::body::Body::new).into_response()
+                }
+                Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            };
+            log.lock().expect("log").push(entry);
+            response
+        }
+    });
+    Client::new(router, ns)
+}
+
 /// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -114,6 +181,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
+
         assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -169,6 +237,8 @@ impl Harness {
             client,
             background: vec![tokio::spawn(fake_workload_controllers(api.client("kube-controller-manager"), ns))],
             backend: Backend::Double(api),
+            pods_become_ready: true,
+            log: Arc::default(),
             timeout: Duration::from_secs(20),
         };
         h.create_namespace().await;
@@ -194,7 +264,7 @@ impl Harness {
             return None;
         }
         let client = Client::try_default().await.expect("KUBECONFIG names a reachable cluster");
-        Some(Self::real(test, client, Duration::from_secs(120)).await)
+        Some(Self::real(test, client, Duration::from_secs(120), false).await)
     }
 
     /// A scenario against the control plane this test binary starts from `KUBEBUILDER_ASSETS`
@@ -208,12 +278,13 @@ impl Harness {
             }
             Err(e) => panic!("{e}"),
         };
-        let h = Self::real(test, plane.client().await, Duration::from_secs(60)).await;
+        let mut h = Self::real(test, plane.client().await, Duration::from_secs(60), true).await;
+        h.background.push(tokio::spawn(fake_kubelet(h.client.clone(), h.ns.clone())));
         Some(h)
     }
 
     /// A scenario on a real API server, in a namespace of its own.
-    async fn real(test: &str, client: Client, timeout: Duration) -> Harness {
+    async fn real(test: &str, client: Client, timeout: Duration, pods_become_ready: bool) -> Harness {
         install_crds(&client).await;
         let suffix =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -223,6 +294,8 @@ impl Harness {
             ns: format!("{}-{:08x}", base.trim_end_matches('-'), suffix),
             client,
             backend: Backend::Cluster,
+            pods_become_ready,
+            log: Arc::default(),
             timeout,
             background: Vec::new(),
         };
@@ -249,6 +322,30 @@ impl Harness {
         }
     }
 
+    /// How many requests all clients (on the double) or the operators (on a real server) sent so far.
+    pub fn requests_so_far(&self) -> usize {
+        match &self.backend {
+            Backend::Double(api) => api.requests().len(),
+            Backend::Cluster => self.log.lock().expect("log").len(),
+        }
+    }
+
+    /// Writes (anything but GET) the operator `identity` sent after request number `since`.
+    pub fn writes_by(&self, identity: &str, since: usize) -> Vec<Logged> {
+        match &self.backend {
+            Backend::Double(api) => api.writes_by(identity, since),
+            Backend::Cluster => self
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .skip(since)
+                .filter(|l| l.client == identity && l.is_write())
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -260,7 +357,7 @@ impl Harness {
     pub fn start_operator(&self, identity: &str) -> OperatorHandle {
         let client = match &self.backend {
             Backend::Double(api) => api.client(identity),
-            Backend::Cluster => self.client.clone(),
+            Backend::Cluster => recording(self.client.clone(), self.log.clone(), identity),
         };
         let config = OperatorConfig {
             watch_namespace: Some(self.ns.clone()),
