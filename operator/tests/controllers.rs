@@ -59,4 +59,5 @@ scenario!(
     sip_domain_is_immutable,
     foreign_finalizer_holds_the_domain,
     events_mark_what_happened,
+    a_resource_deleted_while_reconciled_is_gone,
 );

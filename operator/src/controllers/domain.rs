@@ -11,7 +11,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::apply::{apply, delete, patch_status};
 use super::conditions::{Want, is_true, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
 use crate::build;
 use crate::crd::condition::{PAUSED, READY, SCALE_DOWN_BLOCKED};
 use crate::crd::{CommunicationsDomain, CommunicationsDomainStatus, FrontEnd, HomeServer, Topology};
@@ -145,7 +145,10 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, d.metadata.generation, Timestamp::now());
     let api: Api<CommunicationsDomain> = Api::namespaced(client, &ns);
-    if patch_status(&api, &name, d.status.as_ref(), &status).await? {
+    let Some(wrote) = unless_gone(patch_status(&api, &name, d.status.as_ref(), &status).await)? else {
+        return Ok(Action::await_change());
+    };
+    if wrote {
         report_transitions(&ctx, d.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))

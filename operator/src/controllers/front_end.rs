@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{apply, patch_status};
 use super::conditions::{Want, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
 use crate::build::config::{HomeServerRoute, home_server_address};
 use crate::build::{self, BuildContext};
 use crate::crd::condition::{PAUSED, READY};
@@ -102,7 +102,12 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
     }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, fe.metadata.generation, Timestamp::now());
-    if patch_status(&Api::<FrontEnd>::namespaced(client, &ns), &name, fe.status.as_ref(), &status).await? {
+    let Some(wrote) =
+        unless_gone(patch_status(&Api::<FrontEnd>::namespaced(client, &ns), &name, fe.status.as_ref(), &status).await)?
+    else {
+        return Ok(Action::await_change());
+    };
+    if wrote {
         report_transitions(&ctx, fe.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))

@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{apply, patch_status};
 use super::conditions::{Want, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
 use crate::build::{self, BuildContext, FIELD_MANAGER, quantity};
 use crate::crd::condition::{PAUSED, READY};
 use crate::crd::{CommunicationsDomain, HomeServer, HomeServerStatus};
@@ -98,7 +98,13 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, hs.metadata.generation, Timestamp::now());
-    if patch_status(&Api::<HomeServer>::namespaced(client, &ns), &name, hs.status.as_ref(), &status).await? {
+    let Some(wrote) = unless_gone(
+        patch_status(&Api::<HomeServer>::namespaced(client, &ns), &name, hs.status.as_ref(), &status).await,
+    )?
+    else {
+        return Ok(Action::await_change());
+    };
+    if wrote {
         report_transitions(&ctx, hs.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))

@@ -141,6 +141,19 @@ impl Error {
     }
 }
 
+/// `None` when `r` failed with 404: the resource a reconcile writes the status of was deleted
+/// while it ran (its children carry owner references, so the garbage collector takes any it just
+/// applied). That resource is gone, which is no failure to retry or to report.
+pub fn unless_gone<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {
+            debug!(error = %s.message, "deleted while reconciling");
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How often a converged resource is looked at again (reads only) in case a watch missed something.

@@ -396,9 +396,18 @@ pub async fn paused_domain_is_left_alone(h: &Harness) {
     })
     .await;
 
+    // The StatefulSet's deletion wakes the HomeServer's controller, the new user count the
+    // domain's: once reconciles begun after these writes have finished, nothing was restored.
+    let (hs_begun, d_begun) = (op.metrics.started("HomeServer"), op.metrics.started("CommunicationsDomain"));
     h.delete::<StatefulSet>("corp-home-1").await;
     h.patch_domain("corp", serde_json::json!({"users": 25_000})).await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    crate::support::eventually("reconciles after the changes", h.timeout, || async {
+        (op.metrics.reconciles("HomeServer") > hs_begun && op.metrics.reconciles("CommunicationsDomain") > d_begun)
+            .then_some(())
+    })
+    .await;
+    op.drain("HomeServer", h.timeout).await;
+    op.drain("CommunicationsDomain", h.timeout).await;
     assert!(
         h.api::<StatefulSet>().get_opt("corp-home-1").await.unwrap().is_none(),
         "a paused domain's children are not restored"
@@ -646,4 +655,34 @@ pub async fn events_mark_what_happened(h: &Harness) {
     };
     assert!(events.iter().filter(about_parley).all(|e| e.reporting_controller.as_deref() == Some("parley-operator")));
     op.stop().await.unwrap();
+}
+
+pub async fn a_resource_deleted_while_reconciled_is_gone(h: &Harness) {
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::controller::Action;
+    use parley_operator::controllers::{Context, Settings, front_end, home_server};
+    use std::sync::Arc;
+
+    h.create_users_config_map().await;
+    h.apply_domain("corp", 500).await;
+    // A HomeServer and a FrontEnd as a controller's cache still holds them, deleted since.
+    let hs = serde_json::json!({"apiVersion": "parley.dev/v1alpha1", "kind": "HomeServer", "metadata": {"name": "east"},
+                                "spec": {"domain": "corp", "capacity": 100}});
+    let hs = h.api::<HomeServer>().patch("east", &PatchParams::apply("kubectl"), &Patch::Apply(hs)).await.unwrap();
+    let fe = serde_json::json!({"apiVersion": "parley.dev/v1alpha1", "kind": "FrontEnd", "metadata": {"name": "edge"},
+                                "spec": {"domain": "corp", "replicas": 1}});
+    let fe = h.api::<FrontEnd>().patch("edge", &PatchParams::apply("kubectl"), &Patch::Apply(fe)).await.unwrap();
+    h.delete::<HomeServer>("east").await;
+    h.delete::<FrontEnd>("edge").await;
+    h.wait_gone::<HomeServer>("east").await;
+    h.wait_gone::<FrontEnd>("edge").await;
+
+    let settings = Settings { default_image: "parley-server:test".into(), cluster_domain: "cluster.local".into() };
+    let ctx = Arc::new(Context::new(h.client.clone(), settings, Default::default(), "op-a"));
+    let gone = Action::await_change();
+    assert_eq!(home_server::reconcile(Arc::new(hs), ctx.clone()).await.expect("not a failure"), gone);
+    assert_eq!(front_end::reconcile(Arc::new(fe), ctx.clone()).await.expect("not a failure"), gone);
+    // What those reconciles applied names its deleted owner: the garbage collector removes it.
+    h.wait_gone::<StatefulSet>("east").await;
+    h.wait_gone::<Deployment>("edge").await;
 }
