@@ -686,3 +686,12 @@ pub async fn a_resource_deleted_while_reconciled_is_gone(h: &Harness) {
     h.wait_gone::<StatefulSet>("east").await;
     h.wait_gone::<Deployment>("edge").await;
 }
+
+pub async fn stopping_while_starting_releases_the_lease(h: &Harness) {
+    let op = h.start_operator("op-a");
+    crate::support::eventually("leadership", h.timeout, || async { op.is_leader().then_some(()) }).await;
+    // At once: the controllers' caches are most likely still being filled.
+    op.stop().await.expect("a prompt, clean stop");
+    let lease = h.api::<k8s_openapi::api::coordination::v1::Lease>().get("parley-operator").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None, "the Lease is released");
+}
