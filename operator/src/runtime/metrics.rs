@@ -82,6 +82,12 @@ impl Metrics {
         self.inner.lock().expect("metrics lock").ready
     }
 
+    /// Failed reconciles of every kind whose error is of `class` (e.g. `forbidden`).
+    pub fn errors(&self, class: &str) -> u64 {
+        let m = self.inner.lock().expect("metrics lock");
+        m.errors.iter().filter(|((_, c), _)| c == class).map(|(_, n)| n).sum()
+    }
+
     /// Reconciles of `kind` so far (successful and failed).
     pub fn reconciles(&self, kind: &str) -> u64 {
         let m = self.inner.lock().expect("metrics lock");
@@ -156,5 +162,6 @@ mod tests {
         assert!(text.contains("parley_operator_leader 1"));
         assert!(text.contains("parley_operator_reconciles_in_flight{kind=\"HomeServer\"} 1"));
         assert_eq!((m.started("HomeServer"), m.reconciles("HomeServer")), (3, 2));
+        assert_eq!((m.errors("conflict"), m.errors("forbidden")), (1, 0));
     }
 }

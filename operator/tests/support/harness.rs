@@ -357,7 +357,17 @@ impl Harness {
     pub fn start_operator(&self, identity: &str) -> OperatorHandle {
         let client = match &self.backend {
             Backend::Double(api) => api.client(identity),
-            Backend::Cluster => recording(self.client.clone(), self.log.clone(), identity),
+            Backend::Cluster => self.client.clone(),
+        };
+        self.start_operator_with(identity, client)
+    }
+
+    /// Starts an operator instance called `identity` that talks through `client` (on a real
+    /// server, e.g. with a ServiceAccount's token).
+    pub fn start_operator_with(&self, identity: &str, client: Client) -> OperatorHandle {
+        let client = match &self.backend {
+            Backend::Double(_) => client,
+            Backend::Cluster => recording(client, self.log.clone(), identity),
         };
         let config = OperatorConfig {
             watch_namespace: Some(self.ns.clone()),
