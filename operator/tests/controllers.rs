@@ -61,6 +61,7 @@ scenario!(
     events_mark_what_happened,
     a_resource_deleted_while_reconciled_is_gone,
     stopping_while_starting_releases_the_lease,
+    an_orphaned_object_is_removed,
 );
 
 /// The `parley-operator` binary as the chart runs it (configured by the chart's environment

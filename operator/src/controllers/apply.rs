@@ -4,16 +4,21 @@
 
 use std::fmt::Debug;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::Error;
-use crate::build::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER, MANAGED_BY, sha256_hex};
+use super::{Context, Error, report_apply};
+use crate::build::{APPLIED_HASH_ANNOTATION, Component, FIELD_MANAGER, MANAGED_BY, MANAGED_SELECTOR, sha256_hex};
 
 /// What an apply did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +178,88 @@ where
     }
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&want)).await?;
     Ok(if live.is_some() { Outcome::Updated } else { Outcome::Created })
+}
+
+/// The one apply path of a controller that builds workload objects for one resource (`owner`):
+/// [`ApplySet::apply`] writes the built objects in order and remembers them, and
+/// [`ApplySet::prune`] then deletes every object of [`OWNED_KINDS`] that `owner` controls and
+/// the builders no longer produced (an orphan, e.g. of an earlier version). Adding a kind of
+/// object touches its builder and [`OWNED_KINDS`] (and the chart's rules, which a test checks).
+pub struct ApplySet<'a, O> {
+    ctx: &'a Context,
+    owner: &'a O,
+    ns: String,
+    uid: String,
+    selector: String,
+    applied: BTreeSet<(String, String)>,
+}
+
+/// The kinds of object the workload controllers own, in the order they are applied.
+pub const OWNED_KINDS: [&str; 5] = ["ConfigMap", "Service", "PodDisruptionBudget", "StatefulSet", "Deployment"];
+
+impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
+    pub fn new(ctx: &'a Context, owner: &'a O, component: Component) -> Result<Self, Error> {
+        let meta = owner.meta();
+        let (Some(ns), Some(uid), Some(name)) = (meta.namespace.clone(), meta.uid.clone(), meta.name.clone()) else {
+            return Err(Error::Invalid("owner without namespace, uid or name".into()));
+        };
+        let selector = format!(
+            "{MANAGED_SELECTOR},app.kubernetes.io/component={},app.kubernetes.io/instance={name}",
+            component.as_str()
+        );
+        Ok(Self { ctx, owner, ns, uid, selector, applied: BTreeSet::new() })
+    }
+
+    fn api<K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    /// Applies `obj` (see [`apply`]) and publishes an Event when it wrote.
+    pub async fn apply<K>(&mut self, obj: &K) -> Result<Outcome, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug,
+    {
+        let out = apply(&self.api::<K>(), obj).await?;
+        self.applied.insert((K::kind(&()).into_owned(), obj.name_any()));
+        report_apply(self.ctx, self.owner, obj, out).await;
+        Ok(out)
+    }
+
+    /// Deletes the orphans of every kind in [`OWNED_KINDS`].
+    pub async fn prune(&self) -> Result<(), Error> {
+        self.prune_kind::<ConfigMap>().await?;
+        self.prune_kind::<Service>().await?;
+        self.prune_kind::<PodDisruptionBudget>().await?;
+        self.prune_kind::<StatefulSet>().await?;
+        self.prune_kind::<Deployment>().await
+    }
+
+    async fn prune_kind<K>(&self) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let kind = K::kind(&()).into_owned();
+        debug_assert!(OWNED_KINDS.contains(&kind.as_str()));
+        let api = self.api::<K>();
+        for obj in api.list(&ListParams::default().labels(&self.selector)).await?.items {
+            let controlled = obj.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == self.uid);
+            let name = obj.name_any();
+            if controlled
+                && obj.meta().deletion_timestamp.is_none()
+                && !self.applied.contains(&(kind.clone(), name.clone()))
+                && delete(&api, &name).await?
+            {
+                info!(%kind, %name, "deleted an orphan");
+                let note = format!("deleted {kind} {name}: no longer built");
+                self.ctx.event_about(self.owner, Some(obj.object_ref(&())), false, "Deleted", "Prune", note).await;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Deletes `name` if it exists; `true` when a delete was sent.

@@ -1,6 +1,7 @@
 //! One kube-rs `Controller` per kind. Each reconcile runs the same steps:
 //! dereference (read what the resource points to) -> validate (no client) -> build (pure) ->
-//! apply (server-side apply, in order: ConfigMap, Service, PDB, then the workload) -> status.
+//! apply (server-side apply, in order: ConfigMap, Service, PDB, then the workload; then delete
+//! what the builders no longer produce, see [`apply::ApplySet`]) -> status.
 //!
 //! A reconcile writes only what differs, so a steady state writes nothing; `paused` makes it
 //! read-only apart from the `Paused` condition; Events mark every write and every error.

@@ -695,3 +695,39 @@ pub async fn stopping_while_starting_releases_the_lease(h: &Harness) {
     let lease = h.api::<k8s_openapi::api::coordination::v1::Lease>().get("parley-operator").await.unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity, None, "the Lease is released");
 }
+
+pub async fn an_orphaned_object_is_removed(h: &Harness) {
+    use parley_operator::build::{Component, labels};
+
+    h.create_users_config_map().await;
+    let op = h.start_operator("op-a");
+    h.apply_domain("corp", 500).await;
+    converged(h, "corp").await;
+    let hs = h.wait_for::<HomeServer, _>("HomeServer", "corp-home-1", |_| true).await;
+    // What an earlier version built for the Home Server and this one does not, and an
+    // administrator's ConfigMap that merely carries the same labels.
+    let leftover = |name: &str, owned: bool| ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels("corp-home-1", Component::HomeServer, "corp")),
+            owner_references: owned.then(|| vec![hs.controller_owner_ref(&()).unwrap()]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pp = kube::api::PostParams::default();
+    h.api::<ConfigMap>().create(&pp, &leftover("corp-home-1-admin-notes", false)).await.unwrap();
+    // Creating an object the HomeServer owns wakes its controller.
+    h.api::<ConfigMap>().create(&pp, &leftover("corp-home-1-legacy", true)).await.unwrap();
+    h.wait_gone::<ConfigMap>("corp-home-1-legacy").await;
+    assert!(
+        h.api::<ConfigMap>().get_opt("corp-home-1-admin-notes").await.unwrap().is_some(),
+        "only objects the HomeServer controls are pruned"
+    );
+    assert!(h.api::<ConfigMap>().get_opt("corp-home-1-config").await.unwrap().is_some(), "what is built stays");
+    h.wait_for_list::<k8s_openapi::api::events::v1::Event, _>("the Deleted Event", |evs| {
+        evs.iter().any(|e| e.note.as_deref() == Some("deleted ConfigMap corp-home-1-legacy: no longer built"))
+    })
+    .await;
+    op.stop().await.unwrap();
+}
