@@ -239,6 +239,15 @@ fn tail(log: &Path) -> String {
 
 fn launch(assets: &Path) -> Result<ControlPlane, String> {
     let started = Instant::now();
+    // Directories of earlier runs that were killed (then no exit hook removed them).
+    for e in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("parley-envtest-")
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     let dir = std::env::temp_dir().join(format!("parley-envtest-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.join("etcd")).map_err(|e| format!("create {}: {e}", dir.display()))?;

@@ -55,14 +55,31 @@ pub const USERS_TOML: &str =
 /// Field manager of the test's own writes (what `kubectl apply --server-side` would use).
 pub const TEST_MANAGER: &str = "kubectl";
 
+/// The CRDs as users install them: the YAML in crds/ (a unit test keeps it in step with the types).
+fn crds_dir() -> Vec<CustomResourceDefinition> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("crds/").map(|e| e.expect("crds/ entry").path()).collect();
+    files.sort();
+    let crds: Vec<CustomResourceDefinition> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(p).expect("read CRD");
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect();
+    assert_eq!(crds.len(), 3, "crds/ holds the three CRDs");
+    crds
+}
+
 async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in parley_operator::crd::generate::all() {
+    for crd in crds_dir() {
         let name = crd.name_any();
         crds.patch(&name, &PatchParams::apply("parley-tests").force(), &Patch::Apply(&crd)).await.expect("install CRD");
     }
     eventually("CRDs established", Duration::from_secs(60), || async {
-        for crd in parley_operator::crd::generate::all() {
+        for crd in crds_dir() {
             let live = crds.get(&crd.name_any()).await.ok()?;
             let ok = live.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
             if !ok {
