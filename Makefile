@@ -26,6 +26,11 @@ run-multi: ## A Front-End in front of two Home Servers on 127.0.0.1, mutual TLS 
 test: deps ## Everything CI runs: fmt, clippy, all tests, chart lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The operator's scenarios run against a real kube-apiserver and etcd from KUBEBUILDER_ASSETS
+	@# (under CI=true a missing set fails them); ../shared/k8s holds the binaries when it is beside us.
+	if [ -z "$$KUBEBUILDER_ASSETS" ] && [ -f ../shared/k8s/unpack.sh ]; then \
+	  assets=$$(bash ../shared/k8s/unpack.sh target/k8s-assets) && export KUBEBUILDER_ASSETS=$$assets || exit 1; \
+	fi; \
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory chart-lint
 

@@ -189,6 +189,8 @@ fn default_values_render_valid_objects() {
     for e in ["POD_NAME", "POD_NAMESPACE", "PARLEY_SERVER_IMAGE", "PARLEY_LEASE_NAME"] {
         assert!(env.contains(&e.to_string()), "{e} missing");
     }
+    let lease = c.env.as_ref().unwrap().iter().find(|e| e.name == "PARLEY_LEASE_DURATION_SECONDS");
+    assert_eq!(lease.and_then(|e| e.value.as_deref()), Some("15"), "leaseDurationSeconds reaches the operator");
     assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
     assert_eq!(c.security_context.as_ref().unwrap().read_only_root_filesystem, Some(true));
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
@@ -209,5 +211,6 @@ fn namespaced_values_render_a_role_in_the_watched_namespace() {
     let env = c.env.clone().unwrap();
     let get = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone());
     assert_eq!(get("PARLEY_WATCH_NAMESPACE").as_deref(), Some("parley-demo"));
+    assert_eq!(get("PARLEY_LEASE_DURATION_SECONDS").as_deref(), Some("7"));
     assert_eq!(get("PARLEY_SERVER_IMAGE").as_deref(), Some("registry.example/parley-server:1.2.3"));
 }

@@ -40,8 +40,8 @@ enum Command {
         /// This instance's identity in the Lease (the pod name).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
-        /// Seconds a Lease stays valid without renewal.
-        #[arg(long, default_value_t = 15)]
+        /// Seconds a Lease stays valid without renewal (the chart's `leaseDurationSeconds`).
+        #[arg(long, env = "PARLEY_LEASE_DURATION_SECONDS", default_value_t = 15)]
         lease_duration: u64,
         /// Address of /healthz, /readyz and /metrics.
         #[arg(long, env = "PARLEY_OPS_ADDR", default_value = "0.0.0.0:8080")]

@@ -1,17 +1,24 @@
 //! Writing objects: server-side apply with the operator's field manager, skipped when the live
-//! object already says what we would apply (so a steady-state reconcile writes nothing), and
-//! refused for objects that belong to someone else.
+//! object holds what we applied last and nobody changed it since (so a steady-state reconcile
+//! writes nothing), and refused for objects that belong to someone else.
 
 use std::fmt::Debug;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::Error;
-use crate::build::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER, MANAGED_BY, quantity, sha256_hex};
+use tracing::{debug, info};
+
+use super::{Context, Error, report_apply};
+use crate::build::{APPLIED_HASH_ANNOTATION, Component, FIELD_MANAGER, MANAGED_BY, MANAGED_SELECTOR, sha256_hex};
 
 /// What an apply did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,19 +36,83 @@ impl Outcome {
     }
 }
 
-/// Whether `live` says everything `desired` says. Fields only in `live` (defaults, status,
-/// other managers' fields) are ignored; quantities compare by value ("1" == "1000m").
-pub fn contains(live: &Value, desired: &Value) -> bool {
-    match (live, desired) {
-        (_, Value::Null) => true,
-        (Value::Object(l), Value::Object(d)) => d.iter().all(|(k, dv)| match l.get(k) {
-            Some(lv) => contains(lv, dv),
-            None => dv.is_null(),
+/// Why `live` needs `want` (a [`stamped`] object) applied again, or `None` when it holds what we
+/// applied last and nobody has changed it since.
+///
+/// The live object cannot be compared with `want` directly: the API server leaves out
+/// false-valued and empty fields, normalises quantities and adds defaults. Instead, the hash
+/// annotation says whether `want` is what we applied last, and the fields the server records for
+/// our field manager (`managedFields`) say whether all of it is still ours: anyone who changes
+/// or removes one of our fields (an update, a forced apply) takes it from us.
+pub fn reapply_reason(live: &Value, want: &Value) -> Option<String> {
+    let hash = |v: &Value| v.pointer("/metadata/annotations").and_then(|a| a.get(APPLIED_HASH_ANNOTATION)).cloned();
+    if hash(live) != hash(want) {
+        return Some("the desired object changed".into());
+    }
+    let ours = live.pointer("/metadata/managedFields").and_then(Value::as_array).and_then(|entries| {
+        entries.iter().find(|e| {
+            e["manager"] == FIELD_MANAGER
+                && e["operation"] == "Apply"
+                && e.get("subresource").and_then(Value::as_str).unwrap_or("").is_empty()
+        })
+    });
+    let Some(fields) = ours.and_then(|e| e.get("fieldsV1")) else {
+        return Some(format!("no fields of {FIELD_MANAGER}"));
+    };
+    // What apply records: everything but identity and system metadata.
+    let mut applied = want.clone();
+    if let Some(m) = applied.as_object_mut() {
+        m.retain(|k, _| !["apiVersion", "kind", "status"].contains(&k.as_str()));
+        if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+            meta.retain(|k, _| ["labels", "annotations", "ownerReferences", "finalizers"].contains(&k.as_str()));
+        }
+    }
+    missing(fields, &applied, "").map(|path| format!("{path} is no longer ours"))
+}
+
+/// The first field `applied` sets that the field set `owned` (`FieldsV1`) does not hold.
+fn missing(owned: &Value, applied: &Value, at: &str) -> Option<String> {
+    if owned.as_object().is_some_and(|o| o.is_empty()) {
+        // A leaf owns everything under it: an atomic list, map or struct (an owner reference).
+        return None;
+    }
+    match applied {
+        Value::Object(m) => m.iter().filter(|(_, v)| !v.is_null()).find_map(|(k, v)| {
+            let path = format!("{at}.{k}");
+            match owned.get(format!("f:{k}")) {
+                Some(o) => missing(o, v, &path),
+                None => Some(path),
+            }
         }),
-        (Value::Array(l), Value::Array(d)) => l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv)),
-        (Value::String(l), Value::String(d)) => quantity::same(l, d),
-        (Value::Number(l), Value::Number(d)) => l.as_f64() == d.as_f64(),
-        (l, d) => l == d,
+        Value::Array(items) => {
+            let o = owned.as_object()?;
+            // Items of associative lists are matched by key (`k:{...}`), of sets by value (`v:...`).
+            items.iter().enumerate().find_map(|(i, item)| {
+                let path = format!("{at}[{i}]");
+                let mut first_miss = Some(path.clone());
+                for (_, child) in o.iter().filter(|(k, _)| item_has_key(k, item)) {
+                    match missing(child, item, &path) {
+                        None => return None,
+                        Some(m) => first_miss = Some(m),
+                    }
+                }
+                first_miss
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether the `FieldsV1` key `key` names the list item `item`. Key fields `item` leaves out are
+/// the server's defaults (a port's protocol).
+fn item_has_key(key: &str, item: &Value) -> bool {
+    if let Some(k) = key.strip_prefix("k:") {
+        let Ok(Value::Object(k)) = serde_json::from_str::<Value>(k) else { return false };
+        k.iter().all(|(f, want)| item.get(f).is_none_or(|have| have == want))
+    } else if let Some(v) = key.strip_prefix("v:") {
+        serde_json::from_str::<Value>(v).is_ok_and(|v| &v == item)
+    } else {
+        false
     }
 }
 
@@ -100,12 +171,95 @@ where
     let live = api.get_opt(&name).await?;
     if let Some(live) = &live {
         check_ownership(live, desired)?;
-        if contains(&serde_json::to_value(live)?, &want) {
-            return Ok(Outcome::Unchanged);
+        match reapply_reason(&serde_json::to_value(live)?, &want) {
+            None => return Ok(Outcome::Unchanged),
+            Some(why) => debug!(kind = %K::kind(&Default::default()), %name, %why, "applying"),
         }
     }
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&want)).await?;
     Ok(if live.is_some() { Outcome::Updated } else { Outcome::Created })
+}
+
+/// The one apply path of a controller that builds workload objects for one resource (`owner`):
+/// [`ApplySet::apply`] writes the built objects in order and remembers them, and
+/// [`ApplySet::prune`] then deletes every object of [`OWNED_KINDS`] that `owner` controls and
+/// the builders no longer produced (an orphan, e.g. of an earlier version). Adding a kind of
+/// object touches its builder and [`OWNED_KINDS`] (and the chart's rules, which a test checks).
+pub struct ApplySet<'a, O> {
+    ctx: &'a Context,
+    owner: &'a O,
+    ns: String,
+    uid: String,
+    selector: String,
+    applied: BTreeSet<(String, String)>,
+}
+
+/// The kinds of object the workload controllers own, in the order they are applied.
+pub const OWNED_KINDS: [&str; 5] = ["ConfigMap", "Service", "PodDisruptionBudget", "StatefulSet", "Deployment"];
+
+impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
+    pub fn new(ctx: &'a Context, owner: &'a O, component: Component) -> Result<Self, Error> {
+        let meta = owner.meta();
+        let (Some(ns), Some(uid), Some(name)) = (meta.namespace.clone(), meta.uid.clone(), meta.name.clone()) else {
+            return Err(Error::Invalid("owner without namespace, uid or name".into()));
+        };
+        let selector = format!(
+            "{MANAGED_SELECTOR},app.kubernetes.io/component={},app.kubernetes.io/instance={name}",
+            component.as_str()
+        );
+        Ok(Self { ctx, owner, ns, uid, selector, applied: BTreeSet::new() })
+    }
+
+    fn api<K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K> {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    /// Applies `obj` (see [`apply`]) and publishes an Event when it wrote.
+    pub async fn apply<K>(&mut self, obj: &K) -> Result<Outcome, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug,
+    {
+        let out = apply(&self.api::<K>(), obj).await?;
+        self.applied.insert((K::kind(&()).into_owned(), obj.name_any()));
+        report_apply(self.ctx, self.owner, obj, out).await;
+        Ok(out)
+    }
+
+    /// Deletes the orphans of every kind in [`OWNED_KINDS`].
+    pub async fn prune(&self) -> Result<(), Error> {
+        self.prune_kind::<ConfigMap>().await?;
+        self.prune_kind::<Service>().await?;
+        self.prune_kind::<PodDisruptionBudget>().await?;
+        self.prune_kind::<StatefulSet>().await?;
+        self.prune_kind::<Deployment>().await
+    }
+
+    async fn prune_kind<K>(&self) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    {
+        let kind = K::kind(&()).into_owned();
+        debug_assert!(OWNED_KINDS.contains(&kind.as_str()));
+        let api = self.api::<K>();
+        for obj in api.list(&ListParams::default().labels(&self.selector)).await?.items {
+            let controlled = obj.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == self.uid);
+            let name = obj.name_any();
+            if controlled
+                && obj.meta().deletion_timestamp.is_none()
+                && !self.applied.contains(&(kind.clone(), name.clone()))
+                && delete(&api, &name).await?
+            {
+                info!(%kind, %name, "deleted an orphan");
+                let note = format!("deleted {kind} {name}: no longer built");
+                self.ctx.event_about(self.owner, Some(obj.object_ref(&())), false, "Deleted", "Prune", note).await;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Deletes `name` if it exists; `true` when a delete was sent.
@@ -142,20 +296,92 @@ mod tests {
     use super::*;
     use crate::build::fixtures;
 
-    #[test]
-    fn live_objects_may_say_more_than_we_want() {
-        let live = json!({"spec": {"replicas": 1, "revisionHistoryLimit": 10, "template": {"x": [1, 2]}}});
-        assert!(contains(&live, &json!({"spec": {"replicas": 1, "template": {"x": [1, 2]}}})));
-        assert!(!contains(&live, &json!({"spec": {"replicas": 2}})));
-        assert!(!contains(&live, &json!({"spec": {"template": {"x": [1]}}})), "lists compare whole");
-        assert!(!contains(&live, &json!({"spec": {"paused": true}})));
-        assert!(contains(&live, &json!({"spec": {"paused": null}})));
+    /// `want` as the API server shows it after our apply: false and empty fields left out, a
+    /// quantity normalised, defaults added, and our fields in `managedFields`.
+    fn live_after_apply(want: &Value, fields: Value) -> Value {
+        let mut live = want.clone();
+        live["spec"]["publishNotReadyAddresses"].take();
+        live["spec"]["cpu"] = json!("1");
+        live["spec"]["sessionAffinity"] = json!("None");
+        live["metadata"]["managedFields"] = json!([
+            {"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}},
+            {"manager": FIELD_MANAGER, "operation": "Update", "subresource": "status", "fieldsV1": {"f:status": {}}},
+            {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": fields},
+        ]);
+        live
+    }
+
+    fn want() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s", "namespace": "n", "annotations": {APPLIED_HASH_ANNOTATION: "abc"}},
+            "spec": {"publishNotReadyAddresses": false, "cpu": "1000m", "selector": {},
+                     "ports": [{"name": "sip", "port": 5060, "protocol": "UDP"}, {"name": "sips", "port": 5061}],
+                     "args": ["a", "b"], "finalizers": ["x"]},
+        })
+    }
+
+    fn ours() -> Value {
+        json!({
+            "f:metadata": {"f:annotations": {format!("f:{APPLIED_HASH_ANNOTATION}"): {}}},
+            "f:spec": {
+                "f:publishNotReadyAddresses": {}, "f:cpu": {}, "f:selector": {}, "f:args": {},
+                "f:ports": {
+                    "k:{\"port\":5060,\"protocol\":\"UDP\"}": {".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}},
+                    "k:{\"port\":5061,\"protocol\":\"TCP\"}": {".": {}, "f:name": {}, "f:port": {}},
+                },
+                "f:finalizers": {"v:\"x\"": {}},
+            },
+        })
     }
 
     #[test]
-    fn quantities_compare_by_value() {
-        assert!(contains(&json!({"cpu": "500m"}), &json!({"cpu": "0.5"})));
-        assert!(!contains(&json!({"cpu": "1"}), &json!({"cpu": "2"})));
+    fn what_we_applied_last_and_still_own_is_unchanged() {
+        assert_eq!(reapply_reason(&live_after_apply(&want(), ours()), &want()), None);
+    }
+
+    #[test]
+    fn atomic_items_are_owned_whole() {
+        let mut want = want();
+        want["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "u1"}]);
+        let mut fields = ours();
+        fields["f:metadata"]["f:ownerReferences"] = json!({".": {}, "k:{\"uid\":\"u1\"}": {}});
+        assert_eq!(reapply_reason(&live_after_apply(&want, fields.clone()), &want), None);
+        fields["f:metadata"]["f:ownerReferences"] = json!({".": {}, "k:{\"uid\":\"u2\"}": {}});
+        assert_eq!(
+            reapply_reason(&live_after_apply(&want, fields), &want).as_deref(),
+            Some(".metadata.ownerReferences[0] is no longer ours")
+        );
+    }
+
+    #[test]
+    fn a_new_desired_object_is_applied() {
+        let live = live_after_apply(&want(), ours());
+        let mut next = want();
+        next["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = json!("def");
+        assert_eq!(reapply_reason(&live, &next).as_deref(), Some("the desired object changed"));
+    }
+
+    #[test]
+    fn a_field_someone_else_took_is_put_back() {
+        let mut fields = ours();
+        fields["f:spec"]["f:ports"]["k:{\"port\":5061,\"protocol\":\"TCP\"}"].as_object_mut().unwrap().remove("f:name");
+        let live = live_after_apply(&want(), fields);
+        assert_eq!(reapply_reason(&live, &want()).as_deref(), Some(".spec.ports[1].name is no longer ours"));
+
+        let mut fields = ours();
+        fields["f:spec"]["f:ports"].as_object_mut().unwrap().remove("k:{\"port\":5060,\"protocol\":\"UDP\"}");
+        let live = live_after_apply(&want(), fields);
+        assert_eq!(reapply_reason(&live, &want()).as_deref(), Some(".spec.ports[0] is no longer ours"));
+
+        let mut fields = ours();
+        fields["f:spec"]["f:finalizers"] = json!({"v:\"y\"": {}});
+        let live = live_after_apply(&want(), fields);
+        assert_eq!(reapply_reason(&live, &want()).as_deref(), Some(".spec.finalizers[0] is no longer ours"));
+
+        let mut live = live_after_apply(&want(), ours());
+        live["metadata"]["managedFields"].as_array_mut().unwrap().pop();
+        assert_eq!(reapply_reason(&live, &want()).as_deref(), Some("no fields of parley-operator"));
     }
 
     #[test]
@@ -167,8 +393,6 @@ mod tests {
         let hash = |v: &Value| v["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].clone();
         assert_ne!(hash(&sa), hash(&sb));
         assert_eq!(hash(&sa), hash(&stamped(&a).unwrap()));
-        assert!(contains(&sa, &sa));
-        assert!(!contains(&sa, &sb));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::apply::{apply, delete, patch_status};
 use super::conditions::{Want, is_true, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
 use crate::build;
 use crate::crd::condition::{PAUSED, READY, SCALE_DOWN_BLOCKED};
 use crate::crd::{CommunicationsDomain, CommunicationsDomainStatus, FrontEnd, HomeServer, Topology};
@@ -29,14 +29,17 @@ fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
 }
 
 pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Result<Action> {
-    if d.metadata.deletion_timestamp.is_some() {
-        // Owner references take the HomeServers and FrontEnd (and so their workloads) with it.
-        return Ok(Action::await_change());
-    }
     let ns = namespace_of(d.as_ref())?;
     let name = d.name_any();
-    let uid = d.metadata.uid.clone().unwrap_or_default();
     let client = ctx.client.clone();
+    // The watch cache can lag behind a deletion (a child's deletion may start this reconcile
+    // first): read the domain itself so that nothing is recreated for a domain that is going.
+    let d = match Api::<CommunicationsDomain>::namespaced(client.clone(), &ns).get_opt(&name).await? {
+        Some(d) if d.metadata.deletion_timestamp.is_none() => Arc::new(d),
+        // Owner references take the HomeServers and FrontEnd (and so their workloads) with it.
+        _ => return Ok(Action::await_change()),
+    };
+    let uid = d.metadata.uid.clone().unwrap_or_default();
     let hs_api: Api<HomeServer> = Api::namespaced(client.clone(), &ns);
     let fe_api: Api<FrontEnd> = Api::namespaced(client.clone(), &ns);
 
@@ -142,7 +145,10 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, d.metadata.generation, Timestamp::now());
     let api: Api<CommunicationsDomain> = Api::namespaced(client, &ns);
-    if patch_status(&api, &name, d.status.as_ref(), &status).await? {
+    let Some(wrote) = unless_gone(patch_status(&api, &name, d.status.as_ref(), &status).await)? else {
+        return Ok(Action::await_change());
+    };
+    if wrote {
         report_transitions(&ctx, d.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))

@@ -3,18 +3,16 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::apply::{apply, patch_status};
+use super::apply::{ApplySet, patch_status};
 use super::conditions::{Want, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
+use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
 use crate::build::config::{HomeServerRoute, home_server_address};
-use crate::build::{self, BuildContext};
+use crate::build::{self, BuildContext, Component};
 use crate::crd::condition::{PAUSED, READY};
 use crate::crd::{CommunicationsDomain, FrontEnd, FrontEndStatus, HomeServer};
 use crate::tiers;
@@ -81,15 +79,13 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
                     cluster_domain: &ctx.settings.cluster_domain,
                 };
                 let objs = build::front_end::build(&fe, &bctx, &routes)?;
-                let out = apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?;
-                report_apply(&ctx, fe.as_ref(), &objs.config_map, out).await;
-                let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?;
-                report_apply(&ctx, fe.as_ref(), &objs.service, out).await;
-                let out = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?;
-                report_apply(&ctx, fe.as_ref(), &objs.pdb, out).await;
-                let out = apply(&deploy_api, &objs.deployment).await?;
-                wrote_workload = out.wrote();
-                report_apply(&ctx, fe.as_ref(), &objs.deployment, out).await;
+                // Apply, in order, then remove what is no longer built.
+                let mut set = ApplySet::new(&ctx, fe.as_ref(), Component::FrontEnd)?;
+                set.apply(&objs.config_map).await?;
+                set.apply(&objs.service).await?;
+                set.apply(&objs.pdb).await?;
+                wrote_workload = set.apply(&objs.deployment).await?.wrote();
+                set.prune().await?;
                 status.replicas = objs.deployment.spec.as_ref().and_then(|s| s.replicas);
                 status.home_servers = routes.iter().map(|r| r.name.clone()).collect();
             }
@@ -102,7 +98,12 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
     }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, fe.metadata.generation, Timestamp::now());
-    if patch_status(&Api::<FrontEnd>::namespaced(client, &ns), &name, fe.status.as_ref(), &status).await? {
+    let Some(wrote) =
+        unless_gone(patch_status(&Api::<FrontEnd>::namespaced(client, &ns), &name, fe.status.as_ref(), &status).await)?
+    else {
+        return Ok(Action::await_change());
+    };
+    if wrote {
         report_transitions(&ctx, fe.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))

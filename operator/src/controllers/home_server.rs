@@ -3,17 +3,16 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::apply::{apply, patch_status};
+use super::apply::{ApplySet, patch_status};
 use super::conditions::{Want, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, validate};
-use crate::build::{self, BuildContext, FIELD_MANAGER, quantity};
+use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
+use crate::build::{self, BuildContext, Component, FIELD_MANAGER, quantity};
 use crate::crd::condition::{PAUSED, READY};
 use crate::crd::{CommunicationsDomain, HomeServer, HomeServerStatus};
 use crate::tiers;
@@ -74,19 +73,15 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                     cluster_domain: &ctx.settings.cluster_domain,
                 };
                 let mut objs = build::home_server::build(&hs, &bctx)?;
-                // Apply, in order.
-                let out = apply(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &objs.config_map).await?;
-                report_apply(&ctx, hs.as_ref(), &objs.config_map, out).await;
-                let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?;
-                report_apply(&ctx, hs.as_ref(), &objs.service, out).await;
-                let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.client_service).await?;
-                report_apply(&ctx, hs.as_ref(), &objs.client_service, out).await;
-                let out = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?;
-                report_apply(&ctx, hs.as_ref(), &objs.pdb, out).await;
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
-                let out = apply(&sts_api, &objs.stateful_set).await?;
-                wrote_workload = out.wrote();
-                report_apply(&ctx, hs.as_ref(), &objs.stateful_set, out).await;
+                // Apply, in order, then remove what is no longer built.
+                let mut set = ApplySet::new(&ctx, hs.as_ref(), Component::HomeServer)?;
+                set.apply(&objs.config_map).await?;
+                set.apply(&objs.service).await?;
+                set.apply(&objs.client_service).await?;
+                set.apply(&objs.pdb).await?;
+                wrote_workload = set.apply(&objs.stateful_set).await?.wrote();
+                set.prune().await?;
                 wants.push(expand_volumes(&ctx, &ns, &name, &volumes).await?);
                 status.resolved = Some(objs.resolved);
                 status.address = Some(objs.address);
@@ -100,7 +95,13 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, hs.metadata.generation, Timestamp::now());
-    if patch_status(&Api::<HomeServer>::namespaced(client, &ns), &name, hs.status.as_ref(), &status).await? {
+    let Some(wrote) = unless_gone(
+        patch_status(&Api::<HomeServer>::namespaced(client, &ns), &name, hs.status.as_ref(), &status).await,
+    )?
+    else {
+        return Ok(Action::await_change());
+    };
+    if wrote {
         report_transitions(&ctx, hs.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))

@@ -1,6 +1,7 @@
 //! One kube-rs `Controller` per kind. Each reconcile runs the same steps:
 //! dereference (read what the resource points to) -> validate (no client) -> build (pure) ->
-//! apply (server-side apply, in order: ConfigMap, Service, PDB, then the workload) -> status.
+//! apply (server-side apply, in order: ConfigMap, Service, PDB, then the workload; then delete
+//! what the builders no longer produce, see [`apply::ApplySet`]) -> status.
 //!
 //! A reconcile writes only what differs, so a steady state writes nothing; `paused` makes it
 //! read-only apart from the `Paused` condition; Events mark every write and every error.
@@ -17,13 +18,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -141,6 +142,19 @@ impl Error {
     }
 }
 
+/// `None` when `r` failed with 404: the resource a reconcile writes the status of was deleted
+/// while it ran (its children carry owner references, so the garbage collector takes any it just
+/// applied). That resource is gone, which is no failure to retry or to report.
+pub fn unless_gone<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {
+            debug!(error = %s.message, "deleted while reconciling");
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How often a converged resource is looked at again (reads only) in case a watch missed something.
@@ -152,6 +166,7 @@ where
     F: Future<Output = Result<Action>>,
 {
     let start = Instant::now();
+    ctx.metrics.start(kind);
     let result = f.await;
     ctx.metrics.observe(kind, start.elapsed(), result.is_ok());
     if let Err(e) = &result {
@@ -244,6 +259,22 @@ impl HasDomain for FrontEnd {
     }
 }
 
+/// Completes when `stop` does while the controller's cache is not yet filled: then the controller
+/// is dropped instead of shut down gracefully. kube-runtime's graceful shutdown holds queued
+/// reconciles until the cache is ready, which never happens once the watches stop, so a shutdown
+/// during startup would hang until the process is killed (and never release the Lease).
+async fn unless_ready<K>(stop: Shutdown, store: Store<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    stop.await;
+    if store.wait_until_ready().now_or_never().is_none() {
+        debug!(kind = %K::kind(&()), "stopping before the cache was filled");
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
 /// Runs the three controllers until `stop` completes, then lets running reconciles finish.
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
     let client = ctx.client.clone();
@@ -260,7 +291,9 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
             None => r,
         })
     };
-    let domain_ctrl = Controller::new(domains.clone(), all())
+    let domain_ctrl = Controller::new(domains.clone(), all());
+    let domain_store = domain_ctrl.store();
+    let domain_ctrl = domain_ctrl
         .watches(home_servers.clone(), all(), move |hs: HomeServer| domain_of(&hs.spec.domain, hs.namespace()))
         .watches(front_ends.clone(), all(), move |fe: FrontEnd| domain_of(&fe.spec.domain, fe.namespace()))
         .graceful_shutdown_on(stop.clone())
@@ -271,10 +304,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
             error_policy,
             ctx.clone(),
         )
+        .take_until(unless_ready(stop.clone(), domain_store))
         .for_each(log_results("CommunicationsDomain"));
 
     let hs_ctrl = Controller::new(home_servers.clone(), all());
     let hs_store = hs_ctrl.store();
+    let hs_ready = hs_store.clone();
     let hs_ctrl = hs_ctrl
         .owns(api::<StatefulSet>(&client, ns), managed(Component::HomeServer))
         .owns(api::<Service>(&client, ns), managed(Component::HomeServer))
@@ -291,11 +326,13 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
             error_policy,
             ctx.clone(),
         )
+        .take_until(unless_ready(stop.clone(), hs_ready))
         .for_each(log_results("HomeServer"));
 
     let fe_ctrl = Controller::new(front_ends.clone(), all());
     let fe_store = fe_ctrl.store();
     let fe_store2 = fe_store.clone();
+    let fe_ready = fe_store.clone();
     let fe_ctrl = fe_ctrl
         .owns(api::<Deployment>(&client, ns), managed(Component::FrontEnd))
         .owns(api::<Service>(&client, ns), managed(Component::FrontEnd))
@@ -312,6 +349,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
             error_policy,
             ctx.clone(),
         )
+        .take_until(unless_ready(stop.clone(), fe_ready))
         .for_each(log_results("FrontEnd"));
 
     info!(namespace = ?namespace, "controllers running");

@@ -19,6 +19,7 @@ struct Histogram {
 
 #[derive(Default)]
 struct Inner {
+    started: BTreeMap<String, u64>,
     reconciles: BTreeMap<(String, &'static str), u64>,
     errors: BTreeMap<(String, String), u64>,
     durations: BTreeMap<String, Histogram>,
@@ -33,6 +34,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records that a reconcile of `kind` began (see [`Self::observe`] for its end).
+    pub fn start(&self, kind: &str) {
+        *self.inner.lock().expect("metrics lock").started.entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// Reconciles of `kind` begun so far, finished or not.
+    pub fn started(&self, kind: &str) -> u64 {
+        self.inner.lock().expect("metrics lock").started.get(kind).copied().unwrap_or(0)
+    }
+
     /// Records one reconcile of `kind`: its duration and whether it succeeded.
     pub fn observe(&self, kind: &str, took: Duration, ok: bool) {
         let mut m = self.inner.lock().expect("metrics lock");
@@ -71,6 +82,12 @@ impl Metrics {
         self.inner.lock().expect("metrics lock").ready
     }
 
+    /// Failed reconciles of every kind whose error is of `class` (e.g. `forbidden`).
+    pub fn errors(&self, class: &str) -> u64 {
+        let m = self.inner.lock().expect("metrics lock");
+        m.errors.iter().filter(|((_, c), _)| c == class).map(|(_, n)| n).sum()
+    }
+
     /// Reconciles of `kind` so far (successful and failed).
     pub fn reconciles(&self, kind: &str) -> u64 {
         let m = self.inner.lock().expect("metrics lock");
@@ -85,6 +102,12 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE parley_operator_reconciles_total counter");
         for ((kind, result), n) in &m.reconciles {
             let _ = writeln!(out, "parley_operator_reconciles_total{{kind=\"{kind}\",result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP parley_operator_reconciles_in_flight Reconciles running now, by kind.");
+        let _ = writeln!(out, "# TYPE parley_operator_reconciles_in_flight gauge");
+        for (kind, n) in &m.started {
+            let done: u64 = m.reconciles.iter().filter(|((k, _), _)| k == kind).map(|(_, n)| n).sum();
+            let _ = writeln!(out, "parley_operator_reconciles_in_flight{{kind=\"{kind}\"}} {}", n.saturating_sub(done));
         }
         let _ = writeln!(out, "# HELP parley_operator_reconcile_errors_total Failed reconciles by kind and error.");
         let _ = writeln!(out, "# TYPE parley_operator_reconcile_errors_total counter");
@@ -122,6 +145,9 @@ mod tests {
     #[test]
     fn renders_counts_errors_and_a_cumulative_histogram() {
         let m = Metrics::default();
+        for _ in 0..3 {
+            m.start("HomeServer");
+        }
         m.observe("HomeServer", Duration::from_millis(20), true);
         m.observe("HomeServer", Duration::from_millis(300), false);
         m.error("HomeServer", "conflict");
@@ -134,6 +160,8 @@ mod tests {
         assert!(text.contains("parley_operator_reconcile_duration_seconds_bucket{kind=\"HomeServer\",le=\"0.5\"} 2"));
         assert!(text.contains("parley_operator_reconcile_duration_seconds_count{kind=\"HomeServer\"} 2"));
         assert!(text.contains("parley_operator_leader 1"));
-        assert_eq!(m.reconciles("HomeServer"), 2);
+        assert!(text.contains("parley_operator_reconciles_in_flight{kind=\"HomeServer\"} 1"));
+        assert_eq!((m.started("HomeServer"), m.reconciles("HomeServer")), (3, 2));
+        assert_eq!((m.errors("conflict"), m.errors("forbidden")), (1, 0));
     }
 }

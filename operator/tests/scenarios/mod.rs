@@ -63,7 +63,7 @@ pub async fn small_domain(h: &Harness) {
     assert_eq!(st.front_end, None);
     assert!(h.names::<FrontEnd>().await.is_empty());
     assert!(h.names::<Deployment>().await.is_empty());
-    if h.is_double() {
+    if h.pods_become_ready {
         h.wait_for::<CommunicationsDomain, _>("domain Ready", "corp", |d| {
             ready(d.status.as_ref().map(|s| &s.conditions))
         })
@@ -106,7 +106,7 @@ pub async fn enterprise_domain(h: &Harness) {
         svc.spec.unwrap().ports.unwrap().iter().map(|p| (p.port, p.protocol.clone().unwrap())).collect();
     assert_eq!(ports, vec![(5060, "UDP".into()), (5060, "TCP".into()), (5061, "TCP".into())]);
     h.wait_for::<PodDisruptionBudget, _>("Front-End PDB", "corp-frontend", |_| true).await;
-    if h.is_double() {
+    if h.pods_become_ready {
         let d = h
             .wait_for::<CommunicationsDomain, _>("domain Ready", "corp", |d| {
                 ready(d.status.as_ref().map(|s| &s.conditions))
@@ -135,10 +135,11 @@ fn condition(
     conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
 }
 
-/// Waits until the domain is converged: Ready on the double (where workloads become ready), or
-/// its status describes the current generation on a cluster (where pods may never start).
+/// Waits until the domain is converged: Ready where workloads become ready (the double, the
+/// control plane where the harness plays the kubelet), or its status describes the current
+/// generation on a cluster (where pods may never start).
 async fn converged(h: &Harness, name: &str) -> CommunicationsDomain {
-    if h.is_double() {
+    if h.pods_become_ready {
         h.wait_for::<CommunicationsDomain, _>("domain Ready", name, domain_ready).await
     } else {
         h.wait_for::<CommunicationsDomain, _>("domain status", name, |d| {
@@ -256,19 +257,24 @@ pub async fn drift_is_put_back(h: &Harness) {
     h.apply_domain("corp", 25_000).await;
     converged(h, "corp").await;
 
-    let before = h.api::<StatefulSet>().get("corp-home-2").await.unwrap().uid();
+    // The domain's status can describe its generation before every child exists: wait for them.
+    let before = h.wait_for::<StatefulSet, _>("StatefulSet", "corp-home-2", |_| true).await.uid();
+    h.wait_for::<ConfigMap, _>("Front-End ConfigMap", "corp-frontend-config", |_| true).await;
     h.delete::<StatefulSet>("corp-home-2").await;
     h.wait_for::<StatefulSet, _>("StatefulSet restored", "corp-home-2", |s| s.uid() != before).await;
 
     h.delete::<ConfigMap>("corp-frontend-config").await;
     h.wait_for::<ConfigMap, _>("ConfigMap restored", "corp-frontend-config", |_| true).await;
 
-    let before = h.api::<HomeServer>().get("corp-home-3").await.unwrap().uid();
+    let before = h.wait_for::<HomeServer, _>("HomeServer", "corp-home-3", |_| true).await.uid();
     h.delete::<HomeServer>("corp-home-3").await;
     h.wait_for::<HomeServer, _>("HomeServer restored (still called for)", "corp-home-3", |hs| hs.uid() != before).await;
     h.wait_for::<StatefulSet, _>("its StatefulSet too", "corp-home-3", |_| true).await;
 
     // Someone edits a field the operator owns: it is put back.
+    h.wait_for::<Deployment, _>("Deployment", "corp-frontend", |_| true).await;
+    h.wait_for::<ConfigMap, _>("Home Server ConfigMap", "corp-home-1-config", |_| true).await;
+    h.wait_for::<Service, _>("Home Server Service", "corp-home-1", |_| true).await;
     let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}});
     h.api::<Deployment>()
         .patch("corp-frontend", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(patch))
@@ -390,9 +396,18 @@ pub async fn paused_domain_is_left_alone(h: &Harness) {
     })
     .await;
 
+    // The StatefulSet's deletion wakes the HomeServer's controller, the new user count the
+    // domain's: once reconciles begun after these writes have finished, nothing was restored.
+    let (hs_begun, d_begun) = (op.metrics.started("HomeServer"), op.metrics.started("CommunicationsDomain"));
     h.delete::<StatefulSet>("corp-home-1").await;
     h.patch_domain("corp", serde_json::json!({"users": 25_000})).await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    crate::support::eventually("reconciles after the changes", h.timeout, || async {
+        (op.metrics.reconciles("HomeServer") > hs_begun && op.metrics.reconciles("CommunicationsDomain") > d_begun)
+            .then_some(())
+    })
+    .await;
+    op.drain("HomeServer", h.timeout).await;
+    op.drain("CommunicationsDomain", h.timeout).await;
     assert!(
         h.api::<StatefulSet>().get_opt("corp-home-1").await.unwrap().is_none(),
         "a paused domain's children are not restored"
@@ -448,31 +463,36 @@ pub async fn steady_state_writes_nothing(h: &Harness) {
     h.create_users_config_map().await;
     let op = h.start_operator("op-a");
     h.apply_domain("corp", 25_000).await;
+    // Ready needs the workloads to have been observed unchanged: an operator that rewrote them on
+    // every reconcile would never get there.
     converged(h, "corp").await;
-    // Let the last status writes settle.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    for kind in ["CommunicationsDomain", "HomeServer", "FrontEnd"] {
+        op.drain(kind, h.timeout).await;
+    }
     let before = versions(h).await;
-    let since = h.double_api().map(|a| a.requests().len()).unwrap_or(0);
-    let reconciles = op.metrics.reconciles("HomeServer");
+    let since = h.requests_so_far();
+    let begun = |kind: &str| op.metrics.started(kind);
+    let (domains, home_servers, front_ends) = (begun("CommunicationsDomain"), begun("HomeServer"), begun("FrontEnd"));
     // A change elsewhere wakes every controller (the domain's children watch it) ...
-    h.patch_domain("corp", serde_json::json!({"image": null})).await;
     let annotate = serde_json::json!({"metadata": {"annotations": {"example.test/touched": "yes"}}});
     h.api::<CommunicationsDomain>()
         .patch("corp", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(annotate))
         .await
         .unwrap();
-    crate::support::eventually("a reconcile after the touch", h.timeout, || async {
-        (op.metrics.reconciles("HomeServer") > reconciles).then_some(())
+    crate::support::eventually("a reconcile of each resource after the touch", h.timeout, || async {
+        (op.metrics.reconciles("CommunicationsDomain") > domains
+            && op.metrics.reconciles("HomeServer") >= home_servers + 3
+            && op.metrics.reconciles("FrontEnd") > front_ends)
+            .then_some(())
     })
     .await;
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    // ... and converged reconciles write nothing.
-    if let Some(api) = h.double_api() {
-        // Lease renewals are leader election, not reconciling.
-        let writes: Vec<_> =
-            api.writes_by("op-a", since).into_iter().filter(|w| !w.path.contains("/leases/")).collect();
-        assert!(writes.is_empty(), "steady-state writes: {writes:#?}");
+    for kind in ["CommunicationsDomain", "HomeServer", "FrontEnd"] {
+        op.drain(kind, h.timeout).await;
     }
+    // ... and converged reconciles write nothing: no apply, no status, no Event.
+    // Lease renewals are leader election, not reconciling.
+    let writes: Vec<_> = h.writes_by("op-a", since).into_iter().filter(|w| !w.path.contains("/leases/")).collect();
+    assert!(writes.is_empty(), "steady-state writes: {writes:#?}");
     let after = versions(h).await;
     let changed: Vec<_> =
         before.iter().zip(&after).filter(|(a, b)| a != b && !a.0.starts_with("CommunicationsDomain/")).collect();
@@ -494,10 +514,8 @@ pub async fn two_operators_one_leader(h: &Harness) {
     let (leading, standing_by) = if leader == "op-a" { (a, b) } else { (b, a) };
     assert!(leading.is_leader() && !standing_by.is_leader());
     assert_eq!(standing_by.metrics.reconciles("CommunicationsDomain"), 0, "the standby does not reconcile");
-    if let Some(api) = h.double_api() {
-        let writes = api.writes_by(&standing_by.identity, 0);
-        assert!(writes.iter().all(|w| w.path.contains("/leases")), "the standby wrote: {writes:#?}");
-    }
+    let writes = h.writes_by(&standing_by.identity, 0);
+    assert!(writes.iter().all(|w| w.path.contains("/leases")), "the standby wrote: {writes:#?}");
 
     // The leader steps down (graceful shutdown releases the Lease); the standby takes over.
     let standby_name = standing_by.identity.clone();
@@ -586,24 +604,24 @@ pub async fn foreign_finalizer_holds_the_domain(h: &Harness) {
     h.apply_domain("corp", 500).await;
     converged(h, "corp").await;
     let hold = serde_json::json!({"metadata": {"finalizers": ["example.test/backup"]}});
-    let before = op.metrics.reconciles("CommunicationsDomain");
     h.api::<CommunicationsDomain>()
         .patch("corp", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(hold))
         .await
         .unwrap();
-    // Let the reconcile the patch started finish: one that began before the deletion may still
-    // apply the children once (as on a real cluster, where the garbage collector then removes them).
-    crate::support::eventually("the reconcile after the patch", h.timeout, || async {
-        (op.metrics.reconciles("CommunicationsDomain") > before).then_some(())
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     h.delete::<CommunicationsDomain>("corp").await;
     let d = h.api::<CommunicationsDomain>().get("corp").await.unwrap();
     assert!(d.metadata.deletion_timestamp.is_some());
-    // While held, the operator does not recreate what goes.
+    // A reconcile that began before the deletion may still apply the children once (the garbage
+    // collector would remove them); every later one reads the domain after its deletion.
+    op.drain("CommunicationsDomain", h.timeout).await;
+    // While held, the operator does not recreate what goes: the HomeServer's deletion wakes the
+    // domain's controller, and that reconcile leaves it gone.
+    let seen = op.metrics.reconciles("CommunicationsDomain");
     h.delete::<HomeServer>("corp-home-1").await;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    crate::support::eventually("the reconcile the HomeServer's deletion started", h.timeout, || async {
+        (op.metrics.reconciles("CommunicationsDomain") > seen).then_some(())
+    })
+    .await;
     assert!(h.api::<HomeServer>().get_opt("corp-home-1").await.unwrap().is_none());
     let release = serde_json::json!({"metadata": {"finalizers": null}});
     h.api::<CommunicationsDomain>()
@@ -620,11 +638,6 @@ pub async fn events_mark_what_happened(h: &Harness) {
     let op = h.start_operator("op-a");
     h.apply_domain("corp", 500).await;
     converged(h, "corp").await;
-    if let Some(api) = h.double_api() {
-        for r in api.requests().iter().filter(|r| r.path.contains("/events")) {
-            eprintln!("DBG {r:?}");
-        }
-    }
     let events = h
         .wait_for_list::<k8s_openapi::api::events::v1::Event, _>("Events", |evs| {
             evs.iter().any(|e| {
@@ -635,6 +648,86 @@ pub async fn events_mark_what_happened(h: &Harness) {
             })
         })
         .await;
-    assert!(events.iter().all(|e| e.reporting_controller.as_deref() == Some("parley-operator")));
+    // On a real server kube-controller-manager reports too (about the StatefulSet's pods); every
+    // Event about a Parley resource is ours.
+    let about_parley = |e: &&k8s_openapi::api::events::v1::Event| {
+        e.regarding.as_ref().and_then(|r| r.api_version.as_deref()).is_some_and(|v| v.starts_with("parley.dev/"))
+    };
+    assert!(events.iter().filter(about_parley).all(|e| e.reporting_controller.as_deref() == Some("parley-operator")));
+    op.stop().await.unwrap();
+}
+
+pub async fn a_resource_deleted_while_reconciled_is_gone(h: &Harness) {
+    use kube::api::{Patch, PatchParams};
+    use kube::runtime::controller::Action;
+    use parley_operator::controllers::{Context, Settings, front_end, home_server};
+    use std::sync::Arc;
+
+    h.create_users_config_map().await;
+    h.apply_domain("corp", 500).await;
+    // A HomeServer and a FrontEnd as a controller's cache still holds them, deleted since.
+    let hs = serde_json::json!({"apiVersion": "parley.dev/v1alpha1", "kind": "HomeServer", "metadata": {"name": "east"},
+                                "spec": {"domain": "corp", "capacity": 100}});
+    let hs = h.api::<HomeServer>().patch("east", &PatchParams::apply("kubectl"), &Patch::Apply(hs)).await.unwrap();
+    let fe = serde_json::json!({"apiVersion": "parley.dev/v1alpha1", "kind": "FrontEnd", "metadata": {"name": "edge"},
+                                "spec": {"domain": "corp", "replicas": 1}});
+    let fe = h.api::<FrontEnd>().patch("edge", &PatchParams::apply("kubectl"), &Patch::Apply(fe)).await.unwrap();
+    h.delete::<HomeServer>("east").await;
+    h.delete::<FrontEnd>("edge").await;
+    h.wait_gone::<HomeServer>("east").await;
+    h.wait_gone::<FrontEnd>("edge").await;
+
+    let settings = Settings { default_image: "parley-server:test".into(), cluster_domain: "cluster.local".into() };
+    let ctx = Arc::new(Context::new(h.client.clone(), settings, Default::default(), "op-a"));
+    let gone = Action::await_change();
+    assert_eq!(home_server::reconcile(Arc::new(hs), ctx.clone()).await.expect("not a failure"), gone);
+    assert_eq!(front_end::reconcile(Arc::new(fe), ctx.clone()).await.expect("not a failure"), gone);
+    // What those reconciles applied names its deleted owner: the garbage collector removes it.
+    h.wait_gone::<StatefulSet>("east").await;
+    h.wait_gone::<Deployment>("edge").await;
+}
+
+pub async fn stopping_while_starting_releases_the_lease(h: &Harness) {
+    let op = h.start_operator("op-a");
+    crate::support::eventually("leadership", h.timeout, || async { op.is_leader().then_some(()) }).await;
+    // At once: the controllers' caches are most likely still being filled.
+    op.stop().await.expect("a prompt, clean stop");
+    let lease = h.api::<k8s_openapi::api::coordination::v1::Lease>().get("parley-operator").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None, "the Lease is released");
+}
+
+pub async fn an_orphaned_object_is_removed(h: &Harness) {
+    use parley_operator::build::{Component, labels};
+
+    h.create_users_config_map().await;
+    let op = h.start_operator("op-a");
+    h.apply_domain("corp", 500).await;
+    converged(h, "corp").await;
+    let hs = h.wait_for::<HomeServer, _>("HomeServer", "corp-home-1", |_| true).await;
+    // What an earlier version built for the Home Server and this one does not, and an
+    // administrator's ConfigMap that merely carries the same labels.
+    let leftover = |name: &str, owned: bool| ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(labels("corp-home-1", Component::HomeServer, "corp")),
+            owner_references: owned.then(|| vec![hs.controller_owner_ref(&()).unwrap()]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pp = kube::api::PostParams::default();
+    h.api::<ConfigMap>().create(&pp, &leftover("corp-home-1-admin-notes", false)).await.unwrap();
+    // Creating an object the HomeServer owns wakes its controller.
+    h.api::<ConfigMap>().create(&pp, &leftover("corp-home-1-legacy", true)).await.unwrap();
+    h.wait_gone::<ConfigMap>("corp-home-1-legacy").await;
+    assert!(
+        h.api::<ConfigMap>().get_opt("corp-home-1-admin-notes").await.unwrap().is_some(),
+        "only objects the HomeServer controls are pruned"
+    );
+    assert!(h.api::<ConfigMap>().get_opt("corp-home-1-config").await.unwrap().is_some(), "what is built stays");
+    h.wait_for_list::<k8s_openapi::api::events::v1::Event, _>("the Deleted Event", |evs| {
+        evs.iter().any(|e| e.note.as_deref() == Some("deleted ConfigMap corp-home-1-legacy: no longer built"))
+    })
+    .await;
     op.stop().await.unwrap();
 }

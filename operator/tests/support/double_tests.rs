@@ -126,6 +126,17 @@ async fn server_side_apply_tracks_field_managers() {
     cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"z": "1"}}}))).await.unwrap();
     // A field alpha stops applying goes away.
     let a = cms.patch("a", &pa, &Patch::Apply(body(json!({"x": "1"}), json!({"k": "a"})))).await.unwrap();
+    // managedFields show who owns what, in the API server's FieldsV1 form.
+    let fields = |o: &ConfigMap, manager: &str| {
+        let e = o.metadata.managed_fields.iter().flatten().find(|e| e.manager.as_deref() == Some(manager)).cloned();
+        e.map(|e| (e.operation.unwrap_or_default(), serde_json::to_value(e.fields_v1.unwrap()).unwrap()))
+    };
+    assert_eq!(
+        fields(&a, "alpha"),
+        Some(("Apply".into(), json!({"f:data": {"f:k": {}}, "f:metadata": {"f:labels": {"f:x": {}}}})))
+    );
+    let updaters = a.metadata.managed_fields.iter().flatten().filter(|e| e.operation.as_deref() == Some("Update"));
+    assert_eq!(updaters.count(), 1, "the merge patch's manager owns the label it set");
     let labels = a.labels();
     assert_eq!(
         (labels.get("x"), labels.get("y"), labels.get("z")),

@@ -107,6 +107,32 @@ pub fn leaves(v: &Value) -> BTreeSet<Path> {
     out
 }
 
+/// A set of paths in the API server's `FieldsV1` form (what `metadata.managedFields` shows):
+/// `f:<field>` for a field, `k:<key as JSON>` for an associative list's item, `.` for the item itself.
+pub fn fields_v1(paths: &BTreeSet<Path>) -> Value {
+    let mut root = Value::Object(Default::default());
+    for p in paths {
+        let mut at = &mut root;
+        for seg in p {
+            let name = match seg {
+                Seg::F(f) => format!("f:{f}"),
+                Seg::K(k) => {
+                    let key: serde_json::Map<String, Value> = k
+                        .split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(f, v)| (f.to_string(), v.parse::<i64>().map(Value::from).unwrap_or_else(|_| v.into())))
+                        .collect();
+                    format!("k:{}", Value::Object(key))
+                }
+                Seg::Item => ".".into(),
+            };
+            at =
+                at.as_object_mut().expect("field set").entry(name).or_insert_with(|| Value::Object(Default::default()));
+        }
+    }
+    root
+}
+
 /// The value at `path`.
 pub fn get<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
     let Some((first, rest)) = path.split_first() else { return Some(v) };

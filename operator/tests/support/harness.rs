@@ -1,14 +1,16 @@
-//! Runs a scenario against the double or, when `KUBECONFIG` is set, against a real cluster: in a
-//! fresh namespace, with operator instances started in-process (watching only that namespace,
-//! electing a leader with a Lease in it).
+//! Runs a scenario against the double, against the control plane of [`super::envtest`], or, when
+//! `KUBECONFIG` is set, against a real cluster: in a fresh namespace, with operator instances
+//! started in-process (watching only that namespace, electing a leader with a Lease in it).
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
+
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -23,6 +25,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::ApiServer;
+use super::store::Logged;
 
 /// Where a scenario runs.
 pub enum Backend {
@@ -35,6 +38,11 @@ pub struct Harness {
     /// The test's own client (what `kubectl` would be).
     pub client: Client,
     pub backend: Backend,
+    /// Whether workloads become ready: the double fakes their status, and on the control plane
+    /// of [`super::envtest`] the harness plays the kubelet; on a cluster pods really run.
+    pub pods_become_ready: bool,
+    /// On a real API server: every request the operators sent (the double keeps its own log).
+    log: Arc<Mutex<Vec<Logged>>>,
     /// How long to wait for the operator to converge.
     pub timeout: Duration,
     background: Vec<JoinHandle<()>>,
@@ -47,14 +55,31 @@ pub const USERS_TOML: &str =
 /// Field manager of the test's own writes (what `kubectl apply --server-side` would use).
 pub const TEST_MANAGER: &str = "kubectl";
 
+/// The CRDs as users install them: the YAML in crds/ (a unit test keeps it in step with the types).
+fn crds_dir() -> Vec<CustomResourceDefinition> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("crds/").map(|e| e.expect("crds/ entry").path()).collect();
+    files.sort();
+    let crds: Vec<CustomResourceDefinition> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            let text = std::fs::read_to_string(p).expect("read CRD");
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect();
+    assert_eq!(crds.len(), 3, "crds/ holds the three CRDs");
+    crds
+}
+
 async fn install_crds(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in parley_operator::crd::generate::all() {
+    for crd in crds_dir() {
         let name = crd.name_any();
         crds.patch(&name, &PatchParams::apply("parley-tests").force(), &Patch::Apply(&crd)).await.expect("install CRD");
     }
     eventually("CRDs established", Duration::from_secs(60), || async {
-        for crd in parley_operator::crd::generate::all() {
+        for crd in crds_dir() {
             let live = crds.get(&crd.name_any()).await.ok()?;
             let ok = live.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
             if !ok {
@@ -103,6 +128,65 @@ async fn fake_workload_controllers(client: Client, ns: String) {
     }
 }
 
+/// Plays the kubelet on a control plane without one: marks every pod in `ns` running and ready,
+/// so that the workload controllers report ready StatefulSets and Deployments.
+async fn fake_kubelet(client: Client, ns: String) {
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let status = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True"},
+        {"type": "ContainersReady", "status": "True"},
+        {"type": "Ready", "status": "True"},
+    ]}});
+    loop {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for p in list {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready && p.metadata.deletion_timestamp.is_none() {
+                    let _ = pods.patch_status(&p.name_any(), &PatchParams::default(), &Patch::Merge(&status)).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A client that sends through `inner` and logs each request under `name`, so that a scenario
+/// can count an operator's writes on a real API server as it does on the double.
+fn recording(inner: Client, log: Arc<Mutex<Vec<Logged>>>, name: &str) -> Client {
+    let name = name.to_string();
+    let ns = inner.default_namespace().to_string();
+    let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let (inner, log, name) = (inner.clone(), log.clone(), name.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let mut entry = Logged {
+                client: name,
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                code: 0,
+            };
+            let req = axum::http::Request::from_parts(parts, kube::client::Body::from(bytes.to_vec()));
+            let response = match inner.send(req).await {
+                Ok(resp) => {
+                    entry.code = resp.status().as_u16();
+                    resp.map(axum::body::Body::new).into_response()
+                }
+                Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+            };
+            log.lock().expect("log").push(entry);
+            response
+        }
+    });
+    Client::new(router, ns)
+}
+
 /// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -114,6 +198,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
+
         assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -139,6 +224,16 @@ impl OperatorHandle {
     pub fn is_leader(&self) -> bool {
         self.metrics.is_leader()
     }
+
+    /// Waits until every reconcile of `kind` begun by now has finished: later ones start from
+    /// what the API server says after this call.
+    pub async fn drain(&self, kind: &str, timeout: Duration) {
+        let begun = self.metrics.started(kind);
+        eventually(&format!("the {kind} reconciles begun so far to finish"), timeout, || async {
+            (self.metrics.reconciles(kind) >= begun).then_some(())
+        })
+        .await
+    }
 }
 
 impl Drop for OperatorHandle {
@@ -159,6 +254,8 @@ impl Harness {
             client,
             background: vec![tokio::spawn(fake_workload_controllers(api.client("kube-controller-manager"), ns))],
             backend: Backend::Double(api),
+            pods_become_ready: true,
+            log: Arc::default(),
             timeout: Duration::from_secs(20),
         };
         h.create_namespace().await;
@@ -177,13 +274,34 @@ impl Harness {
                 use std::io::Write;
                 let _ = writeln!(
                     std::io::stderr(),
-                    "skipped: KUBECONFIG not set, so the cluster::* scenarios did not run against a real cluster \
-                     (the double::* ones did); `make e2e` runs them in kind"
+                    "skipped: KUBECONFIG not set, so the cluster::* scenarios did not run against a real cluster; \
+                     `make e2e` runs them in kind"
                 );
             });
             return None;
         }
         let client = Client::try_default().await.expect("KUBECONFIG names a reachable cluster");
+        Some(Self::real(test, client, Duration::from_secs(120), false).await)
+    }
+
+    /// A scenario against the control plane this test binary starts from `KUBEBUILDER_ASSETS`
+    /// (see [`super::envtest`]), or `None` (counted and reported) when it is to be skipped.
+    pub async fn apiserver(test: &str) -> Option<Harness> {
+        let plane = match tokio::task::spawn_blocking(super::envtest::control_plane).await.expect("join") {
+            Ok(Some(plane)) => plane,
+            Ok(None) => {
+                super::envtest::skipped(&format!("apiserver::{test}"));
+                return None;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let mut h = Self::real(test, plane.client().await, Duration::from_secs(60), true).await;
+        h.background.push(tokio::spawn(fake_kubelet(h.client.clone(), h.ns.clone())));
+        Some(h)
+    }
+
+    /// A scenario on a real API server, in a namespace of its own.
+    async fn real(test: &str, client: Client, timeout: Duration, pods_become_ready: bool) -> Harness {
         install_crds(&client).await;
         let suffix =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -193,11 +311,13 @@ impl Harness {
             ns: format!("{}-{:08x}", base.trim_end_matches('-'), suffix),
             client,
             backend: Backend::Cluster,
-            timeout: Duration::from_secs(120),
+            pods_become_ready,
+            log: Arc::default(),
+            timeout,
             background: Vec::new(),
         };
         h.create_namespace().await;
-        Some(h)
+        h
     }
 
     async fn create_namespace(&self) {
@@ -219,6 +339,30 @@ impl Harness {
         }
     }
 
+    /// How many requests all clients (on the double) or the operators (on a real server) sent so far.
+    pub fn requests_so_far(&self) -> usize {
+        match &self.backend {
+            Backend::Double(api) => api.requests().len(),
+            Backend::Cluster => self.log.lock().expect("log").len(),
+        }
+    }
+
+    /// Writes (anything but GET) the operator `identity` sent after request number `since`.
+    pub fn writes_by(&self, identity: &str, since: usize) -> Vec<Logged> {
+        match &self.backend {
+            Backend::Double(api) => api.writes_by(identity, since),
+            Backend::Cluster => self
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .skip(since)
+                .filter(|l| l.client == identity && l.is_write())
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -231,6 +375,16 @@ impl Harness {
         let client = match &self.backend {
             Backend::Double(api) => api.client(identity),
             Backend::Cluster => self.client.clone(),
+        };
+        self.start_operator_with(identity, client)
+    }
+
+    /// Starts an operator instance called `identity` that talks through `client` (on a real
+    /// server, e.g. with a ServiceAccount's token).
+    pub fn start_operator_with(&self, identity: &str, client: Client) -> OperatorHandle {
+        let client = match &self.backend {
+            Backend::Double(_) => client,
+            Backend::Cluster => recording(client, self.log.clone(), identity),
         };
         let config = OperatorConfig {
             watch_namespace: Some(self.ns.clone()),

@@ -1,5 +1,6 @@
-//! Test support: an in-process Kubernetes API server double, and a harness that runs the same
-//! scenarios against it or against a real cluster (`KUBECONFIG`).
+//! Test support: an in-process Kubernetes API server double, a real control plane started from
+//! `KUBEBUILDER_ASSETS` ([`envtest`]), and a harness that runs the same scenarios against either
+//! or against a real cluster (`KUBECONFIG`).
 //!
 //! # The double
 //!
@@ -30,6 +31,7 @@
 
 #![allow(dead_code)]
 
+pub mod envtest;
 pub mod fields;
 pub mod harness;
 pub mod http;

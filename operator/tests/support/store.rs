@@ -181,6 +181,24 @@ fn ownable(p: &Path, r: &Resource, sub: Sub) -> bool {
     }
 }
 
+/// Shows who owns which fields in `metadata.managedFields`, as the API server does (without times).
+fn show_managed_fields(obj: &mut Value, owners: &BTreeMap<(String, &'static str), BTreeSet<Path>>) {
+    let api_version = obj.get("apiVersion").cloned().unwrap_or(Value::Null);
+    let entries: Vec<Value> = owners
+        .iter()
+        .map(|((manager, operation), paths)| {
+            json!({"manager": manager, "operation": operation, "apiVersion": api_version,
+                   "fieldsType": "FieldsV1", "fieldsV1": fields::fields_v1(paths)})
+        })
+        .collect();
+    let m = meta_mut(obj);
+    if entries.is_empty() {
+        m.remove("managedFields");
+    } else {
+        m.insert("managedFields".into(), Value::Array(entries));
+    }
+}
+
 /// The part of `v` other than metadata and status: what bumps `metadata.generation`.
 fn spec_part(v: &Value) -> Value {
     let mut v = v.clone();
@@ -359,7 +377,9 @@ impl State {
                 let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
                 meta_mut(&mut new).insert("generation".into(), json!(generation + 1));
             }
-            if *old == new {
+            let mut unchanged = old.clone();
+            meta_mut(&mut unchanged).remove("managedFields");
+            if unchanged == new {
                 return Ok(None);
             }
         }
@@ -377,6 +397,7 @@ impl State {
     ) -> Value {
         self.rv += 1;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        show_managed_fields(&mut new, &owners);
         let old = self.objects.get(&key).map(|s| s.obj.clone());
         let finalizers_left =
             new.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
@@ -631,10 +652,10 @@ impl State {
             Some(old) => match self.admit(r, Some(&old), merged, sub, precondition)? {
                 Some(new) => Ok(self.commit(r, key, new, owners)),
                 None => {
-                    if let Some(s) = self.objects.get_mut(&key) {
-                        s.owners = owners;
-                    }
-                    Ok(old)
+                    let Some(s) = self.objects.get_mut(&key) else { return Ok(old) };
+                    show_managed_fields(&mut s.obj, &owners);
+                    s.owners = owners;
+                    Ok(s.obj.clone())
                 }
             },
         }
