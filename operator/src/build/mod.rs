@@ -3,6 +3,7 @@
 //! Nothing here talks to the API server, so every object the operator writes can be checked by
 //! plain unit tests: labels, owner references, probes, resources, volumes, security context.
 
+pub mod certificates;
 pub mod config;
 pub mod domain;
 pub mod front_end;
@@ -89,6 +90,8 @@ pub enum BuildError {
     MissingMetadata(&'static str, &'static str),
     #[error("rendering the server config: {0}")]
     Config(String),
+    #[error("certificates: {0}")]
+    Certificate(String),
 }
 
 /// Everything a builder needs besides the resource itself: the domain it belongs to and the
