@@ -125,7 +125,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
                 }),
                 spec: Some(PodSpec {
                     containers: vec![server_container(ctx, component, resources)],
-                    volumes: Some(common_volumes(&name, &ctx.domain.spec.directory)),
+                    volumes: Some(common_volumes(&name, ctx.domain)),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),

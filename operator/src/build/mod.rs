@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod front_end;
 pub mod home_server;
+pub mod prep;
 pub mod quantity;
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{CommunicationsDomain, DirectorySpec};
+use crate::crd::CommunicationsDomain;
 use crate::tiers::Sizing;
 
 /// Field manager of every server-side apply the operator sends.
@@ -92,6 +93,8 @@ pub enum BuildError {
     Config(String),
     #[error("certificates: {0}")]
     Certificate(String),
+    #[error("directory preparation: {0}")]
+    Prep(String),
 }
 
 /// Everything a builder needs besides the resource itself: the domain it belongs to and the
@@ -341,17 +344,15 @@ pub fn server_container(
 
 /// Volumes every server pod has: its config, its certificate, the directory credentials (or
 /// users file) and a scratch `/tmp`. Data and logs are added by the role's builder.
-pub fn common_volumes(instance: &str, directory: &DirectorySpec) -> Vec<Volume> {
-    let directory_volume = match (&directory.ldap, &directory.file) {
-        (Some(ldap), _) => Volume {
+pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volume> {
+    let directory = &domain.spec.directory;
+    let service_account = prep::service_account_secret_ref(domain);
+    let directory_volume = match (&service_account, &directory.file) {
+        (Some(secret), _) => Volume {
             name: "directory".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(ldap.password_secret.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ldap.password_secret.key.clone(),
-                    path: "password".into(),
-                    ..Default::default()
-                }]),
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath { key: secret.key.clone(), path: "password".into(), ..Default::default() }]),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -453,8 +454,18 @@ pub(crate) mod fixtures {
                         url: "ldap://ldap.example:389".into(),
                         base_dn: "dc=example,dc=test".into(),
                         bind_dn: None,
-                        password_secret: SecretKeyRef { name: "ldap-service".into(), key: "password".into() },
-                        admin_secret: None,
+                        service_account_secret_ref: Some(SecretKeyRef {
+                            name: "ldap-service".into(),
+                            key: "password".into(),
+                        }),
+                        password_secret: None,
+                        admin_secret: Some(AdminSecretRef {
+                            name: "ldap-admin".into(),
+                            key: "password".into(),
+                            bind_dn_key: "bindDn".into(),
+                        }),
+                        ca_bundle: None,
+                        start_tls: false,
                     }),
                     file: None,
                 },

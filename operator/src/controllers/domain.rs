@@ -67,6 +67,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         front_end: front_ends.first().map(|f| f.name_any()),
         waiting_removal: old.waiting_removal.clone(),
         conditions: Vec::new(),
+        prepared_steps: old.prepared_steps.clone(),
     };
     let mut wants = Vec::new();
     let problems = validate::domain(&d);
