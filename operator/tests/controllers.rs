@@ -47,4 +47,7 @@ scenario!(
     sip_domain_is_immutable,
     foreign_finalizer_holds_the_domain,
     events_mark_what_happened,
+    certificate_secrets_chain_to_the_domain_ca,
+    a_certificate_near_expiry_is_renewed,
+    a_certificate_the_administrator_provides_is_left_alone,
 );
