@@ -50,4 +50,5 @@ scenario!(
     certificate_secrets_chain_to_the_domain_ca,
     a_certificate_near_expiry_is_renewed,
     a_certificate_the_administrator_provides_is_left_alone,
+    an_ldap_domain_is_prepared_in_order_before_its_workloads,
 );

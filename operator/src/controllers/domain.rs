@@ -113,7 +113,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         let prep = prep::reconcile(&ctx, &d, &ns, &hs_names, &old.prepared_steps).await?;
         status.prepared_steps = prep.prepared;
         if prep.busy {
-            // The domain does not watch Jobs; look again soon while one runs.
+            // The domain does not watch Jobs or Secrets; look again soon until prepared.
             requeue = requeue.min(PREP_POLL);
         }
         if !prep.done {
@@ -199,7 +199,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     Ok(Action::requeue(requeue))
 }
 
-/// How often a domain whose prep Job runs is looked at (the domain controller does not watch Jobs).
+/// How often a domain that is not prepared yet is looked at (the domain controller does not watch Jobs).
 const PREP_POLL: Duration = Duration::from_secs(10);
 
 /// The time from `now` until `at`, at least a second (a renewal due now is retried shortly).

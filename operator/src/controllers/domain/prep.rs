@@ -21,7 +21,8 @@ pub struct PrepOutcome {
     pub prepared: Vec<PreparedStep>,
     /// Every step succeeded: the domain's workloads may run.
     pub done: bool,
-    /// A Job runs, was just created or is being replaced: look again soon.
+    /// Not done yet: a Job runs, failed (and may be deleted to retry) or waits for a Secret.
+    /// Neither Jobs nor Secrets are watched, so look again soon.
     pub busy: bool,
 }
 
@@ -50,7 +51,12 @@ pub async fn reconcile(
     if prep::steps(d).is_empty() {
         // A file directory: nothing to read or write.
         let plan = prep::sequence(d, &image, &pairs, &BTreeMap::new(), prepared)?;
-        return Ok(PrepOutcome { conditions: plan.conditions, prepared: plan.prepared, done: plan.done, busy: false });
+        return Ok(PrepOutcome {
+            conditions: plan.conditions,
+            prepared: plan.prepared,
+            done: plan.done,
+            busy: !plan.done,
+        });
     }
 
     if prep::needs_generated_service_account(d) {
@@ -86,11 +92,5 @@ pub async fn reconcile(
         let out = apply(&jobs, job).await?;
         report_apply(ctx, d, job, out).await;
     }
-    let running = observed.values().any(|o| o.state == prep::JobState::Running);
-    Ok(PrepOutcome {
-        busy: running || plan.create.is_some() || !plan.delete.is_empty(),
-        conditions: plan.conditions,
-        prepared: plan.prepared,
-        done: plan.done,
-    })
+    Ok(PrepOutcome { busy: !plan.done, conditions: plan.conditions, prepared: plan.prepared, done: plan.done })
 }
