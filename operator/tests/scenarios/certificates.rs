@@ -101,3 +101,92 @@ pub async fn a_certificate_the_administrator_provides_is_left_alone(h: &Harness)
     assert!(s.metadata.owner_references.is_none());
     op.stop().await.unwrap();
 }
+
+/// A stand-in for cert-manager's `Certificate` CRD: its name, group and version, any spec.
+fn cert_manager_crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "certificates.cert-manager.io"},
+        "spec": {"group": "cert-manager.io", "scope": "Namespaced",
+                 "names": {"plural": "certificates", "singular": "certificate", "kind": "Certificate", "listKind": "CertificateList"},
+                 "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }))
+    .unwrap()
+}
+
+fn certificates_condition(d: &CommunicationsDomain) -> Option<(String, String, String)> {
+    let c = d.status.as_ref()?.conditions.iter().find(|c| c.type_ == "CertificatesReady")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+pub async fn with_an_issuer_cert_manager_certificates_fill_the_secrets(h: &Harness) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, DynamicObject, Patch, PatchParams};
+    let crds: Api<CustomResourceDefinition> = Api::all(h.client.clone());
+    let installed = crds.get_opt("certificates.cert-manager.io").await.unwrap().is_some();
+    h.create_users_config_map().await;
+    let op = h.start_operator("op-a");
+    h.apply_domain("corp", 500).await;
+    h.patch_domain("corp", serde_json::json!({"tls": {"issuerRef": {"name": "corp-issuer", "kind": "ClusterIssuer"}}}))
+        .await;
+    if !installed {
+        // Without cert-manager the condition says so in one sentence.
+        let d = h
+            .wait_for::<CommunicationsDomain, _>("CertManagerMissing", "corp", |d| {
+                certificates_condition(d).is_some_and(|c| c.1 == "CertManagerMissing")
+            })
+            .await;
+        let (status, _, message) = certificates_condition(&d).unwrap();
+        assert_eq!(status, "False");
+        assert!(message.contains("certificates.cert-manager.io/v1") && message.contains("not installed"), "{message}");
+        crds.patch(
+            &cert_manager_crd().metadata.name.clone().unwrap(),
+            &PatchParams::apply("parley-tests"),
+            &Patch::Apply(&cert_manager_crd()),
+        )
+        .await
+        .unwrap();
+        // A change of the domain makes it look again (it does not watch CRDs).
+        h.patch_domain("corp", serde_json::json!({"users": 501})).await;
+    }
+    let ar = parley_operator::build::certificates::cert_manager_certificate_resource();
+    let certificates: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), &h.ns, &ar);
+    let cert = crate::support::eventually("the Certificate", h.timeout, || {
+        let certificates = certificates.clone();
+        async move { certificates.get_opt("corp-home-1").await.ok().flatten() }
+    })
+    .await;
+    assert_eq!(cert.data["spec"]["secretName"], "corp-home-1-tls");
+    assert_eq!(cert.data["spec"]["issuerRef"]["name"], "corp-issuer");
+    assert!(h.api::<Secret>().get_opt("corp-ca").await.unwrap().is_none(), "no operator CA with an issuer");
+    let d = h
+        .wait_for::<CommunicationsDomain, _>("waiting for cert-manager", "corp", |d| {
+            certificates_condition(d).is_some_and(|c| c.1 == "WaitingForCertManager")
+        })
+        .await;
+    assert!(certificates_condition(&d).unwrap().2.contains("Secret corp-home-1-tls does not exist yet"));
+
+    // cert-manager fills the Secret (here: a certificate from some CA, without ca.crt).
+    let issuer = Ca::generate("cert-manager", Timestamp::now()).unwrap();
+    let leaf = issuer.issue("corp-home-1", &["corp-home-1".to_string()], Timestamp::now()).unwrap();
+    let filled = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("corp-home-1-tls".into()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (keys::TLS_CRT.to_string(), ByteString(leaf.cert_pem.clone().into_bytes())),
+            (keys::TLS_KEY.to_string(), ByteString(leaf.key_pem.into_bytes())),
+        ])),
+        ..Default::default()
+    };
+    h.api::<Secret>().create(&Default::default(), &filled).await.unwrap();
+    h.patch_domain("corp", serde_json::json!({"users": 502})).await;
+    h.wait_for::<CommunicationsDomain, _>("CertificatesReady", "corp", certificates_ready).await;
+    let s = h.api::<Secret>().get("corp-home-1-tls").await.unwrap();
+    assert_eq!(
+        text(s.data.as_ref().unwrap(), keys::TLS_CRT),
+        leaf.cert_pem,
+        "the operator leaves cert-manager's Secret alone"
+    );
+    op.stop().await.unwrap();
+}
