@@ -82,7 +82,8 @@ pub fn service_account_secret(domain: &CommunicationsDomain, password: &str) -> 
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        string_data: Some(BTreeMap::from([("password".to_string(), password.to_string())])),
+        // `data`, not `stringData`: the API server stores only `data`, so a re-apply compares equal.
+        data: Some(BTreeMap::from([("password".to_string(), k8s_openapi::ByteString(password.as_bytes().to_vec()))])),
         ..Default::default()
     })
 }
@@ -613,7 +614,7 @@ mod tests {
         assert_eq!(service.secret.as_ref().unwrap().secret_name.as_deref(), Some("corp-directory-service"));
         let s = service_account_secret(&d, "s3cret").unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("corp-directory-service"));
-        assert_eq!(s.string_data.unwrap()["password"], "s3cret");
+        assert_eq!(s.data.unwrap()["password"].0, b"s3cret");
         assert_eq!(s.metadata.owner_references.unwrap()[0].name, "corp");
         // The old field name still names it.
         let ldap = d.spec.directory.ldap.as_mut().unwrap();
