@@ -24,7 +24,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use crate::crd::CommunicationsDomain;
+use crate::crd::{CaBundleRef, CommunicationsDomain};
 use crate::tiers::Sizing;
 
 /// Field manager of every server-side apply the operator sends.
@@ -58,6 +58,9 @@ pub mod paths {
     pub const DIRECTORY_DIR: &str = "/etc/parley/directory";
     pub const DIRECTORY_PASSWORD: &str = "/etc/parley/directory/password";
     pub const DIRECTORY_FILE: &str = "/etc/parley/directory/users.toml";
+    /// The LDAP directory's CA bundle (`spec.directory.ldap.caBundle`), when one is set.
+    pub const DIRECTORY_CA_DIR: &str = "/etc/parley/directory-ca";
+    pub const DIRECTORY_CA: &str = "/etc/parley/directory-ca/ca.crt";
     pub const DATA_DIR: &str = "/var/lib/parley/data";
     pub const LOGS_DIR: &str = "/var/lib/parley/logs";
 }
@@ -309,6 +312,9 @@ pub fn server_container(
         mount("logs", paths::LOGS_DIR, None),
         mount("tmp", "/tmp", None),
     ];
+    if ldap_ca_bundle(ctx.domain).is_some() {
+        mounts.push(mount("directory-ca", paths::DIRECTORY_CA_DIR, None));
+    }
     mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
     Container {
         name: "server".into(),
@@ -373,7 +379,7 @@ pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volu
             Volume { name: "directory".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }
         }
     };
-    vec![
+    let mut volumes = vec![
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -398,7 +404,40 @@ pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volu
             empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(quantity::q("64Mi")), ..Default::default() }),
             ..Default::default()
         },
-    ]
+    ];
+    volumes.extend(ldap_ca_bundle(domain).map(|ca| ca_bundle_volume("directory-ca", ca)));
+    volumes
+}
+
+fn ldap_ca_bundle(domain: &CommunicationsDomain) -> Option<&CaBundleRef> {
+    domain.spec.directory.ldap.as_ref()?.ca_bundle.as_ref()
+}
+
+/// A volume holding the CA bundle `ca` as the file `ca.crt`, from its ConfigMap or Secret.
+pub fn ca_bundle_volume(name: &str, ca: &CaBundleRef) -> Volume {
+    let items = Some(vec![KeyToPath { key: ca.key.clone(), path: "ca.crt".into(), ..Default::default() }]);
+    match (&ca.config_map, &ca.secret) {
+        (Some(cm), _) => Volume {
+            name: name.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.clone(),
+                items,
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        (None, secret) => Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: secret.clone(),
+                items,
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
 }
 
 /// One port of a Service.

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, PodSpec, PodTemplateSpec,
-    Secret, SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, PodSpec, PodTemplateSpec, Secret,
+    SecretKeySelector, SecretVolumeSource, Volume, VolumeMount,
 };
 use kube::api::ObjectMeta;
 
@@ -235,20 +235,7 @@ pub fn job(
         VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() },
     ];
     if let Some(ca) = &ldap.ca_bundle {
-        let items = Some(vec![KeyToPath { key: ca.key.clone(), path: "ca.crt".into(), ..Default::default() }]);
-        volumes.push(match (&ca.config_map, &ca.secret) {
-            (Some(cm), _) => Volume {
-                name: "ca".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: cm.clone(),
-                    items,
-                    default_mode: Some(0o444),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            (None, secret) => secret_volume("ca", secret.as_deref().unwrap_or_default(), &ca.key, "ca.crt"),
-        });
+        volumes.push(super::ca_bundle_volume("ca", ca));
         mounts.push(read_only("ca", paths::CA_DIR));
         vars.push(env("PARLEY_LDAP_CA_FILE", paths::CA_FILE));
     }
