@@ -6,7 +6,7 @@ REGISTRY ?= parley.local
 TAG ?= dev
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test lint crds crds-check chart-lint bench bench-smoke e2e images clean
+.PHONY: help deps build run run-multi test lint crds crds-check chart-lint bench bench-smoke e2e images clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ build: ## Build both binaries (release)
 
 run: ## Start a standalone Home Server with the sample users (Ctrl-C stops it)
 	@./scripts/run.sh
+
+run-multi: ## A Front-End in front of two Home Servers on 127.0.0.1, mutual TLS between them (Ctrl-C stops)
+	@./scripts/run-multi.sh
 
 test: deps ## Everything CI runs: fmt, clippy, all tests, chart lint
 	$(CARGO) fmt --all -- --check
@@ -51,4 +54,4 @@ images: ## Build the server and operator images (needs Docker)
 
 clean: ## Remove build output and installed tools
 	$(CARGO) clean
-	rm -rf .tools .parley-demo
+	rm -rf .tools .parley-demo .parley-demo-multi

@@ -2,15 +2,26 @@
 # `make run`: a standalone Home Server on 127.0.0.1 with the sample users; Ctrl-C stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p parley-server
+bin=target/release/parley-server
+if [ ! -x "$bin" ]; then
+  echo "run: building parley-server (release). The first build compiles every dependency and takes"
+  echo "run: several minutes (about 15 on 2 cores); cargo shows its progress below. Later runs start in seconds."
+fi
+# Not -q: on a cold machine a silent build looks like a hang.
+cargo build --release -p parley-server
+if ! command -v sipsak >/dev/null; then
+  echo "run: sipsak (used in the examples below) is not installed: \`make deps\` installs it, and baresip."
+fi
 cat <<'MSG'
 
 Parley standalone Home Server, SIP domain example.test
   SIP   udp/tcp 127.0.0.1:5060   tls 127.0.0.1:5061 (self-signed: .parley-demo/data/tls/cert.pem)
   HTTP  http://127.0.0.1:8080/healthz  /readyz  /metrics
   Users alice, bob, carol @example.test; passwords alice-password, bob-password, carol-password
-  Try:  sipsak -vv -U -x 300 -C sip:alice@127.0.0.1:5070 -s sip:alice@127.0.0.1:5060 -u alice -a alice-password
-  More: README.md, "Start here"
+  Try:  sipsak -vv -i -U -x 60 -C sip:alice@127.0.0.1:5070 -s sip:alice@127.0.0.1:5060 -u alice -a alice-password
+        (signs alice in for 60 s; -x 0 signs her out)
+  More: README.md, "Try it" (baresip, linphonec and what the log shows)
+  Log:  one line per sign-in, sign-out and subscription; PARLEY_LOG=debug shows more
 
 MSG
-exec target/release/parley-server serve --role home --config examples/standalone/parley.toml
+exec "$bin" serve --role home --config examples/standalone/parley.toml

@@ -1,16 +1,19 @@
 //! `parley-server`: Parley's SIP server.
 
 mod admin;
-mod config;
 mod directory;
+mod domains;
+mod frontend;
 mod home;
 mod ops;
 mod prep;
 mod serve;
-mod sip;
 mod store;
-mod transaction;
 mod transport;
+
+use parley_config as config;
+use parley_sip as sip;
+use parley_sip::transaction;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,10 +41,26 @@ enum Role {
     Frontend,
 }
 
+impl From<Role> for config::Role {
+    fn from(r: Role) -> config::Role {
+        match r {
+            Role::Home => config::Role::Home,
+            Role::Frontend => config::Role::FrontEnd,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the SIP server.
     Serve {
+        #[arg(long, value_enum, default_value_t = Role::Home)]
+        role: Role,
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file without opening its files or sockets: exit 0, or name the offending key.
+    CheckConfig {
         #[arg(long, value_enum, default_value_t = Role::Home)]
         role: Role,
         #[arg(long)]
@@ -70,14 +89,17 @@ enum UserCommand {
 }
 
 /// Logs go to standard error (text or JSON) and, for a server, also to `parley.log` in the logs
-/// directory as JSON lines, so the logs volume keeps them across pod restarts.
+/// directory as JSON lines, so the logs volume keeps them across pod restarts. `PARLEY_LOG` (default
+/// `info`) filters what reaches every output.
 fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    use tracing_subscriber::{Layer, Registry, fmt, prelude::*};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| "info".into());
+    use tracing_subscriber::{EnvFilter, Layer, Registry, fmt, layer::Layered, prelude::*};
+    let filter = EnvFilter::try_from_env("PARLEY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only for a person at a terminal, never in files or container logs.
     let stderr = fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+    // The outputs sit on top of the filter, so it decides for all of them. (As one more entry in
+    // the list beside them it would not: a list of layers is interested in whatever any member is.)
+    let mut outputs: Vec<Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync>> = vec![match format {
         LogFormat::Text => stderr.boxed(),
         LogFormat::Json => stderr.json().boxed(),
     }];
@@ -87,10 +109,9 @@ fn init_logging(format: LogFormat, file: Option<&std::path::Path>) -> anyhow::Re
             .append(true)
             .open(path)
             .with_context(|| format!("opening the log file {}", path.display()))?;
-        layers.push(fmt::layer().json().with_ansi(false).with_writer(std::sync::Mutex::new(f)).boxed());
+        outputs.push(fmt::layer().json().with_ansi(false).with_writer(std::sync::Mutex::new(f)).boxed());
     }
-    layers.push(filter.boxed());
-    tracing_subscriber::registry().with(layers).init();
+    tracing_subscriber::registry().with(filter).with(outputs).init();
     Ok(())
 }
 
@@ -103,6 +124,15 @@ fn main() -> std::process::ExitCode {
             Command::User(UserCommand::Hash { address, password_file }) => user_hash(&address, password_file),
             Command::User(UserCommand::Ldap(cmd)) => admin::run(cmd),
             Command::Prep(cmd) => prep::run(cmd),
+            Command::CheckConfig { role, config } => {
+                config::Config::load(&config, role.into())?;
+                println!(
+                    "{}: valid for role {}",
+                    config.display(),
+                    role.to_possible_value().expect("named").get_name()
+                );
+                Ok(())
+            }
             Command::Serve { .. } => unreachable!("handled above"),
         }),
     };
@@ -116,15 +146,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve_cmd(role: Role, path: PathBuf, format: LogFormat) -> anyhow::Result<()> {
-    if role == Role::Frontend {
-        anyhow::bail!("the Front-End role is not built yet; run --role home");
-    }
-    let config = config::Config::load(&path)?;
+    let config = config::Config::load(&path, role.into())?;
     let logs = &config.storage.logs_dir;
     std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
     init_logging(format, Some(&logs.join("parley.log")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(serve::run(config))
+    runtime.block_on(serve::run(config, role.into()))
 }
 
 fn user_hash(address: &str, password_file: Option<PathBuf>) -> anyhow::Result<()> {

@@ -1,8 +1,9 @@
 //! Wiring of a running server: directory, transports, core, listeners, operations HTTP, and the
 //! graceful shutdown on SIGTERM or Ctrl-C.
 
-use crate::config::{Config, DirectoryConfig};
+use crate::config::{Config, DirectoryConfig, Role};
 use crate::directory::{Directory, file::FileDirectory};
+use crate::frontend::{FrontEnd, FrontEndHandler};
 use crate::home::auth::DigestAuth;
 use crate::home::registrar::{Policy, Registrar};
 use crate::home::{Core, CoreHandler, CoreSettings};
@@ -18,30 +19,165 @@ use std::time::{Duration, Instant};
 /// How long a shutdown waits for open transactions.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    for dir in [&config.storage.data_dir, &config.storage.logs_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let directory: Arc<dyn Directory> = match &config.directory {
-        DirectoryConfig::File { file } => Arc::new(FileDirectory::load(file)?),
-        DirectoryConfig::Ldap { .. } => {
-            Arc::new(crate::directory::ldap::LdapDirectory::from_config(&config.directory)?)
+/// What every role shares: the directory, metrics, the transports (with the internal link's
+/// client side when the config has one).
+struct Shared {
+    directory: Arc<dyn Directory>,
+    metrics: Arc<Metrics>,
+    transports: Arc<Transports>,
+    limits: crate::sip::message::Limits,
+    /// Both ends of the internal mutual-TLS link, when `listen.internal` is set.
+    internal: Option<transport::tls::MutualTls>,
+}
+
+impl Shared {
+    fn new(config: &Config) -> anyhow::Result<Shared> {
+        for dir in [&config.storage.data_dir, &config.storage.logs_dir] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-    };
-    let metrics = Arc::new(Metrics::default());
-    let limits = crate::sip::message::Limits {
-        max_headers: config.limits.max_headers,
-        max_message_bytes: config.limits.max_message_bytes,
-    };
-    let transports = Transports::new(
-        transport::Limits {
-            message: limits,
-            max_connections_per_ip: config.limits.max_connections_per_ip,
-            max_connections: config.limits.max_connections,
-            idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+        let directory: Arc<dyn Directory> = match &config.directory {
+            DirectoryConfig::File { file } => Arc::new(FileDirectory::load(file)?),
+            DirectoryConfig::Ldap { .. } => {
+                Arc::new(crate::directory::ldap::LdapDirectory::from_config(&config.directory)?)
+            }
+        };
+        let metrics = Arc::new(Metrics::default());
+        let limits = crate::sip::message::Limits {
+            max_headers: config.limits.max_headers,
+            max_message_bytes: config.limits.max_message_bytes,
+        };
+        let transports = Transports::new(
+            transport::Limits {
+                message: limits,
+                max_connections_per_ip: config.limits.max_connections_per_ip,
+                max_connections: config.limits.max_connections,
+                idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
+            },
+            metrics.clone(),
+        );
+        let internal = match (config.listen.internal, &config.tls) {
+            (Some(_), Some(tls)) => {
+                let ca = tls.ca.as_ref().context("listen.internal needs tls.ca")?;
+                let mutual = transport::tls::mutual(&tls.cert, &tls.key, ca)?;
+                transports.set_internal_connector(mutual.connector.clone());
+                Some(mutual)
+            }
+            _ => None,
+        };
+        Ok(Shared { directory, metrics, transports, limits, internal })
+    }
+
+    /// Binds every configured SIP listener; `advertised` learns the `host:port` each is known by.
+    async fn listen(&self, config: &Config, mut advertised: impl FnMut(Transport, String)) -> anyhow::Result<()> {
+        let advertise = |addr: std::net::SocketAddr| match &config.listen.advertise {
+            Some(host) => format!("{host}:{}", addr.port()),
+            None if addr.ip().is_unspecified() => format!("{}:{}", config.sip_domain, addr.port()),
+            None => addr.to_string(),
+        };
+        let transports = &self.transports;
+        if let Some(addr) = config.listen.udp {
+            let bound = transports.listen_udp(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+            advertised(Transport::Udp, advertise(bound));
+            tracing::info!(%bound, "listening on UDP");
+        }
+        if let Some(addr) = config.listen.tcp {
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Tcp)
+                .await
+                .with_context(|| format!("binding TCP {addr}"))?;
+            advertised(Transport::Tcp, advertise(bound));
+            tracing::info!(%bound, "listening on TCP");
+        }
+        if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
+            if tls.self_signed {
+                let names = vec![config.sip_domain.clone(), "localhost".into(), addr.ip().to_string()];
+                if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
+                    tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
+                }
+            }
+            let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Tls(acceptor))
+                .await
+                .with_context(|| format!("binding TLS {addr}"))?;
+            advertised(Transport::Tls, advertise(bound));
+            tracing::info!(%bound, "listening on TLS");
+        }
+        if let (Some(addr), Some(mutual)) = (config.listen.internal, &self.internal) {
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Internal(mutual.acceptor.clone()))
+                .await
+                .with_context(|| format!("binding the internal port {addr}"))?;
+            let host = std::env::var("PARLEY_ADVERTISE_INTERNAL")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| config.listen.advertise_internal.clone());
+            let internal = match host {
+                Some(host) => format!("{host}:{}", bound.port()),
+                None => advertise(bound),
+            };
+            tracing::info!(%bound, advertised = %internal, "listening on the internal port (mutual TLS)");
+            advertised(Transport::Internal, internal);
+        }
+        Ok(())
+    }
+
+    async fn serve_ops(
+        &self,
+        config: &Config,
+        listening: Arc<AtomicBool>,
+        core: Option<Arc<Core>>,
+    ) -> anyhow::Result<()> {
+        if let Some(addr) = config.listen.ops {
+            let state =
+                http::OpsState { metrics: self.metrics.clone(), directory: self.directory.clone(), listening, core };
+            let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
+            tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    let shared = Shared::new(&config)?;
+    match role {
+        Role::Home => run_home(config, shared).await,
+        Role::FrontEnd => run_front_end(config, shared).await,
+    }
+}
+
+async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
+    let table = config.frontend.as_ref().context("a Front-End needs [frontend]")?;
+    let fe = FrontEnd::new(
+        crate::frontend::Settings {
+            domain: config.sip_domain.clone(),
+            domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            limits: shared.limits,
+            home_servers: table.home_servers.clone(),
+            route_cache: Duration::from_secs(table.route_cache_secs),
+            probe_interval: Duration::from_millis(table.probe_interval_ms),
         },
-        metrics.clone(),
+        shared.transports.clone(),
+        shared.directory.clone(),
+        shared.metrics.clone(),
     );
+    fe.load_domains().await;
+    shared.transports.set_handler(Arc::new(FrontEndHandler(fe.clone())));
+    shared.listen(&config, |t, host| fe.set_advertised(t, &host)).await?;
+    fe.start_probes();
+    let listening = Arc::new(AtomicBool::new(true));
+    shared.serve_ops(&config, listening.clone(), None).await?;
+    tracing::info!(domain = %config.sip_domain, server = %config.server_name, home_servers = table.home_servers.len(), "front-end ready");
+    shutdown_signal().await;
+    // Stateless: nothing to finish but what is in flight on the sockets.
+    tracing::info!("shutting down");
+    listening.store(false, Ordering::Relaxed);
+    shared.transports.stop_accepting();
+    Ok(())
+}
+
+async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
+    let Shared { directory, metrics, transports, limits, .. } = &shared;
     let store = Store::open(&config.storage.data_dir)?;
     let mut registrar = Registrar::new(Policy {
         min_expires: config.registrar.min_expires,
@@ -57,7 +193,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         CoreSettings {
             domain: config.sip_domain.clone(),
             domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            limits,
+            server_name: config.server_name.clone(),
+            limits: *limits,
             max_body_bytes: config.limits.max_body_bytes,
             timers: Timers::default(),
             min_expires: config.registrar.min_expires,
@@ -74,61 +211,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         transports.clone(),
         directory.clone(),
-        DigestAuth::new(
-            &config.sip_domain,
-            config.auth.algorithms.clone(),
-            Duration::from_secs(config.auth.nonce_ttl_secs),
-        ),
+        DigestAuth::new(config.auth.algorithms.clone(), Duration::from_secs(config.auth.nonce_ttl_secs)),
         registrar,
         metrics.clone(),
         store,
     );
+    core.load_domains().await;
     let restored = core.restore_presence()?;
     metrics.registrations.store(core.binding_count() as u64, Ordering::Relaxed);
     metrics.subscriptions.store(restored as u64, Ordering::Relaxed);
     tracing::info!(bindings = core.binding_count(), subscriptions = restored, "restored state from the store");
     transports.set_handler(Arc::new(CoreHandler(core.clone())));
     core.start_timers();
-
-    let advertise = |addr: std::net::SocketAddr| match &config.listen.advertise {
-        Some(host) => format!("{host}:{}", addr.port()),
-        None if addr.ip().is_unspecified() => format!("{}:{}", config.sip_domain, addr.port()),
-        None => addr.to_string(),
-    };
-    if let Some(addr) = config.listen.udp {
-        let bound = transports.listen_udp(addr).await.with_context(|| format!("binding UDP {addr}"))?;
-        core.set_via_host(Transport::Udp, advertise(bound));
-        tracing::info!(%bound, "listening on UDP");
-    }
-    if let Some(addr) = config.listen.tcp {
-        let bound = transports.listen_stream(addr, None).await.with_context(|| format!("binding TCP {addr}"))?;
-        core.set_via_host(Transport::Tcp, advertise(bound));
-        tracing::info!(%bound, "listening on TCP");
-    }
-    if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
-        if tls.self_signed {
-            let names = vec![config.sip_domain.clone(), "localhost".into(), addr.ip().to_string()];
-            if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
-                tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
-            }
-        }
-        let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
-        let bound =
-            transports.listen_stream(addr, Some(acceptor)).await.with_context(|| format!("binding TLS {addr}"))?;
-        core.set_via_host(Transport::Tls, advertise(bound));
-        tracing::info!(%bound, "listening on TLS");
-    }
+    shared.listen(&config, |t, host| core.set_via_host(t, host)).await?;
     let listening = Arc::new(AtomicBool::new(true));
-    if let Some(addr) = config.listen.ops {
-        let state = http::OpsState {
-            metrics: metrics.clone(),
-            directory: directory.clone(),
-            listening: listening.clone(),
-            core: Some(core.clone()),
-        };
-        let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
-        tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
-    }
+    shared.serve_ops(&config, listening.clone(), Some(core.clone())).await?;
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, "home server ready");
 
     shutdown_signal().await;

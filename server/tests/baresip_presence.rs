@@ -22,7 +22,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 use support::Server;
-use support::baresip::Baresip;
+use support::baresip::{Baresip, plain};
 use support::ua::{Ua, body, header, status};
 
 /// baresip's publication interval (s): short, so that a stray start-up publication expires soon.
@@ -130,25 +130,6 @@ fn baresip_publishes_its_presence_and_follows_a_contact() {
     for line in out.lines().filter(|l| l.contains("publisher got error response")) {
         assert!(line.contains("400"), "{line}\n{out}");
     }
-}
-
-/// The output without the ANSI colour codes baresip puts around status names.
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ parameters m
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Runs `/contacts` until the listing after the last command shows `line` (within 8 s).

@@ -287,10 +287,14 @@ fn home_server_users_from_slapd_register_message_disable_and_survive_an_outage()
     prepare(&slapd);
     add_user(&slapd, "alice@example.test", "alice-password");
     add_user(&slapd, "bob@example.test", "bob-password");
+    add_user(&slapd, "dave@partner.test", "dave-password");
     let server = start_server(&slapd.url, "");
 
     let mut bob = Ua::new("bob", server.sip);
     assert_eq!(status(&bob.register(300)), 200, "bob registers with digest against slapd");
+    let mut dave = Ua::new("dave", server.sip).in_domain("partner.test");
+    let r = dave.register(300);
+    assert_eq!(status(&r), 200, "a user of the domain admitted by prep domainadd signs in: {r}");
     sipsak_message(&server, &bob);
     let mut alice = Ua::new("alice", server.sip);
     assert_eq!(status(&alice.register(300)), 200);

@@ -511,8 +511,10 @@ pub fn next_check<'a>(ca: &Ca, leaves: impl IntoIterator<Item = &'a BTreeMap<Str
 #[derive(Clone, Debug)]
 pub struct ServerNames<'a> {
     pub sip_domain: &'a str,
-    /// Name of the server's Service.
+    /// Name of the server's Service (for a Home Server the headless one its pod's DNS name hangs off).
     pub service: &'a str,
+    /// Further Services that reach the server (a Home Server's client Service `<name>-sip`).
+    pub other_services: Vec<String>,
     pub namespace: &'a str,
     pub cluster_domain: &'a str,
     /// Hostnames of pods with their own DNS records (`<name>-0` for a Home Server), none for a Deployment.
@@ -535,6 +537,9 @@ impl ServerNames<'_> {
         };
         let mut out = BTreeSet::from([self.sip_domain.to_string()]);
         out.extend(dns(self.service));
+        for other in &self.other_services {
+            out.extend(dns(other));
+        }
         for pod in &self.pod_hostnames {
             out.extend(dns(&format!("{pod}.{}", self.service)));
         }
@@ -732,6 +737,7 @@ mod tests {
         ServerNames {
             sip_domain: "example.test",
             service: "corp-home-1",
+            other_services: vec!["corp-home-1-sip".into()],
             namespace: "ns",
             cluster_domain: "cluster.local",
             pod_hostnames: vec!["corp-home-1-0".into()],
@@ -762,11 +768,13 @@ mod tests {
             "corp-home-1.ns.svc",
             HOST,
             "corp-home-1-0.corp-home-1.ns.svc.cluster.local",
+            "corp-home-1-sip",
+            "corp-home-1-sip.ns.svc.cluster.local",
             "sip.example.test",
         ] {
             assert!(names.contains(&n.to_string()), "{n} missing from {names:?}");
         }
-        assert_eq!(names.len(), 10, "{names:?}");
+        assert_eq!(names.len(), 14, "{names:?}");
         let ip = ServerNames { advertise: Some("[2001:db8::1]:5061"), pod_hostnames: vec![], ..names_for("fe") };
         assert!(ip.sans().contains(&"2001:db8::1".to_string()));
         let ip = ServerNames { advertise: Some("192.0.2.7"), ..names_for("fe") };
@@ -777,6 +785,7 @@ mod tests {
         ServerNames {
             sip_domain: "example.test",
             service,
+            other_services: vec![],
             namespace: "ns",
             cluster_domain: "cluster.local",
             pod_hostnames: vec![],

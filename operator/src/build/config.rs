@@ -1,131 +1,104 @@
-//! The `parley-server` TOML config (the server's contract; see `server/src/config.rs`).
+//! The `parley-server` config of each server, built as the server's own typed value
+//! (`parley-config`) and serialised; the server loads exactly this type.
 
-use serde::Serialize;
+use parley_config::{Config, DirectoryConfig, FrontEnd, Limits, Listen, Storage, Tls};
+use std::net::SocketAddr;
 
-use super::{BuildContext, BuildError, OPS_PORT, SIP_PORT, SIP_TLS_PORT, paths};
+use super::{BuildContext, BuildError, INTERNAL_PORT, OPS_PORT, SIP_PORT, SIP_TLS_PORT, paths};
+
+pub use parley_config::HomeServerRoute;
 
 /// Largest SIP message the servers accept.
-pub const MAX_MESSAGE_BYTES: u32 = 65_535;
+pub const MAX_MESSAGE_BYTES: usize = 65_535;
 
-#[derive(Serialize)]
-struct ServerConfig<'a> {
-    sip_domain: &'a str,
-    server_name: &'a str,
-    listen: Listen,
-    tls: TlsFiles,
-    storage: Storage,
-    directory: Directory,
-    limits: Limits,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frontend: Option<Frontend<'a>>,
-}
-
-#[derive(Serialize)]
-struct Listen {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    udp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tcp: Option<String>,
-    tls: String,
-    ops: String,
-}
-
-#[derive(Serialize)]
-struct TlsFiles {
-    cert: &'static str,
-    key: &'static str,
-}
-
-#[derive(Serialize)]
-struct Storage {
-    data_dir: &'static str,
-    logs_dir: &'static str,
-}
-
-#[derive(Serialize)]
-struct Directory {
-    backend: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    base_dn: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bind_dn: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bind_password_file: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Limits {
-    max_message_bytes: u32,
-}
-
-#[derive(Serialize)]
-struct Frontend<'a> {
-    home_servers: &'a [HomeServerRoute],
-}
-
-/// A row of the Front-End's routing table: a Home Server's name (what users' directory entries
-/// name) and the address of its Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HomeServerRoute {
-    pub name: String,
-    pub address: String,
-}
-
-/// The Service address of a Home Server, as the Front-End dials it (mutual TLS on 5061).
+/// The internal (mutual-TLS) address of a Home Server's Service, as the Front-End dials it.
 pub fn home_server_address(name: &str, namespace: &str, cluster_domain: &str) -> String {
-    format!("{name}.{namespace}.svc.{cluster_domain}:{SIP_TLS_PORT}")
+    format!("{}:{INTERNAL_PORT}", service_host(name, namespace, cluster_domain))
 }
 
-/// Renders the config of the server `server_name`; `front_end` is the routing table of a
-/// Front-End, `None` for a Home Server.
+/// The hosts a server names itself by in the SIP headers it adds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertise {
+    /// For clients: Via, Contact, the client-side Record-Route.
+    pub public: Option<String>,
+    /// For the internal link (a Home Server's Service name; a Front-End's pod IP comes from
+    /// `PARLEY_ADVERTISE_INTERNAL` at run time instead, as replicas share one config).
+    pub internal: Option<String>,
+}
+
+/// The cluster DNS name of a Service.
+pub fn service_host(name: &str, namespace: &str, cluster_domain: &str) -> String {
+    format!("{name}.{namespace}.svc.{cluster_domain}")
+}
+
+/// The config of the server `server_name`; `front_end` is the routing table of a Front-End,
+/// `None` for a Home Server.
+pub fn build(
+    ctx: &BuildContext,
+    server_name: &str,
+    front_end: Option<&[HomeServerRoute]>,
+    advertise: &Advertise,
+) -> Result<Config, BuildError> {
+    let spec = &ctx.domain.spec;
+    let plain = !spec.tls.require_client_tls;
+    let any = |port: i32| Some(SocketAddr::from(([0, 0, 0, 0], port as u16)));
+    let directory = match (&spec.directory.ldap, &spec.directory.file) {
+        (Some(ldap), _) => DirectoryConfig::Ldap {
+            url: ldap.url.clone(),
+            base_dn: ldap.base_dn.clone(),
+            bind_dn: ldap.service_bind_dn(),
+            bind_password_file: paths::DIRECTORY_PASSWORD.into(),
+            ca_file: None,
+            starttls: false,
+            timeout_ms: parley_config::default_ldap_timeout_ms(),
+            cache_ttl_secs: parley_config::default_ldap_cache_ttl_secs(),
+            pool_size: parley_config::default_ldap_pool_size(),
+        },
+        (None, Some(_)) => DirectoryConfig::File { file: paths::DIRECTORY_FILE.into() },
+        (None, None) => return Err(BuildError::Config("the domain names no directory".into())),
+    };
+    Ok(Config {
+        sip_domain: spec.sip_domain.clone(),
+        domain_aliases: Vec::new(),
+        server_name: server_name.to_string(),
+        listen: Listen {
+            udp: if plain { any(SIP_PORT) } else { None },
+            tcp: if plain { any(SIP_PORT) } else { None },
+            tls: any(SIP_TLS_PORT),
+            internal: any(INTERNAL_PORT),
+            ops: any(OPS_PORT),
+            advertise: advertise.public.clone(),
+            advertise_internal: advertise.internal.clone(),
+        },
+        tls: Some(Tls {
+            cert: paths::TLS_CERT.into(),
+            key: paths::TLS_KEY.into(),
+            ca: Some(paths::TLS_CA.into()),
+            self_signed: false,
+        }),
+        storage: Storage { data_dir: paths::DATA_DIR.into(), logs_dir: paths::LOGS_DIR.into() },
+        directory,
+        limits: Limits { max_message_bytes: MAX_MESSAGE_BYTES, ..Limits::default() },
+        registrar: Default::default(),
+        auth: Default::default(),
+        api: Default::default(),
+        frontend: front_end.map(|home_servers| FrontEnd {
+            home_servers: home_servers.to_vec(),
+            route_cache_secs: 10,
+            probe_interval_ms: 500,
+        }),
+    })
+}
+
+/// The config file's text: a header, then the TOML the server reads.
 pub fn render(
     ctx: &BuildContext,
     server_name: &str,
     front_end: Option<&[HomeServerRoute]>,
+    advertise: &Advertise,
 ) -> Result<String, BuildError> {
-    let spec = &ctx.domain.spec;
-    let plain = !spec.tls.require_client_tls;
-    let any = |port: i32| format!("0.0.0.0:{port}");
-    let directory = match (&spec.directory.ldap, &spec.directory.file) {
-        (Some(ldap), _) => Directory {
-            backend: "ldap",
-            url: Some(ldap.url.clone()),
-            base_dn: Some(ldap.base_dn.clone()),
-            bind_dn: Some(ldap.service_bind_dn()),
-            bind_password_file: Some(paths::DIRECTORY_PASSWORD),
-            file: None,
-        },
-        (None, Some(_)) => Directory {
-            backend: "file",
-            url: None,
-            base_dn: None,
-            bind_dn: None,
-            bind_password_file: None,
-            file: Some(paths::DIRECTORY_FILE),
-        },
-        (None, None) => return Err(BuildError::Config("the domain names no directory".into())),
-    };
-    let config = ServerConfig {
-        sip_domain: &spec.sip_domain,
-        server_name,
-        listen: Listen {
-            udp: plain.then(|| any(SIP_PORT)),
-            tcp: plain.then(|| any(SIP_PORT)),
-            tls: any(SIP_TLS_PORT),
-            ops: any(OPS_PORT),
-        },
-        tls: TlsFiles { cert: paths::TLS_CERT, key: paths::TLS_KEY },
-        storage: Storage { data_dir: paths::DATA_DIR, logs_dir: paths::LOGS_DIR },
-        directory,
-        limits: Limits { max_message_bytes: MAX_MESSAGE_BYTES },
-        frontend: front_end.map(|home_servers| Frontend { home_servers }),
-    };
-    let body = toml::to_string(&config).map_err(|e| BuildError::Config(e.to_string()))?;
-    Ok(format!("# Written by parley-operator; edits are overwritten.\n{body}"))
+    let config = build(ctx, server_name, front_end, advertise)?;
+    Ok(format!("# Written by parley-operator; edits are overwritten.\n{}", config.to_toml()))
 }
 
 #[cfg(test)]
@@ -134,12 +107,45 @@ mod tests {
     use crate::build::fixtures;
     use crate::build::fixtures::ctx;
     use crate::crd::{DirectorySpec, FileDirectory};
+    use parley_config::Role;
+
+    /// Every rendered config must pass the server's own validation for its role.
+    fn parse(text: &str, role: Role) -> toml::Value {
+        if let Err(e) = parley_config::Config::parse(text, role) {
+            panic!("the server refuses the rendered config: {e}\n{text}");
+        }
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_tier_and_directory_renders_a_config_the_server_accepts() {
+        let routes = [HomeServerRoute { name: "corp-home-1".into(), address: "corp-home-1.ns.svc:5062".into() }];
+        for users in [500, 5_000, 25_000] {
+            for file in [false, true] {
+                for require_tls in [false, true] {
+                    let mut d = fixtures::domain("corp", users);
+                    d.spec.tls.require_client_tls = require_tls;
+                    if file {
+                        d.spec.directory = DirectorySpec {
+                            ldap: None,
+                            file: Some(FileDirectory { config_map: "u".into(), key: "k".into() }),
+                        };
+                    }
+                    parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
+                    parse(
+                        &render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap(),
+                        Role::FrontEnd,
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn home_server_config_follows_the_contract() {
         let d = fixtures::domain("corp", 500);
-        let text = render(&ctx(&d), "corp-home-1", None).unwrap();
-        let v: toml::Value = toml::from_str(&text).unwrap();
+        let text = render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap();
+        let v = parse(&text, Role::Home);
         assert_eq!(v["sip_domain"].as_str(), Some("example.test"));
         assert_eq!(v["server_name"].as_str(), Some("corp-home-1"));
         assert_eq!(v["listen"]["udp"].as_str(), Some("0.0.0.0:5060"));
@@ -153,7 +159,7 @@ mod tests {
         assert_eq!(v["directory"]["backend"].as_str(), Some("ldap"));
         assert_eq!(v["directory"]["url"].as_str(), Some("ldap://ldap.example:389"));
         assert_eq!(v["directory"]["base_dn"].as_str(), Some("dc=example,dc=test"));
-        assert_eq!(v["directory"]["bind_dn"].as_str(), Some("cn=parley-service,ou=Parley,dc=example,dc=test"));
+        assert_eq!(v["directory"]["bind_dn"].as_str(), Some("cn=ParleyService,ou=Parley,dc=example,dc=test"));
         assert_eq!(v["directory"]["bind_password_file"].as_str(), Some("/etc/parley/directory/password"));
         assert_eq!(v["limits"]["max_message_bytes"].as_integer(), Some(65535));
         assert!(v.get("frontend").is_none());
@@ -172,19 +178,19 @@ mod tests {
                 address: home_server_address("corp-home-2", "ns", "cluster.local"),
             },
         ];
-        let text = render(&ctx(&d), "corp-frontend", Some(&routes)).unwrap();
-        let v: toml::Value = toml::from_str(&text).unwrap();
+        let text = render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap();
+        let v = parse(&text, Role::FrontEnd);
         let table = v["frontend"]["home_servers"].as_array().unwrap();
         assert_eq!(table.len(), 2);
         assert_eq!(table[0]["name"].as_str(), Some("corp-home-1"));
-        assert_eq!(table[1]["address"].as_str(), Some("corp-home-2.ns.svc.cluster.local:5061"));
+        assert_eq!(table[1]["address"].as_str(), Some("corp-home-2.ns.svc.cluster.local:5062"));
     }
 
     #[test]
     fn required_client_tls_drops_the_plain_listeners() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.tls.require_client_tls = true;
-        let v: toml::Value = toml::from_str(&render(&ctx(&d), "x", None).unwrap()).unwrap();
+        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert!(v["listen"].get("udp").is_none() && v["listen"].get("tcp").is_none());
         assert_eq!(v["listen"]["tls"].as_str(), Some("0.0.0.0:5061"));
     }
@@ -196,7 +202,7 @@ mod tests {
             ldap: None,
             file: Some(FileDirectory { config_map: "users".into(), key: "u.toml".into() }),
         };
-        let v: toml::Value = toml::from_str(&render(&ctx(&d), "x", None).unwrap()).unwrap();
+        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["backend"].as_str(), Some("file"));
         assert_eq!(v["directory"]["file"].as_str(), Some("/etc/parley/directory/users.toml"));
         assert!(v["directory"].get("url").is_none());
@@ -206,7 +212,7 @@ mod tests {
     fn values_are_escaped() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.directory.ldap.as_mut().unwrap().base_dn = "dc=\"quoted\"\n,dc=x".into();
-        let v: toml::Value = toml::from_str(&render(&ctx(&d), "x", None).unwrap()).unwrap();
+        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["base_dn"].as_str(), Some("dc=\"quoted\"\n,dc=x"));
     }
 }

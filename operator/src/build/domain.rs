@@ -6,7 +6,8 @@ use kube::api::ObjectMeta;
 
 use super::{BuildError, DOMAIN_LABEL, MANAGED_BY, name_ns, owner_ref};
 use crate::crd::{
-    CommunicationsDomain, FrontEnd, FrontEndPorts, FrontEndSpec, HomeServer, HomeServerSpec, WaitingRemoval,
+    ClientService, CommunicationsDomain, FrontEnd, FrontEndPorts, FrontEndSpec, HomeServer, HomeServerSpec,
+    ServiceType, WaitingRemoval,
 };
 use crate::tiers::{MIN_FRONT_END_REPLICAS, Sizing, USERS_PER_HOME_SERVER};
 
@@ -60,6 +61,15 @@ pub fn plan(
     let users = u64::from(domain.spec.users);
     let capacity = users.div_ceil(u64::from(count)).clamp(1, USERS_PER_HOME_SERVER);
     let desired: Vec<String> = (1..=count).map(|n| home_server_name(&name, n)).collect();
+    // Cross-home traffic goes through a Front-End, so one stays while more than one Home Server
+    // runs. Without one, clients connect to the Home Server: it gets the entry point's Service.
+    let kept_count = owned.iter().filter(|o| !desired.contains(o) && may_have_users(o)).count();
+    let has_front_end = sizing.has_front_end() || desired.len() + kept_count > 1;
+    let template = domain.spec.front_end.clone().unwrap_or_default();
+    let home_service = ClientService {
+        type_: if has_front_end { ServiceType::ClusterIP } else { template.service_type.unwrap_or_default() },
+        annotations: Default::default(),
+    };
     let home_servers = desired
         .iter()
         .map(|hs| HomeServer {
@@ -69,6 +79,8 @@ pub fn plan(
                 capacity: Some(u32::try_from(capacity).unwrap_or(u32::MAX)),
                 resources: None,
                 storage: None,
+                service: home_service.clone(),
+                advertise: None,
             },
             status: None,
         })
@@ -90,23 +102,17 @@ pub fn plan(
         })
         .collect();
 
-    // Cross-home traffic goes through a Front-End, so one stays while more than one Home Server runs.
-    let total = desired.len() + waiting_removal.len();
-    let front_end = (sizing.has_front_end() || total > 1).then(|| {
-        let template = domain.spec.front_end.clone().unwrap_or_default();
-        FrontEnd {
-            metadata: meta(front_end_name(&name), "front-end"),
-            spec: FrontEndSpec {
-                domain: name.clone(),
-                replicas: Some(
-                    template.replicas.unwrap_or(MIN_FRONT_END_REPLICAS.max(sizing.front_end_replicas) as i32),
-                ),
-                service_type: template.service_type.unwrap_or_default(),
-                ports: FrontEndPorts::default(),
-                resources: None,
-            },
-            status: None,
-        }
+    let front_end = has_front_end.then(|| FrontEnd {
+        metadata: meta(front_end_name(&name), "front-end"),
+        spec: FrontEndSpec {
+            domain: name.clone(),
+            replicas: Some(template.replicas.unwrap_or(MIN_FRONT_END_REPLICAS.max(sizing.front_end_replicas) as i32)),
+            service_type: template.service_type.unwrap_or_default(),
+            ports: FrontEndPorts::default(),
+            resources: None,
+            advertise: None,
+        },
+        status: None,
     });
 
     Ok(DomainPlan {

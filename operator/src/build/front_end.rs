@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
-use super::config::{self, HomeServerRoute};
+use super::config::{self, Advertise, HomeServerRoute, service_host};
 use super::*;
 use crate::crd::{FrontEnd, ServiceType};
 use crate::tiers;
@@ -37,7 +37,13 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
     let meta = |obj_name: String| workload.meta(obj_name);
     let (name, labels, selector) = (workload.name.clone(), &workload.labels, &workload.selector);
 
-    let config_text = config::render(ctx, &name, Some(routes))?;
+    let advertise = Advertise {
+        public: Some(
+            fe.spec.advertise.clone().unwrap_or_else(|| service_host(&name, &workload.namespace, ctx.cluster_domain)),
+        ),
+        internal: None,
+    };
+    let config_text = config::render(ctx, &name, Some(routes), &advertise)?;
     let config_hash = sha256_hex(config_text.as_bytes());
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&name)),
@@ -168,6 +174,19 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn each_replica_advertises_its_pod_ip_on_the_internal_link() {
+        let d = fixtures::domain("corp", 25_000);
+        let o = build(&fixtures::front_end("corp-frontend", "corp"), &ctx(&d), &routes(2)).unwrap();
+        let env = pod(&o).containers[0].env.clone().unwrap();
+        let ip = env.iter().find(|e| e.name == "PARLEY_ADVERTISE_INTERNAL").expect("set");
+        assert_eq!(ip.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.podIP");
+        let text = &o.config_map.data.as_ref().unwrap()["parley.toml"];
+        let config = parley_config::Config::parse(text, parley_config::Role::FrontEnd).unwrap();
+        assert_eq!(config.listen.advertise.as_deref(), Some("corp-frontend.ns.svc.cluster.local"));
+        assert_eq!(config.listen.advertise_internal, None, "replicas share the config; the pod IP comes from env");
+    }
+
     fn pod(o: &FrontEndObjects) -> &PodSpec {
         o.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
@@ -199,9 +218,9 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                ("corp-home-1", "corp-home-1.ns.svc.cluster.local:5061"),
-                ("corp-home-2", "corp-home-2.ns.svc.cluster.local:5061"),
-                ("corp-home-3", "corp-home-3.ns.svc.cluster.local:5061"),
+                ("corp-home-1", "corp-home-1.ns.svc.cluster.local:5062"),
+                ("corp-home-2", "corp-home-2.ns.svc.cluster.local:5062"),
+                ("corp-home-3", "corp-home-3.ns.svc.cluster.local:5062"),
             ]
         );
         assert_eq!(v["server_name"].as_str(), Some("fe"));

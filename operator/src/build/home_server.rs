@@ -1,5 +1,6 @@
-//! Objects of a HomeServer: ConfigMap, headless Service, StatefulSet of one pod with data and
-//! logs volumes, PodDisruptionBudget.
+//! Objects of a HomeServer: ConfigMap, headless Service (the pod's stable name, which the
+//! Front-End dials), client Service `<name>-sip`, StatefulSet of one pod with data and logs
+//! volumes, PodDisruptionBudget.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
-use super::config::{self, home_server_address};
+use super::config::{self, Advertise, home_server_address, service_host};
 use super::*;
 use crate::crd::{HomeServer, ResolvedSize};
 use crate::tiers;
@@ -25,6 +26,8 @@ use crate::tiers;
 pub struct HomeServerObjects {
     pub config_map: ConfigMap,
     pub service: Service,
+    /// What clients connect to (of `spec.service.type`).
+    pub client_service: Service,
     pub pdb: PodDisruptionBudget,
     pub stateful_set: StatefulSet,
     /// The size the StatefulSet runs with, for the status.
@@ -40,7 +43,17 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     let meta = |obj_name: String| workload.meta(obj_name);
     let (name, labels, selector) = (workload.name.clone(), &workload.labels, &workload.selector);
 
-    let config_text = config::render(ctx, &name, None)?;
+    let client_service_name = client_service_name(&name);
+    let advertise = Advertise {
+        public: Some(
+            hs.spec
+                .advertise
+                .clone()
+                .unwrap_or_else(|| service_host(&client_service_name, &workload.namespace, ctx.cluster_domain)),
+        ),
+        internal: Some(service_host(&name, &workload.namespace, ctx.cluster_domain)),
+    };
+    let config_text = config::render(ctx, &name, None, &advertise)?;
     let config_hash = sha256_hex(config_text.as_bytes());
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&name)),
@@ -56,6 +69,23 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
             selector: Some(selector.clone()),
             publish_not_ready_addresses: Some(false),
             ports: Some(service_ports(plain)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let client_type = hs.spec.service.type_;
+    let client_service = Service {
+        metadata: ObjectMeta {
+            annotations: (!hs.spec.service.annotations.is_empty()).then(|| hs.spec.service.annotations.clone()),
+            ..meta(client_service_name)
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(client_type.as_str().into()),
+            selector: Some(selector.clone()),
+            ports: Some(super::front_end::client_ports(plain, SIP_PORT, SIP_TLS_PORT)),
+            // Keep clients' source addresses (SIP's received/rport) on node ports and load balancers.
+            external_traffic_policy: (client_type != crate::crd::ServiceType::ClusterIP).then(|| "Local".into()),
             ..Default::default()
         }),
         ..Default::default()
@@ -142,6 +172,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     Ok(HomeServerObjects {
         config_map,
         service,
+        client_service,
         pdb,
         stateful_set,
         resolved,
@@ -149,9 +180,16 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     })
 }
 
-/// SIP ports of a server's Service (5060 UDP and TCP unless clients must use TLS, 5061) and ops.
+/// Name of the Service clients reach a Home Server through.
+pub fn client_service_name(home_server: &str) -> String {
+    format!("{home_server}-sip")
+}
+
+/// SIP ports of a server's Service (5060 UDP and TCP unless clients must use TLS, 5061), the
+/// internal mutual-TLS port the Front-End dials, and ops.
 pub fn service_ports(plain: bool) -> Vec<ServicePort> {
     let mut ports = super::front_end::client_ports(plain, SIP_PORT, SIP_TLS_PORT);
+    ports.push(super::service_port("sip-internal", INTERNAL_PORT, INTERNAL_PORT, "TCP"));
     ports.push(super::service_port("ops", OPS_PORT, OPS_PORT, "TCP"));
     ports
 }
@@ -165,6 +203,32 @@ mod tests {
     use crate::build::fixtures::ctx;
     use crate::build::quantity::q;
     use crate::crd::StorageOverrides;
+
+    #[test]
+    fn clients_reach_the_home_server_through_its_sip_service_and_it_says_so() {
+        let d = fixtures::domain("corp", 500);
+        let mut hs = fixtures::home_server("corp-home-1", "corp");
+        hs.spec.service.type_ = crate::crd::ServiceType::NodePort;
+        hs.spec.service.annotations.insert("lb.example/kind".into(), "nlb".into());
+        let o = build(&hs, &ctx(&d)).unwrap();
+        let svc = &o.client_service;
+        assert_eq!(svc.metadata.name.as_deref(), Some("corp-home-1-sip"));
+        assert_eq!(svc.metadata.annotations.as_ref().unwrap()["lb.example/kind"], "nlb");
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert!(spec.ports.as_ref().unwrap().iter().all(|p| p.port != 5062 && p.port != 8080), "clients see SIP only");
+        let config = parley_config::Config::parse(
+            &o.config_map.data.as_ref().unwrap()["parley.toml"],
+            parley_config::Role::Home,
+        )
+        .unwrap();
+        assert_eq!(config.listen.advertise.as_deref(), Some("corp-home-1-sip.ns.svc.cluster.local"));
+        assert_eq!(config.listen.advertise_internal.as_deref(), Some("corp-home-1.ns.svc.cluster.local"));
+        hs.spec.advertise = Some("sip.example.test".into());
+        let o = build(&hs, &ctx(&d)).unwrap();
+        assert!(o.config_map.data.as_ref().unwrap()["parley.toml"].contains("advertise = \"sip.example.test\""));
+    }
 
     fn pod(o: &HomeServerObjects) -> &PodSpec {
         o.stateful_set.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
@@ -191,7 +255,7 @@ mod tests {
         }
         assert_eq!(o.config_map.metadata.name.as_deref(), Some("corp-home-1-config"));
         assert_eq!(o.stateful_set.metadata.name.as_deref(), Some("corp-home-1"));
-        assert_eq!(o.address, "corp-home-1.ns.svc.cluster.local:5061");
+        assert_eq!(o.address, "corp-home-1.ns.svc.cluster.local:5062");
     }
 
     #[test]
@@ -216,7 +280,16 @@ mod tests {
         }
         let ports: Vec<_> =
             spec.ports.as_ref().unwrap().iter().map(|p| (p.port, p.protocol.clone().unwrap())).collect();
-        assert_eq!(ports, vec![(5060, "UDP".into()), (5060, "TCP".into()), (5061, "TCP".into()), (8080, "TCP".into())]);
+        assert_eq!(
+            ports,
+            vec![
+                (5060, "UDP".into()),
+                (5060, "TCP".into()),
+                (5061, "TCP".into()),
+                (5062, "TCP".into()),
+                (8080, "TCP".into())
+            ]
+        );
         assert_eq!(sts.service_name.as_deref(), Some("h"));
     }
 
@@ -412,7 +485,7 @@ mod tests {
         let o = build(&fixtures::home_server("h", "corp"), &ctx(&d)).unwrap();
         let svc_ports: Vec<_> =
             o.service.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().map(|p| p.port).collect();
-        assert_eq!(svc_ports, vec![5061, 8080]);
+        assert_eq!(svc_ports, vec![5061, 5062, 8080]);
         let c = &pod(&o).containers[0];
         assert!(c.ports.as_ref().unwrap().iter().all(|p| p.container_port != 5060));
     }

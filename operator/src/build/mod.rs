@@ -46,6 +46,8 @@ pub const SERVER_UID: i64 = 65532;
 pub const SIP_PORT: i32 = 5060;
 /// SIP over TLS, in the pods.
 pub const SIP_TLS_PORT: i32 = 5061;
+/// SIP over mutual TLS between Front-Ends and Home Servers (the internal link).
+pub const INTERNAL_PORT: i32 = 5062;
 /// HTTP operations port: `/healthz`, `/readyz`, `/metrics`.
 pub const OPS_PORT: i32 = 8080;
 
@@ -55,6 +57,7 @@ pub mod paths {
     pub const TLS_DIR: &str = "/etc/parley/tls";
     pub const TLS_CERT: &str = "/etc/parley/tls/tls.crt";
     pub const TLS_KEY: &str = "/etc/parley/tls/tls.key";
+    pub const TLS_CA: &str = "/etc/parley/tls/ca.crt";
     pub const DIRECTORY_DIR: &str = "/etc/parley/directory";
     pub const DIRECTORY_PASSWORD: &str = "/etc/parley/directory/password";
     pub const DIRECTORY_FILE: &str = "/etc/parley/directory/users.toml";
@@ -269,7 +272,7 @@ pub fn startup_probe() -> Probe {
     http_probe("/healthz", 2, 60)
 }
 
-/// The server's ports. Without `sip_plain` (clients must use TLS) only 5061 and ops.
+/// The server's ports. Without `sip_plain` (clients must use TLS) only 5061, the internal link and ops.
 pub fn container_ports(sip_plain: bool) -> Vec<ContainerPort> {
     let port = |name: &str, p: i32, proto: &str| ContainerPort {
         name: Some(name.into()),
@@ -283,6 +286,7 @@ pub fn container_ports(sip_plain: bool) -> Vec<ContainerPort> {
         ports.push(port("sip-tcp", SIP_PORT, "TCP"));
     }
     ports.push(port("sip-tls", SIP_TLS_PORT, "TCP"));
+    ports.push(port("sip-internal", INTERNAL_PORT, "TCP"));
     ports.push(port("ops", OPS_PORT, "TCP"));
     ports
 }
@@ -328,14 +332,7 @@ pub fn server_container(
             "--config".into(),
             paths::CONFIG.into(),
         ]),
-        env: Some(vec![EnvVar {
-            name: "PARLEY_INSTANCE".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), ..Default::default() }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        env: Some(server_env(component)),
         ports: Some(container_ports(plain)),
         readiness_probe: Some(readiness_probe()),
         liveness_probe: Some(liveness_probe()),
@@ -346,6 +343,24 @@ pub fn server_container(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
+}
+
+/// The server's environment: its pod name and, for a Front-End (replicas share one config), the
+/// pod IP that Home Servers reach this replica at (`PARLEY_ADVERTISE_INTERNAL`).
+fn server_env(component: Component) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut env = vec![field("PARLEY_INSTANCE", "metadata.name")];
+    if component == Component::FrontEnd {
+        env.push(field("PARLEY_ADVERTISE_INTERNAL", "status.podIP"));
+    }
+    env
 }
 
 /// Volumes every server pod has: its config, its certificate, the directory credentials (or
@@ -520,7 +535,14 @@ pub(crate) mod fixtures {
     pub fn home_server(name: &str, domain: &str) -> HomeServer {
         HomeServer {
             metadata: meta(name),
-            spec: HomeServerSpec { domain: domain.into(), capacity: None, resources: None, storage: None },
+            spec: HomeServerSpec {
+                domain: domain.into(),
+                capacity: None,
+                resources: None,
+                storage: None,
+                service: Default::default(),
+                advertise: None,
+            },
             status: None,
         }
     }
@@ -534,6 +556,7 @@ pub(crate) mod fixtures {
                 service_type: ServiceType::ClusterIP,
                 ports: FrontEndPorts::default(),
                 resources: None,
+                advertise: None,
             },
             status: None,
         }

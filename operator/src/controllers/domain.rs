@@ -101,9 +101,20 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         };
         let (hs_names, fe_names) = server_names(plan.as_ref(), &home_servers, &front_ends);
 
-        let mut servers: Vec<certificates::Server> =
-            hs_names.iter().map(|n| certificates::Server { name: n.clone(), stateful: true }).collect();
-        servers.extend(fe_names.iter().map(|n| certificates::Server { name: n.clone(), stateful: false }));
+        // An advertised host set on a live HomeServer or FrontEnd joins its certificate's names.
+        let hs_advertise =
+            |n: &String| home_servers.iter().find(|h| &h.name_any() == n).and_then(|h| h.spec.advertise.clone());
+        let fe_advertise =
+            |n: &String| front_ends.iter().find(|f| &f.name_any() == n).and_then(|f| f.spec.advertise.clone());
+        let mut servers: Vec<certificates::Server> = hs_names
+            .iter()
+            .map(|n| certificates::Server { name: n.clone(), home: true, advertise: hs_advertise(n) })
+            .collect();
+        servers.extend(fe_names.iter().map(|n| certificates::Server {
+            name: n.clone(),
+            home: false,
+            advertise: fe_advertise(n),
+        }));
         let certs = certificates::reconcile(&ctx, &d, &ns, &servers, now).await?;
         wants.push(certs.want);
         if let Some(at) = certs.next_check {

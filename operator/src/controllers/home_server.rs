@@ -79,6 +79,8 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 report_apply(&ctx, hs.as_ref(), &objs.config_map, out).await;
                 let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.service).await?;
                 report_apply(&ctx, hs.as_ref(), &objs.service, out).await;
+                let out = apply(&Api::<Service>::namespaced(client.clone(), &ns), &objs.client_service).await?;
+                report_apply(&ctx, hs.as_ref(), &objs.client_service, out).await;
                 let out = apply(&Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns), &objs.pdb).await?;
                 report_apply(&ctx, hs.as_ref(), &objs.pdb, out).await;
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());

@@ -115,7 +115,8 @@ pub struct FrontEndTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 50))]
     pub replicas: Option<i32>,
-    /// Type of the Service clients connect to.
+    /// Type of the Service clients connect to: the Front-End's or, while the domain has none,
+    /// the Home Server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_type: Option<ServiceType>,
 }
@@ -135,16 +136,6 @@ pub struct DirectorySpec {
     pub file: Option<FileDirectory>,
 }
 
-/// The account `parley-server prep domain` creates and the servers bind as, below the base DN.
-/// TODO(lead): the server's `prep::names::service_account` builds the same DN; one shared
-/// constant should serve both (the shared config crate).
-pub const SERVICE_ACCOUNT_RDN: &str = "cn=ParleyService,ou=Parley";
-
-/// The DN of the service account `prep domain` creates under `base_dn`.
-pub fn prepared_service_account_dn(base_dn: &str) -> String {
-    format!("{SERVICE_ACCOUNT_RDN},{base_dn}")
-}
-
 /// An LDAP directory.
 #[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -161,7 +152,7 @@ pub struct LdapDirectory {
     /// Base DN under which users and Parley's entries live, e.g. `dc=example,dc=test`.
     #[schemars(length(min = 1, max = 1024))]
     pub base_dn: String,
-    /// DN the servers bind as. Defaults to `cn=parley-service,ou=Parley,<baseDn>`, the service
+    /// DN the servers bind as. Defaults to `cn=ParleyService,ou=Parley,<baseDn>`, the service
     /// account the domain-prep step creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
@@ -191,9 +182,7 @@ pub struct LdapDirectory {
 impl LdapDirectory {
     /// The DN the servers bind as.
     pub fn service_bind_dn(&self) -> String {
-        // TODO(lead): default to `prepared_service_account_dn` once build/config.rs (whose test pins
-        // this value) is replaced by the shared config crate.
-        self.bind_dn.clone().unwrap_or_else(|| format!("cn=parley-service,ou=Parley,{}", self.base_dn))
+        self.bind_dn.clone().unwrap_or_else(|| parley_config::service_account_dn(&self.base_dn))
     }
 
     /// The Secret key the administrator named for the service account's password, if any.

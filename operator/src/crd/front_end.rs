@@ -6,7 +6,7 @@ use kube::CustomResource;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{NAME_PATTERN, ServiceType};
+use super::common::{HOST_PATTERN, NAME_PATTERN, ServiceType};
 use crate::tiers::Tier;
 
 /// A Front-End: a Deployment of stateless proxies behind a Service. Each request goes to the
@@ -61,6 +61,12 @@ pub struct FrontEndSpec {
     /// CPU and memory of each replica, overriding the default (1 CPU, 512Mi) key by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Host name clients reach the Front-End by, written into the Record-Route and Via headers
+    /// it adds (default: the Service's cluster DNS name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub advertise: Option<String>,
 }
 
 /// Ports of the Front-End's Service.

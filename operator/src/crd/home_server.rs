@@ -7,7 +7,7 @@ use kube::CustomResource;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::NAME_PATTERN;
+use super::common::{ClientService, HOST_PATTERN, NAME_PATTERN};
 use crate::tiers::Tier;
 
 /// A Home Server: a StatefulSet of one pod with its own data and logs volumes, home to the users
@@ -59,6 +59,18 @@ pub struct HomeServerSpec {
     /// Volume sizes and storage class, overriding the tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageOverrides>,
+
+    /// The Service `<name>-sip` clients reach this Home Server through (when the domain has no
+    /// Front-End, its only entry point).
+    #[serde(default)]
+    pub service: ClientService,
+
+    /// Host name clients reach this server by, written into the Contact and Via headers it adds
+    /// (default: the Service's cluster DNS name). Set it to the load balancer's or node's name
+    /// when clients are outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_PATTERN))]
+    pub advertise: Option<String>,
 }
 
 /// Volume overrides of a Home Server. Volumes can grow after creation (when the storage class
@@ -91,7 +103,7 @@ pub struct HomeServerStatus {
     pub tier: Option<Tier>,
     /// The resolved size: the tier with this resource's overrides applied.
     pub resolved: Option<ResolvedSize>,
-    /// Address the Front-End forwards to (`<service>.<namespace>.svc.<cluster domain>:5061`).
+    /// Address the Front-End forwards to (`<service>.<namespace>.svc.<cluster domain>:5062`).
     pub address: Option<String>,
 }
 

@@ -39,6 +39,8 @@ pub async fn certificate_secrets_chain_to_the_domain_ca(h: &Harness) {
         assert!(leaf.sans.contains(&fqdn) && leaf.sans.contains("example.test"), "{server}: {:?}", leaf.sans);
         let pod_name = format!("{server}-0.{server}.{}.svc.cluster.local", h.ns);
         assert_eq!(leaf.sans.contains(&pod_name), pod, "{server}: {:?}", leaf.sans);
+        let client_service = format!("{server}-sip.{}.svc.cluster.local", h.ns);
+        assert_eq!(leaf.sans.contains(&client_service), pod, "a Home Server's client Service: {:?}", leaf.sans);
     }
     op.stop().await.unwrap();
 }

@@ -105,7 +105,7 @@ pub async fn enterprise_domain(h: &Harness) {
     let config: toml::Value = toml::from_str(&cm.data.unwrap()["parley.toml"]).unwrap();
     let rows = config["frontend"]["home_servers"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
-    assert_eq!(rows[0]["address"].as_str().unwrap(), format!("corp-home-1.{}.svc.cluster.local:5061", h.ns));
+    assert_eq!(rows[0]["address"].as_str().unwrap(), format!("corp-home-1.{}.svc.cluster.local:5062", h.ns));
     let svc = h.wait_for::<Service, _>("Service", "corp-frontend", |_| true).await;
     let ports: Vec<_> =
         svc.spec.unwrap().ports.unwrap().iter().map(|p| (p.port, p.protocol.clone().unwrap())).collect();

@@ -62,6 +62,14 @@ impl Directory for FileDirectory {
         Box::pin(async move { Ok(self.users.get(address).cloned()) })
     }
 
+    fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>> {
+        let mut domains: Vec<String> =
+            self.users.keys().filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_string())).collect();
+        domains.sort();
+        domains.dedup();
+        Box::pin(async move { Ok(domains) })
+    }
+
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { true })
     }
@@ -81,6 +89,7 @@ mod tests {
         assert!(alice.enabled);
         assert_eq!(alice.username(), "alice");
         assert!(d.find_user("bob@example.test").await.unwrap().is_none());
+        assert_eq!(d.domains().await.unwrap(), vec!["example.test".to_string()]);
         assert!(FileDirectory::parse("[[users]]\naddress = \"a@b\"\n").is_err());
         assert!(FileDirectory::parse("[[users]]\naddress = \"a@b\"\nha1_md5 = \"xyz\"\n").is_err());
         assert!(FileDirectory::parse("[[users]]\naddress = \"a@b\"\npassword = \"plain\"\n").is_err());

@@ -69,6 +69,13 @@ impl LdapDirectory {
 
     /// Base DN to search for users of `domain`.
     async fn base_for(&self, domain: &str) -> Result<String, DirectoryError> {
+        let domains = self.admitted().await?;
+        Ok(domains.get(domain).cloned().unwrap_or_else(|| self.base_dn.clone()))
+    }
+
+    /// The SIP domains of the global settings (`prep enterprise`, `prep domainadd`) with their
+    /// users' base DN.
+    async fn admitted(&self) -> Result<HashMap<String, String>, DirectoryError> {
         let domains = match self.domains.get("") {
             Some(d) => d,
             None => {
@@ -92,7 +99,7 @@ impl LdapDirectory {
                 map
             }
         };
-        Ok(domains.get(domain).cloned().unwrap_or_else(|| self.base_dn.clone()))
+        Ok(domains)
     }
 
     async fn lookup(&self, address: &str) -> Result<Option<User>, DirectoryError> {
@@ -135,6 +142,10 @@ impl Directory for LdapDirectory {
         })
     }
 
+    fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>> {
+        Box::pin(async move { Ok(self.admitted().await?.into_keys().collect()) })
+    }
+
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             match self.pool.search(&self.base_dn, Scope::Base, "(objectClass=*)", &["1.1"]).await {
@@ -150,7 +161,7 @@ impl Directory for LdapDirectory {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, DirectoryConfig};
+    use crate::config::{Config, DirectoryConfig, Role};
 
     const BASE: &str = "sip_domain = \"example.test\"\n[storage]\ndata_dir = \"d\"\nlogs_dir = \"l\"\n[directory]\n\
         backend = \"ldap\"\nurl = \"ldaps://ldap.example.test\"\nbase_dn = \"dc=example,dc=test\"\n\
@@ -158,16 +169,16 @@ mod tests {
 
     #[test]
     fn ldap_config_gets_defaults_and_errors_name_the_key() {
-        let c = Config::parse(BASE).unwrap();
+        let c = Config::parse(BASE, Role::Home).unwrap();
         let DirectoryConfig::Ldap { timeout_ms, cache_ttl_secs, pool_size, starttls, ca_file, .. } = c.directory else {
             panic!("ldap backend");
         };
         assert_eq!((timeout_ms, cache_ttl_secs, pool_size, starttls, ca_file), (2000, 30, 4, false, None));
-        let e = Config::parse(&BASE.replace("ldaps://", "http://")).unwrap_err().to_string();
+        let e = Config::parse(&BASE.replace("ldaps://", "http://"), Role::Home).unwrap_err();
         assert!(e.contains("directory.url"), "{e}");
-        let e = Config::parse(&format!("{BASE}bind_password = \"x\"\n")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{BASE}bind_password = \"x\"\n"), Role::Home).unwrap_err();
         assert!(e.contains("bind_password"), "a password in the config is refused: {e}");
-        let e = Config::parse(&format!("{BASE}timeout_ms = 0\n")).unwrap_err().to_string();
+        let e = Config::parse(&format!("{BASE}timeout_ms = 0\n"), Role::Home).unwrap_err();
         assert!(e.contains("directory.timeout_ms"), "{e}");
     }
 }

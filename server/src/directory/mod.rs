@@ -50,6 +50,10 @@ pub trait Directory: Send + Sync {
     /// Finds a user by address of record (`user@domain`, lower-case host).
     fn find_user<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<Option<User>, DirectoryError>>;
 
+    /// The SIP domains whose users this directory holds (the domain itself and those admitted
+    /// with `prep domainadd`), lower-case.
+    fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>>;
+
     /// Whether the directory currently answers (drives `/readyz`).
     fn is_ready(&self) -> BoxFuture<'_, bool>;
 }

@@ -13,41 +13,19 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum Algorithm {
-    #[serde(rename = "MD5")]
-    Md5,
-    #[serde(rename = "SHA-256")]
-    Sha256,
-}
+pub use crate::config::Algorithm;
 
-impl Algorithm {
-    pub fn token(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "MD5",
-            Algorithm::Sha256 => "SHA-256",
-        }
-    }
-
-    fn from_token(t: &str) -> Option<Algorithm> {
-        match t.to_ascii_uppercase().as_str() {
-            "MD5" => Some(Algorithm::Md5),
-            "SHA-256" => Some(Algorithm::Sha256),
-            _ => None,
-        }
-    }
-
-    pub fn hash(self, data: &str) -> String {
-        match self {
-            Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
-            Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
-        }
+/// H(data) in hex, with the algorithm's hash.
+pub fn hash(alg: Algorithm, data: &str) -> String {
+    match alg {
+        Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
+        Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
     }
 }
 
 /// HA1 = H(username:realm:password), what the directory stores instead of a password.
 pub fn ha1(alg: Algorithm, username: &str, realm: &str, password: &str) -> String {
-    alg.hash(&format!("{username}:{realm}:{password}"))
+    hash(alg, &format!("{username}:{realm}:{password}"))
 }
 
 /// The outcome of checking credentials.
@@ -60,8 +38,11 @@ pub enum Verdict {
     Fail(&'static str),
 }
 
+/// Why right credentials fail: their nonce is not one of ours (e.g. issued before a restart).
+pub const FOREIGN_NONCE: &str = "nonce not issued here";
+
+/// Digest challenges and checks; the realm is the domain of the user being authenticated.
 pub struct DigestAuth {
-    realm: String,
     algorithms: Vec<Algorithm>,
     nonce_ttl: Duration,
     secret: [u8; 32],
@@ -72,14 +53,8 @@ pub struct DigestAuth {
 const MAX_TRACKED_NONCES: usize = 1_000_000;
 
 impl DigestAuth {
-    pub fn new(realm: &str, algorithms: Vec<Algorithm>, nonce_ttl: Duration) -> DigestAuth {
-        DigestAuth {
-            realm: realm.to_string(),
-            algorithms,
-            nonce_ttl,
-            secret: rand::random(),
-            counts: Mutex::new(HashMap::new()),
-        }
+    pub fn new(algorithms: Vec<Algorithm>, nonce_ttl: Duration) -> DigestAuth {
+        DigestAuth { algorithms, nonce_ttl, secret: rand::random(), counts: Mutex::new(HashMap::new()) }
     }
 
     fn mac(&self, stamp: &str) -> String {
@@ -110,14 +85,13 @@ impl DigestAuth {
     }
 
     /// Challenge header values, one per algorithm in order of preference (RFC 8760).
-    pub fn challenges(&self, stale: bool, now: SystemTime) -> Vec<String> {
+    pub fn challenges(&self, realm: &str, stale: bool, now: SystemTime) -> Vec<String> {
         let nonce = self.new_nonce(now);
         self.algorithms
             .iter()
             .map(|alg| {
                 format!(
-                    "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{}",
-                    self.realm,
+                    "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{}",
                     alg.token(),
                     if stale { ", stale=true" } else { "" }
                 )
@@ -127,18 +101,18 @@ impl DigestAuth {
 
     /// Verifies an Authorization or Proxy-Authorization value for `method` against `user`
     /// (None: unknown user, checked against a dummy so the work and the answer look the same).
-    pub fn verify(&self, header: &str, method: &str, user: Option<&User>, now: SystemTime) -> Verdict {
+    pub fn verify(&self, header: &str, realm: &str, method: &str, user: Option<&User>, now: SystemTime) -> Verdict {
         let Some(rest) = header.trim().strip_prefix("Digest") else {
             return Verdict::Fail("not digest");
         };
         let params: HashMap<String, String> = parse_auth_params(rest).into_iter().collect();
         let get = |k: &str| params.get(k).map(String::as_str);
-        let (Some(username), Some(realm), Some(nonce), Some(uri), Some(response)) =
+        let (Some(username), Some(their_realm), Some(nonce), Some(uri), Some(response)) =
             (get("username"), get("realm"), get("nonce"), get("uri"), get("response"))
         else {
             return Verdict::Fail("incomplete credentials");
         };
-        if realm != self.realm {
+        if their_realm != realm {
             return Verdict::Fail("wrong realm");
         }
         let alg = match get("algorithm") {
@@ -154,7 +128,7 @@ impl DigestAuth {
             Algorithm::Sha256 => u.ha1_sha256.as_deref(),
         });
         let ha1 = stored.unwrap_or(&dummy).to_ascii_lowercase();
-        let ha2 = alg.hash(&format!("{method}:{uri}"));
+        let ha2 = hash(alg, &format!("{method}:{uri}"));
         let qop = get("qop");
         let nc = get("nc");
         let expected = match qop {
@@ -162,9 +136,9 @@ impl DigestAuth {
                 let (Some(nc), Some(cnonce)) = (nc, get("cnonce")) else {
                     return Verdict::Fail("qop without nc or cnonce");
                 };
-                alg.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+                hash(alg, &format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
             }
-            None => alg.hash(&format!("{ha1}:{nonce}:{ha2}")),
+            None => hash(alg, &format!("{ha1}:{nonce}:{ha2}")),
             Some(_) => return Verdict::Fail("unsupported qop"),
         };
         let matches: bool = expected.as_bytes().ct_eq(response.to_ascii_lowercase().as_bytes()).into();
@@ -175,7 +149,7 @@ impl DigestAuth {
             return Verdict::Fail("wrong credentials");
         }
         match self.nonce_age(nonce, now) {
-            None => Verdict::Fail("nonce not issued here"),
+            None => Verdict::Fail(FOREIGN_NONCE),
             Some(age) if age > self.nonce_ttl => Verdict::Stale,
             Some(_) => self.check_count(nonce, nc, now),
         }
@@ -231,8 +205,8 @@ mod tests {
     fn answer(challenge: &str, alg: Algorithm, password: &str, nc: &str) -> String {
         let nonce = challenge.split("nonce=\"").nth(1).unwrap().split('"').next().unwrap();
         let ha1 = ha1(alg, "alice", "example.test", password);
-        let ha2 = alg.hash("REGISTER:sip:example.test");
-        let resp = alg.hash(&format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
+        let ha2 = hash(alg, "REGISTER:sip:example.test");
+        let resp = hash(alg, &format!("{ha1}:{nonce}:{nc}:c0ffee:auth:{ha2}"));
         format!(
             "Digest username=\"alice\", realm=\"example.test\", nonce=\"{nonce}\", uri=\"sip:example.test\", \
              response=\"{resp}\", algorithm={}, qop=auth, nc={nc}, cnonce=\"c0ffee\"",
@@ -242,42 +216,52 @@ mod tests {
 
     #[test]
     fn md5_and_sha256_verify_and_replays_are_stale() {
-        let auth = DigestAuth::new("example.test", vec![Algorithm::Sha256, Algorithm::Md5], Duration::from_secs(60));
+        let auth = DigestAuth::new(vec![Algorithm::Sha256, Algorithm::Md5], Duration::from_secs(60));
         let now = SystemTime::now();
-        let ch = auth.challenges(false, now);
+        let ch = auth.challenges("example.test", false, now);
         assert!(ch[0].contains("algorithm=SHA-256") && ch[1].contains("algorithm=MD5"));
         for (i, alg) in [Algorithm::Sha256, Algorithm::Md5].into_iter().enumerate() {
-            let ch = auth.challenges(false, now); // a fresh nonce for each algorithm's run
+            let ch = auth.challenges("example.test", false, now); // a fresh nonce for each algorithm's run
             let creds = answer(&ch[i], alg, "secret", "00000001");
-            assert_eq!(auth.verify(&creds, "REGISTER", Some(&user()), now), Verdict::Ok);
-            assert_eq!(auth.verify(&creds, "REGISTER", Some(&user()), now), Verdict::Stale, "replayed nc");
+            assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now), Verdict::Ok);
+            assert_eq!(
+                auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now),
+                Verdict::Stale,
+                "replayed nc"
+            );
             let next = answer(&ch[i], alg, "secret", "00000002");
-            assert_eq!(auth.verify(&next, "REGISTER", Some(&user()), now), Verdict::Ok);
+            assert_eq!(auth.verify(&next, "example.test", "REGISTER", Some(&user()), now), Verdict::Ok);
         }
     }
 
     #[test]
     fn wrong_password_and_unknown_user_look_the_same() {
-        let auth = DigestAuth::new("example.test", vec![Algorithm::Md5], Duration::from_secs(60));
+        let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(60));
         let now = SystemTime::now();
-        let ch = &auth.challenges(false, now)[0];
+        let ch = &auth.challenges("example.test", false, now)[0];
         let wrong = answer(ch, Algorithm::Md5, "guess", "00000001");
-        assert!(matches!(auth.verify(&wrong, "REGISTER", Some(&user()), now), Verdict::Fail(_)));
+        assert!(matches!(auth.verify(&wrong, "example.test", "REGISTER", Some(&user()), now), Verdict::Fail(_)));
         let right = answer(ch, Algorithm::Md5, "secret", "00000001");
-        assert!(matches!(auth.verify(&right, "REGISTER", None, now), Verdict::Fail(_)));
+        assert!(matches!(auth.verify(&right, "example.test", "REGISTER", None, now), Verdict::Fail(_)));
         let sha = answer(ch, Algorithm::Sha256, "secret", "00000001");
-        assert!(matches!(auth.verify(&sha, "REGISTER", Some(&user()), now), Verdict::Fail(_)), "not offered");
+        assert!(
+            matches!(auth.verify(&sha, "example.test", "REGISTER", Some(&user()), now), Verdict::Fail(_)),
+            "not offered"
+        );
     }
 
     #[test]
     fn expired_nonce_is_stale_and_forged_nonce_fails() {
-        let auth = DigestAuth::new("example.test", vec![Algorithm::Md5], Duration::from_secs(60));
+        let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(60));
         let then = SystemTime::now() - Duration::from_secs(120);
-        let ch = &auth.challenges(false, then)[0];
+        let ch = &auth.challenges("example.test", false, then)[0];
         let creds = answer(ch, Algorithm::Md5, "secret", "00000001");
-        assert_eq!(auth.verify(&creds, "REGISTER", Some(&user()), SystemTime::now()), Verdict::Stale);
+        assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), SystemTime::now()), Verdict::Stale);
         let forged = ch.replacen("nonce=\"0", "nonce=\"1", 1);
         let creds = answer(&forged, Algorithm::Md5, "secret", "00000001");
-        assert!(matches!(auth.verify(&creds, "REGISTER", Some(&user()), SystemTime::now()), Verdict::Fail(_)));
+        assert!(matches!(
+            auth.verify(&creds, "example.test", "REGISTER", Some(&user()), SystemTime::now()),
+            Verdict::Fail(_)
+        ));
     }
 }

@@ -46,6 +46,8 @@ pub struct CoreSettings {
     pub domain: String,
     /// Hosts that stand for `domain` in addresses (lower-case).
     pub domain_aliases: Vec<String>,
+    /// This server's name: users whose directory entry names another are homed elsewhere.
+    pub server_name: String,
     pub limits: Limits,
     pub max_body_bytes: usize,
     pub timers: Timers,
@@ -84,6 +86,8 @@ pub struct Core {
     pub(super) metrics: Arc<Metrics>,
     pub(super) store: Store,
     pub(super) presence: Mutex<PresenceState>,
+    /// The SIP domains served here.
+    pub(super) domains: crate::domains::Domains,
     /// Serialises notification rounds so each subscriber sees NOTIFYs in the order of changes.
     pub(super) notify_lock: tokio::sync::Mutex<()>,
     server_txns: Mutex<ServerTransactions>,
@@ -105,6 +109,7 @@ impl Core {
         store: Store,
     ) -> Arc<Core> {
         let timers = settings.timers;
+        let domains = crate::domains::Domains::new(&settings.domain, &settings.domain_aliases);
         Arc::new(Core {
             settings,
             transports,
@@ -114,12 +119,18 @@ impl Core {
             metrics,
             store,
             presence: Mutex::new(PresenceState::default()),
+            domains,
             notify_lock: tokio::sync::Mutex::new(()),
             server_txns: Mutex::new(ServerTransactions::new(timers)),
             client_txns: Mutex::new(ClientTransactions::new(timers)),
             via_hosts: Mutex::new(HashMap::new()),
             tag: format!("{:016x}", rand::random::<u64>()),
         })
+    }
+
+    /// Reads the domains the directory admits (then again every second; the directory caches).
+    pub async fn load_domains(&self) {
+        self.domains.refresh(self.directory.as_ref()).await;
     }
 
     pub fn set_via_host(&self, transport: Transport, host: String) {
@@ -138,12 +149,16 @@ impl Core {
                 if last_sweep.elapsed() >= Duration::from_secs(1) {
                     last_sweep = Instant::now();
                     let now = SystemTime::now();
-                    let emptied = {
+                    let (emptied, expired) = {
                         let mut reg = core.registrar.lock().expect("registrar");
-                        let emptied = reg.expire(now);
+                        let expired = reg.expire(now);
                         core.metrics.registrations.store(reg.binding_count() as u64, Relaxed);
-                        emptied
+                        expired
                     };
+                    for (aor, b) in expired {
+                        let (source, transport) = (b.flow.remote, b.flow.transport.via_token());
+                        tracing::info!(user = %aor, %source, %transport, contact = %b.uri, "signed out: registration expired");
+                    }
                     core.auth.purge(now);
                     let sweeper = core.clone();
                     tokio::spawn(async move {
@@ -153,6 +168,7 @@ impl Core {
                             sweeper.run_after(After::PresenceChanged(aor)).await;
                         }
                         sweeper.presence_sweep(now).await;
+                        sweeper.domains.refresh(sweeper.directory.as_ref()).await;
                     });
                 }
             }
@@ -223,16 +239,9 @@ impl Core {
     fn on_request(self: &Arc<Self>, flow: Flow, mut msg: Message) {
         let method = msg.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
-        let Some(top) = msg.headers.first_mut("Via") else {
+        let Some(via) = crate::sip::routing::stamp_top_via(&mut msg, flow.remote) else {
             return;
         };
-        let mut parts = crate::sip::params::split_list(top).into_iter().map(str::to_string).collect::<Vec<_>>();
-        let Ok(mut via) = Via::parse(&parts[0]) else {
-            return;
-        };
-        via.stamp_source(flow.remote);
-        parts[0] = via.to_string();
-        *top = parts.join(", ");
         if method == "ACK" {
             return; // no INVITE transactions here: nothing to acknowledge
         }
@@ -299,9 +308,9 @@ impl Core {
         }
         let response = match method {
             "REGISTER" => return self.register(flow, req).await,
-            "MESSAGE" => self.message(req).await,
+            "MESSAGE" => self.message(flow, req).await,
             "SUBSCRIBE" => return self.subscribe(flow, req).await,
-            "PUBLISH" => return self.publish(req).await,
+            "PUBLISH" => return self.publish(flow, req).await,
             "OPTIONS" => {
                 let mut r = self.respond(req, 200);
                 r.headers.push("Allow", ALLOW);
@@ -347,15 +356,33 @@ impl Core {
         None
     }
 
-    /// Whether a URI host is this server's SIP domain (or one of its aliases).
+    /// Whether a URI host is a SIP domain served here (or an alias of it).
     pub(super) fn is_local_host(&self, host: &str) -> bool {
-        host == self.settings.domain || self.settings.domain_aliases.iter().any(|a| a == host)
+        self.domains.is_local(host)
     }
 
-    /// The address of record (`user@domain`) a URI names, if it is one of this domain's.
+    /// The address of record (`user@domain`) a URI names, if its domain is served here.
     pub(super) fn local_aor(&self, uri: &crate::sip::uri::SipUri) -> Option<String> {
-        let user = uri.user()?;
-        self.is_local_host(&uri.host()).then(|| format!("{user}@{}", self.settings.domain))
+        self.domains.aor(uri)
+    }
+
+    /// Where requests along a Route set go: over the internal link, the connection the request
+    /// came in on, or failing that the address of the first route (the Front-End instance that
+    /// holds the client's connection). Elsewhere the flow itself.
+    pub(super) async fn next_hop(&self, flow: Flow, first_route: Option<&String>) -> Flow {
+        if flow.transport != Transport::Internal {
+            return flow;
+        }
+        let Some(uri) = first_route.and_then(|r| NameAddr::parse(r).ok()).map(|n| n.uri) else {
+            return flow;
+        };
+        let host = uri.host();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port().unwrap_or(5061);
+        match tokio::net::lookup_host((host, port)).await.ok().and_then(|mut a| a.next()) {
+            Some(remote) => Flow { transport: Transport::Internal, remote, conn: flow.conn },
+            None => flow,
+        }
     }
 
     /// The Contact this server puts in dialogs it is part of.
@@ -365,6 +392,8 @@ impl Core {
             Transport::Udp => format!("<sip:parley@{host}>"),
             Transport::Tcp => format!("<sip:parley@{host};transport=tcp>"),
             Transport::Tls => format!("<sips:parley@{host}>"),
+            // The Front-End finds this server by this address in its routing table.
+            Transport::Internal => format!("<sip:parley@{host};transport=tls>"),
         }
     }
 
@@ -374,7 +403,7 @@ impl Core {
     }
 
     /// Authenticates the sender of a request as a local user (407 challenge), by its From.
-    pub(super) async fn authenticated_sender(&self, req: &Message) -> Result<User, Message> {
+    pub(super) async fn authenticated_sender(&self, flow: Flow, req: &Message) -> Result<User, Message> {
         let from = match NameAddr::parse(req.headers.get("From").unwrap_or_default()) {
             Ok(f) => match self.local_aor(&f.uri) {
                 Some(aor) => aor,
@@ -382,7 +411,7 @@ impl Core {
             },
             Err(e) => return Err(self.respond_with(req, 400, &format!("Bad From header: {e}"))),
         };
-        self.authenticate(req, &from, true).await
+        self.authenticate(flow, req, &from, true).await
     }
 
     pub(super) fn respond(&self, req: &Message, code: u16) -> Message {
@@ -402,7 +431,15 @@ impl Core {
     }
 
     /// Authenticates the sender as `aor`. Unknown users and wrong passwords get the same challenge.
-    pub(super) async fn authenticate(&self, req: &Message, aor: &str, proxy: bool) -> Result<User, Message> {
+    /// Failures are logged at WARN with the user and the source address (never the credentials),
+    /// for a person reading the log and for fail2ban-style tools.
+    pub(super) async fn authenticate(
+        &self,
+        flow: Flow,
+        req: &Message,
+        aor: &str,
+        proxy: bool,
+    ) -> Result<User, Message> {
         let (code, header, challenge) = if proxy {
             (407, "Proxy-Authorization", "Proxy-Authenticate")
         } else {
@@ -412,12 +449,16 @@ impl Core {
             Ok(u) => u,
             Err(e) => return Err(self.unavailable(req, &e)),
         };
-        let realm = format!("realm=\"{}\"", self.settings.domain);
-        let creds = req.headers.get_all(header).find(|v| v.contains(&realm));
+        let realm = realm_of(aor);
+        let quoted = format!("realm=\"{realm}\"");
+        let creds = req.headers.get_all(header).find(|v| v.contains(&quoted));
+        if creds.is_none() {
+            self.log_unsupported_auth(flow, req, aor, header);
+        }
         let now = SystemTime::now();
         let mut stale = false;
         if let Some(creds) = creds {
-            match self.auth.verify(creds, req.method().unwrap_or_default(), user.as_ref(), now) {
+            match self.auth.verify(creds, realm, req.method().unwrap_or_default(), user.as_ref(), now) {
                 super::auth::Verdict::Ok => {
                     let user = user.expect("verified users exist");
                     if !user.enabled {
@@ -428,15 +469,60 @@ impl Core {
                 super::auth::Verdict::Stale => stale = true,
                 super::auth::Verdict::Fail(why) => {
                     self.metrics.auth_failures.fetch_add(1, Relaxed);
-                    tracing::info!(aor, why, "authentication failed");
+                    let (source, transport) = (flow.remote, flow.transport.via_token());
+                    if why == super::auth::FOREIGN_NONCE {
+                        // The password was right: a client reusing a nonce from before a restart.
+                        tracing::info!(user = %aor, %source, %transport, why, "credentials for an unknown nonce: challenged again");
+                    } else {
+                        tracing::warn!(user = %aor, %source, %transport, why, "authentication failed");
+                    }
                 }
             }
         }
         let mut r = self.respond(req, code);
-        for c in self.auth.challenges(stale, now) {
+        for c in self.auth.challenges(realm, stale, now) {
             r.headers.push(challenge, c);
         }
         Err(r)
+    }
+
+    /// A client that asks for an authentication scheme other than Digest gets a Digest challenge
+    /// it cannot answer, and usually gives up without another word: say so in the log. Microsoft's
+    /// dialect (pidgin-sipe, Lync, Skype for Business) speaks NTLM, Kerberos or TLS-DSK only; its
+    /// first REGISTER carries no credentials but its extensions give it away.
+    fn log_unsupported_auth(&self, flow: Flow, req: &Message, aor: &str, header: &str) {
+        let (source, transport) = (flow.remote, flow.transport.via_token());
+        for value in req.headers.get_all(header) {
+            let scheme = value.split_whitespace().next().unwrap_or_default();
+            if !scheme.eq_ignore_ascii_case("Digest") {
+                tracing::warn!(
+                    user = %aor,
+                    %source,
+                    %transport,
+                    %scheme,
+                    "client offered an authentication scheme this server does not support (Digest only)"
+                );
+                return;
+            }
+        }
+        let microsoft = req.method() == Some("REGISTER")
+            && (req.headers.get("ms-keep-alive").is_some()
+                || req
+                    .headers
+                    .get_all("Supported")
+                    .flat_map(crate::sip::params::split_list)
+                    .any(|s| s.eq_ignore_ascii_case("msrtc-event-categories")));
+        if microsoft {
+            let user_agent = req.headers.get("User-Agent").unwrap_or_default();
+            tracing::warn!(
+                user = %aor,
+                %source,
+                %transport,
+                user_agent,
+                "client speaks Microsoft's SIP dialect (NTLM, Kerberos or TLS-DSK authentication); \
+                 this server offers Digest only, so it will give up"
+            );
+        }
     }
 
     /// Sends a request along a flow with a fresh Via and waits for its final response
@@ -516,6 +602,11 @@ impl Core {
             let _ = core.transports.send(&reply_flow, r.to_bytes()).await;
         });
     }
+}
+
+/// The digest realm of a user: the domain of their address (what `user add` hashes with).
+pub(super) fn realm_of(aor: &str) -> &str {
+    aor.rsplit_once('@').map_or(aor, |(_, d)| d)
 }
 
 /// The transports hand every message here.

@@ -4,6 +4,7 @@
 use super::core::Core;
 use crate::sip::Message;
 use crate::sip::uri::SipUri;
+use crate::transport::Flow;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::sync::Arc;
@@ -11,10 +12,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 impl Core {
-    pub(super) async fn message(self: &Arc<Self>, req: &Message) -> Message {
-        if let Err(r) = self.authenticated_sender(req).await {
-            return r;
-        }
+    pub(super) async fn message(self: &Arc<Self>, flow: Flow, req: &Message) -> Message {
+        let sender = match self.authenticated_sender(flow, req).await {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+        // Not at INFO: messages can come by the thousand a second (parley_sip_requests_total and
+        // parley_messages_delivered_total count them).
+        tracing::debug!(user = %sender.address, source = %flow.remote, to = req.request_uri().unwrap_or_default(), "message");
         let target = match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) => u,
             Err(e) => return self.respond_with(req, 400, &format!("Bad Request-URI: {e}")),
@@ -43,6 +48,11 @@ impl Core {
                 fwd.start = crate::sip::StartLine::Request { method: "MESSAGE".into(), uri: b.uri.clone() };
                 fwd.headers.set("Max-Forwards", max_forwards.to_string());
                 fwd.headers.remove("Proxy-Authorization");
+                // Our own Route entries are used up; the binding's Path leads to its client.
+                fwd.headers.remove("Route");
+                for p in &b.path {
+                    fwd.headers.push("Route", p.clone());
+                }
                 let core = self.clone();
                 async move { core.forward(b.flow, fwd).await }
             })

@@ -2,7 +2,7 @@
 //! and list its bindings.
 
 use super::core::{After, Core};
-use super::registrar::{Contacts, RegisterError, Update};
+use super::registrar::{Binding, Contacts, RegisterError, Update};
 use crate::sip::Message;
 use crate::sip::params::split_list;
 use crate::sip::uri::{NameAddr, SipUri};
@@ -17,7 +17,7 @@ impl Core {
     pub(super) async fn register(&self, flow: Flow, req: &Message) -> (Message, Vec<After>) {
         let mut change = None;
         let response = self.register_inner(flow, req, &mut change).await;
-        let Some((aor, was_online, now_online)) = change else { return (response, vec![]) };
+        let Some(Change { aor, was_online, now_online, added, removed }) = change else { return (response, vec![]) };
         let bindings = self.registrar.lock().expect("registrar").lookup(&aor, SystemTime::now());
         let write = if bindings.is_empty() {
             Write::delete(Table::Registrations, &aor)
@@ -28,11 +28,22 @@ impl Core {
             tracing::error!(error = %e, "store write failed");
             return (self.respond_with(req, 500, "Storage Failure"), vec![]);
         }
+        // One line per sign-in and sign-out; refreshes are routine.
+        let (source, transport) = (flow.remote, flow.transport.via_token());
+        for (contact, expires) in &added {
+            tracing::info!(user = %aor, %source, %transport, %contact, expires, "signed in");
+        }
+        for contact in &removed {
+            tracing::info!(user = %aor, %source, %transport, %contact, "signed out");
+        }
+        if added.is_empty() && removed.is_empty() {
+            tracing::debug!(user = %aor, %source, %transport, "registration refreshed");
+        }
         let after = if was_online != now_online { vec![After::PresenceChanged(aor)] } else { vec![] };
         (response, after)
     }
 
-    async fn register_inner(&self, flow: Flow, req: &Message, change: &mut Option<(String, bool, bool)>) -> Message {
+    async fn register_inner(&self, flow: Flow, req: &Message, change: &mut Option<Change>) -> Message {
         match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) if self.is_local_host(&u.host()) || u.ip().is_some() => {}
             Ok(_) => return self.respond_with(req, 404, "Domain Not Served Here"),
@@ -46,9 +57,18 @@ impl Core {
             },
             Err(e) => return self.respond_with(req, 400, &format!("Bad To header: {e}")),
         };
-        if let Err(r) = self.authenticate(req, &aor, false).await {
-            return r;
+        let user = match self.authenticate(flow, req, &aor, false).await {
+            Ok(user) => user,
+            Err(r) => return r,
+        };
+        if let Some(home) = user.home_server.as_deref().filter(|h| *h != self.settings.server_name) {
+            // Homing is the directory's: a Front-End routes REGISTER to the right server, so this
+            // is a client pointed at the wrong one. Refuse rather than hold a second binding here.
+            tracing::info!(aor, home_server = home, "REGISTER refused: homed on another server");
+            return self.respond_with(req, 403, "Homed On Another Home Server");
         }
+        let path: Vec<String> = req.headers.get_all("Path").flat_map(split_list).map(str::to_string).collect();
+        let flow = self.next_hop(flow, path.first()).await;
         let contacts = match parse_contacts(req) {
             Ok(c) => c,
             Err(reason) => return self.respond_with(req, 400, &reason),
@@ -62,14 +82,26 @@ impl Core {
         let (call_id, cseq) = (req.call_id().to_string(), req.cseq().map_or(0, |(n, _)| n));
         let result = {
             let mut registrar = self.registrar.lock().expect("registrar");
-            let was_online = !registrar.lookup(&aor, now).is_empty();
+            let before = registrar.lookup(&aor, now);
             let result = match contacts {
                 None => Ok(registrar.lookup(&aor, now)),
                 Some(contacts) => {
-                    let r =
-                        registrar.register(Update { aor: aor.clone(), contacts, expires, call_id, cseq, flow }, now);
-                    if let Ok(b) = &r {
-                        *change = Some((aor, was_online, !b.is_empty()));
+                    let r = registrar.register(
+                        Update { aor: aor.clone(), contacts, expires, call_id, cseq, flow, path: path.clone() },
+                        now,
+                    );
+                    if let Ok(after) = &r {
+                        let is_new = |b: &&Binding| !before.iter().any(|o| o.uri == b.uri);
+                        let added = after.iter().filter(is_new).map(|b| (b.uri.clone(), b.remaining(now))).collect();
+                        let removed =
+                            before.iter().filter(|o| !after.iter().any(|b| b.uri == o.uri)).map(|o| o.uri.clone());
+                        *change = Some(Change {
+                            aor,
+                            was_online: !before.is_empty(),
+                            now_online: !after.is_empty(),
+                            added,
+                            removed: removed.collect(),
+                        });
                     }
                     r
                 }
@@ -80,6 +112,9 @@ impl Core {
         match result {
             Ok(bindings) => {
                 let mut r = self.respond(req, 200);
+                for p in &path {
+                    r.headers.push("Path", p.clone());
+                }
                 for b in bindings {
                     let q = b.q.as_deref().map(|q| format!(";q={q}")).unwrap_or_default();
                     r.headers.push("Contact", format!("<{}>;expires={}{q}", b.uri, b.remaining(now)));
@@ -98,6 +133,16 @@ impl Core {
             Err(RegisterError::TooManyContacts(n)) => self.respond_with(req, 403, &format!("More Than {n} Contacts")),
         }
     }
+}
+
+/// What a REGISTER changed: presence (online or not) and the contacts added and removed.
+struct Change {
+    aor: String,
+    was_online: bool,
+    now_online: bool,
+    /// Contact URIs with their expiry in seconds.
+    added: Vec<(String, u64)>,
+    removed: Vec<String>,
 }
 
 /// The request's Contact headers: none (a query), `*`, or a list of URIs with parameters.

@@ -18,6 +18,9 @@ pub struct Binding {
     pub q: Option<String>,
     /// The connection or address the REGISTER came over: requests for this contact go back there.
     pub flow: Flow,
+    /// Path header values (RFC 3327) from the REGISTER: the Route set of requests to this contact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path: Vec<String>,
 }
 
 impl Binding {
@@ -43,6 +46,7 @@ pub struct Update {
     pub call_id: String,
     pub cseq: u32,
     pub flow: Flow,
+    pub path: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,7 +71,13 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 }
+        let r = crate::config::Registrar::default();
+        Policy {
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            default_expires: r.default_expires,
+            max_contacts: r.max_contacts,
+        }
     }
 }
 
@@ -118,6 +128,7 @@ impl Registrar {
                         cseq: u.cseq,
                         q: q.clone(),
                         flow: u.flow,
+                        path: u.path.clone(),
                     };
                     match (existing, expires) {
                         (Some(i), 0) => {
@@ -156,20 +167,28 @@ impl Registrar {
         self.bindings.get(aor).map(|bs| bs.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()
     }
 
-    /// Removes expired bindings; returns the addresses of record that lost their last binding.
-    pub fn expire(&mut self, now: SystemTime) -> Vec<String> {
+    /// Removes expired bindings; returns the addresses of record that lost their last binding,
+    /// and each removed binding with its address of record.
+    pub fn expire(&mut self, now: SystemTime) -> (Vec<String>, Vec<(String, Binding)>) {
         let mut emptied = Vec::new();
+        let mut removed = Vec::new();
         let count = &mut self.count;
         self.bindings.retain(|aor, bs| {
             let before = bs.len();
-            bs.retain(|b| b.expires_at > now);
+            bs.retain(|b| {
+                let live = b.expires_at > now;
+                if !live {
+                    removed.push((aor.clone(), b.clone()));
+                }
+                live
+            });
             *count -= before - bs.len();
             if bs.is_empty() {
                 emptied.push(aor.clone());
             }
             !bs.is_empty()
         });
-        emptied
+        (emptied, removed)
     }
 
     /// Number of bindings held.
@@ -189,7 +208,15 @@ mod tests {
     }
 
     fn update(contacts: Contacts, expires: Option<u32>, call_id: &str, cseq: u32) -> Update {
-        Update { aor: "alice@example.test".into(), contacts, expires, call_id: call_id.into(), cseq, flow: flow() }
+        Update {
+            aor: "alice@example.test".into(),
+            contacts,
+            expires,
+            call_id: call_id.into(),
+            cseq,
+            flow: flow(),
+            path: vec![],
+        }
     }
 
     fn list(uris: &[(&str, Option<u32>)]) -> Contacts {
@@ -211,8 +238,13 @@ mod tests {
         assert_eq!(r.lookup("alice@example.test", now).len(), 2, "a refused request changes nothing");
         let later = now + Duration::from_secs(3601);
         assert_eq!(r.lookup("alice@example.test", later).len(), 1);
-        assert!(r.expire(later).is_empty());
-        assert_eq!(r.expire(now + Duration::from_secs(7201)), vec!["alice@example.test".to_string()]);
+        let uris = |removed: Vec<(String, Binding)>| removed.into_iter().map(|(a, b)| (a, b.uri)).collect::<Vec<_>>();
+        let (emptied, removed) = r.expire(later);
+        assert!(emptied.is_empty());
+        assert_eq!(uris(removed), vec![("alice@example.test".to_string(), "sip:a@1".to_string())]);
+        let (emptied, removed) = r.expire(now + Duration::from_secs(7201));
+        assert_eq!(emptied, vec!["alice@example.test".to_string()]);
+        assert_eq!(uris(removed), vec![("alice@example.test".to_string(), "sip:a@2".to_string())]);
         assert_eq!(r.binding_count(), 0);
     }
 

@@ -25,6 +25,17 @@ pub struct Metrics {
     pub server_transactions: AtomicU64,
     pub client_transactions: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Front-End only: traffic and state per Home Server, by name.
+    pub home_servers: std::sync::Mutex<std::collections::BTreeMap<String, HomeServerStats>>,
+}
+
+/// What a Front-End counts per Home Server.
+#[derive(Clone, Debug, Default)]
+pub struct HomeServerStats {
+    pub forwarded: u64,
+    /// Responses relayed from it, by class 1xx..6xx.
+    pub responses: [u64; 6],
+    pub up: bool,
 }
 
 impl Metrics {
@@ -100,6 +111,27 @@ impl Metrics {
         ];
         for (name, kind, help, v) in scalars {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        let homes = self.home_servers.lock().expect("home server stats");
+        if !homes.is_empty() {
+            out.push_str("# HELP parley_frontend_forwarded_total Requests forwarded, by Home Server.\n# TYPE parley_frontend_forwarded_total counter\n");
+            for (name, s) in homes.iter() {
+                let _ = writeln!(out, "parley_frontend_forwarded_total{{home_server=\"{name}\"}} {}", s.forwarded);
+            }
+            out.push_str("# HELP parley_frontend_responses_total Responses relayed from each Home Server, by class.\n# TYPE parley_frontend_responses_total counter\n");
+            for (name, s) in homes.iter() {
+                for (i, n) in s.responses.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "parley_frontend_responses_total{{home_server=\"{name}\",class=\"{}xx\"}} {n}",
+                        i + 1
+                    );
+                }
+            }
+            out.push_str("# HELP parley_frontend_home_server_up Whether the Home Server answers (1) or is marked down (0).\n# TYPE parley_frontend_home_server_up gauge\n");
+            for (name, s) in homes.iter() {
+                let _ = writeln!(out, "parley_frontend_home_server_up{{home_server=\"{name}\"}} {}", u8::from(s.up));
+            }
         }
         out
     }

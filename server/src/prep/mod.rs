@@ -61,8 +61,9 @@ pub mod names {
     pub fn parley_ou(base: &str) -> String {
         format!("ou=Parley,{base}")
     }
+    /// The servers' bind DN: one definition, shared with the operator through the config crate.
     pub fn service_account(base: &str) -> String {
-        format!("cn={SERVICE_ACCOUNT_CN},{}", parley_ou(base))
+        crate::config::service_account_dn(base)
     }
     pub fn group(base: &str, cn: &str) -> String {
         format!("cn={cn},{}", parley_ou(base))

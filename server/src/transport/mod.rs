@@ -7,7 +7,6 @@ pub mod tls;
 
 use crate::ops::metrics::Metrics;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,41 +15,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl Transport {
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-}
-
-/// Where a message came from; for streams, which connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Flow {
-    pub transport: Transport,
-    pub remote: SocketAddr,
-    /// Connection id for TCP/TLS (0 for UDP).
-    pub conn: u64,
-}
-
-impl Flow {
-    pub fn datagram(transport: Transport, remote: SocketAddr) -> Flow {
-        Flow { transport, remote, conn: 0 }
-    }
-}
+pub use parley_sip::flow::{Flow, Transport};
 
 /// Socket buffers asked of the kernel for the UDP listener (it caps them at `net.core.rmem_max` /
 /// `wmem_max`): the default ~200 KiB drops bursts such as a fan-out's NOTIFY responses.
@@ -114,6 +79,17 @@ pub struct Transports {
     handler: OnceLock<Arc<dyn Handler>>,
     /// Flips to true when the server stops accepting (SIGTERM).
     closing: watch::Sender<bool>,
+    /// Client side of the internal link, for connections this server opens to a peer.
+    internal: OnceLock<tokio_rustls::TlsConnector>,
+}
+
+/// What a stream listener speaks.
+#[derive(Clone)]
+pub enum StreamKind {
+    Tcp,
+    Tls(tokio_rustls::TlsAcceptor),
+    /// Mutual TLS: the acceptor demands a client certificate from the deployment CA.
+    Internal(tokio_rustls::TlsAcceptor),
 }
 
 impl Transports {
@@ -128,6 +104,7 @@ impl Transports {
             next_conn: AtomicU64::new(1),
             handler: OnceLock::new(),
             closing: watch::channel(false).0,
+            internal: OnceLock::new(),
         })
     }
 
@@ -168,12 +145,13 @@ impl Transports {
         Ok(local)
     }
 
-    /// Binds a TCP listener (TLS when `tls` is given) and accepts; returns the bound address.
-    pub async fn listen_stream(
-        self: &Arc<Self>,
-        addr: SocketAddr,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-    ) -> std::io::Result<SocketAddr> {
+    /// Sets the client side of the internal link; call once before sending on Internal flows.
+    pub fn set_internal_connector(&self, connector: tokio_rustls::TlsConnector) {
+        let _ = self.internal.set(connector);
+    }
+
+    /// Binds a TCP listener of the given kind and accepts; returns the bound address.
+    pub async fn listen_stream(self: &Arc<Self>, addr: SocketAddr, kind: StreamKind) -> std::io::Result<SocketAddr> {
         let handler = self.handler();
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
@@ -191,15 +169,21 @@ impl Transports {
                             };
                             let this = this.clone();
                             let handler = handler.clone();
-                            let tls = tls.clone();
+                            let kind = kind.clone();
                             tokio::spawn(async move {
-                                match tls {
-                                    None => this.serve_stream(conn, Transport::Tcp, remote, stream, handler).await,
+                                let (transport, acceptor) = match kind {
+                                    StreamKind::Tcp => (Transport::Tcp, None),
+                                    StreamKind::Tls(a) => (Transport::Tls, Some(a)),
+                                    StreamKind::Internal(a) => (Transport::Internal, Some(a)),
+                                };
+                                match acceptor {
+                                    None => this.serve_stream(conn, transport, remote, stream, handler).await,
                                     Some(acceptor) => {
                                         let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
                                         match hs {
-                                            Ok(Ok(s)) => this.serve_stream(conn, Transport::Tls, remote, s, handler).await,
-                                            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "tls handshake failed"),
+                                            Ok(Ok(s)) => this.serve_stream(conn, transport, remote, s, handler).await,
+                                            // A peer without a certificate from the deployment CA ends here.
+                                            Ok(Err(e)) => tracing::info!(%remote, ?transport, error = %e, "tls handshake failed"),
                                             Err(_) => tracing::debug!(%remote, "tls handshake timed out"),
                                         }
                                     }
@@ -280,25 +264,81 @@ impl Transports {
         };
         match tx {
             Some(tx) => tx.send(data).await.map_err(|_| SendError::NoConnection(flow.remote)),
-            None if flow.transport == Transport::Tcp => self.connect_tcp(flow.remote, data).await,
+            None if flow.transport == Transport::Tcp => self.connect(Transport::Tcp, flow.remote, data).await,
+            None if flow.transport == Transport::Internal => self.connect(Transport::Internal, flow.remote, data).await,
             None => Err(SendError::NoConnection(flow.remote)),
         }
     }
 
-    async fn connect_tcp(self: &Arc<Self>, remote: SocketAddr, first: Bytes) -> Result<(), SendError> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(remote))
+    /// Queues bytes on a flow without waiting, so that calls leave in the order they were made.
+    /// Fails when the flow has no open connection or its queue (or the UDP socket) is full; the
+    /// caller may then fall back to `send`, which waits and connects.
+    pub fn send_now(&self, flow: &Flow, data: Bytes) -> Result<(), SendError> {
+        if flow.transport == Transport::Udp {
+            let socket = self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))?;
+            socket.try_send_to(&data, flow.remote)?;
+            return Ok(());
+        }
+        let conns = self.conns.lock().expect("conns");
+        let found = conns.get(&flow.conn).or_else(|| {
+            let id = self.by_remote.lock().expect("by_remote").get(&(flow.transport, flow.remote)).copied()?;
+            conns.get(&id)
+        });
+        match found {
+            Some(c) => c.tx.try_send(data).map_err(|_| SendError::NoConnection(flow.remote)),
+            None => Err(SendError::NoConnection(flow.remote)),
+        }
+    }
+
+    /// Opens a connection (plain TCP, or mutual TLS on the internal link), sends `first` on it and
+    /// reads from it like an accepted one.
+    async fn connect(
+        self: &Arc<Self>,
+        transport: Transport,
+        remote: SocketAddr,
+        first: Bytes,
+    ) -> Result<(), SendError> {
+        const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(remote))
             .await
             .map_err(|_| SendError::NoConnection(remote))??;
+        let _ = stream.set_nodelay(true);
         let id = self.admit(remote.ip()).ok_or(SendError::NoConnection(remote))?;
         let (tx, rx) = mpsc::channel(256);
         tx.send(first).await.map_err(|_| SendError::NoConnection(remote))?;
         let this = self.clone();
         let handler = self.handler();
-        tokio::spawn(async move {
-            this.run_stream(id, Transport::Tcp, remote, stream, handler, tx, rx).await;
-            this.release(remote.ip());
-        });
+        if transport == Transport::Internal {
+            let Some(connector) = self.internal.get().cloned() else {
+                self.release(remote.ip());
+                return Err(SendError::NoTransport(Transport::Internal));
+            };
+            // Peers are trusted by the deployment CA, not by name (see tls::DeploymentCa).
+            let name = rustls::pki_types::ServerName::IpAddress(remote.ip().into());
+            let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream)).await;
+            let stream = match tls {
+                Ok(Ok(s)) => s,
+                _ => {
+                    self.release(remote.ip());
+                    return Err(SendError::NoConnection(remote));
+                }
+            };
+            tokio::spawn(async move {
+                this.run_stream(id, transport, remote, stream, handler, tx, rx).await;
+                this.release(remote.ip());
+            });
+        } else {
+            tokio::spawn(async move {
+                this.run_stream(id, transport, remote, stream, handler, tx, rx).await;
+                this.release(remote.ip());
+            });
+        }
         Ok(())
+    }
+
+    /// Whether a connection to `remote` over `transport` is open.
+    pub fn has_connection(&self, transport: Transport, remote: SocketAddr) -> bool {
+        self.by_remote.lock().expect("by_remote").contains_key(&(transport, remote))
     }
 
     /// Stops accepting new messages and connections (the first step of a graceful shutdown).

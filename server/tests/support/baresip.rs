@@ -57,6 +57,12 @@ impl Baresip {
         if let Some(contacts) = contacts {
             std::fs::write(dir.join("contacts"), contacts).unwrap();
         }
+        Self::start_configured(dir, args)
+    }
+
+    /// Starts baresip on a config directory the caller wrote (`config`, `accounts`, ...).
+    pub fn start_configured(dir: &Path, args: &[&str]) -> Baresip {
+        require_tool("baresip");
         let out = dir.join("baresip.out");
         let file = std::fs::File::create(&out).unwrap();
         let mut child = Command::new("baresip")
@@ -76,14 +82,30 @@ impl Baresip {
         String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
     }
 
-    /// A long command of the stdio UI, e.g. `/contacts`.
+    /// A long command of the stdio UI, e.g. `/contacts`. Panics, saying so, if baresip has
+    /// already exited (e.g. its `-t` time is up): writing to it then fails with EPIPE.
     pub fn command(&mut self, cmd: &str) {
-        self.stdin.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-        self.stdin.flush().unwrap();
+        let sent = self.stdin.write_all(format!("{cmd}\n").as_bytes()).and_then(|()| self.stdin.flush());
+        if let Err(e) = sent {
+            let status = self.child.try_wait().ok().flatten();
+            panic!("baresip did not take {cmd:?} ({e}); exit status {status:?}; output:\n{}", self.output());
+        }
     }
 
     /// Waits until `done` holds for the output; panics with both outputs after `timeout`.
     pub fn wait_for(&self, server: &Server, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        self.wait_until(what, timeout, &|| server.log_text(), done)
+    }
+
+    /// Waits until `done` holds for the output; panics with it and `context()` (e.g. the servers'
+    /// logs) after `timeout`.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        context: &dyn Fn() -> String,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.output();
@@ -91,7 +113,7 @@ impl Baresip {
                 return text;
             }
             if Instant::now() > deadline {
-                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", server.log_text());
+                panic!("baresip: no {what} within {timeout:?}; output:\n{text}\nserver:\n{}", context());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -103,4 +125,23 @@ impl Drop for Baresip {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The output without the ANSI colour codes baresip puts around status names.
+pub fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses part of this module
 
 pub mod baresip;
+pub mod cluster;
 pub mod pidf;
 pub mod ua;
 
@@ -30,6 +31,18 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// GET over plain HTTP: status and body, or None when the server does not answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -42,6 +55,8 @@ pub struct Server {
     pub ops: SocketAddr,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// `PARLEY_LOG`: `debug` for tests, unset (the server's default) for those that check it.
+    log_level: Option<&'static str>,
 }
 
 impl Server {
@@ -93,16 +108,19 @@ impl Server {
 
     /// Starts with `dir/parley.toml` as written by the caller, listening on the given ports.
     pub fn start_from(dir: tempfile::TempDir, sip: u16, tls: u16, ops: u16) -> Server {
-        let config_path = dir.path().join("parley.toml");
+        Self::start_from_with_log(dir, sip, tls, ops, Some("debug"))
+    }
+
+    /// As `start_from`, with `PARLEY_LOG` set to `level`, or unset (the default a person gets).
+    pub fn start_from_with_log(
+        dir: tempfile::TempDir,
+        sip: u16,
+        tls: u16,
+        ops: u16,
+        log_level: Option<&'static str>,
+    ) -> Server {
         let log = dir.path().join("server.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
-            .args(["serve", "--role", "home", "--config"])
-            .arg(&config_path)
-            .env("PARLEY_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start parley-server");
+        let child = Self::spawn(&dir.path().join("parley.toml"), log_level, std::fs::File::create(&log).unwrap());
         let server = Server {
             child,
             sip: SocketAddr::from(([127, 0, 0, 1], sip)),
@@ -110,9 +128,19 @@ impl Server {
             ops: SocketAddr::from(([127, 0, 0, 1], ops)),
             dir,
             log,
+            log_level,
         };
         server.wait_ready();
         server
+    }
+
+    fn spawn(config: &Path, log_level: Option<&str>, stderr: std::fs::File) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_parley-server"));
+        command.args(["serve", "--role", "home", "--config"]).arg(config).env_remove("PARLEY_LOG");
+        if let Some(level) = log_level {
+            command.env("PARLEY_LOG", level);
+        }
+        command.stdout(Stdio::null()).stderr(stderr).spawn().expect("start parley-server")
     }
 
     fn wait_ready(&self) {
@@ -136,14 +164,7 @@ impl Server {
 
     /// GET on the operations port: status code and body.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.ops, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let code = out.split(' ').nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((code, body))
+        http_get(self.ops, path)
     }
 
     /// A metric's value (first sample whose name and labels start with `name`).
@@ -160,14 +181,8 @@ impl Server {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
-            .args(["serve", "--role", "home", "--config"])
-            .arg(self.dir.path().join("parley.toml"))
-            .env("PARLEY_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().append(true).open(&self.log).unwrap())
-            .spawn()
-            .expect("restart parley-server");
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log).unwrap();
+        self.child = Self::spawn(&self.dir.path().join("parley.toml"), self.log_level, log);
         self.wait_ready();
     }
 
@@ -232,21 +247,33 @@ pub struct Out {
 
 /// Runs the `parley-server` binary with `args`, extra environment and `stdin`.
 pub fn run_parley(args: &[&str], env: &[(&str, &std::ffi::OsStr)], stdin: &str) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_parley-server"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_parley-server")).args(args).envs(env.iter().copied()),
+        stdin,
+    );
     Out {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
     }
+}
+
+/// Runs a command to the end with `input` on its standard input; returns its output and status.
+/// The command may exit before reading its input (an argument error, say): writing then fails
+/// with EPIPE, which is no error of the test, so the exit status and output are what count. The
+/// input is written from a thread, so a command that writes much before reading cannot block it.
+pub fn output_with_stdin(command: &mut Command, input: &str) -> std::process::Output {
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start command");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || match stdin.write_all(input.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()), // written, or the command did not want it
+    });
+    let out = child.wait_with_output().expect("wait for command");
+    writer.join().unwrap().expect("write standard input");
+    out
 }
 
 /// Whether an external tool is installed; tests that need it fail loudly when it is not

@@ -5,7 +5,6 @@
 //! `stop` and `restart` simulate an outage on the same port and data.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -199,15 +198,7 @@ impl Slapd {
 
     /// `ldapmodify` (add entries with `changetype: add`): (success, output).
     pub fn modify(&self, bind: Option<(&str, &Path)>, ldif: &str) -> (bool, String) {
-        let mut child = Command::new("ldapmodify")
-            .args(self.bind_args(bind))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(ldif.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = super::support::output_with_stdin(Command::new("ldapmodify").args(self.bind_args(bind)), ldif);
         (
             out.status.success(),
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),

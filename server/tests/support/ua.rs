@@ -8,7 +8,11 @@ use std::time::Duration;
 pub struct Ua {
     pub socket: UdpSocket,
     pub user: String,
+    /// The user's SIP domain (`example.test` unless `in_domain` says otherwise).
+    pub domain: String,
     pub server: SocketAddr,
+    /// The password `send_authenticated` answers challenges with (`<user>-password`).
+    pub password: String,
     cseq: u32,
     call_id: String,
     /// The last request sent by `send_authenticated` (to replay it).
@@ -48,11 +52,19 @@ impl Ua {
         Ua {
             socket,
             user: user.into(),
+            domain: "example.test".into(),
             server,
+            password: format!("{user}-password"),
             cseq: 0,
             call_id: format!("{user}-{}", std::process::id()),
             last_request: String::new(),
         }
+    }
+
+    /// The same user agent for a user of another SIP domain.
+    pub fn in_domain(mut self, domain: &str) -> Ua {
+        self.domain = domain.into();
+        self
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -65,10 +77,15 @@ impl Ua {
 
     /// Next datagram as text, or None after the timeout.
     pub fn recv(&self, timeout: Duration) -> Option<String> {
+        self.recv_from(timeout).map(|(m, _)| m)
+    }
+
+    /// Next datagram as text and the address it came from, or None after the timeout.
+    pub fn recv_from(&self, timeout: Duration) -> Option<(String, SocketAddr)> {
         self.socket.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = vec![0u8; 65_535];
-        let (n, _) = self.socket.recv_from(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        let (n, from) = self.socket.recv_from(&mut buf).ok()?;
+        Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
     }
 
     /// Next response (skipping requests), or None.
@@ -90,11 +107,12 @@ impl Ua {
         let local = self.local();
         format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}{};rport\r\nMax-Forwards: 70\r\n\
-             From: <sip:{user}@example.test>;tag={user}tag\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
+             From: <sip:{user}@{domain}>;tag={user}tag\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
              Contact: <sip:{user}@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
             self.call_id,
             self.cseq,
             user = self.user,
+            domain = self.domain,
             cid = self.call_id,
             cseq = self.cseq,
             len = body.len()
@@ -115,7 +133,7 @@ impl Ua {
         let challenge = header(&first, challenge_header).expect("challenge");
         assert!(challenge.contains("algorithm=MD5"), "first challenge is MD5: {challenge}");
         let (realm, nonce) = (param(challenge, "realm"), param(challenge, "nonce"));
-        let ha1 = md5(&format!("{}:{realm}:{}-password", self.user, self.user));
+        let ha1 = md5(&format!("{}:{realm}:{}", self.user, self.password));
         let ha2 = md5(&format!("{method}:{uri}"));
         let response = md5(&format!("{ha1}:{nonce}:00000001:abcdef:auth:{ha2}"));
         let creds = format!(
@@ -130,8 +148,9 @@ impl Ua {
     }
 
     pub fn register(&mut self, expires: u32) -> String {
-        let to = format!("sip:{}@example.test", self.user);
-        self.send_authenticated("REGISTER", "sip:example.test", &to, &format!("Expires: {expires}\r\n"), "")
+        let to = format!("sip:{}@{}", self.user, self.domain);
+        let uri = format!("sip:{}", self.domain);
+        self.send_authenticated("REGISTER", &uri, &to, &format!("Expires: {expires}\r\n"), "")
     }
 
     /// Answers a received request with `code`, copying the dialog headers.
@@ -154,7 +173,7 @@ impl Ua {
     /// Publishes `pidf` as this user (refreshing the publication `if_match`, if any), expects 200
     /// and returns the new SIP-ETag.
     pub fn publish(&mut self, pidf: &str, if_match: Option<&str>, expires: u32) -> String {
-        let uri = format!("sip:{}@example.test", self.user);
+        let uri = format!("sip:{}@{}", self.user, self.domain);
         let m = if_match.map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
         let extra = format!("Event: presence\r\nExpires: {expires}\r\n{m}Content-Type: application/pidf+xml\r\n");
         let r = self.send_authenticated("PUBLISH", &uri, &uri, &extra, pidf);

@@ -13,6 +13,7 @@ use super::super::apply::{Outcome, apply, contains, stamped};
 use super::super::conditions::Want;
 use super::super::{Context, Error, Result};
 use crate::build::certificates::{self as certs, CaAction, LeafAction, ServerNames};
+use crate::build::home_server::client_service_name;
 use crate::build::{BuildError, FIELD_MANAGER, MANAGED_BY, tls_secret_name};
 use crate::crd::CommunicationsDomain;
 use crate::crd::condition::CERTIFICATES_READY;
@@ -21,8 +22,10 @@ use crate::crd::condition::CERTIFICATES_READY;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     pub name: String,
-    /// A Home Server: a StatefulSet pod `<name>-0` with its own DNS name.
-    pub stateful: bool,
+    /// A Home Server: a StatefulSet pod `<name>-0` with its own DNS name and a client Service.
+    pub home: bool,
+    /// The host it advertises (`spec.advertise`), when set.
+    pub advertise: Option<String>,
 }
 
 /// The `CertificatesReady` verdict and when to look again.
@@ -44,10 +47,11 @@ fn sans(d: &CommunicationsDomain, ns: &str, cluster_domain: &str, server: &Serve
     ServerNames {
         sip_domain: &d.spec.sip_domain,
         service: &server.name,
+        other_services: if server.home { vec![client_service_name(&server.name)] } else { vec![] },
         namespace: ns,
         cluster_domain,
-        pod_hostnames: if server.stateful { vec![format!("{}-0", server.name)] } else { vec![] },
-        advertise: None,
+        pod_hostnames: if server.home { vec![format!("{}-0", server.name)] } else { vec![] },
+        advertise: server.advertise.as_deref(),
     }
     .sans()
 }

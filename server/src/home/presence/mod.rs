@@ -44,14 +44,14 @@ impl Core {
         !self.registrar.lock().expect("registrar").lookup(aor, now).is_empty()
     }
 
-    pub(in crate::home) async fn publish(self: &Arc<Self>, req: &Message) -> (Message, Vec<After>) {
+    pub(in crate::home) async fn publish(self: &Arc<Self>, flow: Flow, req: &Message) -> (Message, Vec<After>) {
         let event = req.headers.get("Event").map(|e| e.split(';').next().unwrap_or("").trim().to_string());
         if event.as_deref() != Some("presence") {
             let mut r = self.respond(req, 489);
             r.headers.push("Allow-Events", "presence");
             return (r, vec![]);
         }
-        let user = match self.authenticated_sender(req).await {
+        let user = match self.authenticated_sender(flow, req).await {
             Ok(u) => u,
             Err(r) => return (r, vec![]),
         };
@@ -116,7 +116,7 @@ impl Core {
             r.headers.push("Allow-Events", ALLOW_EVENTS);
             return (r, vec![]);
         }
-        let user = match self.authenticated_sender(req).await {
+        let user = match self.authenticated_sender(flow, req).await {
             Ok(u) => u,
             Err(r) => return (r, vec![]),
         };
@@ -133,7 +133,8 @@ impl Core {
         let cseq = req.cseq().map_or(0, |(n, _)| n);
         let now = SystemTime::now();
         if let Some(to_tag) = to.param("tag") {
-            return self.resubscribe(req, &subscription_id(req.call_id(), &from_tag, to_tag), cseq, expires, now).await;
+            let id = subscription_id(req.call_id(), &from_tag, to_tag);
+            return self.resubscribe(flow, req, &id, cseq, expires, now).await;
         }
         // A new subscription: what does it watch?
         let target = match SipUri::parse(req.request_uri().unwrap_or_default()) {
@@ -175,6 +176,14 @@ impl Core {
         };
         let local_tag = format!("{:016x}", rand::random::<u64>());
         let mut response = from_headers(&req.headers, 200, "OK", &local_tag);
+        let route_set: Vec<String> =
+            req.headers.get_all("Record-Route").flat_map(split_list).map(str::to_string).collect();
+        // RFC 3261 12.1.1: the 200 carries the Record-Route set, so the subscriber's route set
+        // matches ours.
+        for r in &route_set {
+            response.headers.push("Record-Route", r.clone());
+        }
+        let flow = self.next_hop(flow, route_set.first()).await;
         let sub = Subscription {
             id: subscription_id(req.call_id(), &from_tag, &local_tag),
             package,
@@ -185,7 +194,7 @@ impl Core {
             local_party: response.headers.get("To").unwrap_or_default().to_string(),
             event_id,
             remote_target: contact.raw_uri.clone(),
-            route_set: req.headers.get_all("Record-Route").flat_map(split_list).map(str::to_string).collect(),
+            route_set,
             flow,
             local_cseq: 0,
             remote_cseq: cseq,
@@ -196,8 +205,10 @@ impl Core {
         response.headers.push("Expires", expires.to_string());
         response.headers.push("Contact", self.own_contact(flow));
         let id = sub.id.clone();
+        let (source, transport, event) = (flow.remote, flow.transport.via_token(), package.event());
         let mut after = Vec::new();
         if expires == 0 {
+            tracing::debug!(user = %user.address, %source, %transport, %event, %resource, "state fetched");
             // A fetch: one NOTIFY with the current state, then the subscription is over.
             self.presence.lock().expect("presence").add_subscription(sub);
             after.push(After::Terminate(vec![id], "timeout"));
@@ -207,6 +218,7 @@ impl Core {
                 return (self.respond_with(req, 500, "Storage Failure"), vec![]);
             }
             self.presence.lock().expect("presence").add_subscription(sub);
+            tracing::info!(user = %user.address, %source, %transport, %event, %resource, expires, "subscription started");
             after.push(After::Notify(vec![id], true));
         }
         if package == Package::Presence {
@@ -217,6 +229,7 @@ impl Core {
 
     async fn resubscribe(
         self: &Arc<Self>,
+        flow: Flow,
         req: &Message,
         id: &str,
         cseq: u32,
@@ -238,6 +251,7 @@ impl Core {
         response.headers.push("Expires", expires.to_string());
         response.headers.push("Contact", self.own_contact(sub.flow));
         if expires == 0 {
+            log_end(&sub, flow, "unsubscribed");
             let mut after = vec![After::Terminate(vec![id.to_string()], "timeout")];
             if sub.package == Package::Presence {
                 after.push(After::WatchersChanged(sub.resource));
@@ -319,8 +333,8 @@ impl Core {
 
     async fn drop_subscription(&self, id: &str) {
         let removed = self.presence.lock().expect("presence").remove_subscription(id);
-        if removed.is_some() {
-            tracing::debug!(id, "subscription dropped: subscriber unreachable");
+        if let Some(sub) = removed {
+            log_end(&sub, sub.flow, "subscriber unreachable");
             let _ = self.store.apply(vec![Write::delete(Table::Subscriptions, id)]).await;
         }
     }
@@ -405,7 +419,11 @@ impl Core {
     pub(in crate::home) async fn presence_sweep(self: &Arc<Self>, now: SystemTime) {
         let (expired, changed) = {
             let mut p = self.presence.lock().expect("presence");
-            (p.expired_subscriptions(now), p.expire_publications(now))
+            let expired = p.expired_subscriptions(now);
+            for sub in expired.iter().filter_map(|id| p.subscription(id)) {
+                log_end(sub, sub.flow, "expired");
+            }
+            (expired, p.expire_publications(now))
         };
         if !expired.is_empty() {
             self.notify(expired, true, Some("timeout")).await;
@@ -450,8 +468,18 @@ impl Core {
     /// Ends every subscription with `reason` (graceful shutdown: subscribers re-subscribe).
     pub async fn terminate_all_subscriptions(self: &Arc<Self>, reason: &'static str) {
         let ids = self.presence.lock().expect("presence").all_subscription_ids();
+        if !ids.is_empty() {
+            tracing::info!(count = ids.len(), reason, "ending every subscription");
+        }
         self.notify(ids, true, Some(reason)).await;
     }
+}
+
+/// One INFO line when a subscription ends (the subscriber's address: where the request came from,
+/// or where it was made from when it ends by itself).
+fn log_end(sub: &Subscription, flow: Flow, why: &str) {
+    let (source, transport, event) = (flow.remote, flow.transport.via_token(), sub.package.event());
+    tracing::info!(user = %sub.watcher, %source, %transport, %event, resource = %sub.resource, why, "subscription ended");
 }
 
 fn subscription_id(call_id: &str, remote_tag: &str, local_tag: &str) -> String {
@@ -520,7 +548,8 @@ impl Core {
                     Some((_, u)) if u == path => self.directory.find_user(aor).await.ok().flatten(),
                     _ => None,
                 };
-                if matches!(self.auth.verify(value, method, user.as_ref(), now), super::auth::Verdict::Ok)
+                let realm = super::core::realm_of(aor);
+                if matches!(self.auth.verify(value, realm, method, user.as_ref(), now), super::auth::Verdict::Ok)
                     && user.is_some_and(|u| u.enabled)
                 {
                     return Ok(());
@@ -528,7 +557,7 @@ impl Core {
                 self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        Err(self.auth.challenges(false, now))
+        Err(self.auth.challenges(super::core::realm_of(aor), false, now))
     }
 
     pub fn domain(&self) -> &str {

@@ -142,6 +142,10 @@ impl<T> ClientTransactions<T> {
     pub fn len(&self) -> usize {
         self.txns.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.txns.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -161,7 +165,7 @@ mod tests {
         c.start("b".into(), false, 7, t0);
         let mut sends = Vec::new();
         let mut t = t0;
-        while c.len() > 0 {
+        while !c.is_empty() {
             t += Duration::from_millis(50);
             for a in run(&mut c, t) {
                 sends.push((a, (t - t0).as_millis() / 50 * 50));

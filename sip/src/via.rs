@@ -2,7 +2,7 @@
 //! (`branch`, `received`, `rport`, RFC 3261 section 18.2.1 and RFC 3581). Parsed here rather than by
 //! rsip because rsip 0.4.0 cannot hold an IPv6 sent-by (`[2001:db8::1]:5060`).
 
-use super::params::split_top_level;
+use crate::params::split_top_level;
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct Via {
 impl Via {
     /// Parses the first value of a Via header (a line may hold several, comma-separated).
     pub fn parse(value: &str) -> Result<Via, String> {
-        let first = super::params::split_list(value).into_iter().next().ok_or("empty")?;
+        let first = crate::params::split_list(value).into_iter().next().ok_or("empty")?;
         let mut parts = split_top_level(first, b';').into_iter();
         let proto_and_host = parts.next().ok_or("empty")?;
         let (proto, sent_by) = proto_and_host.split_once(char::is_whitespace).ok_or("no sent-by")?;

@@ -75,6 +75,11 @@ impl SipUri {
         decode(&self.0.host().to_string()).to_ascii_lowercase()
     }
 
+    /// The port, if the URI names one.
+    pub fn port(&self) -> Option<u16> {
+        self.0.host_with_port.port.as_ref().map(|p| *p.value())
+    }
+
     /// The host as an IP address, when it is one.
     pub fn ip(&self) -> Option<IpAddr> {
         self.host().trim_start_matches('[').trim_end_matches(']').parse().ok()
@@ -109,7 +114,7 @@ impl NameAddr {
             },
             _ => return Err("unbalanced angle brackets".into()),
         };
-        let params = super::params::split_top_level(params, b';')
+        let params = crate::params::split_top_level(params, b';')
             .into_iter()
             .map(|p| match p.split_once('=') {
                 Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_string()),

@@ -1,7 +1,7 @@
 //! Building responses to requests (RFC 3261 section 8.2.6): Via, From, To, Call-ID and CSeq copied,
 //! a To tag added where the request had none.
 
-use super::message::{Headers, Message, StartLine};
+use crate::message::{Headers, Message, StartLine};
 use bytes::Bytes;
 
 pub fn reason_phrase(code: u16) -> &'static str {
@@ -44,7 +44,7 @@ pub fn from_headers(request: &Headers, code: u16, reason: &str, to_tag: &str) ->
     for name in ["From", "To", "Call-ID", "CSeq"] {
         if let Some(v) = request.get(name) {
             let mut v = v.to_string();
-            if name == "To" && code > 100 && super::params::find_param(&v, "tag").is_none() {
+            if name == "To" && code > 100 && crate::params::find_param(&v, "tag").is_none() {
                 v.push_str(";tag=");
                 v.push_str(to_tag);
             }
@@ -62,7 +62,7 @@ pub fn respond(request: &Message, code: u16, to_tag: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{Limits, parse_datagram};
+    use crate::message::{Limits, parse_datagram};
 
     #[test]
     fn copies_dialog_headers_and_adds_a_to_tag() {

@@ -1,7 +1,7 @@
 //! Cutting a TCP or TLS byte stream into SIP messages by Content-Length (RFC 3261 section 18.3),
 //! with RFC 5626 keep-alives: a double CRLF "ping" is answered with a single CRLF "pong".
 
-use super::message::{Limits, header_end};
+use crate::message::{Limits, header_end};
 use bytes::{Buf, Bytes, BytesMut};
 
 #[derive(Debug, PartialEq, Eq)]

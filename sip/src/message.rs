@@ -4,7 +4,7 @@
 //! folded (continuation) lines, compact header names and extension methods. Errors carry the
 //! headers that could be read, so even a broken request gets a 400 naming the problem.
 
-use super::compact;
+use crate::compact;
 use bytes::Bytes;
 use std::fmt::Write as _;
 
@@ -80,7 +80,7 @@ impl Headers {
     /// Removes the first value of a (possibly comma-separated) header, e.g. the top Via.
     pub fn pop_first_value(&mut self, name: &str) -> Option<String> {
         let i = self.0.iter().position(|(n, _)| n.eq_ignore_ascii_case(name))?;
-        let parts = super::params::split_list(&self.0[i].1);
+        let parts = crate::params::split_list(&self.0[i].1);
         let first = parts.first()?.to_string();
         if parts.len() <= 1 {
             self.0.remove(i);
@@ -92,6 +92,10 @@ impl Headers {
 
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -313,7 +317,7 @@ fn validate_request(method: &str, headers: &Headers) -> Result<(), String> {
     if headers.get("Max-Forwards").is_some_and(|mf| mf.trim().parse::<u8>().is_err()) {
         return Err("malformed Max-Forwards".into());
     }
-    super::via::Via::parse(headers.get("Via").unwrap_or_default()).map_err(|e| format!("malformed Via: {e}"))?;
+    crate::via::Via::parse(headers.get("Via").unwrap_or_default()).map_err(|e| format!("malformed Via: {e}"))?;
     Ok(())
 }
 

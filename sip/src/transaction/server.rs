@@ -88,6 +88,10 @@ impl ServerTransactions {
     pub fn len(&self) -> usize {
         self.txns.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.txns.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,78 @@
+//! The SIP domains a server serves: its own, the aliases that stand for it (e.g. its IP address),
+//! and the ones the directory admits (`prep domainadd`), re-read from the directory now and then.
+
+use crate::directory::Directory;
+use crate::sip::uri::SipUri;
+use std::sync::RwLock;
+
+pub struct Domains {
+    primary: String,
+    /// Hosts that mean `primary` in addresses (lower-case).
+    aliases: Vec<String>,
+    /// Further domains whose users the directory holds (lower-case).
+    admitted: RwLock<Vec<String>>,
+}
+
+impl Domains {
+    pub fn new(primary: &str, aliases: &[String]) -> Domains {
+        Domains {
+            primary: primary.to_ascii_lowercase(),
+            aliases: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            admitted: RwLock::new(Vec::new()),
+        }
+    }
+
+    pub fn primary(&self) -> &str {
+        &self.primary
+    }
+
+    /// The served domain a URI host stands for (the primary domain for an alias).
+    pub fn domain_of(&self, host: &str) -> Option<String> {
+        if host == self.primary || self.aliases.iter().any(|a| a == host) {
+            return Some(self.primary.clone());
+        }
+        self.admitted.read().expect("domains").iter().find(|d| *d == host).cloned()
+    }
+
+    pub fn is_local(&self, host: &str) -> bool {
+        self.domain_of(host).is_some()
+    }
+
+    /// The address of record (`user@domain`) a URI names, if its domain is served here.
+    pub fn aor(&self, uri: &SipUri) -> Option<String> {
+        let user = uri.user()?;
+        Some(format!("{user}@{}", self.domain_of(&uri.host())?))
+    }
+
+    /// Re-reads the admitted domains; on failure keeps what it had (and says so).
+    pub async fn refresh(&self, directory: &dyn Directory) {
+        match directory.domains().await {
+            Ok(mut domains) => {
+                domains.retain(|d| *d != self.primary);
+                let mut admitted = self.admitted.write().expect("domains");
+                if *admitted != domains {
+                    tracing::info!(domains = ?domains, "serving users of these domains too");
+                    *admitted = domains;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "admitted domains not re-read"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_mean_the_primary_domain_and_admitted_domains_keep_their_name() {
+        let d = Domains::new("Example.Test", &["127.0.0.1".into()]);
+        d.admitted.write().unwrap().push("partner.test".into());
+        let aor = |u: &str| d.aor(&SipUri::parse(u).unwrap());
+        assert_eq!(aor("sip:alice@example.test").as_deref(), Some("alice@example.test"));
+        assert_eq!(aor("sip:alice@127.0.0.1").as_deref(), Some("alice@example.test"));
+        assert_eq!(aor("sip:dave@partner.test").as_deref(), Some("dave@partner.test"));
+        assert_eq!(aor("sip:eve@elsewhere.test"), None);
+        assert_eq!(aor("sip:example.test"), None);
+    }
+}

@@ -1,0 +1,143 @@
+//! Routing helpers a proxy and a registrar share: stamping the top Via with where a request really
+//! came from, flow tokens (RFC 5626 section 5.2: a Front-End names the client connection in the
+//! Path, Record-Route and Via it adds, so that traffic for that client comes back through the
+//! connection it holds), and the stateless branch of a forwarded request.
+
+use crate::Message;
+use crate::flow::{Flow, Transport};
+use crate::params::split_list;
+use crate::via::Via;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+
+/// Adds `received`/`rport` to the request's top Via (RFC 3261 18.2.1, RFC 3581) and returns it;
+/// `None` when there is no parsable Via (nowhere to send a response).
+pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Option<Via> {
+    let top = msg.headers.first_mut("Via")?;
+    let mut parts = split_list(top).into_iter().map(str::to_string).collect::<Vec<_>>();
+    let mut via = Via::parse(parts.first()?).ok()?;
+    via.stamp_source(source);
+    parts[0] = via.to_string();
+    *top = parts.join(", ");
+    Some(via)
+}
+
+/// The branch of a request forwarded statelessly (RFC 3261 16.11): the same for every
+/// retransmission of one request, different for different requests.
+pub fn stateless_branch(incoming_top_via: &Via, request_uri: &str, salt: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [incoming_top_via.to_string().as_str(), request_uri, salt] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("z9hG4bK{}", hex::encode(&h.finalize()[..12]))
+}
+
+/// Encodes flows as opaque tokens that only this instance can mint: transport, address and
+/// connection, authenticated with a key of the instance's own (a forged or altered token is
+/// refused, so a client cannot steer traffic to another client's connection).
+pub struct FlowTokens {
+    key: [u8; 32],
+}
+
+const MAC_BYTES: usize = 8;
+
+impl Default for FlowTokens {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlowTokens {
+    /// Tokens under a fresh random key: only this instance can mint or read them.
+    pub fn new() -> FlowTokens {
+        FlowTokens { key: rand::random() }
+    }
+
+    fn mac(&self, data: &[u8]) -> [u8; MAC_BYTES] {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key length");
+        m.update(data);
+        let full = m.finalize().into_bytes();
+        full[..MAC_BYTES].try_into().expect("long enough")
+    }
+
+    /// A token usable as a SIP URI user part and a Via parameter value (hex).
+    pub fn encode(&self, flow: &Flow) -> String {
+        let mut data = Vec::with_capacity(32);
+        data.push(match flow.transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+            Transport::Tls => 2,
+            Transport::Internal => 3,
+        });
+        match flow.remote.ip() {
+            IpAddr::V4(ip) => data.extend_from_slice(&ip.octets()),
+            IpAddr::V6(ip) => data.extend_from_slice(&ip.octets()),
+        }
+        data.extend_from_slice(&flow.remote.port().to_be_bytes());
+        data.extend_from_slice(&flow.conn.to_be_bytes());
+        let mac = self.mac(&data);
+        data.extend_from_slice(&mac);
+        hex::encode(data)
+    }
+
+    pub fn decode(&self, token: &str) -> Option<Flow> {
+        let data = hex::decode(token).ok()?;
+        let (body, mac) = data.split_at(data.len().checked_sub(MAC_BYTES)?);
+        let expected = self.mac(body);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], mac)) {
+            return None;
+        }
+        let transport = match body.first()? {
+            0 => Transport::Udp,
+            1 => Transport::Tcp,
+            2 => Transport::Tls,
+            3 => Transport::Internal,
+            _ => return None,
+        };
+        let ip: IpAddr = match body.len() {
+            15 => <[u8; 4]>::try_from(&body[1..5]).ok()?.into(),
+            27 => <[u8; 16]>::try_from(&body[1..17]).ok()?.into(),
+            _ => return None,
+        };
+        let rest = &body[body.len() - 10..];
+        let port = u16::from_be_bytes([rest[0], rest[1]]);
+        let conn = u64::from_be_bytes(rest[2..].try_into().ok()?);
+        Some(Flow { transport, remote: SocketAddr::new(ip, port), conn })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_refuse_forgeries() {
+        let t = FlowTokens::new();
+        for flow in [
+            Flow { transport: Transport::Tcp, remote: "192.0.2.7:40000".parse().unwrap(), conn: 42 },
+            Flow::datagram(Transport::Udp, "[2001:db8::1]:5060".parse().unwrap()),
+        ] {
+            let token = t.encode(&flow);
+            assert_eq!(t.decode(&token), Some(flow));
+            // One flipped character, or another instance's key: refused.
+            let mut forged = token.clone().into_bytes();
+            forged[3] = if forged[3] == b'0' { b'1' } else { b'0' };
+            assert_eq!(t.decode(std::str::from_utf8(&forged).unwrap()), None);
+            assert_eq!(FlowTokens::new().decode(&token), None);
+        }
+        assert_eq!(t.decode("zz"), None);
+        assert_eq!(t.decode(""), None);
+    }
+
+    #[test]
+    fn stateless_branches_repeat_for_retransmissions_only() {
+        let via = Via::parse("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKabc").unwrap();
+        let other = Via::parse("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKabd").unwrap();
+        let b = stateless_branch(&via, "sip:bob@example.test", "x");
+        assert!(b.starts_with("z9hG4bK"));
+        assert_eq!(b, stateless_branch(&via, "sip:bob@example.test", "x"));
+        assert_ne!(b, stateless_branch(&other, "sip:bob@example.test", "x"));
+    }
+}
