@@ -87,7 +87,8 @@ pub async fn an_ldap_domain_is_prepared_in_order_before_its_workloads(h: &Harnes
     let schema_uid = h.api::<Job>().get("corp-prep-schema").await.unwrap().metadata.uid;
     let job = h.wait_for::<Job, _>("prep enterprise Job", "corp-prep-enterprise", |_| true).await;
     let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
-    let registered = format!("corp-home-1=corp-home-1.{}.svc.cluster.local:5061", h.ns);
+    let address = parley_operator::build::config::home_server_address("corp-home-1", &h.ns, "cluster.local");
+    let registered = format!("corp-home-1={address}");
     assert!(args.contains(&registered), "prep enterprise registers the Home Server: {args:?}");
 
     // A failed Job stops the sequence and says why.
