@@ -129,9 +129,16 @@ pub async fn with_an_issuer_cert_manager_certificates_fill_the_secrets(h: &Harne
     let installed = crds.get_opt("certificates.cert-manager.io").await.unwrap().is_some();
     h.create_users_config_map().await;
     let op = h.start_operator("op-a");
-    h.apply_domain("corp", 500).await;
-    h.patch_domain("corp", serde_json::json!({"tls": {"issuerRef": {"name": "corp-issuer", "kind": "ClusterIssuer"}}}))
-        .await;
+    // The issuer is there from the start: the operator never makes a CA of its own.
+    let domain = serde_json::json!({
+        "apiVersion": "parley.dev/v1alpha1", "kind": "CommunicationsDomain", "metadata": {"name": "corp"},
+        "spec": {"sipDomain": "example.test", "users": 500, "directory": {"file": {"configMap": "users"}},
+                 "tls": {"issuerRef": {"name": "corp-issuer", "kind": "ClusterIssuer"}}},
+    });
+    h.api::<CommunicationsDomain>()
+        .patch("corp", &PatchParams::apply("parley-test"), &Patch::Apply(&domain))
+        .await
+        .unwrap();
     if !installed {
         // Without cert-manager the condition says so in one sentence.
         let d = h
