@@ -147,6 +147,10 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("apps", "deployments", &["get", "list", "watch", "patch"]),
     ("policy", "poddisruptionbudgets", &["get", "list", "watch", "patch"]),
     ("events.k8s.io", "events", &["create", "patch"]),
+    ("", "secrets", &["get", "patch"]),
+    ("batch", "jobs", &["get", "list", "patch", "delete"]),
+    ("", "pods", &["list"]),
+    ("cert-manager.io", "certificates", &["get", "patch"]),
     ("coordination.k8s.io", "leases", &["get", "create", "update"]),
     ("apiextensions.k8s.io", "customresourcedefinitions", &["get"]),
 ];

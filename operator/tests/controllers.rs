@@ -62,6 +62,11 @@ scenario!(
     a_resource_deleted_while_reconciled_is_gone,
     stopping_while_starting_releases_the_lease,
     an_orphaned_object_is_removed,
+    certificate_secrets_chain_to_the_domain_ca,
+    a_certificate_near_expiry_is_renewed,
+    a_certificate_the_administrator_provides_is_left_alone,
+    an_ldap_domain_is_prepared_in_order_before_its_workloads,
+    with_an_issuer_cert_manager_certificates_fill_the_secrets,
 );
 
 /// The `parley-operator` binary as the chart runs it (configured by the chart's environment

@@ -80,7 +80,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
 
     let replicas = fe.spec.replicas.unwrap_or(DEFAULT_REPLICAS);
     let resources = tiers::front_end_resources(fe.spec.resources.as_ref());
-    let mut volumes = common_volumes(&name, &ctx.domain.spec.directory);
+    let mut volumes = common_volumes(&name, ctx.domain);
     for scratch in ["data", "logs"] {
         volumes.push(Volume {
             name: scratch.into(),

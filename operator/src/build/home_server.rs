@@ -155,7 +155,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
                 }),
                 spec: Some(PodSpec {
                     containers: vec![server_container(ctx, component, resources)],
-                    volumes: Some(common_volumes(&name, &ctx.domain.spec.directory)),
+                    volumes: Some(common_volumes(&name, ctx.domain)),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -389,6 +389,30 @@ mod tests {
         assert_eq!(sc.privileged, Some(false));
         assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
         assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn the_directory_ca_bundle_is_mounted_where_the_config_can_name_it() {
+        let mut d = fixtures::domain("corp", 500);
+        d.spec.directory.ldap.as_mut().unwrap().ca_bundle = Some(crate::crd::CaBundleRef {
+            config_map: None,
+            secret: Some("ldap-ca".into()),
+            key: "bundle.pem".into(),
+        });
+        let o = build(&fixtures::home_server("h", "corp"), &ctx(&d)).unwrap();
+        let p = pod(&o);
+        let m = p.containers[0].volume_mounts.as_ref().unwrap().iter().find(|m| m.name == "directory-ca").unwrap();
+        assert_eq!((m.mount_path.as_str(), m.read_only), (paths::DIRECTORY_CA_DIR, Some(true)));
+        let v = p.volumes.as_ref().unwrap().iter().find(|v| v.name == "directory-ca").unwrap();
+        let s = v.secret.as_ref().unwrap();
+        assert_eq!(s.secret_name.as_deref(), Some("ldap-ca"));
+        assert_eq!(
+            (s.items.as_ref().unwrap()[0].key.as_str(), s.items.as_ref().unwrap()[0].path.as_str()),
+            ("bundle.pem", "ca.crt")
+        );
+        // Without a bundle, no such volume.
+        let plain = build(&fixtures::home_server("h", "corp"), &ctx(&fixtures::domain("corp", 500))).unwrap();
+        assert!(pod(&plain).volumes.as_ref().unwrap().iter().all(|v| v.name != "directory-ca"));
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! Nothing here talks to the API server, so every object the operator writes can be checked by
 //! plain unit tests: labels, owner references, probes, resources, volumes, security context.
 
+pub mod certificates;
 pub mod config;
 pub mod domain;
 pub mod front_end;
 pub mod home_server;
+pub mod prep;
 pub mod quantity;
 
 use std::collections::BTreeMap;
@@ -22,7 +24,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{CommunicationsDomain, DirectorySpec};
+use crate::crd::{CaBundleRef, CommunicationsDomain};
 use crate::tiers::Sizing;
 
 /// Field manager of every server-side apply the operator sends.
@@ -59,6 +61,9 @@ pub mod paths {
     pub const DIRECTORY_DIR: &str = "/etc/parley/directory";
     pub const DIRECTORY_PASSWORD: &str = "/etc/parley/directory/password";
     pub const DIRECTORY_FILE: &str = "/etc/parley/directory/users.toml";
+    /// The LDAP directory's CA bundle (`spec.directory.ldap.caBundle`), when one is set.
+    pub const DIRECTORY_CA_DIR: &str = "/etc/parley/directory-ca";
+    pub const DIRECTORY_CA: &str = "/etc/parley/directory-ca/ca.crt";
     pub const DATA_DIR: &str = "/var/lib/parley/data";
     pub const LOGS_DIR: &str = "/var/lib/parley/logs";
 }
@@ -92,6 +97,10 @@ pub enum BuildError {
     MissingMetadata(&'static str, &'static str),
     #[error("rendering the server config: {0}")]
     Config(String),
+    #[error("certificates: {0}")]
+    Certificate(String),
+    #[error("directory preparation: {0}")]
+    Prep(String),
 }
 
 /// Everything a builder needs besides the resource itself: the domain it belongs to and the
@@ -307,6 +316,9 @@ pub fn server_container(
         mount("logs", paths::LOGS_DIR, None),
         mount("tmp", "/tmp", None),
     ];
+    if ldap_ca_bundle(ctx.domain).is_some() {
+        mounts.push(mount("directory-ca", paths::DIRECTORY_CA_DIR, None));
+    }
     mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
     Container {
         name: "server".into(),
@@ -353,17 +365,15 @@ fn server_env(component: Component) -> Vec<EnvVar> {
 
 /// Volumes every server pod has: its config, its certificate, the directory credentials (or
 /// users file) and a scratch `/tmp`. Data and logs are added by the role's builder.
-pub fn common_volumes(instance: &str, directory: &DirectorySpec) -> Vec<Volume> {
-    let directory_volume = match (&directory.ldap, &directory.file) {
-        (Some(ldap), _) => Volume {
+pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volume> {
+    let directory = &domain.spec.directory;
+    let service_account = prep::service_account_secret_ref(domain);
+    let directory_volume = match (&service_account, &directory.file) {
+        (Some(secret), _) => Volume {
             name: "directory".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(ldap.password_secret.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ldap.password_secret.key.clone(),
-                    path: "password".into(),
-                    ..Default::default()
-                }]),
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath { key: secret.key.clone(), path: "password".into(), ..Default::default() }]),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -384,7 +394,7 @@ pub fn common_volumes(instance: &str, directory: &DirectorySpec) -> Vec<Volume> 
             Volume { name: "directory".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }
         }
     };
-    vec![
+    let mut volumes = vec![
         Volume {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -409,7 +419,40 @@ pub fn common_volumes(instance: &str, directory: &DirectorySpec) -> Vec<Volume> 
             empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(quantity::q("64Mi")), ..Default::default() }),
             ..Default::default()
         },
-    ]
+    ];
+    volumes.extend(ldap_ca_bundle(domain).map(|ca| ca_bundle_volume("directory-ca", ca)));
+    volumes
+}
+
+fn ldap_ca_bundle(domain: &CommunicationsDomain) -> Option<&CaBundleRef> {
+    domain.spec.directory.ldap.as_ref()?.ca_bundle.as_ref()
+}
+
+/// A volume holding the CA bundle `ca` as the file `ca.crt`, from its ConfigMap or Secret.
+pub fn ca_bundle_volume(name: &str, ca: &CaBundleRef) -> Volume {
+    let items = Some(vec![KeyToPath { key: ca.key.clone(), path: "ca.crt".into(), ..Default::default() }]);
+    match (&ca.config_map, &ca.secret) {
+        (Some(cm), _) => Volume {
+            name: name.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: cm.clone(),
+                items,
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        (None, secret) => Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: secret.clone(),
+                items,
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
 }
 
 /// One port of a Service.
@@ -465,8 +508,18 @@ pub(crate) mod fixtures {
                         url: "ldap://ldap.example:389".into(),
                         base_dn: "dc=example,dc=test".into(),
                         bind_dn: None,
-                        password_secret: SecretKeyRef { name: "ldap-service".into(), key: "password".into() },
-                        admin_secret: None,
+                        service_account_secret_ref: Some(SecretKeyRef {
+                            name: "ldap-service".into(),
+                            key: "password".into(),
+                        }),
+                        password_secret: None,
+                        admin_secret: Some(AdminSecretRef {
+                            name: "ldap-admin".into(),
+                            key: "password".into(),
+                            bind_dn_key: "bindDn".into(),
+                        }),
+                        ca_bundle: None,
+                        start_tls: false,
                     }),
                     file: None,
                 },

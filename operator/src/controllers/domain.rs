@@ -1,8 +1,16 @@
-//! CommunicationsDomain -> the HomeServer and FrontEnd resources its tier calls for (topology
-//! `auto`), or a report on the ones the administrator wrote (`manual`).
+//! CommunicationsDomain -> its certificates, its directory-prep Jobs, then the HomeServer and
+//! FrontEnd resources its tier calls for (topology `auto`), or a report on the ones the
+//! administrator wrote (`manual`).
+//!
+//! Order, as the seed requires: certificates and directory preparation first; no Home Server or
+//! Front-End is created or changed before `DomainPrepared` is True.
+
+mod certificates;
+mod prep;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -13,7 +21,9 @@ use super::apply::{apply, delete, patch_status};
 use super::conditions::{Want, is_true, merge};
 use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
 use crate::build;
-use crate::crd::condition::{PAUSED, READY, SCALE_DOWN_BLOCKED};
+use crate::crd::condition::{
+    CERTIFICATES_READY, DOMAIN_PREPARED, ENTERPRISE_PREPARED, PAUSED, READY, SCALE_DOWN_BLOCKED, SCHEMA_PREPARED,
+};
 use crate::crd::{CommunicationsDomain, CommunicationsDomainStatus, FrontEnd, HomeServer, Topology};
 use crate::tiers;
 
@@ -70,18 +80,63 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         front_end: front_ends.first().map(|f| f.name_any()),
         waiting_removal: old.waiting_removal.clone(),
         conditions: Vec::new(),
+        prepared_steps: old.prepared_steps.clone(),
     };
     let mut wants = Vec::new();
     let problems = validate::domain(&d);
+    let now = Timestamp::now();
+    let mut requeue = RESYNC;
+    // Set when the directory is not prepared yet: what Ready waits for.
+    let mut preparing: Option<String> = None;
 
     if d.spec.paused {
         wants.push(Want::new(PAUSED, true, "Paused", "spec.paused is true: the operator reads but changes nothing"));
     } else {
         wants.push(Want::new(PAUSED, false, "NotPaused", ""));
-        if problems.is_empty() && d.spec.topology == Topology::Auto {
-            let owned: Vec<String> = home_servers.iter().filter(|h| owned_by(*h, &uid)).map(|h| h.name_any()).collect();
-            // Build.
-            let plan = build::domain::plan(&d, &sizing, &owned, may_have_users)?;
+    }
+    if !d.spec.paused && problems.is_empty() {
+        let owned: Vec<String> = home_servers.iter().filter(|h| owned_by(*h, &uid)).map(|h| h.name_any()).collect();
+        // Build: the plan names the servers before they exist, so certificates and
+        // `prep enterprise` can cover them first.
+        let plan = match d.spec.topology {
+            Topology::Auto => Some(build::domain::plan(&d, &sizing, &owned, may_have_users)?),
+            Topology::Manual => None,
+        };
+        let (hs_names, fe_names) = server_names(plan.as_ref(), &home_servers, &front_ends);
+
+        // An advertised host set on a live HomeServer or FrontEnd joins its certificate's names.
+        let hs_advertise =
+            |n: &String| home_servers.iter().find(|h| &h.name_any() == n).and_then(|h| h.spec.advertise.clone());
+        let fe_advertise =
+            |n: &String| front_ends.iter().find(|f| &f.name_any() == n).and_then(|f| f.spec.advertise.clone());
+        let mut servers: Vec<certificates::Server> = hs_names
+            .iter()
+            .map(|n| certificates::Server { name: n.clone(), home: true, advertise: hs_advertise(n) })
+            .collect();
+        servers.extend(fe_names.iter().map(|n| certificates::Server {
+            name: n.clone(),
+            home: false,
+            advertise: fe_advertise(n),
+        }));
+        let certs = certificates::reconcile(&ctx, &d, &ns, &servers, now).await?;
+        wants.push(certs.want);
+        if let Some(at) = certs.next_check {
+            requeue = requeue.min(until(now, at));
+        }
+
+        let prep = prep::reconcile(&ctx, &d, &ns, &hs_names, &old.prepared_steps).await?;
+        status.prepared_steps = prep.prepared;
+        if prep.busy {
+            // The domain does not watch Jobs or Secrets; look again soon until prepared.
+            requeue = requeue.min(PREP_POLL);
+        }
+        if !prep.done {
+            let why = prep.conditions.iter().find(|w| !w.status).map(|w| w.message.clone()).unwrap_or_default();
+            preparing = Some(why);
+        }
+        wants.extend(prep.conditions);
+
+        if let (Some(plan), true) = (plan, prep.done) {
             // Apply: Home Servers first, the Front-End routes to them.
             for hs in &plan.home_servers {
                 let out = apply(&hs_api, hs).await?;
@@ -120,6 +175,11 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         } else if d.spec.topology == Topology::Manual {
             status.waiting_removal.clear();
         }
+    } else {
+        // Paused or invalid: nothing was looked at, so the last word on these stands.
+        for type_ in [CERTIFICATES_READY, SCHEMA_PREPARED, ENTERPRISE_PREPARED, DOMAIN_PREPARED] {
+            wants.extend(carried_over(&old.conditions, type_));
+        }
     }
 
     // Status.
@@ -139,6 +199,8 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     });
     wants.push(if !problems.is_empty() {
         Want::new(READY, false, "InvalidSpec", problems.join("; "))
+    } else if let Some(why) = preparing {
+        Want::new(READY, false, "PreparingDirectory", format!("the directory is not prepared yet: {why}"))
     } else {
         ready(&status, &home_servers, &front_ends)
     });
@@ -151,7 +213,42 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     if wrote {
         report_transitions(&ctx, d.as_ref(), &old.conditions, &status.conditions).await;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(requeue))
+}
+
+/// How often a domain that is not prepared yet is looked at (the domain controller does not watch Jobs).
+const PREP_POLL: Duration = Duration::from_secs(10);
+
+/// The time from `now` until `at`, at least a second (a renewal due now is retried shortly).
+fn until(now: Timestamp, at: Timestamp) -> Duration {
+    Duration::from_secs(u64::try_from(at.as_second() - now.as_second()).unwrap_or(0).max(1))
+}
+
+/// The Home Servers and Front-Ends the domain has or is about to have: those the plan calls
+/// for (plus ones waiting for removal) with topology `auto`, the existing ones with `manual`.
+fn server_names(
+    plan: Option<&build::domain::DomainPlan>,
+    home_servers: &[HomeServer],
+    front_ends: &[FrontEnd],
+) -> (Vec<String>, Vec<String>) {
+    match plan {
+        Some(p) => {
+            let mut hs: BTreeSet<String> = p.home_servers.iter().map(|h| h.name_any()).collect();
+            hs.extend(p.waiting_removal.iter().map(|w| w.name.clone()));
+            (hs.into_iter().collect(), p.front_end.iter().map(|f| f.name_any()).collect())
+        }
+        None => {
+            (home_servers.iter().map(|h| h.name_any()).collect(), front_ends.iter().map(|f| f.name_any()).collect())
+        }
+    }
+}
+
+/// The condition `type_` as it stands, to be written again unchanged.
+fn carried_over(
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &'static str,
+) -> Option<Want> {
+    old.iter().find(|c| c.type_ == type_).map(|c| Want::new(type_, c.status == "True", &c.reason, &c.message))
 }
 
 /// Ready when every Home Server the status lists, and its Front-End, report Ready.
@@ -184,5 +281,48 @@ fn ready(status: &CommunicationsDomainStatus, home_servers: &[HomeServer], front
         Want::new(READY, true, "AllReady", "every Home Server and the Front-End are ready")
     } else {
         Want::new(READY, false, "Progressing", format!("waiting for {}", waiting.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    use super::*;
+    use crate::build::fixtures;
+
+    #[test]
+    fn certificates_cover_planned_and_waiting_servers_before_they_exist() {
+        let d = fixtures::domain("corp", 5_000);
+        let owned: Vec<String> = (1..=2).map(|n| build::domain::home_server_name("corp", n)).collect();
+        let plan = build::domain::plan(&d, &tiers::resolve(5_000), &owned, |_| true).unwrap();
+        let (hs, fe) = server_names(Some(&plan), &[], &[]);
+        assert_eq!(hs, ["corp-home-1", "corp-home-2"], "corp-home-2 waits for removal and keeps its certificate");
+        assert_eq!(fe, ["corp-frontend"]);
+        let manual = [fixtures::home_server("mine", "corp")];
+        let (hs, fe) = server_names(None, &manual, &[fixtures::front_end("edge", "corp")]);
+        assert_eq!((hs, fe), (vec!["mine".to_string()], vec!["edge".to_string()]));
+    }
+
+    #[test]
+    fn renewal_requeues_at_the_due_time_and_never_at_once() {
+        let now = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(until(now, Timestamp::from_second(1_600).unwrap()), Duration::from_secs(600));
+        assert_eq!(until(now, Timestamp::from_second(10).unwrap()), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_paused_domain_keeps_its_last_word_on_certificates_and_preparation() {
+        let old = vec![Condition {
+            type_: DOMAIN_PREPARED.into(),
+            status: "True".into(),
+            reason: "Succeeded".into(),
+            message: "Job corp-prep-domain succeeded".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::from_second(5).unwrap()),
+        }];
+        let w = carried_over(&old, DOMAIN_PREPARED).unwrap();
+        assert_eq!(w, Want::new(DOMAIN_PREPARED, true, "Succeeded", "Job corp-prep-domain succeeded"));
+        assert!(carried_over(&old, CERTIFICATES_READY).is_none());
     }
 }

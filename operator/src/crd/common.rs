@@ -17,6 +17,14 @@ pub mod condition {
     pub const PAUSED: &str = "Paused";
     /// A scale-down waits because a Home Server that is no longer needed may still have users homed on it.
     pub const SCALE_DOWN_BLOCKED: &str = "ScaleDownBlocked";
+    /// Every server has a valid certificate; the message names the earliest expiry.
+    pub const CERTIFICATES_READY: &str = "CertificatesReady";
+    /// `prep schema` succeeded (the seed's `prep=schema`).
+    pub const SCHEMA_PREPARED: &str = "SchemaPrepared";
+    /// `prep enterprise` succeeded: the global settings container lists the Home Servers.
+    pub const ENTERPRISE_PREPARED: &str = "EnterprisePrepared";
+    /// `prep domain` and every `prep domainadd` succeeded; workloads may start.
+    pub const DOMAIN_PREPARED: &str = "DomainPrepared";
 }
 
 /// Kubernetes Service type for client-facing SIP traffic.

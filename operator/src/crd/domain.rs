@@ -137,8 +137,14 @@ pub struct DirectorySpec {
 }
 
 /// An LDAP directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.passwordSecret) || !has(self.serviceAccountSecretRef)").message(
+    "passwordSecret is the old name of serviceAccountSecretRef: set only serviceAccountSecretRef"
+))]
+#[x_kube(validation = Rule::new("!has(self.startTls) || !self.startTls || self.url.startsWith('ldap://')").message(
+    "startTls upgrades an ldap:// connection; an ldaps:// URL is TLS already"
+))]
 pub struct LdapDirectory {
     /// URL of the directory server, `ldap://host:389` or `ldaps://host:636`.
     #[schemars(length(max = 2048), regex(pattern = r"^ldaps?://[^\s/]+(:[0-9]+)?/?$"))]
@@ -151,12 +157,26 @@ pub struct LdapDirectory {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub bind_dn: Option<String>,
-    /// Secret key holding the service account's password; mounted into the servers.
-    pub password_secret: SecretKeyRef,
-    /// Secret with keys `bindDn` and `password` of a directory administrator. Only the
-    /// directory-prep Jobs use it; the servers never see it.
+    /// Secret key holding the service account's password: `prep domain` sets it and the servers
+    /// bind with it. Without it the operator generates a password into the Secret
+    /// `<domain>-directory-service` (key `password`), which it owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_secret: Option<SecretKeyRef>,
+    pub service_account_secret_ref: Option<SecretKeyRef>,
+    /// The former name of `serviceAccountSecretRef`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+    /// Secret of a directory administrator: the key `bindDn` holds the DN, the key named by
+    /// `key` (default `password`) the password. Only the directory-prep Jobs use it, as mounted
+    /// files; the servers never see it. Without it the operator cannot prepare the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret: Option<AdminSecretRef>,
+    /// CA certificates (PEM) that sign the directory server's certificate, from a ConfigMap or a
+    /// Secret. Without it the system roots of the server image are trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    #[serde(default)]
+    pub start_tls: bool,
 }
 
 impl LdapDirectory {
@@ -164,6 +184,61 @@ impl LdapDirectory {
     pub fn service_bind_dn(&self) -> String {
         self.bind_dn.clone().unwrap_or_else(|| parley_config::service_account_dn(&self.base_dn))
     }
+
+    /// The Secret key the administrator named for the service account's password, if any.
+    pub fn explicit_service_account_secret(&self) -> Option<&SecretKeyRef> {
+        self.service_account_secret_ref.as_ref().or(self.password_secret.as_ref())
+    }
+}
+
+/// A directory administrator's Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub name: String,
+    /// Key of the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// Key of the administrator's DN.
+    #[serde(default = "default_bind_dn_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub bind_dn_key: String,
+}
+
+fn default_password_key() -> String {
+    "password".to_string()
+}
+
+fn default_bind_dn_key() -> String {
+    "bindDn".to_string()
+}
+
+/// CA certificates in a ConfigMap or a Secret of the domain's namespace.
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.secret)").message(
+    "caBundle needs exactly one of configMap or secret"
+))]
+pub struct CaBundleRef {
+    /// Name of a ConfigMap holding the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub config_map: Option<String>,
+    /// Name of a Secret holding the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
+    pub secret: Option<String>,
+    /// Key of the PEM bundle.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".to_string()
 }
 
 /// Users listed in a TOML file held by a ConfigMap.
@@ -196,17 +271,31 @@ pub struct AdditionalDomain {
 }
 
 /// Certificates of the servers and whether clients must use TLS.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.issuerRef) || !has(self.certManagerIssuer)").message(
+    "certManagerIssuer is the old name of issuerRef: set only issuerRef"
+))]
 pub struct TlsSpec {
-    /// A cert-manager issuer that signs the servers' certificates. Without one the operator's own
-    /// CA (a Secret) signs them. Either way each server reads its certificate from the Secret
-    /// `<server name>-tls` (keys `tls.crt` and `tls.key`).
+    /// A cert-manager Issuer or ClusterIssuer that signs the servers' certificates: the operator
+    /// creates a cert-manager Certificate per server. Without one the operator's own CA (Secret
+    /// `<domain>-ca`) signs them. Either way each server reads its certificate from the Secret
+    /// `<server name>-tls` (keys `tls.crt`, `tls.key` and, where the issuer provides it, `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// The former name of `issuerRef`, still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_manager_issuer: Option<IssuerRef>,
     /// Clients must use TLS (port 5061): the client-facing servers do not listen on 5060.
     #[serde(default)]
     pub require_client_tls: bool,
+}
+
+impl TlsSpec {
+    /// The cert-manager issuer, if one signs the servers' certificates.
+    pub fn issuer(&self) -> Option<&IssuerRef> {
+        self.issuer_ref.as_ref().or(self.cert_manager_issuer.as_ref())
+    }
 }
 
 /// A cert-manager issuer.
@@ -237,7 +326,8 @@ pub enum IssuerKind {
 pub struct CommunicationsDomainStatus {
     /// The generation of the spec this status describes.
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Paused` and `ScaleDownBlocked`.
+    /// `Ready`, `Paused`, `ScaleDownBlocked`, `CertificatesReady`, `SchemaPrepared`,
+    /// `EnterprisePrepared` and `DomainPrepared`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The sizing tier `spec.users` resolves to.
@@ -250,6 +340,20 @@ pub struct CommunicationsDomainStatus {
     /// HomeServers the tier no longer calls for, kept because users may still be homed on them.
     #[serde(default)]
     pub waiting_removal: Vec<WaitingRemoval>,
+    /// Directory-prep Jobs that succeeded, with the hash of their settings: a Job removed after
+    /// its TTL is not run again unless its settings change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepared_steps: Vec<PreparedStep>,
+}
+
+/// A directory-prep Job that succeeded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedStep {
+    /// Name of the Job.
+    pub job: String,
+    /// Hash of the Job's spec when it succeeded.
+    pub hash: String,
 }
 
 /// A HomeServer that waits to be removed, and why.

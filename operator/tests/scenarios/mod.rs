@@ -8,6 +8,11 @@ use parley_operator::crd::{CommunicationsDomain, FrontEnd, HomeServer};
 
 use crate::support::Harness;
 
+mod certificates;
+mod prep;
+pub use certificates::*;
+pub use prep::*;
+
 fn ready(conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }

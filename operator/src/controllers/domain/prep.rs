@@ -1,0 +1,96 @@
+//! The domain's directory-prep Jobs on the API server; the order and the conditions are decided
+//! by [`build::prep::sequence`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+use super::super::apply::{apply, delete};
+use super::super::conditions::Want;
+use super::super::{Context, Result, report_apply};
+use crate::build::config::home_server_address;
+use crate::build::{DOMAIN_LABEL, prep};
+use crate::crd::{CommunicationsDomain, PreparedStep};
+
+/// The prep conditions and what the status remembers.
+pub struct PrepOutcome {
+    pub conditions: Vec<Want>,
+    pub prepared: Vec<PreparedStep>,
+    /// Every step succeeded: the domain's workloads may run.
+    pub done: bool,
+    /// Not done yet: a Job runs, failed (and may be deleted to retry) or waits for a Secret.
+    /// Neither Jobs nor Secrets are watched, so look again soon.
+    pub busy: bool,
+}
+
+/// The end of a failed prep pod's log (its termination message), newest pod first.
+async fn pod_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>> {
+    let mut list = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await?.items;
+    list.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+    Ok(list.iter().find_map(|p| {
+        let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+    }))
+}
+
+/// Creates the generated service-account Secret once, runs the next prep Job and reports.
+/// `home_servers` are every Home Server of the domain (`prep enterprise` registers them).
+pub async fn reconcile(
+    ctx: &Context,
+    d: &CommunicationsDomain,
+    ns: &str,
+    home_servers: &[String],
+    prepared: &[PreparedStep],
+) -> Result<PrepOutcome> {
+    let image = d.spec.image.clone().unwrap_or_else(|| ctx.settings.default_image.clone());
+    let pairs: Vec<(String, String)> =
+        home_servers.iter().map(|h| (h.clone(), home_server_address(h, ns, &ctx.settings.cluster_domain))).collect();
+    if prep::steps(d).is_empty() {
+        // A file directory: nothing to read or write.
+        let plan = prep::sequence(d, &image, &pairs, &BTreeMap::new(), prepared)?;
+        return Ok(PrepOutcome {
+            conditions: plan.conditions,
+            prepared: plan.prepared,
+            done: plan.done,
+            busy: !plan.done,
+        });
+    }
+
+    if prep::needs_generated_service_account(d) {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let name = prep::generated_service_account_secret_name(&d.name_any());
+        // Made once and kept: a new password would lock the running servers out.
+        if secrets.get_opt(&name).await?.is_none() {
+            let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+            let secret = prep::service_account_secret(d, &password)?;
+            let out = apply(&secrets, &secret).await?;
+            report_apply(ctx, d, &secret, out).await;
+        }
+    }
+
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{DOMAIN_LABEL}={},app.kubernetes.io/component=directory-prep", d.name_any());
+    let mut observed = BTreeMap::new();
+    for job in jobs.list(&ListParams::default().labels(&selector)).await?.items {
+        let failed = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"));
+        let message = if failed { pod_message(&pods, &job.name_any()).await? } else { None };
+        observed.insert(job.name_any(), prep::observe(&job, message));
+    }
+    let plan = prep::sequence(d, &image, &pairs, &observed, prepared)?;
+    for gone in &plan.delete {
+        delete(&jobs, gone).await?;
+    }
+    if let Some(job) = &plan.create {
+        let out = apply(&jobs, job).await?;
+        report_apply(ctx, d, job, out).await;
+    }
+    Ok(PrepOutcome { busy: !plan.done, conditions: plan.conditions, prepared: plan.prepared, done: plan.done })
+}
