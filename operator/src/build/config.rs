@@ -134,6 +134,7 @@ mod tests {
                         d.spec.directory = DirectorySpec {
                             ldap: None,
                             file: Some(FileDirectory { config_map: "u".into(), key: "k".into() }),
+                            managed: None,
                         };
                     }
                     parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
@@ -206,6 +207,7 @@ mod tests {
         d.spec.directory = DirectorySpec {
             ldap: None,
             file: Some(FileDirectory { config_map: "users".into(), key: "u.toml".into() }),
+            managed: None,
         };
         let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["backend"].as_str(), Some("file"));

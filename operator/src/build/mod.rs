@@ -522,6 +522,7 @@ pub(crate) mod fixtures {
                         start_tls: false,
                     }),
                     file: None,
+                    managed: None,
                 },
                 additional_domains: vec![],
                 tls: TlsSpec::default(),

@@ -56,9 +56,12 @@ pub fn generated_service_account_secret_name(domain: &str) -> String {
 /// The Secret key holding the service account's password: the one the administrator named, or
 /// the operator's generated one. `None` for a file directory, which has no service account.
 pub fn service_account_secret_ref(domain: &CommunicationsDomain) -> Option<SecretKeyRef> {
-    let ldap = domain.spec.directory.ldap.as_ref()?;
-    if let Some(explicit) = ldap.explicit_service_account_secret() {
+    let d = &domain.spec.directory;
+    if let Some(explicit) = d.ldap.as_ref().and_then(|l| l.explicit_service_account_secret()) {
         return Some(explicit.clone());
+    }
+    if d.ldap.is_none() && d.managed.is_none() {
+        return None;
     }
     let name = domain.metadata.name.clone().unwrap_or_default();
     Some(SecretKeyRef { name: generated_service_account_secret_name(&name), key: "password".into() })
@@ -66,7 +69,8 @@ pub fn service_account_secret_ref(domain: &CommunicationsDomain) -> Option<Secre
 
 /// Whether the operator must generate the service account's password Secret.
 pub fn needs_generated_service_account(domain: &CommunicationsDomain) -> bool {
-    domain.spec.directory.ldap.as_ref().is_some_and(|l| l.explicit_service_account_secret().is_none())
+    let d = &domain.spec.directory;
+    d.managed.is_some() || d.ldap.as_ref().is_some_and(|l| l.explicit_service_account_secret().is_none())
 }
 
 /// The generated service-account Secret holding `password` (the controller makes it once and
@@ -379,6 +383,11 @@ pub fn sequence(
 ) -> Result<PrepPlan, BuildError> {
     let all = [SCHEMA_PREPARED, ENTERPRISE_PREPARED, DOMAIN_PREPARED];
     let d = &domain.spec.directory;
+    if d.managed.is_some() {
+        let why = "spec.directory.managed is accepted, but the operator does not build the managed directory yet";
+        let conditions = all.iter().map(|t| Want::new(t, false, "NotAvailable", why)).collect();
+        return Ok(PrepPlan { create: None, delete: vec![], conditions, prepared: vec![], done: false });
+    }
     if d.ldap.is_none() {
         let conditions =
             all.iter().map(|t| Want::new(t, true, "NotNeeded", "a file directory needs no preparation")).collect();
@@ -819,6 +828,11 @@ mod tests {
         assert!(
             p.conditions.iter().all(|w| !w.status && w.reason == "NoAdminSecret" && w.message.contains("adminSecret"))
         );
+
+        d.spec.directory = DirectorySpec { managed: Some(crate::crd::ManagedDirectory {}), ..Default::default() };
+        let p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &[]).unwrap();
+        assert!(!p.done && p.create.is_none() && p.conditions.iter().all(|w| !w.status && w.reason == "NotAvailable"));
+        assert_eq!(service_account_secret_ref(&d).unwrap().name, "corp-directory-service");
 
         d.spec.directory = DirectorySpec {
             file: Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() }),

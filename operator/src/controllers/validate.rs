@@ -41,8 +41,9 @@ pub fn domain(d: &CommunicationsDomain) -> Vec<String> {
     {
         problems.push(format!("{n} Home Server(s) cannot hold {} users (at most 10,000 each)", s.users));
     }
-    if s.directory.ldap.is_some() == s.directory.file.is_some() {
-        problems.push("directory needs exactly one of ldap or file".into());
+    let d = &s.directory;
+    if [d.ldap.is_some(), d.file.is_some(), d.managed.is_some()].iter().filter(|b| **b).count() != 1 {
+        problems.push("directory needs exactly one of ldap, file or managed".into());
     }
     problems
 }

@@ -89,7 +89,7 @@ fn directory_needs_exactly_one_backend() {
     let mut spec = base_spec();
     spec["directory"] = json!({});
     let errs = messages(&s, &domain(spec.clone()), None);
-    assert!(errs.iter().any(|m| m.contains("exactly one of ldap or file")), "{errs:?}");
+    assert!(errs.iter().any(|m| m.contains("exactly one of ldap, file or managed")), "{errs:?}");
     spec["directory"] = json!({
         "file": {"configMap": "users"},
         "ldap": {"url": "ldap://ldap:389", "baseDn": "dc=x", "passwordSecret": {"name": "s"}},
@@ -222,4 +222,17 @@ fn one_issuer_name_at_a_time() {
     // The CEL validator does not check enums; the API server checks the schema's.
     let kind = &s["properties"]["spec"]["properties"]["tls"]["properties"]["issuerRef"]["properties"]["kind"];
     assert_eq!(kind["enum"], json!(["Issuer", "ClusterIssuer"]), "{kind}");
+}
+
+#[test]
+fn a_managed_directory_is_written_as_an_empty_object() {
+    let s = schema::<CommunicationsDomain>();
+    let mut spec = base_spec();
+    spec["directory"] = json!({"managed": {}});
+    assert_eq!(messages(&s, &domain(spec.clone()), None), Vec::<String>::new());
+    let parsed: CommunicationsDomain = serde_json::from_value(domain(spec.clone())).unwrap();
+    assert_eq!(parsed.spec.directory.managed, Some(ManagedDirectory {}));
+    spec["directory"]["file"] = json!({"configMap": "users"});
+    let errs = messages(&s, &domain(spec), None);
+    assert!(errs.iter().any(|m| m.contains("exactly one of ldap, file or managed")), "{errs:?}");
 }

@@ -430,6 +430,7 @@ impl Harness {
             directory: DirectorySpec {
                 ldap: None,
                 file: Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() }),
+                managed: None,
             },
             additional_domains: vec![],
             tls: Default::default(),
