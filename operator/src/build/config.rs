@@ -48,8 +48,9 @@ pub fn build(
             base_dn: ldap.base_dn.clone(),
             bind_dn: ldap.service_bind_dn(),
             bind_password_file: paths::DIRECTORY_PASSWORD.into(),
-            ca_file: None,
-            starttls: false,
+            // The pod mounts the CA bundle here when the domain names one (see common_volumes).
+            ca_file: ldap.ca_bundle.as_ref().map(|_| paths::DIRECTORY_CA.into()),
+            starttls: ldap.start_tls,
             timeout_ms: parley_config::default_ldap_timeout_ms(),
             cache_ttl_secs: parley_config::default_ldap_cache_ttl_secs(),
             pool_size: parley_config::default_ldap_pool_size(),
@@ -145,6 +146,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_directory_ca_bundle_and_starttls_reach_the_server() {
+        let mut d = fixtures::domain("corp", 500);
+        let ldap = d.spec.directory.ldap.as_mut().unwrap();
+        ldap.start_tls = true;
+        ldap.ca_bundle = Some(serde_json::from_value(serde_json::json!({"configMap": "ldap-ca"})).unwrap());
+        let c = build(&ctx(&d), "x", None, &Advertise::default()).unwrap();
+        let DirectoryConfig::Ldap { ca_file, starttls, .. } = c.directory else { panic!("ldap") };
+        assert_eq!((ca_file.as_deref(), starttls), (Some(std::path::Path::new(paths::DIRECTORY_CA)), true));
     }
 
     #[test]

@@ -358,7 +358,18 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
 }
 
 /// Reasons whose transitions are reported as Warning Events.
-const WARNING_REASONS: [&str; 5] = ["InvalidSpec", "DomainNotFound", "CannotShrink", "ExpansionRefused", "NotOwned"];
+const WARNING_REASONS: [&str; 10] = [
+    "InvalidSpec",
+    "DomainNotFound",
+    "CannotShrink",
+    "ExpansionRefused",
+    "NotOwned",
+    "JobFailed",
+    "NoAdminSecret",
+    "CertManagerMissing",
+    "CaUnusable",
+    "NotIssued",
+];
 
 /// Publishes an Event for every condition that changed status between `old` and `new`.
 pub async fn report_transitions<K: Resource<DynamicType = ()>>(
