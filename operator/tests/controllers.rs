@@ -286,3 +286,35 @@ mod rbac {
         h.finish().await;
     }
 }
+
+/// The example manifests in `examples/kubernetes/` are what the README tells people to apply: each
+/// must pass the real API server's validation (schema, CEL, defaulting) as a dry run.
+mod examples {
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::core::GroupVersionKind;
+
+    use crate::support::Harness;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn example_manifests_pass_a_server_side_dry_run() {
+        let Some(h) = Harness::apiserver("example_manifests").await else { return };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
+        for file in ["small.yaml", "standard.yaml", "enterprise.yaml"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            let docs: Vec<DynamicObject> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(docs.iter().any(|d| d.types.as_ref().is_some_and(|t| t.kind == "CommunicationsDomain")), "{file}");
+            for doc in docs {
+                let types = doc.types.clone().expect("apiVersion and kind");
+                assert!(doc.metadata.namespace.is_none(), "{file}: examples are namespace-less");
+                let gvk = GroupVersionKind::try_from(&types).unwrap();
+                let (resource, _) = kube::discovery::pinned_kind(&h.client, &gvk).await.unwrap();
+                let api: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), &h.ns, &resource);
+                let params = PostParams { dry_run: true, ..Default::default() };
+                if let Err(e) = api.create(&params, &doc).await {
+                    panic!("{file}: {} {:?} refused by the API server: {e}", types.kind, doc.metadata.name);
+                }
+            }
+        }
+        h.finish().await;
+    }
+}
