@@ -6,7 +6,7 @@ REGISTRY ?= parley.local
 TAG ?= dev
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test lint crds crds-check chart-lint bench bench-smoke e2e images clean
+.PHONY: help deps build run test lint shellcheck crds crds-check chart-lint bench bench-smoke e2e images clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,15 +20,19 @@ build: ## Build both binaries (release)
 run: ## Start a standalone Home Server with the sample users (Ctrl-C stops it)
 	@./scripts/run.sh
 
-test: deps ## Everything CI runs: fmt, clippy, all tests, chart lint
+test: deps ## Everything CI runs before e2e: fmt, clippy, shellcheck, all tests, chart lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory shellcheck
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory chart-lint
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+shellcheck: ## shellcheck every shell script
+	shellcheck $$(git ls-files '*.sh') .ci/run
 
 crds: ## Regenerate crds/ from the operator's types
 	$(CARGO) run -q -p parley-operator -- crdgen --repo .
@@ -42,7 +46,7 @@ bench: ## Benchmarks side by side with Kamailio (not part of test)
 bench-smoke: ## A few seconds of every benchmark workload (cargo test runs it too)
 	@./bench/run.sh --smoke
 
-e2e: ## kind cluster, images, helm install, SIP client through the Front-End (needs Docker and kind)
+e2e: ## Against the cluster in KUBECONFIG (one-node cluster or kind; kind is created without one): images, helm install, a domain, SIP
 	@./e2e/run.sh
 
 images: ## Build the server and operator images (needs Docker)
