@@ -250,8 +250,27 @@ else
   echo "MESSAGE check skipped: set PARLEY_E2E_CONTACT_HOST to an address at which pods reach this host"
 fi
 
+if [[ $mode == node ]]; then
+  step "the server wrote both volumes as uid 65532"
+  # The node's volumes are host directories (WORKDIR/pv/...), so the files show who wrote them: the
+  # store on the data volume and the log file on the logs volume, as the non-root user (the pod spec's
+  # fsGroup is what makes a cloud disk's root-owned volume writable; build's unit tests check it).
+  for volume in data:parley.redb logs:parley.log; do
+    claim=${volume%%:*}-$hs-0
+    pv=$(kubectl -n "$ns" get pvc "$claim" -o jsonpath='{.spec.volumeName}')
+    dir=$(kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
+    file=$dir/${volume#*:}
+    [[ -n $dir && -s $file ]] || die "the Home Server wrote no ${volume#*:} on its volume $claim ($file)"
+    owner=$(stat -c %u:%g "$file")
+    [[ $owner == 65532:65532 ]] || die "$file on volume $claim belongs to $owner, not the server's 65532:65532"
+    echo "ok: $claim holds ${volume#*:}, owned by $owner"
+  done
+fi
+
 step "delete CommunicationsDomain $domain: everything it owned goes"
 kubectl -n "$ns" delete communicationsdomain "$domain" --timeout="$timeout"
+# The garbage collector deletes the children. On a cluster whose CRDs were installed moments ago it
+# may take up to ~30 s more: it picks up new resource types on its periodic discovery.
 kubectl -n "$ns" wait --for=delete "homeserver/$hs" "statefulset/$hs" "service/$hs" "service/$hs-sip" \
   "configmap/$hs-config" "poddisruptionbudget/$hs" "pod/$hs-0" --timeout="$timeout" \
   || die "objects of CommunicationsDomain $domain are still there after $timeout"
