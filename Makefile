@@ -6,7 +6,8 @@ REGISTRY ?= parley.local
 TAG ?= dev
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test lint shellcheck crds crds-check chart-lint bench bench-smoke e2e images clean
+.PHONY: help deps build run test lint crds crds-check chart-lint bench bench-smoke e2e images clean
+.PHONY: shellcheck
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,9 +24,9 @@ run: ## Start a standalone Home Server with the sample users (Ctrl-C stops it)
 test: deps ## Everything CI runs before e2e: fmt, clippy, shellcheck, all tests, chart lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	@$(MAKE) --no-print-directory shellcheck
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory chart-lint
+	@$(MAKE) --no-print-directory shellcheck
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
