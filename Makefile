@@ -7,7 +7,6 @@ TAG ?= dev
 
 .DEFAULT_GOAL := help
 .PHONY: help deps build run test lint crds crds-check chart-lint bench bench-smoke e2e images clean
-.PHONY: shellcheck
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,6 +31,7 @@ lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+.PHONY: shellcheck
 shellcheck: ## shellcheck every shell script
 	shellcheck $$(git ls-files '*.sh') .ci/run
 
