@@ -20,7 +20,7 @@ build: ## Build both binaries (release)
 run: ## Start a standalone Home Server with the sample users (Ctrl-C stops it)
 	@./scripts/run.sh
 
-test: deps ## Everything CI runs before e2e: fmt, clippy, shellcheck, all tests, chart lint
+test: deps ## Everything CI runs: fmt, clippy, all tests, chart lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
