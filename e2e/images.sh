@@ -6,7 +6,7 @@
 # and, given the one-node cluster's WORKDIR, loads them into its containerd (load-image.sh).
 #
 # The binaries are the debug ones `cargo test --workspace` already built (target/debug), built
-# when missing; PARLEY_E2E_PROFILE=release takes target/release instead. They are stripped of
+# when missing or older than the sources; PARLEY_E2E_PROFILE=release takes target/release instead. They are stripped of
 # debug info on the way in, which makes the archives several times smaller and faster to load.
 set -euo pipefail
 
@@ -26,10 +26,15 @@ for f in mkrootfs.sh mkimage.py load-image.sh; do
   [[ -f $node_tools/$f ]] || die "missing $node_tools/$f (set PARLEY_K8S_NODE_TOOLS to the directory of the one-node cluster's tools)"
 done
 
+# Newer sources than a binary (a change since the last cargo build or test) rebuild it.
+stale() {
+  [[ ! -x $1 ]] || [[ -n $(find Cargo.lock ./*/Cargo.toml ./*/src -newer "$1" -print -quit 2>/dev/null) ]]
+}
 bins=()
 for bin in parley-server parley-operator; do
   path=target/$profile/$bin
-  if [[ ! -x $path ]]; then
+  if stale "$path"; then
+    echo "images: $path is missing or older than the sources: building it"
     if [[ $profile == release ]]; then
       cargo build --release -p "$bin" --bin "$bin"
     else
