@@ -33,10 +33,15 @@ test: deps ## Everything CI runs: fmt, clippy, all tests, chart lint
 	fi; \
 	$(CARGO) test --workspace
 	@$(MAKE) --no-print-directory chart-lint
+	@$(MAKE) --no-print-directory shellcheck
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: shellcheck
+shellcheck: ## shellcheck every shell script
+	shellcheck $$(git ls-files '*.sh') .ci/run
 
 crds: ## Regenerate crds/ from the operator's types
 	$(CARGO) run -q -p parley-operator -- crdgen --repo .
@@ -50,7 +55,7 @@ bench: ## Benchmarks side by side with Kamailio (not part of test)
 bench-smoke: ## A few seconds of every benchmark workload (cargo test runs it too)
 	@./bench/run.sh --smoke
 
-e2e: ## kind cluster, images, helm install, SIP client through the Front-End (needs Docker and kind)
+e2e: ## Against the cluster in KUBECONFIG (one-node cluster or kind; kind is created without one): images, helm install, a domain, SIP
 	@./e2e/run.sh
 
 images: ## Build the server and operator images (needs Docker)

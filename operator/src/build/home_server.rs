@@ -67,7 +67,8 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector.clone()),
-            publish_not_ready_addresses: Some(false),
+            // Not ready means not in DNS (the default). Never `Some(false)`: see
+            // `tests::no_false_the_api_server_drops`.
             ports: Some(service_ports(plain)),
             ..Default::default()
         }),
@@ -430,9 +431,10 @@ mod tests {
         assert_eq!(mounts["/etc/parley/parley.toml"], ("config".into(), Some(true)));
         assert_eq!(mounts["/etc/parley/tls"], ("tls".into(), Some(true)));
         assert_eq!(mounts["/etc/parley/directory"], ("directory".into(), Some(true)));
-        assert_eq!(mounts["/var/lib/parley/data"], ("data".into(), Some(false)));
-        assert_eq!(mounts["/var/lib/parley/logs"], ("logs".into(), Some(false)));
-        assert_eq!(mounts["/tmp"], ("tmp".into(), Some(false)));
+        // writable mounts leave readOnly out (the API server drops `false`, see build::tests)
+        assert_eq!(mounts["/var/lib/parley/data"], ("data".into(), None));
+        assert_eq!(mounts["/var/lib/parley/logs"], ("logs".into(), None));
+        assert_eq!(mounts["/tmp"], ("tmp".into(), None));
         let vols: BTreeMap<_, _> = p.volumes.as_ref().unwrap().iter().map(|v| (v.name.clone(), v)).collect();
         assert_eq!(vols["config"].config_map.as_ref().unwrap().name, "h-config");
         assert_eq!(vols["tls"].secret.as_ref().unwrap().secret_name.as_deref(), Some("h-tls"));

@@ -296,7 +296,8 @@ fn mount(name: &str, path: &str, sub_path: Option<&str>) -> VolumeMount {
         name: name.into(),
         mount_path: path.into(),
         sub_path: sub_path.map(Into::into),
-        read_only: Some(!path.starts_with("/var/lib") && path != "/tmp"),
+        // `readOnly: false` is the default the API server leaves out: say only `true`.
+        read_only: (!path.starts_with("/var/lib") && path != "/tmp").then_some(true),
         ..Default::default()
     }
 }
@@ -561,5 +562,110 @@ pub(crate) mod fixtures {
             },
             status: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the builders produce is compared with the live object to decide whether a reconcile
+    //! must write (`controllers::apply::contains`). A value the API server does not keep (a
+    //! `false`, empty list or empty string in a field Go declares `omitempty` without a pointer)
+    //! never matches, so every reconcile rewrites the object and reads it as just written: found
+    //! on the one-node cluster (`make e2e`), where a HomeServer never became Ready because of
+    //! `publishNotReadyAddresses: false` and `readOnly: false`.
+
+    use serde_json::Value;
+
+    use super::fixtures::{self, ctx};
+    use super::*;
+    use crate::crd::{FileDirectory, ServiceType};
+
+    /// Fields that are pointers in the Go types: the API server keeps an explicit `false`.
+    const KEPT_FALSE: &[&str] = &[
+        "allowPrivilegeEscalation",
+        "automountServiceAccountToken",
+        "enableServiceLinks",
+        "optional",
+        "privileged",
+        "readOnlyRootFilesystem",
+        "runAsNonRoot",
+    ];
+    /// Fields whose empty object means something (and is kept).
+    const KEPT_EMPTY_OBJECT: &[&str] = &["emptyDir"];
+
+    fn dropped_values(v: &Value, path: &str, found: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    let p = format!("{path}.{k}");
+                    let empty = match child {
+                        Value::Bool(false) => !KEPT_FALSE.contains(&k.as_str()),
+                        Value::Array(a) => a.is_empty(),
+                        Value::String(s) => s.is_empty(),
+                        Value::Object(o) => o.is_empty() && !KEPT_EMPTY_OBJECT.contains(&k.as_str()),
+                        _ => false,
+                    };
+                    if empty {
+                        found.push(format!("{p} = {child}"));
+                    }
+                    dropped_values(child, &p, found);
+                }
+            }
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    dropped_values(child, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn check<K: serde::Serialize>(what: &str, obj: &K, found: &mut Vec<String>) {
+        dropped_values(&serde_json::to_value(obj).unwrap(), what, found);
+    }
+
+    #[test]
+    fn no_false_the_api_server_drops() {
+        let mut found = Vec::new();
+        for (users, file, client_tls, service) in [
+            (500, false, false, ServiceType::ClusterIP),
+            (500, true, false, ServiceType::NodePort),
+            (5_000, true, true, ServiceType::LoadBalancer),
+            (25_000, false, true, ServiceType::NodePort),
+        ] {
+            let mut d = fixtures::domain("corp", users);
+            d.spec.tls.require_client_tls = client_tls;
+            if file {
+                d.spec.directory.ldap = None;
+                d.spec.directory.file = Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() });
+            }
+            let mut hs = fixtures::home_server("corp-home-1", "corp");
+            hs.spec.service.type_ = service;
+            let o = home_server::build(&hs, &ctx(&d)).unwrap();
+            check("HomeServer ConfigMap", &o.config_map, &mut found);
+            check("HomeServer Service", &o.service, &mut found);
+            check("HomeServer client Service", &o.client_service, &mut found);
+            check("HomeServer PodDisruptionBudget", &o.pdb, &mut found);
+            check("HomeServer StatefulSet", &o.stateful_set, &mut found);
+            let routes = [config::HomeServerRoute {
+                name: "corp-home-1".into(),
+                address: "corp-home-1.ns.svc.cluster.local:5062".into(),
+            }];
+            let mut fe = fixtures::front_end("corp-frontend", "corp");
+            fe.spec.service_type = service;
+            let o = front_end::build(&fe, &ctx(&d), &routes).unwrap();
+            check("FrontEnd ConfigMap", &o.config_map, &mut found);
+            check("FrontEnd Service", &o.service, &mut found);
+            check("FrontEnd PodDisruptionBudget", &o.pdb, &mut found);
+            check("FrontEnd Deployment", &o.deployment, &mut found);
+        }
+        found.sort();
+        found.dedup();
+        assert!(
+            found.is_empty(),
+            "the API server leaves these values out, so the live object never matches and every \
+             reconcile rewrites it; leave the field unset instead:\n{}",
+            found.join("\n")
+        );
     }
 }

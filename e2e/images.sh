@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Container images without Docker, from the binaries built on this host:
+#   e2e/images.sh OUTDIR [NODE_WORKDIR]
+# writes OUTDIR/parley-server.tar and OUTDIR/parley-operator.tar (local/parley-server:$TAG and
+# local/parley-operator:$TAG, user 65532, no shell: ../shared/k8s/node/mkrootfs.sh + mkimage.py)
+# and, given the one-node cluster's WORKDIR, loads them into its containerd (load-image.sh).
+#
+# The binaries are the debug ones `cargo test --workspace` already built (target/debug), built
+# when missing or older than the sources; PARLEY_E2E_PROFILE=release takes target/release instead. They are stripped of
+# debug info on the way in, which makes the archives several times smaller and faster to load.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$PWD
+out=${1:?usage: e2e/images.sh OUTDIR [NODE_WORKDIR]}
+node=${2:-}
+tag=${TAG:-e2e}
+profile=${PARLEY_E2E_PROFILE:-debug}
+node_tools=${PARLEY_K8S_NODE_TOOLS:-$repo/../shared/k8s/node}
+
+die() {
+  echo "images: $*" >&2
+  exit 1
+}
+for f in mkrootfs.sh mkimage.py load-image.sh; do
+  [[ -f $node_tools/$f ]] || die "missing $node_tools/$f (set PARLEY_K8S_NODE_TOOLS to the directory of the one-node cluster's tools)"
+done
+
+# Newer sources than a binary (a change since the last cargo build or test) rebuild it.
+stale() {
+  [[ ! -x $1 ]] || [[ -n $(find Cargo.lock ./*/Cargo.toml ./*/src -newer "$1" -print -quit 2>/dev/null) ]]
+}
+bins=()
+for bin in parley-server parley-operator; do
+  path=target/$profile/$bin
+  if stale "$path"; then
+    echo "images: $path is missing or older than the sources: building it"
+    if [[ $profile == release ]]; then
+      cargo build --release -p "$bin" --bin "$bin"
+    else
+      cargo build -p "$bin" --bin "$bin"
+    fi
+  fi
+  bins+=("$path")
+done
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+for path in "${bins[@]}"; do
+  name=$(basename "$path")
+  stage=$out/$name.bin
+  rootfs=$out/$name.rootfs
+  mkdir -p "$stage"
+  # Only debug info goes; symbols stay so a panic's backtrace still names functions.
+  objcopy --strip-debug "$path" "$stage/$name"
+  bash "$node_tools/mkrootfs.sh" "$rootfs" "$stage/$name"
+  python3 "$node_tools/mkimage.py" "$out/$name.tar" "local/$name:$tag" "$rootfs" \
+    --user 65532:65532 --entrypoint "[\"/usr/local/bin/$name\"]"
+  rm -rf "$stage" "$rootfs"
+  echo "images: local/$name:$tag -> $out/$name.tar ($(du -h "$out/$name.tar" | cut -f1))"
+done
+
+if [[ -n $node ]]; then
+  bash "$node_tools/load-image.sh" "$node" "$out/parley-server.tar" "$out/parley-operator.tar"
+fi
