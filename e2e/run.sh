@@ -2,8 +2,9 @@
 # End-to-end suite (`make e2e`) against a real cluster: the images built and loaded, the chart
 # installed (`helm install --wait`), a small CommunicationsDomain applied and Ready, real SIP from
 # this host to its Home Server through the client Service (OPTIONS over UDP, TCP and TLS, a
-# REGISTER with digest authentication, a MESSAGE from alice to bob: e2e/message.py), then the
-# domain deleted and everything it owned gone.
+# REGISTER with digest authentication, then `parley-server probe` over TLS trusting only the CA the
+# operator made: two users sign in, watch, publish and message), then the domain deleted and
+# everything it owned gone.
 #
 # Which cluster:
 # - KUBECONFIG of the one-node cluster from ../shared/k8s/node (its WORKDIR/kubeconfig, or
@@ -13,7 +14,7 @@
 # - no KUBECONFIG: a kind cluster is created (needs Docker and kind) and deleted afterwards.
 #   The kind paths are kept from the first version of this suite and have not run on CI machines.
 #
-# Needs kubectl, helm (make deps puts both in .tools/bin), openssl, sipsak, python3.
+# Needs kubectl, helm (make deps puts both in .tools/bin), openssl, sipsak.
 # PARLEY_E2E_KEEP=1 keeps what was installed (and a created kind cluster) for a look.
 set -euo pipefail
 
@@ -50,7 +51,7 @@ die() {
   echo "e2e: FAILED: $*" >&2
   exit 1
 }
-for tool in kubectl helm openssl sipsak python3; do
+for tool in kubectl helm openssl sipsak; do
   command -v "$tool" >/dev/null 2>&1 || die "needs $tool on PATH (make deps installs helm, kubectl and sipsak)"
 done
 
@@ -156,22 +157,6 @@ helm upgrade --install parley-operator charts/parley-operator \
 # /readyz of the operator answers once its CRDs are established; --wait waited for it.
 kubectl -n "$system_ns" wait --for=condition=Available deployment/parley-operator --timeout="$timeout"
 
-step "TLS Secret $hs-tls (stand-in)"
-# STAND-IN: delete this step once the operator issues the servers' certificates itself (issue 16,
-# "Certificates"): a throwaway CA and a certificate for the Home Server, in the Secret the pod
-# mounts (kubernetes.io/tls with ca.crt: the server also needs ca.crt for its mutual-TLS port 5062).
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=parley-e2e-ca" \
-  -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
-san="DNS:$hs,DNS:$hs.$ns.svc,DNS:$hs.$ns.svc.cluster.local,DNS:*.$hs.$ns.svc.cluster.local"
-san="$san,DNS:$hs-sip,DNS:$hs-sip.$ns.svc,DNS:$hs-sip.$ns.svc.cluster.local,DNS:example.test"
-openssl req -newkey rsa:2048 -nodes -subj "/CN=$hs" -keyout "$work/tls.key" -out "$work/tls.csr" 2>/dev/null
-openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
-  -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san") \
-  -out "$work/tls.crt" 2>/dev/null
-kubectl -n "$ns" create secret generic "$hs-tls" --type=kubernetes.io/tls \
-  --from-file=tls.crt="$work/tls.crt" --from-file=tls.key="$work/tls.key" --from-file=ca.crt="$work/ca.crt" \
-  --dry-run=client -o yaml | kubectl apply -f -
-
 step "CommunicationsDomain $domain Ready"
 kubectl -n "$ns" apply -f e2e/domain.yaml
 # Nothing here waits on directory-prep conditions: a file directory needs no preparation. Should
@@ -180,6 +165,9 @@ kubectl -n "$ns" wait --for=condition=Ready "communicationsdomain/$domain" --tim
   || die "CommunicationsDomain $domain did not become Ready within $timeout: $(kubectl -n "$ns" get communicationsdomain "$domain" -o jsonpath='{.status.conditions}')"
 kubectl -n "$ns" wait --for=condition=Ready "pod/$hs-0" --timeout=30s
 kubectl -n "$ns" get communicationsdomains,homeservers,statefulsets,pods,services,pvc
+# The operator made the domain's CA and the server's certificate: clients trust that CA only.
+kubectl -n "$ns" get secret "$domain-ca" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/ca.crt"
+grep -q 'BEGIN CERTIFICATE' "$work/ca.crt" || die "the domain's CA Secret $domain-ca holds no ca.crt"
 
 step "steady state: the operator rewrites nothing"
 # A reconcile that finds the live object as it wants it writes nothing. On the real API server a
@@ -238,17 +226,13 @@ if timeout 20 sipsak -vv -f "$(register bob 60)" -s "sip:$sip_host:$udp_port" -u
 fi
 echo "ok: REGISTER with a wrong password refused"
 sipsak_ok "REGISTER alice removed (Expires: 0)" -f "$(register alice 0)" -s "sip:$sip_host:$udp_port" -u alice -a alice-password
-# A MESSAGE from alice to bob, both on this host: bob's Contact must be an address the pod reaches
-# this host at (the one-node cluster's node IP; for kind, PARLEY_E2E_CONTACT_HOST).
-contact_host=${PARLEY_E2E_CONTACT_HOST:-}
-if [[ -z $contact_host && $mode == node ]]; then
-  contact_host=$(sed -n 's/.*NODE_IP=\([0-9.]*\).*/\1/p' "$node/cluster.env")
-fi
-if [[ -n $contact_host ]]; then
-  timeout 60 e2e/message.py "$sip_host" "$udp_port" "$contact_host" || die "MESSAGE from alice to bob through $hs failed"
-else
-  echo "MESSAGE check skipped: set PARLEY_E2E_CONTACT_HOST to an address at which pods reach this host"
-fi
+# Two users over TLS, trusting only the domain's CA and checking the Service's name: sign in, watch,
+# publish, message, sign out (parley-server probe; over a connection the server answers along it).
+printf 'alice-password\n' >"$work/alice.pw"
+printf 'bob-password\n' >"$work/bob.pw"
+target/debug/parley-server probe --server "$sip_host:$tls_port" --ca "$work/ca.crt" \
+  --server-name "$hs-sip.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
+  --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through $hs-sip failed"
 
 if [[ $mode == node ]]; then
   step "the server wrote both volumes as uid 65532"
