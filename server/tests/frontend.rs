@@ -113,6 +113,16 @@ fn users_on_different_home_servers_message_and_watch_each_other_through_either_f
     assert_eq!(from, fe1.sip);
     assert!(body(&n).contains("<basic>open</basic>"), "{n}");
 
+    // Home Servers log the client's own address for a sign-in through a Front-End, not the
+    // Front-End's (fail2ban-style tools and people read these lines).
+    let signed_in = d.homes[0]
+        .log_text()
+        .lines()
+        .find(|l| l.contains("signed in user=alice@example.test"))
+        .unwrap_or("")
+        .to_string();
+    assert!(signed_in.contains(&format!("source={}", alice.local())), "{signed_in}");
+
     // Each Front-End counted what it forwarded, per Home Server.
     let m = fe2.metrics();
     assert!(m.contains("parley_frontend_forwarded_total{home_server=\"home-1\"}"), "{m}");

@@ -517,7 +517,7 @@ impl Core {
     /// dialect (pidgin-sipe, Lync, Skype for Business) speaks NTLM, Kerberos or TLS-DSK only; its
     /// first REGISTER carries no credentials but its extensions give it away.
     fn log_unsupported_auth(&self, flow: Flow, req: &Message, aor: &str, header: &str) {
-        let (source, transport) = (flow.remote, flow.transport.via_token());
+        let (source, transport) = (client_address(flow, req), flow.transport.via_token());
         for value in req.headers.get_all(header) {
             let scheme = value.split_whitespace().next().unwrap_or_default();
             if !scheme.eq_ignore_ascii_case("Digest") {
@@ -633,7 +633,7 @@ impl Core {
 /// The address a request really comes from: over the internal link, the client's as the
 /// Front-End stamped it on the client's Via (a Front-End is trusted: it authenticated with a
 /// certificate); otherwise the peer's.
-fn client_address(flow: Flow, req: &Message) -> std::net::SocketAddr {
+pub(super) fn client_address(flow: Flow, req: &Message) -> std::net::SocketAddr {
     if flow.transport == Transport::Internal
         && let Some(via) =
             req.headers.get_all("Via").flat_map(crate::sip::params::split_list).nth(1).and_then(|v| Via::parse(v).ok())

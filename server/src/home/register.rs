@@ -28,8 +28,9 @@ impl Core {
             tracing::error!(error = %e, "store write failed");
             return (self.respond_with(req, 500, "Storage Failure"), vec![]);
         }
-        // One line per sign-in and sign-out; refreshes are routine.
-        let (source, transport) = (flow.remote, flow.transport.via_token());
+        // One line per sign-in and sign-out; refreshes are routine. Behind a Front-End the source
+        // is the client's, as the Front-End stamped it.
+        let (source, transport) = (super::core::client_address(flow, req), flow.transport.via_token());
         for (contact, expires) in &added {
             tracing::info!(user = %aor, %source, %transport, %contact, expires, "signed in");
         }

@@ -205,7 +205,8 @@ impl Core {
         response.headers.push("Expires", expires.to_string());
         response.headers.push("Contact", self.own_contact(flow));
         let id = sub.id.clone();
-        let (source, transport, event) = (flow.remote, flow.transport.via_token(), package.event());
+        let (source, transport, event) =
+            (super::core::client_address(flow, req), flow.transport.via_token(), package.event());
         let mut after = Vec::new();
         if expires == 0 {
             tracing::debug!(user = %user.address, %source, %transport, %event, %resource, "state fetched");
