@@ -51,7 +51,7 @@ die() {
   echo "e2e: FAILED: $*" >&2
   exit 1
 }
-for tool in kubectl helm openssl sipsak; do
+for tool in kubectl helm openssl sipsak curl; do
   command -v "$tool" >/dev/null 2>&1 || die "needs $tool on PATH (make deps installs helm, kubectl and sipsak)"
 done
 
@@ -278,6 +278,15 @@ for r in homeserver/multi-home-1 homeserver/multi-home-2 frontend/multi-frontend
 done
 kubectl -n "$ns" get secret multi-ca -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/multi-ca.crt"
 if [[ $mode == node ]]; then
+  # A Home Server is in cluster DNS a moment after it is Ready; until the Front-End has reached it,
+  # its users get 503 with Retry-After. Wait until the Front-End reports both up (its metrics, on
+  # the pod IP, which this host reaches).
+  fe_ip=$(kubectl -n "$ns" get pod -l app.kubernetes.io/instance=multi-frontend -o jsonpath='{.items[0].status.podIP}')
+  deadline=$((SECONDS + 60))
+  until [[ $(curl -sf "http://$fe_ip:8080/metrics" | grep -c '^parley_frontend_home_server_up{.*} 1$') == 2 ]]; do
+    ((SECONDS < deadline)) || die "multi-frontend does not reach both Home Servers: $(curl -sf "http://$fe_ip:8080/metrics" | grep home_server_up)"
+    sleep 0.2
+  done
   fe_tls=$(kubectl -n "$ns" get service multi-frontend -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
   # alice is homed on multi-home-1 and bob on multi-home-2: every step crosses the Front-End.
   target/debug/parley-server probe --server "127.0.0.1:$fe_tls" --ca "$work/multi-ca.crt" \
@@ -289,10 +298,29 @@ if [[ $mode == node ]]; then
 else
   echo "multi-server probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
 fi
+# A Home Server no node can take: its status says why, in the scheduler's words.
+kubectl -n "$ns" apply -f - <<'YAML'
+apiVersion: parley.dev/v1alpha1
+kind: HomeServer
+metadata:
+  name: multi-home-3
+spec:
+  domain: multi
+  resources: {requests: {cpu: "64"}, limits: {cpu: "64"}}
+YAML
+deadline=$((SECONDS + 60))
+until kubectl -n "$ns" get homeserver multi-home-3 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' \
+  | grep -q 'Insufficient cpu'; do
+  ((SECONDS < deadline)) || die "HomeServer multi-home-3 does not say why its pod waits: $(kubectl -n "$ns" get homeserver multi-home-3 -o jsonpath='{.status.conditions}')"
+  sleep 1
+done
+echo "ok: $(kubectl -n "$ns" get homeserver multi-home-3 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+kubectl -n "$ns" delete homeserver multi-home-3 --timeout="$timeout"
 kubectl -n "$ns" delete -f e2e/multi.yaml --timeout="$timeout"
 kubectl -n "$ns" wait --for=delete pod/multi-home-1-0 pod/multi-home-2-0 --timeout="$timeout"
 kubectl -n "$ns" delete pvc data-multi-home-1-0 logs-multi-home-1-0 data-multi-home-2-0 logs-multi-home-2-0 \
   --timeout="$timeout"
+kubectl -n "$ns" delete pvc data-multi-home-3-0 logs-multi-home-3-0 --ignore-not-found --timeout="$timeout"
 
 step ""
 echo

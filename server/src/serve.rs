@@ -165,6 +165,8 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
     fe.load_domains().await;
     shared.transports.set_handler(Arc::new(FrontEndHandler(fe.clone())));
     shared.listen(&config, |t, host| fe.set_advertised(t, &host)).await?;
+    // Know which Home Servers answer before taking traffic; the others are probed until they do.
+    fe.probe_all().await;
     fe.start_probes();
     let listening = Arc::new(AtomicBool::new(true));
     shared.serve_ops(&config, listening.clone(), None).await?;

@@ -64,6 +64,11 @@ app.kubernetes.io/part-of: parley
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# A pod's Events (a volume that cannot be mounted, an image that cannot be pulled) say in the
+# HomeServer's status why it is not ready.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 # The domain's CA and server certificates, and the generated service-account password.
 - apiGroups: [""]
   resources: ["secrets"]

@@ -104,13 +104,14 @@ impl FrontEnd {
                 name: h.name.clone(),
                 address: h.address.clone(),
                 resolved: Mutex::new(None),
-                up: AtomicBool::new(true),
+                // Unknown until probed (`probe_all` at start): not assumed reachable.
+                up: AtomicBool::new(false),
             })
             .collect::<Vec<_>>();
         {
             let mut stats = metrics.home_servers.lock().expect("home server stats");
             for h in &homes {
-                stats.entry(h.name.clone()).or_default().up = true;
+                stats.entry(h.name.clone()).or_default().up = false;
             }
         }
         let domains = Domains::new(&settings.domain, &settings.domain_aliases);
@@ -155,6 +156,11 @@ impl FrontEnd {
     /// caches).
     pub async fn load_domains(&self) {
         self.domains.refresh(self.directory.as_ref()).await;
+    }
+
+    /// Probes every Home Server once, all at a time (at start, before taking traffic).
+    pub async fn probe_all(&self) {
+        futures::future::join_all((0..self.homes.len()).map(|i| self.probe(i))).await;
     }
 
     /// Probes Home Servers marked down, so they are used again as soon as they answer.
@@ -212,15 +218,15 @@ impl FrontEnd {
             addr = home.address,
             tag = self.tag,
         );
-        if self.send_to_home(i, Bytes::from(options)).await.is_ok() {
-            tracing::info!(home_server = %home.name, "home server is back");
-        }
+        let _ = self.send_to_home(i, Bytes::from(options)).await;
     }
 
     fn mark(&self, i: usize, up: bool) {
         let home = &self.homes[i];
         if home.up.swap(up, Relaxed) != up {
-            if !up {
+            if up {
+                tracing::info!(home_server = %home.name, address = %home.address, "home server reachable");
+            } else {
                 tracing::warn!(home_server = %home.name, address = %home.address, "home server unreachable: marked down");
             }
             self.metrics.home_servers.lock().expect("home server stats").entry(home.name.clone()).or_default().up = up;
