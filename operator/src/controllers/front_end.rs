@@ -71,6 +71,8 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
             problems.extend(validate::domain(domain).into_iter().map(|p| format!("domain {}: {p}", fe.spec.domain)));
             if !problems.is_empty() {
                 wants.push(Want::new(READY, false, "InvalidSpec", problems.join("; ")));
+            } else if let Some(why) = validate::waits_for_directory(domain) {
+                wants.push(Want::new(READY, false, "WaitingForDirectory", why));
             } else {
                 let bctx = BuildContext {
                     domain,

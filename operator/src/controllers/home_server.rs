@@ -64,6 +64,8 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
             problems.extend(validate::domain(domain).into_iter().map(|p| format!("domain {}: {p}", hs.spec.domain)));
             if !problems.is_empty() {
                 wants.push(Want::new(READY, false, "InvalidSpec", problems.join("; ")));
+            } else if let Some(why) = validate::waits_for_directory(domain) {
+                wants.push(Want::new(READY, false, "WaitingForDirectory", why));
             } else {
                 // Build.
                 let bctx = BuildContext {

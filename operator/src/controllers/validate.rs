@@ -88,11 +88,57 @@ pub fn front_end(fe: &FrontEnd) -> Vec<String> {
     problems
 }
 
+/// Why a domain's workloads must wait: a directory (anything but a users file) is prepared first,
+/// as the seed requires preparation before installation. Holds for Home Servers and Front-Ends
+/// an administrator writes (topology manual) as for the operator's own.
+pub fn waits_for_directory(domain: &crate::crd::CommunicationsDomain) -> Option<String> {
+    use crate::crd::condition::DOMAIN_PREPARED;
+    if domain.spec.directory.file.is_some() {
+        return None;
+    }
+    let conditions = domain.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if super::conditions::is_true(conditions, DOMAIN_PREPARED) {
+        return None;
+    }
+    let why = conditions.iter().find(|c| c.type_ == DOMAIN_PREPARED).map(|c| c.message.clone()).unwrap_or_default();
+    Some(format!(
+        "waiting for CommunicationsDomain {} to prepare its directory (DomainPrepared){}",
+        domain.metadata.name.as_deref().unwrap_or_default(),
+        if why.is_empty() { String::new() } else { format!(": {why}") }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::build::fixtures;
     use crate::build::quantity::q;
+
+    #[test]
+    fn workloads_wait_for_a_prepared_directory_but_not_for_a_users_file() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        let mut d = fixtures::domain("corp", 500);
+        let why = waits_for_directory(&d).expect("an LDAP domain not yet prepared waits");
+        assert!(why.contains("corp") && why.contains("DomainPrepared"), "{why}");
+        let condition = |status: &str, message: &str| Condition {
+            type_: "DomainPrepared".into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: message.into(),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+            observed_generation: None,
+        };
+        d.status = Some(Default::default());
+        d.status.as_mut().unwrap().conditions = vec![condition("False", "Job corp-prep-domain failed: bind refused")];
+        assert!(waits_for_directory(&d).unwrap().contains("bind refused"));
+        d.status.as_mut().unwrap().conditions = vec![condition("True", "")];
+        assert_eq!(waits_for_directory(&d), None);
+        d.status = None;
+        d.spec.directory = serde_json::from_value(serde_json::json!({"file": {"configMap": "u"}})).unwrap();
+        assert_eq!(waits_for_directory(&d), None, "a users file needs no preparation");
+    }
 
     #[test]
     fn sip_domains() {
