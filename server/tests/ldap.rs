@@ -166,7 +166,17 @@ fn access_rules_separate_the_service_account_and_the_administrators() {
         &["user", "add", "carol@example.test", "--home-server", "home-1"],
         "carol-password\n",
     );
+    let audit = added.stderr.clone();
     must(added, "user add as user admin");
+    // The audit line: who (the DN bound as), what, whom; never the password.
+    assert!(
+        audit.contains("audit")
+            && audit.contains("user added")
+            && audit.contains(ua_dn)
+            && audit.contains("carol@example.test"),
+        "{audit}"
+    );
+    assert!(!audit.contains("carol-password"), "{audit}");
     let added =
         parley_as(&slapd, ua_dn, &ua_pw, &["user", "add", "dave@partner.test", "--home-server", "home-1"], "pw\n");
     assert!(must(added, "user add in partner.test").contains(&format!("ou=People,{PARTNER_BASE}")));

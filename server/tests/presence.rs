@@ -173,6 +173,9 @@ fn resource_list_subscription_carries_fifty_contacts_then_partial_state() {
     let (code, b) =
         server.http("PUT", "/users/u0/contacts", Some("tok"), &format!("{{\"contacts\":[{}]}}", contacts.join(",")));
     assert_eq!(code, 200, "{b}");
+    let log = server.log_text();
+    let audit = log.lines().find(|l| l.contains("contact list set")).unwrap_or_else(|| panic!("no audit line:\n{log}"));
+    assert!(audit.contains("administrator (API token)") && audit.contains("u0@example.test"), "{audit}");
 
     let mut owner = Ua::new("u0", server.sip);
     let uri = "sip:u0+contacts@example.test";

@@ -63,13 +63,13 @@ async fn authorize(
     method: &str,
     path: &Uri,
     headers: &HeaderMap,
-) -> Result<(Arc<Core>, String), Response> {
+) -> Result<(Arc<Core>, String, String), Response> {
     let Some(core) = s.core.clone() else { return Err(StatusCode::NOT_FOUND.into_response()) };
     let user = user.trim_start_matches("sip:").to_ascii_lowercase();
     let aor = if user.contains('@') { user } else { format!("{user}@{}", core.domain()) };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match core.authorize_http(&aor, method, path.path(), authorization).await {
-        Ok(()) => Ok((core, aor)),
+        Ok(actor) => Ok((core, aor, actor)),
         Err(challenges) => {
             let mut r = (StatusCode::UNAUTHORIZED, "authentication required\n").into_response();
             for c in challenges {
@@ -92,7 +92,7 @@ fn normalise(list: Vec<String>) -> Vec<String> {
 
 async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     match authorize(&s, &user, "GET", &uri, &headers).await {
-        Ok((core, aor)) => Json(core.presence_rules(&aor)).into_response(),
+        Ok((core, aor, _)) => Json(core.presence_rules(&aor)).into_response(),
         Err(r) => r,
     }
 }
@@ -105,10 +105,13 @@ async fn put_rules(
     Json(rules): Json<Rules>,
 ) -> Response {
     match authorize(&s, &user, "PUT", &uri, &headers).await {
-        Ok((core, aor)) => {
+        Ok((core, aor, actor)) => {
             let rules = Rules { allow: normalise(rules.allow), block: normalise(rules.block) };
             match core.set_presence_rules(&aor, rules.clone()).await {
-                Ok(()) => Json(rules).into_response(),
+                Ok(()) => {
+                    tracing::info!(target: "audit", %actor, user = %aor, allow = rules.allow.len(), block = rules.block.len(), "presence rules set");
+                    Json(rules).into_response()
+                }
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
             }
         }
@@ -118,7 +121,7 @@ async fn put_rules(
 
 async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     match authorize(&s, &user, "GET", &uri, &headers).await {
-        Ok((core, aor)) => Json(ContactList { contacts: core.contact_list(&aor) }).into_response(),
+        Ok((core, aor, _)) => Json(ContactList { contacts: core.contact_list(&aor) }).into_response(),
         Err(r) => r,
     }
 }
@@ -131,10 +134,13 @@ async fn put_contacts(
     Json(list): Json<ContactList>,
 ) -> Response {
     match authorize(&s, &user, "PUT", &uri, &headers).await {
-        Ok((core, aor)) => {
+        Ok((core, aor, actor)) => {
             let contacts = normalise(list.contacts);
             match core.set_contact_list(&aor, contacts.clone()).await {
-                Ok(()) => Json(ContactList { contacts }).into_response(),
+                Ok(()) => {
+                    tracing::info!(target: "audit", %actor, user = %aor, contacts = contacts.len(), "contact list set");
+                    Json(ContactList { contacts }).into_response()
+                }
                 Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
             }
         }

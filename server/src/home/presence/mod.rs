@@ -528,19 +528,21 @@ impl Core {
 
     /// Checks HTTP credentials for `aor`: digest with the user's own password (the SIP realm), or
     /// the admin token. `Err` carries the WWW-Authenticate challenges to send with a 401.
+    /// Checks an HTTP API caller (the user with digest, or an administrator with the token);
+    /// says who it is, for the audit log, or gives the challenges to answer.
     pub async fn authorize_http(
         &self,
         aor: &str,
         method: &str,
         path: &str,
         authorization: Option<&str>,
-    ) -> Result<(), Vec<String>> {
+    ) -> Result<String, Vec<String>> {
         let now = SystemTime::now();
         if let Some(value) = authorization {
             if let (Some(token), Some(expected)) = (value.strip_prefix("Bearer "), &self.settings.admin_token) {
                 use subtle::ConstantTimeEq;
                 if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) {
-                    return Ok(());
+                    return Ok("administrator (API token)".into());
                 }
             } else if let Some(params) = value.strip_prefix("Digest") {
                 // The credentials must be for this very resource, not replayed from another path.
@@ -553,7 +555,7 @@ impl Core {
                 if matches!(self.auth.verify(value, realm, method, user.as_ref(), now), super::auth::Verdict::Ok)
                     && user.is_some_and(|u| u.enabled)
                 {
-                    return Ok(());
+                    return Ok(aor.to_string());
                 }
                 self.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
