@@ -234,6 +234,56 @@ target/debug/parley-server probe --server "$sip_host:$tls_port" --ca "$work/ca.c
   --server-name "$hs-sip.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
   --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through $hs-sip failed"
 
+step "in-cluster probe: a Job signs two users in through the Service's DNS name"
+# What a client inside the cluster sees: cluster DNS, the Service, the certificate's name, the CA
+# from the domain's Secret (mounted, not copied). The same probe, as a Job with the server image.
+kubectl -n "$ns" create secret generic probe-passwords --from-file=alice="$work/alice.pw" \
+  --from-file=bob="$work/bob.pw" --dry-run=client -o yaml | kubectl -n "$ns" apply -f - >/dev/null
+kubectl -n "$ns" delete job probe --ignore-not-found >/dev/null
+kubectl -n "$ns" apply -f - <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: probe
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: probe
+          image: $server_repo:$tag
+          imagePullPolicy: $pull_policy
+          command: [/usr/local/bin/parley-server, probe, --server, "$hs-sip:5061", --ca, /probe/ca/ca.crt,
+                    --server-name, "$hs-sip.$ns.svc.cluster.local", --user, alice@example.test,
+                    --password-file, /probe/passwords/alice, --peer, bob@example.test,
+                    --peer-password-file, /probe/passwords/bob]
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+          volumeMounts:
+            - {name: ca, mountPath: /probe/ca, readOnly: true}
+            - {name: passwords, mountPath: /probe/passwords, readOnly: true}
+      volumes:
+        - name: ca
+          secret: {secretName: $domain-ca, items: [{key: ca.crt, path: ca.crt}]}
+        - name: passwords
+          secret: {secretName: probe-passwords}
+YAML
+# Succeeded or failed, whichever comes first (a failed Job never becomes Complete).
+deadline=$((SECONDS + 120))
+until [[ -n $(kubectl -n "$ns" get job probe -o jsonpath='{.status.succeeded}{.status.failed}') ]]; do
+  ((SECONDS < deadline)) || die "the in-cluster probe did not finish: $(kubectl -n "$ns" describe job probe | tail -n 5)"
+  sleep 0.5
+done
+if [[ $(kubectl -n "$ns" get job probe -o jsonpath='{.status.succeeded}') != 1 ]]; then
+  kubectl -n "$ns" logs job/probe >&2 || true
+  die "the in-cluster probe failed"
+fi
+kubectl -n "$ns" logs job/probe
+kubectl -n "$ns" delete job probe --wait=false >/dev/null
+kubectl -n "$ns" delete secret probe-passwords >/dev/null
+
 if [[ $mode == node ]]; then
   step "the server wrote both volumes as uid 65532"
   # The node's volumes are host directories (WORKDIR/pv/...), so the files show who wrote them: the
