@@ -32,6 +32,9 @@ fn probe_passes_against_a_home_server_over_tls_and_udp() {
     let out = probe(&server.sip.to_string(), &["--transport", "udp"], server.dir.path());
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     assert_eq!(server.metric("parley_registrations"), 0.0, "the probe signs out again");
+    // Every request answered is timed: two probes, each with four REGISTERs answered (two 401s).
+    let timed = server.metric("parley_sip_request_duration_seconds_count{method=\"REGISTER\"}");
+    assert!(timed >= 8.0, "{timed}");
 }
 
 #[test]

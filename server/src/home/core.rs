@@ -258,9 +258,11 @@ impl Core {
         match event {
             ServerEvent::New => {
                 let core = self.clone();
+                let received = Instant::now();
                 tokio::spawn(async move {
                     let (response, after) = core.dispatch(flow, &msg).await;
                     core.finish(&key, reply_flow, response).await;
+                    core.metrics.observe_latency(&method, received.elapsed());
                     for a in after {
                         core.run_after(a).await;
                     }

@@ -29,8 +29,32 @@ pub struct Metrics {
     pub server_transactions: AtomicU64,
     pub client_transactions: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// Time from a request's arrival to its final response being sent, per method (as `requests`).
+    pub latency: [Histogram; 9],
     /// Front-End only: traffic and state per Home Server, by name.
     pub home_servers: std::sync::Mutex<std::collections::BTreeMap<String, HomeServerStats>>,
+}
+
+/// Upper bounds (seconds) of the latency buckets: sub-millisecond answers to directory and store
+/// waits of a second.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// A Prometheus histogram: cumulative counts are computed when rendered.
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket (the last one: above every bound).
+    counts: [AtomicU64; 13],
+    /// Sum of observations in microseconds.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
 }
 
 /// What a Front-End counts per Home Server.
@@ -46,6 +70,11 @@ impl Metrics {
     pub fn count_request(&self, method: &str) {
         let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
         self.requests[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn observe_latency(&self, method: &str, d: std::time::Duration) {
+        let i = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
+        self.latency[i].observe(d);
     }
 
     pub fn count_response(&self, code: u16) {
@@ -128,6 +157,23 @@ impl Metrics {
         for (name, kind, help, v) in scalars {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
         }
+        out.push_str("# HELP parley_sip_request_duration_seconds Time from a request's arrival to its final response, by method.\n# TYPE parley_sip_request_duration_seconds histogram\n");
+        for (m, h) in METHODS.iter().zip(&self.latency) {
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += h.counts[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "parley_sip_request_duration_seconds_bucket{{method=\"{m}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += h.counts[LATENCY_BUCKETS.len()].load(Relaxed);
+            let _ =
+                writeln!(out, "parley_sip_request_duration_seconds_bucket{{method=\"{m}\",le=\"+Inf\"}} {cumulative}");
+            let sum = h.sum_micros.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "parley_sip_request_duration_seconds_sum{{method=\"{m}\"}} {sum}");
+            let _ = writeln!(out, "parley_sip_request_duration_seconds_count{{method=\"{m}\"}} {cumulative}");
+        }
         let homes = self.home_servers.lock().expect("home server stats");
         if !homes.is_empty() {
             out.push_str("# HELP parley_frontend_forwarded_total Requests forwarded, by Home Server.\n# TYPE parley_frontend_forwarded_total counter\n");
@@ -168,5 +214,15 @@ mod tests {
         assert!(text.contains("parley_sip_requests_total{method=\"other\"} 1"));
         assert!(text.contains("parley_sip_responses_total{class=\"4xx\"} 1"));
         assert!(text.contains("# TYPE parley_registrations gauge"));
+        m.observe_latency("REGISTER", std::time::Duration::from_micros(1_500));
+        m.observe_latency("REGISTER", std::time::Duration::from_secs(3));
+        let text = m.render();
+        let line = |l: &str| text.lines().any(|t| t == l);
+        assert!(line("parley_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"0.001\"} 0"), "{text}");
+        assert!(line("parley_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"0.0025\"} 1"));
+        assert!(line("parley_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"2.5\"} 1"));
+        assert!(line("parley_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"+Inf\"} 2"));
+        assert!(line("parley_sip_request_duration_seconds_count{method=\"REGISTER\"} 2"));
+        assert!(line("parley_sip_request_duration_seconds_sum{method=\"REGISTER\"} 3.0015"));
     }
 }
