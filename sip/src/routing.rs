@@ -23,6 +23,28 @@ pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Option<Via> {
     Some(via)
 }
 
+/// Where responses to a request that came over `flow` go: back over its connection, or per its
+/// top Via (received, rport) over UDP (RFC 3261 18.2.2, RFC 3581).
+pub fn response_flow(flow: Flow, via: &Via) -> Flow {
+    match flow.transport {
+        Transport::Udp => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
+        _ => flow,
+    }
+}
+
+/// The answer to a request that could not be parsed (513 for a too large one, 400
+/// otherwise, with the reason) and where it goes; None when it names no Via to answer to.
+pub fn malformed_answer(e: &crate::ParseError, flow: Flow, tag: &str) -> Option<(Message, Flow)> {
+    if !e.is_request {
+        return None;
+    }
+    let mut via = Via::parse(e.scan.get("Via")?).ok()?;
+    via.stamp_source(flow.remote);
+    let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
+    let answer = crate::response::from_headers(&crate::message::answerable(&e.scan), code, &e.reason, tag);
+    Some((answer, response_flow(flow, &via)))
+}
+
 /// The branch of a request forwarded statelessly (RFC 3261 16.11): the same for every
 /// retransmission of one request, different for different requests.
 pub fn stateless_branch(incoming_top_via: &Via, request_uri: &str, salt: &str) -> String {

@@ -310,10 +310,9 @@ impl FrontEnd {
             r.headers.push("Retry-After", RETRY_AFTER);
         }
         self.metrics.count_response(code);
-        let via = req.headers.get("Via").and_then(|v| Via::parse(v).ok());
-        let target = match (flow.transport, via) {
-            (Transport::Udp, Some(via)) => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
-            _ => flow,
+        let target = match req.headers.get("Via").and_then(|v| Via::parse(v).ok()) {
+            Some(via) => crate::sip::routing::response_flow(flow, &via),
+            None => flow,
         };
         self.emit(target, r.to_bytes());
     }
@@ -446,10 +445,7 @@ impl FrontEnd {
         let mut unavailable = from_headers(&req.headers, 503, "Home Server Unavailable", &self.tag);
         unavailable.headers.push("Retry-After", RETRY_AFTER);
         req.headers.push_front("Via", format!("SIP/2.0/TLS {internal};branch={branch};{FLOW_PARAM}={token}"));
-        let client = match flow.transport {
-            Transport::Udp => Flow::datagram(Transport::Udp, incoming_via.response_target(flow.remote)),
-            _ => flow,
-        };
+        let client = crate::sip::routing::response_flow(flow, incoming_via);
         self.pending.lock().expect("pending").insert(
             branch.clone(),
             Pending { home, client, unavailable: unavailable.to_bytes(), since: Instant::now() },
@@ -513,18 +509,10 @@ impl FrontEnd {
             return;
         }
         self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        let Some(mut via) = e.scan.get("Via").and_then(|v| Via::parse(v).ok()) else {
-            return;
-        };
-        via.stamp_source(flow.remote);
-        let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
-        let r = from_headers(&crate::sip::message::answerable(&e.scan), code, &e.reason, &self.tag);
-        self.metrics.count_response(code);
-        let target = match flow.transport {
-            Transport::Udp => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
-            _ => flow,
-        };
-        self.emit(target, r.to_bytes());
+        if let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) {
+            self.metrics.count_response(answer.status().unwrap_or(400));
+            self.emit(to, answer.to_bytes());
+        }
     }
 }
 

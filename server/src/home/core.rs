@@ -235,14 +235,6 @@ impl Core {
         }
     }
 
-    /// Where responses to a request go: back over its connection, or per Via over UDP.
-    fn response_flow(flow: Flow, via: &Via) -> Flow {
-        match flow.transport {
-            Transport::Udp => Flow::datagram(Transport::Udp, via.response_target(flow.remote)),
-            _ => flow,
-        }
-    }
-
     fn on_request(self: &Arc<Self>, flow: Flow, mut msg: Message) {
         let method = msg.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
@@ -253,7 +245,7 @@ impl Core {
             return; // no INVITE transactions here: nothing to acknowledge
         }
         let key = Self::transaction_key(&msg, &via);
-        let reply_flow = Self::response_flow(flow, &via);
+        let reply_flow = crate::sip::routing::response_flow(flow, &via);
         let event = self.server_txns.lock().expect("server txns").on_request(&key, Instant::now());
         match event {
             ServerEvent::New => {
@@ -616,18 +608,14 @@ impl Core {
             return;
         }
         self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        let Some(mut via) = e.scan.get("Via").and_then(|v| Via::parse(v).ok()) else {
+        tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
+        let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) else {
             return; // nowhere to send a response
         };
-        via.stamp_source(flow.remote);
-        tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
-        let code = if e.reason.starts_with("message larger") { 513 } else { 400 };
-        let r = from_headers(&crate::sip::message::answerable(&e.scan), code, &e.reason, &self.tag);
-        self.metrics.count_response(code);
-        let reply_flow = Self::response_flow(flow, &via);
+        self.metrics.count_response(answer.status().unwrap_or(400));
         let core = self.clone();
         tokio::spawn(async move {
-            let _ = core.transports.send(&reply_flow, r.to_bytes()).await;
+            let _ = core.transports.send(&to, answer.to_bytes()).await;
         });
     }
 }
