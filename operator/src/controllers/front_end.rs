@@ -96,7 +96,19 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
 
     status.ready_replicas = live.as_ref().and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas).or(Some(0));
     if !wants.iter().any(|w| w.type_ == READY) {
-        wants.push(ready(live.as_ref(), wrote_workload, &name, routes.len()));
+        let mut want = ready(live.as_ref(), wrote_workload, &name, routes.len());
+        if !want.status && live.is_some() {
+            // Say what a replica waits for, not only that it does.
+            let selector = build::selector_labels(&name, Component::FrontEnd)
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            if let Some(why) = super::pods::why_any_not_ready(&ctx, &ns, &selector).await {
+                want.message = why;
+            }
+        }
+        wants.push(want);
     }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, fe.metadata.generation, Timestamp::now());

@@ -96,7 +96,7 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
         let mut want = ready(live_sts.as_ref(), wrote_workload, &name);
         if !want.status && live_sts.is_some() {
             // Say what the pod waits for, not only that it does.
-            if let Some(why) = pod_waits(&ctx, &ns, &format!("{name}-0")).await {
+            if let Some(why) = super::pods::why_not_ready(&ctx, &ns, &format!("{name}-0")).await {
                 want.message = why;
             }
         }
@@ -133,71 +133,6 @@ fn ready(sts: Option<&StatefulSet>, just_written: bool, name: &str) -> Want {
             "Progressing",
             format!("waiting for pod {name}-0 to run the current spec and become ready"),
         )
-    }
-}
-
-/// Why a pod is not ready, read from the API server (None: nothing to say beyond "waiting").
-async fn pod_waits(ctx: &Context, ns: &str, pod: &str) -> Option<String> {
-    use k8s_openapi::api::core::v1::{Event, Pod};
-    let p = Api::<Pod>::namespaced(ctx.client.clone(), ns).get_opt(pod).await.ok()?;
-    let selector = format!("involvedObject.kind=Pod,involvedObject.name={pod}");
-    let events = Api::<Event>::namespaced(ctx.client.clone(), ns)
-        .list(&kube::api::ListParams::default().fields(&selector))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    explain_pod(pod, p.as_ref(), &events)
-}
-
-/// What keeps a pod from running, from its conditions, its container's state and its Events: a
-/// Secret or volume that cannot be mounted, a pod no node can take (e.g. `Insufficient cpu`), an
-/// image that cannot be had, a container that keeps crashing.
-pub fn explain_pod(
-    name: &str,
-    pod: Option<&k8s_openapi::api::core::v1::Pod>,
-    events: &[k8s_openapi::api::core::v1::Event],
-) -> Option<String> {
-    let Some(pod) = pod else { return Some(format!("waiting for the StatefulSet to create pod {name}")) };
-    let status = pod.status.as_ref()?;
-    let unscheduled = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
-        .map(|c| c.message.clone().unwrap_or_default());
-    if let Some(why) = unscheduled {
-        return Some(format!("pod {name} cannot be scheduled: {}", why.trim()));
-    }
-    // The newest warning about mounting or pulling says more than "ContainerCreating".
-    let newest_warning = events
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter(|e| matches!(e.reason.as_deref(), Some("FailedMount" | "Failed" | "FailedCreatePodSandBox")))
-        .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0).or(e.event_time.as_ref().map(|t| t.0)));
-    let waiting = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .find_map(|c| c.state.as_ref()?.waiting.as_ref().map(|w| (c.name.clone(), w.clone())));
-    match (waiting, newest_warning) {
-        (Some((_, w)), Some(e)) if w.reason.as_deref() == Some("ContainerCreating") || w.reason.is_none() => {
-            Some(format!(
-                "pod {name}: {}: {}",
-                e.reason.clone().unwrap_or_default(),
-                e.message.clone().unwrap_or_default().trim()
-            ))
-        }
-        (Some((container, w)), _) if w.reason.as_deref() != Some("ContainerCreating") => Some(format!(
-            "pod {name}: container {container} is waiting: {}{}",
-            w.reason.unwrap_or_default(),
-            w.message.map(|m| format!(": {}", m.trim())).unwrap_or_default()
-        )),
-        (None, Some(e)) if status.phase.as_deref() == Some("Pending") => Some(format!(
-            "pod {name}: {}: {}",
-            e.reason.clone().unwrap_or_default(),
-            e.message.clone().unwrap_or_default().trim()
-        )),
-        _ => None,
     }
 }
 
@@ -367,37 +302,5 @@ mod tests {
         s.status.as_mut().unwrap().observed_generation = Some(2);
         assert!(ready(Some(&s), false, "h").status);
         assert!(!ready(Some(&s), true, "h").status, "a StatefulSet just written is not yet observed");
-    }
-
-    #[test]
-    fn status_names_what_the_pod_waits_for() {
-        use k8s_openapi::api::core::v1::{Event, Pod};
-        let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).unwrap() };
-        let event = |reason: &str, message: &str| -> Event {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "h-0"},
-                "type": "Warning", "reason": reason, "message": message,
-                "lastTimestamp": "2026-12-02T06:00:00Z"
-            }))
-            .unwrap()
-        };
-        assert_eq!(explain_pod("h-0", None, &[]).unwrap(), "waiting for the StatefulSet to create pod h-0");
-        let unschedulable = pod(serde_json::json!({"metadata": {"name": "h-0"}, "status": {"phase": "Pending",
-            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "message": "0/1 nodes are available: 1 Insufficient cpu."}]}}));
-        let why = explain_pod("h-0", Some(&unschedulable), &[]).unwrap();
-        assert!(why.contains("cannot be scheduled") && why.contains("Insufficient cpu"), "{why}");
-        let creating = pod(serde_json::json!({"metadata": {"name": "h-0"}, "status": {"phase": "Pending",
-            "containerStatuses": [{"name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": "ContainerCreating"}}}]}}));
-        let mount = event("FailedMount", "MountVolume.SetUp failed for volume \"tls\" : secret \"h-tls\" not found");
-        let why = explain_pod("h-0", Some(&creating), std::slice::from_ref(&mount)).unwrap();
-        assert!(why.contains("FailedMount") && why.contains("secret \"h-tls\" not found"), "{why}");
-        let crashing = pod(serde_json::json!({"metadata": {"name": "h-0"}, "status": {"phase": "Running",
-            "containerStatuses": [{"name": "server", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}}}]}}));
-        let why = explain_pod("h-0", Some(&crashing), &[]).unwrap();
-        assert!(why.contains("container server is waiting: CrashLoopBackOff: back-off 40s"), "{why}");
-        assert_eq!(explain_pod("h-0", Some(&creating), &[]), None, "nothing more to say than waiting");
     }
 }

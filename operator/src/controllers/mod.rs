@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod domain;
 pub mod front_end;
 pub mod home_server;
+pub mod pods;
 pub mod validate;
 
 use std::fmt::Debug;
