@@ -296,11 +296,11 @@ pub struct FrontEnd {
     pub probe_interval_ms: u64,
 }
 
-fn default_route_cache_secs() -> u64 {
+pub fn default_route_cache_secs() -> u64 {
     10
 }
 
-fn default_probe_interval_ms() -> u64 {
+pub fn default_probe_interval_ms() -> u64 {
     500
 }
 

@@ -467,13 +467,9 @@ impl Client {
 
 /// A TLS client stream that trusts only `--ca` and checks the server's name.
 fn tls(args: &ProbeArgs, tcp: TcpStream) -> anyhow::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     let ca = args.ca.as_ref().context("--ca is needed for TLS: the CA the server's certificate chains to")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
-        roots.add(cert.with_context(|| format!("parsing {}", ca.display()))?)?;
-    }
+    let roots = crate::transport::tls::roots(ca)?;
     let config = rustls::ClientConfig::builder_with_provider(crate::transport::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -8,9 +8,6 @@ use super::{BuildContext, BuildError, INTERNAL_PORT, OPS_PORT, SIP_PORT, SIP_TLS
 
 pub use parley_config::HomeServerRoute;
 
-/// Largest SIP message the servers accept.
-pub const MAX_MESSAGE_BYTES: usize = 65_535;
-
 /// The internal (mutual-TLS) address of a Home Server's Service, as the Front-End dials it.
 pub fn home_server_address(name: &str, namespace: &str, cluster_domain: &str) -> String {
     format!("{}:{INTERNAL_PORT}", service_host(name, namespace, cluster_domain))
@@ -84,14 +81,14 @@ pub fn build(
             log_files: parley_config::default_log_files(),
         },
         directory,
-        limits: Limits { max_message_bytes: MAX_MESSAGE_BYTES, ..Limits::default() },
+        limits: Limits::default(),
         registrar: Default::default(),
         auth: Default::default(),
         api: Default::default(),
         frontend: front_end.map(|home_servers| FrontEnd {
             home_servers: home_servers.to_vec(),
-            route_cache_secs: 10,
-            probe_interval_ms: 500,
+            route_cache_secs: parley_config::default_route_cache_secs(),
+            probe_interval_ms: parley_config::default_probe_interval_ms(),
         }),
     })
 }

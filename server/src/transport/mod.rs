@@ -255,16 +255,7 @@ impl Transports {
             socket.send_to(&data, flow.remote).await?;
             return Ok(());
         }
-        let tx = {
-            let conns = self.conns.lock().expect("conns");
-            let by_id = conns.get(&flow.conn);
-            let found = by_id.or_else(|| {
-                let id = self.by_remote.lock().expect("by_remote").get(&(flow.transport, flow.remote)).copied()?;
-                conns.get(&id)
-            });
-            found.map(|c| c.tx.clone())
-        };
-        match tx {
+        match self.sender(flow) {
             Some(tx) => tx.send(data).await.map_err(|_| SendError::NoConnection(flow.remote)),
             None if flow.transport == Transport::Tcp => self.connect(Transport::Tcp, flow.remote, data).await,
             None if flow.transport == Transport::Internal => self.connect(Transport::Internal, flow.remote, data).await,
@@ -281,15 +272,18 @@ impl Transports {
             socket.try_send_to(&data, flow.remote)?;
             return Ok(());
         }
+        let tx = self.sender(flow).ok_or(SendError::NoConnection(flow.remote))?;
+        tx.try_send(data).map_err(|_| SendError::NoConnection(flow.remote))
+    }
+
+    /// The queue of a stream flow's connection, or else of the newest connection to its address.
+    fn sender(&self, flow: &Flow) -> Option<mpsc::Sender<Bytes>> {
         let conns = self.conns.lock().expect("conns");
         let found = conns.get(&flow.conn).or_else(|| {
             let id = self.by_remote.lock().expect("by_remote").get(&(flow.transport, flow.remote)).copied()?;
             conns.get(&id)
         });
-        match found {
-            Some(c) => c.tx.try_send(data).map_err(|_| SendError::NoConnection(flow.remote)),
-            None => Err(SendError::NoConnection(flow.remote)),
-        }
+        found.map(|c| c.tx.clone())
     }
 
     /// Opens a connection (plain TCP, or mutual TLS on the internal link), sends `first` on it and

@@ -111,7 +111,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcce
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-fn roots(ca: &Path) -> anyhow::Result<Arc<rustls::RootCertStore>> {
+/// The trust anchors in a PEM file (the deployment CA, or a probe's `--ca`).
+pub fn roots(ca: &Path) -> anyhow::Result<Arc<rustls::RootCertStore>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in read_certs(ca)? {
         roots.add(cert).with_context(|| format!("CA certificate in {}", ca.display()))?;
