@@ -47,15 +47,18 @@ impl Domains {
     /// Re-reads the admitted domains; on failure keeps what it had (and says so).
     pub async fn refresh(&self, directory: &dyn Directory) {
         match directory.domains().await {
-            Ok(mut domains) => {
-                domains.retain(|d| *d != self.primary);
-                let mut admitted = self.admitted.write().expect("domains");
-                if *admitted != domains {
-                    tracing::info!(domains = ?domains, "serving users of these domains too");
-                    *admitted = domains;
-                }
-            }
+            Ok(domains) => self.admit(domains),
             Err(e) => tracing::debug!(error = %e, "admitted domains not re-read"),
+        }
+    }
+
+    /// Takes the directory's list of domains (the primary among them or not) as the admitted ones.
+    pub fn admit(&self, mut domains: Vec<String>) {
+        domains.retain(|d| *d != self.primary);
+        let mut admitted = self.admitted.write().expect("domains");
+        if *admitted != domains {
+            tracing::info!(domains = ?domains, "serving users of these domains too");
+            *admitted = domains;
         }
     }
 }

@@ -6,9 +6,9 @@ use crate::directory::{Directory, file::FileDirectory};
 use crate::frontend::{FrontEnd, FrontEndHandler};
 use crate::home::auth::DigestAuth;
 use crate::home::registrar::{Policy, Registrar};
-use crate::home::{Core, CoreHandler, CoreSettings};
+use crate::home::{Core, CoreSettings, HomeHandler, HomeServer};
 use crate::ops::{http, metrics::Metrics};
-use crate::store::{Store, Table};
+use crate::store::Store;
 use crate::transaction::Timers;
 use crate::transport::{self, Transport, Transports};
 use anyhow::Context;
@@ -127,11 +127,11 @@ impl Shared {
         &self,
         config: &Config,
         listening: Arc<AtomicBool>,
-        core: Option<Arc<Core>>,
+        home: Option<Arc<HomeServer>>,
     ) -> anyhow::Result<()> {
         if let Some(addr) = config.listen.ops {
             let state =
-                http::OpsState { metrics: self.metrics.clone(), directory: self.directory.clone(), listening, core };
+                http::OpsState { metrics: self.metrics.clone(), directory: self.directory.clone(), listening, home };
             let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
             tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
         }
@@ -182,22 +182,17 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
 async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
     let Shared { directory, metrics, transports, limits, .. } = &shared;
     let store = Store::open(&config.storage.data_dir)?;
-    let mut registrar = Registrar::new(Policy {
+    let registrar = Registrar::new(Policy {
         min_expires: config.registrar.min_expires,
         max_expires: config.registrar.max_expires,
         default_expires: config.registrar.default_expires,
         max_contacts: config.registrar.max_contacts,
     });
-    let now = std::time::SystemTime::now();
-    for (aor, bindings) in store.load(Table::Registrations)? {
-        registrar.restore(aor, bindings, now);
-    }
     let core = Core::new(
         CoreSettings {
             domain: config.sip_domain.clone(),
             domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
             server_name: config.server_name.clone(),
-            limits: *limits,
             max_body_bytes: config.limits.max_body_bytes,
             timers: Timers::default(),
             min_expires: config.registrar.min_expires,
@@ -218,23 +213,16 @@ async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
                 None => None,
             },
         },
-        transports.clone(),
-        directory.clone(),
         DigestAuth::new(config.auth.algorithms.clone(), Duration::from_secs(config.auth.nonce_ttl_secs)),
         registrar,
         metrics.clone(),
-        store,
     );
-    core.load_domains().await;
-    let restored = core.restore_presence()?;
-    metrics.registrations.store(core.binding_count() as u64, Ordering::Relaxed);
-    metrics.subscriptions.store(restored as u64, Ordering::Relaxed);
-    tracing::info!(bindings = core.binding_count(), subscriptions = restored, "restored state from the store");
-    transports.set_handler(Arc::new(CoreHandler(core.clone())));
-    core.start_timers();
-    shared.listen(&config, |t, host| core.set_via_host(t, host)).await?;
+    let home = HomeServer::open(core, transports.clone(), directory.clone(), store, *limits).await?;
+    transports.set_handler(Arc::new(HomeHandler(home.clone())));
+    home.start_timers();
+    shared.listen(&config, |t, host| home.set_via_host(t, host)).await?;
     let listening = Arc::new(AtomicBool::new(true));
-    shared.serve_ops(&config, listening.clone(), Some(core.clone())).await?;
+    shared.serve_ops(&config, listening.clone(), Some(home.clone())).await?;
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, "home server ready");
 
     shutdown_signal().await;
@@ -242,12 +230,12 @@ async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
     listening.store(false, Ordering::Relaxed);
     transports.stop_accepting();
     // Subscribers are told to subscribe again (to whichever server takes over), within bounds.
-    let _ = tokio::time::timeout(Duration::from_secs(3), core.terminate_all_subscriptions("deactivated")).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), home.terminate_all_subscriptions("deactivated")).await;
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while core.requests_in_progress() > 0 && Instant::now() < deadline {
+    while home.requests_in_progress() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!(unfinished = core.requests_in_progress(), "stopped");
+    tracing::info!(unfinished = home.requests_in_progress(), "stopped");
     Ok(())
 }
 

@@ -1,25 +1,33 @@
-//! The Home Server's SIP core: turns each received message into transaction-layer events,
-//! dispatches new requests by method, and sends responses and forwarded requests along flows.
+//! The Home Server's SIP core, without IO, in the manner of `quinn-proto`: it is handed what
+//! arrived and the time, changes its state, and queues actions for the IO layer (`driver`) to
+//! perform: send bytes along a flow, fetch users from the directory (and resolve a route's host),
+//! write to the store. Their answers come back in as inputs. Nothing here awaits, sleeps, opens
+//! a socket or reads a clock, so every flow runs in unit tests with simulated time (`tests`).
+//!
+//! A request that needs the directory becomes a task: its users are fetched first, then its
+//! method's handler runs once, synchronously, and either answers (after its writes are durable)
+//! or forks the request to the user's devices and answers when they have.
 
 use super::auth::DigestAuth;
+use super::guard::Guard;
 use super::presence::state::PresenceState;
 use super::registrar::Registrar;
-use crate::directory::{Directory, DirectoryError, User};
+use crate::directory::{DirectoryError, User};
+use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
-use crate::sip::message::{Limits, parse_datagram};
 use crate::sip::response::{self, from_headers};
-use crate::sip::uri::NameAddr;
+use crate::sip::uri::{NameAddr, SipUri};
 use crate::sip::via::Via;
 use crate::sip::{Message, ParseError};
-use crate::store::{Store, Table, Write};
+use crate::store::{Table, Write};
 use crate::transaction::{ClientAction, ClientTransactions, ResponseEvent, ServerEvent, ServerTransactions, Timers};
-use crate::transport::{Flow, Handler, Transport, Transports};
+use crate::transport::{Flow, Transport};
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::oneshot;
 
 /// Methods this server implements, for Allow headers.
 pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH";
@@ -40,6 +48,8 @@ const KNOWN_METHODS: [&str; 14] = [
     "SUBSCRIBE",
     "UPDATE",
 ];
+/// How often bindings, subscriptions, publications and nonces are checked for expiry.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct CoreSettings {
@@ -48,7 +58,6 @@ pub struct CoreSettings {
     pub domain_aliases: Vec<String>,
     /// This server's name: users whose directory entry names another are homed elsewhere.
     pub server_name: String,
-    pub limits: Limits,
     pub max_body_bytes: usize,
     pub timers: Timers,
     /// Bounds of subscription and publication intervals (the registrar's, by default).
@@ -60,7 +69,77 @@ pub struct CoreSettings {
     pub guard: super::guard::Policy,
 }
 
+/// The time, as the core sees it: a monotonic instant for transaction timers and the wall clock
+/// for expiry times that survive a restart. Tests make both up.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall: SystemTime,
+}
+
+impl Now {
+    pub fn real() -> Now {
+        Now { instant: Instant::now(), wall: SystemTime::now() }
+    }
+
+    #[cfg(test)]
+    pub fn after(self, d: Duration) -> Now {
+        Now { instant: self.instant + d, wall: self.wall + d }
+    }
+}
+
+pub type TaskId = u64;
+
+/// What happened, for the core to act on.
+#[derive(Debug)]
+pub enum Input {
+    /// A message arrived on a flow (parsed by the IO layer, or why it could not be).
+    Received { flow: Flow, message: Result<Message, ParseError> },
+    /// The answers to a `Fetch`.
+    Fetched { task: TaskId, facts: Facts },
+    /// The answer to a `Store` with a task: the writes are durable, or why not.
+    Stored { task: TaskId, result: Result<(), String> },
+    /// The request of a client transaction could not be sent (no route, connection refused).
+    NotSent { branch: String },
+}
+
+/// What the IO layer must do, in the order queued.
+#[derive(Debug)]
+pub enum Action {
+    /// Send bytes along a flow. `branch` names the client transaction whose request this is:
+    /// if it cannot be sent, say so with `Input::NotSent`.
+    Send { flow: Flow, data: Bytes, branch: Option<String> },
+    /// Look these users up in the directory and, if given, resolve a route's host; answer with
+    /// `Input::Fetched`.
+    Fetch { task: TaskId, users: Vec<String>, resolve: Option<(String, u16)> },
+    /// Make these writes durable; with a task, answer with `Input::Stored`.
+    Store { task: Option<TaskId>, writes: Vec<Write> },
+}
+
+/// What a task learnt from the directory and the resolver.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub users: HashMap<String, Result<Option<User>, DirectoryError>>,
+    /// The address of the route's host, when `Fetch` asked for one and it resolved.
+    pub route: Option<SocketAddr>,
+}
+
+impl Facts {
+    /// A user fetched for this task. Asking for one that was not fetched is a bug in `needs`.
+    pub(super) fn user(&self, aor: &str) -> Result<Option<&User>, &DirectoryError> {
+        match self.users.get(aor) {
+            Some(Ok(u)) => Ok(u.as_ref()),
+            Some(Err(e)) => Err(e),
+            None => {
+                debug_assert!(false, "{aor} was not fetched");
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
+#[derive(Debug)]
 pub(super) enum After {
     /// Notify these subscriptions; `true` sends full state.
     Notify(Vec<String>, bool),
@@ -72,151 +151,212 @@ pub(super) enum After {
     WatchersChanged(String),
 }
 
-/// A forwarded request waiting for its final response.
-pub(super) struct Pending {
+/// What a method's handler decided.
+pub(super) enum Outcome {
+    /// Answer once `writes` are durable (at once if there are none), then do `after`.
+    Respond { response: Message, writes: Vec<Write>, after: Vec<After> },
+    /// Send these requests (one per device) and answer with the best of their answers.
+    Fork(Vec<(Flow, Message)>),
+}
+
+impl From<Message> for Outcome {
+    fn from(response: Message) -> Outcome {
+        Outcome::Respond { response, writes: Vec::new(), after: Vec::new() }
+    }
+}
+
+/// A request being served.
+struct Task {
+    /// Its server transaction.
+    key: String,
+    /// Where its response goes.
+    reply_flow: Flow,
+    flow: Flow,
+    req: Message,
+    received: Instant,
+    stage: Stage,
+}
+
+enum Stage {
+    Fetching,
+    Storing { response: Message, after: Vec<After> },
+    Forking { outstanding: usize, best: Option<Message> },
+}
+
+/// Who waits for the answer to a request this server sent.
+#[derive(Debug)]
+enum Waiter {
+    /// A branch of a forked request.
+    Fork(TaskId),
+    /// A NOTIFY of this subscription.
+    Notify(String),
+    /// Nobody (its request could not be sent and that was dealt with).
+    Gone,
+}
+
+/// A request this server sent, kept for retransmission.
+#[derive(Debug)]
+struct Outgoing {
     flow: Flow,
     data: Bytes,
-    reply: Option<oneshot::Sender<Option<Message>>>,
+    waiter: Waiter,
 }
 
 pub struct Core {
     pub(super) settings: CoreSettings,
-    pub(super) transports: Arc<Transports>,
-    pub(super) directory: Arc<dyn Directory>,
     pub(super) auth: DigestAuth,
     /// Failed authentications per address and user, and lockouts.
-    guard: Mutex<super::guard::Guard>,
-    pub(super) registrar: Mutex<Registrar>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) store: Store,
-    pub(super) presence: Mutex<PresenceState>,
+    pub(super) guard: Guard,
+    pub(super) registrar: Registrar,
+    pub(super) presence: PresenceState,
     /// The SIP domains served here.
-    pub(super) domains: crate::domains::Domains,
-    /// Serialises notification rounds so each subscriber sees NOTIFYs in the order of changes.
-    pub(super) notify_lock: tokio::sync::Mutex<()>,
-    server_txns: Mutex<ServerTransactions>,
-    client_txns: Mutex<ClientTransactions<Pending>>,
+    pub(super) domains: Domains,
+    pub(super) metrics: Arc<Metrics>,
+    server_txns: ServerTransactions,
+    client_txns: ClientTransactions<Outgoing>,
     /// Sent-by of our own Via, per transport.
-    via_hosts: Mutex<HashMap<Transport, String>>,
+    via_hosts: HashMap<Transport, String>,
     /// To tag of responses this server generates.
     pub(super) tag: String,
+    tasks: HashMap<TaskId, Task>,
+    next_task: TaskId,
+    last_sweep: Option<Instant>,
+    actions: Vec<Action>,
 }
 
 impl Core {
-    pub fn new(
-        settings: CoreSettings,
-        transports: Arc<Transports>,
-        directory: Arc<dyn Directory>,
-        auth: DigestAuth,
-        registrar: Registrar,
-        metrics: Arc<Metrics>,
-        store: Store,
-    ) -> Arc<Core> {
+    pub fn new(settings: CoreSettings, auth: DigestAuth, registrar: Registrar, metrics: Arc<Metrics>) -> Core {
         let timers = settings.timers;
-        let guard = settings.guard;
-        let domains = crate::domains::Domains::new(&settings.domain, &settings.domain_aliases);
-        Arc::new(Core {
+        Core {
+            domains: Domains::new(&settings.domain, &settings.domain_aliases),
+            guard: Guard::new(settings.guard),
             settings,
-            transports,
-            directory,
             auth,
-            guard: Mutex::new(super::guard::Guard::new(guard)),
-            registrar: Mutex::new(registrar),
+            registrar,
+            presence: PresenceState::default(),
             metrics,
-            store,
-            presence: Mutex::new(PresenceState::default()),
-            domains,
-            notify_lock: tokio::sync::Mutex::new(()),
-            server_txns: Mutex::new(ServerTransactions::new(timers)),
-            client_txns: Mutex::new(ClientTransactions::new(timers)),
-            via_hosts: Mutex::new(HashMap::new()),
+            server_txns: ServerTransactions::new(timers),
+            client_txns: ClientTransactions::new(timers),
+            via_hosts: HashMap::new(),
             tag: format!("{:016x}", rand::random::<u64>()),
-        })
+            tasks: HashMap::new(),
+            next_task: 0,
+            last_sweep: None,
+            actions: Vec::new(),
+        }
     }
 
-    /// Reads the domains the directory admits (then again every second; the directory caches).
-    pub async fn load_domains(&self) {
-        self.domains.refresh(self.directory.as_ref()).await;
+    /// The actions queued since the last call, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
     }
 
-    pub fn set_via_host(&self, transport: Transport, host: String) {
-        self.via_hosts.lock().expect("via hosts").insert(transport, host);
-    }
-
-    /// Drives timers: transaction retransmissions and timeouts, binding expiry, nonce purge.
-    pub fn start_timers(self: &Arc<Self>) {
-        let core = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            let mut last_sweep = Instant::now();
-            loop {
-                tick.tick().await;
-                core.on_tick(Instant::now());
-                if last_sweep.elapsed() >= Duration::from_secs(1) {
-                    last_sweep = Instant::now();
-                    let now = SystemTime::now();
-                    let (emptied, expired) = {
-                        let mut reg = core.registrar.lock().expect("registrar");
-                        let expired = reg.expire(now);
-                        core.metrics.registrations.store(reg.binding_count() as u64, Relaxed);
-                        expired
-                    };
-                    for (aor, b) in expired {
-                        let (source, transport) = (b.flow.remote, b.flow.transport.via_token());
-                        tracing::info!(user = %aor, %source, %transport, contact = %b.uri, "signed out: registration expired");
-                    }
-                    core.auth.purge(now);
-                    core.guard.lock().expect("guard").purge(now);
-                    let sweeper = core.clone();
-                    tokio::spawn(async move {
-                        let writes = emptied.iter().map(|aor| Write::delete(Table::Registrations, aor)).collect();
-                        let _ = sweeper.store.apply(writes).await;
-                        for aor in emptied {
-                            sweeper.run_after(After::PresenceChanged(aor)).await;
-                        }
-                        sweeper.presence_sweep(now).await;
-                        sweeper.domains.refresh(sweeper.directory.as_ref()).await;
-                    });
+    pub fn handle(&mut self, now: Now, input: Input) {
+        match input {
+            Input::Received { flow, message: Ok(msg) } if msg.is_request() => self.on_request(now, flow, msg),
+            Input::Received { message: Ok(msg), .. } => self.on_response(now, msg),
+            Input::Received { flow, message: Err(e) } => self.on_malformed(flow, e),
+            Input::Fetched { task, facts } => self.on_fetched(now, task, facts),
+            Input::Stored { task, result } => self.on_stored(now, task, result),
+            Input::NotSent { branch } => {
+                let waiter = self.client_txns.data_mut(&branch).map(|o| std::mem::replace(&mut o.waiter, Waiter::Gone));
+                if let Some(waiter) = waiter {
+                    self.answered(now, waiter, None);
                 }
             }
-        });
+        }
     }
 
-    fn on_tick(self: &Arc<Self>, now: Instant) {
-        let mut sends = Vec::new();
-        {
-            let mut st = self.server_txns.lock().expect("server txns");
-            st.on_timer(now);
-            self.metrics.server_transactions.store(st.len() as u64, Relaxed);
+    /// Drives time: transaction retransmissions and timeouts, and once a second the expiry of
+    /// bindings, subscriptions, publications, nonces and lockouts. Call it often (every 50 ms).
+    pub fn on_tick(&mut self, now: Now) {
+        self.server_txns.on_timer(now.instant);
+        self.metrics.server_transactions.store(self.server_txns.len() as u64, Relaxed);
+        let mut timed_out = Vec::new();
+        let mut resend = Vec::new();
+        self.client_txns.on_timer(now.instant, |action, o| match action {
+            ClientAction::Retransmit => resend.push((o.flow, o.data.clone())),
+            ClientAction::Timeout => timed_out.push(std::mem::replace(&mut o.waiter, Waiter::Gone)),
+        });
+        self.metrics.client_transactions.store(self.client_txns.len() as u64, Relaxed);
+        for (flow, data) in resend {
+            self.send(flow, data);
         }
-        {
-            let mut ct = self.client_txns.lock().expect("client txns");
-            ct.on_timer(now, |action, p| match action {
-                ClientAction::Retransmit => sends.push((p.flow, p.data.clone())),
-                ClientAction::Timeout => {
-                    if let Some(reply) = p.reply.take() {
-                        let _ = reply.send(None);
-                    }
-                }
-            });
-            self.metrics.client_transactions.store(ct.len() as u64, Relaxed);
+        for waiter in timed_out {
+            self.answered(now, waiter, None);
         }
-        for (flow, data) in sends {
-            let core = self.clone();
-            tokio::spawn(async move {
-                let _ = core.transports.send(&flow, data).await;
-            });
+        if self.last_sweep.is_none_or(|last| now.instant.duration_since(last) >= SWEEP_INTERVAL) {
+            self.last_sweep = Some(now.instant);
+            self.sweep(now);
         }
+    }
+
+    fn sweep(&mut self, now: Now) {
+        let (emptied, expired) = self.registrar.expire(now.wall);
+        self.metrics.registrations.store(self.registrar.binding_count() as u64, Relaxed);
+        for (aor, b) in expired {
+            let (source, transport) = (b.flow.remote, b.flow.transport.via_token());
+            tracing::info!(user = %aor, %source, %transport, contact = %b.uri, "signed out: registration expired");
+        }
+        self.auth.purge(now.wall);
+        self.guard.purge(now.wall);
+        if !emptied.is_empty() {
+            let writes = emptied.iter().map(|aor| Write::delete(Table::Registrations, aor)).collect();
+            self.store(None, writes);
+        }
+        for aor in emptied {
+            self.run_after(now, After::PresenceChanged(aor));
+        }
+        self.presence_sweep(now);
+    }
+
+    pub fn set_via_host(&mut self, transport: Transport, host: String) {
+        self.via_hosts.insert(transport, host);
+    }
+
+    /// The further SIP domains the directory admits (read by the IO layer now and then).
+    pub fn admit_domains(&mut self, domains: Vec<String>) {
+        self.domains.admit(domains);
     }
 
     pub fn binding_count(&self) -> usize {
-        self.registrar.lock().expect("registrar").binding_count()
+        self.registrar.binding_count()
     }
 
     /// Requests still being processed (for draining on shutdown).
     pub fn requests_in_progress(&self) -> usize {
-        self.server_txns.lock().expect("server txns").in_progress()
+        self.server_txns.in_progress()
     }
+
+    pub fn domain(&self) -> &str {
+        &self.settings.domain
+    }
+
+    // ---- actions ----
+
+    pub(super) fn send(&mut self, flow: Flow, data: Bytes) {
+        self.actions.push(Action::Send { flow, data, branch: None });
+    }
+
+    pub(super) fn store(&mut self, task: Option<TaskId>, writes: Vec<Write>) {
+        if task.is_some() || !writes.is_empty() {
+            self.actions.push(Action::Store { task, writes });
+        }
+    }
+
+    /// Sends a request along a flow with a fresh Via in a new client transaction; its answer
+    /// (or its absence) goes to `waiter`.
+    fn start_request(&mut self, now: Now, flow: Flow, mut req: Message, waiter: Waiter) {
+        let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+        let host = self.via_host(flow.transport);
+        req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
+        let data = req.to_bytes();
+        let outgoing = Outgoing { flow, data: data.clone(), waiter };
+        self.client_txns.start(branch.clone(), flow.transport.is_reliable(), outgoing, now.instant);
+        self.actions.push(Action::Send { flow, data, branch: Some(branch) });
+    }
+
+    // ---- requests ----
 
     fn transaction_key(msg: &Message, via: &Via) -> String {
         let method = msg.method().unwrap_or_default();
@@ -235,103 +375,230 @@ impl Core {
         }
     }
 
-    fn on_request(self: &Arc<Self>, flow: Flow, mut msg: Message) {
-        let method = msg.method().unwrap_or_default().to_string();
-        self.metrics.count_request(&method);
-        let Some(via) = crate::sip::routing::stamp_top_via(&mut msg, flow.remote) else {
+    fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
+        self.metrics.count_request(req.method().unwrap_or_default());
+        let Some(via) = crate::sip::routing::stamp_top_via(&mut req, flow.remote) else {
             return;
         };
-        if method == "ACK" {
+        if req.method() == Some("ACK") {
             return; // no INVITE transactions here: nothing to acknowledge
         }
-        let key = Self::transaction_key(&msg, &via);
+        let key = Self::transaction_key(&req, &via);
         let reply_flow = crate::sip::routing::response_flow(flow, &via);
-        let event = self.server_txns.lock().expect("server txns").on_request(&key, Instant::now());
-        match event {
-            ServerEvent::New => {
-                let core = self.clone();
-                let received = Instant::now();
-                tokio::spawn(async move {
-                    let (response, after) = core.dispatch(flow, &msg).await;
-                    core.finish(&key, reply_flow, response).await;
-                    core.metrics.observe_latency(&method, received.elapsed());
-                    for a in after {
-                        core.run_after(a).await;
-                    }
-                });
-            }
+        match self.server_txns.on_request(&key, now.instant) {
+            ServerEvent::New => {}
             ServerEvent::Absorbed => {
                 self.metrics.retransmissions_absorbed.fetch_add(1, Relaxed);
+                return;
             }
             ServerEvent::Resend(bytes) => {
                 self.metrics.retransmissions_absorbed.fetch_add(1, Relaxed);
-                let core = self.clone();
-                tokio::spawn(async move {
-                    let _ = core.transports.send(&reply_flow, bytes).await;
-                });
+                self.send(reply_flow, bytes);
+                return;
             }
+        }
+        let id = self.next_task;
+        self.next_task += 1;
+        let (users, resolve) = self.needs(flow, &req);
+        self.tasks.insert(id, Task { key, reply_flow, flow, req, received: now.instant, stage: Stage::Fetching });
+        if users.is_empty() && resolve.is_none() {
+            self.on_fetched(now, id, Facts::default());
+        } else {
+            self.actions.push(Action::Fetch { task: id, users, resolve });
         }
     }
 
-    async fn finish(&self, key: &str, flow: Flow, response: Message) {
-        let bytes = response.to_bytes();
-        self.metrics.count_response(response.status().unwrap_or(500));
-        self.server_txns.lock().expect("server txns").on_final(
-            key,
-            bytes.clone(),
-            flow.transport.is_reliable(),
-            Instant::now(),
-        );
-        if let Err(e) = self.transports.send(&flow, bytes).await {
-            tracing::debug!(error = %e, remote = %flow.remote, "response not sent");
-        }
+    /// What a request's handler will ask of the directory and the resolver: the users it names
+    /// that live here, and the host of the route back to a client behind a Front-End when that
+    /// is a name rather than an address.
+    fn needs(&self, flow: Flow, req: &Message) -> (Vec<String>, Option<(String, u16)>) {
+        let header_aor =
+            |name| NameAddr::parse(req.headers.get(name).unwrap_or_default()).ok().and_then(|a| self.local_aor(&a.uri));
+        let target_aor = || SipUri::parse(req.request_uri().unwrap_or_default()).ok().and_then(|u| self.local_aor(&u));
+        let mut users = Vec::new();
+        let route_header = match req.method().unwrap_or_default() {
+            "REGISTER" => {
+                users.extend(header_aor("To"));
+                Some("Path")
+            }
+            "MESSAGE" => {
+                users.extend(header_aor("From"));
+                users.extend(target_aor());
+                None
+            }
+            "PUBLISH" => {
+                users.extend(header_aor("From"));
+                None
+            }
+            "SUBSCRIBE" => {
+                users.extend(header_aor("From"));
+                let list =
+                    |aor: &String| aor.split('@').next().is_some_and(|u| u.ends_with(super::presence::LIST_SUFFIX));
+                users.extend(target_aor().filter(|aor| !list(aor)));
+                Some("Record-Route")
+            }
+            _ => None,
+        };
+        users.dedup();
+        let resolve = match route_header {
+            Some(h) if flow.transport == Transport::Internal => {
+                let first = req.headers.get_all(h).flat_map(crate::sip::params::split_list).next().map(str::to_string);
+                route_host(first.as_ref()).filter(|(host, _)| host.parse::<IpAddr>().is_err())
+            }
+            _ => None,
+        };
+        (users, resolve)
     }
 
-    pub(super) async fn run_after(self: &Arc<Self>, after: After) {
-        match after {
-            After::Notify(ids, full) => self.notify(ids, full, None).await,
-            After::Terminate(ids, reason) => self.notify(ids, true, Some(reason)).await,
-            After::PresenceChanged(aor) => {
-                let ids = self.affected_by_presence(&aor);
-                self.notify(ids, false, None).await
-            }
-            After::WatchersChanged(aor) => {
-                let ids = self.winfo_subscriptions(&aor);
-                self.notify(ids, true, None).await
-            }
-        }
+    fn on_fetched(&mut self, now: Now, id: TaskId, facts: Facts) {
+        let Some(task) = self.tasks.remove(&id) else { return };
+        let outcome = self.dispatch(now, task.flow, &task.req, &facts);
+        self.advance(now, id, task, outcome);
     }
 
-    async fn dispatch(self: &Arc<Self>, flow: Flow, req: &Message) -> (Message, Vec<After>) {
-        let method = req.method().unwrap_or_default();
+    fn dispatch(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
         if let Some(r) = self.check_common(req) {
-            return (r, vec![]);
+            return r.into();
         }
-        let response = match method {
-            "REGISTER" => return self.register(flow, req).await,
-            "MESSAGE" => self.message(flow, req).await,
-            "SUBSCRIBE" => return self.subscribe(flow, req).await,
-            "PUBLISH" => return self.publish(flow, req).await,
+        match req.method().unwrap_or_default() {
+            "REGISTER" => self.register(now, flow, req, facts),
+            "MESSAGE" => self.message(now, flow, req, facts),
+            "SUBSCRIBE" => self.subscribe(now, flow, req, facts),
+            "PUBLISH" => self.publish(now, flow, req, facts),
             "OPTIONS" => {
                 let mut r = self.respond(req, 200);
                 r.headers.push("Allow", ALLOW);
                 r.headers.push("Accept", "text/plain, message/cpim, application/pidf+xml, */*");
                 r.headers.push("Allow-Events", super::presence::ALLOW_EVENTS);
                 r.headers.push("Supported", "path, eventlist");
-                r
+                r.into()
             }
-            m if KNOWN_METHODS.contains(&m) => {
-                let mut r = self.respond(req, 405);
+            m => {
+                let mut r = self.respond(req, if KNOWN_METHODS.contains(&m) { 405 } else { 501 });
                 r.headers.push("Allow", ALLOW);
-                r
+                r.into()
             }
-            _ => {
-                let mut r = self.respond(req, 501);
-                r.headers.push("Allow", ALLOW);
-                r
+        }
+    }
+
+    /// Carries out a handler's decision for a task.
+    fn advance(&mut self, now: Now, id: TaskId, mut task: Task, outcome: Outcome) {
+        match outcome {
+            Outcome::Respond { response, writes, after } if writes.is_empty() => {
+                self.finish(now, task, response);
+                for a in after {
+                    self.run_after(now, a);
+                }
             }
+            Outcome::Respond { response, writes, after } => {
+                task.stage = Stage::Storing { response, after };
+                self.tasks.insert(id, task);
+                self.store(Some(id), writes);
+            }
+            Outcome::Fork(branches) => {
+                task.stage = Stage::Forking { outstanding: branches.len(), best: None };
+                self.tasks.insert(id, task);
+                for (flow, req) in branches {
+                    self.start_request(now, flow, req, Waiter::Fork(id));
+                }
+            }
+        }
+    }
+
+    fn on_stored(&mut self, now: Now, id: TaskId, result: Result<(), String>) {
+        let Some(task) = self.tasks.remove(&id) else { return };
+        let Stage::Storing { response, after } = task.stage else { return };
+        match result {
+            Ok(()) => {
+                let task = Task { stage: Stage::Fetching, ..task };
+                self.finish(now, task, response);
+                for a in after {
+                    self.run_after(now, a);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed");
+                let r = self.respond_with(&task.req, 500, "Storage Failure");
+                let task = Task { stage: Stage::Fetching, ..task };
+                self.finish(now, task, r);
+            }
+        }
+    }
+
+    /// Sends a task's final response; the task is over.
+    fn finish(&mut self, now: Now, task: Task, response: Message) {
+        let bytes = response.to_bytes();
+        self.metrics.count_response(response.status().unwrap_or(500));
+        self.server_txns.on_final(&task.key, bytes.clone(), task.reply_flow.transport.is_reliable(), now.instant);
+        self.send(task.reply_flow, bytes);
+        let method = task.req.method().unwrap_or_default();
+        self.metrics.observe_latency(method, now.instant.duration_since(task.received));
+    }
+
+    /// An answer to a request this server sent (`None`: none came, or it could not be sent).
+    fn answered(&mut self, now: Now, waiter: Waiter, answer: Option<Message>) {
+        match waiter {
+            Waiter::Fork(id) => self.fork_answered(now, id, answer),
+            Waiter::Notify(sub) => {
+                // A subscriber that no longer knows the dialog, or never answers, is gone.
+                if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408)) {
+                    self.drop_subscription(&sub);
+                }
+            }
+            Waiter::Gone => {}
+        }
+    }
+
+    /// RFC 3261 16.7: the first 2xx answers the sender; otherwise, once every branch has
+    /// answered, the best failure (480 when none is worth passing on).
+    fn fork_answered(&mut self, now: Now, id: TaskId, answer: Option<Message>) {
+        let Some(task) = self.tasks.get_mut(&id) else { return }; // answered already
+        let Stage::Forking { outstanding, best } = &mut task.stage else { return };
+        *outstanding -= 1;
+        let mut delivered = None;
+        if let Some(mut resp) = answer {
+            let code = resp.status().unwrap_or(500);
+            resp.headers.pop_first_value("Via");
+            if (200..300).contains(&code) {
+                delivered = Some(resp);
+            } else if best.as_ref().is_none_or(|b| better_failure(code, b.status().unwrap_or(500))) {
+                *best = Some(resp);
+            }
+        }
+        if delivered.is_none() && *outstanding > 0 {
+            return;
+        }
+        let best = best.take();
+        let task = self.tasks.remove(&id).expect("present");
+        let response = match (delivered, best) {
+            (Some(ok), _) => {
+                self.metrics.messages_delivered.fetch_add(1, Relaxed);
+                ok
+            }
+            (None, Some(r)) if r.status() != Some(408) && r.status() != Some(503) => r,
+            (None, _) => self.respond(&task.req, 480),
         };
-        (response, vec![])
+        self.finish(now, task, response);
+    }
+
+    pub(super) fn run_after(&mut self, now: Now, after: After) {
+        match after {
+            After::Notify(ids, full) => self.notify(now, ids, full, None),
+            After::Terminate(ids, reason) => self.notify(now, ids, true, Some(reason)),
+            After::PresenceChanged(aor) => {
+                let ids = self.presence.affected_by_presence(&aor);
+                self.notify(now, ids, false, None)
+            }
+            After::WatchersChanged(aor) => {
+                let ids = self.winfo_subscriptions(&aor);
+                self.notify(now, ids, true, None)
+            }
+        }
+    }
+
+    /// Sends a NOTIFY-like request in a client transaction on behalf of a subscription.
+    pub(super) fn send_notify(&mut self, now: Now, flow: Flow, req: Message, subscription: String) {
+        self.start_request(now, flow, req, Waiter::Notify(subscription));
     }
 
     /// Checks every request shares: URI scheme, Require, body size.
@@ -357,30 +624,64 @@ impl Core {
         None
     }
 
+    // ---- responses ----
+
+    fn on_response(&mut self, now: Now, msg: Message) {
+        let Some(branch) =
+            msg.headers.get("Via").and_then(|v| Via::parse(v).ok()).and_then(|v| v.branch().map(str::to_string))
+        else {
+            self.metrics.malformed_responses.fetch_add(1, Relaxed);
+            return;
+        };
+        match self.client_txns.on_response(&branch, msg.status().unwrap_or(0), now.instant) {
+            ResponseEvent::Final => {
+                let waiter = self.client_txns.data_mut(&branch).map(|o| std::mem::replace(&mut o.waiter, Waiter::Gone));
+                if let Some(waiter) = waiter {
+                    self.answered(now, waiter, Some(msg));
+                }
+            }
+            ResponseEvent::Provisional => {}
+            ResponseEvent::Ignore => {
+                self.metrics.stray_responses.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn on_malformed(&mut self, flow: Flow, e: ParseError) {
+        if !e.is_request {
+            self.metrics.malformed_responses.fetch_add(1, Relaxed);
+            return;
+        }
+        self.metrics.malformed_requests.fetch_add(1, Relaxed);
+        tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
+        let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) else {
+            return; // nowhere to send a response
+        };
+        self.metrics.count_response(answer.status().unwrap_or(400));
+        self.send(to, answer.to_bytes());
+    }
+
+    // ---- helpers for the method handlers ----
+
     /// Whether a URI host is a SIP domain served here (or an alias of it).
     pub(super) fn is_local_host(&self, host: &str) -> bool {
         self.domains.is_local(host)
     }
 
     /// The address of record (`user@domain`) a URI names, if its domain is served here.
-    pub(super) fn local_aor(&self, uri: &crate::sip::uri::SipUri) -> Option<String> {
+    pub(super) fn local_aor(&self, uri: &SipUri) -> Option<String> {
         self.domains.aor(uri)
     }
 
     /// Where requests along a Route set go: over the internal link, the connection the request
     /// came in on, or failing that the address of the first route (the Front-End instance that
     /// holds the client's connection). Elsewhere the flow itself.
-    pub(super) async fn next_hop(&self, flow: Flow, first_route: Option<&String>) -> Flow {
+    pub(super) fn next_hop(&self, flow: Flow, first_route: Option<&String>, facts: &Facts) -> Flow {
         if flow.transport != Transport::Internal {
             return flow;
         }
-        let Some(uri) = first_route.and_then(|r| NameAddr::parse(r).ok()).map(|n| n.uri) else {
-            return flow;
-        };
-        let host = uri.host();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port().unwrap_or(5061);
-        match tokio::net::lookup_host((host, port)).await.ok().and_then(|mut a| a.next()) {
+        let Some((host, port)) = route_host(first_route) else { return flow };
+        match host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)).or(facts.route) {
             Some(remote) => Flow { transport: Transport::Internal, remote, conn: flow.conn },
             None => flow,
         }
@@ -399,20 +700,7 @@ impl Core {
     }
 
     fn via_host(&self, transport: Transport) -> String {
-        let hosts = self.via_hosts.lock().expect("via hosts");
-        hosts.get(&transport).cloned().unwrap_or_else(|| self.settings.domain.clone())
-    }
-
-    /// Authenticates the sender of a request as a local user (407 challenge), by its From.
-    pub(super) async fn authenticated_sender(&self, flow: Flow, req: &Message) -> Result<User, Message> {
-        let from = match NameAddr::parse(req.headers.get("From").unwrap_or_default()) {
-            Ok(f) => match self.local_aor(&f.uri) {
-                Some(aor) => aor,
-                None => return Err(self.respond_with(req, 403, "Relaying Denied")),
-            },
-            Err(e) => return Err(self.respond_with(req, 400, &format!("Bad From header: {e}"))),
-        };
-        self.authenticate(flow, req, &from, true).await
+        self.via_hosts.get(&transport).cloned().unwrap_or_else(|| self.settings.domain.clone())
     }
 
     pub(super) fn respond(&self, req: &Message, code: u16) -> Message {
@@ -430,229 +718,34 @@ impl Core {
         r.headers.push("Retry-After", "5");
         r
     }
+}
 
-    /// Authenticates the sender as `aor`. Unknown users and wrong passwords get the same challenge.
-    /// Failures are logged at WARN with the user and the source address (never the credentials),
-    /// for a person reading the log and for fail2ban-style tools.
-    pub(super) async fn authenticate(
-        &self,
-        flow: Flow,
-        req: &Message,
-        aor: &str,
-        proxy: bool,
-    ) -> Result<User, Message> {
-        let (code, header, challenge) = if proxy {
-            (407, "Proxy-Authorization", "Proxy-Authenticate")
-        } else {
-            (401, "Authorization", "WWW-Authenticate")
-        };
-        let user = match self.directory.find_user(aor).await {
-            Ok(u) => u,
-            Err(e) => return Err(self.unavailable(req, &e)),
-        };
-        let realm = realm_of(aor);
-        let quoted = format!("realm=\"{realm}\"");
-        let creds = req.headers.get_all(header).find(|v| v.contains(&quoted));
-        if creds.is_none() {
-            self.log_unsupported_auth(flow, req, aor, header);
-        }
-        let now = SystemTime::now();
-        let client = client_address(flow, req);
-        let mut stale = false;
-        let locked = creds.is_some() && self.guard.lock().expect("guard").locked(client.ip(), aor, now);
-        if locked {
-            // Not checked at all, and answered as a wrong password is: the guesser learns nothing.
-            self.metrics.auth_refused_locked.fetch_add(1, Relaxed);
-            tracing::debug!(user = %aor, source = %client, "attempt while locked out");
-        } else if let Some(creds) = creds {
-            match self.auth.verify(creds, realm, req.method().unwrap_or_default(), user.as_ref(), now) {
-                super::auth::Verdict::Ok => {
-                    self.guard.lock().expect("guard").succeeded(client.ip());
-                    let user = user.expect("verified users exist");
-                    if !user.enabled {
-                        return Err(self.respond_with(req, 403, "Account Disabled"));
-                    }
-                    return Ok(user);
-                }
-                super::auth::Verdict::Stale => stale = true,
-                super::auth::Verdict::Fail(why) => {
-                    self.metrics.auth_failures.fetch_add(1, Relaxed);
-                    let (source, transport) = (client, flow.transport.via_token());
-                    if why == super::auth::FOREIGN_NONCE {
-                        // The password was right: a client reusing a nonce from before a restart.
-                        tracing::info!(user = %aor, %source, %transport, why, "credentials for an unknown nonce: challenged again");
-                    } else {
-                        tracing::warn!(user = %aor, %source, %transport, why, "authentication failed");
-                        match self.guard.lock().expect("guard").failed(client.ip(), aor, now) {
-                            super::guard::Lockout::None => {}
-                            super::guard::Lockout::Source => {
-                                self.metrics.auth_lockouts.fetch_add(1, Relaxed);
-                                let address = source.ip();
-                                tracing::warn!(%address, "too many failed authentications: address locked out");
-                            }
-                            super::guard::Lockout::User => {
-                                self.metrics.auth_lockouts.fetch_add(1, Relaxed);
-                                tracing::warn!(user = %aor, "too many failed authentications: user locked out");
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let mut r = self.respond(req, code);
-        for c in self.auth.challenges(realm, stale, now) {
-            r.headers.push(challenge, c);
-        }
-        Err(r)
-    }
+/// The host and port of a route header value (port 5061: the internal link's TLS default).
+fn route_host(route: Option<&String>) -> Option<(String, u16)> {
+    let uri = NameAddr::parse(route?).ok()?.uri;
+    let host = uri.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    Some((host, uri.port().unwrap_or(5061)))
+}
 
-    /// A client that asks for an authentication scheme other than Digest gets a Digest challenge
-    /// it cannot answer, and usually gives up without another word: say so in the log. Microsoft's
-    /// dialect (pidgin-sipe, Lync, Skype for Business) speaks NTLM, Kerberos or TLS-DSK only; its
-    /// first REGISTER carries no credentials but its extensions give it away.
-    fn log_unsupported_auth(&self, flow: Flow, req: &Message, aor: &str, header: &str) {
-        let (source, transport) = (client_address(flow, req), flow.transport.via_token());
-        for value in req.headers.get_all(header) {
-            let scheme = value.split_whitespace().next().unwrap_or_default();
-            if !scheme.eq_ignore_ascii_case("Digest") {
-                tracing::warn!(
-                    user = %aor,
-                    %source,
-                    %transport,
-                    %scheme,
-                    "client offered an authentication scheme this server does not support (Digest only)"
-                );
-                return;
-            }
-        }
-        let microsoft = req.method() == Some("REGISTER")
-            && (req.headers.get("ms-keep-alive").is_some()
-                || req
-                    .headers
-                    .get_all("Supported")
-                    .flat_map(crate::sip::params::split_list)
-                    .any(|s| s.eq_ignore_ascii_case("msrtc-event-categories")));
-        if microsoft {
-            let user_agent = req.headers.get("User-Agent").unwrap_or_default();
-            tracing::warn!(
-                user = %aor,
-                %source,
-                %transport,
-                user_agent,
-                "client speaks Microsoft's SIP dialect (NTLM, Kerberos or TLS-DSK authentication); \
-                 this server offers Digest only, so it will give up"
-            );
-        }
-    }
-
-    /// Sends a request along a flow with a fresh Via and waits for its final response
-    /// (`None` on timeout or when it cannot be sent).
-    pub(super) async fn forward(self: &Arc<Self>, flow: Flow, req: Message) -> Option<Message> {
-        self.start_request(flow, req).await?.await.ok().flatten()
-    }
-
-    /// Sends a request along a flow with a fresh Via in a new client transaction; the receiver
-    /// yields its final response (`None` on timeout). `None` here: it could not be sent.
-    pub(super) async fn start_request(
-        self: &Arc<Self>,
-        flow: Flow,
-        mut req: Message,
-    ) -> Option<oneshot::Receiver<Option<Message>>> {
-        let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
-        let host = self.via_host(flow.transport);
-        req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
-        let data = req.to_bytes();
-        let (tx, rx) = oneshot::channel();
-        let pending = Pending { flow, data: data.clone(), reply: Some(tx) };
-        self.client_txns.lock().expect("client txns").start(
-            branch.clone(),
-            flow.transport.is_reliable(),
-            pending,
-            Instant::now(),
-        );
-        if let Err(e) = self.transports.send(&flow, data).await {
-            tracing::debug!(error = %e, remote = %flow.remote, "request not sent");
-            if let Some(p) = self.client_txns.lock().expect("client txns").data_mut(&branch) {
-                p.reply.take();
-            }
-            return None;
-        }
-        Some(rx)
-    }
-
-    fn on_response(&self, msg: Message) {
-        let Some(branch) =
-            msg.headers.get("Via").and_then(|v| Via::parse(v).ok()).and_then(|v| v.branch().map(str::to_string))
-        else {
-            self.metrics.malformed_responses.fetch_add(1, Relaxed);
-            return;
-        };
-        let status = msg.status().unwrap_or(0);
-        let mut ct = self.client_txns.lock().expect("client txns");
-        match ct.on_response(&branch, status, Instant::now()) {
-            ResponseEvent::Final => {
-                if let Some(reply) = ct.data_mut(&branch).and_then(|p| p.reply.take()) {
-                    let _ = reply.send(Some(msg));
-                }
-            }
-            ResponseEvent::Provisional => {}
-            ResponseEvent::Ignore => {
-                self.metrics.stray_responses.fetch_add(1, Relaxed);
-            }
-        }
-    }
-
-    fn on_malformed(self: &Arc<Self>, flow: Flow, e: ParseError) {
-        if !e.is_request {
-            self.metrics.malformed_responses.fetch_add(1, Relaxed);
-            return;
-        }
-        self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
-        let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) else {
-            return; // nowhere to send a response
-        };
-        self.metrics.count_response(answer.status().unwrap_or(400));
-        let core = self.clone();
-        tokio::spawn(async move {
-            let _ = core.transports.send(&to, answer.to_bytes()).await;
-        });
+/// RFC 3261 16.7: a 6xx wins, otherwise the lowest class.
+fn better_failure(new: u16, old: u16) -> bool {
+    match (new / 100, old / 100) {
+        (6, 6) => false,
+        (6, _) => true,
+        (_, 6) => false,
+        (n, o) => n < o || (n == o && new < old),
     }
 }
 
-/// The address a request really comes from: over the internal link, the client's as the
-/// Front-End stamped it on the client's Via (a Front-End is trusted: it authenticated with a
-/// certificate); otherwise the peer's.
-pub(super) fn client_address(flow: Flow, req: &Message) -> std::net::SocketAddr {
-    if flow.transport == Transport::Internal
-        && let Some(via) =
-            req.headers.get_all("Via").flat_map(crate::sip::params::split_list).nth(1).and_then(|v| Via::parse(v).ok())
-        && let Some(ip) = via
-            .param("received")
-            .and_then(|r| r.parse().ok())
-            .or_else(|| via.host.trim_matches(['[', ']']).parse().ok())
-    {
-        let port = via.param("rport").and_then(|p| p.parse().ok()).or(via.port).unwrap_or(5060);
-        return std::net::SocketAddr::new(ip, port);
-    }
-    flow.remote
-}
+#[cfg(test)]
+mod tests {
+    use super::better_failure;
 
-/// The digest realm of a user: the domain of their address (what `user add` hashes with).
-pub(super) fn realm_of(aor: &str) -> &str {
-    aor.rsplit_once('@').map_or(aor, |(_, d)| d)
-}
-
-/// The transports hand every message here.
-pub struct CoreHandler(pub Arc<Core>);
-
-impl Handler for CoreHandler {
-    fn on_message(&self, flow: Flow, data: Bytes) {
-        let core = &self.0;
-        match parse_datagram(&data, &core.settings.limits) {
-            Ok(msg) if msg.is_request() => core.on_request(flow, msg),
-            Ok(msg) => core.on_response(msg),
-            Err(e) => core.on_malformed(flow, e),
-        }
+    #[test]
+    fn best_failure_prefers_6xx_then_lowest_class() {
+        assert!(better_failure(603, 404));
+        assert!(!better_failure(404, 603));
+        assert!(better_failure(404, 503));
+        assert!(!better_failure(486, 404));
     }
 }

@@ -1,11 +1,18 @@
-//! The Home Server role: registrar, digest authentication, instant message delivery.
+//! The Home Server role: registrar, digest authentication, instant message delivery, presence.
+//! `core` is the protocol state machine (no IO, tested with simulated time in `tests`); `driver`
+//! is the tokio layer that performs its actions.
 
 pub mod auth;
 mod core;
+mod driver;
 pub mod guard;
+mod identity;
 mod im;
 pub mod presence;
 mod register;
 pub mod registrar;
+#[cfg(test)]
+mod tests;
 
-pub use self::core::{Core, CoreHandler, CoreSettings};
+pub use self::core::{Core, CoreSettings};
+pub use self::driver::{HomeHandler, HomeServer};

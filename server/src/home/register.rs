@@ -1,7 +1,7 @@
 //! REGISTER (RFC 3261 section 10.3): authenticate the address of record's owner, then update
 //! and list its bindings.
 
-use super::core::{After, Core};
+use super::core::{After, Core, Facts, Now, Outcome};
 use super::registrar::{Binding, Contacts, RegisterError, Update};
 use crate::sip::Message;
 use crate::sip::params::split_list;
@@ -9,28 +9,23 @@ use crate::sip::uri::{NameAddr, SipUri};
 use crate::store::{Table, Write};
 use crate::transport::Flow;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::SystemTime;
 
 impl Core {
     /// Handles REGISTER; a successful change is on disk before the 200 goes out, and a user
     /// coming online or going offline is announced to watchers afterwards.
-    pub(super) async fn register(&self, flow: Flow, req: &Message) -> (Message, Vec<After>) {
+    pub(super) fn register(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
         let mut change = None;
-        let response = self.register_inner(flow, req, &mut change).await;
-        let Some(Change { aor, was_online, now_online, added, removed }) = change else { return (response, vec![]) };
-        let bindings = self.registrar.lock().expect("registrar").lookup(&aor, SystemTime::now());
+        let response = self.register_inner(now, flow, req, facts, &mut change);
+        let Some(Change { aor, was_online, now_online, added, removed }) = change else { return response.into() };
+        let bindings = self.registrar.lookup(&aor, now.wall);
         let write = if bindings.is_empty() {
             Write::delete(Table::Registrations, &aor)
         } else {
             Write::put(Table::Registrations, &aor, &bindings)
         };
-        if let Err(e) = self.store.apply(vec![write]).await {
-            tracing::error!(error = %e, "store write failed");
-            return (self.respond_with(req, 500, "Storage Failure"), vec![]);
-        }
         // One line per sign-in and sign-out; refreshes are routine. Behind a Front-End the source
         // is the client's, as the Front-End stamped it.
-        let (source, transport) = (super::core::client_address(flow, req), flow.transport.via_token());
+        let (source, transport) = (super::identity::client_address(flow, req), flow.transport.via_token());
         for (contact, expires) in &added {
             tracing::info!(user = %aor, %source, %transport, %contact, expires, "signed in");
         }
@@ -41,10 +36,17 @@ impl Core {
             tracing::debug!(user = %aor, %source, %transport, "registration refreshed");
         }
         let after = if was_online != now_online { vec![After::PresenceChanged(aor)] } else { vec![] };
-        (response, after)
+        Outcome::Respond { response, writes: vec![write], after }
     }
 
-    async fn register_inner(&self, flow: Flow, req: &Message, change: &mut Option<Change>) -> Message {
+    fn register_inner(
+        &mut self,
+        now: Now,
+        flow: Flow,
+        req: &Message,
+        facts: &Facts,
+        change: &mut Option<Change>,
+    ) -> Message {
         match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) if self.is_local_host(&u.host()) || u.ip().is_some() => {}
             Ok(_) => return self.respond_with(req, 404, "Domain Not Served Here"),
@@ -58,7 +60,7 @@ impl Core {
             },
             Err(e) => return self.respond_with(req, 400, &format!("Bad To header: {e}")),
         };
-        let user = match self.authenticate(flow, req, &aor, false).await {
+        let user = match self.authenticate(now, flow, req, &aor, false, facts) {
             Ok(user) => user,
             Err(r) => return r,
         };
@@ -69,7 +71,7 @@ impl Core {
             return self.respond_with(req, 403, "Homed On Another Home Server");
         }
         let path: Vec<String> = req.headers.get_all("Path").flat_map(split_list).map(str::to_string).collect();
-        let flow = self.next_hop(flow, path.first()).await;
+        let flow = self.next_hop(flow, path.first(), facts);
         let contacts = match parse_contacts(req) {
             Ok(c) => c,
             Err(reason) => return self.respond_with(req, 400, &reason),
@@ -79,10 +81,10 @@ impl Core {
             Some(Ok(e)) => Some(e),
             Some(Err(_)) => return self.respond_with(req, 400, "Bad Expires header"),
         };
-        let now = SystemTime::now();
+        let now = now.wall;
         let (call_id, cseq) = (req.call_id().to_string(), req.cseq().map_or(0, |(n, _)| n));
         let result = {
-            let mut registrar = self.registrar.lock().expect("registrar");
+            let registrar = &mut self.registrar;
             let before = registrar.lookup(&aor, now);
             let result = match contacts {
                 None => Ok(registrar.lookup(&aor, now)),

@@ -3,7 +3,7 @@
 
 use super::metrics::Metrics;
 use crate::directory::Directory;
-use crate::home::Core;
+use crate::home::HomeServer;
 use crate::home::presence::state::Rules;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
@@ -19,8 +19,8 @@ pub struct OpsState {
     pub directory: Arc<dyn Directory>,
     /// Set once every SIP listener is bound; cleared when draining.
     pub listening: Arc<AtomicBool>,
-    /// The Home Server's core, for the presence-rules and contact-list API.
-    pub core: Option<Arc<Core>>,
+    /// The Home Server, for the presence-rules and contact-list API.
+    pub home: Option<Arc<HomeServer>>,
 }
 
 pub async fn serve(addr: SocketAddr, state: OpsState) -> std::io::Result<SocketAddr> {
@@ -63,8 +63,8 @@ async fn authorize(
     method: &str,
     path: &Uri,
     headers: &HeaderMap,
-) -> Result<(Arc<Core>, String, String), Response> {
-    let Some(core) = s.core.clone() else { return Err(StatusCode::NOT_FOUND.into_response()) };
+) -> Result<(Arc<HomeServer>, String, String), Response> {
+    let Some(core) = s.home.clone() else { return Err(StatusCode::NOT_FOUND.into_response()) };
     let user = user.trim_start_matches("sip:").to_ascii_lowercase();
     let aor = if user.contains('@') { user } else { format!("{user}@{}", core.domain()) };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());

@@ -36,6 +36,7 @@ impl Table {
 }
 
 /// One change: a value to store under a key, or `None` to delete it.
+#[derive(Debug)]
 pub struct Write {
     pub table: Table,
     pub key: String,
@@ -110,13 +111,25 @@ impl Store {
 
     /// Applies writes in one durable transaction; returns once they are on disk.
     pub async fn apply(&self, writes: Vec<Write>) -> anyhow::Result<()> {
-        if writes.is_empty() {
-            return Ok(());
+        self.submit(writes).await
+    }
+
+    /// Queues writes at once (so calls commit in the order they are made); the future resolves
+    /// when they are on disk.
+    pub fn submit(&self, writes: Vec<Write>) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+        let stopped = || anyhow::anyhow!("the store writer has stopped");
+        let queued = (!writes.is_empty()).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
+            writer.send((writes, tx)).map(|()| rx)
+        });
+        async move {
+            match queued {
+                None => Ok(()),
+                Some(Err(_)) => Err(stopped()),
+                Some(Ok(rx)) => rx.await.map_err(|_| stopped())?.map_err(|e| anyhow::anyhow!(e)),
+            }
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
-        writer.send((writes, tx)).map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
-        rx.await.map_err(|_| anyhow::anyhow!("the store writer has stopped"))?.map_err(|e| anyhow::anyhow!(e))
     }
 
     fn apply_now(db: &Database, writes: impl Iterator<Item = Write>) -> anyhow::Result<()> {

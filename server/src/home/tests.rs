@@ -1,0 +1,558 @@
+//! The Home Server's flows run on the core alone: no sockets, no directory server, no disk, and a
+//! clock the test moves. A `Sim` answers the core's fetches from a table of users and its store
+//! writes at once (or with a failure), and collects what it sends; minutes of protocol time pass
+//! in microseconds.
+
+use super::auth::{Algorithm, DigestAuth, ha1, hash};
+use super::core::{Action, Core, CoreSettings, Facts, Input, Now};
+use super::guard;
+use super::registrar::{Policy, Registrar};
+use crate::directory::{DirectoryError, User};
+use crate::ops::metrics::Metrics;
+use crate::sip::Message;
+use crate::sip::message::{Limits, parse_datagram};
+use crate::sip::params::parse_auth_params;
+use crate::store::{Table, Write};
+use crate::transaction::Timers;
+use crate::transport::{Flow, Transport};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+const DOMAIN: &str = "example.test";
+
+/// A message the core sent, and the client transaction it belongs to (for requests).
+struct Sent {
+    flow: Flow,
+    msg: Message,
+    branch: Option<String>,
+}
+
+impl Sent {
+    fn status(&self) -> Option<u16> {
+        self.msg.status()
+    }
+
+    fn method(&self) -> Option<&str> {
+        self.msg.method()
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.msg.headers.get(name).unwrap_or_default()
+    }
+
+    fn reason(&self) -> &str {
+        match &self.msg.start {
+            crate::sip::StartLine::Response { reason, .. } => reason,
+            crate::sip::StartLine::Request { .. } => "",
+        }
+    }
+
+    fn body(&self) -> String {
+        String::from_utf8_lossy(&self.msg.body).into_owned()
+    }
+}
+
+type Fetch = (Vec<String>, Option<(String, u16)>);
+
+struct Sim {
+    core: Core,
+    now: Now,
+    users: HashMap<String, User>,
+    directory_down: bool,
+    store_fails: bool,
+    writes: Vec<Write>,
+    /// Each fetch: the users, and the route host to resolve.
+    fetched: Vec<Fetch>,
+    next: u32,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        let settings = CoreSettings {
+            domain: DOMAIN.into(),
+            domain_aliases: vec![],
+            server_name: "home-1".into(),
+            max_body_bytes: 64 * 1024,
+            timers: Timers::default(),
+            min_expires: 60,
+            max_expires: 7200,
+            admin_token: None,
+            guard: guard::Policy {
+                max_failures_per_source: 10,
+                max_failures_per_user: 100,
+                window: Duration::from_secs(60),
+                lockout: Duration::from_secs(300),
+            },
+        };
+        let registrar =
+            Registrar::new(Policy { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 });
+        let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(300));
+        let mut core = Core::new(settings, auth, registrar, Arc::new(Metrics::default()));
+        core.set_via_host(Transport::Udp, "192.0.2.1:5060".into());
+        let mut users = HashMap::new();
+        for (name, home) in [("alice", "home-1"), ("bob", "home-1"), ("carol", "home-2")] {
+            let address = format!("{name}@{DOMAIN}");
+            let ha1_md5 = Some(ha1(Algorithm::Md5, name, DOMAIN, &format!("{name}-pw")));
+            let user = User {
+                address: address.clone(),
+                enabled: true,
+                home_server: Some(home.into()),
+                ha1_md5,
+                ha1_sha256: None,
+            };
+            users.insert(address, user);
+        }
+        // Both clocks start at an arbitrary point; only their progress matters.
+        let now = Now { instant: Instant::now(), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) };
+        Sim { core, now, users, directory_down: false, store_fails: false, writes: vec![], fetched: vec![], next: 0 }
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Sent> {
+        self.core.handle(self.now, input);
+        self.settle()
+    }
+
+    /// Performs the core's actions until only sends are left: fetches from `users`, writes
+    /// accepted (or refused with `store_fails`).
+    fn settle(&mut self) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        loop {
+            let actions = self.core.take_actions();
+            if actions.is_empty() {
+                return sent;
+            }
+            for action in actions {
+                match action {
+                    Action::Send { flow, data, branch } => {
+                        let msg = parse_datagram(&data, &Limits::default()).expect("the core sends what it can parse");
+                        sent.push(Sent { flow, msg, branch });
+                    }
+                    Action::Fetch { task, users, resolve } => {
+                        self.fetched.push((users.clone(), resolve.clone()));
+                        let mut facts = Facts::default();
+                        for aor in users {
+                            let found = match self.directory_down {
+                                true => Err(DirectoryError::Unavailable("connection refused".into())),
+                                false => Ok(self.users.get(&aor).cloned()),
+                            };
+                            facts.users.insert(aor, found);
+                        }
+                        facts.route = resolve.map(|_| "198.51.100.7:5062".parse().unwrap());
+                        self.core.handle(self.now, Input::Fetched { task, facts });
+                    }
+                    Action::Store { task, writes } => {
+                        let result = if self.store_fails { Err("disk full".to_string()) } else { Ok(()) };
+                        if result.is_ok() {
+                            self.writes.extend(writes);
+                        }
+                        if let Some(task) = task {
+                            self.core.handle(self.now, Input::Stored { task, result });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, flow: Flow, text: &str) -> Vec<Sent> {
+        let message = parse_datagram(text.as_bytes(), &Limits::default());
+        self.input(Input::Received { flow, message })
+    }
+
+    /// Moves both clocks on and runs the core's timers at 50 ms steps, as the IO layer does.
+    fn wait(&mut self, d: Duration) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        let end = self.now.after(d);
+        while self.now.instant < end.instant {
+            self.now = self.now.after(Duration::from_millis(50));
+            self.core.on_tick(self.now);
+            sent.extend(self.settle());
+        }
+        sent
+    }
+
+    /// Runs the timers until the core sends a `method` request, at most `max` of simulated time.
+    fn wait_for(&mut self, method: &str, max: Duration) -> Sent {
+        let end = self.now.after(max);
+        while self.now.instant < end.instant {
+            let mut sent = self.wait(Duration::from_millis(50));
+            if let Some(i) = sent.iter().position(|s| s.method() == Some(method)) {
+                return sent.swap_remove(i);
+            }
+        }
+        panic!("no {method} within {max:?}");
+    }
+
+    fn written(&self, table: Table, key: &str) -> Option<bool> {
+        self.writes.iter().rev().find(|w| w.table == table && w.key == key).map(|w| w.value.is_some())
+    }
+
+    fn unique(&mut self) -> u32 {
+        self.next += 1;
+        self.next
+    }
+}
+
+/// A SIP client of the simulated server.
+struct Client {
+    user: &'static str,
+    flow: Flow,
+    call_id: String,
+    cseq: u32,
+}
+
+fn client(user: &'static str, remote: &str) -> Client {
+    let flow = Flow::datagram(Transport::Udp, remote.parse::<SocketAddr>().unwrap());
+    Client { user, flow, call_id: format!("{user}-call"), cseq: 0 }
+}
+
+impl Client {
+    fn aor(&self) -> String {
+        format!("{}@{DOMAIN}", self.user)
+    }
+
+    /// A request from this client; `extra` are whole header lines.
+    fn request(&mut self, sim: &mut Sim, method: &str, uri: &str, to: &str, extra: &[String], body: &str) -> String {
+        self.cseq += 1;
+        let branch = sim.unique();
+        let mut text = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK{branch};rport\r\nMax-Forwards: 70\r\n\
+             From: <sip:{}>;tag={}-tag\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n",
+            self.flow.remote,
+            self.aor(),
+            self.user,
+            self.call_id,
+            self.cseq
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push_str("\r\n");
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        text
+    }
+
+    /// Sends a request, answers a digest challenge once, and returns everything the server sent
+    /// after the credentials.
+    fn transact(
+        &mut self,
+        sim: &mut Sim,
+        method: &str,
+        uri: &str,
+        to: &str,
+        extra: &[String],
+        body: &str,
+    ) -> Vec<Sent> {
+        let first = self.request(sim, method, uri, to, extra, body);
+        let sent = sim.receive(self.flow, &first);
+        let challenge = sent.iter().find(|s| matches!(s.status(), Some(401 | 407)));
+        let Some(challenge) = challenge else { return sent };
+        let (challenge_header, header) = match challenge.status() {
+            Some(401) => ("WWW-Authenticate", "Authorization"),
+            _ => ("Proxy-Authenticate", "Proxy-Authorization"),
+        };
+        let creds = digest(&challenge.msg, challenge_header, self.user, &format!("{}-pw", self.user), method, uri);
+        let mut extra = extra.to_vec();
+        extra.push(format!("{header}: {creds}"));
+        let second = self.request(sim, method, uri, to, &extra, body);
+        sim.receive(self.flow, &second)
+    }
+
+    fn register(&mut self, sim: &mut Sim, expires: u32) -> Vec<Sent> {
+        let (to, contact) =
+            (format!("<sip:{}>", self.aor()), format!("Contact: <sip:{}@{}>", self.user, self.flow.remote));
+        self.transact(sim, "REGISTER", &format!("sip:{DOMAIN}"), &to, &[contact, format!("Expires: {expires}")], "")
+    }
+
+    fn subscribe(&mut self, sim: &mut Sim, target: &str, expires: u32) -> Vec<Sent> {
+        let (uri, to) = (format!("sip:{target}"), format!("<sip:{target}>"));
+        let extra = [
+            "Event: presence".to_string(),
+            format!("Contact: <sip:{}@{}>", self.user, self.flow.remote),
+            format!("Expires: {expires}"),
+        ];
+        self.transact(sim, "SUBSCRIBE", &uri, &to, &extra, "")
+    }
+
+    fn publish(&mut self, sim: &mut Sim, note: &str) -> Vec<Sent> {
+        let (uri, to) = (format!("sip:{}", self.aor()), format!("<sip:{}>", self.aor()));
+        let pidf = format!(
+            "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:{}\">\
+             <tuple id=\"t1\"><status><basic>open</basic></status><note>{note}</note></tuple></presence>",
+            self.aor()
+        );
+        let extra = ["Event: presence".to_string(), "Content-Type: application/pidf+xml".to_string()];
+        self.transact(sim, "PUBLISH", &uri, &to, &extra, &pidf)
+    }
+
+    fn message(&mut self, sim: &mut Sim, target: &str, text: &str) -> Vec<Sent> {
+        let (uri, to) = (format!("sip:{target}"), format!("<sip:{target}>"));
+        self.transact(sim, "MESSAGE", &uri, &to, &["Content-Type: text/plain".to_string()], text)
+    }
+
+    /// Answers a request the server sent to this client.
+    fn answer(&self, sim: &mut Sim, request: &Sent, code: u16) -> Vec<Sent> {
+        assert_eq!(request.flow, self.flow, "{} went to the wrong client", request.method().unwrap_or("?"));
+        let response = crate::sip::response::respond(&request.msg, code, "client");
+        sim.input(Input::Received { flow: self.flow, message: Ok(response) })
+    }
+}
+
+/// Digest credentials (RFC 7616, MD5, qop=auth) for the first challenge in `header`.
+fn digest(challenge: &Message, header: &str, user: &str, password: &str, method: &str, uri: &str) -> String {
+    let value = challenge.headers.get(header).expect("a challenge");
+    let params: HashMap<String, String> =
+        parse_auth_params(value.trim().strip_prefix("Digest").unwrap()).into_iter().collect();
+    let (realm, nonce) = (&params["realm"], &params["nonce"]);
+    let ha1 = hash(Algorithm::Md5, &format!("{user}:{realm}:{password}"));
+    let ha2 = hash(Algorithm::Md5, &format!("{method}:{uri}"));
+    let response = hash(Algorithm::Md5, &format!("{ha1}:{nonce}:00000001:0a4f113b:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{response}\", \
+         algorithm=MD5, qop=auth, nc=00000001, cnonce=\"0a4f113b\""
+    )
+}
+
+fn statuses(sent: &[Sent]) -> Vec<u16> {
+    sent.iter().filter_map(Sent::status).collect()
+}
+
+fn requests<'a>(sent: &'a [Sent], method: &str) -> Vec<&'a Sent> {
+    sent.iter().filter(|s| s.method() == Some(method)).collect()
+}
+
+#[test]
+fn register_is_challenged_then_bound_and_made_durable() {
+    let mut sim = Sim::new();
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let first = alice.request(&mut sim, "REGISTER", "sip:example.test", "<sip:alice@example.test>", &[], "");
+    let sent = sim.receive(alice.flow, &first);
+    assert_eq!(statuses(&sent), [401]);
+    assert!(
+        sent[0].header("WWW-Authenticate").contains("realm=\"example.test\""),
+        "{}",
+        sent[0].header("WWW-Authenticate")
+    );
+    assert_eq!(sent[0].flow, alice.flow);
+    assert_eq!(sim.fetched.last().unwrap().0, ["alice@example.test"]);
+
+    let sent = alice.register(&mut sim, 600);
+    let ok = sent.iter().find(|s| s.status() == Some(200)).expect("200");
+    assert!(ok.header("Contact").contains("<sip:alice@192.0.2.10:5060>;expires=600"), "{}", ok.header("Contact"));
+    assert_eq!(sim.written(Table::Registrations, "alice@example.test"), Some(true));
+    assert_eq!(sim.core.binding_count(), 1);
+}
+
+#[test]
+fn a_registration_that_cannot_be_stored_is_refused_and_a_directory_outage_is_503() {
+    let mut sim = Sim::new();
+    sim.store_fails = true;
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let sent = alice.register(&mut sim, 600);
+    let last = sent.last().unwrap();
+    assert_eq!((last.status(), last.reason()), (Some(500), "Storage Failure"));
+
+    sim.store_fails = false;
+    sim.directory_down = true;
+    let sent = alice.register(&mut sim, 600);
+    assert_eq!(statuses(&sent), [503]);
+    assert_eq!(sent[0].header("Retry-After"), "5");
+}
+
+#[test]
+fn a_retransmitted_request_gets_the_same_answer_without_a_second_lookup() {
+    let mut sim = Sim::new();
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let first = alice.request(&mut sim, "OPTIONS", "sip:example.test", "<sip:example.test>", &[], "");
+    let answer = sim.receive(alice.flow, &first);
+    let again = sim.receive(alice.flow, &first);
+    assert_eq!(statuses(&answer), [200]);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].msg.to_bytes(), answer[0].msg.to_bytes());
+    assert!(sim.fetched.is_empty(), "OPTIONS needs nobody from the directory");
+}
+
+#[test]
+fn a_message_is_forked_to_the_device_and_its_answer_relayed() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 600);
+    let sent = bob.message(&mut sim, "alice@example.test", "hello");
+    let [relayed] = requests(&sent, "MESSAGE")[..] else { panic!("one MESSAGE to alice: {:?}", statuses(&sent)) };
+    assert_eq!(relayed.msg.request_uri(), Some("sip:alice@192.0.2.10:5060"));
+    assert_eq!(relayed.body(), "hello");
+    assert!(relayed.msg.headers.get("Proxy-Authorization").is_none(), "bob's credentials stay here");
+    assert!(statuses(&sent).is_empty(), "bob waits for alice's answer");
+
+    let sent = alice.answer(&mut sim, relayed, 200);
+    assert_eq!(statuses(&sent), [200]);
+    assert_eq!(sent[0].flow, bob.flow);
+    assert_eq!(sent[0].header("Call-ID"), "bob-call");
+}
+
+#[test]
+fn an_unanswered_message_over_udp_is_retransmitted_then_480() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 3600);
+    let sent = bob.message(&mut sim, "alice@example.test", "are you there?");
+    let original = requests(&sent, "MESSAGE")[0].msg.to_bytes();
+    // Timer E: T1 (500 ms), then doubling.
+    let sent = sim.wait(Duration::from_millis(600));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].msg.to_bytes(), original);
+    // Timer F: 64*T1 after the first send, bob gets 480 (a timeout is not passed on as 408).
+    let sent = sim.wait(Duration::from_secs(32));
+    let answers: Vec<&Sent> = sent.iter().filter(|s| s.status().is_some()).collect();
+    assert_eq!(answers.len(), 1);
+    assert_eq!((answers[0].status(), answers[0].flow), (Some(480), bob.flow));
+    assert!(requests(&sent, "MESSAGE").len() >= 4, "retransmitted meanwhile");
+}
+
+#[test]
+fn messages_to_offline_unknown_and_foreign_users() {
+    let mut sim = Sim::new();
+    let mut bob = client("bob", "192.0.2.20:5060");
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "hi")), [480]);
+    assert_eq!(statuses(&bob.message(&mut sim, "nobody@example.test", "hi")), [404]);
+    assert_eq!(statuses(&bob.message(&mut sim, "dave@elsewhere.test", "hi")), [404]);
+}
+
+#[test]
+fn a_watcher_gets_the_200_then_a_notify_and_one_per_publication() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 3600);
+    let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
+    let order: Vec<String> =
+        sent.iter().map(|s| s.status().map_or_else(|| s.method().unwrap().to_string(), |c| c.to_string())).collect();
+    assert_eq!(order, ["200", "NOTIFY"], "the 200 leaves before the first NOTIFY");
+    let notify = &sent[1];
+    assert_eq!(notify.flow, bob.flow);
+    assert!(notify.header("Subscription-State").starts_with("active"), "{}", notify.header("Subscription-State"));
+    assert!(notify.body().contains("<basic>open</basic>"), "alice is registered: {}", notify.body());
+    assert!(notify.branch.is_some(), "NOTIFY runs in a client transaction");
+    assert!(bob.answer(&mut sim, notify, 200).is_empty());
+    assert_eq!(sim.written(Table::Subscriptions, &sim.core.presence.all_subscription_ids()[0].clone()), Some(true));
+
+    let sent = alice.publish(&mut sim, "in a meeting");
+    assert_eq!(statuses(&sent), [200]);
+    let [notify] = requests(&sent, "NOTIFY")[..] else { panic!("one NOTIFY") };
+    assert_eq!(notify.flow, bob.flow);
+    assert!(notify.body().contains("in a meeting"), "{}", notify.body());
+    assert_eq!(sim.written(Table::Publications, "alice@example.test"), Some(true));
+}
+
+#[test]
+fn expiry_in_simulated_time_signs_out_and_ends_subscriptions() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    let start = sim.now.wall;
+    alice.register(&mut sim, 60);
+    let sent = bob.subscribe(&mut sim, "alice@example.test", 120);
+    bob.answer(&mut sim, requests(&sent, "NOTIFY")[0], 200);
+
+    // Alice's binding runs out: bob hears she is offline, and the store forgets her binding.
+    let notify = sim.wait_for("NOTIFY", Duration::from_secs(62));
+    assert!(sim.now.wall >= start + Duration::from_secs(60), "not before the binding expired");
+    assert!(notify.body().contains("<basic>closed</basic>"), "{}", notify.body());
+    bob.answer(&mut sim, &notify, 200);
+    assert_eq!(sim.written(Table::Registrations, "alice@example.test"), Some(false));
+    assert_eq!(sim.core.binding_count(), 0);
+
+    // Bob's subscription runs out: a final NOTIFY says so and it is gone.
+    let notify = sim.wait_for("NOTIFY", Duration::from_secs(62));
+    assert!(sim.now.wall >= start + Duration::from_secs(120), "not before the subscription expired");
+    assert_eq!(notify.header("Subscription-State"), "terminated;reason=timeout");
+    assert!(sim.core.presence.all_subscription_ids().is_empty());
+}
+
+#[test]
+fn a_subscriber_that_never_answers_is_dropped() {
+    let mut sim = Sim::new();
+    let mut bob = client("bob", "192.0.2.20:5060");
+    let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
+    assert_eq!(requests(&sent, "NOTIFY").len(), 1);
+    let id = sim.core.presence.all_subscription_ids()[0].clone();
+    let sent = sim.wait(Duration::from_secs(33));
+    assert!(requests(&sent, "NOTIFY").len() >= 5, "the NOTIFY is retransmitted over UDP");
+    assert!(sim.core.presence.all_subscription_ids().is_empty());
+    assert_eq!(sim.written(Table::Subscriptions, &id), Some(false));
+}
+
+#[test]
+fn a_notify_that_cannot_be_sent_drops_the_subscription() {
+    let mut sim = Sim::new();
+    let mut bob = client("bob", "192.0.2.20:5060");
+    let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
+    let branch = requests(&sent, "NOTIFY")[0].branch.clone().unwrap();
+    sim.input(Input::NotSent { branch });
+    assert!(sim.core.presence.all_subscription_ids().is_empty());
+}
+
+#[test]
+fn wrong_passwords_lock_the_address_out_but_not_the_user_elsewhere() {
+    let mut sim = Sim::new();
+    let mut guesser = client("alice", "203.0.113.9:5060");
+    for _ in 0..10 {
+        let first = guesser.request(&mut sim, "REGISTER", "sip:example.test", "<sip:alice@example.test>", &[], "");
+        let challenge = sim.receive(guesser.flow, &first);
+        let creds = digest(&challenge[0].msg, "WWW-Authenticate", "alice", "guess", "REGISTER", "sip:example.test");
+        let second = guesser.request(
+            &mut sim,
+            "REGISTER",
+            "sip:example.test",
+            "<sip:alice@example.test>",
+            &[format!("Authorization: {creds}")],
+            "",
+        );
+        assert_eq!(statuses(&sim.receive(guesser.flow, &second)), [401]);
+    }
+    // The right password from the locked-out address is refused exactly as a wrong one is...
+    assert_eq!(statuses(&guesser.register(&mut sim, 600)), [401]);
+    // ...while alice on her own address signs in.
+    let mut alice = client("alice", "192.0.2.10:5060");
+    assert_eq!(statuses(&alice.register(&mut sim, 600)), [200]);
+}
+
+#[test]
+fn a_user_homed_elsewhere_is_refused() {
+    let mut sim = Sim::new();
+    let mut carol = client("carol", "192.0.2.30:5060");
+    let sent = carol.register(&mut sim, 600);
+    let last = sent.last().unwrap();
+    assert_eq!((last.status(), last.reason()), (Some(403), "Homed On Another Home Server"));
+    assert_eq!(sim.core.binding_count(), 0);
+}
+
+#[test]
+fn behind_a_front_end_the_path_leads_back_to_the_instance_that_holds_the_client() {
+    let mut sim = Sim::new();
+    // A REGISTER relayed by a Front-End over the internal link: its Path names the instance.
+    let fe = Flow { transport: Transport::Internal, remote: "10.0.0.5:40000".parse().unwrap(), conn: 7 };
+    for (path_host, expect) in [("10.0.0.5:5062", "10.0.0.5:5062"), ("fe-0.parley:5062", "198.51.100.7:5062")] {
+        let mut alice = client("alice", "192.0.2.10:5060");
+        alice.flow = fe;
+        alice.call_id = format!("alice-via-{path_host}");
+        let path = format!("Path: <sip:tok@{path_host};lr;transport=tls>");
+        let contact = "Contact: <sip:alice@192.0.2.10:5060>".to_string();
+        let sent =
+            alice.transact(&mut sim, "REGISTER", "sip:example.test", "<sip:alice@example.test>", &[path, contact], "");
+        let ok = sent.last().unwrap();
+        assert_eq!(ok.status(), Some(200));
+        assert!(ok.header("Path").contains(path_host), "the Path is echoed: {}", ok.header("Path"));
+        let resolve = sim.fetched.last().unwrap().1.clone();
+        assert_eq!(resolve.is_some(), path_host.starts_with("fe-"), "names are resolved, addresses are not");
+
+        // A MESSAGE for alice goes to that instance with the Path as its Route.
+        let mut bob = client("bob", "192.0.2.20:5060");
+        bob.call_id = format!("bob-{path_host}");
+        let sent = bob.message(&mut sim, "alice@example.test", "via the front-end");
+        let relayed = requests(&sent, "MESSAGE")[0];
+        assert_eq!(relayed.flow.remote.to_string(), expect);
+        assert_eq!((relayed.flow.transport, relayed.flow.conn), (Transport::Internal, 7));
+        assert!(relayed.header("Route").contains(path_host));
+    }
+}
