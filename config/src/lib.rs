@@ -291,7 +291,8 @@ pub struct FrontEnd {
     /// Seconds a user's Home Server, as the directory names it, is remembered.
     #[serde(default = "default_route_cache_secs")]
     pub route_cache_secs: u64,
-    /// Milliseconds between OPTIONS probes of a Home Server marked down.
+    /// Milliseconds between OPTIONS probes of each Home Server (one unanswered for a second, or
+    /// refused, marks it down; an answer marks it up).
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
 }

@@ -1,16 +1,14 @@
 //! The SIP domains a server serves: its own, the aliases that stand for it (e.g. its IP address),
-//! and the ones the directory admits (`prep domainadd`), re-read from the directory now and then.
+//! and the ones the directory admits (`prep domainadd`), re-read from the directory now and then (by the IO layer).
 
-use crate::directory::Directory;
 use crate::sip::uri::SipUri;
-use std::sync::RwLock;
 
 pub struct Domains {
     primary: String,
     /// Hosts that mean `primary` in addresses (lower-case).
     aliases: Vec<String>,
     /// Further domains whose users the directory holds (lower-case).
-    admitted: RwLock<Vec<String>>,
+    admitted: Vec<String>,
 }
 
 impl Domains {
@@ -18,7 +16,7 @@ impl Domains {
         Domains {
             primary: primary.to_ascii_lowercase(),
             aliases: aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            admitted: RwLock::new(Vec::new()),
+            admitted: Vec::new(),
         }
     }
 
@@ -31,7 +29,7 @@ impl Domains {
         if host == self.primary || self.aliases.iter().any(|a| a == host) {
             return Some(self.primary.clone());
         }
-        self.admitted.read().expect("domains").iter().find(|d| *d == host).cloned()
+        self.admitted.iter().find(|d| *d == host).cloned()
     }
 
     pub fn is_local(&self, host: &str) -> bool {
@@ -44,21 +42,12 @@ impl Domains {
         Some(format!("{user}@{}", self.domain_of(&uri.host())?))
     }
 
-    /// Re-reads the admitted domains; on failure keeps what it had (and says so).
-    pub async fn refresh(&self, directory: &dyn Directory) {
-        match directory.domains().await {
-            Ok(domains) => self.admit(domains),
-            Err(e) => tracing::debug!(error = %e, "admitted domains not re-read"),
-        }
-    }
-
     /// Takes the directory's list of domains (the primary among them or not) as the admitted ones.
-    pub fn admit(&self, mut domains: Vec<String>) {
+    pub fn admit(&mut self, mut domains: Vec<String>) {
         domains.retain(|d| *d != self.primary);
-        let mut admitted = self.admitted.write().expect("domains");
-        if *admitted != domains {
+        if self.admitted != domains {
             tracing::info!(domains = ?domains, "serving users of these domains too");
-            *admitted = domains;
+            self.admitted = domains;
         }
     }
 }
@@ -69,8 +58,8 @@ mod tests {
 
     #[test]
     fn aliases_mean_the_primary_domain_and_admitted_domains_keep_their_name() {
-        let d = Domains::new("Example.Test", &["127.0.0.1".into()]);
-        d.admitted.write().unwrap().push("partner.test".into());
+        let mut d = Domains::new("Example.Test", &["127.0.0.1".into()]);
+        d.admit(vec!["example.test".into(), "partner.test".into()]);
         let aor = |u: &str| d.aor(&SipUri::parse(u).unwrap());
         assert_eq!(aor("sip:alice@example.test").as_deref(), Some("alice@example.test"));
         assert_eq!(aor("sip:alice@127.0.0.1").as_deref(), Some("alice@example.test"));

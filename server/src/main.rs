@@ -3,12 +3,14 @@
 mod admin;
 mod directory;
 mod domains;
+mod driver;
 mod frontend;
 mod home;
 mod ops;
 mod prep;
 mod probe;
 mod serve;
+mod service;
 mod store;
 mod transport;
 

@@ -3,10 +3,11 @@
 
 use crate::config::{Config, DirectoryConfig, Role};
 use crate::directory::{Directory, file::FileDirectory};
-use crate::frontend::{FrontEnd, FrontEndHandler};
+use crate::driver::{Driver, DriverHandler};
+use crate::frontend::Proxy;
 use crate::home::auth::DigestAuth;
 use crate::home::registrar::{Policy, Registrar};
-use crate::home::{Core, CoreSettings, HomeHandler, HomeServer};
+use crate::home::{Core, CoreSettings, HomeServer};
 use crate::ops::{http, metrics::Metrics};
 use crate::store::Store;
 use crate::transaction::Timers;
@@ -149,30 +150,32 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 
 async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
     let table = config.frontend.as_ref().context("a Front-End needs [frontend]")?;
-    let fe = FrontEnd::new(
+    let proxy = Proxy::new(
         crate::frontend::Settings {
             domain: config.sip_domain.clone(),
             domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            limits: shared.limits,
             home_servers: table.home_servers.clone(),
             route_cache: Duration::from_secs(table.route_cache_secs),
             probe_interval: Duration::from_millis(table.probe_interval_ms),
+            timers: Timers::default(),
         },
-        shared.transports.clone(),
-        shared.directory.clone(),
         shared.metrics.clone(),
     );
-    fe.load_domains().await;
-    shared.transports.set_handler(Arc::new(FrontEndHandler(fe.clone())));
-    shared.listen(&config, |t, host| fe.set_advertised(t, &host)).await?;
+    let fe = Driver::new(proxy, shared.transports.clone(), shared.directory.clone(), None, shared.limits);
+    fe.refresh_domains().await;
+    shared.transports.set_handler(Arc::new(DriverHandler(fe.clone())));
+    shared.listen(&config, |t, host| fe.set_advertised(t, host)).await?;
     // Know which Home Servers answer before taking traffic; the others are probed until they do.
-    fe.probe_all().await;
-    fe.start_probes();
+    fe.start_timers();
+    let deadline = Instant::now() + crate::frontend::PROBE_TIMEOUT * 2;
+    while !fe.service().probes_settled() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let listening = Arc::new(AtomicBool::new(true));
     shared.serve_ops(&config, listening.clone(), None).await?;
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, home_servers = table.home_servers.len(), "front-end ready");
     shutdown_signal().await;
-    // Stateless: nothing to finish but what is in flight on the sockets.
+    // Nothing to finish but what is in flight on the sockets.
     tracing::info!("shutting down");
     listening.store(false, Ordering::Relaxed);
     shared.transports.stop_accepting();
@@ -217,10 +220,10 @@ async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
         registrar,
         metrics.clone(),
     );
-    let home = HomeServer::open(core, transports.clone(), directory.clone(), store, *limits).await?;
-    transports.set_handler(Arc::new(HomeHandler(home.clone())));
+    let home = crate::home::open(core, transports.clone(), directory.clone(), store, *limits).await?;
+    transports.set_handler(Arc::new(DriverHandler(home.clone())));
     home.start_timers();
-    shared.listen(&config, |t, host| home.set_via_host(t, host)).await?;
+    shared.listen(&config, |t, host| home.set_advertised(t, host)).await?;
     let listening = Arc::new(AtomicBool::new(true));
     shared.serve_ops(&config, listening.clone(), Some(home.clone())).await?;
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, "home server ready");

@@ -238,6 +238,34 @@ fn a_stopped_home_server_costs_only_its_users_and_only_until_it_returns() {
 }
 
 #[test]
+fn a_hung_home_server_costs_its_users_a_503_within_2_seconds_and_is_used_again_when_it_wakes() {
+    let d = deploy();
+    let fe1 = d.front_ends[0].sip;
+    let mut carol = Ua::new("carol", fe1);
+    let mut alice = Ua::new("alice", fe1);
+    assert_eq!(status(&carol.register(300)), 200);
+    // Frozen: its connections stay open and nothing comes back, so only silence tells.
+    d.homes[2].signal("STOP");
+    let sent = Instant::now();
+    let r = carol.register(300);
+    assert_eq!(status(&r), 503, "{r}");
+    assert!(header(&r, "Retry-After").is_some(), "{r}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "answered after {:?}", sent.elapsed());
+    assert_eq!(status(&alice.register(300)), 200, "other users are unaffected");
+
+    d.homes[2].signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = carol.register(300);
+        if status(&r) == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "carol is not served again: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn the_internal_port_admits_only_the_deployments_certificates_and_public_identity_claims_are_dropped() {
     let d = deploy();
     let home = &d.homes[0];

@@ -1,7 +1,7 @@
-//! The Front-End role: a stateless proxy (RFC 3261 section 16.11) in front of the Home Servers.
-//! It keeps no user state. Each request goes to its destination's Home Server (REGISTER: the
-//! address of record; others: the Request-URI user; in-dialog: the Home Server the Request-URI
-//! names), found in the directory with a short cache, over the internal mutual-TLS link.
+//! The Front-End role: a proxy (RFC 3261 section 16) in front of the Home Servers that keeps no
+//! user state. Each request goes to its destination's Home Server (REGISTER: the address of
+//! record; others: the Request-URI user; in-dialog: the Home Server the Request-URI names), found
+//! in the directory with a short cache, over the internal mutual-TLS link.
 //!
 //! What comes back finds its way without state here: the Via, Path and Record-Route this proxy
 //! adds carry a flow token naming the connection the request came from, so responses, and
@@ -9,74 +9,73 @@
 //! (with several Front-End replicas, the replica holding it). Tokens are honoured only from the
 //! internal link, where every peer presented a certificate from the deployment CA.
 //!
+//! The little state it keeps is about the hops, not the users: requests forwarded to a Home
+//! Server and not yet answered (so they get 503 at once when it goes away, rather than waiting
+//! for a client that may never retransmit), requests relayed to a client over UDP (retransmitted
+//! until answered: the Home Server sent them over a reliable link and will not), and each Home
+//! Server's health from OPTIONS probes (refused or unanswered for `PROBE_TIMEOUT`: down).
+//!
 //! Authentication: the Home Server that receives a request authenticates its sender, against the
 //! same directory (the Front-End relays its challenge). No identity is asserted across the
 //! internal link, so a `P-Asserted-Identity` from a client is removed, never believed.
+//!
+//! Like the Home Server's core, this is a state machine without IO (`crate::service`).
 
 use crate::config::HomeServerRoute;
-use crate::directory::{Directory, DirectoryError};
 use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
-use crate::sip::message::{Limits, parse_datagram};
+use crate::service::{Action, Facts, Input, Now, Service, TaskId};
 use crate::sip::response::{from_headers, reason_phrase};
 use crate::sip::routing::{FlowTokens, stamp_top_via, stateless_branch};
 use crate::sip::uri::{NameAddr, SipUri};
 use crate::sip::via::{Via, split_host_port};
 use crate::sip::{Message, ParseError};
-use crate::transport::{Flow, Handler, Transport, Transports};
+use crate::transaction::{ClientTransactions, Timers};
+use crate::transport::{Flow, Transport};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 /// Via parameter holding the flow token of the hop a request came from.
 const FLOW_PARAM: &str = "pft";
 /// Seconds a client is asked to wait when its Home Server is down or the directory is.
 const RETRY_AFTER: &str = "5";
+/// How long a Home Server may take to answer a probe before it is marked down: a hung process
+/// keeps its connections open, so only silence tells.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an unanswered forward is remembered (RFC 3261 timer F).
+const PENDING_LIFETIME: Duration = Duration::from_secs(32);
 
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub domain: String,
     /// Hosts that stand for `domain` in addresses (lower-case).
     pub domain_aliases: Vec<String>,
-    pub limits: Limits,
     pub home_servers: Vec<HomeServerRoute>,
     pub route_cache: Duration,
     pub probe_interval: Duration,
+    pub timers: Timers,
 }
 
-/// A Home Server as the routing table names it, and whether it answers.
-struct HomeServer {
+/// A Home Server as the routing table names it, and what the probes say of it.
+struct Home {
     name: String,
     /// `host:port` of its internal listener, as configured.
     address: String,
-    /// The address resolved, until it fails.
-    resolved: Mutex<Option<SocketAddr>>,
-    up: AtomicBool,
+    /// The address resolved, until sending to it fails.
+    resolved: Option<SocketAddr>,
+    up: bool,
+    /// Whether a probe has told anything yet (`up` is false until then).
+    settled: bool,
+    /// The probe in flight: its branch and when it left.
+    probe: Option<(String, Instant)>,
+    resolving: bool,
 }
 
-pub struct FrontEnd {
-    settings: Settings,
-    transports: Arc<Transports>,
-    directory: Arc<dyn Directory>,
-    metrics: Arc<Metrics>,
-    tokens: FlowTokens,
-    /// The SIP domains whose users the Home Servers serve.
-    domains: Domains,
-    homes: Vec<HomeServer>,
-    /// A user's Home Server (index into `homes`, `None`: no such user) and when that was read.
-    cache: Mutex<HashMap<String, (Option<usize>, Instant)>>,
-    /// `host:port` this instance is known by, per transport (Internal: the internal listener).
-    advertised: Mutex<HashMap<Transport, (String, u16)>>,
-    /// Requests forwarded to a Home Server and not yet answered, by the branch of our Via. The
-    /// only state kept: when a Home Server's connection drops, its requests would otherwise wait
-    /// for the client's timeout (a TCP client never retransmits); they get 503 at once instead.
-    pending: Mutex<HashMap<String, Pending>>,
-    tag: String,
-}
-
+/// A request forwarded to a Home Server and not yet answered.
 struct Pending {
     home: usize,
     client: Flow,
@@ -85,27 +84,113 @@ struct Pending {
     since: Instant,
 }
 
-/// How long an unanswered forward is remembered (RFC 3261 timer F).
-const PENDING_LIFETIME: Duration = Duration::from_secs(32);
-/// A forward younger than this may still be waiting for its connection to be set up.
-const CONNECT_GRACE: Duration = Duration::from_millis(200);
+/// A request relayed from a Home Server to a client, kept for retransmission over UDP.
+#[derive(Debug)]
+struct ToClient {
+    client: Flow,
+    data: Bytes,
+    home: Flow,
+    /// The 430 to send the Home Server if the client's flow is gone.
+    flow_failed: Bytes,
+}
 
-impl FrontEnd {
-    pub fn new(
-        settings: Settings,
-        transports: Arc<Transports>,
-        directory: Arc<dyn Directory>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<FrontEnd> {
+/// Work waiting for a `Fetch`.
+enum Task {
+    /// A request waiting for its destination user's directory entry.
+    Route { flow: Flow, req: Box<Message>, incoming_via: Via, aor: String },
+    /// A Home Server's address being resolved.
+    Resolve(usize),
+}
+
+pub struct Proxy {
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    tokens: FlowTokens,
+    /// The SIP domains whose users the Home Servers serve.
+    domains: Domains,
+    homes: Vec<Home>,
+    /// A user's Home Server (index into `homes`, `None`: no such user) and when that was read.
+    cache: HashMap<String, (Option<usize>, Instant)>,
+    /// `host:port` this instance is known by, per transport (Internal: the internal listener).
+    advertised: HashMap<Transport, (String, u16)>,
+    /// Forwards to Home Servers, by the branch of our Via.
+    pending: HashMap<String, Pending>,
+    to_clients: ClientTransactions<ToClient>,
+    /// Probes in flight, by branch: which Home Server.
+    probes: HashMap<String, usize>,
+    tasks: HashMap<TaskId, Task>,
+    next_task: TaskId,
+    last_round: Option<Instant>,
+    actions: Vec<Action>,
+    tag: String,
+}
+
+impl Service for Proxy {
+    fn handle(&mut self, now: Now, input: Input) {
+        match input {
+            Input::Received { flow, message: Ok(msg) } if msg.is_request() => self.on_request(now, flow, msg),
+            Input::Received { flow, message: Ok(msg) } => self.on_response(now, flow, msg),
+            Input::Received { flow, message: Err(e) } => self.on_malformed(flow, e),
+            Input::Fetched { task, facts } => self.on_fetched(now, task, facts),
+            Input::Stored { .. } => {}
+            Input::NotSent { branch } => self.not_sent(&branch),
+        }
+    }
+
+    /// Retransmits requests relayed to UDP clients, and every `probe_interval` probes each Home
+    /// Server and forgets forwards no one will answer.
+    fn on_tick(&mut self, now: Now) {
+        let mut resend = Vec::new();
+        self.to_clients.on_timer(now.instant, |action, leg| {
+            if action == crate::transaction::ClientAction::Retransmit {
+                resend.push((leg.client, leg.data.clone()));
+            }
+        });
+        for (flow, data) in resend {
+            self.send(flow, data);
+        }
+        if self.last_round.is_some_and(|last| now.instant.duration_since(last) < self.settings.probe_interval) {
+            return;
+        }
+        self.last_round = Some(now.instant);
+        self.pending.retain(|_, p| now.instant.duration_since(p.since) < PENDING_LIFETIME);
+        let route_cache = self.settings.route_cache;
+        self.cache.retain(|_, (_, at)| now.instant.duration_since(*at) < route_cache);
+        for i in 0..self.homes.len() {
+            self.probe(now, i);
+        }
+    }
+
+    fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn admit_domains(&mut self, domains: Vec<String>) {
+        self.domains.admit(domains);
+    }
+
+    /// Records the `host:port` this instance is reached at over a transport.
+    fn set_advertised(&mut self, transport: Transport, host_port: String) {
+        if let Ok((host, Some(port))) = split_host_port(&host_port) {
+            self.advertised.insert(transport, (host.to_ascii_lowercase(), port));
+        }
+    }
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Proxy {
         let homes = settings
             .home_servers
             .iter()
-            .map(|h| HomeServer {
+            .map(|h| Home {
                 name: h.name.clone(),
                 address: h.address.clone(),
-                resolved: Mutex::new(None),
-                // Unknown until probed (`probe_all` at start): not assumed reachable.
-                up: AtomicBool::new(false),
+                resolved: h.address.parse().ok(),
+                // Unknown until probed: not assumed reachable.
+                up: false,
+                settled: false,
+                probe: None,
+                resolving: false,
             })
             .collect::<Vec<_>>();
         {
@@ -114,32 +199,36 @@ impl FrontEnd {
                 stats.entry(h.name.clone()).or_default().up = false;
             }
         }
-        let domains = Domains::new(&settings.domain, &settings.domain_aliases);
-        Arc::new(FrontEnd {
+        Proxy {
+            domains: Domains::new(&settings.domain, &settings.domain_aliases),
+            to_clients: ClientTransactions::new(settings.timers),
             settings,
-            transports,
-            directory,
             metrics,
             tokens: FlowTokens::new(),
-            domains,
             homes,
-            cache: Mutex::new(HashMap::new()),
-            advertised: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            cache: HashMap::new(),
+            advertised: HashMap::new(),
+            pending: HashMap::new(),
+            probes: HashMap::new(),
+            tasks: HashMap::new(),
+            next_task: 0,
+            last_round: None,
+            actions: Vec::new(),
             tag: format!("{:016x}", rand::random::<u64>()),
-        })
-    }
-
-    /// Records the `host:port` this instance is reached at over a transport.
-    pub fn set_advertised(&self, transport: Transport, host_port: &str) {
-        if let Ok((host, Some(port))) = split_host_port(host_port) {
-            self.advertised.lock().expect("advertised").insert(transport, (host.to_ascii_lowercase(), port));
         }
     }
 
+    /// Whether every Home Server has been probed once (answered, refused or timed out).
+    pub fn probes_settled(&self) -> bool {
+        self.homes.iter().all(|h| h.settled)
+    }
+
+    fn send(&mut self, flow: Flow, data: Bytes) {
+        self.actions.push(Action::Send { flow, data, branch: None });
+    }
+
     fn advertised(&self, transport: Transport) -> String {
-        let a = self.advertised.lock().expect("advertised");
-        match a.get(&transport).or_else(|| a.values().next()) {
+        match self.advertised.get(&transport).or_else(|| self.advertised.values().next()) {
             Some((host, port)) => format!("{host}:{port}"),
             None => self.domains.primary().to_string(),
         }
@@ -149,81 +238,63 @@ impl FrontEnd {
     fn is_own(&self, uri: &SipUri) -> bool {
         let host = uri.host();
         let port = uri.port();
-        self.advertised.lock().expect("advertised").values().any(|(h, p)| *h == host && port.is_none_or(|q| q == *p))
+        self.advertised.values().any(|(h, p)| *h == host && port.is_none_or(|q| q == *p))
     }
 
-    /// Reads the domains the directory admits (then again on every probe round; the directory
-    /// caches).
-    pub async fn load_domains(&self) {
-        self.domains.refresh(self.directory.as_ref()).await;
-    }
+    // ---- Home Server health ----
 
-    /// Probes every Home Server once, all at a time (at start, before taking traffic).
-    pub async fn probe_all(&self) {
-        futures::future::join_all((0..self.homes.len()).map(|i| self.probe(i))).await;
-    }
-
-    /// Probes Home Servers marked down, so they are used again as soon as they answer.
-    pub fn start_probes(self: &Arc<Self>) {
-        let fe = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(fe.settings.probe_interval);
-            loop {
-                tick.tick().await;
-                fe.fail_orphaned_forwards().await;
-                fe.domains.refresh(fe.directory.as_ref()).await;
-                for i in 0..fe.homes.len() {
-                    if !fe.homes[i].up.load(Relaxed) {
-                        fe.probe(i).await;
-                    }
-                }
+    /// One probe round for a Home Server: a probe unanswered for too long marks it down;
+    /// otherwise (its address known) a new OPTIONS goes out.
+    fn probe(&mut self, now: Now, i: usize) {
+        if let Some((branch, sent)) = self.homes[i].probe.clone() {
+            if now.instant.duration_since(sent) < PROBE_TIMEOUT {
+                return;
             }
-        });
-    }
-
-    /// Answers 503 to forwards whose Home Server connection has gone (and forgets old ones).
-    async fn fail_orphaned_forwards(&self) {
-        let now = Instant::now();
-        let connected: Vec<bool> = (0..self.homes.len())
-            .map(|i| {
-                let addr = *self.homes[i].resolved.lock().expect("resolved");
-                addr.is_some_and(|a| self.transports.has_connection(Transport::Internal, a))
-            })
-            .collect();
-        let mut failed = Vec::new();
-        self.pending.lock().expect("pending").retain(|_, p| {
-            let orphaned = !connected[p.home] && now.duration_since(p.since) > CONNECT_GRACE;
-            if orphaned {
-                failed.push((p.home, p.client, p.unavailable.clone()));
-            }
-            !orphaned && now.duration_since(p.since) < PENDING_LIFETIME
-        });
-        for (home, client, response) in failed {
-            self.mark(home, false);
-            self.metrics.count_response(503);
-            self.emit(client, response);
+            self.probes.remove(&branch);
+            self.homes[i].probe = None;
+            tracing::debug!(home_server = %self.homes[i].name, "probe unanswered");
+            self.mark(i, false);
         }
-    }
-
-    /// Sends an OPTIONS to a Home Server; reaching it (a connection with a verified certificate)
-    /// marks it up. Its answer has no flow token and ends here.
-    async fn probe(&self, i: usize) {
+        let Some(addr) = self.homes[i].resolved else {
+            if !self.homes[i].resolving {
+                self.homes[i].resolving = true;
+                let resolve = match split_host_port(&self.homes[i].address) {
+                    Ok((host, port)) => Some((host.to_string(), port.unwrap_or(5062))),
+                    Err(_) => None,
+                };
+                let task = self.task(Task::Resolve(i));
+                self.actions.push(Action::Fetch { task, users: vec![], resolve });
+            }
+            return;
+        };
         let internal = self.advertised(Transport::Internal);
-        let home = &self.homes[i];
         let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
         let options = format!(
             "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/TLS {internal};branch={branch}\r\nMax-Forwards: 1\r\n\
              From: <sip:frontend@{internal}>;tag={tag}\r\nTo: <sip:{addr}>\r\nCall-ID: {branch}\r\n\
              CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
-            addr = home.address,
+            addr = self.homes[i].address,
             tag = self.tag,
         );
-        let _ = self.send_to_home(i, Bytes::from(options)).await;
+        self.homes[i].probe = Some((branch.clone(), now.instant));
+        self.probes.insert(branch.clone(), i);
+        let flow = Flow::datagram(Transport::Internal, addr);
+        self.actions.push(Action::Send { flow, data: Bytes::from(options), branch: Some(branch) });
     }
 
-    fn mark(&self, i: usize, up: bool) {
-        let home = &self.homes[i];
-        if home.up.swap(up, Relaxed) != up {
+    fn task(&mut self, task: Task) -> TaskId {
+        let id = self.next_task;
+        self.next_task += 1;
+        self.tasks.insert(id, task);
+        id
+    }
+
+    /// Marks a Home Server up or down; down answers 503 to every request waiting for it.
+    fn mark(&mut self, i: usize, up: bool) {
+        let home = &mut self.homes[i];
+        home.settled = true;
+        if home.up != up {
+            home.up = up;
             if up {
                 tracing::info!(home_server = %home.name, address = %home.address, "home server reachable");
             } else {
@@ -231,80 +302,41 @@ impl FrontEnd {
             }
             self.metrics.home_servers.lock().expect("home server stats").entry(home.name.clone()).or_default().up = up;
         }
-    }
-
-    async fn resolve(&self, i: usize) -> Option<SocketAddr> {
-        let home = &self.homes[i];
-        if let Some(a) = *home.resolved.lock().expect("resolved") {
-            return Some(a);
+        if !up {
+            let failed: Vec<String> =
+                self.pending.iter().filter(|(_, p)| p.home == i).map(|(b, _)| b.clone()).collect();
+            for branch in failed {
+                let p = self.pending.remove(&branch).expect("listed");
+                self.metrics.count_response(503);
+                self.send(p.client, p.unavailable);
+            }
         }
-        let addr = tokio::net::lookup_host(home.address.as_str()).await.ok()?.next()?;
-        *home.resolved.lock().expect("resolved") = Some(addr);
-        Some(addr)
     }
 
-    /// Sends to a Home Server over the internal link (reusing the open connection), marking it up
-    /// or down by the outcome.
-    async fn send_to_home(&self, i: usize, data: Bytes) -> Result<(), ()> {
-        let Some(addr) = self.resolve(i).await else {
+    fn not_sent(&mut self, branch: &str) {
+        if let Some(i) = self.probes.remove(branch) {
+            self.homes[i].probe = None;
+            // Resolve again next time: a restarted pod may have a new address.
+            if self.homes[i].address.parse::<SocketAddr>().is_err() {
+                self.homes[i].resolved = None;
+            }
             self.mark(i, false);
-            return Err(());
-        };
-        match self.transports.send(&Flow::datagram(Transport::Internal, addr), data).await {
-            Ok(()) => {
-                self.mark(i, true);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::debug!(home_server = %self.homes[i].name, error = %e, "send failed");
-                // Resolve again next time: a restarted pod may have a new address.
-                *self.homes[i].resolved.lock().expect("resolved") = None;
-                self.mark(i, false);
-                Err(())
+        } else if let Some(home) = self.pending.get(branch).map(|p| p.home) {
+            self.mark(home, false);
+        } else if let Some(leg) = self.to_clients.data_mut(branch) {
+            // RFC 5626 section 5.3: the flow is gone; the Home Server may try another contact.
+            let (home, answer) = (leg.home, std::mem::take(&mut leg.flow_failed));
+            if !answer.is_empty() {
+                self.metrics.count_response(430);
+                self.send(home, answer);
             }
         }
     }
 
-    fn home_at(&self, addr: SocketAddr) -> Option<usize> {
-        self.homes.iter().position(|h| *h.resolved.lock().expect("resolved") == Some(addr))
-    }
-
-    /// Which Home Server a user is homed on: `Ok(None)` when the directory does not know them.
-    async fn home_of(&self, aor: &str) -> Result<Option<usize>, DirectoryError> {
-        if let Some((home, at)) = self.cache.lock().expect("route cache").get(aor)
-            && at.elapsed() < self.settings.route_cache
-        {
-            return Ok(*home);
-        }
-        let home = match self.directory.find_user(aor).await? {
-            None => None,
-            Some(user) => match &user.home_server {
-                Some(name) => self.homes.iter().position(|h| h.name == *name),
-                // Not assigned: with a single Home Server there is only one place to be.
-                None if self.homes.len() == 1 => Some(0),
-                None => None,
-            },
-        };
-        self.cache.lock().expect("route cache").insert(aor.to_string(), (home, Instant::now()));
-        Ok(home)
-    }
-
-    /// Sends without waiting, so that what this instance relays leaves in the order it was read
-    /// (a subscriber's NOTIFYs, say); only when that cannot be done at once (no open connection, a
-    /// full queue) does a task wait for it.
-    fn emit(&self, flow: Flow, data: Bytes) {
-        if self.transports.send_now(&flow, data.clone()).is_err() {
-            let transports = self.transports.clone();
-            tokio::spawn(async move {
-                if let Err(e) = transports.send(&flow, data).await {
-                    tracing::debug!(error = %e, remote = %flow.remote, "not sent");
-                }
-            });
-        }
-    }
+    // ---- requests ----
 
     /// A response generated here, sent back along the request's flow.
-    fn reply(&self, flow: Flow, req: &Message, code: u16, reason: &str, retry_after: bool) {
+    fn reply(&mut self, flow: Flow, req: &Message, code: u16, reason: &str, retry_after: bool) {
         let mut r = from_headers(&req.headers, code, reason, &self.tag);
         if retry_after {
             r.headers.push("Retry-After", RETRY_AFTER);
@@ -314,12 +346,10 @@ impl FrontEnd {
             Some(via) => crate::sip::routing::response_flow(flow, &via),
             None => flow,
         };
-        self.emit(target, r.to_bytes());
+        self.send(target, r.to_bytes());
     }
 
-    /// Everything but a request for a user is handled here, in the order messages arrive; a
-    /// request that needs the directory or a new connection continues on a task of its own.
-    fn on_request(self: &Arc<Self>, flow: Flow, mut req: Message) {
+    fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
         let method = req.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
         let Some(incoming_via) = stamp_top_via(&mut req, flow.remote) else {
@@ -356,70 +386,114 @@ impl FrontEnd {
             }
         }
         match client {
-            Some(client) => self.to_client(flow, req, client, &incoming_via),
-            None => {
-                let fe = self.clone();
-                tokio::spawn(async move { fe.to_home_server(flow, req, &method, &incoming_via).await });
-            }
+            Some(client) => self.relay_to_client(now, flow, req, client, &incoming_via),
+            None => self.relay_to_home_server(now, flow, req, &method, incoming_via),
         }
     }
 
     /// A request from a Home Server to a client whose connection this instance holds.
-    fn to_client(&self, from: Flow, mut req: Message, client: Flow, incoming_via: &Via) {
+    fn relay_to_client(&mut self, now: Now, from: Flow, mut req: Message, client: Flow, incoming_via: &Via) {
         let host = self.advertised(client.transport);
         let branch = stateless_branch(incoming_via, req.request_uri().unwrap_or_default(), "c");
+        let flow_failed = from_headers(&req.headers, 430, "Flow Failed", &self.tag).to_bytes();
         let token = self.tokens.encode(&from);
         req.headers.push_front(
             "Via",
             format!("SIP/2.0/{} {host};branch={branch};{FLOW_PARAM}={token}", client.transport.via_token()),
         );
-        if self.transports.send_now(&client, req.to_bytes()).is_err() {
-            // RFC 5626 section 5.3: the flow is gone; the Home Server may try another contact.
-            req.headers.pop_first_value("Via");
-            self.reply(from, &req, 430, "Flow Failed", false);
-        }
+        let data = req.to_bytes();
+        let leg = ToClient { client, data: data.clone(), home: from, flow_failed };
+        self.to_clients.start(branch.clone(), client.transport.is_reliable(), leg, now.instant);
+        self.actions.push(Action::Send { flow: client, data, branch: Some(branch) });
     }
 
     /// A request for a user (or for a Home Server named in the Request-URI).
-    async fn to_home_server(&self, flow: Flow, mut req: Message, method: &str, incoming_via: &Via) {
+    fn relay_to_home_server(&mut self, now: Now, flow: Flow, req: Message, method: &str, incoming_via: Via) {
         let uri = match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) => u,
             Err(e) => return self.reply(flow, &req, 400, &format!("Bad Request-URI: {e}"), false),
         };
-        let home = match self.homes.iter().position(|h| names_home(&uri, &h.address)) {
-            // In-dialog: the Request-URI is a Home Server's own Contact.
-            Some(i) => i,
-            None => {
-                if method != "REGISTER" && uri.user().is_none() && self.is_own(&uri) {
-                    // For this instance itself: load balancers and monitors ask OPTIONS.
-                    let code = if method == "OPTIONS" { 200 } else { 404 };
-                    return self.reply(flow, &req, code, reason_phrase(code), false);
-                }
-                let target = if method == "REGISTER" {
-                    NameAddr::parse(req.headers.get("To").unwrap_or_default()).map(|n| n.uri)
-                } else {
-                    Ok(uri.clone())
-                };
-                let aor = match target {
-                    Ok(t) => match self.domains.aor(&t) {
-                        Some(aor) => aor,
-                        None => return self.reply(flow, &req, 404, "Domain Not Served Here", false),
+        // In-dialog: the Request-URI is a Home Server's own Contact.
+        if let Some(i) = self.homes.iter().position(|h| names_home(&uri, &h.address)) {
+            return self.forward(now, flow, req, i, &incoming_via);
+        }
+        if method != "REGISTER" && uri.user().is_none() && self.is_own(&uri) {
+            // For this instance itself: load balancers and monitors ask OPTIONS.
+            let code = if method == "OPTIONS" { 200 } else { 404 };
+            return self.reply(flow, &req, code, reason_phrase(code), false);
+        }
+        let target = if method == "REGISTER" {
+            NameAddr::parse(req.headers.get("To").unwrap_or_default()).map(|n| n.uri)
+        } else {
+            Ok(uri)
+        };
+        let aor = match target {
+            Ok(t) => match self.domains.aor(&t) {
+                Some(aor) => aor,
+                None => return self.reply(flow, &req, 404, "Domain Not Served Here", false),
+            },
+            Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false),
+        };
+        match self.cache.get(&aor) {
+            Some((home, at)) if now.instant.duration_since(*at) < self.settings.route_cache => {
+                let home = *home;
+                self.routed(now, flow, req, home, &incoming_via)
+            }
+            _ => {
+                let task = self.task(Task::Route { flow, req: Box::new(req), incoming_via, aor: aor.clone() });
+                self.actions.push(Action::Fetch { task, users: vec![aor], resolve: None });
+            }
+        }
+    }
+
+    fn on_fetched(&mut self, now: Now, id: TaskId, facts: Facts) {
+        match self.tasks.remove(&id) {
+            Some(Task::Route { flow, req, incoming_via, aor }) => {
+                let home = match facts.user(&aor) {
+                    Ok(None) => None,
+                    Ok(Some(user)) => match &user.home_server {
+                        Some(name) => self.homes.iter().position(|h| h.name == *name),
+                        // Not assigned: with a single Home Server there is only one place to be.
+                        None if self.homes.len() == 1 => Some(0),
+                        None => None,
                     },
-                    Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false),
-                };
-                match self.home_of(&aor).await {
-                    Ok(Some(i)) => i,
-                    Ok(None) => return self.reply(flow, &req, 404, "Not Found", false),
                     Err(e) => {
                         tracing::warn!(error = %e, "directory lookup failed");
                         return self.reply(flow, &req, 503, "Directory Unavailable", true);
                     }
+                };
+                self.cache.insert(aor, (home, now.instant));
+                self.routed(now, flow, *req, home, &incoming_via);
+            }
+            Some(Task::Resolve(i)) => {
+                self.homes[i].resolving = false;
+                match facts.route {
+                    Some(addr) => {
+                        self.homes[i].resolved = Some(addr);
+                        self.probe(now, i);
+                    }
+                    None => self.mark(i, false),
                 }
             }
-        };
-        if !self.homes[home].up.load(Relaxed) {
-            return self.reply(flow, &req, 503, "Home Server Unavailable", true);
+            None => {}
         }
+    }
+
+    fn routed(&mut self, now: Now, flow: Flow, req: Message, home: Option<usize>, incoming_via: &Via) {
+        match home {
+            Some(i) => self.forward(now, flow, req, i, incoming_via),
+            None => self.reply(flow, &req, 404, "Not Found", false),
+        }
+    }
+
+    /// Forwards a request to Home Server `home`, with Path or Record-Route when the request comes
+    /// from a client and needs them, and a Via whose flow token leads the response back.
+    fn forward(&mut self, now: Now, flow: Flow, mut req: Message, home: usize, incoming_via: &Via) {
+        let addr = match self.homes[home].resolved {
+            Some(addr) if self.homes[home].up => addr,
+            _ => return self.reply(flow, &req, 503, "Home Server Unavailable", true),
+        };
+        let method = req.method().unwrap_or_default().to_string();
         let internal = self.advertised(Transport::Internal);
         let token = self.tokens.encode(&flow);
         let from_client = flow.transport != Transport::Internal;
@@ -441,47 +515,47 @@ impl FrontEnd {
             req.headers.push_front("Record-Route", public);
             req.headers.push_front("Record-Route", format!("<sip:{token}@{internal};transport=tls;lr>"));
         }
-        let branch = stateless_branch(incoming_via, &uri.to_string(), "h");
+        let branch = stateless_branch(incoming_via, req.request_uri().unwrap_or_default(), "h");
         let mut unavailable = from_headers(&req.headers, 503, "Home Server Unavailable", &self.tag);
         unavailable.headers.push("Retry-After", RETRY_AFTER);
         req.headers.push_front("Via", format!("SIP/2.0/TLS {internal};branch={branch};{FLOW_PARAM}={token}"));
         let client = crate::sip::routing::response_flow(flow, incoming_via);
-        self.pending.lock().expect("pending").insert(
-            branch.clone(),
-            Pending { home, client, unavailable: unavailable.to_bytes(), since: Instant::now() },
-        );
-        if self.send_to_home(home, req.to_bytes()).await.is_err() {
-            self.pending.lock().expect("pending").remove(&branch);
-            req.headers.pop_first_value("Via");
-            return self.reply(flow, &req, 503, "Home Server Unavailable", true);
-        }
+        self.pending
+            .insert(branch.clone(), Pending { home, client, unavailable: unavailable.to_bytes(), since: now.instant });
+        let to = Flow::datagram(Transport::Internal, addr);
+        self.actions.push(Action::Send { flow: to, data: req.to_bytes(), branch: Some(branch) });
         let mut stats = self.metrics.home_servers.lock().expect("home server stats");
         stats.entry(self.homes[home].name.clone()).or_default().forwarded += 1;
     }
 
+    // ---- responses ----
+
     /// Responses follow the Via this instance added: its flow token says where they go.
-    fn on_response(&self, flow: Flow, mut resp: Message) {
+    fn on_response(&mut self, now: Now, flow: Flow, mut resp: Message) {
         let Some(top) = resp.headers.pop_first_value("Via") else {
             self.metrics.malformed_responses.fetch_add(1, Relaxed);
             return;
         };
         let via = Via::parse(&top).ok();
-        if resp.status().is_some_and(|c| c >= 200)
-            && let Some(branch) = via.as_ref().and_then(|v| v.branch())
-        {
-            self.pending.lock().expect("pending").remove(branch);
+        let code = resp.status().unwrap_or(500);
+        if let Some(branch) = via.as_ref().and_then(|v| v.branch()) {
+            if let Some(i) = self.probes.remove(branch) {
+                self.homes[i].probe = None;
+                return self.mark(i, true);
+            }
+            if code >= 200 {
+                self.pending.remove(branch);
+            }
+            self.to_clients.on_response(branch, code, now.instant);
         }
         let Some(target) = via.as_ref().and_then(|v| v.param(FLOW_PARAM).and_then(|t| self.tokens.decode(t))) else {
-            // A probe's answer, or a response that is not ours.
-            if flow.transport != Transport::Internal {
-                self.metrics.stray_responses.fetch_add(1, Relaxed);
-            }
+            // Not a response to anything this instance sent.
+            self.metrics.stray_responses.fetch_add(1, Relaxed);
             return;
         };
         if flow.transport == Transport::Internal
-            && let Some(i) = self.home_at(flow.remote)
+            && let Some(i) = self.homes.iter().position(|h| h.resolved == Some(flow.remote))
         {
-            let code = resp.status().unwrap_or(500);
             let mut stats = self.metrics.home_servers.lock().expect("home server stats");
             if let Some(c) = stats
                 .entry(self.homes[i].name.clone())
@@ -500,10 +574,10 @@ impl FrontEnd {
             },
             _ => target,
         };
-        self.emit(target, resp.to_bytes());
+        self.send(target, resp.to_bytes());
     }
 
-    fn on_malformed(&self, flow: Flow, e: ParseError) {
+    fn on_malformed(&mut self, flow: Flow, e: ParseError) {
         if !e.is_request {
             self.metrics.malformed_responses.fetch_add(1, Relaxed);
             return;
@@ -511,7 +585,7 @@ impl FrontEnd {
         self.metrics.malformed_requests.fetch_add(1, Relaxed);
         if let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) {
             self.metrics.count_response(answer.status().unwrap_or(400));
-            self.emit(to, answer.to_bytes());
+            self.send(to, answer.to_bytes());
         }
     }
 }
@@ -522,22 +596,11 @@ fn names_home(uri: &SipUri, address: &str) -> bool {
     uri.user() == Some("parley") && uri.host() == host.to_ascii_lowercase() && uri.port() == Some(port)
 }
 
-/// The transports hand every message here, in the order each connection delivers them.
-pub struct FrontEndHandler(pub Arc<FrontEnd>);
-
-impl Handler for FrontEndHandler {
-    fn on_message(&self, flow: Flow, data: Bytes) {
-        let fe = &self.0;
-        match parse_datagram(&data, &fe.settings.limits) {
-            Ok(msg) if msg.is_request() => fe.on_request(flow, msg),
-            Ok(msg) => fe.on_response(flow, msg),
-            Err(e) => fe.on_malformed(flow, e),
-        }
-    }
-}
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
-mod tests {
+mod names {
     use super::*;
 
     #[test]

@@ -12,9 +12,10 @@ use super::auth::DigestAuth;
 use super::guard::Guard;
 use super::presence::state::PresenceState;
 use super::registrar::Registrar;
-use crate::directory::{DirectoryError, User};
+use crate::directory::DirectoryError;
 use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
+pub use crate::service::{Action, Facts, Input, Now, Service, TaskId};
 use crate::sip::response::{self, from_headers};
 use crate::sip::uri::{NameAddr, SipUri};
 use crate::sip::via::Via;
@@ -27,7 +28,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Methods this server implements, for Allow headers.
 pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH";
@@ -67,75 +68,6 @@ pub struct CoreSettings {
     pub admin_token: Option<String>,
     /// When failed authentications lock an address or a user out.
     pub guard: super::guard::Policy,
-}
-
-/// The time, as the core sees it: a monotonic instant for transaction timers and the wall clock
-/// for expiry times that survive a restart. Tests make both up.
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    pub instant: Instant,
-    pub wall: SystemTime,
-}
-
-impl Now {
-    pub fn real() -> Now {
-        Now { instant: Instant::now(), wall: SystemTime::now() }
-    }
-
-    #[cfg(test)]
-    pub fn after(self, d: Duration) -> Now {
-        Now { instant: self.instant + d, wall: self.wall + d }
-    }
-}
-
-pub type TaskId = u64;
-
-/// What happened, for the core to act on.
-#[derive(Debug)]
-pub enum Input {
-    /// A message arrived on a flow (parsed by the IO layer, or why it could not be).
-    Received { flow: Flow, message: Result<Message, ParseError> },
-    /// The answers to a `Fetch`.
-    Fetched { task: TaskId, facts: Facts },
-    /// The answer to a `Store` with a task: the writes are durable, or why not.
-    Stored { task: TaskId, result: Result<(), String> },
-    /// The request of a client transaction could not be sent (no route, connection refused).
-    NotSent { branch: String },
-}
-
-/// What the IO layer must do, in the order queued.
-#[derive(Debug)]
-pub enum Action {
-    /// Send bytes along a flow. `branch` names the client transaction whose request this is:
-    /// if it cannot be sent, say so with `Input::NotSent`.
-    Send { flow: Flow, data: Bytes, branch: Option<String> },
-    /// Look these users up in the directory and, if given, resolve a route's host; answer with
-    /// `Input::Fetched`.
-    Fetch { task: TaskId, users: Vec<String>, resolve: Option<(String, u16)> },
-    /// Make these writes durable; with a task, answer with `Input::Stored`.
-    Store { task: Option<TaskId>, writes: Vec<Write> },
-}
-
-/// What a task learnt from the directory and the resolver.
-#[derive(Debug, Default)]
-pub struct Facts {
-    pub users: HashMap<String, Result<Option<User>, DirectoryError>>,
-    /// The address of the route's host, when `Fetch` asked for one and it resolved.
-    pub route: Option<SocketAddr>,
-}
-
-impl Facts {
-    /// A user fetched for this task. Asking for one that was not fetched is a bug in `needs`.
-    pub(super) fn user(&self, aor: &str) -> Result<Option<&User>, &DirectoryError> {
-        match self.users.get(aor) {
-            Some(Ok(u)) => Ok(u.as_ref()),
-            Some(Err(e)) => Err(e),
-            None => {
-                debug_assert!(false, "{aor} was not fetched");
-                Ok(None)
-            }
-        }
-    }
 }
 
 /// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
@@ -224,6 +156,60 @@ pub struct Core {
     actions: Vec<Action>,
 }
 
+impl Service for Core {
+    fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn handle(&mut self, now: Now, input: Input) {
+        match input {
+            Input::Received { flow, message: Ok(msg) } if msg.is_request() => self.on_request(now, flow, msg),
+            Input::Received { message: Ok(msg), .. } => self.on_response(now, msg),
+            Input::Received { flow, message: Err(e) } => self.on_malformed(flow, e),
+            Input::Fetched { task, facts } => self.on_fetched(now, task, facts),
+            Input::Stored { task, result } => self.on_stored(now, task, result),
+            Input::NotSent { branch } => {
+                let waiter = self.client_txns.data_mut(&branch).map(|o| std::mem::replace(&mut o.waiter, Waiter::Gone));
+                if let Some(waiter) = waiter {
+                    self.answered(now, waiter, None);
+                }
+            }
+        }
+    }
+
+    /// Drives time: transaction retransmissions and timeouts, and once a second the expiry of
+    /// bindings, subscriptions, publications, nonces and lockouts.
+    fn on_tick(&mut self, now: Now) {
+        self.server_txns.on_timer(now.instant);
+        self.metrics.server_transactions.store(self.server_txns.len() as u64, Relaxed);
+        let mut timed_out = Vec::new();
+        let mut resend = Vec::new();
+        self.client_txns.on_timer(now.instant, |action, o| match action {
+            ClientAction::Retransmit => resend.push((o.flow, o.data.clone())),
+            ClientAction::Timeout => timed_out.push(std::mem::replace(&mut o.waiter, Waiter::Gone)),
+        });
+        self.metrics.client_transactions.store(self.client_txns.len() as u64, Relaxed);
+        for (flow, data) in resend {
+            self.send(flow, data);
+        }
+        for waiter in timed_out {
+            self.answered(now, waiter, None);
+        }
+        if self.last_sweep.is_none_or(|last| now.instant.duration_since(last) >= SWEEP_INTERVAL) {
+            self.last_sweep = Some(now.instant);
+            self.sweep(now);
+        }
+    }
+
+    fn admit_domains(&mut self, domains: Vec<String>) {
+        self.domains.admit(domains);
+    }
+
+    fn set_advertised(&mut self, transport: Transport, host_port: String) {
+        self.via_hosts.insert(transport, host_port);
+    }
+}
+
 impl Core {
     pub fn new(settings: CoreSettings, auth: DigestAuth, registrar: Registrar, metrics: Arc<Metrics>) -> Core {
         let timers = settings.timers;
@@ -246,51 +232,6 @@ impl Core {
         }
     }
 
-    /// The actions queued since the last call, in order.
-    pub fn take_actions(&mut self) -> Vec<Action> {
-        std::mem::take(&mut self.actions)
-    }
-
-    pub fn handle(&mut self, now: Now, input: Input) {
-        match input {
-            Input::Received { flow, message: Ok(msg) } if msg.is_request() => self.on_request(now, flow, msg),
-            Input::Received { message: Ok(msg), .. } => self.on_response(now, msg),
-            Input::Received { flow, message: Err(e) } => self.on_malformed(flow, e),
-            Input::Fetched { task, facts } => self.on_fetched(now, task, facts),
-            Input::Stored { task, result } => self.on_stored(now, task, result),
-            Input::NotSent { branch } => {
-                let waiter = self.client_txns.data_mut(&branch).map(|o| std::mem::replace(&mut o.waiter, Waiter::Gone));
-                if let Some(waiter) = waiter {
-                    self.answered(now, waiter, None);
-                }
-            }
-        }
-    }
-
-    /// Drives time: transaction retransmissions and timeouts, and once a second the expiry of
-    /// bindings, subscriptions, publications, nonces and lockouts. Call it often (every 50 ms).
-    pub fn on_tick(&mut self, now: Now) {
-        self.server_txns.on_timer(now.instant);
-        self.metrics.server_transactions.store(self.server_txns.len() as u64, Relaxed);
-        let mut timed_out = Vec::new();
-        let mut resend = Vec::new();
-        self.client_txns.on_timer(now.instant, |action, o| match action {
-            ClientAction::Retransmit => resend.push((o.flow, o.data.clone())),
-            ClientAction::Timeout => timed_out.push(std::mem::replace(&mut o.waiter, Waiter::Gone)),
-        });
-        self.metrics.client_transactions.store(self.client_txns.len() as u64, Relaxed);
-        for (flow, data) in resend {
-            self.send(flow, data);
-        }
-        for waiter in timed_out {
-            self.answered(now, waiter, None);
-        }
-        if self.last_sweep.is_none_or(|last| now.instant.duration_since(last) >= SWEEP_INTERVAL) {
-            self.last_sweep = Some(now.instant);
-            self.sweep(now);
-        }
-    }
-
     fn sweep(&mut self, now: Now) {
         let (emptied, expired) = self.registrar.expire(now.wall);
         self.metrics.registrations.store(self.registrar.binding_count() as u64, Relaxed);
@@ -308,15 +249,6 @@ impl Core {
             self.run_after(now, After::PresenceChanged(aor));
         }
         self.presence_sweep(now);
-    }
-
-    pub fn set_via_host(&mut self, transport: Transport, host: String) {
-        self.via_hosts.insert(transport, host);
-    }
-
-    /// The further SIP domains the directory admits (read by the IO layer now and then).
-    pub fn admit_domains(&mut self, domains: Vec<String>) {
-        self.domains.admit(domains);
     }
 
     pub fn binding_count(&self) -> usize {

@@ -1,6 +1,6 @@
 //! The Home Server role: registrar, digest authentication, instant message delivery, presence.
-//! `core` is the protocol state machine (no IO, tested with simulated time in `tests`); `driver`
-//! is the tokio layer that performs its actions.
+//! `core` is the protocol state machine (no IO, tested with simulated time in `tests`); the shared
+//! IO layer (`crate::driver`) performs its actions; `driver` adds what only a Home Server does.
 
 pub mod auth;
 mod core;
@@ -15,4 +15,4 @@ pub mod registrar;
 mod tests;
 
 pub use self::core::{Core, CoreSettings};
-pub use self::driver::{HomeHandler, HomeServer};
+pub use self::driver::{HomeServer, open};

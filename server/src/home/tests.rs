@@ -4,7 +4,7 @@
 //! in microseconds.
 
 use super::auth::{Algorithm, DigestAuth, ha1, hash};
-use super::core::{Action, Core, CoreSettings, Facts, Input, Now};
+use super::core::{Action, Core, CoreSettings, Facts, Input, Now, Service};
 use super::guard;
 use super::registrar::{Policy, Registrar};
 use crate::directory::{DirectoryError, User};
@@ -90,7 +90,7 @@ impl Sim {
             Registrar::new(Policy { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 });
         let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(300));
         let mut core = Core::new(settings, auth, registrar, Arc::new(Metrics::default()));
-        core.set_via_host(Transport::Udp, "192.0.2.1:5060".into());
+        core.set_advertised(Transport::Udp, "192.0.2.1:5060".into());
         let mut users = HashMap::new();
         for (name, home) in [("alice", "home-1"), ("bob", "home-1"), ("carol", "home-2")] {
             let address = format!("{name}@{DOMAIN}");

@@ -332,11 +332,6 @@ impl Transports {
         Ok(())
     }
 
-    /// Whether a connection to `remote` over `transport` is open.
-    pub fn has_connection(&self, transport: Transport, remote: SocketAddr) -> bool {
-        self.by_remote.lock().expect("by_remote").contains_key(&(transport, remote))
-    }
-
     /// Stops accepting new messages and connections (the first step of a graceful shutdown).
     pub fn stop_accepting(&self) {
         self.closing.send_replace(true);

@@ -168,6 +168,14 @@ impl Node {
         }
     }
 
+    /// Freezes the process (SIGSTOP) or lets it go on (SIGCONT): a hung server keeps its
+    /// connections open and answers nothing.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -176,6 +184,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process dies of SIGKILL all the same; let it go on first for a clean end.
+            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+        }
         self.kill();
     }
 }
