@@ -1,22 +1,6 @@
-//! `parley-server`: Parley's SIP server.
+//! `parley-server`: Parley's SIP server (the command line; the server itself is the library).
 
-mod admin;
-mod directory;
-mod domains;
-mod driver;
-mod frontend;
-mod home;
-mod ops;
-mod prep;
-mod probe;
-mod serve;
-mod service;
-mod store;
-mod transport;
-
-use parley_config as config;
-use parley_sip as sip;
-use parley_sip::transaction;
+use parley_server::{admin, config, home, ops, prep, probe, serve};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};

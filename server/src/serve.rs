@@ -5,12 +5,9 @@ use crate::config::{Config, DirectoryConfig, Role};
 use crate::directory::{Directory, file::FileDirectory};
 use crate::driver::{Driver, DriverHandler};
 use crate::frontend::Proxy;
-use crate::home::auth::DigestAuth;
-use crate::home::registrar::{Policy, Registrar};
-use crate::home::{Core, CoreSettings, HomeServer};
+use crate::home::{Core, HomeServer};
 use crate::ops::{http, metrics::Metrics};
 use crate::store::Store;
-use crate::transaction::Timers;
 use crate::transport::{self, Transport, Transports};
 use anyhow::Context;
 use std::sync::Arc;
@@ -150,17 +147,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 
 async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
     let table = config.frontend.as_ref().context("a Front-End needs [frontend]")?;
-    let proxy = Proxy::new(
-        crate::frontend::Settings {
-            domain: config.sip_domain.clone(),
-            domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            home_servers: table.home_servers.clone(),
-            route_cache: Duration::from_secs(table.route_cache_secs),
-            probe_interval: Duration::from_millis(table.probe_interval_ms),
-            timers: Timers::default(),
-        },
-        shared.metrics.clone(),
-    );
+    let proxy = Proxy::from_config(&config, shared.metrics.clone())?;
     let fe = Driver::new(proxy, shared.transports.clone(), shared.directory.clone(), None, shared.limits);
     fe.refresh_domains().await;
     shared.transports.set_handler(Arc::new(DriverHandler(fe.clone())));
@@ -185,41 +172,16 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
 async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
     let Shared { directory, metrics, transports, limits, .. } = &shared;
     let store = Store::open(&config.storage.data_dir)?;
-    let registrar = Registrar::new(Policy {
-        min_expires: config.registrar.min_expires,
-        max_expires: config.registrar.max_expires,
-        default_expires: config.registrar.default_expires,
-        max_contacts: config.registrar.max_contacts,
-    });
-    let core = Core::new(
-        CoreSettings {
-            domain: config.sip_domain.clone(),
-            domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
-            server_name: config.server_name.clone(),
-            max_body_bytes: config.limits.max_body_bytes,
-            timers: Timers::default(),
-            min_expires: config.registrar.min_expires,
-            max_expires: config.registrar.max_expires,
-            guard: crate::home::guard::Policy {
-                max_failures_per_source: config.auth.max_failures_per_source,
-                max_failures_per_user: config.auth.max_failures_per_user,
-                window: Duration::from_secs(config.auth.failure_window_secs),
-                lockout: Duration::from_secs(config.auth.lockout_secs),
-            },
-            admin_token: match &config.api.admin_token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("reading api.admin_token_file {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            },
-        },
-        DigestAuth::new(config.auth.algorithms.clone(), Duration::from_secs(config.auth.nonce_ttl_secs)),
-        registrar,
-        metrics.clone(),
-    );
+    let admin_token = match &config.api.admin_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading api.admin_token_file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let core = Core::from_config(&config, admin_token, metrics.clone());
     let home = crate::home::open(core, transports.clone(), directory.clone(), store, *limits).await?;
     transports.set_handler(Arc::new(DriverHandler(home.clone())));
     home.start_timers();

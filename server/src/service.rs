@@ -37,7 +37,6 @@ impl Now {
         Now { instant: Instant::now(), wall: SystemTime::now() }
     }
 
-    #[cfg(test)]
     pub fn after(self, d: std::time::Duration) -> Now {
         Now { instant: self.instant + d, wall: self.wall + d }
     }

@@ -178,6 +178,20 @@ impl Service for Proxy {
 }
 
 impl Proxy {
+    /// The proxy a Front-End's config describes.
+    pub fn from_config(config: &crate::config::Config, metrics: Arc<Metrics>) -> anyhow::Result<Proxy> {
+        let table = config.frontend.as_ref().ok_or_else(|| anyhow::anyhow!("a Front-End needs [frontend]"))?;
+        let settings = Settings {
+            domain: config.sip_domain.clone(),
+            domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            home_servers: table.home_servers.clone(),
+            route_cache: Duration::from_secs(table.route_cache_secs),
+            probe_interval: Duration::from_millis(table.probe_interval_ms),
+            timers: Timers::default(),
+        };
+        Ok(Proxy::new(settings, metrics))
+    }
+
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Proxy {
         let homes = settings
             .home_servers

@@ -211,6 +211,35 @@ impl Service for Core {
 }
 
 impl Core {
+    /// The core a config describes (the admin token is the content of `api.admin_token_file`).
+    pub fn from_config(config: &crate::config::Config, admin_token: Option<String>, metrics: Arc<Metrics>) -> Core {
+        let (r, a) = (&config.registrar, &config.auth);
+        let settings = CoreSettings {
+            domain: config.sip_domain.clone(),
+            domain_aliases: config.domain_aliases.iter().map(|a| a.to_ascii_lowercase()).collect(),
+            server_name: config.server_name.clone(),
+            max_body_bytes: config.limits.max_body_bytes,
+            timers: Timers::default(),
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            admin_token,
+            guard: super::guard::Policy {
+                max_failures_per_source: a.max_failures_per_source,
+                max_failures_per_user: a.max_failures_per_user,
+                window: Duration::from_secs(a.failure_window_secs),
+                lockout: Duration::from_secs(a.lockout_secs),
+            },
+        };
+        let registrar = Registrar::new(super::registrar::Policy {
+            min_expires: r.min_expires,
+            max_expires: r.max_expires,
+            default_expires: r.default_expires,
+            max_contacts: r.max_contacts,
+        });
+        let auth = DigestAuth::new(a.algorithms.clone(), Duration::from_secs(a.nonce_ttl_secs));
+        Core::new(settings, auth, registrar, metrics)
+    }
+
     pub fn new(settings: CoreSettings, auth: DigestAuth, registrar: Registrar, metrics: Arc<Metrics>) -> Core {
         let timers = settings.timers;
         Core {
