@@ -321,7 +321,7 @@ echo "ok: nothing of $domain is left (its volume claims were kept until deleted)
 
 step "managed directory: a domain with directory: {managed: {}} (e2e/managed.yaml)"
 # The operator runs OpenLDAP for the domain (local/parley-directory, built from this host's slapd),
-# the four prep Jobs prepare it, a Job adds two users with `parley-server user ldap add` as the
+# the four prep Jobs prepare it, a Job adds two users with `parley-server user add` as the
 # directory's administrator, and they sign in and exchange a MESSAGE through the Home Server.
 mdomain=dir
 mhs="dir-home-1"
@@ -352,7 +352,7 @@ user_add() {
         - name: add-$1
           image: $server_repo:$tag
           imagePullPolicy: $pull_policy
-          command: [/usr/local/bin/parley-server, user, ldap, add, "$1@example.test", --home-server, "$mhs",
+          command: [/usr/local/bin/parley-server, user, add, "$1@example.test", --home-server, "$mhs",
                     --password-file, "/users/$1"]
           env:
             - {name: PARLEY_LDAP_URL, value: "ldaps://$mdomain-directory.$ns.svc:636"}
@@ -397,7 +397,7 @@ until [[ -n $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded
   sleep 0.5
 done
 kubectl -n "$ns" logs job/add-users --all-containers=true || true
-[[ $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded}') == 1 ]] || die "parley-server user ldap add failed"
+[[ $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded}') == 1 ]] || die "parley-server user add failed"
 echo "ok: alice and bob added to the managed directory"
 
 kubectl -n "$ns" get secret "$mdomain-ca" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/dir-ca.crt"
