@@ -61,9 +61,10 @@ bench-smoke: ## A few seconds of every benchmark workload (cargo test runs it to
 e2e: ## Against the cluster in KUBECONFIG (one-node cluster or kind; kind is created without one): images, helm install, a domain, SIP
 	@./e2e/run.sh
 
-images: ## Build the server and operator images (needs Docker)
+images: ## Build the server, operator and managed-directory images (needs Docker)
 	docker build --target server -t $(REGISTRY)/parley-server:$(TAG) .
 	docker build --target operator -t $(REGISTRY)/parley-operator:$(TAG) .
+	docker build --target directory -t $(REGISTRY)/parley-directory:$(TAG) .
 
 clean: ## Remove build output and installed tools
 	$(CARGO) clean

@@ -3,7 +3,9 @@
 #   e2e/images.sh OUTDIR [NODE_WORKDIR]
 # writes OUTDIR/parley-server.tar and OUTDIR/parley-operator.tar (local/parley-server:$TAG and
 # local/parley-operator:$TAG, user 65532, no shell: ../shared/k8s/node/mkrootfs.sh + mkimage.py)
-# and, given the one-node cluster's WORKDIR, loads them into its containerd (load-image.sh).
+# and OUTDIR/parley-directory.tar (local/parley-directory:$TAG: the managed directory, this host's
+# Debian slapd with its modules and schemas under the parley-directory entrypoint, user 65532, no
+# shell) and, given the one-node cluster's WORKDIR, loads them into its containerd (load-image.sh).
 #
 # The binaries are the debug ones `cargo test --workspace` already built (target/debug), built
 # when missing or older than the sources; PARLEY_E2E_PROFILE=release takes target/release instead. They are stripped of
@@ -31,7 +33,7 @@ stale() {
   [[ ! -x $1 ]] || [[ -n $(find Cargo.lock ./*/Cargo.toml ./*/src -newer "$1" -print -quit 2>/dev/null) ]]
 }
 bins=()
-for bin in parley-server parley-operator; do
+for bin in parley-server parley-operator parley-directory; do
   path=target/$profile/$bin
   if stale "$path"; then
     echo "images: $path is missing or older than the sources: building it"
@@ -46,7 +48,7 @@ done
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-for path in "${bins[@]}"; do
+for path in "${bins[@]:0:2}"; do
   name=$(basename "$path")
   stage=$out/$name.bin
   rootfs=$out/$name.rootfs
@@ -60,6 +62,25 @@ for path in "${bins[@]}"; do
   echo "images: local/$name:$tag -> $out/$name.tar ($(du -h "$out/$name.tar" | cut -f1))"
 done
 
+# The managed directory: Debian's slapd (the package `slapd` on this host, as the Dockerfile's
+# `directory` target installs it), the back_mdb module and the schemas its cn=config includes.
+[[ -x /usr/sbin/slapd && -f /usr/lib/ldap/back_mdb.so ]] || die "the directory image needs Debian's slapd on this host (apt-get install slapd)"
+stage=$out/parley-directory.bin
+rootfs=$out/parley-directory.rootfs
+mkdir -p "$stage"
+objcopy --strip-debug "${bins[2]}" "$stage/parley-directory"
+bash "$node_tools/mkrootfs.sh" "$rootfs" "$stage/parley-directory" /usr/sbin/slapd /usr/lib/ldap/back_mdb.so
+mkdir -p "$rootfs/usr/sbin" "$rootfs/usr/lib/ldap" "$rootfs/etc/ldap/schema" "$rootfs/var/lib/ldap" "$rootfs/run/slapd"
+mv "$rootfs/usr/local/bin/slapd" "$rootfs/usr/sbin/slapd"
+rm "$rootfs/usr/local/bin/back_mdb.so"
+cp -a /usr/lib/ldap/back_mdb* "$rootfs/usr/lib/ldap/"
+cp /etc/ldap/schema/*.ldif "$rootfs/etc/ldap/schema/"
+chown 65532:65532 "$rootfs/var/lib/ldap" "$rootfs/run/slapd"
+python3 "$node_tools/mkimage.py" "$out/parley-directory.tar" "local/parley-directory:$tag" "$rootfs" \
+  --user 65532:65532 --entrypoint '["/usr/local/bin/parley-directory"]'
+rm -rf "$stage" "$rootfs"
+echo "images: local/parley-directory:$tag -> $out/parley-directory.tar ($(du -h "$out/parley-directory.tar" | cut -f1))"
+
 if [[ -n $node ]]; then
-  bash "$node_tools/load-image.sh" "$node" "$out/parley-server.tar" "$out/parley-operator.tar"
+  bash "$node_tools/load-image.sh" "$node" "$out/parley-server.tar" "$out/parley-operator.tar" "$out/parley-directory.tar"
 fi

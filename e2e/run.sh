@@ -100,6 +100,8 @@ state() {
   kubectl -n "$system_ns" logs deploy/parley-operator --tail=60 2>/dev/null || true
   echo "--- Home Server log"
   kubectl -n "$ns" logs "$hs-0" --tail=60 2>/dev/null || true
+  echo "--- managed directory log"
+  kubectl -n "$ns" logs dir-directory-0 --tail=40 2>/dev/null || true
 }
 
 cleanup() {
@@ -134,7 +136,7 @@ if [[ $mode == node ]]; then
   e2e/images.sh "$work/images" "$node"
 else
   make --no-print-directory images REGISTRY="$registry" TAG="$tag"
-  kind load docker-image --name "$kind_cluster" "$server_repo:$tag" "$operator_repo:$tag"
+  kind load docker-image --name "$kind_cluster" "$server_repo:$tag" "$operator_repo:$tag" "$registry/parley-directory:$tag"
 fi
 
 step "helm install the operator into $system_ns"
@@ -153,6 +155,7 @@ helm upgrade --install parley-operator charts/parley-operator \
   --namespace "$system_ns" --create-namespace \
   --set image.repository="$operator_repo" --set image.tag="$tag" --set image.pullPolicy="$pull_policy" \
   --set serverImage.repository="$server_repo" --set serverImage.tag="$tag" \
+  --set directoryImage.repository="${server_repo%-server}-directory" --set directoryImage.tag="$tag" \
   --wait --timeout "$timeout"
 # /readyz of the operator answers once its CRDs are established; --wait waited for it.
 kubectl -n "$system_ns" wait --for=condition=Available deployment/parley-operator --timeout="$timeout"
@@ -315,6 +318,110 @@ left=$(kubectl -n "$ns" get statefulsets,deployments,services,configmaps,secrets
 # state outlives the HomeServer resource); delete them here so their volumes go too.
 kubectl -n "$ns" delete pvc "data-$hs-0" "logs-$hs-0" --timeout="$timeout"
 echo "ok: nothing of $domain is left (its volume claims were kept until deleted)"
+
+step "managed directory: a domain with directory: {managed: {}} (e2e/managed.yaml)"
+# The operator runs OpenLDAP for the domain (local/parley-directory, built from this host's slapd),
+# the four prep Jobs prepare it, a Job adds two users with `parley-server user add` as the
+# directory's administrator, and they sign in and exchange a MESSAGE through the Home Server.
+mdomain=dir
+mhs="dir-home-1"
+kubectl -n "$ns" apply -f e2e/managed.yaml
+kubectl -n "$ns" wait --for=condition=DirectoryReady "communicationsdomain/$mdomain" --timeout="$timeout" \
+  || die "the managed directory did not become ready: $(kubectl -n "$ns" get communicationsdomain "$mdomain" -o jsonpath='{.status.conditions}'); $(kubectl -n "$ns" logs "$mdomain-directory-0" --tail=30 2>&1)"
+kubectl -n "$ns" wait --for=condition=DomainPrepared "communicationsdomain/$mdomain" --timeout="$timeout" \
+  || die "the managed directory was not prepared: $(kubectl -n "$ns" get communicationsdomain "$mdomain" -o jsonpath='{.status.conditions}')"
+for step in schema enterprise domain domainadd-1; do
+  [[ $(kubectl -n "$ns" get job "$mdomain-prep-$step" -o jsonpath='{.status.succeeded}') == 1 ]] \
+    || die "prep Job $mdomain-prep-$step did not succeed"
+  echo "ok: Job $mdomain-prep-$step succeeded: $(kubectl -n "$ns" logs "job/$mdomain-prep-$step" 2>/dev/null | tail -n 1)"
+done
+kubectl -n "$ns" wait --for=condition=Ready "communicationsdomain/$mdomain" --timeout="$timeout" \
+  || die "CommunicationsDomain $mdomain did not become Ready: $(kubectl -n "$ns" get communicationsdomain "$mdomain" -o jsonpath='{.status.conditions}')"
+# slapd runs as the image's non-root user and wrote its config and database on the volume.
+pv=$(kubectl -n "$ns" get pvc "data-$mdomain-directory-0" -o jsonpath='{.spec.volumeName}')
+dir=$(kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}')
+[[ -f $dir/slapd.d/cn=config.ldif && -f $dir/data/data.mdb ]] || die "no cn=config or database on the directory's volume ($dir)"
+owner=$(stat -c %u:%g "$dir/data/data.mdb")
+[[ $owner == 65532:65532 ]] || die "the directory's database belongs to $owner, not 65532:65532"
+echo "ok: the directory's cn=config and database are on its volume, owned by $owner"
+
+kubectl -n "$ns" create secret generic user-passwords --from-file=alice="$work/alice.pw" \
+  --from-file=bob="$work/bob.pw" --dry-run=client -o yaml | kubectl -n "$ns" apply -f - >/dev/null
+user_add() {
+  cat <<YAML
+        - name: add-$1
+          image: $server_repo:$tag
+          imagePullPolicy: $pull_policy
+          command: [/usr/local/bin/parley-server, user, add, "$1@example.test", --home-server, "$mhs",
+                    --password-file, "/users/$1"]
+          env:
+            - {name: PARLEY_LDAP_URL, value: "ldaps://$mdomain-directory.$ns.svc:636"}
+            - {name: PARLEY_LDAP_BASE_DN, value: "dc=example,dc=test"}
+            - {name: PARLEY_LDAP_BIND_DN, valueFrom: {secretKeyRef: {name: $mdomain-directory-admin, key: bindDn}}}
+            - {name: PARLEY_LDAP_BIND_PASSWORD_FILE, value: /admin/password}
+            - {name: PARLEY_LDAP_CA_FILE, value: /ca/ca.crt}
+          securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+          volumeMounts:
+            - {name: admin, mountPath: /admin, readOnly: true}
+            - {name: ca, mountPath: /ca, readOnly: true}
+            - {name: users, mountPath: /users, readOnly: true}
+YAML
+}
+kubectl -n "$ns" apply -f - <<YAML
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: add-users
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      automountServiceAccountToken: false
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
+      initContainers:
+$(user_add alice)
+      containers:
+$(user_add bob)
+      volumes:
+        - name: admin
+          secret: {secretName: $mdomain-directory-admin, items: [{key: password, path: password}]}
+        - name: ca
+          secret: {secretName: $mdomain-directory-tls, items: [{key: ca.crt, path: ca.crt}]}
+        - name: users
+          secret: {secretName: user-passwords}
+YAML
+deadline=$((SECONDS + 120))
+until [[ -n $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded}{.status.failed}') ]]; do
+  ((SECONDS < deadline)) || die "adding the users did not finish: $(kubectl -n "$ns" describe job add-users | tail -n 5)"
+  sleep 0.5
+done
+kubectl -n "$ns" logs job/add-users --all-containers=true || true
+[[ $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded}') == 1 ]] || die "parley-server user add failed"
+echo "ok: alice and bob added to the managed directory"
+
+kubectl -n "$ns" get secret "$mdomain-ca" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/dir-ca.crt"
+if [[ $mode == node ]]; then
+  m_tls=$(kubectl -n "$ns" get service "$mhs-sip" -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
+  target/debug/parley-server probe --server "127.0.0.1:$m_tls" --ca "$work/dir-ca.crt" \
+    --server-name "$mhs-sip.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
+    --peer bob@example.test --peer-password-file "$work/bob.pw" \
+    || die "parley-server probe through $mhs-sip (users in the managed directory) failed"
+  echo "ok: alice and bob, users of the managed directory, signed in and exchanged a MESSAGE"
+else
+  echo "managed-directory probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
+fi
+kubectl -n "$ns" delete job add-users --wait=false >/dev/null
+kubectl -n "$ns" delete secret user-passwords >/dev/null
+kubectl -n "$ns" delete communicationsdomain "$mdomain" --timeout="$timeout"
+# The directory and its volume go with the domain (its StatefulSet deletes its claim).
+kubectl -n "$ns" wait --for=delete "statefulset/$mdomain-directory" "service/$mdomain-directory" \
+  "secret/$mdomain-directory-admin" "secret/$mdomain-directory-tls" "pod/$mdomain-directory-0" \
+  "pod/$mhs-0" --timeout="$timeout" || die "the managed directory of $mdomain is still there"
+kubectl -n "$ns" wait --for=delete "pvc/data-$mdomain-directory-0" --timeout="$timeout" \
+  || die "the managed directory's volume claim outlived its domain"
+kubectl -n "$ns" delete pvc "data-$mhs-0" "logs-$mhs-0" --timeout="$timeout"
+echo "ok: the managed directory and its volume went with the domain"
 
 step "multi-server: a Front-End in front of two Home Servers (e2e/multi.yaml, topology manual)"
 # The tiers ask for whole CPUs per server, more than a one-node test cluster has; topology manual

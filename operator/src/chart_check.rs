@@ -149,7 +149,8 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("events.k8s.io", "events", &["create", "patch"]),
     ("", "secrets", &["get", "patch"]),
     ("batch", "jobs", &["get", "list", "patch", "delete"]),
-    ("", "pods", &["list"]),
+    // Prep pods' termination messages; the managed directory's pod (is it ready, and why not).
+    ("", "pods", &["get", "list"]),
     ("cert-manager.io", "certificates", &["get", "patch"]),
     ("coordination.k8s.io", "leases", &["get", "create", "update"]),
     ("apiextensions.k8s.io", "customresourcedefinitions", &["get"]),

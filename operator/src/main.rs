@@ -49,6 +49,9 @@ enum Command {
         /// Server image for domains that name none.
         #[arg(long, env = "PARLEY_SERVER_IMAGE", default_value_t = Settings::default().default_image)]
         server_image: String,
+        /// Image of managed directories (`spec.directory.managed`).
+        #[arg(long, env = "PARLEY_DIRECTORY_IMAGE", default_value_t = Settings::default().directory_image)]
+        directory_image: String,
         /// DNS suffix of Services.
         #[arg(long, env = "PARLEY_CLUSTER_DOMAIN", default_value = "cluster.local")]
         cluster_domain: String,
@@ -120,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             lease_duration,
             ops_addr,
             server_image,
+            directory_image,
             cluster_domain,
             log_format,
         } => {
@@ -136,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                 lease_timing: LeaseTiming { duration: lease, retry: lease / 7, renew_deadline: lease * 2 / 3 },
                 ops_addr: Some(ops_addr),
                 crd_poll: Duration::from_secs(2),
-                settings: Settings { default_image: server_image, cluster_domain },
+                settings: Settings { default_image: server_image, cluster_domain, directory_image },
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async move {

@@ -66,6 +66,7 @@ scenario!(
     a_certificate_near_expiry_is_renewed,
     a_certificate_the_administrator_provides_is_left_alone,
     an_ldap_domain_is_prepared_in_order_before_its_workloads,
+    a_managed_directory_is_run_and_prepared_before_its_workloads,
     with_an_issuer_cert_manager_certificates_fill_the_secrets,
 );
 

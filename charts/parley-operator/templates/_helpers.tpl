@@ -41,6 +41,10 @@ app.kubernetes.io/part-of: parley
 {{- printf "%s:%s" .Values.serverImage.repository (default .Chart.AppVersion .Values.serverImage.tag) }}
 {{- end }}
 
+{{- define "parley-operator.directoryImage" -}}
+{{- printf "%s:%s" .Values.directoryImage.repository (default .Chart.AppVersion .Values.directoryImage.tag) }}
+{{- end }}
+
 {{/* The rules the controllers need, shared by the ClusterRole and the namespaced Role. */}}
 {{- define "parley-operator.rules" -}}
 - apiGroups: ["parley.dev"]
@@ -69,7 +73,8 @@ app.kubernetes.io/part-of: parley
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["list"]
-# The domain's CA and server certificates, and the generated service-account password.
+# The domain's CA and server certificates, the generated service-account password and the
+# managed directory's admin Secret.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]

@@ -39,7 +39,8 @@ pub fn build(
     let spec = &ctx.domain.spec;
     let plain = !spec.tls.require_client_tls;
     let any = |port: i32| Some(SocketAddr::from(([0, 0, 0, 0], port as u16)));
-    let directory = match (&spec.directory.ldap, &spec.directory.file) {
+    // A managed directory is an LDAP directory the operator runs: the same settings, made up.
+    let directory = match (super::directory::effective_ldap(ctx.domain), &spec.directory.file) {
         (Some(ldap), _) => DirectoryConfig::Ldap {
             url: ldap.url.clone(),
             base_dn: ldap.base_dn.clone(),
@@ -109,7 +110,7 @@ mod tests {
     use super::*;
     use crate::build::fixtures;
     use crate::build::fixtures::ctx;
-    use crate::crd::{DirectorySpec, FileDirectory};
+    use crate::crd::{DirectorySpec, FileDirectory, ManagedDirectory};
     use parley_config::Role;
 
     /// Every rendered config must pass the server's own validation for its role.
@@ -124,16 +125,19 @@ mod tests {
     fn every_tier_and_directory_renders_a_config_the_server_accepts() {
         let routes = [HomeServerRoute { name: "corp-home-1".into(), address: "corp-home-1.ns.svc:5062".into() }];
         for users in [500, 5_000, 25_000] {
-            for file in [false, true] {
+            for directory in ["ldap", "file", "managed"] {
                 for require_tls in [false, true] {
                     let mut d = fixtures::domain("corp", users);
                     d.spec.tls.require_client_tls = require_tls;
-                    if file {
+                    if directory == "file" {
                         d.spec.directory = DirectorySpec {
                             ldap: None,
                             file: Some(FileDirectory { config_map: "u".into(), key: "k".into() }),
                             managed: None,
                         };
+                    }
+                    if directory == "managed" {
+                        d.spec.directory = DirectorySpec { managed: Some(ManagedDirectory {}), ..Default::default() };
                     }
                     parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
                     parse(
@@ -154,6 +158,19 @@ mod tests {
         let c = build(&ctx(&d), "x", None, &Advertise::default()).unwrap();
         let DirectoryConfig::Ldap { ca_file, starttls, .. } = c.directory else { panic!("ldap") };
         assert_eq!((ca_file.as_deref(), starttls), (Some(std::path::Path::new(paths::DIRECTORY_CA)), true));
+    }
+
+    #[test]
+    fn a_managed_directory_reaches_the_server_as_ldaps_with_the_domains_ca() {
+        let mut d = fixtures::domain("corp", 500);
+        d.spec.directory = DirectorySpec { managed: Some(ManagedDirectory {}), ..Default::default() };
+        let v = parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
+        assert_eq!(v["directory"]["backend"].as_str(), Some("ldap"));
+        assert_eq!(v["directory"]["url"].as_str(), Some("ldaps://corp-directory.ns.svc:636"));
+        assert_eq!(v["directory"]["base_dn"].as_str(), Some("dc=example,dc=test"));
+        assert_eq!(v["directory"]["bind_dn"].as_str(), Some("cn=ParleyService,ou=Parley,dc=example,dc=test"));
+        assert_eq!(v["directory"]["ca_file"].as_str(), Some(paths::DIRECTORY_CA));
+        assert_eq!(v["directory"]["bind_password_file"].as_str(), Some(paths::DIRECTORY_PASSWORD));
     }
 
     #[test]

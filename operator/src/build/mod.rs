@@ -5,6 +5,7 @@
 
 pub mod certificates;
 pub mod config;
+pub mod directory;
 pub mod domain;
 pub mod front_end;
 pub mod home_server;
@@ -61,7 +62,8 @@ pub mod paths {
     pub const DIRECTORY_DIR: &str = "/etc/parley/directory";
     pub const DIRECTORY_PASSWORD: &str = "/etc/parley/directory/password";
     pub const DIRECTORY_FILE: &str = "/etc/parley/directory/users.toml";
-    /// The LDAP directory's CA bundle (`spec.directory.ldap.caBundle`), when one is set.
+    /// The LDAP directory's CA bundle (`spec.directory.ldap.caBundle`, or the domain's CA for a
+    /// managed directory), when there is one.
     pub const DIRECTORY_CA_DIR: &str = "/etc/parley/directory-ca";
     pub const DIRECTORY_CA: &str = "/etc/parley/directory-ca/ca.crt";
     pub const DATA_DIR: &str = "/var/lib/parley/data";
@@ -73,6 +75,8 @@ pub mod paths {
 pub enum Component {
     HomeServer,
     FrontEnd,
+    /// The managed directory (`spec.directory.managed`).
+    Directory,
 }
 
 impl Component {
@@ -80,12 +84,14 @@ impl Component {
         match self {
             Component::HomeServer => "home-server",
             Component::FrontEnd => "front-end",
+            Component::Directory => "directory",
         }
     }
     fn role(self) -> &'static str {
         match self {
             Component::HomeServer => "home",
             Component::FrontEnd => "frontend",
+            Component::Directory => "directory",
         }
     }
 }
@@ -421,12 +427,13 @@ pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volu
             ..Default::default()
         },
     ];
-    volumes.extend(ldap_ca_bundle(domain).map(|ca| ca_bundle_volume("directory-ca", ca)));
+    volumes.extend(ldap_ca_bundle(domain).map(|ca| ca_bundle_volume("directory-ca", &ca)));
     volumes
 }
 
-fn ldap_ca_bundle(domain: &CommunicationsDomain) -> Option<&CaBundleRef> {
-    domain.spec.directory.ldap.as_ref()?.ca_bundle.as_ref()
+/// The CA bundle of the domain's LDAP directory (for a managed one, the domain's CA).
+fn ldap_ca_bundle(domain: &CommunicationsDomain) -> Option<CaBundleRef> {
+    directory::effective_ldap(domain)?.ca_bundle
 }
 
 /// A volume holding the CA bundle `ca` as the file `ca.crt`, from its ConfigMap or Secret.
@@ -659,6 +666,17 @@ mod tests {
             check("FrontEnd PodDisruptionBudget", &o.pdb, &mut found);
             check("FrontEnd Deployment", &o.deployment, &mut found);
         }
+        let mut d = fixtures::domain("corp", 500);
+        d.spec.directory = crate::crd::DirectorySpec { managed: Some(Default::default()), ..Default::default() };
+        let o = directory::build(&directory::DirectoryInput { domain: &d, image: "i", tls_hash: Some("h".into()) })
+            .unwrap();
+        check("directory ConfigMap", &o.config_map, &mut found);
+        check("directory Service", &o.service, &mut found);
+        check("directory StatefulSet", &o.stateful_set, &mut found);
+        check("directory admin Secret", &directory::admin_secret(&d, "pw").unwrap(), &mut found);
+        let hs = fixtures::home_server("corp-home-1", "corp");
+        let o = home_server::build(&hs, &ctx(&d)).unwrap();
+        check("HomeServer StatefulSet, managed directory", &o.stateful_set, &mut found);
         found.sort();
         found.dedup();
         assert!(

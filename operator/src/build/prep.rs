@@ -152,7 +152,7 @@ impl Step {
 
 /// The steps a domain's directory needs, in order; empty for a file directory.
 pub fn steps(domain: &CommunicationsDomain) -> Vec<Step> {
-    if domain.spec.directory.ldap.is_none() {
+    if super::directory::effective_ldap(domain).is_none() {
         return Vec::new();
     }
     let mut steps = vec![Step::Schema, Step::Enterprise, Step::Domain];
@@ -204,7 +204,7 @@ pub fn job(
     home_servers: &[(String, String)],
 ) -> Result<Job, BuildError> {
     let (domain_name, ns) = name_ns(domain, "CommunicationsDomain")?;
-    let ldap = domain.spec.directory.ldap.as_ref().ok_or_else(|| BuildError::Prep("no LDAP directory".into()))?;
+    let ldap = super::directory::effective_ldap(domain).ok_or_else(|| BuildError::Prep("no LDAP directory".into()))?;
     let admin = ldap.admin_secret.as_ref().ok_or_else(|| BuildError::Prep(NO_ADMIN_SECRET.into()))?;
     let name = step.job_name(&domain_name);
 
@@ -312,6 +312,18 @@ pub fn job(
 const NO_ADMIN_SECRET: &str = "spec.directory.ldap.adminSecret is not set: the operator needs a directory \
      administrator's Secret (keys bindDn and password) to prepare the directory";
 
+/// Holds back the Job `plan` would create while the directory cannot answer (a managed directory
+/// whose pod is not ready, `why`): the step's condition says what it waits for. Steps that already
+/// succeeded stay prepared, so a directory restart later on does not stop the domain's workloads.
+pub fn hold_for_directory(plan: &mut PrepPlan, why: &str) {
+    let Some(job) = plan.create.take() else { return };
+    let job_name = job.metadata.name.clone().unwrap_or_default();
+    let step = plan.conditions.iter_mut().find(|w| w.reason == "Running" && w.message.contains(&job_name));
+    if let Some(w) = step {
+        *w = Want::new(w.type_, false, "WaitingForDirectory", format!("Job {job_name} waits for the directory: {why}"));
+    }
+}
+
 /// The hash of a Job's inputs, from its annotation.
 pub fn job_hash(job: &Job) -> Option<&str> {
     job.metadata.annotations.as_ref()?.get(PREP_HASH_ANNOTATION).map(String::as_str)
@@ -382,18 +394,13 @@ pub fn sequence(
     prepared: &[PreparedStep],
 ) -> Result<PrepPlan, BuildError> {
     let all = [SCHEMA_PREPARED, ENTERPRISE_PREPARED, DOMAIN_PREPARED];
-    let d = &domain.spec.directory;
-    if d.managed.is_some() {
-        let why = "spec.directory.managed is accepted, but the operator does not build the managed directory yet";
-        let conditions = all.iter().map(|t| Want::new(t, false, "NotAvailable", why)).collect();
-        return Ok(PrepPlan { create: None, delete: vec![], conditions, prepared: vec![], done: false });
-    }
-    if d.ldap.is_none() {
+    let ldap = super::directory::effective_ldap(domain);
+    if ldap.is_none() {
         let conditions =
             all.iter().map(|t| Want::new(t, true, "NotNeeded", "a file directory needs no preparation")).collect();
         return Ok(PrepPlan { create: None, delete: vec![], conditions, prepared: vec![], done: true });
     }
-    if d.ldap.as_ref().is_some_and(|l| l.admin_secret.is_none()) {
+    if ldap.as_ref().is_some_and(|l| l.admin_secret.is_none()) {
         let conditions = all.iter().map(|t| Want::new(t, false, "NoAdminSecret", NO_ADMIN_SECRET)).collect();
         return Ok(PrepPlan { create: None, delete: vec![], conditions, prepared: vec![], done: false });
     }
@@ -829,10 +836,29 @@ mod tests {
             p.conditions.iter().all(|w| !w.status && w.reason == "NoAdminSecret" && w.message.contains("adminSecret"))
         );
 
+        // A managed directory is prepared like any LDAP directory, once its pod is ready.
         d.spec.directory = DirectorySpec { managed: Some(crate::crd::ManagedDirectory {}), ..Default::default() };
-        let p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &[]).unwrap();
-        assert!(!p.done && p.create.is_none() && p.conditions.iter().all(|w| !w.status && w.reason == "NotAvailable"));
+        let mut p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &[]).unwrap();
+        assert_eq!(created(&p), Some("corp-prep-schema"));
+        let j = p.create.clone().unwrap();
+        assert_eq!(env_value(&j, "PARLEY_LDAP_URL").as_deref(), Some("ldaps://corp-directory.ns.svc:636"));
+        assert_eq!(env_value(&j, "PARLEY_LDAP_BASE_DN").as_deref(), Some("dc=example,dc=test"));
+        assert_eq!(env_value(&j, "PARLEY_LDAP_CA_FILE").as_deref(), Some(paths::CA_FILE));
+        let ca = pod(&j).volumes.as_ref().unwrap().iter().find(|v| v.name == "ca").unwrap();
+        assert_eq!(ca.secret.as_ref().unwrap().secret_name.as_deref(), Some("corp-directory-tls"));
+        let admin = pod(&j).volumes.as_ref().unwrap().iter().find(|v| v.name == "admin").unwrap();
+        assert_eq!(admin.secret.as_ref().unwrap().secret_name.as_deref(), Some("corp-directory-admin"));
         assert_eq!(service_account_secret_ref(&d).unwrap().name, "corp-directory-service");
+        hold_for_directory(&mut p, "pod corp-directory-0: container slapd is waiting: CrashLoopBackOff");
+        assert!(p.create.is_none() && !p.done);
+        assert_eq!(statuses(&p)[0], ("SchemaPrepared", false, "WaitingForDirectory"));
+        assert!(p.conditions[0].message.contains("CrashLoopBackOff"), "{}", p.conditions[0].message);
+        // Once prepared, a directory restart holds nothing back.
+        let observed =
+            BTreeMap::from([succeeded(&d, Step::Schema), succeeded(&d, Step::Enterprise), succeeded(&d, Step::Domain)]);
+        let mut p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        hold_for_directory(&mut p, "restarting");
+        assert!(p.done && p.conditions.iter().all(|w| w.status));
 
         d.spec.directory = DirectorySpec {
             file: Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() }),

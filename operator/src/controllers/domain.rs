@@ -6,6 +6,7 @@
 //! Front-End is created or changed before `DomainPrepared` is True.
 
 mod certificates;
+mod directory;
 mod prep;
 
 use std::collections::BTreeSet;
@@ -22,7 +23,8 @@ use super::conditions::{Want, is_true, merge};
 use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
 use crate::build;
 use crate::crd::condition::{
-    CERTIFICATES_READY, DOMAIN_PREPARED, ENTERPRISE_PREPARED, PAUSED, READY, SCALE_DOWN_BLOCKED, SCHEMA_PREPARED,
+    CERTIFICATES_READY, DIRECTORY_READY, DOMAIN_PREPARED, ENTERPRISE_PREPARED, PAUSED, READY, SCALE_DOWN_BLOCKED,
+    SCHEMA_PREPARED,
 };
 use crate::crd::{CommunicationsDomain, CommunicationsDomainStatus, FrontEnd, HomeServer, Topology};
 use crate::tiers;
@@ -118,13 +120,29 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             home: false,
             advertise: fe_advertise(n),
         }));
+        // A managed directory gets its certificate from the domain's CA with the servers.
+        let managed = d.spec.directory.managed.is_some();
+        if managed {
+            servers.push(certificates::Server { name: build::directory::name(&name), home: false, advertise: None });
+        }
         let certs = certificates::reconcile(&ctx, &d, &ns, &servers, now).await?;
         wants.push(certs.want);
         if let Some(at) = certs.next_check {
             requeue = requeue.min(until(now, at));
         }
 
-        let prep = prep::reconcile(&ctx, &d, &ns, &hs_names, &old.prepared_steps).await?;
+        // The managed directory, before the prep Jobs that need it.
+        let mut directory_waiting = None;
+        if managed {
+            let dir = directory::reconcile(&ctx, &d, &ns).await?;
+            if dir.waiting.is_some() {
+                requeue = requeue.min(PREP_POLL);
+            }
+            directory_waiting = dir.waiting;
+            wants.push(dir.want);
+        }
+
+        let prep = prep::reconcile(&ctx, &d, &ns, &hs_names, &old.prepared_steps, directory_waiting.as_deref()).await?;
         status.prepared_steps = prep.prepared;
         if prep.busy {
             // The domain does not watch Jobs or Secrets; look again soon until prepared.
@@ -177,7 +195,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         }
     } else {
         // Paused or invalid: nothing was looked at, so the last word on these stands.
-        for type_ in [CERTIFICATES_READY, SCHEMA_PREPARED, ENTERPRISE_PREPARED, DOMAIN_PREPARED] {
+        for type_ in [CERTIFICATES_READY, SCHEMA_PREPARED, ENTERPRISE_PREPARED, DOMAIN_PREPARED, DIRECTORY_READY] {
             wants.extend(carried_over(&old.conditions, type_));
         }
     }
@@ -202,7 +220,8 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     } else if let Some(why) = preparing {
         Want::new(READY, false, "PreparingDirectory", format!("the directory is not prepared yet: {why}"))
     } else {
-        ready(&status, &home_servers, &front_ends)
+        let directory = wants.iter().find(|w| w.type_ == DIRECTORY_READY && !w.status).map(|w| w.message.clone());
+        ready(&status, &home_servers, &front_ends, directory)
     });
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, d.metadata.generation, Timestamp::now());
@@ -251,9 +270,18 @@ fn carried_over(
     old.iter().find(|c| c.type_ == type_).map(|c| Want::new(type_, c.status == "True", &c.reason, &c.message))
 }
 
-/// Ready when every Home Server the status lists, and its Front-End, report Ready.
-fn ready(status: &CommunicationsDomainStatus, home_servers: &[HomeServer], front_ends: &[FrontEnd]) -> Want {
+/// Ready when every Home Server the status lists, its Front-End and its managed directory (when
+/// it has one; `directory` says why it is not ready) report Ready.
+fn ready(
+    status: &CommunicationsDomainStatus,
+    home_servers: &[HomeServer],
+    front_ends: &[FrontEnd],
+    directory: Option<String>,
+) -> Want {
     let mut waiting = Vec::new();
+    if let Some(why) = directory {
+        waiting.push(format!("the directory ({why})"));
+    }
     if status.home_servers.is_empty() {
         return Want::new(READY, false, "NoHomeServers", "the domain has no Home Servers");
     }

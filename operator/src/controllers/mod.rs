@@ -43,6 +43,8 @@ pub struct Settings {
     pub default_image: String,
     /// DNS suffix of Services (`cluster.local`).
     pub cluster_domain: String,
+    /// Image of managed directories (the Dockerfile's `directory` target).
+    pub directory_image: String,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
         Self {
             default_image: format!("parley-server:{}", env!("CARGO_PKG_VERSION")),
             cluster_domain: "cluster.local".into(),
+            directory_image: format!("parley-directory:{}", env!("CARGO_PKG_VERSION")),
         }
     }
 }

@@ -25,6 +25,9 @@ pub mod condition {
     pub const ENTERPRISE_PREPARED: &str = "EnterprisePrepared";
     /// `prep domain` and every `prep domainadd` succeeded; workloads may start.
     pub const DOMAIN_PREPARED: &str = "DomainPrepared";
+    /// The managed directory (`spec.directory.managed`) answers: its pod is ready. Set only for a
+    /// managed directory; the message says what it waits for otherwise.
+    pub const DIRECTORY_READY: &str = "DirectoryReady";
 }
 
 /// Kubernetes Service type for client-facing SIP traffic.

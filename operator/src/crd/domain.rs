@@ -134,14 +134,17 @@ pub struct DirectorySpec {
     /// A TOML file of users in a ConfigMap, for trying Parley out without a directory server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileDirectory>,
-    /// A directory the operator runs for this domain: a one-replica OpenLDAP StatefulSet with a
-    /// volume, generated administrator credentials and TLS from the domain's CA. Write `managed: {}`.
-    /// Accepted now; the operator does not build it yet (the domain says so in its conditions).
+    /// A directory the operator runs for this domain: a one-replica OpenLDAP StatefulSet
+    /// `<domain>-directory` with a volume, generated administrator credentials (Secret
+    /// `<domain>-directory-admin`) and TLS from the domain's CA, at
+    /// `ldaps://<domain>-directory.<namespace>.svc:636` with base DN `dc=...` from `sipDomain`.
+    /// The prep Jobs and servers use it as an LDAP directory. Write `managed: {}`. Deleting the
+    /// domain deletes it, users included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedDirectory>,
 }
 
-/// A directory the operator runs for the domain. No settings yet.
+/// A directory the operator runs for the domain (`spec.directory.managed`). No settings yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ManagedDirectory {}
 
@@ -336,7 +339,7 @@ pub struct CommunicationsDomainStatus {
     /// The generation of the spec this status describes.
     pub observed_generation: Option<i64>,
     /// `Ready`, `Paused`, `ScaleDownBlocked`, `CertificatesReady`, `SchemaPrepared`,
-    /// `EnterprisePrepared` and `DomainPrepared`.
+    /// `EnterprisePrepared`, `DomainPrepared` and, with a managed directory, `DirectoryReady`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// The sizing tier `spec.users` resolves to.

@@ -682,7 +682,11 @@ pub async fn a_resource_deleted_while_reconciled_is_gone(h: &Harness) {
     h.wait_gone::<HomeServer>("east").await;
     h.wait_gone::<FrontEnd>("edge").await;
 
-    let settings = Settings { default_image: "parley-server:test".into(), cluster_domain: "cluster.local".into() };
+    let settings = Settings {
+        default_image: "parley-server:test".into(),
+        cluster_domain: "cluster.local".into(),
+        directory_image: "parley-directory:test".into(),
+    };
     let ctx = Arc::new(Context::new(h.client.clone(), settings, Default::default(), "op-a"));
     let gone = Action::await_change();
     assert_eq!(home_server::reconcile(Arc::new(hs), ctx.clone()).await.expect("not a failure"), gone);

@@ -128,3 +128,89 @@ pub async fn an_ldap_domain_is_prepared_in_order_before_its_workloads(h: &Harnes
     assert_eq!(schema_after, schema_uid, "a succeeded Job is not run again");
     op.stop().await.unwrap();
 }
+
+/// Plays the kubelet: the pod's Ready condition as `ready` says.
+async fn set_pod_ready(h: &Harness, pod: &str) {
+    h.wait_for::<k8s_openapi::api::core::v1::Pod, _>("directory pod", pod, |_| true).await;
+    let now = format!("{:.0}", Timestamp::now());
+    let status = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}]}});
+    h.api::<k8s_openapi::api::core::v1::Pod>()
+        .patch_status(pod, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("pod status");
+}
+
+pub async fn a_managed_directory_is_run_and_prepared_before_its_workloads(h: &Harness) {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    if h.is_double() {
+        eprintln!("skipped on the double: it serves no batch/v1 Jobs or Pods (runs against a real API server)");
+        return;
+    }
+    let op = h.start_operator("op-a");
+    let domain = json!({
+        "apiVersion": "parley.dev/v1alpha1", "kind": "CommunicationsDomain", "metadata": {"name": "corp"},
+        "spec": {"sipDomain": "example.test", "users": 500, "directory": {"managed": {}}},
+    });
+    h.api::<CommunicationsDomain>()
+        .patch("corp", &PatchParams::apply("parley-test"), &Patch::Apply(&domain))
+        .await
+        .unwrap();
+    let owned_by_domain = |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
+        refs.is_some_and(|r| r.iter().any(|o| o.kind == "CommunicationsDomain" && o.name == "corp"))
+    };
+
+    // The directory: admin Secret, certificate from the domain's CA, config, Service, StatefulSet.
+    let admin = h.wait_for::<Secret, _>("admin Secret", "corp-directory-admin", |_| true).await;
+    assert!(owned_by_domain(admin.metadata.owner_references.as_ref()));
+    let data = admin.data.clone().unwrap();
+    assert_eq!(data["bindDn"].0, b"cn=admin,dc=example,dc=test");
+    let password = data["password"].0.clone();
+    assert!(password.len() >= 32);
+    let tls = h.wait_for::<Secret, _>("directory certificate", "corp-directory-tls", |_| true).await;
+    let tls_data = tls.data.unwrap();
+    assert!(tls_data.contains_key("tls.crt") && tls_data.contains_key("ca.crt"));
+    let cm = h.wait_for::<ConfigMap, _>("slapd config", "corp-directory-config", |_| true).await;
+    assert!(cm.data.unwrap()["slapd.ldif"].contains("olcSuffix: dc=example,dc=test"));
+    let svc = h.wait_for::<Service, _>("directory Service", "corp-directory", |_| true).await;
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 636);
+    let sts = h.wait_for::<StatefulSet, _>("directory StatefulSet", "corp-directory", |_| true).await;
+    assert!(owned_by_domain(sts.metadata.owner_references.as_ref()));
+    assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(1));
+
+    // Until its pod is ready nothing is prepared, and the status says what it waits for.
+    let msg = wait_condition(h, "DirectoryReady", "False", "Waiting").await;
+    assert!(msg.contains("corp-directory-0"), "{msg}");
+    let msg = wait_condition(h, "SchemaPrepared", "False", "WaitingForDirectory").await;
+    assert!(msg.contains("corp-prep-schema"), "{msg}");
+    assert!(prep_jobs(h).await.is_empty(), "no prep Job before the directory is ready");
+    assert!(h.names::<HomeServer>().await.is_empty());
+
+    set_pod_ready(h, "corp-directory-0").await;
+    wait_condition(h, "DirectoryReady", "True", "PodReady").await;
+    let job = h.wait_for::<Job, _>("prep schema Job", "corp-prep-schema", |_| true).await;
+    let env = job.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    let value = |n: &str| env.iter().find(|e| e.name == n).and_then(|e| e.value.clone());
+    assert_eq!(value("PARLEY_LDAP_URL"), Some(format!("ldaps://corp-directory.{}.svc:636", h.ns)));
+    assert_eq!(value("PARLEY_LDAP_BASE_DN").as_deref(), Some("dc=example,dc=test"));
+    for step in ["schema", "enterprise", "domain"] {
+        set_job_status(h, &format!("corp-prep-{step}"), true).await;
+    }
+    wait_condition(h, "DomainPrepared", "True", "Succeeded").await;
+    h.wait_for::<HomeServer, _>("the HomeServer, once prepared", "corp-home-1", |_| true).await;
+    let cm = h.wait_for::<ConfigMap, _>("Home Server config", "corp-home-1-config", |_| true).await;
+    let config = &cm.data.unwrap()["parley.toml"];
+    assert!(config.contains(&format!("url = \"ldaps://corp-directory.{}.svc:636\"", h.ns)), "{config}");
+
+    // The generated password is kept across reconciles.
+    h.patch_domain("corp", json!({"users": 600})).await;
+    h.wait_for::<CommunicationsDomain, _>("the new generation observed", "corp", |d| {
+        d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+    })
+    .await;
+    let again = h.api::<Secret>().get("corp-directory-admin").await.unwrap();
+    assert_eq!(again.data.unwrap()["password"].0, password, "the admin password is never regenerated");
+    op.stop().await.unwrap();
+}

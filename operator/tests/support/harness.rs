@@ -398,7 +398,11 @@ impl Harness {
             },
             ops_addr: None,
             crd_poll: Duration::from_millis(100),
-            settings: Settings { default_image: "parley-server:test".into(), cluster_domain: "cluster.local".into() },
+            settings: Settings {
+                default_image: "parley-server:test".into(),
+                cluster_domain: "cluster.local".into(),
+                directory_image: "parley-directory:test".into(),
+            },
         };
         let operator = Operator::new(client, config);
         let metrics = operator.metrics();

@@ -1,5 +1,5 @@
 //! The domain's directory-prep Jobs on the API server; the order and the conditions are decided
-//! by [`build::prep::sequence`].
+//! by [`build::prep::sequence`]; a managed directory's Jobs wait for its pod ([`build::prep::hold_for_directory`]).
 
 use std::collections::BTreeMap;
 
@@ -44,6 +44,7 @@ pub async fn reconcile(
     ns: &str,
     home_servers: &[String],
     prepared: &[PreparedStep],
+    directory_waiting: Option<&str>,
 ) -> Result<PrepOutcome> {
     let image = d.spec.image.clone().unwrap_or_else(|| ctx.settings.default_image.clone());
     let pairs: Vec<(String, String)> =
@@ -84,7 +85,11 @@ pub async fn reconcile(
         let message = if failed { pod_message(&pods, &job.name_any()).await? } else { None };
         observed.insert(job.name_any(), prep::observe(&job, message));
     }
-    let plan = prep::sequence(d, &image, &pairs, &observed, prepared)?;
+    let mut plan = prep::sequence(d, &image, &pairs, &observed, prepared)?;
+    if let Some(why) = directory_waiting {
+        // A managed directory whose pod is not ready: the next Job would only fail.
+        prep::hold_for_directory(&mut plan, why);
+    }
     for gone in &plan.delete {
         delete(&jobs, gone).await?;
     }
