@@ -193,6 +193,14 @@ pub struct Limits {
     /// its first one after connecting: a peer that trickles bytes or sends nothing (slowloris)
     /// is closed long before the idle timeout.
     pub message_timeout_secs: u64,
+    /// Messages a second one address may send (twice that in a burst); 0: no limit. Over it, UDP
+    /// datagrams are dropped unread and stream connections are read more slowly, so a flood from
+    /// one address does not crowd out everyone else. The internal link is exempt. Raise it for a
+    /// large office behind one NAT address, or for a load generator.
+    pub max_messages_per_source: u32,
+    /// Requests in progress (waiting for the directory, the store or a forwarded answer) above
+    /// which new ones are answered `503` with `Retry-After` at once, before any work is done.
+    pub max_pending_requests: usize,
 }
 
 impl Default for Limits {
@@ -205,6 +213,8 @@ impl Default for Limits {
             max_connections: 100_000,
             idle_timeout_secs: 600,
             message_timeout_secs: 10,
+            max_messages_per_source: 1_000,
+            max_pending_requests: 10_000,
         }
     }
 }

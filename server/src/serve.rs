@@ -51,6 +51,7 @@ impl Shared {
                 max_connections: config.limits.max_connections,
                 idle_timeout: Duration::from_secs(config.limits.idle_timeout_secs),
                 message_timeout: Duration::from_secs(config.limits.message_timeout_secs),
+                max_messages_per_source: config.limits.max_messages_per_source,
             },
             metrics.clone(),
         );

@@ -58,6 +58,8 @@ pub struct Settings {
     pub route_cache: Duration,
     pub probe_interval: Duration,
     pub timers: Timers,
+    /// Requests waiting for a Home Server or the directory above which new ones get 503 at once.
+    pub max_pending_requests: usize,
 }
 
 /// A Home Server as the routing table names it, and what the probes say of it.
@@ -188,6 +190,7 @@ impl Proxy {
             route_cache: Duration::from_secs(table.route_cache_secs),
             probe_interval: Duration::from_millis(table.probe_interval_ms),
             timers: Timers::default(),
+            max_pending_requests: config.limits.max_pending_requests,
         };
         Ok(Proxy::new(settings, metrics))
     }
@@ -401,6 +404,10 @@ impl Proxy {
         }
         match client {
             Some(client) => self.relay_to_client(now, flow, req, client, &incoming_via),
+            None if self.pending.len() + self.tasks.len() >= self.settings.max_pending_requests => {
+                self.metrics.overload_refused.fetch_add(1, Relaxed);
+                self.reply(flow, &req, 503, "Overloaded", true)
+            }
             None => self.relay_to_home_server(now, flow, req, &method, incoming_via),
         }
     }

@@ -48,6 +48,7 @@ impl Sim {
             route_cache: Duration::from_secs(10),
             probe_interval: Duration::from_millis(500),
             timers: Timers::default(),
+            max_pending_requests: 3,
         };
         let metrics = Arc::new(Metrics::default());
         let mut proxy = Proxy::new(settings, metrics.clone());
@@ -312,4 +313,21 @@ fn unknown_users_get_404_and_a_directory_outage_503() {
     let sent = sim.receive(client, msg);
     assert_eq!(sent[0].msg.status(), Some(503));
     assert_eq!(sent[0].msg.headers.get("Retry-After"), Some("5"));
+}
+
+#[test]
+fn when_too_many_requests_wait_for_home_servers_new_ones_get_503() {
+    let mut sim = Sim::new(); // at most 3 waiting
+    sim.probe_round(&[HOME_1, HOME_2]);
+    for i in 0..3 {
+        let client = udp(&format!("192.0.2.{}:5060", 30 + i));
+        let register = sim.client_request(client, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+        assert_eq!(sim.receive(client, register)[0].flow.remote.to_string(), HOME_2);
+    }
+    let client = udp("192.0.2.40:5060");
+    let register = sim.client_request(client, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    let sent = sim.receive(client, register);
+    assert_eq!((sent[0].flow, sent[0].msg.status()), (client, Some(503)));
+    assert_eq!(sent[0].msg.headers.get("Retry-After"), Some("5"));
+    assert_eq!(sim.metrics.overload_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

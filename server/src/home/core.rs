@@ -49,6 +49,8 @@ const KNOWN_METHODS: [&str; 14] = [
     "SUBSCRIBE",
     "UPDATE",
 ];
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER: &str = "5";
 /// How often bindings, subscriptions, publications and nonces are checked for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -68,6 +70,8 @@ pub struct CoreSettings {
     pub admin_token: Option<String>,
     /// When failed authentications lock an address or a user out.
     pub guard: super::guard::Policy,
+    /// Requests in progress above which new ones get 503 at once.
+    pub max_pending_requests: usize,
 }
 
 /// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
@@ -223,6 +227,7 @@ impl Core {
             min_expires: r.min_expires,
             max_expires: r.max_expires,
             admin_token,
+            max_pending_requests: config.limits.max_pending_requests,
             guard: super::guard::Policy {
                 max_failures_per_source: a.max_failures_per_source,
                 max_failures_per_user: a.max_failures_per_user,
@@ -358,10 +363,18 @@ impl Core {
                 return;
             }
         }
+        let task = Task { key, reply_flow, flow, req, received: now.instant, stage: Stage::Fetching };
+        if self.tasks.len() >= self.settings.max_pending_requests {
+            // Shed load before any work: no lookup, no digest, no write.
+            self.metrics.overload_refused.fetch_add(1, Relaxed);
+            let mut r = self.respond_with(&task.req, 503, "Overloaded");
+            r.headers.push("Retry-After", RETRY_AFTER);
+            return self.finish(now, task, r);
+        }
         let id = self.next_task;
         self.next_task += 1;
-        let (users, resolve) = self.needs(flow, &req);
-        self.tasks.insert(id, Task { key, reply_flow, flow, req, received: now.instant, stage: Stage::Fetching });
+        let (users, resolve) = self.needs(flow, &task.req);
+        self.tasks.insert(id, task);
         if users.is_empty() && resolve.is_none() {
             self.on_fetched(now, id, Facts::default());
         } else {
@@ -676,7 +689,7 @@ impl Core {
     pub(super) fn unavailable(&self, req: &Message, e: &DirectoryError) -> Message {
         tracing::warn!(error = %e, "directory lookup failed");
         let mut r = self.respond_with(req, 503, "Directory Unavailable");
-        r.headers.push("Retry-After", "5");
+        r.headers.push("Retry-After", RETRY_AFTER);
         r
     }
 }

@@ -79,6 +79,7 @@ impl Sim {
             min_expires: 60,
             max_expires: 7200,
             admin_token: None,
+            max_pending_requests: 3,
             guard: guard::Policy {
                 max_failures_per_source: 10,
                 max_failures_per_user: 100,
@@ -555,4 +556,25 @@ fn behind_a_front_end_the_path_leads_back_to_the_instance_that_holds_the_client(
         assert_eq!((relayed.flow.transport, relayed.flow.conn), (Transport::Internal, 7));
         assert!(relayed.header("Route").contains(path_host));
     }
+}
+
+#[test]
+fn when_too_many_requests_are_in_progress_new_ones_get_503_before_any_work() {
+    let mut sim = Sim::new(); // at most 3 in progress
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 3600);
+    // Three messages to alice wait for her device's answer.
+    let waiting: Vec<Sent> =
+        (0..3).flat_map(|i| bob.message(&mut sim, "alice@example.test", &format!("m{i}"))).collect();
+    assert_eq!(requests(&waiting, "MESSAGE").len(), 3);
+    let fetches = sim.fetched.len();
+    let sent = bob.message(&mut sim, "alice@example.test", "one too many");
+    assert_eq!(statuses(&sent), [503]);
+    assert_eq!(sent[0].reason(), "Overloaded");
+    assert_eq!(sent[0].header("Retry-After"), "5");
+    assert_eq!(sim.fetched.len(), fetches, "no directory lookup for a refused request");
+    assert_eq!(sim.core.metrics.overload_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Once alice answers, there is room again.
+    alice.answer(&mut sim, requests(&waiting, "MESSAGE")[0], 200);
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "now")), Vec::<u16>::new(), "forwarded");
 }

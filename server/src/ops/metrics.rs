@@ -29,6 +29,12 @@ pub struct Metrics {
     pub server_transactions: AtomicU64,
     pub client_transactions: AtomicU64,
     pub subscriptions: AtomicU64,
+    /// UDP datagrams dropped unread: their sender was over `max_messages_per_source`.
+    pub overload_dropped: AtomicU64,
+    /// Stream messages read late for the same reason.
+    pub overload_delayed: AtomicU64,
+    /// Requests answered 503 at once: `max_pending_requests` were in progress.
+    pub overload_refused: AtomicU64,
     /// Time from a request's arrival to its final response being sent, per method (as `requests`).
     pub latency: [Histogram; 9],
     /// Front-End only: traffic and state per Home Server, by name.
@@ -93,7 +99,25 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 14] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 17] = [
+            (
+                "parley_overload_dropped_total",
+                "counter",
+                "UDP datagrams dropped unread because their sender exceeded limits.max_messages_per_source.",
+                &self.overload_dropped,
+            ),
+            (
+                "parley_overload_delayed_total",
+                "counter",
+                "Stream messages read late because their sender exceeded limits.max_messages_per_source.",
+                &self.overload_delayed,
+            ),
+            (
+                "parley_overload_refused_total",
+                "counter",
+                "Requests answered 503 at once because limits.max_pending_requests were in progress.",
+                &self.overload_refused,
+            ),
             (
                 "parley_subscriptions",
                 "gauge",

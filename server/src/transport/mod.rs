@@ -2,6 +2,7 @@
 //! requests for that peer go back: the UDP source address, or the very TCP/TLS connection (so
 //! clients behind NAT are reachable over the connection they opened, RFC 5626 style reuse).
 
+mod admission;
 mod stream;
 pub mod tls;
 
@@ -60,6 +61,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time to complete a begun message, and to send the first one.
     pub message_timeout: Duration,
+    /// Messages a second one address may send (0: no limit); the internal link is exempt.
+    pub max_messages_per_source: u32,
 }
 
 struct Connection {
@@ -83,6 +86,7 @@ pub struct Transports {
     closing: watch::Sender<bool>,
     /// Client side of the internal link, for connections this server opens to a peer.
     internal: OnceLock<tokio_rustls::TlsConnector>,
+    admission: Option<admission::Admission>,
 }
 
 /// What a stream listener speaks.
@@ -107,6 +111,7 @@ impl Transports {
             handler: OnceLock::new(),
             closing: watch::channel(false).0,
             internal: OnceLock::new(),
+            admission: admission::Admission::new(limits.max_messages_per_source),
         })
     }
 
@@ -126,12 +131,19 @@ impl Transports {
         let local = socket.local_addr()?;
         *self.udp.lock().expect("udp") = Some(socket.clone());
         let mut closing = self.closing.subscribe();
+        let this = self.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
             loop {
                 tokio::select! {
                     r = socket.recv_from(&mut buf) => match r {
                         Ok((n, from)) => {
+                            if let Some(a) = &this.admission
+                                && a.admit(from.ip(), std::time::Instant::now()).is_err()
+                            {
+                                this.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
                             let data = Bytes::copy_from_slice(&buf[..n]);
                             if data.iter().all(|b| b.is_ascii_whitespace()) {
                                 continue; // keep-alive datagram

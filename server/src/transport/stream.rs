@@ -27,6 +27,15 @@ impl Transports {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Waits until the sender may send another message (reading nothing meanwhile).
+    async fn admit_stream(&self, transport: Transport, remote: SocketAddr) {
+        let Some(a) = self.admission.as_ref().filter(|_| transport != Transport::Internal) else { return };
+        while let Err(wait) = a.admit(remote.ip(), std::time::Instant::now()) {
+            self.metrics.overload_delayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     pub(super) async fn run_stream<S>(
         self: &Arc<Self>,
         id: u64,
@@ -86,6 +95,7 @@ impl Transports {
                     }
                     Ok(Some(Frame::Message(data))) => {
                         unfinished_since = None;
+                        self.admit_stream(transport, remote).await;
                         handler.on_message(flow, data)
                     }
                     Err(FrameError::TooLarge { limit, head }) => {
