@@ -26,7 +26,6 @@ impl Transports {
         self.run_stream(id, transport, remote, stream, handler, tx, rx).await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// Waits until the sender may send another message (reading nothing meanwhile).
     async fn admit_stream(&self, transport: Transport, remote: SocketAddr) {
         let Some(a) = self.admission.as_ref().filter(|_| transport != Transport::Internal) else { return };
@@ -36,6 +35,7 @@ impl Transports {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run_stream<S>(
         self: &Arc<Self>,
         id: u64,
