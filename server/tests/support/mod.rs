@@ -167,6 +167,16 @@ impl Server {
         http_get(self.ops, path)
     }
 
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// A metric's value (first sample whose name and labels start with `name`).
     pub fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.http_get("/metrics").expect("metrics");

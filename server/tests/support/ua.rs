@@ -17,6 +17,9 @@ pub struct Ua {
     call_id: String,
     /// The last request sent by `send_authenticated` (to replay it).
     pub last_request: String,
+    /// Whether `send_authenticated` retransmits unanswered requests, as a real client does over
+    /// UDP (timer E: 500 ms, doubling to 4 s).
+    retransmit: bool,
 }
 
 /// A header's value in a raw message (first occurrence, case-insensitive, long names only).
@@ -63,6 +66,30 @@ impl Ua {
             cseq: 0,
             call_id: format!("{user}-{}", std::process::id()),
             last_request: String::new(),
+            retransmit: false,
+        }
+    }
+
+    /// The same user agent, retransmitting what `send_authenticated` sends until it is answered.
+    pub fn retransmitting(mut self) -> Ua {
+        self.retransmit = true;
+        self
+    }
+
+    /// The response to `req` (just sent), resending it on timer E when `retransmit` is set.
+    fn await_response(&self, req: &str, timeout: Duration) -> Option<String> {
+        if !self.retransmit {
+            return self.recv_response(timeout);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut interval = Duration::from_millis(500);
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            if let Some(r) = self.recv_response(interval.min(left)) {
+                return Some(r);
+            }
+            self.send_raw(req.as_bytes());
+            interval = (interval * 2).min(Duration::from_secs(4));
         }
     }
 
@@ -128,8 +155,8 @@ impl Ua {
     pub fn send_authenticated(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
         let req = self.request(method, uri, to, extra, body);
         self.send_raw(req.as_bytes());
+        let first = self.await_response(&req, Duration::from_secs(5)).expect("response");
         self.last_request = req;
-        let first = self.recv_response(Duration::from_secs(5)).expect("response");
         let (challenge_header, auth_header) = match status(&first) {
             401 => ("WWW-Authenticate", "Authorization"),
             407 => ("Proxy-Authenticate", "Proxy-Authorization"),
@@ -148,8 +175,9 @@ impl Ua {
         );
         let req = self.request(method, uri, to, &format!("{extra}{creds}"), body);
         self.send_raw(req.as_bytes());
+        let last = self.await_response(&req, Duration::from_secs(40)).expect("final response");
         self.last_request = req;
-        self.recv_response(Duration::from_secs(40)).expect("final response")
+        last
     }
 
     pub fn register(&mut self, expires: u32) -> String {
