@@ -196,6 +196,11 @@ pub fn header_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Control characters other than tab have no place in a header value (RFC 3261 25.1).
+fn has_control(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f)
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
 }
@@ -216,7 +221,11 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
             continue;
         }
         if line.starts_with([' ', '\t']) {
-            // Folded line: continues the previous header's value.
+            // Folded line: continues the previous header's value, under the same rules.
+            if has_control(line) {
+                error = error.or(Some("control character in a continuation line".into()));
+                continue;
+            }
             match scan.0.last_mut() {
                 Some((_, v)) => {
                     v.push(' ');
@@ -231,7 +240,7 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
             continue;
         };
         let name = name.trim_end();
-        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        if has_control(value) {
             error = error.or(Some(format!("control character in header {:.40}", name)));
             continue;
         }
@@ -404,6 +413,15 @@ mod tests {
         assert_eq!(m.headers.get("Content-Type"), Some("text/plain"));
         assert_eq!(m.call_id(), "call-1");
         assert_eq!(&m.body[..], b"hello");
+    }
+
+    #[test]
+    fn a_control_character_in_a_folded_line_is_refused_and_not_kept_for_the_answer() {
+        // Found by the request_path fuzz target: the 400 echoed a CSeq with \x0f in it.
+        let bad = REQ.replace("Subject: hello\r\n  world", "Subject: hello\r\n  wo\x0frld");
+        let e = parse_datagram(bad.as_bytes(), &Limits::default()).unwrap_err();
+        assert!(e.reason.contains("control character"), "{}", e.reason);
+        assert!(e.scan.iter().all(|(_, v)| !has_control(v)), "{:?}", e.scan);
     }
 
     #[test]
