@@ -20,6 +20,8 @@ pub struct Ua {
     /// Whether `send_authenticated` retransmits unanswered requests, as a real client does over
     /// UDP (timer E: 500 ms, doubling to 4 s).
     retransmit: bool,
+    /// Whether requests leave out Contact (a REGISTER then asks for the bindings).
+    no_contact: bool,
 }
 
 /// A header's value in a raw message (first occurrence, case-insensitive, long names only).
@@ -67,6 +69,7 @@ impl Ua {
             call_id: format!("{user}-{}", std::process::id()),
             last_request: String::new(),
             retransmit: false,
+            no_contact: false,
         }
     }
 
@@ -140,27 +143,40 @@ impl Ua {
         format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}{};rport\r\nMax-Forwards: 70\r\n\
              From: <sip:{user}@{domain}>;tag={user}tag\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: {cseq} {method}\r\n\
-             Contact: <sip:{user}@{local}>\r\n{extra}Content-Length: {len}\r\n\r\n{body}",
+             {contact}{extra}Content-Length: {len}\r\n\r\n{body}",
             self.call_id,
             self.cseq,
             user = self.user,
             domain = self.domain,
             cid = self.call_id,
             cseq = self.cseq,
+            contact = if self.no_contact { String::new() } else { format!("Contact: <sip:{}@{local}>\r\n", self.user) },
             len = body.len()
         )
     }
 
     /// Sends a request, answers one digest challenge, returns the final response.
     pub fn send_authenticated(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
+        self.try_send_authenticated(method, uri, to, extra, body).expect("response")
+    }
+
+    /// `send_authenticated`, or None when an answer does not come.
+    pub fn try_send_authenticated(
+        &mut self,
+        method: &str,
+        uri: &str,
+        to: &str,
+        extra: &str,
+        body: &str,
+    ) -> Option<String> {
         let req = self.request(method, uri, to, extra, body);
         self.send_raw(req.as_bytes());
-        let first = self.await_response(&req, Duration::from_secs(5)).expect("response");
+        let first = self.await_response(&req, Duration::from_secs(5))?;
         self.last_request = req;
         let (challenge_header, auth_header) = match status(&first) {
             401 => ("WWW-Authenticate", "Authorization"),
             407 => ("Proxy-Authenticate", "Proxy-Authorization"),
-            _ => return first,
+            _ => return Some(first),
         };
         let challenge = header(&first, challenge_header).expect("challenge");
         assert!(challenge.contains("algorithm=MD5"), "first challenge is MD5: {challenge}");
@@ -175,9 +191,18 @@ impl Ua {
         );
         let req = self.request(method, uri, to, &format!("{extra}{creds}"), body);
         self.send_raw(req.as_bytes());
-        let last = self.await_response(&req, Duration::from_secs(40)).expect("final response");
+        let last = self.await_response(&req, Duration::from_secs(40));
         self.last_request = req;
         last
+    }
+
+    /// A REGISTER without Contact: the answer lists the user's bindings.
+    pub fn query_bindings(&mut self) -> Option<String> {
+        self.no_contact = true;
+        let (to, uri) = (format!("sip:{}@{}", self.user, self.domain), format!("sip:{}", self.domain));
+        let answer = self.try_send_authenticated("REGISTER", &uri, &to, "", "");
+        self.no_contact = false;
+        answer
     }
 
     pub fn register(&mut self, expires: u32) -> String {
