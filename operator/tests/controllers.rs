@@ -4,6 +4,7 @@
 
 mod support;
 
+mod refusals;
 mod scenarios;
 
 /// Declares a scenario three times: `double::<name>` against the API server double,

@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 
 /// Pattern of a SIP domain: a lowercase DNS name with at least two labels, e.g. `example.test`.
+/// `SIP_DOMAIN_PATTERN` as a CEL rule, so that a refusal says in words what a SIP domain is
+/// (the schema's own pattern error only quotes the regular expression).
+pub const SIP_DOMAIN_RULE: &str =
+    "self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')";
+pub const SIP_DOMAIN_MESSAGE: &str =
+    "must be a lowercase DNS name such as example.com: no scheme (sip:), no port, no upper case";
+
 pub const SIP_DOMAIN_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// Types of conditions the operator sets.

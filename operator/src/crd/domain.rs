@@ -5,7 +5,7 @@ use kube::CustomResource;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{NAME_PATTERN, SIP_DOMAIN_PATTERN, SecretKeyRef, ServiceType};
+use super::common::{NAME_PATTERN, SIP_DOMAIN_MESSAGE, SIP_DOMAIN_PATTERN, SIP_DOMAIN_RULE, SecretKeyRef, ServiceType};
 use crate::tiers::Tier;
 
 /// A SIP domain served by Parley: the users' addresses, how many of them to size for, where they
@@ -49,6 +49,7 @@ pub struct CommunicationsDomainSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message(
         "sipDomain is immutable: users' addresses depend on it; create a new CommunicationsDomain instead"
     ))]
+    #[x_kube(validation = Rule::new(SIP_DOMAIN_RULE).message(SIP_DOMAIN_MESSAGE))]
     pub sip_domain: String,
 
     /// The number of users to size for. Selects the sizing tier: up to 1,000 is small, up to 10,000
@@ -271,11 +272,12 @@ fn default_users_key() -> String {
 }
 
 /// Another directory domain whose users may use these servers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdditionalDomain {
     /// The other domain's SIP domain.
     #[schemars(length(min = 3, max = 253), regex(pattern = SIP_DOMAIN_PATTERN))]
+    #[x_kube(validation = Rule::new(SIP_DOMAIN_RULE).message(SIP_DOMAIN_MESSAGE))]
     pub sip_domain: String,
     /// Base DN of the other domain's users.
     #[schemars(length(min = 1, max = 1024))]
