@@ -1,8 +1,8 @@
 //! `parley-bench`: Parley's Home Server side by side with Kamailio, in one run.
 //!
 //! ```text
-//! parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--out DIR] [--markdown FILE] [--no-kamailio]
-//!              [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes 10000,100000,1000000]
+//! parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] [--out DIR] [--markdown FILE]
+//!              [--no-kamailio] [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes 10000,100000,1000000]
 //! ```
 //!
 //! Starts each server pinned to the server CPUs (taskset), drives it with sipp and with the
@@ -119,6 +119,8 @@ struct Args {
     plan: Plan,
     parley: PathBuf,
     baseline: Option<PathBuf>,
+    /// Only the Front-End row (Parley's and Kamailio's), e.g. to look at it at other rates.
+    frontend_only: bool,
     out: PathBuf,
     markdown: Option<PathBuf>,
     kamailio: Option<bool>,
@@ -136,6 +138,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut smoke = false;
     let mut parley = root.join("target/release/parley-server");
     let mut baseline = None;
+    let mut frontend_only = false;
     let mut out: Option<PathBuf> = None;
     let mut markdown = None;
     let mut markdown_set = false;
@@ -150,6 +153,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--smoke" => smoke = true,
             "--parley" => parley = PathBuf::from(value()?),
             "--baseline" => baseline = Some(PathBuf::from(value()?)),
+            "--frontend-only" => frontend_only = true,
             "--out" => out = Some(PathBuf::from(value()?)),
             "--markdown" => {
                 markdown = Some(PathBuf::from(value()?));
@@ -165,11 +169,13 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--out DIR] \
+                    "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] [--out DIR] \
                      [--markdown FILE | --no-markdown] [--kamailio | --no-kamailio] [--server-cpus LIST] \
                      [--sipp-cpus LIST] [--memory-sizes A,B,C]\n\n\
                      --baseline PATH  also measure the Home Server's fixed-rate REGISTER and MESSAGE (and cold \
-                     start) with this other parley-server build, in a \"Parley (baseline)\" column"
+                     start) with this other parley-server build, in a \"Parley (baseline)\" column\n\
+                     --frontend-only  only the Front-End row; like --smoke, writes to a temp dir and no BENCHMARKS.md \
+                     unless --out/--markdown say otherwise"
                 );
                 std::process::exit(0);
             }
@@ -187,14 +193,20 @@ fn parse_args() -> anyhow::Result<Args> {
         plan.memory_report.sort();
         plan.memory_sizes = m;
     }
-    // A smoke run never overwrites the committed results.
+    // A smoke or partial run never overwrites the committed results.
     let out = out.unwrap_or_else(|| {
-        if smoke { std::env::temp_dir().join("parley-bench-smoke") } else { root.join("bench/results") }
+        if smoke {
+            std::env::temp_dir().join("parley-bench-smoke")
+        } else if frontend_only {
+            std::env::temp_dir().join("parley-bench-frontend")
+        } else {
+            root.join("bench/results")
+        }
     });
-    if !markdown_set && !smoke {
+    if !markdown_set && !smoke && !frontend_only {
         markdown = Some(root.join("BENCHMARKS.md"));
     }
-    Ok(Args { plan, parley, baseline, out, markdown, kamailio, server_cpus, sipp_cpus })
+    Ok(Args { plan, parley, baseline, frontend_only, out, markdown, kamailio, server_cpus, sipp_cpus })
 }
 
 fn kamailio_installed() -> bool {
@@ -280,17 +292,23 @@ fn run() -> anyhow::Result<()> {
     let load_start = procstat::loadavg();
     let mut results: BTreeMap<String, report::ServerResults> = BTreeMap::new();
     let mut kinds = vec![Kind::Parley];
-    if args.baseline.is_some() {
+    if args.baseline.is_some() && !args.frontend_only {
         kinds.push(Kind::ParleyBaseline);
     }
     if with_kamailio {
         kinds.push(Kind::Kamailio);
     }
-    kinds.push(Kind::ParleyTls);
+    if !args.frontend_only {
+        kinds.push(Kind::ParleyTls);
+    }
     for kind in kinds {
-        eprintln!("== {}", kind.key());
-        let mut r = bench_server(kind, plan, &settings, &ctx, &users_phase, &users_cold, &users_mem)
-            .with_context(|| format!("benchmarking {}", kind.key()))?;
+        let mut r = if args.frontend_only {
+            report::ServerResults::default()
+        } else {
+            eprintln!("== {}", kind.key());
+            bench_server(kind, plan, &settings, &ctx, &users_phase, &users_cold, &users_mem)
+                .with_context(|| format!("benchmarking {}", kind.key()))?
+        };
         if matches!(kind, Kind::Parley | Kind::Kamailio) {
             eprintln!("== {} behind a Front-End", kind.key());
             r.frontend = Some(

@@ -585,6 +585,8 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     s
 }
 
+static NO_STEPS: Vec<Step> = Vec::new();
+
 /// A chart line: name, colour, dash pattern, points.
 type Series = (String, &'static str, &'static str, Vec<(f64, f64)>);
 
@@ -595,9 +597,11 @@ pub fn chart(run: &Run) -> String {
         .iter()
         .flat_map(|(name, r)| {
             let color = if name == "kamailio" { "#d62728" } else { "#1f77b4" };
+            let fe = r.frontend.as_ref().map(|f| &f.message_ladder).unwrap_or(&NO_STEPS);
             [
                 (format!("{name} REGISTER"), color, "", &r.register_ladder),
                 (format!("{name} MESSAGE"), color, "6,4", &r.message_ladder),
+                (format!("{name} MESSAGE via FE"), color, "2,3", fe),
             ]
         })
         .filter(|(_, _, _, l)| !l.is_empty())

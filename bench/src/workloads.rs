@@ -143,6 +143,7 @@ pub fn register_step(
 pub struct Recipient {
     pub user: String,
     uas: std::process::Child,
+    reaped: bool,
 }
 
 impl Recipient {
@@ -170,7 +171,7 @@ impl Recipient {
             ctx.sipp_cpus,
             &ctx.work.join(format!("{tag}-uas")),
         )?;
-        let mut recipient = Recipient { user, uas };
+        let mut recipient = Recipient { user, uas, reaped: false };
         // Ready when sipp holds the port (the kernel lists a socket on it), or gone if it exited.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !udp_port_bound(port) {
@@ -187,15 +188,16 @@ impl Recipient {
         // SAFETY: our own child.
         unsafe { libc::kill(self.uas.id() as i32, libc::SIGTERM) };
         let cpu = sipp::wait_with_rusage(self.uas.id() as i32, Duration::from_secs(5)).map(|(_, c)| c).unwrap_or(0.0);
-        let _ = self.uas.try_wait();
+        // Reaped by wait4 above: its pid may be reused from now on, so Drop must not signal it.
+        self.reaped = true;
         cpu
     }
 }
 
 impl Drop for Recipient {
-    /// A recipient left running by an error path is killed (after `stop`, it is already reaped).
+    /// A recipient left running by an error path is killed and reaped.
     fn drop(&mut self) {
-        if self.uas.try_wait().ok().flatten().is_none() {
+        if !self.reaped {
             let _ = self.uas.kill();
             let _ = self.uas.wait();
         }
