@@ -353,7 +353,14 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("PARLEY_BENCH_KEEP").is_some() {
+            eprintln!(
+                "parley-bench: PARLEY_BENCH_KEEP is set: {} kept (servers' logs, sipp's files)",
+                self.0.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -551,9 +558,17 @@ fn bench_frontend(
     if !plan.frontend_rates.is_empty() {
         eprintln!("  MESSAGE ladder via the Front-End");
         let inf = users.inf(&format!("{key}-senders"), senders.iter().copied())?;
+        let mut by_process = Vec::new();
         r.message_ladder = workloads::ladder(&plan.frontend_rates, |rate| {
-            workloads::message_step(ctx, &cluster, &recipient, &inf, rate, plan.step_secs, &key)
+            let before = cluster.cpu_by_process();
+            let step = workloads::message_step(ctx, &cluster, &recipient, &inf, rate, plan.step_secs, &key);
+            let used: BTreeMap<String, f64> =
+                cluster.cpu_by_process().into_iter().map(|(k, v)| (k.clone(), v - before[&k])).collect();
+            eprintln!("      CPU-s by process: {used:.2?}");
+            by_process.push(used);
+            step
         })?;
+        r.ladder_cpu_s_by_process = by_process;
         settle(&r.message_ladder);
     }
     r.recipient_sipp_cpu_s = Some(recipient.stop());

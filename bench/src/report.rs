@@ -39,6 +39,8 @@ pub struct FrontEndResults {
     /// The fixed-rate run's CPU seconds, by process tree.
     pub cpu_s_by_process: BTreeMap<String, f64>,
     pub message_ladder: Vec<Step>,
+    /// Each ladder step's CPU seconds, by process tree.
+    pub ladder_cpu_s_by_process: Vec<BTreeMap<String, f64>>,
     pub recipient_sipp_cpu_s: Option<f64>,
     pub log_errors: Vec<String>,
 }
