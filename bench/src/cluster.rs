@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The names the users file homes users on (u<N> on `HOMES[N % 2]`).
 pub const HOMES: [&str; 2] = ["home-1", "home-2"];
@@ -76,14 +77,20 @@ impl Cluster {
         let mut routes = Vec::new();
         for name in HOMES {
             let home_dir = dir.join(name);
-            let (cmd, sip, internal) = parley_cmd(settings, &home_dir, &pki, name, "home", users, "")?;
-            homes.push(Server::spawn(&format!("parley {name}"), cmd, &home_dir, sip)?);
+            let (cmd, sip, internal, ops) = parley_cmd(settings, &home_dir, &pki, name, "home", users, "")?;
+            let home = Server::spawn(&format!("parley {name}"), cmd, &home_dir, sip)?;
+            wait_ready(&home, ops)?;
+            homes.push(home);
             routes.push(format!("{{ name = \"{name}\", address = \"127.0.0.1:{internal}\" }}"));
         }
         let fe_dir = dir.join("frontend");
         let frontend = format!("[frontend]\nhome_servers = [{}]\n", routes.join(", "));
-        let (cmd, sip, _) = parley_cmd(settings, &fe_dir, &pki, "frontend", "frontend", users, &frontend)?;
-        let front = Server::spawn("parley frontend", cmd, &fe_dir, sip)?;
+        let (cmd, sip, _, ops) = parley_cmd(settings, &fe_dir, &pki, "frontend", "frontend", users, &frontend)?;
+        let mut front = Server::spawn("parley frontend", cmd, &fe_dir, sip)?;
+        // The Front-End answers SIP before it has probed its Home Servers (requests for users
+        // get 503 until then); its /readyz answers once the probes are done.
+        wait_ready(&front, ops)?;
+        front.ready_after = front.started.elapsed();
         Ok(Cluster { front, homes })
     }
 
@@ -94,10 +101,11 @@ impl Cluster {
         let proxy = std::fs::read_to_string(root.join("bench/kamailio/proxy.cfg"))?;
         let mut homes = Vec::new();
         for name in ["registrar-a", "registrar-b"] {
-            homes.push(kamailio(settings, &registrar, &dir.join(name), &format!("kamailio {name}"), &[])?);
+            homes.push(kamailio(settings, &registrar, &dir.join(name), &format!("kamailio {name}"), &[], &[])?);
         }
         let ports = [("@PORT_A@", homes[0].sip.port().to_string()), ("@PORT_B@", homes[1].sip.port().to_string())];
-        let front = kamailio(settings, &proxy, &dir.join("proxy"), "kamailio proxy", &ports)?;
+        let defines: &[&str] = if settings.kamailio_proxy_stateful { &["STATEFUL"] } else { &[] };
+        let front = kamailio(settings, &proxy, &dir.join("proxy"), "kamailio proxy", &ports, defines)?;
         Ok(Cluster { front, homes })
     }
 }
@@ -110,8 +118,32 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until a Parley server's `/readyz` (on its ops port) answers 200, as
+/// scripts/run-multi.sh does.
+fn wait_ready(server: &Server, ops: u16) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", ops)).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        match answer {
+            Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") => return Ok(()),
+            Ok(text) => last = text.lines().next().unwrap_or_default().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{}: /readyz on port {ops} did not answer 200 within 30 s (last: {last})", server.name)
+}
+
 /// A Parley process of the row: its config in `dir/parley.toml`, the command to start it, its
-/// SIP address and its internal (mutual-TLS) port.
+/// SIP address, its internal (mutual-TLS) port and its ops (HTTP) port.
 fn parley_cmd(
     settings: &Settings,
     dir: &Path,
@@ -120,7 +152,7 @@ fn parley_cmd(
     role: &str,
     users: &Path,
     extra: &str,
-) -> anyhow::Result<(Command, SocketAddr, u16)> {
+) -> anyhow::Result<(Command, SocketAddr, u16, u16)> {
     std::fs::create_dir_all(dir)?;
     let port = crate::free_udp_port();
     let internal = crate::free_tcp_port();
@@ -142,16 +174,17 @@ fn parley_cmd(
         .args(["serve", "--role", role, "--config"])
         .arg(dir.join("parley.toml"))
         .env("PARLEY_LOG", "warn");
-    Ok((cmd, SocketAddr::from(([127, 0, 0, 1], port)), internal))
+    Ok((cmd, SocketAddr::from(([127, 0, 0, 1], port)), internal, ops))
 }
 
-/// A Kamailio process of the row from a template with the usual placeholders.
+/// A Kamailio process of the row from a template with the usual placeholders (and `-A` defines).
 fn kamailio(
     settings: &Settings,
     template: &str,
     dir: &Path,
     name: &str,
     extra: &[(&str, String)],
+    defines: &[&str],
 ) -> anyhow::Result<Server> {
     std::fs::create_dir_all(dir.join("run"))?;
     let port = crate::free_udp_port();
@@ -169,6 +202,9 @@ fn kamailio(
         .arg(dir.join("kamailio.cfg"))
         .args(["-DD", "-E", "-m", &KAMAILIO_SHM_MB.to_string(), "-M", "32", "-Y"])
         .arg(dir.join("run"));
+    for d in defines {
+        cmd.args(["-A", d]);
+    }
     Server::spawn(name, cmd, dir, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 

@@ -121,6 +121,7 @@ struct Args {
     baseline: Option<PathBuf>,
     /// Only the Front-End row (Parley's and Kamailio's), e.g. to look at it at other rates.
     frontend_only: bool,
+    kamailio_proxy_stateful: bool,
     out: PathBuf,
     markdown: Option<PathBuf>,
     kamailio: Option<bool>,
@@ -139,6 +140,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut parley = root.join("target/release/parley-server");
     let mut baseline = None;
     let mut frontend_only = false;
+    let mut kamailio_proxy_stateful = false;
     let mut out: Option<PathBuf> = None;
     let mut markdown = None;
     let mut markdown_set = false;
@@ -154,6 +156,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--parley" => parley = PathBuf::from(value()?),
             "--baseline" => baseline = Some(PathBuf::from(value()?)),
             "--frontend-only" => frontend_only = true,
+            "--kamailio-proxy" => {
+                kamailio_proxy_stateful = match value()?.as_str() {
+                    "stateless" => false,
+                    "stateful" => true,
+                    other => bail!("--kamailio-proxy takes stateless or stateful, not {other:?}"),
+                }
+            }
             "--out" => out = Some(PathBuf::from(value()?)),
             "--markdown" => {
                 markdown = Some(PathBuf::from(value()?));
@@ -169,13 +178,16 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] [--out DIR] \
+                    "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] \
+                     [--kamailio-proxy stateless|stateful] [--out DIR] \
                      [--markdown FILE | --no-markdown] [--kamailio | --no-kamailio] [--server-cpus LIST] \
                      [--sipp-cpus LIST] [--memory-sizes A,B,C]\n\n\
                      --baseline PATH  also measure the Home Server's fixed-rate REGISTER and MESSAGE (and cold \
                      start) with this other parley-server build, in a \"Parley (baseline)\" column\n\
                      --frontend-only  only the Front-End row; like --smoke, writes to a temp dir and no BENCHMARKS.md \
-                     unless --out/--markdown say otherwise"
+                     unless --out/--markdown say otherwise\n\
+                     --kamailio-proxy  the Front-End row's Kamailio proxy: stateless forward() (default) or stateful \
+                     t_relay()"
                 );
                 std::process::exit(0);
             }
@@ -206,7 +218,18 @@ fn parse_args() -> anyhow::Result<Args> {
     if !markdown_set && !smoke && !frontend_only {
         markdown = Some(root.join("BENCHMARKS.md"));
     }
-    Ok(Args { plan, parley, baseline, frontend_only, out, markdown, kamailio, server_cpus, sipp_cpus })
+    Ok(Args {
+        plan,
+        parley,
+        baseline,
+        frontend_only,
+        kamailio_proxy_stateful,
+        out,
+        markdown,
+        kamailio,
+        server_cpus,
+        sipp_cpus,
+    })
 }
 
 fn kamailio_installed() -> bool {
@@ -264,6 +287,7 @@ fn run() -> anyhow::Result<()> {
         cpus: args.server_cpus.clone(),
         kamailio_children: 2 * cpu_count(&args.server_cpus),
         kamailio_shm_mb: 2048,
+        kamailio_proxy_stateful: args.kamailio_proxy_stateful,
     };
     let scenarios = root.join("bench/scenarios");
     let ctx = Ctx { scenarios: &scenarios, sipp_cpus: &args.sipp_cpus, work: work.clone() };
@@ -527,9 +551,10 @@ fn bench_frontend(
     };
     let mut r = report::FrontEndResults {
         setup: match kind {
-            Kind::Kamailio => {
-                "bench/kamailio/proxy.cfg (stateless) in front of two bench/kamailio/registrar.cfg".into()
-            }
+            Kind::Kamailio => format!(
+                "bench/kamailio/proxy.cfg ({}) in front of two bench/kamailio/registrar.cfg",
+                if settings.kamailio_proxy_stateful { "stateful, -A STATEFUL" } else { "stateless" }
+            ),
             _ => "parley-server --role frontend in front of two --role home, internal mutual TLS".into(),
         },
         ready_ms: cluster.front.ready_after.as_secs_f64() * 1000.0,

@@ -32,7 +32,8 @@ pub struct ServerResults {
 #[derive(Debug, Default, Serialize)]
 pub struct FrontEndResults {
     pub setup: String,
-    /// From starting the Front-End (after its Home Servers) to its first answered OPTIONS.
+    /// From starting the Front-End (after its Home Servers) until it takes traffic: Parley's
+    /// `/readyz` answers 200 (its Home Servers probed), Kamailio's proxy answers OPTIONS.
     pub ready_ms: f64,
     /// MESSAGE at the fixed rate; its server CPU is the sum over the three process trees.
     pub message_fixed: Option<Step>,
@@ -440,11 +441,16 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     );
     let _ =
         writeln!(s, "- Parley: release build, UDP only (and again with its TLS listener on), durable state in redb");
+    let kamailio_fe = run
+        .servers
+        .get("kamailio")
+        .and_then(|r| r.frontend.as_ref())
+        .map(|f| f.setup.clone())
+        .unwrap_or_else(|| "not run".into());
     let _ = writeln!(
         s,
         "- Front-End row: Parley's `--role frontend` in front of two `--role home` over the internal mutual-TLS \
-         link, against Kamailio's stateless proxy (`bench/kamailio/proxy.cfg`) in front of two registrars \
-         (`bench/kamailio/registrar.cfg`); all three processes of a side on the server CPUs, CPU summed over them"
+         link, against Kamailio: {kamailio_fe}; all three processes of a side on the server CPUs, CPU summed over them"
     );
     let _ = writeln!(s, "- Load generator: {}", run.sipp_version.as_deref().unwrap_or("sipp"));
     let _ = writeln!(

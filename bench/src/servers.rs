@@ -39,6 +39,8 @@ pub struct Settings {
     /// Kamailio UDP workers (two per server CPU).
     pub kamailio_children: usize,
     pub kamailio_shm_mb: usize,
+    /// The Front-End row's Kamailio proxy relays with tm (`-A STATEFUL`) instead of `forward()`.
+    pub kamailio_proxy_stateful: bool,
 }
 
 /// What a workload drives: one server, or a Front-End with the servers behind it. Clients send
@@ -54,6 +56,8 @@ pub struct Server {
     child: Child,
     pub sip: SocketAddr,
     pub dir: PathBuf,
+    /// When it was spawned.
+    pub started: Instant,
     pub ready_after: Duration,
 }
 
@@ -163,7 +167,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let mut server =
-            Server { name: name.to_string(), child, sip, dir: dir.to_path_buf(), ready_after: Duration::ZERO };
+            Server { name: name.to_string(), child, sip, dir: dir.to_path_buf(), started, ready_after: Duration::ZERO };
         let limit = Duration::from_secs(120);
         let deadline = started + limit;
         // OPTIONS in short rounds, so that a server that exits at once is reported at once.
