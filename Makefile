@@ -49,7 +49,7 @@ crds: ## Regenerate crds/ from the operator's types
 chart-lint: ## helm lint and helm template of the operator chart
 	@./scripts/chart-lint.sh
 
-bench: ## Benchmarks side by side with Kamailio (not part of test)
+bench: ## Benchmarks side by side with Kamailio (not part of test); BASELINE=<git rev> adds that build's Home Server column
 	@if [ -x bench/run.sh ]; then ./bench/run.sh; else echo "bench: not built yet"; exit 1; fi
 
 fuzz: ## Every fuzz target for FUZZ_SECONDS (default 60) each; make test replays the corpus

@@ -2,6 +2,11 @@
 # `make bench`: Parley's Home Server side by side with Kamailio 5.6, in one run.
 #   bench/run.sh            full run (about 15 minutes): results/latest.json, results/throughput.svg, BENCHMARKS.md
 #   bench/run.sh --smoke    a few seconds of tiny loads (Kamailio too when installed); writes to a temp dir
+#   BASELINE=<git rev> bench/run.sh   also measures that revision's Home Server (cold start, fixed-rate
+#                           REGISTER and MESSAGE) in a "Parley (baseline)" column: the rev is built in
+#                           release in a temporary git worktree (target dir target/baseline, kept so the
+#                           next baseline build reuses its dependencies), passed as --baseline, and the
+#                           worktree is removed afterwards. BASELINE may also name a parley-server binary.
 # Extra arguments go to parley-bench (see `parley-bench --help`).
 # Installs sipp (sip-tester), kamailio and kamailio-presence-modules from Debian when missing, without
 # starting a system daemon, and raises the kernel's UDP socket buffer limits so that neither the load
@@ -32,11 +37,36 @@ for pair in net.core.rmem_max=33554432 net.core.wmem_max=33554432 net.core.rmem_
     fi
   fi
 done
-put_back() { for kv in "${restore[@]}"; do "${sudo_cmd[@]}" sysctl -q -w "$kv" || true; done; }
-trap put_back EXIT
+baseline_tree=""
+cleanup() {
+  for kv in "${restore[@]}"; do "${sudo_cmd[@]}" sysctl -q -w "$kv" || true; done
+  if [ -n "$baseline_tree" ]; then
+    git -C "$root" worktree remove --force "$baseline_tree/src" 2>/dev/null || true
+    rm -rf "$baseline_tree"
+    git -C "$root" worktree prune
+  fi
+}
+trap cleanup EXIT
 
 cargo=${CARGO:-cargo}
 say "building parley-server and parley-bench (release)"
 "$cargo" build --release -q -p parley-server -p parley-bench
 target=$("$cargo" metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-"$target/release/parley-bench" --parley "$target/release/parley-server" "$@"
+
+extra=()
+if [ -n "${BASELINE:-}" ]; then
+  if [ -f "$BASELINE" ] && [ -x "$BASELINE" ]; then
+    extra=(--baseline "$BASELINE")
+  else
+    rev=$(git -C "$root" rev-parse --verify --quiet "$BASELINE^{commit}") \
+      || { say "BASELINE=$BASELINE is neither a git revision nor an executable"; exit 1; }
+    baseline_tree=$(mktemp -d "${TMPDIR:-/tmp}/parley-baseline.XXXXXX")
+    say "building the baseline $BASELINE (${rev:0:12}) in release in a temporary worktree (target/baseline)"
+    git -C "$root" worktree add -q --detach "$baseline_tree/src" "$rev"
+    (cd "$baseline_tree/src" && CARGO_TARGET_DIR="$target/baseline" "$cargo" build --release -q -p parley-server)
+    # A copy, so that the binary measured stays this revision's whatever builds target/baseline next.
+    cp "$target/baseline/release/parley-server" "$baseline_tree/parley-server"
+    extra=(--baseline "$baseline_tree/parley-server")
+  fi
+fi
+"$target/release/parley-bench" --parley "$target/release/parley-server" "${extra[@]}" "$@"

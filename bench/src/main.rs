@@ -1,14 +1,17 @@
 //! `parley-bench`: Parley's Home Server side by side with Kamailio, in one run.
 //!
 //! ```text
-//! parley-bench [--smoke] [--parley PATH] [--out DIR] [--markdown FILE] [--no-kamailio]
-//!              [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes 10000,100000,1000000]
+//! parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] [--out DIR] [--markdown FILE]
+//!              [--no-kamailio] [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes 10000,100000,1000000]
 //! ```
 //!
 //! Starts each server pinned to the server CPUs (taskset), drives it with sipp and with the
 //! bench's own UDP client pinned to the other CPUs, samples /proc for CPU and memory, and writes
 //! `results/latest.json`, the table in BENCHMARKS.md and `results/throughput.svg`.
+//! Also a Front-End row (a Front-End or proxy in front of two Home Servers or registrars, see
+//! `cluster.rs`), and with `--baseline` the Home Server's fixed-rate rows for a second build.
 
+mod cluster;
 mod procstat;
 mod report;
 mod servers;
@@ -48,6 +51,8 @@ pub struct Plan {
     pub fixed_rate: u32,
     pub fixed_secs: f64,
     pub senders: usize,
+    /// The Front-End row's MESSAGE ladder (its fixed-rate run is at `fixed_rate`).
+    pub frontend_rates: Vec<u32>,
     pub fanout: Vec<usize>,
     pub memory_sizes: Vec<usize>,
     pub memory_sizes_kamailio: Vec<usize>,
@@ -68,6 +73,7 @@ impl Plan {
             fixed_rate: 1000,
             fixed_secs: 10.0,
             senders: 1000,
+            frontend_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000],
             fanout: vec![1000, 10000],
             // Filling over SIP runs at about 1,200 users/s on one core (REGISTER and SUBSCRIBE,
             // both challenged): a million would take 15 minutes per server. See --memory-sizes.
@@ -88,6 +94,7 @@ impl Plan {
             fixed_rate: 100,
             fixed_secs: 1.0,
             senders: 20,
+            frontend_rates: vec![100],
             fanout: vec![20],
             memory_sizes: vec![50, 100],
             memory_sizes_kamailio: vec![50, 100],
@@ -111,6 +118,10 @@ impl Plan {
 struct Args {
     plan: Plan,
     parley: PathBuf,
+    baseline: Option<PathBuf>,
+    /// Only the Front-End row (Parley's and Kamailio's), e.g. to look at it at other rates.
+    frontend_only: bool,
+    kamailio_proxy_stateful: bool,
     out: PathBuf,
     markdown: Option<PathBuf>,
     kamailio: Option<bool>,
@@ -127,6 +138,9 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     let mut smoke = false;
     let mut parley = root.join("target/release/parley-server");
+    let mut baseline = None;
+    let mut frontend_only = false;
+    let mut kamailio_proxy_stateful = false;
     let mut out: Option<PathBuf> = None;
     let mut markdown = None;
     let mut markdown_set = false;
@@ -140,6 +154,15 @@ fn parse_args() -> anyhow::Result<Args> {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--parley" => parley = PathBuf::from(value()?),
+            "--baseline" => baseline = Some(PathBuf::from(value()?)),
+            "--frontend-only" => frontend_only = true,
+            "--kamailio-proxy" => {
+                kamailio_proxy_stateful = match value()?.as_str() {
+                    "stateless" => false,
+                    "stateful" => true,
+                    other => bail!("--kamailio-proxy takes stateless or stateful, not {other:?}"),
+                }
+            }
             "--out" => out = Some(PathBuf::from(value()?)),
             "--markdown" => {
                 markdown = Some(PathBuf::from(value()?));
@@ -155,8 +178,16 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "parley-bench [--smoke] [--parley PATH] [--out DIR] [--markdown FILE | --no-markdown] \
-                     [--kamailio | --no-kamailio] [--server-cpus LIST] [--sipp-cpus LIST] [--memory-sizes A,B,C]"
+                    "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] \
+                     [--kamailio-proxy stateless|stateful] [--out DIR] \
+                     [--markdown FILE | --no-markdown] [--kamailio | --no-kamailio] [--server-cpus LIST] \
+                     [--sipp-cpus LIST] [--memory-sizes A,B,C]\n\n\
+                     --baseline PATH  also measure the Home Server's fixed-rate REGISTER and MESSAGE (and cold \
+                     start) with this other parley-server build, in a \"Parley (baseline)\" column\n\
+                     --frontend-only  only the Front-End row; like --smoke, writes to a temp dir and no BENCHMARKS.md \
+                     unless --out/--markdown say otherwise\n\
+                     --kamailio-proxy  the Front-End row's Kamailio proxy: stateless forward() (default) or stateful \
+                     t_relay()"
                 );
                 std::process::exit(0);
             }
@@ -174,14 +205,31 @@ fn parse_args() -> anyhow::Result<Args> {
         plan.memory_report.sort();
         plan.memory_sizes = m;
     }
-    // A smoke run never overwrites the committed results.
+    // A smoke or partial run never overwrites the committed results.
     let out = out.unwrap_or_else(|| {
-        if smoke { std::env::temp_dir().join("parley-bench-smoke") } else { root.join("bench/results") }
+        if smoke {
+            std::env::temp_dir().join("parley-bench-smoke")
+        } else if frontend_only {
+            std::env::temp_dir().join("parley-bench-frontend")
+        } else {
+            root.join("bench/results")
+        }
     });
-    if !markdown_set && !smoke {
+    if !markdown_set && !smoke && !frontend_only {
         markdown = Some(root.join("BENCHMARKS.md"));
     }
-    Ok(Args { plan, parley, out, markdown, kamailio, server_cpus, sipp_cpus })
+    Ok(Args {
+        plan,
+        parley,
+        baseline,
+        frontend_only,
+        kamailio_proxy_stateful,
+        out,
+        markdown,
+        kamailio,
+        server_cpus,
+        sipp_cpus,
+    })
 }
 
 fn kamailio_installed() -> bool {
@@ -206,6 +254,15 @@ fn run() -> anyhow::Result<()> {
     if !args.parley.exists() {
         bail!("{} does not exist: build it first (cargo build --release -p parley-server)", args.parley.display());
     }
+    if let Some(b) = &args.baseline
+        && !b.exists()
+    {
+        bail!("the baseline {} does not exist", b.display());
+    }
+    // The servers run in directories of their own: relative paths would not find the binaries.
+    let mut args = args;
+    args.parley = std::fs::canonicalize(&args.parley)?;
+    args.baseline = args.baseline.as_deref().map(std::fs::canonicalize).transpose()?;
     let with_kamailio = match args.kamailio {
         Some(true) => {
             if !kamailio_installed() {
@@ -222,12 +279,15 @@ fn run() -> anyhow::Result<()> {
     pin_self(&args.sipp_cpus);
     let work = std::env::temp_dir().join(format!("parley-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
+    let _cleanup = RemoveOnDrop(work.clone());
     let settings = Settings {
         parley_bin: args.parley.clone(),
+        baseline_bin: args.baseline.clone(),
         kamailio_cfg: root.join("bench/kamailio/kamailio.cfg"),
         cpus: args.server_cpus.clone(),
         kamailio_children: 2 * cpu_count(&args.server_cpus),
         kamailio_shm_mb: 2048,
+        kamailio_proxy_stateful: args.kamailio_proxy_stateful,
     };
     let scenarios = root.join("bench/scenarios");
     let ctx = Ctx { scenarios: &scenarios, sipp_cpus: &args.sipp_cpus, work: work.clone() };
@@ -249,18 +309,37 @@ fn run() -> anyhow::Result<()> {
     let mem_max = plan.memory_sizes.iter().chain(&plan.memory_sizes_kamailio).copied().max().unwrap_or(0);
     let users_mem = work.join("users-memory.toml");
     servers::write_users(&users_mem, mem_max)?;
+    // The Front-End row: senders u0, u2, ... (home-1), the recipient u1 (home-2).
+    let users_fe = work.join("users-frontend.toml");
+    servers::write_users_homed(&users_fe, 2 * plan.senders + 2, &cluster::HOMES)?;
 
     let load_start = procstat::loadavg();
     let mut results: BTreeMap<String, report::ServerResults> = BTreeMap::new();
     let mut kinds = vec![Kind::Parley];
+    if args.baseline.is_some() && !args.frontend_only {
+        kinds.push(Kind::ParleyBaseline);
+    }
     if with_kamailio {
         kinds.push(Kind::Kamailio);
     }
-    kinds.push(Kind::ParleyTls);
+    if !args.frontend_only {
+        kinds.push(Kind::ParleyTls);
+    }
     for kind in kinds {
-        eprintln!("== {}", kind.key());
-        let r = bench_server(kind, plan, &settings, &ctx, &users_phase, &users_cold, &users_mem)
-            .with_context(|| format!("benchmarking {}", kind.key()))?;
+        let mut r = if args.frontend_only {
+            report::ServerResults::default()
+        } else {
+            eprintln!("== {}", kind.key());
+            bench_server(kind, plan, &settings, &ctx, &users_phase, &users_cold, &users_mem)
+                .with_context(|| format!("benchmarking {}", kind.key()))?
+        };
+        if matches!(kind, Kind::Parley | Kind::Kamailio) {
+            eprintln!("== {} behind a Front-End", kind.key());
+            r.frontend = Some(
+                bench_frontend(kind, plan, &settings, &ctx, &root, &users_fe)
+                    .with_context(|| format!("benchmarking {} behind a Front-End", kind.key()))?,
+            );
+        }
         results.insert(kind.key().to_string(), r);
     }
     let run = report::Run {
@@ -289,8 +368,24 @@ fn run() -> anyhow::Result<()> {
         eprintln!("parley-bench: wrote {}", md.display());
     }
     eprintln!("parley-bench: wrote {} and {} in {:.0} s", json.display(), svg.display(), run.duration_s);
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// The run's scratch directory, removed however the run ends (the servers in it are stopped
+/// first: a `Server` kills its process group when dropped).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if std::env::var_os("PARLEY_BENCH_KEEP").is_some() {
+            eprintln!(
+                "parley-bench: PARLEY_BENCH_KEEP is set: {} kept (servers' logs, sipp's files)",
+                self.0.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Pins the bench (its UDP client) to the load generator's CPUs, away from the servers'.
@@ -356,7 +451,8 @@ fn bench_server(
     let (pss, rss) = server.memory();
     r.idle_pss_bytes = Some(pss);
     r.idle_rss_bytes = Some(rss);
-    let full = kind != Kind::ParleyTls;
+    // The TLS and baseline servers run the fixed-rate rows only.
+    let full = matches!(kind, Kind::Parley | Kind::Kamailio);
     // Fixed-rate runs first, on the fresh server; then the ladders, which end in overload.
     let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
     let range = users.take(count as usize);
@@ -434,5 +530,77 @@ fn bench_server(
             server.stop();
         }
     }
+    Ok(r)
+}
+
+/// The Front-End row: MESSAGE from users of one Home Server to a user of the other, clients
+/// talking only to the Front-End (or proxy), CPU summed over all three processes.
+fn bench_frontend(
+    kind: Kind,
+    plan: &Plan,
+    settings: &Settings,
+    ctx: &Ctx,
+    root: &Path,
+    users_file: &Path,
+) -> anyhow::Result<report::FrontEndResults> {
+    let key = format!("{}_fe", kind.key());
+    let dir = ctx.work.join(&key);
+    let mut cluster = match kind {
+        Kind::Kamailio => cluster::Cluster::start_kamailio(settings, root, &dir)?,
+        _ => cluster::Cluster::start_parley(settings, &dir, users_file)?,
+    };
+    let mut r = report::FrontEndResults {
+        setup: match kind {
+            Kind::Kamailio => format!(
+                "bench/kamailio/proxy.cfg ({}) in front of two bench/kamailio/registrar.cfg",
+                if settings.kamailio_proxy_stateful { "stateful, -A STATEFUL" } else { "stateless" }
+            ),
+            _ => "parley-server --role frontend in front of two --role home, internal mutual TLS".into(),
+        },
+        ready_ms: cluster.front.ready_after.as_secs_f64() * 1000.0,
+        ..Default::default()
+    };
+    // Senders u0, u2, ... are homed on the first Home Server, the recipient u1 on the second.
+    let senders: Vec<usize> = (0..plan.senders).map(|i| 2 * i).collect();
+    let mut users = workloads::Users { next: 1, dir: ctx.work.clone() };
+    let recipient = workloads::Recipient::start(ctx, &cluster, &mut users, &key)?;
+    let to = recipient.user.clone();
+    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
+    let mut jobs = senders.iter().cycle().enumerate().map(|(n, i)| {
+        sip::Job::new(
+            format!("u{i}"),
+            vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
+        )
+    });
+    let cpu0 = cluster.cpu_by_process();
+    let fixed = workloads::fixed_rate(&cluster, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
+    r.cpu_s_by_process = cluster.cpu_by_process().into_iter().map(|(k, v)| (k.clone(), v - cpu0[&k])).collect();
+    eprintln!(
+        "  MESSAGE via the Front-End at {}/s: p50 {:?} ms, p99 {:?} ms, {:.0} per CPU-s, {} failed; CPU-s by process {:.2?}",
+        plan.fixed_rate, fixed.p50_ms, fixed.p99_ms, fixed.per_server_cpu_s, fixed.failed, r.cpu_s_by_process
+    );
+    r.message_fixed = Some(fixed);
+    if !plan.frontend_rates.is_empty() {
+        eprintln!("  MESSAGE ladder via the Front-End");
+        let inf = users.inf(&format!("{key}-senders"), senders.iter().copied())?;
+        let mut by_process = Vec::new();
+        r.message_ladder = workloads::ladder(&plan.frontend_rates, |rate| {
+            let before = cluster.cpu_by_process();
+            let step = workloads::message_step(ctx, &cluster, &recipient, &inf, rate, plan.step_secs, &key);
+            let used: BTreeMap<String, f64> =
+                cluster.cpu_by_process().into_iter().map(|(k, v)| (k.clone(), v - before[&k])).collect();
+            eprintln!("      CPU-s by process: {used:.2?}");
+            by_process.push(used);
+            step
+        })?;
+        r.ladder_cpu_s_by_process = by_process;
+        settle(&r.message_ladder);
+    }
+    r.recipient_sipp_cpu_s = Some(recipient.stop());
+    if !cluster.alive() {
+        bail!("{key}: a server died during the load: {:?}", cluster.log_errors());
+    }
+    r.log_errors = cluster.log_errors();
+    cluster.stop();
     Ok(r)
 }

@@ -1,5 +1,6 @@
-//! Results: the JSON document, the figures table (Parley, Kamailio, ratio), BENCHMARKS.md and
-//! the throughput chart (hand-written SVG: no font or drawing dependencies).
+//! Results: the JSON document, the figures table (Parley, Kamailio, ratio; Parley's baseline build
+//! when one was given), BENCHMARKS.md and the throughput chart (hand-written SVG: no font or
+//! drawing dependencies).
 
 use crate::Plan;
 use crate::workloads::{Fanout, Memory, Step, max_clean};
@@ -22,6 +23,27 @@ pub struct ServerResults {
     pub fanout: Vec<Fanout>,
     pub memory: Vec<Memory>,
     pub log_errors: Vec<String>,
+    /// The Front-End row (Parley and Kamailio only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<FrontEndResults>,
+}
+
+/// The Front-End row: a Front-End (proxy) in front of two Home Servers (registrars).
+#[derive(Debug, Default, Serialize)]
+pub struct FrontEndResults {
+    pub setup: String,
+    /// From starting the Front-End (after its Home Servers) until it takes traffic: Parley's
+    /// `/readyz` answers 200 (its Home Servers probed), Kamailio's proxy answers OPTIONS.
+    pub ready_ms: f64,
+    /// MESSAGE at the fixed rate; its server CPU is the sum over the three process trees.
+    pub message_fixed: Option<Step>,
+    /// The fixed-rate run's CPU seconds, by process tree.
+    pub cpu_s_by_process: BTreeMap<String, f64>,
+    pub message_ladder: Vec<Step>,
+    /// Each ladder step's CPU seconds, by process tree.
+    pub ladder_cpu_s_by_process: Vec<BTreeMap<String, f64>>,
+    pub recipient_sipp_cpu_s: Option<f64>,
+    pub log_errors: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -32,6 +54,9 @@ pub struct Figure {
     /// "higher" or "lower" is better; "info" for context rows.
     pub better: String,
     pub parley: Option<f64>,
+    /// The `--baseline` build of Parley, when one was measured and the figure applies to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
     pub kamailio: Option<f64>,
     /// Parley / Kamailio.
     pub ratio: Option<f64>,
@@ -69,6 +94,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     let p = results.get("parley");
     let k = results.get("kamailio");
     let t = results.get("parley_tls");
+    let b = results.get("parley_baseline");
     let mut out = Vec::new();
     let mut add = |key: &str,
                    name: String,
@@ -77,6 +103,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                    f: &dyn Fn(&ServerResults) -> Option<f64>,
                    target: Target| {
         let pv = p.and_then(f);
+        let bv = b.and_then(f);
         let kv = k.and_then(f);
         let ratio = match (pv, kv) {
             (Some(a), Some(b)) if b != 0.0 => Some(a / b),
@@ -96,6 +123,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             unit: unit.into(),
             better: better.into(),
             parley: pv,
+            baseline: bv,
             kamailio: kv,
             ratio,
             target: target_text,
@@ -187,6 +215,59 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             Target::None,
         );
     }
+    // The Front-End row: CPU is the sum over the Front-End (proxy) and both Home Servers (registrars).
+    let fe_label =
+        "MESSAGE between users of two Home Servers through the Front-End (Kamailio: proxy and two registrars)";
+    let fe_fixed = |r: &ServerResults| r.frontend.as_ref().and_then(|f| f.message_fixed.clone());
+    let fe_ladder = |r: &ServerResults| r.frontend.as_ref().map(|f| f.message_ladder.clone()).unwrap_or_default();
+    add(
+        "frontend_message_max_rate",
+        format!("{fe_label}: highest offered rate with zero failures"),
+        "calls/s",
+        "higher",
+        &|r| max_clean(&fe_ladder(r)).map(f64::from),
+        Target::None,
+    );
+    add(
+        "frontend_message_per_cpu_s",
+        format!("{fe_label}: messages per CPU-second of all three servers at {rate}/s"),
+        "per CPU-s",
+        "higher",
+        &|r| fe_fixed(r).map(|s| s.per_server_cpu_s),
+        Target::VsKamailio,
+    );
+    add(
+        "frontend_message_cpu_s_per_1000",
+        format!("{fe_label}: CPU-seconds of all three servers per 1,000 messages at {rate}/s"),
+        "CPU-s",
+        "lower",
+        &|r| fe_fixed(r).map(|s| 1000.0 * s.server_cpu_s / s.successful.max(1) as f64),
+        Target::None,
+    );
+    add(
+        "frontend_message_p50_ms",
+        format!("{fe_label}: p50 response time at {rate}/s"),
+        "ms",
+        "lower",
+        &|r| fe_fixed(r).and_then(|s| s.p50_ms),
+        Target::None,
+    );
+    add(
+        "frontend_message_p99_ms",
+        format!("{fe_label}: p99 response time at {rate}/s"),
+        "ms",
+        "lower",
+        &|r| fe_fixed(r).and_then(|s| s.p99_ms),
+        Target::VsKamailio,
+    );
+    add(
+        "frontend_message_failed_fixed",
+        format!("{fe_label}: failed calls at {rate}/s"),
+        "calls",
+        "lower",
+        &|r| fe_fixed(r).map(|s| s.failed as f64),
+        Target::None,
+    );
     let largest_fanout = plan.fanout.iter().copied().max().unwrap_or(0);
     for &n in &plan.fanout {
         add(
@@ -264,6 +345,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             unit: unit.into(),
             better: "info".into(),
             parley: v,
+            baseline: None,
             kamailio: None,
             ratio: None,
             target: (key == "tls_cold_start_ms").then(|| "< 100 ms".into()),
@@ -359,6 +441,17 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     );
     let _ =
         writeln!(s, "- Parley: release build, UDP only (and again with its TLS listener on), durable state in redb");
+    let kamailio_fe = run
+        .servers
+        .get("kamailio")
+        .and_then(|r| r.frontend.as_ref())
+        .map(|f| f.setup.clone())
+        .unwrap_or_else(|| "not run".into());
+    let _ = writeln!(
+        s,
+        "- Front-End row: Parley's `--role frontend` in front of two `--role home` over the internal mutual-TLS \
+         link, against Kamailio: {kamailio_fe}; all three processes of a side on the server CPUs, CPU summed over them"
+    );
     let _ = writeln!(s, "- Load generator: {}", run.sipp_version.as_deref().unwrap_or("sipp"));
     let _ = writeln!(
         s,
@@ -375,8 +468,23 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     if run.plan.smoke {
         let _ = writeln!(s, "**Smoke run: tiny loads, the numbers mean nothing.**\n");
     }
-    let _ = writeln!(s, "| figure | unit | Parley | Kamailio | Parley/Kamailio | target | met |");
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|");
+    let with_baseline = run.servers.contains_key("parley_baseline");
+    if with_baseline {
+        let _ = writeln!(
+            s,
+            "\"Parley (baseline)\" is a second Parley build (`--baseline`), measured in the same run on the same \
+             fixed-rate REGISTER and MESSAGE loads and cold start (no ladders, fan-out or memory); \
+             Parley/baseline above 1 means this build is higher.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| figure | unit | Parley | Parley (baseline) | Parley/baseline | Kamailio | Parley/Kamailio | target | met |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
+    } else {
+        let _ = writeln!(s, "| figure | unit | Parley | Kamailio | Parley/Kamailio | target | met |");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---|---|");
+    }
     for f in &run.figures {
         let met = match f.meets_target {
             Some(true) => "yes",
@@ -385,9 +493,18 @@ pub fn markdown(run: &Run, root: &Path) -> String {
         };
         let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into());
         let kam = if f.key.starts_with("tls_") { "".into() } else { fmt(f.kamailio) };
+        let baseline = if with_baseline {
+            let vs = match (f.parley, f.baseline) {
+                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                _ => String::new(),
+            };
+            format!("{} | {vs} | ", f.baseline.map(|v| fmt(Some(v))).unwrap_or_default())
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {baseline}{} | {} | {} | {} |",
             f.name,
             f.unit,
             fmt(f.parley),
@@ -411,8 +528,12 @@ pub fn markdown(run: &Run, root: &Path) -> String {
         "| server | load | offered/s | achieved/s | failed | retrans | p50 ms | p99 ms | server CPU-s | calls per CPU-s | sipp CPU-s |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let none = Vec::new();
     for (name, r) in &run.servers {
-        for (load, ladder) in [("REGISTER", &r.register_ladder), ("MESSAGE", &r.message_ladder)] {
+        let fe = r.frontend.as_ref().map(|f| &f.message_ladder).unwrap_or(&none);
+        for (load, ladder) in
+            [("REGISTER", &r.register_ladder), ("MESSAGE", &r.message_ladder), ("MESSAGE via Front-End", fe)]
+        {
             for st in ladder {
                 let _ = writeln!(
                     s,
@@ -472,6 +593,8 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     s
 }
 
+static NO_STEPS: Vec<Step> = Vec::new();
+
 /// A chart line: name, colour, dash pattern, points.
 type Series = (String, &'static str, &'static str, Vec<(f64, f64)>);
 
@@ -482,9 +605,11 @@ pub fn chart(run: &Run) -> String {
         .iter()
         .flat_map(|(name, r)| {
             let color = if name == "kamailio" { "#d62728" } else { "#1f77b4" };
+            let fe = r.frontend.as_ref().map(|f| &f.message_ladder).unwrap_or(&NO_STEPS);
             [
                 (format!("{name} REGISTER"), color, "", &r.register_ladder),
                 (format!("{name} MESSAGE"), color, "6,4", &r.message_ladder),
+                (format!("{name} MESSAGE via FE"), color, "2,3", fe),
             ]
         })
         .filter(|(_, _, _, l)| !l.is_empty())

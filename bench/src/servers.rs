@@ -13,6 +13,8 @@ pub enum Kind {
     Parley,
     /// Parley with its TLS listener on as well (self-signed certificate).
     ParleyTls,
+    /// Another build of Parley's Home Server (`--baseline`), UDP only: before/after in one run.
+    ParleyBaseline,
     Kamailio,
 }
 
@@ -21,6 +23,7 @@ impl Kind {
         match self {
             Kind::Parley => "parley",
             Kind::ParleyTls => "parley_tls",
+            Kind::ParleyBaseline => "parley_baseline",
             Kind::Kamailio => "kamailio",
         }
     }
@@ -28,24 +31,44 @@ impl Kind {
 
 pub struct Settings {
     pub parley_bin: PathBuf,
+    /// The other build `--baseline` compares with, when given.
+    pub baseline_bin: Option<PathBuf>,
     pub kamailio_cfg: PathBuf,
     /// taskset CPU list for servers.
     pub cpus: String,
     /// Kamailio UDP workers (two per server CPU).
     pub kamailio_children: usize,
     pub kamailio_shm_mb: usize,
+    /// The Front-End row's Kamailio proxy relays with tm (`-A STATEFUL`) instead of `forward()`.
+    pub kamailio_proxy_stateful: bool,
+}
+
+/// What a workload drives: one server, or a Front-End with the servers behind it. Clients send
+/// to `sip()`; `cpu_seconds()` is the CPU of every server process involved.
+pub trait Target {
+    fn sip(&self) -> SocketAddr;
+    fn cpu_seconds(&self) -> f64;
 }
 
 pub struct Server {
-    pub kind: Kind,
+    /// What it is, for messages ("parley", "kamailio", "parley_fe home-1", ...).
+    pub name: String,
     child: Child,
     pub sip: SocketAddr,
     pub dir: PathBuf,
+    /// When it was spawned.
+    pub started: Instant,
     pub ready_after: Duration,
 }
 
 /// Writes a Parley users file with u<first>..u<first+count-1> (password u<N>-password).
 pub fn write_users(path: &Path, count: usize) -> anyhow::Result<()> {
+    write_users_homed(path, count, &[])
+}
+
+/// As `write_users`, each user homed on `homes[N % homes.len()]` when `homes` is not empty (the
+/// Front-End row: u<even> on the first Home Server, u<odd> on the second).
+pub fn write_users_homed(path: &Path, count: usize, homes: &[&str]) -> anyhow::Result<()> {
     use md5::{Digest, Md5};
     use std::io::Write;
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -53,6 +76,9 @@ pub fn write_users(path: &Path, count: usize) -> anyhow::Result<()> {
         let u = format!("u{i}");
         let ha1 = hex::encode(Md5::digest(format!("{u}:{}:{u}-password", crate::sip::DOMAIN)));
         write!(w, "[[users]]\naddress = \"{u}@{}\"\nha1_md5 = \"{ha1}\"\n", crate::sip::DOMAIN)?;
+        if !homes.is_empty() {
+            writeln!(w, "home_server = \"{}\"", homes[i % homes.len()])?;
+        }
     }
     w.flush()?;
     Ok(())
@@ -67,11 +93,10 @@ impl Server {
         std::fs::create_dir_all(dir)?;
         let port = crate::free_udp_port();
         let sip = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::fs::File::create(dir.join("server.log"))?;
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", &settings.cpus]);
         match kind {
-            Kind::Parley | Kind::ParleyTls => {
+            Kind::Parley | Kind::ParleyTls | Kind::ParleyBaseline => {
                 let ops = crate::free_tcp_port();
                 let tls = if kind == Kind::ParleyTls {
                     let t = crate::free_tcp_port();
@@ -93,7 +118,12 @@ impl Server {
                     users.display()
                 );
                 std::fs::write(dir.join("parley.toml"), config)?;
-                cmd.arg(&settings.parley_bin)
+                let bin = match (kind, &settings.baseline_bin) {
+                    (Kind::ParleyBaseline, Some(b)) => b,
+                    (Kind::ParleyBaseline, None) => bail!("no --baseline binary given"),
+                    _ => &settings.parley_bin,
+                };
+                cmd.arg(bin)
                     .args(["serve", "--role", "home", "--config"])
                     .arg(dir.join("parley.toml"))
                     .env("PARLEY_LOG", "warn");
@@ -119,6 +149,13 @@ impl Server {
                 std::fs::create_dir_all(dir.join("run"))?;
             }
         }
+        Server::spawn(kind.key(), cmd, dir, sip)
+    }
+
+    /// Spawns `cmd` (already wrapped in taskset) in `dir`, its stderr to `dir/server.log`, and
+    /// waits until `sip` answers OPTIONS.
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path, sip: SocketAddr) -> anyhow::Result<Server> {
+        let log = std::fs::File::create(dir.join("server.log"))?;
         let started = Instant::now();
         // Its own process group, so that stopping it reaches every worker it forks.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -128,19 +165,27 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", kind.key()))?;
-        let mut server = Server { kind, child, sip, dir: dir.to_path_buf(), ready_after: Duration::ZERO };
+            .with_context(|| format!("starting {name}"))?;
+        let mut server =
+            Server { name: name.to_string(), child, sip, dir: dir.to_path_buf(), started, ready_after: Duration::ZERO };
         let limit = Duration::from_secs(120);
-        match crate::sip::wait_options(sip, limit) {
-            Some(at) => server.ready_after = at - started,
-            None => {
+        let deadline = started + limit;
+        // OPTIONS in short rounds, so that a server that exits at once is reported at once.
+        loop {
+            if let Some(at) = crate::sip::wait_options(sip, Duration::from_millis(200)) {
+                server.ready_after = at - started;
+                return Ok(server);
+            }
+            let exited = !server.alive();
+            if exited || Instant::now() > deadline {
                 let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
                 let tail: String =
                     log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                bail!("{} did not answer OPTIONS within {limit:?}; log tail:\n{tail}", kind.key());
+                let what =
+                    if exited { "exited".to_string() } else { format!("did not answer OPTIONS within {limit:?}") };
+                bail!("{name} {what}; log tail:\n{tail}");
             }
         }
-        Ok(server)
     }
 
     pub fn pid(&self) -> u32 {
@@ -200,6 +245,16 @@ impl Server {
     }
 }
 
+impl Target for Server {
+    fn sip(&self) -> SocketAddr {
+        self.sip
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        Server::cpu_seconds(self)
+    }
+}
+
 impl Drop for Server {
     /// A server left running by an error path is killed with its workers.
     fn drop(&mut self) {
@@ -209,11 +264,11 @@ impl Drop for Server {
     }
 }
 
-fn sipp_buf() -> &'static str {
+pub fn sipp_buf() -> &'static str {
     crate::sipp::BUFF
 }
 
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;

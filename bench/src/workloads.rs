@@ -1,6 +1,6 @@
 //! The five workloads. Each takes a running server and returns what it measured.
 
-use crate::servers::Server;
+use crate::servers::{Server, Target};
 use crate::sip::{self, Client, Job};
 use crate::sipp::{self, Load};
 use serde::Serialize;
@@ -42,6 +42,18 @@ pub fn udp_rcvbuf_errors() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a UDP socket is bound to `port` (on any address), from /proc/net/udp: asking the
+/// kernel instead of trying to bind the port, which would race with the process taking it.
+pub fn udp_port_bound(port: u16) -> bool {
+    let suffix = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|local| local.ends_with(&suffix))
+}
+
 /// Allocates distinct users u<N> from one counter, and writes sipp injection files for them.
 pub struct Users {
     pub next: usize,
@@ -56,7 +68,7 @@ impl Users {
     }
 
     /// A sipp -inf file for the given users (field0 user, field1 its credentials).
-    pub fn inf(&self, name: &str, users: std::ops::Range<usize>) -> anyhow::Result<PathBuf> {
+    pub fn inf(&self, name: &str, users: impl IntoIterator<Item = usize>) -> anyhow::Result<PathBuf> {
         use std::io::Write;
         let path = self.dir.join(format!("{name}.csv"));
         let mut w = std::io::BufWriter::new(std::fs::File::create(&path)?);
@@ -102,7 +114,7 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, dro
 /// REGISTER with digest auth, each call a distinct user, at `rate` for `secs`.
 pub fn register_step(
     ctx: &Ctx,
-    server: &Server,
+    server: &dyn Target,
     users: &mut Users,
     rate: u32,
     secs: f64,
@@ -115,7 +127,7 @@ pub fn register_step(
     let drops0 = udp_rcvbuf_errors();
     let o = sipp::run(&Load {
         scenario: &ctx.scenarios.join("register.xml"),
-        server: server.sip,
+        server: server.sip(),
         inf: Some(&inf),
         service: None,
         rate,
@@ -131,16 +143,17 @@ pub fn register_step(
 pub struct Recipient {
     pub user: String,
     uas: std::process::Child,
+    reaped: bool,
 }
 
 impl Recipient {
-    pub fn start(ctx: &Ctx, server: &Server, users: &mut Users, tag: &str) -> anyhow::Result<Recipient> {
+    pub fn start(ctx: &Ctx, server: &dyn Target, users: &mut Users, tag: &str) -> anyhow::Result<Recipient> {
         let i = users.take(1).start;
         let user = format!("u{i}");
         // Register from the port the recipient will listen on, then hand the port to sipp:
         // Parley relays over the registration's flow (its source address), Kamailio to the
         // Contact; both are this address.
-        let mut client = Client::new(server.sip)?;
+        let mut client = Client::new(server.sip())?;
         let port = client.local().port();
         let stats = client.run(
             &mut std::iter::once(Job::new(&user, vec![sip::register(&user)])),
@@ -158,23 +171,43 @@ impl Recipient {
             ctx.sipp_cpus,
             &ctx.work.join(format!("{tag}-uas")),
         )?;
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(Recipient { user, uas })
+        let mut recipient = Recipient { user, uas, reaped: false };
+        // Ready when sipp holds the port (the kernel lists a socket on it), or gone if it exited.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !udp_port_bound(port) {
+            if Instant::now() > deadline || recipient.uas.try_wait().ok().flatten().is_some() {
+                recipient.stop();
+                anyhow::bail!("the sipp recipient did not take port {port}; see {}", ctx.work.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(recipient)
     }
 
     pub fn stop(mut self) -> f64 {
         // SAFETY: our own child.
         unsafe { libc::kill(self.uas.id() as i32, libc::SIGTERM) };
         let cpu = sipp::wait_with_rusage(self.uas.id() as i32, Duration::from_secs(5)).map(|(_, c)| c).unwrap_or(0.0);
-        let _ = self.uas.try_wait();
+        // Reaped by wait4 above: its pid may be reused from now on, so Drop must not signal it.
+        self.reaped = true;
         cpu
+    }
+}
+
+impl Drop for Recipient {
+    /// A recipient left running by an error path is killed and reaped.
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.uas.kill();
+            let _ = self.uas.wait();
+        }
     }
 }
 
 /// MESSAGE relay: senders (1,000 users cycled) to the recipient, at `rate` for `secs`.
 pub fn message_step(
     ctx: &Ctx,
-    server: &Server,
+    server: &dyn Target,
     recipient: &Recipient,
     senders: &Path,
     rate: u32,
@@ -186,7 +219,7 @@ pub fn message_step(
     let drops0 = udp_rcvbuf_errors();
     let o = sipp::run(&Load {
         scenario: &ctx.scenarios.join("message_uac.xml"),
-        server: server.sip,
+        server: server.sip(),
         inf: Some(senders),
         service: Some(&recipient.user),
         rate,
@@ -303,7 +336,7 @@ pub fn memory(server: &mut Server, sizes: &[usize], window: usize) -> anyhow::Re
         client.pump(Duration::from_millis(500), &mut |_| false);
         client.notifies.clear();
         if !server.alive() {
-            anyhow::bail!("{} exited while filling to {size} users", server.kind.key());
+            anyhow::bail!("{} exited while filling to {size} users", server.name);
         }
         let (pss, rss) = server.memory();
         eprintln!(
@@ -333,13 +366,13 @@ pub enum Timed {
 /// Runs `count` jobs paced at `rate` per second with the bench's own client (microsecond clock;
 /// sipp's response times tick in 4 ms steps here) and reports them as a step.
 pub fn fixed_rate(
-    server: &Server,
+    server: &dyn Target,
     jobs: &mut dyn Iterator<Item = Job>,
     rate: u32,
     count: u32,
     timed: Timed,
 ) -> anyhow::Result<Step> {
-    let mut client = Client::new(server.sip)?;
+    let mut client = Client::new(server.sip())?;
     let mut done = Vec::with_capacity(count as usize);
     let cpu0 = server.cpu_seconds();
     let drops0 = udp_rcvbuf_errors();

@@ -1,5 +1,7 @@
 //! `parley-bench --smoke`: every workload runs tiny against Parley (and Kamailio when it is
-//! installed) in a few seconds, and the results document has every figure.
+//! installed) in a few seconds, the Front-End row included, with the same build passed as
+//! `--baseline` so that the before/after column is exercised too; the results document has every
+//! figure.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +41,8 @@ fn smoke_run_writes_every_figure() {
         .arg("--smoke")
         .arg("--parley")
         .arg(parley_server())
+        .arg("--baseline")
+        .arg(parley_server())
         .arg("--out")
         .arg(out.path())
         .arg("--markdown")
@@ -62,6 +66,10 @@ fn smoke_run_writes_every_figure() {
         "message_per_cpu_s",
         "message_p50_ms",
         "message_p99_ms",
+        "frontend_message_max_rate",
+        "frontend_message_per_cpu_s",
+        "frontend_message_p50_ms",
+        "frontend_message_p99_ms",
         "memory_idle_mib",
         "cold_start_ms",
         "tls_cold_start_ms",
@@ -70,6 +78,13 @@ fn smoke_run_writes_every_figure() {
     }
     assert!(keys.iter().any(|k| k.starts_with("fanout_")), "no fan-out figure");
     assert!(keys.iter().filter(|k| k.starts_with("memory_")).count() >= 3, "memory figures missing");
+    for key in ["register_per_cpu_s", "register_p99_ms", "message_per_cpu_s", "message_p99_ms", "cold_start_ms"] {
+        let f = figures.iter().find(|f| f["key"] == key).unwrap();
+        assert!(f["baseline"].is_number(), "the baseline has no value for {key}: {f}");
+    }
+    let fe = &json["servers"]["parley"]["frontend"];
+    assert_eq!(fe["message_fixed"]["failed"], 0, "{fe}");
+    assert_eq!(fe["cpu_s_by_process"].as_object().map(|o| o.len()), Some(3), "{fe}");
     for f in figures {
         let key = f["key"].as_str().unwrap();
         assert!(f["parley"].is_number(), "Parley has no value for {key}: {f}");
@@ -79,7 +94,11 @@ fn smoke_run_writes_every_figure() {
         }
     }
     let text = std::fs::read_to_string(&md).unwrap();
-    assert!(text.contains("| figure | unit | Parley | Kamailio | Parley/Kamailio |"), "{text}");
+    assert!(
+        text.contains("| figure | unit | Parley | Parley (baseline) | Parley/baseline | Kamailio | Parley/Kamailio |"),
+        "{text}"
+    );
+    assert!(text.contains("through the Front-End"), "{text}");
     let svg = std::fs::read_to_string(out.path().join("throughput.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
     assert!(Path::new(&out.path().join("latest.json")).exists());
