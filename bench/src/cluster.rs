@@ -9,7 +9,7 @@
 //! - Kamailio: bench/kamailio/proxy.cfg (stateless) in front of two bench/kamailio/registrar.cfg,
 //!   routing by the same split (u<even> to A, u<odd> to B); the registrars authenticate.
 
-use crate::servers::{Server, Settings, Target};
+use crate::servers::{LIMITS, Server, Settings, Target};
 use anyhow::{Context, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -163,7 +163,7 @@ fn parley_cmd(
          [tls]\ncert = \"{pki}/{name}.crt\"\nkey = \"{pki}/{name}.key\"\nca = \"{pki}/ca.crt\"\n\
          [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
          [directory]\nbackend = \"file\"\nfile = \"{users}\"\n\
-         [registrar]\nmax_expires = 7200\n{extra}",
+         [registrar]\nmax_expires = 7200\n{LIMITS}{extra}",
         pki = pki.display(),
         users = users.display(),
     );

@@ -84,6 +84,10 @@ pub fn write_users_homed(path: &Path, count: usize, homes: &[&str]) -> anyhow::R
     Ok(())
 }
 
+/// Parley's limits for a benchmark: sipp sends every call from one address, so the per-source
+/// admission limit (1,000 messages a second by default) is off, as Kamailio has none.
+pub const LIMITS: &str = "[limits]\nmax_messages_per_source = 0\n";
+
 impl Server {
     /// Starts a server in a fresh directory under `dir` and waits until it answers OPTIONS.
     pub fn start(kind: Kind, settings: &Settings, dir: &Path, users: &Path) -> anyhow::Result<Server> {
@@ -109,12 +113,14 @@ impl Server {
                 } else {
                     ""
                 };
+                // The baseline may predate [limits] keys; it gets the config it understands.
+                let limits = if kind == Kind::ParleyBaseline { "" } else { LIMITS };
                 let config = format!(
                     "sip_domain = \"example.test\"\ndomain_aliases = [\"127.0.0.1\"]\n\
                      [listen]\nudp = \"127.0.0.1:{port}\"\n{tls}ops = \"127.0.0.1:{ops}\"\n{tls_section}\
                      [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
                      [directory]\nbackend = \"file\"\nfile = \"{}\"\n\
-                     [registrar]\nmax_expires = 7200\n",
+                     [registrar]\nmax_expires = 7200\n{limits}",
                     users.display()
                 );
                 std::fs::write(dir.join("parley.toml"), config)?;

@@ -69,11 +69,26 @@ impl Shared {
 
     /// Binds every configured SIP listener; `advertised` learns the `host:port` each is known by.
     async fn listen(&self, config: &Config, mut advertised: impl FnMut(Transport, String)) -> anyhow::Result<()> {
-        let advertise = |addr: std::net::SocketAddr| match &config.listen.advertise {
+        self.listen_internal(config, &mut advertised).await?;
+        self.listen_public(config, &mut advertised).await
+    }
+
+    /// The `host:port` a listener bound at `addr` is known by.
+    fn advertise(config: &Config, addr: std::net::SocketAddr) -> String {
+        match &config.listen.advertise {
             Some(host) => format!("{host}:{}", addr.port()),
             None if addr.ip().is_unspecified() => format!("{}:{}", config.sip_domain, addr.port()),
             None => addr.to_string(),
-        };
+        }
+    }
+
+    /// Binds the clients' listeners: UDP, TCP and TLS.
+    async fn listen_public(
+        &self,
+        config: &Config,
+        mut advertised: impl FnMut(Transport, String),
+    ) -> anyhow::Result<()> {
+        let advertise = |addr| Self::advertise(config, addr);
         let transports = &self.transports;
         if let Some(addr) = config.listen.udp {
             let bound = transports.listen_udp(addr).await.with_context(|| format!("binding UDP {addr}"))?;
@@ -103,6 +118,17 @@ impl Shared {
             advertised(Transport::Tls, advertise(bound));
             tracing::info!(%bound, "listening on TLS");
         }
+        Ok(())
+    }
+
+    /// Binds the internal mutual-TLS listener, when configured.
+    async fn listen_internal(
+        &self,
+        config: &Config,
+        mut advertised: impl FnMut(Transport, String),
+    ) -> anyhow::Result<()> {
+        let advertise = |addr| Self::advertise(config, addr);
+        let transports = &self.transports;
         if let (Some(addr), Some(mutual)) = (config.listen.internal, &self.internal) {
             let bound = transports
                 .listen_stream(addr, transport::StreamKind::Internal(mutual.acceptor.clone()))
@@ -152,13 +178,15 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
     let fe = Driver::new(proxy, shared.transports.clone(), shared.directory.clone(), None, shared.limits);
     fe.refresh_domains().await;
     shared.transports.set_handler(Arc::new(DriverHandler(fe.clone())));
-    shared.listen(&config, |t, host| fe.set_advertised(t, host)).await?;
-    // Know which Home Servers answer before taking traffic; the others are probed until they do.
+    // Know which Home Servers answer before taking clients' traffic (a request for a Home Server
+    // not yet probed would get 503); the others are probed until they do.
+    shared.listen_internal(&config, |t, host| fe.set_advertised(t, host)).await?;
     fe.start_timers();
     let deadline = Instant::now() + crate::frontend::PROBE_TIMEOUT * 2;
     while !fe.service().probes_settled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    shared.listen_public(&config, |t, host| fe.set_advertised(t, host)).await?;
     let listening = Arc::new(AtomicBool::new(true));
     shared.serve_ops(&config, listening.clone(), None).await?;
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, home_servers = table.home_servers.len(), "front-end ready");
