@@ -17,6 +17,7 @@ mod report;
 mod servers;
 mod sip;
 mod sipp;
+mod soak;
 mod workloads;
 
 use anyhow::{Context, bail};
@@ -127,6 +128,8 @@ struct Args {
     kamailio: Option<bool>,
     server_cpus: String,
     sipp_cpus: String,
+    /// `--soak MINUTES`: only the soak, at these REGISTER and MESSAGE rates.
+    soak: Option<(f64, u32, u32)>,
 }
 
 fn repo_root() -> PathBuf {
@@ -149,6 +152,8 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut server_cpus = "0".to_string();
     let mut sipp_cpus = if cpus > 1 { format!("1-{}", cpus - 1) } else { "0".into() };
     let mut memory_sizes: Option<Vec<usize>> = None;
+    let mut soak: Option<f64> = None;
+    let (mut soak_register, mut soak_message) = (3_500, 3_500);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -173,6 +178,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--kamailio" => kamailio = Some(true),
             "--server-cpus" => server_cpus = value()?,
             "--sipp-cpus" => sipp_cpus = value()?,
+            "--soak" => soak = Some(value()?.parse().context("--soak takes minutes")?),
+            "--soak-register-rate" => soak_register = value()?.parse().context("a rate per second")?,
+            "--soak-message-rate" => soak_message = value()?.parse().context("a rate per second")?,
             "--memory-sizes" => {
                 memory_sizes = Some(value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?)
             }
@@ -181,7 +189,11 @@ fn parse_args() -> anyhow::Result<Args> {
                     "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] \
                      [--kamailio-proxy stateless|stateful] [--out DIR] \
                      [--markdown FILE | --no-markdown] [--kamailio | --no-kamailio] [--server-cpus LIST] \
-                     [--sipp-cpus LIST] [--memory-sizes A,B,C]\n\n\
+                     [--sipp-cpus LIST] [--memory-sizes A,B,C] \
+                     [--soak MINUTES [--soak-register-rate N] [--soak-message-rate N]]\n\n\
+                     --soak MINUTES  only a soak of the Home Server: REGISTER and MESSAGE rounds for that long \
+                     (rates default to 3,500/s, about 70% of the highest clean steps); fails on any failed call or \
+                     on memory growth over the second half; writes soak.json\n\
                      --baseline PATH  also measure the Home Server's fixed-rate REGISTER and MESSAGE (and cold \
                      start) with this other parley-server build, in a \"Parley (baseline)\" column\n\
                      --frontend-only  only the Front-End row; like --smoke, writes to a temp dir and no BENCHMARKS.md \
@@ -229,6 +241,7 @@ fn parse_args() -> anyhow::Result<Args> {
         kamailio,
         server_cpus,
         sipp_cpus,
+        soak: soak.map(|m| (m, soak_register, soak_message)),
     })
 }
 
@@ -291,6 +304,9 @@ fn run() -> anyhow::Result<()> {
     };
     let scenarios = root.join("bench/scenarios");
     let ctx = Ctx { scenarios: &scenarios, sipp_cpus: &args.sipp_cpus, work: work.clone() };
+    if let Some((minutes, register, message)) = args.soak {
+        return soak::run(&ctx, &settings, minutes, register, message, &args.out);
+    }
     let plan = &args.plan;
     eprintln!(
         "parley-bench: {} run; servers on CPUs {}, sipp and the bench client on CPUs {}; work in {}",
