@@ -207,6 +207,19 @@ fn a_user_of_an_admitted_domain_signs_in_and_messages_across_home_servers() {
     assert_eq!(body(&m), "to partner.test");
 }
 
+/// Registers until it works again (the Front-End's probes find the Home Server back), 5 s at most.
+fn served_again(ua: &mut Ua) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = ua.register(300);
+        if status(&r) == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} is not served again: {r}", ua.user);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_stopped_home_server_costs_only_its_users_and_only_until_it_returns() {
     let mut d = deploy();
@@ -226,15 +239,7 @@ fn a_stopped_home_server_costs_only_its_users_and_only_until_it_returns() {
 
     d.homes[2].restart();
     // The Front-End probes it and uses it again, without a restart of its own.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = carol.register(300);
-        if status(&r) == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "carol is not served again: {r}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    served_again(&mut carol);
 }
 
 #[test]
@@ -254,15 +259,7 @@ fn a_hung_home_server_costs_its_users_a_503_within_2_seconds_and_is_used_again_w
     assert_eq!(status(&alice.register(300)), 200, "other users are unaffected");
 
     d.homes[2].signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = carol.register(300);
-        if status(&r) == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "carol is not served again: {r}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    served_again(&mut carol);
 }
 
 #[test]
