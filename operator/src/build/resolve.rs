@@ -48,7 +48,9 @@ pub fn resolve(domain: &CommunicationsDomain, input: &ResolveInput) -> Result<Re
         })
         .transpose()?;
     let file = match (&ldap, &spec.directory.file) {
-        (None, Some(f)) => Some(ResolvedKey { config_map: Some(f.config_map.clone()), secret: None, key: f.key.clone() }),
+        (None, Some(f)) => {
+            Some(ResolvedKey { config_map: Some(f.config_map.clone()), secret: None, key: f.key.clone() })
+        }
         _ => None,
     };
     if ldap.is_none() && file.is_none() {
@@ -88,7 +90,13 @@ mod tests {
     use crate::tiers;
 
     fn input<'a>(sizing: &'a Sizing, hs: &'a [String], fe: &'a [String]) -> ResolveInput<'a> {
-        ResolveInput { sizing, default_image: "parley-server:1", cluster_domain: "cluster.local", home_servers: hs, front_ends: fe }
+        ResolveInput {
+            sizing,
+            default_image: "parley-server:1",
+            cluster_domain: "cluster.local",
+            home_servers: hs,
+            front_ends: fe,
+        }
     }
 
     #[test]
@@ -121,8 +129,10 @@ mod tests {
         assert_eq!(ldap.password_secret.secret.as_deref(), Some("corp-directory-service"));
         assert_eq!(ldap.ca_bundle.unwrap().secret.as_deref(), Some("corp-directory-tls"));
         assert_eq!(r.certificate_secret("corp-directory"), Some("corp-directory-tls"));
-        d.spec.directory =
-            DirectorySpec { file: Some(FileDirectory { config_map: "u".into(), key: "k".into() }), ..Default::default() };
+        d.spec.directory = DirectorySpec {
+            file: Some(FileDirectory { config_map: "u".into(), key: "k".into() }),
+            ..Default::default()
+        };
         let r = resolve(&d, &input(&sizing, &[], &[])).unwrap();
         assert_eq!(r.directory.file.unwrap().config_map.as_deref(), Some("u"));
         assert!(r.directory.ldap.is_none());

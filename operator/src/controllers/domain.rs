@@ -56,9 +56,13 @@ pub fn referenced(d: &CommunicationsDomain, kind: Reference) -> Vec<String> {
             .chain(ldap.and_then(|l| l.explicit_service_account_secret()).map(|s| s.name.clone()))
             .chain(ca.and_then(|c| c.secret.clone()))
             .collect(),
-        Reference::ConfigMap => {
-            dir.file.as_ref().map(|f| f.config_map.clone()).into_iter().chain(ca.and_then(|c| c.config_map.clone())).collect()
-        }
+        Reference::ConfigMap => dir
+            .file
+            .as_ref()
+            .map(|f| f.config_map.clone())
+            .into_iter()
+            .chain(ca.and_then(|c| c.config_map.clone()))
+            .collect(),
     }
 }
 
@@ -216,8 +220,9 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             wants.push(dir.want);
         }
 
-        let prep = prep::reconcile(&ctx, &mut set, &d, &ns, &resolved, &old.prepared_steps, directory_waiting.as_deref())
-            .await?;
+        let prep =
+            prep::reconcile(&ctx, &mut set, &d, &ns, &resolved, &old.prepared_steps, directory_waiting.as_deref())
+                .await?;
         status.resolved = Some(resolved);
         status.prepared_steps = prep.prepared;
         if !prep.done {

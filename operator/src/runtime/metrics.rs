@@ -86,7 +86,12 @@ impl Metrics {
 
     /// Sets when each certificate of the domain `ns/domain` expires, by Secret, replacing what was
     /// known of it (an empty list forgets the domain: it was deleted).
-    pub fn set_certificate_expiries(&self, ns: &str, domain: &str, expiries: &[(String, k8s_openapi::jiff::Timestamp)]) {
+    pub fn set_certificate_expiries(
+        &self,
+        ns: &str,
+        domain: &str,
+        expiries: &[(String, k8s_openapi::jiff::Timestamp)],
+    ) {
         let mut m = self.inner.lock().expect("metrics lock");
         let key = (ns.to_string(), domain.to_string());
         if expiries.is_empty() {
@@ -210,7 +215,11 @@ mod tests {
         ));
         m.set_certificate_expiries("ns", "corp", &[("corp-ca".into(), t(3_000))]);
         assert_eq!(m.certificate_expiry("ns", "corp", "corp-ca"), Some(3_000));
-        assert_eq!(m.certificate_expiry("ns", "corp", "corp-home-1-tls"), None, "a Secret no longer looked at is dropped");
+        assert_eq!(
+            m.certificate_expiry("ns", "corp", "corp-home-1-tls"),
+            None,
+            "a Secret no longer looked at is dropped"
+        );
         m.set_certificate_expiries("ns", "corp", &[]);
         assert!(!m.render().contains("domain=\"corp\""));
     }

@@ -50,11 +50,7 @@ pub async fn reconcile(
     if prep::steps(d).is_empty() {
         // A file directory: nothing to read or write.
         let plan = prep::sequence(d, &image, &pairs, &BTreeMap::new(), prepared)?;
-        return Ok(PrepOutcome {
-            conditions: plan.conditions,
-            prepared: plan.prepared,
-            done: plan.done,
-        });
+        return Ok(PrepOutcome { conditions: plan.conditions, prepared: plan.prepared, done: plan.done });
     }
 
     if prep::needs_generated_service_account(d) {
