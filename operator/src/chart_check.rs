@@ -156,7 +156,12 @@ fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
     })
 }
 
-/// What the controllers and the runtime do, by (group, resource): the verbs they use.
+/// What an [`crate::controllers::apply::ApplySet`] does with the kinds a controller owns: apply
+/// (get, patch), prune (list, delete) and watch.
+const OWNED_VERBS: &[&str] = &["get", "list", "watch", "patch", "delete"];
+
+/// What the controllers and the runtime do besides applying and pruning their owned kinds, by
+/// (group, resource): the verbs they use.
 const NEEDED: &[(&str, &str, &[&str])] = &[
     ("parley.dev", "communicationsdomains", &["get", "list", "watch"]),
     ("parley.dev", "homeservers", &["get", "list", "watch", "patch", "delete"]),
@@ -181,6 +186,17 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
 ];
 
 fn check_rbac(rules: &[PolicyRule]) {
+    use crate::controllers::apply::{domain_kinds, workload_kinds};
+    for ar in workload_kinds().into_iter().chain(domain_kinds()) {
+        for verb in OWNED_VERBS {
+            assert!(
+                allows(rules, &ar.group, &ar.plural, verb),
+                "the chart does not allow {verb} on {}/{}, a kind the operator owns",
+                ar.group,
+                ar.plural
+            );
+        }
+    }
     for (group, resource, verbs) in NEEDED {
         for verb in *verbs {
             assert!(allows(rules, group, resource, verb), "the chart does not allow {verb} on {group}/{resource}");

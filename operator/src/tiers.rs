@@ -61,6 +61,16 @@ pub struct Sizing {
 }
 
 impl Sizing {
+    /// The size of one Home Server in this tier.
+    pub fn size(&self) -> crate::crd::TierSize {
+        crate::crd::TierSize {
+            cpu: self.cpu.into(),
+            memory: self.memory.into(),
+            data_volume: self.data_volume.into(),
+            logs_volume: self.logs_volume.into(),
+        }
+    }
+
     /// Whether the tier puts a Front-End in front of the Home Servers.
     pub fn has_front_end(&self) -> bool {
         self.front_end_replicas > 0
@@ -122,8 +132,11 @@ pub fn merge_resources(mut base: ResourceRequirements, over: Option<&ResourceReq
 }
 
 /// Resources of a Home Server's container: the tier's values, then the HomeServer's overrides.
-pub fn home_server_resources(sizing: &Sizing, overrides: Option<&ResourceRequirements>) -> ResourceRequirements {
-    merge_resources(guaranteed(sizing.cpu, sizing.memory), overrides)
+pub fn home_server_resources(
+    size: &crate::crd::TierSize,
+    overrides: Option<&ResourceRequirements>,
+) -> ResourceRequirements {
+    merge_resources(guaranteed(&size.cpu, &size.memory), overrides)
 }
 
 /// Resources of a Front-End replica: the default, then the FrontEnd's overrides.
@@ -191,12 +204,12 @@ mod tests {
 
     #[test]
     fn tier_resources_set_requests_equal_to_limits() {
-        let r = home_server_resources(&resolve(500), None);
+        let r = home_server_resources(&resolve(500).size(), None);
         assert_eq!(get(&r.requests, "cpu"), "1");
         assert_eq!(get(&r.limits, "cpu"), "1");
         assert_eq!(get(&r.requests, "memory"), "512Mi");
         assert_eq!(get(&r.limits, "memory"), "512Mi");
-        let r = home_server_resources(&resolve(25_000), None);
+        let r = home_server_resources(&resolve(25_000).size(), None);
         assert_eq!(get(&r.limits, "cpu"), "2");
         assert_eq!(get(&r.limits, "memory"), "2Gi");
     }
@@ -208,7 +221,7 @@ mod tests {
             requests: Some([("cpu".to_string(), q("500m"))].into()),
             ..Default::default()
         };
-        let r = home_server_resources(&resolve(5_000), Some(&over));
+        let r = home_server_resources(&resolve(5_000).size(), Some(&over));
         assert_eq!(get(&r.limits, "memory"), "4Gi");
         assert_eq!(get(&r.limits, "cpu"), "2", "tier value kept where not overridden");
         assert_eq!(get(&r.requests, "cpu"), "500m");

@@ -63,6 +63,7 @@ scenario!(
     a_resource_deleted_while_reconciled_is_gone,
     stopping_while_starting_releases_the_lease,
     an_orphaned_object_is_removed,
+    an_orphan_of_the_domain_is_removed,
     certificate_secrets_chain_to_the_domain_ca,
     a_certificate_near_expiry_is_renewed,
     a_certificate_the_administrator_provides_is_left_alone,

@@ -422,6 +422,11 @@ pub enum LeafAction {
     Issue(IssueReason),
 }
 
+/// When the server certificate in a Secret's `data` expires, if it holds a readable one.
+pub fn leaf_expiry(data: &BTreeMap<String, ByteString>) -> Option<Timestamp> {
+    read_leaf(data).ok().map(|info| info.not_after)
+}
+
 fn read_leaf(data: &BTreeMap<String, ByteString>) -> Result<CertInfo, IssueReason> {
     let unreadable = |e: CertError| IssueReason::Unreadable(e.to_string());
     let (crt, key) = match (data.get(keys::TLS_CRT), data.get(keys::TLS_KEY)) {

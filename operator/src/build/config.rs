@@ -36,15 +36,15 @@ pub fn build(
     front_end: Option<&[HomeServerRoute]>,
     advertise: &Advertise,
 ) -> Result<Config, BuildError> {
-    let spec = &ctx.domain.spec;
-    let plain = !spec.tls.require_client_tls;
+    let resolved = ctx.resolved;
+    let plain = !resolved.require_client_tls;
     let any = |port: i32| Some(SocketAddr::from(([0, 0, 0, 0], port as u16)));
     // A managed directory is an LDAP directory the operator runs: the same settings, made up.
-    let directory = match (super::directory::effective_ldap(ctx.domain), &spec.directory.file) {
+    let directory = match (&resolved.directory.ldap, &resolved.directory.file) {
         (Some(ldap), _) => DirectoryConfig::Ldap {
             url: ldap.url.clone(),
             base_dn: ldap.base_dn.clone(),
-            bind_dn: ldap.service_bind_dn(),
+            bind_dn: ldap.bind_dn.clone(),
             bind_password_file: paths::DIRECTORY_PASSWORD.into(),
             // The pod mounts the CA bundle here when the domain names one (see common_volumes).
             ca_file: ldap.ca_bundle.as_ref().map(|_| paths::DIRECTORY_CA.into()),
@@ -57,7 +57,7 @@ pub fn build(
         (None, None) => return Err(BuildError::Config("the domain names no directory".into())),
     };
     Ok(Config {
-        sip_domain: spec.sip_domain.clone(),
+        sip_domain: resolved.sip_domain.clone(),
         domain_aliases: Vec::new(),
         server_name: server_name.to_string(),
         listen: Listen {

@@ -51,7 +51,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
         ..Default::default()
     };
 
-    let plain = !ctx.domain.spec.tls.require_client_tls;
+    let plain = !ctx.resolved.require_client_tls;
     let external = fe.spec.service_type != ServiceType::ClusterIP;
     let service = Service {
         metadata: meta(name.clone()),
@@ -80,7 +80,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
 
     let replicas = fe.spec.replicas.unwrap_or(DEFAULT_REPLICAS);
     let resources = tiers::front_end_resources(fe.spec.resources.as_ref());
-    let mut volumes = common_volumes(&name, ctx.domain);
+    let mut volumes = common_volumes(&name, ctx);
     for scratch in ["data", "logs"] {
         volumes.push(Volume {
             name: scratch.into(),

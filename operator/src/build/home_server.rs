@@ -61,7 +61,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         ..Default::default()
     };
 
-    let plain = !ctx.domain.spec.tls.require_client_tls;
+    let plain = !ctx.resolved.require_client_tls;
     let service = Service {
         metadata: meta(name.clone()),
         spec: Some(ServiceSpec {
@@ -106,10 +106,10 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         ..Default::default()
     };
 
-    let resources = tiers::home_server_resources(&ctx.sizing, hs.spec.resources.as_ref());
+    let resources = tiers::home_server_resources(&ctx.resolved.home_server_size, hs.spec.resources.as_ref());
     let storage = hs.spec.storage.clone().unwrap_or_default();
-    let data_size = tiers::volume_size(ctx.sizing.data_volume, storage.data_size.as_ref());
-    let logs_size = tiers::volume_size(ctx.sizing.logs_volume, storage.logs_size.as_ref());
+    let data_size = tiers::volume_size(&ctx.resolved.home_server_size.data_volume, storage.data_size.as_ref());
+    let logs_size = tiers::volume_size(&ctx.resolved.home_server_size.logs_volume, storage.logs_size.as_ref());
     let resolved = ResolvedSize {
         cpu: resources.limits.as_ref().and_then(|l| l.get("cpu")).map(|q| q.0.clone()),
         memory: resources.limits.as_ref().and_then(|l| l.get("memory")).map(|q| q.0.clone()),
@@ -156,7 +156,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
                 }),
                 spec: Some(PodSpec {
                     containers: vec![server_container(ctx, component, resources)],
-                    volumes: Some(common_volumes(&name, ctx.domain)),
+                    volumes: Some(common_volumes(&name, ctx)),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),

@@ -11,6 +11,7 @@ pub mod front_end;
 pub mod home_server;
 pub mod prep;
 pub mod quantity;
+pub mod resolve;
 
 use std::collections::BTreeMap;
 
@@ -25,8 +26,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{CaBundleRef, CommunicationsDomain};
-use crate::tiers::Sizing;
+use crate::crd::{CaBundleRef, ResolvedDomain, ResolvedKey};
 
 /// Field manager of every server-side apply the operator sends.
 pub const FIELD_MANAGER: &str = "parley-operator";
@@ -109,21 +109,24 @@ pub enum BuildError {
     Prep(String),
 }
 
-/// Everything a builder needs besides the resource itself: the domain it belongs to and the
-/// operator's settings. Built by the controllers from what they dereferenced.
+/// Everything a HomeServer's or FrontEnd's builder needs besides the resource itself: its
+/// domain as the domain controller resolved it (`status.resolved`, see [`resolve`]) and the
+/// operator's settings.
 #[derive(Clone, Debug)]
 pub struct BuildContext<'a> {
-    pub domain: &'a CommunicationsDomain,
-    pub sizing: Sizing,
-    /// The operator's default server image, used when the domain names none.
-    pub default_image: &'a str,
+    pub resolved: &'a ResolvedDomain,
     /// DNS suffix of Services, `cluster.local` by default.
     pub cluster_domain: &'a str,
 }
 
 impl BuildContext<'_> {
     pub fn image(&self) -> String {
-        self.domain.spec.image.clone().unwrap_or_else(|| self.default_image.to_string())
+        self.resolved.image.clone()
+    }
+
+    /// The Secret holding `server`'s certificate.
+    pub fn tls_secret(&self, server: &str) -> String {
+        self.resolved.certificate_secret(server).map(str::to_string).unwrap_or_else(|| tls_secret_name(server))
     }
 }
 
@@ -314,7 +317,7 @@ pub fn server_container(
     component: Component,
     resources: k8s_openapi::api::core::v1::ResourceRequirements,
 ) -> Container {
-    let plain = !ctx.domain.spec.tls.require_client_tls;
+    let plain = !ctx.resolved.require_client_tls;
     let mut mounts = vec![
         mount("config", paths::CONFIG, Some("parley.toml")),
         mount("tls", paths::TLS_DIR, None),
@@ -323,7 +326,7 @@ pub fn server_container(
         mount("logs", paths::LOGS_DIR, None),
         mount("tmp", "/tmp", None),
     ];
-    if ldap_ca_bundle(ctx.domain).is_some() {
+    if ldap_ca_bundle(ctx.resolved).is_some() {
         mounts.push(mount("directory-ca", paths::DIRECTORY_CA_DIR, None));
     }
     mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
@@ -372,14 +375,14 @@ fn server_env(component: Component) -> Vec<EnvVar> {
 
 /// Volumes every server pod has: its config, its certificate, the directory credentials (or
 /// users file) and a scratch `/tmp`. Data and logs are added by the role's builder.
-pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volume> {
-    let directory = &domain.spec.directory;
-    let service_account = prep::service_account_secret_ref(domain);
-    let directory_volume = match (&service_account, &directory.file) {
+pub fn common_volumes(instance: &str, ctx: &BuildContext) -> Vec<Volume> {
+    let directory = &ctx.resolved.directory;
+    let service_account = directory.ldap.as_ref().map(|l| &l.password_secret);
+    let directory_volume = match (service_account, &directory.file) {
         (Some(secret), _) => Volume {
             name: "directory".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
+                secret_name: secret.secret.clone(),
                 items: Some(vec![KeyToPath { key: secret.key.clone(), path: "password".into(), ..Default::default() }]),
                 default_mode: Some(0o440),
                 ..Default::default()
@@ -389,7 +392,7 @@ pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volu
         (None, Some(file)) => Volume {
             name: "directory".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: file.config_map.clone(),
+                name: file.config_map.clone().unwrap_or_default(),
                 items: Some(vec![KeyToPath { key: file.key.clone(), path: "users.toml".into(), ..Default::default() }]),
                 default_mode: Some(0o444),
                 ..Default::default()
@@ -414,7 +417,7 @@ pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volu
         Volume {
             name: "tls".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(tls_secret_name(instance)),
+                secret_name: Some(ctx.tls_secret(instance)),
                 default_mode: Some(0o440),
                 ..Default::default()
             }),
@@ -427,13 +430,16 @@ pub fn common_volumes(instance: &str, domain: &CommunicationsDomain) -> Vec<Volu
             ..Default::default()
         },
     ];
-    volumes.extend(ldap_ca_bundle(domain).map(|ca| ca_bundle_volume("directory-ca", &ca)));
+    volumes.extend(ldap_ca_bundle(ctx.resolved).map(|ca| {
+        let ca = CaBundleRef { config_map: ca.config_map.clone(), secret: ca.secret.clone(), key: ca.key.clone() };
+        ca_bundle_volume("directory-ca", &ca)
+    }));
     volumes
 }
 
 /// The CA bundle of the domain's LDAP directory (for a managed one, the domain's CA).
-fn ldap_ca_bundle(domain: &CommunicationsDomain) -> Option<CaBundleRef> {
-    directory::effective_ldap(domain)?.ca_bundle
+fn ldap_ca_bundle(resolved: &ResolvedDomain) -> Option<&ResolvedKey> {
+    resolved.directory.ldap.as_ref()?.ca_bundle.as_ref()
 }
 
 /// A volume holding the CA bundle `ca` as the file `ca.crt`, from its ConfigMap or Secret.
@@ -492,14 +498,27 @@ pub(crate) mod fixtures {
         }
     }
 
-    /// The build context the builders' tests use.
-    pub fn ctx(d: &CommunicationsDomain) -> super::BuildContext<'_> {
-        super::BuildContext {
-            domain: d,
-            sizing: crate::tiers::resolve(d.spec.users.into()),
+    /// The build context the builders' tests use: `d` resolved with the Home Servers and the
+    /// Front-End its plan calls for (leaked: a test's value lives as long as the test).
+    pub fn ctx(d: &CommunicationsDomain) -> super::BuildContext<'static> {
+        super::BuildContext { resolved: Box::leak(Box::new(resolved(d))), cluster_domain: "cluster.local" }
+    }
+
+    /// `d` as the domain controller resolves it, with the servers its plan calls for.
+    pub fn resolved(d: &CommunicationsDomain) -> ResolvedDomain {
+        let sizing = crate::tiers::resolve(d.spec.users.into());
+        let name = d.metadata.name.clone().unwrap();
+        let count = d.spec.home_servers.unwrap_or(sizing.home_servers);
+        let hs: Vec<String> = (1..=count).map(|n| super::domain::home_server_name(&name, n)).collect();
+        let fe: Vec<String> = if sizing.has_front_end() { vec![super::domain::front_end_name(&name)] } else { vec![] };
+        let input = super::resolve::ResolveInput {
+            sizing: &sizing,
             default_image: "parley-server:test",
             cluster_domain: "cluster.local",
-        }
+            home_servers: &hs,
+            front_ends: &fe,
+        };
+        super::resolve::resolve(d, &input).unwrap()
     }
 
     pub fn domain(name: &str, users: u32) -> CommunicationsDomain {

@@ -7,9 +7,10 @@ use std::fmt::Debug;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,7 +19,10 @@ use serde_json::Value;
 use tracing::{debug, info};
 
 use super::{Context, Error, report_apply};
-use crate::build::{APPLIED_HASH_ANNOTATION, Component, FIELD_MANAGER, MANAGED_BY, MANAGED_SELECTOR, sha256_hex};
+use crate::build::{
+    APPLIED_HASH_ANNOTATION, Component, DOMAIN_LABEL, FIELD_MANAGER, MANAGED_BY, MANAGED_SELECTOR, sha256_hex,
+};
+use crate::crd::{FrontEnd, HomeServer};
 
 /// What an apply did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,34 +184,73 @@ where
     Ok(if live.is_some() { Outcome::Updated } else { Outcome::Created })
 }
 
-/// The one apply path of a controller that builds workload objects for one resource (`owner`):
-/// [`ApplySet::apply`] writes the built objects in order and remembers them, and
-/// [`ApplySet::prune`] then deletes every object of [`OWNED_KINDS`] that `owner` controls and
-/// the builders no longer produced (an orphan, e.g. of an earlier version). Adding a kind of
-/// object touches its builder and [`OWNED_KINDS`] (and the chart's rules, which a test checks).
+/// The one apply path of every controller: [`ApplySet::apply`] writes the built objects in order
+/// and remembers them, [`ApplySet::keep`] remembers an object that is still wanted but written
+/// once (a generated password) or by a step that decides itself (a Job that ran), and
+/// [`ApplySet::prune`] then deletes every object of the controller's kinds ([`workload_kinds`],
+/// [`domain_kinds`]) that the owner controls and that was neither applied nor kept (an orphan:
+/// of an earlier version, of a removed setting). Adding a kind of object touches its builder and
+/// one of those lists; the watches ([`super::run`]) and the chart's RBAC rules (checked by a test)
+/// follow the lists.
 pub struct ApplySet<'a, O> {
     ctx: &'a Context,
     owner: &'a O,
     ns: String,
     uid: String,
     selector: String,
+    kinds: Vec<ApiResource>,
     applied: BTreeSet<(String, String)>,
 }
 
-/// The kinds of object the workload controllers own, in the order they are applied.
-pub const OWNED_KINDS: [&str; 5] = ["ConfigMap", "Service", "PodDisruptionBudget", "StatefulSet", "Deployment"];
+/// The kinds of object the HomeServer and FrontEnd controllers own, in the order they are applied.
+pub fn workload_kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<Deployment>(&()),
+    ]
+}
+
+/// The kinds of object the CommunicationsDomain controller owns: certificates and generated
+/// credentials, the managed directory, the prep Jobs and, with topology `auto`, the HomeServers
+/// and the FrontEnd. (cert-manager Certificates, whose kind may not exist, are not pruned.)
+pub fn domain_kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<Secret>(&()),
+        ApiResource::erase::<ConfigMap>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<Job>(&()),
+        ApiResource::erase::<HomeServer>(&()),
+        ApiResource::erase::<FrontEnd>(&()),
+    ]
+}
 
 impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
+    /// The set of a HomeServer's or FrontEnd's workload objects.
     pub fn new(ctx: &'a Context, owner: &'a O, component: Component) -> Result<Self, Error> {
-        let meta = owner.meta();
-        let (Some(ns), Some(uid), Some(name)) = (meta.namespace.clone(), meta.uid.clone(), meta.name.clone()) else {
-            return Err(Error::Invalid("owner without namespace, uid or name".into()));
-        };
+        let name = owner.meta().name.clone().unwrap_or_default();
         let selector = format!(
             "{MANAGED_SELECTOR},app.kubernetes.io/component={},app.kubernetes.io/instance={name}",
             component.as_str()
         );
-        Ok(Self { ctx, owner, ns, uid, selector, applied: BTreeSet::new() })
+        Self::with(ctx, owner, selector, workload_kinds())
+    }
+
+    /// The set of a CommunicationsDomain's own objects.
+    pub fn domain(ctx: &'a Context, owner: &'a O) -> Result<Self, Error> {
+        let name = owner.meta().name.clone().unwrap_or_default();
+        Self::with(ctx, owner, format!("{MANAGED_SELECTOR},{DOMAIN_LABEL}={name}"), domain_kinds())
+    }
+
+    fn with(ctx: &'a Context, owner: &'a O, selector: String, kinds: Vec<ApiResource>) -> Result<Self, Error> {
+        let meta = owner.meta();
+        let (Some(ns), Some(uid)) = (meta.namespace.clone(), meta.uid.clone()) else {
+            return Err(Error::Invalid("owner without namespace or uid".into()));
+        };
+        Ok(Self { ctx, owner, ns, uid, selector, kinds, applied: BTreeSet::new() })
     }
 
     fn api<K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>>(&self) -> Api<K> {
@@ -223,39 +266,61 @@ impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
             + Serialize
             + Debug,
     {
-        let out = apply(&self.api::<K>(), obj).await?;
-        self.applied.insert((K::kind(&()).into_owned(), obj.name_any()));
+        let out = self.apply_quietly(obj).await?;
         report_apply(self.ctx, self.owner, obj, out).await;
         Ok(out)
     }
 
-    /// Deletes the orphans of every kind in [`OWNED_KINDS`].
-    pub async fn prune(&self) -> Result<(), Error> {
-        self.prune_kind::<ConfigMap>().await?;
-        self.prune_kind::<Service>().await?;
-        self.prune_kind::<PodDisruptionBudget>().await?;
-        self.prune_kind::<StatefulSet>().await?;
-        self.prune_kind::<Deployment>().await
+    /// Applies `obj` without an Event: the caller publishes one that says more (a certificate issued).
+    pub async fn apply_quietly<K>(&mut self, obj: &K) -> Result<Outcome, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Serialize
+            + Debug,
+    {
+        debug_assert!(self.kinds.iter().any(|k| k.kind == K::kind(&())), "{} is not in the kinds list", K::kind(&()));
+        let out = apply(&self.api::<K>(), obj).await?;
+        self.keep::<K>(&obj.name_any());
+        Ok(out)
     }
 
-    async fn prune_kind<K>(&self) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-    {
-        let kind = K::kind(&()).into_owned();
-        debug_assert!(OWNED_KINDS.contains(&kind.as_str()));
-        let api = self.api::<K>();
-        for obj in api.list(&ListParams::default().labels(&self.selector)).await?.items {
+    /// Remembers the object `name` of kind `K` as still wanted, without writing it.
+    pub fn keep<K: Resource<DynamicType = ()>>(&mut self, name: &str) {
+        self.applied.insert((K::kind(&()).into_owned(), name.to_string()));
+    }
+
+    /// Deletes the orphans of every kind of the set, in the reverse of the apply order.
+    pub async fn prune(&self) -> Result<(), Error> {
+        for ar in self.kinds.iter().rev() {
+            self.prune_kind(ar).await?;
+        }
+        Ok(())
+    }
+
+    async fn prune_kind(&self, ar: &ApiResource) -> Result<(), Error> {
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, ar);
+        for obj in api.list_metadata(&ListParams::default().labels(&self.selector)).await?.items {
             let controlled = obj.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == self.uid);
             let name = obj.name_any();
             if controlled
-                && obj.meta().deletion_timestamp.is_none()
-                && !self.applied.contains(&(kind.clone(), name.clone()))
+                && obj.metadata.deletion_timestamp.is_none()
+                && !self.applied.contains(&(ar.kind.clone(), name.clone()))
                 && delete(&api, &name).await?
             {
+                let kind = &ar.kind;
                 info!(%kind, %name, "deleted an orphan");
                 let note = format!("deleted {kind} {name}: no longer built");
-                self.ctx.event_about(self.owner, Some(obj.object_ref(&())), false, "Deleted", "Prune", note).await;
+                let reference = k8s_openapi::api::core::v1::ObjectReference {
+                    api_version: Some(ar.api_version.clone()),
+                    kind: Some(kind.clone()),
+                    name: Some(name.clone()),
+                    namespace: Some(self.ns.clone()),
+                    uid: obj.metadata.uid.clone(),
+                    ..Default::default()
+                };
+                self.ctx.event_about(self.owner, Some(reference), false, "Deleted", "Prune", note).await;
             }
         }
         Ok(())

@@ -18,9 +18,9 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 
-use super::apply::{apply, delete, patch_status};
+use super::apply::{ApplySet, delete, patch_status};
 use super::conditions::{Want, is_true, merge};
-use super::{Context, RESYNC, Result, namespace_of, report_apply, report_transitions, unless_gone, validate};
+use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
 use crate::build;
 use crate::crd::condition::{
     CERTIFICATES_READY, DIRECTORY_READY, DOMAIN_PREPARED, ENTERPRISE_PREPARED, PAUSED, READY, SCALE_DOWN_BLOCKED,
@@ -36,6 +36,67 @@ pub fn may_have_users(_home_server: &str) -> bool {
     true
 }
 
+/// The kind of object a domain may name in its spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference {
+    Secret,
+    ConfigMap,
+}
+
+/// The names of the Secrets and ConfigMaps `d`'s spec names (directory credentials, CA bundle,
+/// users file): a change of one of them may change what the domain does.
+pub fn referenced(d: &CommunicationsDomain, kind: Reference) -> Vec<String> {
+    let dir = &d.spec.directory;
+    let ldap = dir.ldap.as_ref();
+    let ca = ldap.and_then(|l| l.ca_bundle.as_ref());
+    match kind {
+        Reference::Secret => ldap
+            .and_then(|l| l.admin_secret.as_ref().map(|a| a.name.clone()))
+            .into_iter()
+            .chain(ldap.and_then(|l| l.explicit_service_account_secret()).map(|s| s.name.clone()))
+            .chain(ca.and_then(|c| c.secret.clone()))
+            .collect(),
+        Reference::ConfigMap => dir
+            .file
+            .as_ref()
+            .map(|f| f.config_map.clone())
+            .into_iter()
+            .chain(ca.and_then(|c| c.config_map.clone()))
+            .collect(),
+    }
+}
+
+/// The domains a change of `obj` concerns: the one that controls it, and those whose spec names it.
+pub fn domains_of<K: Resource>(
+    store: &kube::runtime::reflector::Store<CommunicationsDomain>,
+    obj: &K,
+    kind: Reference,
+) -> Vec<kube::runtime::reflector::ObjectRef<CommunicationsDomain>> {
+    use kube::runtime::reflector::ObjectRef;
+    let ns = obj.meta().namespace.clone();
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut refs: Vec<ObjectRef<CommunicationsDomain>> = obj
+        .owner_references()
+        .iter()
+        .filter(|o| o.controller == Some(true) && o.kind == "CommunicationsDomain")
+        .map(|o| {
+            let r = ObjectRef::new(&o.name);
+            match &ns {
+                Some(ns) => r.within(ns),
+                None => r,
+            }
+        })
+        .collect();
+    refs.extend(
+        store
+            .state()
+            .iter()
+            .filter(|d| d.namespace() == ns && referenced(d, kind).contains(&name))
+            .map(|d| ObjectRef::from(d.as_ref())),
+    );
+    refs
+}
+
 fn owned_by<K: Resource>(obj: &K, uid: &str) -> bool {
     obj.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid)
 }
@@ -49,7 +110,10 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     let d = match Api::<CommunicationsDomain>::namespaced(client.clone(), &ns).get_opt(&name).await? {
         Some(d) if d.metadata.deletion_timestamp.is_none() => Arc::new(d),
         // Owner references take the HomeServers and FrontEnd (and so their workloads) with it.
-        _ => return Ok(Action::await_change()),
+        _ => {
+            ctx.metrics.set_certificate_expiries(&ns, &name, &[]);
+            return Ok(Action::await_change());
+        }
     };
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let hs_api: Api<HomeServer> = Api::namespaced(client.clone(), &ns);
@@ -74,6 +138,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     front_ends.sort_by_key(|f| f.name_any());
 
     let sizing = tiers::resolve(d.spec.users.into());
+    let problems = validate::domain(&d);
     let old = d.status.clone().unwrap_or_default();
     let mut status = CommunicationsDomainStatus {
         observed_generation: d.metadata.generation,
@@ -83,9 +148,10 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         waiting_removal: old.waiting_removal.clone(),
         conditions: Vec::new(),
         prepared_steps: old.prepared_steps.clone(),
+        // Paused: the last resolution stands; invalid: there is none (the servers wait).
+        resolved: if problems.is_empty() { old.resolved.clone() } else { None },
     };
     let mut wants = Vec::new();
-    let problems = validate::domain(&d);
     let now = Timestamp::now();
     let mut requeue = RESYNC;
     // Set when the directory is not prepared yet: what Ready waits for.
@@ -97,6 +163,8 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         wants.push(Want::new(PAUSED, false, "NotPaused", ""));
     }
     if !d.spec.paused && problems.is_empty() {
+        // Apply: every object of the domain's goes through this set, which then prunes the rest.
+        let mut set = ApplySet::domain(&ctx, d.as_ref())?;
         let owned: Vec<String> = home_servers.iter().filter(|h| owned_by(*h, &uid)).map(|h| h.name_any()).collect();
         // Build: the plan names the servers before they exist, so certificates and
         // `prep enterprise` can cover them first.
@@ -105,6 +173,17 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             Topology::Manual => None,
         };
         let (hs_names, fe_names) = server_names(plan.as_ref(), &home_servers, &front_ends);
+        // Resolve: the one value the servers' builders take (status.resolved).
+        let resolved = build::resolve::resolve(
+            &d,
+            &build::resolve::ResolveInput {
+                sizing: &sizing,
+                default_image: &ctx.settings.default_image,
+                cluster_domain: &ctx.settings.cluster_domain,
+                home_servers: &hs_names,
+                front_ends: &fe_names,
+            },
+        )?;
 
         // An advertised host set on a live HomeServer or FrontEnd joins its certificate's names.
         let hs_advertise =
@@ -125,7 +204,9 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         if managed {
             servers.push(certificates::Server { name: build::directory::name(&name), home: false, advertise: None });
         }
-        let certs = certificates::reconcile(&ctx, &d, &ns, &servers, now).await?;
+        let certs = certificates::reconcile(&ctx, &mut set, &d, &ns, &servers, now).await?;
+        ctx.metrics.set_certificate_expiries(&ns, &name, &certs.expiries);
+        let complete = certs.complete;
         wants.push(certs.want);
         if let Some(at) = certs.next_check {
             requeue = requeue.min(until(now, at));
@@ -134,20 +215,16 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         // The managed directory, before the prep Jobs that need it.
         let mut directory_waiting = None;
         if managed {
-            let dir = directory::reconcile(&ctx, &d, &ns).await?;
-            if dir.waiting.is_some() {
-                requeue = requeue.min(PREP_POLL);
-            }
+            let dir = directory::reconcile(&ctx, &mut set, &d, &ns).await?;
             directory_waiting = dir.waiting;
             wants.push(dir.want);
         }
 
-        let prep = prep::reconcile(&ctx, &d, &ns, &hs_names, &old.prepared_steps, directory_waiting.as_deref()).await?;
+        let prep =
+            prep::reconcile(&ctx, &mut set, &d, &ns, &resolved, &old.prepared_steps, directory_waiting.as_deref())
+                .await?;
+        status.resolved = Some(resolved);
         status.prepared_steps = prep.prepared;
-        if prep.busy {
-            // The domain does not watch Jobs or Secrets; look again soon until prepared.
-            requeue = requeue.min(PREP_POLL);
-        }
         if !prep.done {
             let why = prep.conditions.iter().find(|w| !w.status).map(|w| w.message.clone()).unwrap_or_default();
             preparing = Some(why);
@@ -155,10 +232,12 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         wants.extend(prep.conditions);
 
         if let (Some(plan), true) = (plan, prep.done) {
-            // Apply: Home Servers first, the Front-End routes to them.
+            // Home Servers first, the Front-End routes to them.
             for hs in &plan.home_servers {
-                let out = apply(&hs_api, hs).await?;
-                report_apply(&ctx, d.as_ref(), hs, out).await;
+                set.apply(hs).await?;
+            }
+            for waiting in &plan.waiting_removal {
+                set.keep::<HomeServer>(&waiting.name);
             }
             for gone in &plan.delete_home_servers {
                 if delete(&hs_api, gone).await? {
@@ -168,8 +247,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             }
             match &plan.front_end {
                 Some(fe) => {
-                    let out = apply(&fe_api, fe).await?;
-                    report_apply(&ctx, d.as_ref(), fe, out).await;
+                    set.apply(fe).await?;
                 }
                 None => {
                     for fe in front_ends.iter().filter(|f| owned_by(*f, &uid)) {
@@ -190,8 +268,21 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
                 .map(|f| f.name_any())
                 .or_else(|| front_ends.iter().find(|f| !owned_by(*f, &uid)).map(|f| f.name_any()));
             status.waiting_removal = plan.waiting_removal;
-        } else if d.spec.topology == Topology::Manual {
-            status.waiting_removal.clear();
+        } else {
+            // Before the directory is prepared nothing is created or removed, and with topology
+            // `manual` the administrator decides: what the domain owns stays.
+            for h in home_servers.iter().filter(|h| owned_by(*h, &uid)) {
+                set.keep::<HomeServer>(&h.name_any());
+            }
+            for f in front_ends.iter().filter(|f| owned_by(*f, &uid)) {
+                set.keep::<FrontEnd>(&f.name_any());
+            }
+            if d.spec.topology == Topology::Manual {
+                status.waiting_removal.clear();
+            }
+        }
+        if complete {
+            set.prune().await?;
         }
     } else {
         // Paused or invalid: nothing was looked at, so the last word on these stands.
@@ -234,9 +325,6 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     }
     Ok(Action::requeue(requeue))
 }
-
-/// How often a domain that is not prepared yet is looked at (the domain controller does not watch Jobs).
-const PREP_POLL: Duration = Duration::from_secs(10);
 
 /// The time from `now` until `at`, at least a second (a renewal due now is retried shortly).
 fn until(now: Timestamp, at: Timestamp) -> Duration {

@@ -4,18 +4,16 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::apply::{ApplySet, patch_status};
 use super::conditions::{Want, merge};
 use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
-use crate::build::config::{HomeServerRoute, home_server_address};
+use crate::build::config::HomeServerRoute;
 use crate::build::{self, BuildContext, Component};
 use crate::crd::condition::{PAUSED, READY};
-use crate::crd::{CommunicationsDomain, FrontEnd, FrontEndStatus, HomeServer};
-use crate::tiers;
+use crate::crd::{CommunicationsDomain, FrontEnd, FrontEndStatus};
 
 pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
     if fe.metadata.deletion_timestamp.is_some() {
@@ -26,23 +24,9 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
     let client = ctx.client.clone();
     let deploy_api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
 
-    // Dereference: the domain and its Home Servers (the routing table).
+    // Dereference: the domain (its resolved settings hold the routing table).
     let domain = Api::<CommunicationsDomain>::namespaced(client.clone(), &ns).get_opt(&fe.spec.domain).await?;
-    let mut home_servers: Vec<HomeServer> = Api::<HomeServer>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|h| h.spec.domain == fe.spec.domain && h.metadata.deletion_timestamp.is_none())
-        .collect();
-    home_servers.sort_by_key(|h| h.name_any());
-    let routes: Vec<HomeServerRoute> = home_servers
-        .iter()
-        .map(|h| HomeServerRoute {
-            name: h.name_any(),
-            address: home_server_address(&h.name_any(), &ns, &ctx.settings.cluster_domain),
-        })
-        .collect();
+    let mut routes: Vec<HomeServerRoute> = Vec::new();
     let live = deploy_api.get_opt(&name).await?;
     let old = fe.status.clone().unwrap_or_default();
     let mut status = FrontEndStatus { observed_generation: fe.metadata.generation, ..old.clone() };
@@ -63,23 +47,26 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
             format!("CommunicationsDomain {} is paused: the operator changes nothing", fe.spec.domain),
         )),
         Some(domain) => {
-            let sizing = tiers::resolve(domain.spec.users.into());
-            status.tier = Some(sizing.tier);
-            status.domain_users = Some(domain.spec.users);
             wants.push(Want::new(PAUSED, false, "NotPaused", ""));
-            let mut problems = validate::front_end(&fe);
-            problems.extend(validate::domain(domain).into_iter().map(|p| format!("domain {}: {p}", fe.spec.domain)));
+            let problems = validate::front_end(&fe);
+            let resolved = validate::resolved_for(domain, &name);
+            if let Ok(r) = &resolved {
+                status.tier = Some(r.tier);
+                status.domain_users = Some(r.users);
+            }
             if !problems.is_empty() {
                 wants.push(Want::new(READY, false, "InvalidSpec", problems.join("; ")));
+            } else if let Err(why) = resolved {
+                wants.push(Want::new(READY, false, "WaitingForDomain", why));
             } else if let Some(why) = validate::waits_for_directory(domain) {
                 wants.push(Want::new(READY, false, "WaitingForDirectory", why));
-            } else {
-                let bctx = BuildContext {
-                    domain,
-                    sizing,
-                    default_image: &ctx.settings.default_image,
-                    cluster_domain: &ctx.settings.cluster_domain,
-                };
+            } else if let Ok(resolved) = resolved {
+                routes = resolved
+                    .home_servers
+                    .iter()
+                    .map(|h| HomeServerRoute { name: h.name.clone(), address: h.address.clone() })
+                    .collect();
+                let bctx = BuildContext { resolved, cluster_domain: &ctx.settings.cluster_domain };
                 let objs = build::front_end::build(&fe, &bctx, &routes)?;
                 // Apply, in order, then remove what is no longer built.
                 let mut set = ApplySet::new(&ctx, fe.as_ref(), Component::FrontEnd)?;

@@ -15,7 +15,6 @@ use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_go
 use crate::build::{self, BuildContext, Component, FIELD_MANAGER, quantity};
 use crate::crd::condition::{PAUSED, READY};
 use crate::crd::{CommunicationsDomain, HomeServer, HomeServerStatus};
-use crate::tiers;
 
 /// Condition type: the volumes have the size the spec asks for.
 pub const VOLUMES: &str = "VolumesUpToDate";
@@ -56,24 +55,22 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
             ));
         }
         Some(domain) => {
-            let sizing = tiers::resolve(domain.spec.users.into());
-            status.tier = Some(sizing.tier);
             wants.push(Want::new(PAUSED, false, "NotPaused", ""));
-            // Validate.
-            let mut problems = validate::home_server(&hs);
-            problems.extend(validate::domain(domain).into_iter().map(|p| format!("domain {}: {p}", hs.spec.domain)));
+            // Validate; the domain's part is its controller's: it resolved the domain once.
+            let problems = validate::home_server(&hs);
+            let resolved = validate::resolved_for(domain, &name);
+            if let Ok(r) = &resolved {
+                status.tier = Some(r.tier);
+            }
             if !problems.is_empty() {
                 wants.push(Want::new(READY, false, "InvalidSpec", problems.join("; ")));
+            } else if let Err(why) = resolved {
+                wants.push(Want::new(READY, false, "WaitingForDomain", why));
             } else if let Some(why) = validate::waits_for_directory(domain) {
                 wants.push(Want::new(READY, false, "WaitingForDirectory", why));
-            } else {
+            } else if let Ok(resolved) = resolved {
                 // Build.
-                let bctx = BuildContext {
-                    domain,
-                    sizing,
-                    default_image: &ctx.settings.default_image,
-                    cluster_domain: &ctx.settings.cluster_domain,
-                };
+                let bctx = BuildContext { resolved, cluster_domain: &ctx.settings.cluster_domain };
                 let mut objs = build::home_server::build(&hs, &bctx)?;
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
                 // Apply, in order, then remove what is no longer built.
@@ -248,13 +245,7 @@ mod tests {
 
     fn sts(users: u32) -> StatefulSet {
         let d = fixtures::domain("corp", users);
-        let ctx = BuildContext {
-            domain: &d,
-            sizing: tiers::resolve(users.into()),
-            default_image: "i",
-            cluster_domain: "cluster.local",
-        };
-        build::home_server::build(&fixtures::home_server("h", "corp"), &ctx).unwrap().stateful_set
+        build::home_server::build(&fixtures::home_server("h", "corp"), &fixtures::ctx(&d)).unwrap().stateful_set
     }
 
     #[test]

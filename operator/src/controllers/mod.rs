@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -297,7 +298,21 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
     };
     let domain_ctrl = Controller::new(domains.clone(), all());
     let domain_store = domain_ctrl.store();
+    let (secret_domains, config_map_domains) = (domain_store.clone(), domain_store.clone());
+    // What the domain owns (apply::domain_kinds) triggers a reconcile when it changes, so a Job
+    // that finishes or a directory pod that becomes ready moves the domain on at once. Secrets and
+    // ConfigMaps are also watched when a domain names them (an admin Secret created later).
     let domain_ctrl = domain_ctrl
+        .watches(api::<Secret>(&client, ns), all(), move |s: Secret| {
+            domain::domains_of(&secret_domains, &s, domain::Reference::Secret)
+        })
+        .watches(api::<ConfigMap>(&client, ns), all(), move |c: ConfigMap| {
+            domain::domains_of(&config_map_domains, &c, domain::Reference::ConfigMap)
+        })
+        .owns(api::<Service>(&client, ns), watcher::Config::default().labels(MANAGED_SELECTOR))
+        .owns(api::<StatefulSet>(&client, ns), watcher::Config::default().labels(MANAGED_SELECTOR))
+        .owns(api::<Job>(&client, ns), watcher::Config::default().labels(MANAGED_SELECTOR))
+        // Their own HomeServers and FrontEnd, and (topology manual) the administrator's.
         .watches(home_servers.clone(), all(), move |hs: HomeServer| domain_of(&hs.spec.domain, hs.namespace()))
         .watches(front_ends.clone(), all(), move |fe: FrontEnd| domain_of(&fe.spec.domain, fe.namespace()))
         .graceful_shutdown_on(stop.clone())
@@ -335,16 +350,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
 
     let fe_ctrl = Controller::new(front_ends.clone(), all());
     let fe_store = fe_ctrl.store();
-    let fe_store2 = fe_store.clone();
     let fe_ready = fe_store.clone();
     let fe_ctrl = fe_ctrl
         .owns(api::<Deployment>(&client, ns), managed(Component::FrontEnd))
         .owns(api::<Service>(&client, ns), managed(Component::FrontEnd))
         .owns(api::<ConfigMap>(&client, ns), managed(Component::FrontEnd))
         .owns(api::<PodDisruptionBudget>(&client, ns), managed(Component::FrontEnd))
+        // The domain's status holds the routing table (status.resolved.homeServers).
         .watches(domains, all(), move |d: CommunicationsDomain| by_domain(&fe_store, d.namespace(), &d.name_any()))
-        // The routing table lists the domain's Home Servers.
-        .watches(home_servers, all(), move |hs: HomeServer| by_domain(&fe_store2, hs.namespace(), &hs.spec.domain))
         .graceful_shutdown_on(stop.clone())
         .run(
             |fe, ctx: Arc<Context>| async move {

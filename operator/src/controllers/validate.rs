@@ -3,7 +3,7 @@
 //! not every API server evaluates CEL.
 
 use crate::build::quantity;
-use crate::crd::{CommunicationsDomain, FrontEnd, HomeServer, Topology};
+use crate::crd::{CommunicationsDomain, FrontEnd, HomeServer, ResolvedDomain, Topology};
 use crate::tiers::USERS_PER_HOME_SERVER;
 
 fn is_dns_label(s: &str) -> bool {
@@ -88,6 +88,28 @@ pub fn front_end(fe: &FrontEnd) -> Vec<String> {
     problems
 }
 
+/// The domain's resolved settings (`status.resolved`) for the server `server`, or why the server
+/// waits: the domain controller has not resolved the domain yet (or finds its spec invalid), or
+/// its certificate plan does not cover `server` yet (a HomeServer or FrontEnd just written).
+pub fn resolved_for<'a>(domain: &'a CommunicationsDomain, server: &str) -> Result<&'a ResolvedDomain, String> {
+    use crate::crd::condition::READY;
+    let name = domain.metadata.name.as_deref().unwrap_or_default();
+    let status = domain.status.as_ref();
+    let Some(resolved) = status.and_then(|s| s.resolved.as_ref()) else {
+        let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY));
+        return Err(match ready {
+            Some(c) if c.reason == "InvalidSpec" => {
+                format!("waiting for CommunicationsDomain {name}, whose spec is invalid: {}", c.message)
+            }
+            _ => format!("waiting for CommunicationsDomain {name} to resolve its settings (status.resolved)"),
+        });
+    };
+    if resolved.certificate_secret(server).is_none() {
+        return Err(format!("waiting for CommunicationsDomain {name} to plan the certificate of {server}"));
+    }
+    Ok(resolved)
+}
+
 /// Why a domain's workloads must wait: a directory (anything but a users file) is prepared first,
 /// as the seed requires preparation before installation. Holds for Home Servers and Front-Ends
 /// an administrator writes (topology manual) as for the operator's own.
@@ -138,6 +160,18 @@ mod tests {
         d.status = None;
         d.spec.directory = serde_json::from_value(serde_json::json!({"file": {"configMap": "u"}})).unwrap();
         assert_eq!(waits_for_directory(&d), None, "a users file needs no preparation");
+    }
+
+    #[test]
+    fn servers_wait_for_the_resolved_domain_and_their_certificate() {
+        let mut d = fixtures::domain("corp", 500);
+        assert!(resolved_for(&d, "corp-home-1").unwrap_err().contains("status.resolved"));
+        d.status = Some(crate::crd::CommunicationsDomainStatus {
+            resolved: Some(fixtures::resolved(&d)),
+            ..Default::default()
+        });
+        assert_eq!(resolved_for(&d, "corp-home-1").unwrap().tier, crate::tiers::Tier::Small);
+        assert!(resolved_for(&d, "mine").unwrap_err().contains("certificate of mine"));
     }
 
     #[test]

@@ -358,6 +358,127 @@ pub struct CommunicationsDomainStatus {
     /// its TTL is not run again unless its settings change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prepared_steps: Vec<PreparedStep>,
+    /// The domain as resolved from its spec by the last reconcile that found it valid: the one
+    /// input the HomeServer and FrontEnd controllers build from. Absent while the spec is invalid
+    /// or has not been looked at yet; the domain's servers wait for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<ResolvedDomain>,
+}
+
+/// What a CommunicationsDomain's spec resolves to: its tier's sizing, its directory as the servers
+/// bind to it, its certificate plan and the addresses of its Home Servers. Written by the domain
+/// controller; the HomeServer and FrontEnd controllers read it instead of resolving the spec again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDomain {
+    /// The generation of the domain's spec this was resolved from.
+    pub generation: i64,
+    /// The SIP domain.
+    pub sip_domain: String,
+    /// `spec.users`.
+    pub users: u32,
+    /// The sizing tier `users` falls in.
+    pub tier: Tier,
+    /// The tier's size of one Home Server, before the HomeServer's own overrides.
+    pub home_server_size: TierSize,
+    /// The `parley-server` image.
+    pub image: String,
+    /// Clients must use TLS: the servers do not listen on 5060.
+    pub require_client_tls: bool,
+    /// The directory as the servers use it.
+    pub directory: ResolvedDirectory,
+    /// The certificate of every server of the domain: whose it is and which Secret holds it.
+    pub certificates: Vec<ServerCertificate>,
+    /// The domain's Home Servers and where the Front-End reaches them (its routing table).
+    pub home_servers: Vec<HomeServerAddress>,
+}
+
+impl ResolvedDomain {
+    /// The Secret holding `server`'s certificate, if the certificate plan covers it.
+    pub fn certificate_secret(&self, server: &str) -> Option<&str> {
+        self.certificates.iter().find(|c| c.server == server).map(|c| c.secret.as_str())
+    }
+}
+
+/// CPU, memory and volume sizes a tier gives one Home Server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierSize {
+    /// CPU (request and limit).
+    pub cpu: String,
+    /// Memory (request and limit).
+    pub memory: String,
+    /// Size of the data volume.
+    pub data_volume: String,
+    /// Size of the logs volume.
+    pub logs_volume: String,
+}
+
+/// The directory as the servers use it: exactly one of `ldap` (also for a managed directory) or `file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedDirectory {
+    /// The directory is the one the operator runs (`spec.directory.managed`).
+    pub managed: bool,
+    /// The LDAP directory the servers bind to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<ResolvedLdap>,
+    /// The users file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<ResolvedKey>,
+}
+
+/// A key of a ConfigMap or a Secret of the domain's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedKey {
+    /// Name of the ConfigMap, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// Name of the Secret, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The key.
+    pub key: String,
+}
+
+/// An LDAP directory as the servers bind to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedLdap {
+    /// URL of the directory server.
+    pub url: String,
+    /// Base DN of users and Parley's entries.
+    pub base_dn: String,
+    /// DN the servers bind as (the service account).
+    pub bind_dn: String,
+    /// The Secret key with the service account's password.
+    pub password_secret: ResolvedKey,
+    /// CA certificates that sign the directory server's certificate, when not the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<ResolvedKey>,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    pub start_tls: bool,
+}
+
+/// Which Secret holds a server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCertificate {
+    /// Name of the HomeServer, FrontEnd or managed directory.
+    pub server: String,
+    /// Name of the Secret (`tls.crt`, `tls.key`, `ca.crt`).
+    pub secret: String,
+}
+
+/// A Home Server of the domain and its internal (mutual-TLS) address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeServerAddress {
+    /// Name of the HomeServer.
+    pub name: String,
+    /// `<service>.<namespace>.svc.<cluster domain>:5062`.
+    pub address: String,
 }
 
 /// A directory-prep Job that succeeded.

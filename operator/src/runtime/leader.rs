@@ -153,8 +153,18 @@ impl LeaderElector {
     }
 
     /// Gives the Lease up (on graceful shutdown) so a standby takes over at once.
+    ///
+    /// On `helm uninstall` this may be refused: Helm deletes the Deployment and the RBAC in one
+    /// pass without waiting for the pod to stop, so the pod's SIGTERM usually arrives after its
+    /// Role is gone. Nothing waits for that Lease then (no instance is left), and it is only a
+    /// record: it expires by itself after `leaseDurationSeconds` (15 s by default), and a later
+    /// install takes it over after that long. So the refusal is reported, not treated as a failure.
     pub async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
+        let mut lease = match self.api.get_opt(&self.name).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return,
+            Err(e) => return self.not_released(e),
+        };
         let Some(spec) = lease.spec.as_mut() else { return };
         if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
             return;
@@ -163,7 +173,19 @@ impl LeaderElector {
         spec.lease_duration_seconds = Some(1);
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(_) => info!(lease = %self.name, "released leadership"),
-            Err(e) => warn!(lease = %self.name, error = %e, "releasing the Lease failed"),
+            Err(e) => self.not_released(e),
+        }
+    }
+
+    fn not_released(&self, e: kube::Error) {
+        match e {
+            kube::Error::Api(s) if s.code == 403 => info!(
+                lease = %self.name,
+                expires_in_secs = self.timing.duration.as_secs(),
+                "not allowed to release the Lease (helm uninstall removes the RBAC before the pod stops); \
+                 it expires by itself"
+            ),
+            e => warn!(lease = %self.name, error = %e, "releasing the Lease failed"),
         }
     }
 }

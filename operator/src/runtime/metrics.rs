@@ -25,6 +25,8 @@ struct Inner {
     durations: BTreeMap<String, Histogram>,
     leader: bool,
     ready: bool,
+    /// (namespace, domain) -> (Secret, expiry in Unix seconds).
+    certificates: BTreeMap<(String, String), Vec<(String, i64)>>,
 }
 
 /// Counters, histograms and gauges of one operator instance.
@@ -82,6 +84,30 @@ impl Metrics {
         self.inner.lock().expect("metrics lock").ready
     }
 
+    /// Sets when each certificate of the domain `ns/domain` expires, by Secret, replacing what was
+    /// known of it (an empty list forgets the domain: it was deleted).
+    pub fn set_certificate_expiries(
+        &self,
+        ns: &str,
+        domain: &str,
+        expiries: &[(String, k8s_openapi::jiff::Timestamp)],
+    ) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        let key = (ns.to_string(), domain.to_string());
+        if expiries.is_empty() {
+            m.certificates.remove(&key);
+        } else {
+            m.certificates.insert(key, expiries.iter().map(|(s, t)| (s.clone(), t.as_second())).collect());
+        }
+    }
+
+    /// When the certificate in Secret `secret` of `ns/domain` expires, if known.
+    pub fn certificate_expiry(&self, ns: &str, domain: &str, secret: &str) -> Option<i64> {
+        let m = self.inner.lock().expect("metrics lock");
+        let list = m.certificates.get(&(ns.to_string(), domain.to_string()))?;
+        list.iter().find(|(s, _)| s == secret).map(|(_, t)| *t)
+    }
+
     /// Failed reconciles of every kind whose error is of `class` (e.g. `forbidden`).
     pub fn errors(&self, class: &str) -> u64 {
         let m = self.inner.lock().expect("metrics lock");
@@ -134,6 +160,19 @@ impl Metrics {
         let _ = writeln!(out, "# HELP parley_operator_leader 1 while this instance holds the leader Lease.");
         let _ = writeln!(out, "# TYPE parley_operator_leader gauge");
         let _ = writeln!(out, "parley_operator_leader {}", u8::from(m.leader));
+        let _ = writeln!(
+            out,
+            "# HELP parley_operator_certificate_expiry_timestamp_seconds When a certificate of a domain expires (Unix time), by Secret."
+        );
+        let _ = writeln!(out, "# TYPE parley_operator_certificate_expiry_timestamp_seconds gauge");
+        for ((ns, domain), list) in &m.certificates {
+            for (secret, t) in list {
+                let _ = writeln!(
+                    out,
+                    "parley_operator_certificate_expiry_timestamp_seconds{{namespace=\"{ns}\",domain=\"{domain}\",secret=\"{secret}\"}} {t}"
+                );
+            }
+        }
         out
     }
 }
@@ -163,5 +202,25 @@ mod tests {
         assert!(text.contains("parley_operator_reconciles_in_flight{kind=\"HomeServer\"} 1"));
         assert_eq!((m.started("HomeServer"), m.reconciles("HomeServer")), (3, 2));
         assert_eq!((m.errors("conflict"), m.errors("forbidden")), (1, 0));
+    }
+
+    #[test]
+    fn certificate_expiries_are_replaced_per_domain_and_forgotten_with_it() {
+        let m = Metrics::default();
+        let t = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).unwrap();
+        m.set_certificate_expiries("ns", "corp", &[("corp-ca".into(), t(2_000)), ("corp-home-1-tls".into(), t(1_000))]);
+        let text = m.render();
+        assert!(text.contains(
+            "parley_operator_certificate_expiry_timestamp_seconds{namespace=\"ns\",domain=\"corp\",secret=\"corp-home-1-tls\"} 1000"
+        ));
+        m.set_certificate_expiries("ns", "corp", &[("corp-ca".into(), t(3_000))]);
+        assert_eq!(m.certificate_expiry("ns", "corp", "corp-ca"), Some(3_000));
+        assert_eq!(
+            m.certificate_expiry("ns", "corp", "corp-home-1-tls"),
+            None,
+            "a Secret no longer looked at is dropped"
+        );
+        m.set_certificate_expiries("ns", "corp", &[]);
+        assert!(!m.render().contains("domain=\"corp\""));
     }
 }

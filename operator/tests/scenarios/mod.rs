@@ -740,3 +740,47 @@ pub async fn an_orphaned_object_is_removed(h: &Harness) {
     .await;
     op.stop().await.unwrap();
 }
+
+/// The domain's own objects go through the same apply path: a Secret it controls and no longer
+/// makes (the certificate of a server that is gone) is deleted, a look-alike it does not control
+/// stays, and what it makes (the CA, the Home Server's certificate) is kept.
+pub async fn an_orphan_of_the_domain_is_removed(h: &Harness) {
+    use k8s_openapi::api::core::v1::Secret;
+    use parley_operator::build::{DOMAIN_LABEL, MANAGED_BY};
+
+    h.create_users_config_map().await;
+    let op = h.start_operator("op-a");
+    h.apply_domain("corp", 500).await;
+    converged(h, "corp").await;
+    let d = h.api::<CommunicationsDomain>().get("corp").await.unwrap();
+    let resolved = d.status.as_ref().and_then(|s| s.resolved.clone()).expect("status.resolved");
+    assert_eq!(resolved.certificate_secret("corp-home-1"), Some("corp-home-1-tls"));
+    assert_eq!(resolved.home_servers[0].name, "corp-home-1");
+    let leftover = |name: &str, owned: bool| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [("app.kubernetes.io/managed-by", MANAGED_BY), (DOMAIN_LABEL, "corp")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            owner_references: owned.then(|| vec![d.controller_owner_ref(&()).unwrap()]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pp = kube::api::PostParams::default();
+    h.api::<Secret>().create(&pp, &leftover("corp-gone-tls-notes", false)).await.unwrap();
+    // Creating a Secret the domain controls wakes its controller (it watches Secrets).
+    h.api::<Secret>().create(&pp, &leftover("corp-gone-tls", true)).await.unwrap();
+    h.wait_gone::<Secret>("corp-gone-tls").await;
+    for kept in ["corp-gone-tls-notes", "corp-ca", "corp-home-1-tls"] {
+        assert!(h.api::<Secret>().get_opt(kept).await.unwrap().is_some(), "{kept} stays");
+    }
+    h.wait_for_list::<k8s_openapi::api::events::v1::Event, _>("the Deleted Event", |evs| {
+        evs.iter().any(|e| e.note.as_deref() == Some("deleted Secret corp-gone-tls: no longer built"))
+    })
+    .await;
+    op.stop().await.unwrap();
+}

@@ -35,8 +35,10 @@ async fn set_job_status(h: &Harness, job: &str, succeeded: bool) {
 async fn wait_condition(h: &Harness, type_: &str, status: &str, reason: &str) -> String {
     let d = h
         .wait_for::<CommunicationsDomain, _>(&format!("{type_} {status} {reason}"), "corp", |d| {
+            // Of the current spec: a status written before the last change says nothing about it.
             d.status.as_ref().is_some_and(|s| {
-                s.conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+                s.observed_generation == d.metadata.generation
+                    && s.conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.reason == reason)
             })
         })
         .await;

@@ -55,6 +55,7 @@ fn builtins() -> Vec<Resource> {
         Resource::new("apps", "v1", "statefulsets", "StatefulSet", true, true),
         Resource::new("apps", "v1", "deployments", "Deployment", true, true),
         Resource::new("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
+        Resource::new("batch", "v1", "jobs", "Job", true, true),
         Resource::new("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         Resource::new("events.k8s.io", "v1", "events", "Event", true, false),
         Resource::new(

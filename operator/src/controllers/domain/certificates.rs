@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
-use super::super::apply::{Outcome, apply, reapply_reason, stamped};
+use super::super::apply::{ApplySet, Outcome, reapply_reason, stamped};
 use super::super::conditions::Want;
 use super::super::{Context, Error, Result};
 use crate::build::certificates::{self as certs, CaAction, LeafAction, ServerNames};
@@ -32,6 +32,17 @@ pub struct Server {
 pub struct CertOutcome {
     pub want: Want,
     pub next_check: Option<Timestamp>,
+    /// Every certificate Secret the domain has was looked at (and applied or kept in the set):
+    /// false when an unusable CA or a missing cert-manager stopped the step early.
+    pub complete: bool,
+    /// When each certificate that was looked at expires, by Secret (the CA's too).
+    pub expiries: Vec<(String, Timestamp)>,
+}
+
+impl CertOutcome {
+    fn stopped(want: Want) -> Self {
+        Self { want, next_check: None, complete: false, expiries: Vec::new() }
+    }
 }
 
 /// Whether this domain made `obj`: controlled by it, or (before owner references) labelled as ours.
@@ -59,6 +70,7 @@ fn sans(d: &CommunicationsDomain, ns: &str, cluster_domain: &str, server: &Serve
 /// Makes sure every server of `servers` has its `<name>-tls` Secret.
 pub async fn reconcile(
     ctx: &Context,
+    set: &mut ApplySet<'_, CommunicationsDomain>,
     d: &CommunicationsDomain,
     ns: &str,
     servers: &[Server],
@@ -81,17 +93,16 @@ pub async fn reconcile(
             Err(e) => {
                 let msg =
                     format!("Secret {} was not made by Parley and is unusable: {e}", certs::ca_secret_name(&name));
-                return Ok(CertOutcome {
-                    want: Want::new(CERTIFICATES_READY, false, "CaUnusable", msg),
-                    next_check: None,
-                });
+                return Ok(CertOutcome::stopped(Want::new(CERTIFICATES_READY, false, "CaUnusable", msg)));
             }
         }
     } else {
         let (ca, action) =
             certs::reconcile_ca(&format!("{ns}/{name}"), ca_data.as_ref(), now).map_err(BuildError::from)?;
-        if action != CaAction::Keep {
-            apply(&secrets, &certs::ca_secret(d, &ca)?).await?;
+        if action == CaAction::Keep {
+            set.keep::<Secret>(&certs::ca_secret_name(&name));
+        } else {
+            set.apply_quietly(&certs::ca_secret(d, &ca)?).await?;
             let note = match &action {
                 CaAction::Create(why) => format!("created the domain's CA: {why}"),
                 CaAction::Rotate => format!(
@@ -121,8 +132,10 @@ pub async fn reconcile(
         let names = sans(d, ns, &ctx.settings.cluster_domain, server);
         let (data, action) =
             certs::reconcile_leaf(existing.as_ref(), &ca, &server.name, &names, now).map_err(BuildError::from)?;
-        if action != LeafAction::Keep {
-            apply(&secrets, &certs::leaf_secret(d, &server.name, data.clone())?).await?;
+        if action == LeafAction::Keep {
+            set.keep::<Secret>(&secret_name);
+        } else {
+            set.apply_quietly(&certs::leaf_secret(d, &server.name, data.clone())?).await?;
             let note = match &action {
                 LeafAction::Issue(why) => {
                     format!("issued the certificate of {} (Secret {secret_name}): {why}", server.name)
@@ -137,7 +150,14 @@ pub async fn reconcile(
         held.iter().map(|(n, d)| (n.clone(), d.as_ref())).collect();
     let r = certs::readiness(&view, !any_provided, now);
     let next = certs::next_check(&ca, held.iter().filter_map(|(_, d)| d.as_ref()));
-    Ok(CertOutcome { want: Want::new(CERTIFICATES_READY, r.ready, r.reason, r.message), next_check: Some(next) })
+    let mut expiries = vec![(certs::ca_secret_name(&name), ca.info().not_after)];
+    expiries.extend(expiries_of(&held));
+    Ok(CertOutcome {
+        want: Want::new(CERTIFICATES_READY, r.ready, r.reason, r.message),
+        next_check: Some(next),
+        complete: true,
+        expiries,
+    })
 }
 
 /// cert-manager fills the Secrets; the operator writes one Certificate per server and waits.
@@ -172,10 +192,7 @@ async fn cert_manager(
             Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {
                 let msg = "spec.tls.issuerRef names a cert-manager issuer, but cert-manager's Certificate kind \
                            (certificates.cert-manager.io/v1) is not installed in the cluster";
-                return Ok(CertOutcome {
-                    want: Want::new(CERTIFICATES_READY, false, "CertManagerMissing", msg),
-                    next_check: None,
-                });
+                return Ok(CertOutcome::stopped(Want::new(CERTIFICATES_READY, false, "CertManagerMissing", msg)));
             }
             Err(e) => return Err(e),
         }
@@ -193,7 +210,18 @@ async fn cert_manager(
             format!("waiting for cert-manager ({} {}): {}", issuer_kind(issuer), issuer.name, r.message),
         )
     };
-    Ok(CertOutcome { want: Want::new(CERTIFICATES_READY, r.ready, reason, message), next_check: None })
+    Ok(CertOutcome {
+        want: Want::new(CERTIFICATES_READY, r.ready, reason, message),
+        next_check: None,
+        // cert-manager makes and owns these Secrets; none of them is the domain's to keep.
+        complete: true,
+        expiries: expiries_of(&held),
+    })
+}
+
+/// When the certificate in each Secret of `held` expires, for those that hold a readable one.
+fn expiries_of(held: &[(String, Option<BTreeMap<String, ByteString>>)]) -> Vec<(String, Timestamp)> {
+    held.iter().filter_map(|(name, data)| Some((name.clone(), certs::leaf_expiry(data.as_ref()?)?))).collect()
 }
 
 fn issuer_kind(issuer: &crate::crd::IssuerRef) -> &'static str {

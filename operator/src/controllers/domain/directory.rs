@@ -2,13 +2,12 @@
 //! once), its ConfigMap, Service and StatefulSet (built by [`build::directory`]), and whether its
 //! pod is ready, which the prep Jobs wait for.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, ResourceExt};
 
-use super::super::apply::apply;
+use super::super::apply::ApplySet;
 use super::super::conditions::Want;
-use super::super::{Context, Result, pods, report_apply};
+use super::super::{Context, Result, pods};
 use crate::build::directory::{self, DirectoryInput};
 use crate::build::{sha256_hex, tls_secret_name};
 use crate::crd::CommunicationsDomain;
@@ -21,16 +20,21 @@ pub struct DirectoryOutcome {
 }
 
 /// Makes sure the managed directory of `d` exists as built, and reports on its pod.
-pub async fn reconcile(ctx: &Context, d: &CommunicationsDomain, ns: &str) -> Result<DirectoryOutcome> {
+pub async fn reconcile(
+    ctx: &Context,
+    set: &mut ApplySet<'_, CommunicationsDomain>,
+    d: &CommunicationsDomain,
+    ns: &str,
+) -> Result<DirectoryOutcome> {
     let name = d.name_any();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let admin = directory::admin_secret_name(&name);
     // Made once and kept: the directory holds this password from its first start on.
     if secrets.get_opt(&admin).await?.is_none() {
         let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-        let secret = directory::admin_secret(d, &password)?;
-        let out = apply(&secrets, &secret).await?;
-        report_apply(ctx, d, &secret, out).await;
+        set.apply(&directory::admin_secret(d, &password)?).await?;
+    } else {
+        set.keep::<Secret>(&admin);
     }
     let sts_name = directory::name(&name);
     // slapd reads its certificate at start: a renewed one rolls the pod (the hash is in its template).
@@ -40,15 +44,9 @@ pub async fn reconcile(ctx: &Context, d: &CommunicationsDomain, ns: &str) -> Res
         .and_then(|s| s.data)
         .and_then(|data| data.get("tls.crt").map(|c| sha256_hex(&c.0)));
     let objects = directory::build(&DirectoryInput { domain: d, image: &ctx.settings.directory_image, tls_hash })?;
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let out = apply(&cms, &objects.config_map).await?;
-    report_apply(ctx, d, &objects.config_map, out).await;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let out = apply(&services, &objects.service).await?;
-    report_apply(ctx, d, &objects.service, out).await;
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    let out = apply(&sets, &objects.stateful_set).await?;
-    report_apply(ctx, d, &objects.stateful_set, out).await;
+    set.apply(&objects.config_map).await?;
+    set.apply(&objects.service).await?;
+    set.apply(&objects.stateful_set).await?;
 
     let pod = format!("{sts_name}-0");
     let live = Api::<Pod>::namespaced(ctx.client.clone(), ns).get_opt(&pod).await?;

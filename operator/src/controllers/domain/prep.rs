@@ -8,22 +8,19 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
-use super::super::apply::{apply, delete};
+use super::super::apply::{ApplySet, delete};
 use super::super::conditions::Want;
-use super::super::{Context, Result, report_apply};
-use crate::build::config::home_server_address;
+use super::super::{Context, Result};
 use crate::build::{DOMAIN_LABEL, prep};
-use crate::crd::{CommunicationsDomain, PreparedStep};
+use crate::crd::{CommunicationsDomain, PreparedStep, ResolvedDomain};
 
 /// The prep conditions and what the status remembers.
 pub struct PrepOutcome {
     pub conditions: Vec<Want>,
     pub prepared: Vec<PreparedStep>,
-    /// Every step succeeded: the domain's workloads may run.
+    /// Every step succeeded: the domain's workloads may run. Until then a change of a Job, of the
+    /// directory's StatefulSet or of a Secret the domain names brings the next reconcile.
     pub done: bool,
-    /// Not done yet: a Job runs, failed (and may be deleted to retry) or waits for a Secret.
-    /// Neither Jobs nor Secrets are watched, so look again soon.
-    pub busy: bool,
 }
 
 /// The end of a failed prep pod's log (its termination message), newest pod first.
@@ -37,27 +34,23 @@ async fn pod_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>> {
 }
 
 /// Creates the generated service-account Secret once, runs the next prep Job and reports.
-/// `home_servers` are every Home Server of the domain (`prep enterprise` registers them).
+/// `resolved.home_servers` are every Home Server of the domain (`prep enterprise` registers them).
 pub async fn reconcile(
     ctx: &Context,
+    set: &mut ApplySet<'_, CommunicationsDomain>,
     d: &CommunicationsDomain,
     ns: &str,
-    home_servers: &[String],
+    resolved: &ResolvedDomain,
     prepared: &[PreparedStep],
     directory_waiting: Option<&str>,
 ) -> Result<PrepOutcome> {
-    let image = d.spec.image.clone().unwrap_or_else(|| ctx.settings.default_image.clone());
+    let image = resolved.image.clone();
     let pairs: Vec<(String, String)> =
-        home_servers.iter().map(|h| (h.clone(), home_server_address(h, ns, &ctx.settings.cluster_domain))).collect();
+        resolved.home_servers.iter().map(|h| (h.name.clone(), h.address.clone())).collect();
     if prep::steps(d).is_empty() {
         // A file directory: nothing to read or write.
         let plan = prep::sequence(d, &image, &pairs, &BTreeMap::new(), prepared)?;
-        return Ok(PrepOutcome {
-            conditions: plan.conditions,
-            prepared: plan.prepared,
-            done: plan.done,
-            busy: !plan.done,
-        });
+        return Ok(PrepOutcome { conditions: plan.conditions, prepared: plan.prepared, done: plan.done });
     }
 
     if prep::needs_generated_service_account(d) {
@@ -66,9 +59,9 @@ pub async fn reconcile(
         // Made once and kept: a new password would lock the running servers out.
         if secrets.get_opt(&name).await?.is_none() {
             let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-            let secret = prep::service_account_secret(d, &password)?;
-            let out = apply(&secrets, &secret).await?;
-            report_apply(ctx, d, &secret, out).await;
+            set.apply(&prep::service_account_secret(d, &password)?).await?;
+        } else {
+            set.keep::<Secret>(&name);
         }
     }
 
@@ -93,9 +86,13 @@ pub async fn reconcile(
     for gone in &plan.delete {
         delete(&jobs, gone).await?;
     }
-    if let Some(job) = &plan.create {
-        let out = apply(&jobs, job).await?;
-        report_apply(ctx, d, job, out).await;
+    // The Jobs that ran and still count; any other Job of the domain's (one of an additional
+    // domain no longer listed) is pruned.
+    for job in observed.keys().filter(|j| !plan.delete.contains(j)) {
+        set.keep::<Job>(job);
     }
-    Ok(PrepOutcome { busy: !plan.done, conditions: plan.conditions, prepared: plan.prepared, done: plan.done })
+    if let Some(job) = &plan.create {
+        set.apply(job).await?;
+    }
+    Ok(PrepOutcome { conditions: plan.conditions, prepared: plan.prepared, done: plan.done })
 }
