@@ -329,6 +329,12 @@ impl Client {
     }
 
     fn on_response(&mut self, job: &mut Job, msg: &Msg) -> Outcome {
+        // A late answer to an earlier request of this job (a retransmission's 407 arriving after
+        // the authenticated request went out) is not an answer to the request in flight.
+        let answers = msg.header("cseq").and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok());
+        if answers != Some(job.cseq) {
+            return Outcome::Continue;
+        }
         let code = msg.status.unwrap_or(0);
         if code < 200 {
             return Outcome::Continue;

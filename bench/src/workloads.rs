@@ -262,6 +262,9 @@ pub struct Fanout {
     pub last_notify_ms: Option<f64>,
     pub first_notify_ms: Option<f64>,
     pub server_cpu_s: f64,
+    /// Why the first failed SUBSCRIBE failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
 }
 
 /// `watchers` users subscribe to one presentity; it publishes once; time to the last NOTIFY.
@@ -302,6 +305,7 @@ pub fn fanout(server: &Server, users: &mut Users, watchers: usize) -> anyhow::Re
         last_notify_ms: if marked.len() >= watchers { marked.iter().max().map(ms) } else { None },
         first_notify_ms: marked.iter().min().map(ms),
         server_cpu_s,
+        first_error: client.first_error.clone(),
     })
 }
 
