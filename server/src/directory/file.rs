@@ -23,6 +23,9 @@ struct UsersFile {
 
 pub struct FileDirectory {
     users: HashMap<String, User>,
+    /// The users' domains, sorted: the file is read once, so this is computed once (servers ask
+    /// every second).
+    domains: Vec<String>,
 }
 
 impl FileDirectory {
@@ -53,7 +56,11 @@ impl FileDirectory {
                 bail!("user {} is listed twice", user.address);
             }
         }
-        Ok(FileDirectory { users })
+        let mut domains: Vec<String> =
+            users.keys().filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_string())).collect();
+        domains.sort();
+        domains.dedup();
+        Ok(FileDirectory { users, domains })
     }
 }
 
@@ -63,10 +70,7 @@ impl Directory for FileDirectory {
     }
 
     fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>> {
-        let mut domains: Vec<String> =
-            self.users.keys().filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.to_string())).collect();
-        domains.sort();
-        domains.dedup();
+        let domains = self.domains.clone();
         Box::pin(async move { Ok(domains) })
     }
 
