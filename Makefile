@@ -6,7 +6,7 @@ REGISTRY ?= parley.local
 TAG ?= dev
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run run-multi test lint crds crds-check chart-lint bench bench-smoke soak fuzz e2e images clean
+.PHONY: help deps build run run-multi test lint crds crds-check chart-lint bench bench-ab bench-smoke soak fuzz e2e images clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ chart-lint: ## helm lint and helm template of the operator chart
 
 bench: ## Benchmarks side by side with Kamailio (not part of test); BASELINE=<git rev> adds that build's Home Server column
 	@if [ -x bench/run.sh ]; then ./bench/run.sh; else echo "bench: not built yet"; exit 1; fi
+
+bench-ab: ## BASELINE=<rev>: Parley and that revision's fixed-rate rows alternated AB_ROUNDS (5) times; medians in bench/results/ab.json
+	@./bench/run.sh --ab $${AB_ROUNDS:-5} --out bench/results --no-markdown
 
 soak: ## SOAK_MINUTES (30) of REGISTER and MESSAGE at about 70% of the highest clean rates; flat memory, no failed call
 	@./bench/run.sh --soak $${SOAK_MINUTES:-30} --out bench/results --no-markdown

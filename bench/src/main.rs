@@ -130,6 +130,8 @@ struct Args {
     sipp_cpus: String,
     /// `--soak MINUTES`: only the soak, at these REGISTER and MESSAGE rates.
     soak: Option<(f64, u32, u32)>,
+    /// `--ab ROUNDS`: only the fixed-rate rows of Parley and the baseline, alternated.
+    ab: Option<usize>,
 }
 
 fn repo_root() -> PathBuf {
@@ -153,6 +155,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut sipp_cpus = if cpus > 1 { format!("1-{}", cpus - 1) } else { "0".into() };
     let mut memory_sizes: Option<Vec<usize>> = None;
     let mut soak: Option<f64> = None;
+    let mut ab: Option<usize> = None;
     let (mut soak_register, mut soak_message) = (3_500, 3_500);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -178,6 +181,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--kamailio" => kamailio = Some(true),
             "--server-cpus" => server_cpus = value()?,
             "--sipp-cpus" => sipp_cpus = value()?,
+            "--ab" => ab = Some(value()?.parse().context("--ab takes a number of rounds")?),
             "--soak" => soak = Some(value()?.parse().context("--soak takes minutes")?),
             "--soak-register-rate" => soak_register = value()?.parse().context("a rate per second")?,
             "--soak-message-rate" => soak_message = value()?.parse().context("a rate per second")?,
@@ -190,7 +194,9 @@ fn parse_args() -> anyhow::Result<Args> {
                      [--kamailio-proxy stateless|stateful] [--out DIR] \
                      [--markdown FILE | --no-markdown] [--kamailio | --no-kamailio] [--server-cpus LIST] \
                      [--sipp-cpus LIST] [--memory-sizes A,B,C] \
-                     [--soak MINUTES [--soak-register-rate N] [--soak-message-rate N]]\n\n\
+                     [--soak MINUTES [--soak-register-rate N] [--soak-message-rate N]] [--ab ROUNDS]\n\n\
+                     --ab ROUNDS  only the fixed-rate REGISTER and MESSAGE rows of Parley and the --baseline \
+                     build, alternated on fresh servers for ROUNDS rounds; medians in ab.json\n\
                      --soak MINUTES  only a soak of the Home Server: REGISTER and MESSAGE rounds for that long \
                      (rates default to 3,500/s, about 70% of the highest clean steps); fails on any failed call or \
                      on memory growth over the second half; writes soak.json\n\
@@ -242,6 +248,7 @@ fn parse_args() -> anyhow::Result<Args> {
         server_cpus,
         sipp_cpus,
         soak: soak.map(|m| (m, soak_register, soak_message)),
+        ab,
     })
 }
 
@@ -306,6 +313,14 @@ fn run() -> anyhow::Result<()> {
     let ctx = Ctx { scenarios: &scenarios, sipp_cpus: &args.sipp_cpus, work: work.clone() };
     if let Some((minutes, register, message)) = args.soak {
         return soak::run(&ctx, &settings, minutes, register, message, &args.out);
+    }
+    if let Some(rounds) = args.ab {
+        if args.baseline.is_none() {
+            bail!("--ab compares with --baseline: give one (BASELINE=<rev> make bench-ab)");
+        }
+        let users = work.join("users-ab.toml");
+        servers::write_users(&users, args.plan.phase_users())?;
+        return ab(rounds, &args.plan, &settings, &ctx, &users, &args.out);
     }
     let plan = &args.plan;
     eprintln!(
@@ -437,6 +452,104 @@ fn cpu_count(list: &str) -> usize {
         .max(1)
 }
 
+/// The fixed-rate rows on a fresh server: REGISTER (the whole exchange timed), then MESSAGE to a
+/// registered recipient (the authenticated leg timed). Returns them with the senders' sipp file
+/// and the recipient, for the ladders that follow.
+#[allow(clippy::type_complexity)]
+fn fixed_rows(
+    server: &Server,
+    users: &mut Users,
+    plan: &Plan,
+    ctx: &Ctx,
+    key: &str,
+) -> anyhow::Result<(workloads::Step, workloads::Step, PathBuf, workloads::Recipient)> {
+    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
+    let print = |what: &str, f: &workloads::Step| {
+        eprintln!(
+            "  {what} at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000, {} failed",
+            plan.fixed_rate,
+            f.p50_ms,
+            f.p99_ms,
+            1000.0 * f.server_cpu_s / f.successful.max(1) as f64,
+            f.failed
+        )
+    };
+    let range = users.take(count as usize);
+    let mut jobs = range.map(|i| sip::Job::new(format!("u{i}"), vec![sip::register(&format!("u{i}"))]));
+    let register = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
+    print("REGISTER", &register);
+    let senders = users.take(plan.senders);
+    let senders_inf = users.inf(&format!("{key}-senders"), senders.clone())?;
+    let recipient = workloads::Recipient::start(ctx, server, users, key)?;
+    let to = recipient.user.clone();
+    let mut jobs = senders.clone().cycle().enumerate().map(|(n, i)| {
+        sip::Job::new(
+            format!("u{i}"),
+            vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
+        )
+    });
+    let message =
+        workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
+    print("MESSAGE", &message);
+    Ok((register, message, senders_inf, recipient))
+}
+
+/// `--ab ROUNDS`: Parley and the baseline, alternately on fresh servers, the fixed-rate REGISTER
+/// and MESSAGE rows each round (the order swapped every round), so that a machine that speeds up
+/// or slows down during the run touches both alike; prints each round and the medians.
+fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, out: &Path) -> anyhow::Result<()> {
+    let mut rows: BTreeMap<&str, Vec<(workloads::Step, workloads::Step)>> = BTreeMap::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [Kind::Parley, Kind::ParleyBaseline] } else { [Kind::ParleyBaseline, Kind::Parley] };
+        for kind in order {
+            let key = kind.key();
+            eprintln!("== round {} of {rounds}: {key}", round + 1);
+            let server = Server::start(kind, settings, &ctx.work.join(format!("{key}-ab-{round}")), users)?;
+            let mut users = Users { next: 0, dir: ctx.work.clone() };
+            let (register, message, _, recipient) = fixed_rows(&server, &mut users, plan, ctx, key)?;
+            recipient.stop();
+            server.stop();
+            rows.entry(key).or_default().push((register, message));
+        }
+    }
+    let per_kcpu = |s: &workloads::Step| s.successful as f64 / s.server_cpu_s.max(1e-9);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut summary = BTreeMap::new();
+    for (key, r) in &rows {
+        let m = |f: &dyn Fn(&(workloads::Step, workloads::Step)) -> f64| median(r.iter().map(f).collect());
+        let figures = [
+            ("register_per_cpu_s", m(&|x| per_kcpu(&x.0))),
+            ("register_p99_ms", m(&|x| x.0.p99_ms.unwrap_or(f64::NAN))),
+            ("message_per_cpu_s", m(&|x| per_kcpu(&x.1))),
+            ("message_p99_ms", m(&|x| x.1.p99_ms.unwrap_or(f64::NAN))),
+        ];
+        eprintln!("{key}: medians over {rounds} rounds: {figures:?}");
+        summary.insert(key.to_string(), figures.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>());
+    }
+    // The machine drifts between rounds by more than the builds differ: the ratio within each
+    // round (the two builds measured back to back) is the figure to read.
+    let (new, old) = (&rows[Kind::Parley.key()], &rows[Kind::ParleyBaseline.key()]);
+    let ratio = |f: &dyn Fn(&(workloads::Step, workloads::Step)) -> f64| {
+        median(new.iter().zip(old).map(|(n, o)| f(n) / f(o)).collect())
+    };
+    let ratios = [
+        ("register_per_cpu_s", ratio(&|x| per_kcpu(&x.0))),
+        ("register_p99_ms", ratio(&|x| x.0.p99_ms.unwrap_or(f64::NAN))),
+        ("message_per_cpu_s", ratio(&|x| per_kcpu(&x.1))),
+        ("message_p99_ms", ratio(&|x| x.1.p99_ms.unwrap_or(f64::NAN))),
+    ];
+    eprintln!("parley/baseline: median of the per-round ratios: {ratios:?}");
+    summary.insert("ratio".into(), ratios.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+    std::fs::create_dir_all(out)?;
+    let path = out.join("ab.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({"rounds": rounds, "fixed_rate": plan.fixed_rate, "medians": summary}))? + "\n")?;
+    eprintln!("parley-bench: wrote {}", path.display());
+    Ok(())
+}
+
 fn bench_server(
     kind: Kind,
     plan: &Plan,
@@ -470,40 +583,9 @@ fn bench_server(
     // The TLS and baseline servers run the fixed-rate rows only.
     let full = matches!(kind, Kind::Parley | Kind::Kamailio);
     // Fixed-rate runs first, on the fresh server; then the ladders, which end in overload.
-    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
-    let range = users.take(count as usize);
-    let mut jobs = range.map(|i| sip::Job::new(format!("u{i}"), vec![sip::register(&format!("u{i}"))]));
-    let fixed = workloads::fixed_rate(&server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
-    eprintln!(
-        "  REGISTER at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000, {} failed",
-        plan.fixed_rate,
-        fixed.p50_ms,
-        fixed.p99_ms,
-        1000.0 * fixed.server_cpu_s / fixed.successful.max(1) as f64,
-        fixed.failed
-    );
-    r.register_fixed = Some(fixed);
-
-    let senders = users.take(plan.senders);
-    let senders_inf = users.inf(&format!("{key}-senders"), senders.clone())?;
-    let recipient = workloads::Recipient::start(ctx, &server, &mut users, key)?;
-    let to = recipient.user.clone();
-    let mut jobs = senders.clone().cycle().enumerate().map(|(n, i)| {
-        sip::Job::new(
-            format!("u{i}"),
-            vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
-        )
-    });
-    let fixed = workloads::fixed_rate(&server, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
-    eprintln!(
-        "  MESSAGE at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000, {} failed",
-        plan.fixed_rate,
-        fixed.p50_ms,
-        fixed.p99_ms,
-        1000.0 * fixed.server_cpu_s / fixed.successful.max(1) as f64,
-        fixed.failed
-    );
-    r.message_fixed = Some(fixed);
+    let (register, message, senders_inf, recipient) = fixed_rows(&server, &mut users, plan, ctx, key)?;
+    r.register_fixed = Some(register);
+    r.message_fixed = Some(message);
 
     if full {
         eprintln!("  REGISTER ladder");
@@ -524,8 +606,8 @@ fn bench_server(
         for &n in &plan.fanout {
             let f = workloads::fanout(&server, &mut users, n)?;
             eprintln!(
-                "  fan-out to {n}: last NOTIFY after {:?} ms ({} notified, {} subscribe failures)",
-                f.last_notify_ms, f.notified, f.subscribe_failed
+                "  fan-out to {n}: last NOTIFY after {:?} ms ({} notified, {} subscribe failures, first: {:?})",
+                f.last_notify_ms, f.notified, f.subscribe_failed, f.first_error
             );
             r.fanout.push(f);
         }

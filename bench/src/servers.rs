@@ -113,22 +113,28 @@ impl Server {
                 } else {
                     ""
                 };
-                // The baseline may predate [limits] keys; it gets the config it understands.
-                let limits = if kind == Kind::ParleyBaseline { "" } else { LIMITS };
-                let config = format!(
-                    "sip_domain = \"example.test\"\ndomain_aliases = [\"127.0.0.1\"]\n\
-                     [listen]\nudp = \"127.0.0.1:{port}\"\n{tls}ops = \"127.0.0.1:{ops}\"\n{tls_section}\
-                     [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
-                     [directory]\nbackend = \"file\"\nfile = \"{}\"\n\
-                     [registrar]\nmax_expires = 7200\n{limits}",
-                    users.display()
-                );
-                std::fs::write(dir.join("parley.toml"), config)?;
                 let bin = match (kind, &settings.baseline_bin) {
                     (Kind::ParleyBaseline, Some(b)) => b,
                     (Kind::ParleyBaseline, None) => bail!("no --baseline binary given"),
                     _ => &settings.parley_bin,
                 };
+                let config = |limits: &str| {
+                    format!(
+                        "sip_domain = \"example.test\"\ndomain_aliases = [\"127.0.0.1\"]\n\
+                         [listen]\nudp = \"127.0.0.1:{port}\"\n{tls}ops = \"127.0.0.1:{ops}\"\n{tls_section}\
+                         [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
+                         [directory]\nbackend = \"file\"\nfile = \"{}\"\n\
+                         [registrar]\nmax_expires = 7200\n{limits}",
+                        users.display()
+                    )
+                };
+                let path = dir.join("parley.toml");
+                std::fs::write(&path, config(LIMITS))?;
+                // A baseline that predates the [limits] keys gets the config it understands.
+                let understood = Command::new(bin).arg("check-config").arg("--config").arg(&path).output()?;
+                if !understood.status.success() {
+                    std::fs::write(&path, config(""))?;
+                }
                 cmd.arg(bin)
                     .args(["serve", "--role", "home", "--config"])
                     .arg(dir.join("parley.toml"))
