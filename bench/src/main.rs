@@ -488,8 +488,7 @@ fn fixed_rows(
             vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
         )
     });
-    let message =
-        workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
+    let message = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
     print("MESSAGE", &message);
     Ok((register, message, senders_inf, recipient))
 }
@@ -500,7 +499,8 @@ fn fixed_rows(
 fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, out: &Path) -> anyhow::Result<()> {
     let mut rows: BTreeMap<&str, Vec<(workloads::Step, workloads::Step)>> = BTreeMap::new();
     for round in 0..rounds {
-        let order = if round % 2 == 0 { [Kind::Parley, Kind::ParleyBaseline] } else { [Kind::ParleyBaseline, Kind::Parley] };
+        let order =
+            if round % 2 == 0 { [Kind::Parley, Kind::ParleyBaseline] } else { [Kind::ParleyBaseline, Kind::Parley] };
         for kind in order {
             let key = kind.key();
             eprintln!("== round {} of {rounds}: {key}", round + 1);
@@ -545,7 +545,12 @@ fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, 
     summary.insert("ratio".into(), ratios.iter().map(|(k, v)| (k.to_string(), *v)).collect());
     std::fs::create_dir_all(out)?;
     let path = out.join("ab.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&serde_json::json!({"rounds": rounds, "fixed_rate": plan.fixed_rate, "medians": summary}))? + "\n")?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"rounds": rounds, "fixed_rate": plan.fixed_rate, "medians": summary}),
+        )? + "\n",
+    )?;
     eprintln!("parley-bench: wrote {}", path.display());
     Ok(())
 }

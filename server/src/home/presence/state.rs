@@ -245,7 +245,8 @@ impl PresenceState {
     /// Subscriptions whose documents change when `aor`'s presence changes: presence
     /// subscriptions to it and the lists that contain it.
     pub fn affected_by_presence(&self, aor: &str) -> Vec<String> {
-        let ids_of = |resource: &str, package| self.by_resource.get(&(resource.to_string(), package)).into_iter().flatten();
+        let ids_of =
+            |resource: &str, package| self.by_resource.get(&(resource.to_string(), package)).into_iter().flatten();
         let mut ids: Vec<String> = ids_of(aor, Package::Presence).cloned().collect();
         for (owner, contacts) in &self.contacts {
             if contacts.iter().any(|c| c == aor) {
