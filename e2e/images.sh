@@ -32,9 +32,11 @@ done
 stale() {
   [[ ! -x $1 ]] || [[ -n $(find Cargo.lock ./*/Cargo.toml ./*/src -newer "$1" -print -quit 2>/dev/null) ]]
 }
+# Where cargo puts its builds (CARGO_TARGET_DIR or the workspace's target/).
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 bins=()
 for bin in parley-server parley-operator parley-directory; do
-  path=target/$profile/$bin
+  path=$target_dir/$profile/$bin
   if stale "$path"; then
     echo "images: $path is missing or older than the sources: building it"
     if [[ $profile == release ]]; then

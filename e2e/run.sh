@@ -56,6 +56,8 @@ for tool in kubectl helm openssl sipsak curl; do
 done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/parley-e2e.XXXXXX")
+# The host's parley-server (for the probe from outside), where cargo builds (CARGO_TARGET_DIR or target/).
+parley=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/parley-server
 mode=""
 kind_cluster=""
 created_kind=0
@@ -233,7 +235,7 @@ sipsak_ok "REGISTER alice removed (Expires: 0)" -f "$(register alice 0)" -s "sip
 # publish, message, sign out (parley-server probe; over a connection the server answers along it).
 printf 'alice-password\n' >"$work/alice.pw"
 printf 'bob-password\n' >"$work/bob.pw"
-target/debug/parley-server probe --server "$sip_host:$tls_port" --ca "$work/ca.crt" \
+"$parley" probe --server "$sip_host:$tls_port" --ca "$work/ca.crt" \
   --server-name "$hs-sip.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
   --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through $hs-sip failed"
 
@@ -403,7 +405,7 @@ echo "ok: alice and bob added to the managed directory"
 kubectl -n "$ns" get secret "$mdomain-ca" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/dir-ca.crt"
 if [[ $mode == node ]]; then
   m_tls=$(kubectl -n "$ns" get service "$mhs-sip" -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
-  target/debug/parley-server probe --server "127.0.0.1:$m_tls" --ca "$work/dir-ca.crt" \
+  "$parley" probe --server "127.0.0.1:$m_tls" --ca "$work/dir-ca.crt" \
     --server-name "$mhs-sip.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
     --peer bob@example.test --peer-password-file "$work/bob.pw" \
     || die "parley-server probe through $mhs-sip (users in the managed directory) failed"
@@ -446,7 +448,7 @@ if [[ $mode == node ]]; then
   done
   fe_tls=$(kubectl -n "$ns" get service multi-frontend -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
   # alice is homed on multi-home-1 and bob on multi-home-2: every step crosses the Front-End.
-  target/debug/parley-server probe --server "127.0.0.1:$fe_tls" --ca "$work/multi-ca.crt" \
+  "$parley" probe --server "127.0.0.1:$fe_tls" --ca "$work/multi-ca.crt" \
     --server-name "multi-frontend.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
     --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through the Front-End failed"
   kubectl -n "$ns" logs multi-home-1-0 | grep -q "signed in user=alice@example.test" || die "alice did not sign in on multi-home-1"

@@ -156,7 +156,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut memory_sizes: Option<Vec<usize>> = None;
     let mut soak: Option<f64> = None;
     let mut ab: Option<usize> = None;
-    let (mut soak_register, mut soak_message) = (3_500, 3_500);
+    let (mut soak_register, mut soak_message) = (None, None);
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -183,8 +183,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--sipp-cpus" => sipp_cpus = value()?,
             "--ab" => ab = Some(value()?.parse().context("--ab takes a number of rounds")?),
             "--soak" => soak = Some(value()?.parse().context("--soak takes minutes")?),
-            "--soak-register-rate" => soak_register = value()?.parse().context("a rate per second")?,
-            "--soak-message-rate" => soak_message = value()?.parse().context("a rate per second")?,
+            "--soak-register-rate" => soak_register = Some(value()?.parse().context("a rate per second")?),
+            "--soak-message-rate" => soak_message = Some(value()?.parse().context("a rate per second")?),
             "--memory-sizes" => {
                 memory_sizes = Some(value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?)
             }
@@ -198,7 +198,8 @@ fn parse_args() -> anyhow::Result<Args> {
                      --ab ROUNDS  only the fixed-rate REGISTER and MESSAGE rows of Parley and the --baseline \
                      build, alternated on fresh servers for ROUNDS rounds; medians in ab.json\n\
                      --soak MINUTES  only a soak of the Home Server: REGISTER and MESSAGE rounds for that long \
-                     (rates default to 3,500/s, about 70% of the highest clean steps); fails on any failed call or \
+                     (rates default to 70% of Parley's highest clean steps in results/latest.json); fails on any \
+                     failed call or \
                      on memory growth over the second half; writes soak.json\n\
                      --baseline PATH  also measure the Home Server's fixed-rate REGISTER and MESSAGE (and cold \
                      start) with this other parley-server build, in a \"Parley (baseline)\" column\n\
@@ -247,7 +248,10 @@ fn parse_args() -> anyhow::Result<Args> {
         kamailio,
         server_cpus,
         sipp_cpus,
-        soak: soak.map(|m| (m, soak_register, soak_message)),
+        soak: soak.map(|m| {
+            let (register, message) = soak::default_rates(&root.join("bench/results"), 3_500);
+            (m, soak_register.unwrap_or(register), soak_message.unwrap_or(message))
+        }),
         ab,
     })
 }

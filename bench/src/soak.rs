@@ -14,8 +14,24 @@ use std::time::Instant;
 
 /// Users re-registered round after round (the pool stays registered).
 const POOL: usize = 50_000;
-/// Seconds of each REGISTER and each MESSAGE round.
-const ROUND_SECS: f64 = 20.0;
+/// Seconds of each REGISTER and each MESSAGE round (a REGISTER round must fit in the pool).
+const ROUND_SECS: f64 = 5.0;
+/// The share of the highest clean ladder steps the soak runs at.
+const SHARE: f64 = 0.7;
+
+/// 70% of Parley's highest clean REGISTER and MESSAGE steps in the last full run
+/// (`results/latest.json`), or `fallback` for each when there is none.
+pub fn default_rates(results: &Path, fallback: u32) -> (u32, u32) {
+    let highest = |ladder: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(results.join("latest.json")).ok()?;
+        let run: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let steps = run["servers"]["parley"][ladder].as_array()?;
+        let clean = steps.iter().filter(|s| s["clean"] == true).filter_map(|s| s["offered_per_s"].as_u64());
+        clean.max().map(|r| (r as f64 * SHARE) as u32)
+    };
+    (highest("register_ladder").unwrap_or(fallback), highest("message_ladder").unwrap_or(fallback))
+}
+
 /// Memory growth over the second half, per minute, above which the soak fails.
 const MAX_GROWTH_KIB_PER_MIN: f64 = 512.0;
 
@@ -36,7 +52,23 @@ pub struct Soak {
     pub calls: u64,
     pub failed: u64,
     pub retransmissions: u64,
-    /// Memory growth over the second half of the run, KiB per minute (least squares).
+    /// The share of the highest clean ladder steps the soak runs at.
+const SHARE: f64 = 0.7;
+
+/// 70% of Parley's highest clean REGISTER and MESSAGE steps in the last full run
+/// (`results/latest.json`), or `fallback` for each when there is none.
+pub fn default_rates(results: &Path, fallback: u32) -> (u32, u32) {
+    let highest = |ladder: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(results.join("latest.json")).ok()?;
+        let run: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let steps = run["servers"]["parley"][ladder].as_array()?;
+        let clean = steps.iter().filter(|s| s["clean"] == true).filter_map(|s| s["offered_per_s"].as_u64());
+        clean.max().map(|r| (r as f64 * SHARE) as u32)
+    };
+    (highest("register_ladder").unwrap_or(fallback), highest("message_ladder").unwrap_or(fallback))
+}
+
+/// Memory growth over the second half of the run, KiB per minute (least squares).
     pub growth_kib_per_min: f64,
     pub samples: Vec<Sample>,
 }
@@ -64,6 +96,9 @@ pub fn run(
     );
     while started.elapsed().as_secs_f64() < minutes * 60.0 {
         let calls = (register_rate as f64 * ROUND_SECS) as usize;
+        if calls > POOL {
+            bail!("{register_rate}/s for {ROUND_SECS} s is more than the {POOL} users of the pool");
+        }
         if users.next + calls > first_pooled + POOL {
             users.next = first_pooled; // round the pool again: refreshes, not new bindings
         }
