@@ -52,23 +52,7 @@ pub struct Soak {
     pub calls: u64,
     pub failed: u64,
     pub retransmissions: u64,
-    /// The share of the highest clean ladder steps the soak runs at.
-const SHARE: f64 = 0.7;
-
-/// 70% of Parley's highest clean REGISTER and MESSAGE steps in the last full run
-/// (`results/latest.json`), or `fallback` for each when there is none.
-pub fn default_rates(results: &Path, fallback: u32) -> (u32, u32) {
-    let highest = |ladder: &str| -> Option<u32> {
-        let text = std::fs::read_to_string(results.join("latest.json")).ok()?;
-        let run: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let steps = run["servers"]["parley"][ladder].as_array()?;
-        let clean = steps.iter().filter(|s| s["clean"] == true).filter_map(|s| s["offered_per_s"].as_u64());
-        clean.max().map(|r| (r as f64 * SHARE) as u32)
-    };
-    (highest("register_ladder").unwrap_or(fallback), highest("message_ladder").unwrap_or(fallback))
-}
-
-/// Memory growth over the second half of the run, KiB per minute (least squares).
+    /// Memory growth over the second half of the run, KiB per minute (least squares).
     pub growth_kib_per_min: f64,
     pub samples: Vec<Sample>,
 }
