@@ -17,6 +17,9 @@ pub struct Load<'a> {
     /// CPUs sipp may run on (taskset list).
     pub cpus: &'a str,
     pub dir: PathBuf,
+    /// sipp's local port; a fresh one when None. A client that keeps its address across runs
+    /// keeps its Contact, so re-registering refreshes its bindings instead of adding new ones.
+    pub local_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -51,7 +54,7 @@ pub const BUFF: &str = "33554432";
 
 pub fn run(load: &Load) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&load.dir)?;
-    let port = crate::free_udp_port();
+    let port = load.local_port.unwrap_or_else(crate::free_udp_port);
     let limit_s = load.count / load.rate.max(1) + 30;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", load.cpus, "sipp"])

@@ -73,6 +73,8 @@ pub fn run(
     let senders_inf = users.inf("soak-senders", senders)?;
     let recipient = Recipient::start(ctx, &server, &mut users, "soak")?;
     let first_pooled = users.next;
+    // The pool's "devices" keep one address, as phones do: each round refreshes their bindings.
+    let device_port = crate::free_udp_port();
     let started = Instant::now();
     let mut samples = Vec::new();
     eprintln!(
@@ -86,7 +88,15 @@ pub fn run(
         if users.next + calls > first_pooled + POOL {
             users.next = first_pooled; // round the pool again: refreshes, not new bindings
         }
-        let register = workloads::register_step(ctx, &server, &mut users, register_rate, ROUND_SECS, "soak")?;
+        let register = workloads::register_step_from(
+            ctx,
+            &server,
+            &mut users,
+            register_rate,
+            ROUND_SECS,
+            "soak",
+            Some(device_port),
+        )?;
         let message =
             workloads::message_step(ctx, &server, &recipient, &senders_inf, message_rate, ROUND_SECS, "soak")?;
         let (pss, rss) = procstat::tree_memory(server.pid());

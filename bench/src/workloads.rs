@@ -120,6 +120,19 @@ pub fn register_step(
     secs: f64,
     tag: &str,
 ) -> anyhow::Result<Step> {
+    register_step_from(ctx, server, users, rate, secs, tag, None)
+}
+
+/// `register_step` from a given local port (None: a fresh one).
+pub fn register_step_from(
+    ctx: &Ctx,
+    server: &dyn Target,
+    users: &mut Users,
+    rate: u32,
+    secs: f64,
+    tag: &str,
+    local_port: Option<u16>,
+) -> anyhow::Result<Step> {
     let calls = ((rate as f64 * secs) as u32).max(1);
     let range = users.take(calls as usize);
     let inf = users.inf(&format!("{tag}-register-{rate}"), range)?;
@@ -134,6 +147,7 @@ pub fn register_step(
         count: calls,
         cpus: ctx.sipp_cpus,
         dir: ctx.work.join(format!("{tag}-register-{rate}")),
+        local_port,
     })?;
     let _ = std::fs::remove_file(&inf);
     Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
@@ -226,6 +240,7 @@ pub fn message_step(
         count: calls,
         cpus: ctx.sipp_cpus,
         dir: ctx.work.join(format!("{tag}-message-{rate}")),
+        local_port: None,
     })?;
     Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
 }
