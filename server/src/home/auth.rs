@@ -79,9 +79,14 @@ impl DigestAuth {
         if !bool::from(self.mac(stamp).as_bytes().ct_eq(mac.as_bytes())) {
             return None;
         }
-        let secs = u64::from_str_radix(&stamp[..16], 16).ok()?;
-        let issued = UNIX_EPOCH + Duration::from_secs(secs);
-        Some(now.duration_since(issued).unwrap_or_default())
+        stamp_age(nonce, now)
+    }
+
+    /// Whether a nonce in the count table is still within its lifetime. The table holds only
+    /// nonces `verify` has authenticated, so its timestamp is read without the MAC again (the
+    /// table is swept every second and can hold a million entries).
+    fn tracked_is_live(&self, nonce: &str, now: SystemTime) -> bool {
+        stamp_age(nonce, now).is_some_and(|a| a <= self.nonce_ttl)
     }
 
     /// Challenge header values, one per algorithm in order of preference (RFC 8760).
@@ -167,7 +172,7 @@ impl DigestAuth {
         };
         let mut counts = self.counts.lock().expect("nonce table");
         if counts.len() >= MAX_TRACKED_NONCES {
-            counts.retain(|n, _| self.nonce_age(n, now).is_some_and(|a| a <= self.nonce_ttl));
+            counts.retain(|n, _| self.tracked_is_live(n, now));
             if counts.len() >= MAX_TRACKED_NONCES {
                 return Verdict::Stale;
             }
@@ -183,8 +188,14 @@ impl DigestAuth {
     /// Drops counts of expired nonces (run periodically).
     pub fn purge(&self, now: SystemTime) {
         let mut counts = self.counts.lock().expect("nonce table");
-        counts.retain(|n, _| self.nonce_age(n, now).is_some_and(|a| a <= self.nonce_ttl));
+        counts.retain(|n, _| self.tracked_is_live(n, now));
     }
+}
+
+/// Age of a nonce by the issue time it carries (its first 16 hex digits).
+fn stamp_age(nonce: &str, now: SystemTime) -> Option<Duration> {
+    let secs = u64::from_str_radix(nonce.get(..16)?, 16).ok()?;
+    Some(now.duration_since(UNIX_EPOCH + Duration::from_secs(secs)).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -232,6 +243,19 @@ mod tests {
             let next = answer(&ch[i], alg, "secret", "00000002");
             assert_eq!(auth.verify(&next, "example.test", "REGISTER", Some(&user()), now), Verdict::Ok);
         }
+    }
+
+    #[test]
+    fn used_nonces_are_forgotten_once_expired() {
+        let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(60));
+        let now = SystemTime::now();
+        let ch = auth.challenges("example.test", false, now);
+        let creds = answer(&ch[0], Algorithm::Md5, "secret", "00000001");
+        assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now), Verdict::Ok);
+        auth.purge(now + Duration::from_secs(30));
+        assert_eq!(auth.counts.lock().unwrap().len(), 1, "still live");
+        auth.purge(now + Duration::from_secs(61));
+        assert!(auth.counts.lock().unwrap().is_empty());
     }
 
     #[test]
