@@ -26,14 +26,14 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 
-use super::{BuildError, DOMAIN_LABEL, MANAGED_BY, name_ns, owner_ref};
-use crate::crd::{CommunicationsDomain, IssuerKind, IssuerRef};
+use super::{BuildError, DOMAIN_LABEL, MANAGED_BY, Owner};
+use crate::crd::{IssuerKind, IssuerRef, ServerCertificate};
 
 /// Lifetime of a server certificate.
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -644,40 +644,25 @@ fn secret_labels(instance: &str, domain: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
-fn owned_meta(domain: &CommunicationsDomain, name: String, instance: &str) -> Result<ObjectMeta, BuildError> {
-    let (domain_name, ns) = name_ns(domain, "CommunicationsDomain")?;
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: Some(ns),
-        labels: Some(secret_labels(instance, &domain_name)),
-        owner_references: Some(vec![owner_ref(domain, "CommunicationsDomain")?]),
-        ..Default::default()
-    })
-}
-
-/// The Secret `<domain>-ca`: `ca.crt` (the trust bundle, signing CA first) and `ca.key`.
-pub fn ca_secret(domain: &CommunicationsDomain, ca: &Ca) -> Result<Secret, BuildError> {
-    let (name, _) = name_ns(domain, "CommunicationsDomain")?;
-    Ok(Secret {
-        metadata: owned_meta(domain, ca_secret_name(&name), &name)?,
+/// The Secret `<domain>-ca` of the domain `owner`: `ca.crt` (the trust bundle, signing CA
+/// first) and `ca.key`.
+pub fn ca_secret(owner: &Owner, ca: &Ca) -> Secret {
+    Secret {
+        metadata: owner.meta(ca_secret_name(&owner.name), secret_labels(&owner.name, &owner.name)),
         type_: Some("Opaque".into()),
         data: Some(ca.secret_data()),
         ..Default::default()
-    })
+    }
 }
 
-/// The Secret `<server>-tls` of type `kubernetes.io/tls` with `data` from [`reconcile_leaf`].
-pub fn leaf_secret(
-    domain: &CommunicationsDomain,
-    server: &str,
-    data: BTreeMap<String, ByteString>,
-) -> Result<Secret, BuildError> {
-    Ok(Secret {
-        metadata: owned_meta(domain, super::tls_secret_name(server), server)?,
+/// The Secret of `cert` of type `kubernetes.io/tls` with `data` from [`reconcile_leaf`].
+pub fn leaf_secret(owner: &Owner, cert: &ServerCertificate, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: owner.meta(cert.secret.clone(), secret_labels(&cert.server, &owner.name)),
         type_: Some("kubernetes.io/tls".into()),
         data: Some(data),
         ..Default::default()
-    })
+    }
 }
 
 /// cert-manager's `Certificate` kind (`cert-manager.io/v1`), used without a compile-time dependency.
@@ -685,23 +670,20 @@ pub fn cert_manager_certificate_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate"), "certificates")
 }
 
-/// A cert-manager `Certificate` that makes `issuer` fill the Secret `<server>-tls` with a
-/// certificate for `sans`, with the same lifetime, renewal point and usages as the operator's own.
-pub fn cert_manager_certificate(
-    domain: &CommunicationsDomain,
-    server: &str,
-    sans: &[String],
-    issuer: &IssuerRef,
-) -> Result<DynamicObject, BuildError> {
-    let meta = owned_meta(domain, server.to_string(), server)?;
-    let (ips, dns): (Vec<&String>, Vec<&String>) = sans.iter().partition(|s| s.parse::<IpAddr>().is_ok());
+/// A cert-manager `Certificate` (named after the server) that makes `issuer` fill the Secret of
+/// `cert` with a certificate for its names, with the same lifetime, renewal point and usages as
+/// the operator's own.
+pub fn cert_manager_certificate(owner: &Owner, cert: &ServerCertificate, issuer: &IssuerRef) -> DynamicObject {
+    let server = cert.server.as_str();
+    let meta = owner.meta(server.to_string(), secret_labels(server, &owner.name));
+    let (ips, dns): (Vec<&String>, Vec<&String>) = cert.names.iter().partition(|s| s.parse::<IpAddr>().is_ok());
     let hours = |d: Duration| format!("{}h", d.as_secs() / 3600);
     let kind = match issuer.kind {
         IssuerKind::Issuer => "Issuer",
         IssuerKind::ClusterIssuer => "ClusterIssuer",
     };
     let mut spec = serde_json::json!({
-        "secretName": super::tls_secret_name(server),
+        "secretName": cert.secret,
         "secretTemplate": {"labels": meta.labels.clone()},
         "commonName": server,
         "dnsNames": dns,
@@ -717,7 +699,7 @@ pub fn cert_manager_certificate(
     let mut obj =
         DynamicObject::new(server, &cert_manager_certificate_resource()).data(serde_json::json!({"spec": spec}));
     obj.metadata = meta;
-    Ok(obj)
+    obj
 }
 
 #[cfg(test)]
@@ -749,6 +731,10 @@ mod tests {
             advertise: Some("sip.example.test:5061"),
         }
         .sans()
+    }
+
+    fn certificate(names: Vec<String>) -> ServerCertificate {
+        ServerCertificate { server: "corp-home-1".into(), secret: "corp-home-1-tls".into(), names }
     }
 
     fn leaf_data(ca: &Ca, leaf: &Leaf) -> BTreeMap<String, ByteString> {
@@ -1101,15 +1087,15 @@ mod tests {
 
     #[test]
     fn secrets_are_typed_owned_by_the_domain_and_labelled() {
-        let d = fixtures::domain("corp", 500);
+        let owner = Owner::of(&fixtures::domain("corp", 500), "CommunicationsDomain").unwrap();
         let t0 = at(1_800_000_000);
         let ca = Ca::generate("ns/corp", t0).unwrap();
-        let s = ca_secret(&d, &ca).unwrap();
+        let s = ca_secret(&owner, &ca);
         assert_eq!(s.metadata.name.as_deref(), Some("corp-ca"));
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, vec!["ca.crt", "ca.key"]);
         let (data, _) = reconcile_leaf(None, &ca, "corp-home-1", &sans(), t0).unwrap();
-        let l = leaf_secret(&d, "corp-home-1", data).unwrap();
+        let l = leaf_secret(&owner, &certificate(sans()), data);
         assert_eq!(l.metadata.name.as_deref(), Some("corp-home-1-tls"));
         assert_eq!(l.type_.as_deref(), Some("kubernetes.io/tls"));
         let keys: Vec<_> = l.data.as_ref().unwrap().keys().map(String::as_str).collect();
@@ -1127,11 +1113,11 @@ mod tests {
 
     #[test]
     fn a_cert_manager_certificate_fills_the_same_secret() {
-        let d = fixtures::domain("corp", 500);
+        let owner = Owner::of(&fixtures::domain("corp", 500), "CommunicationsDomain").unwrap();
         let mut names = sans();
         names.push("192.0.2.7".into());
         let issuer = IssuerRef { name: "corp-issuer".into(), kind: IssuerKind::ClusterIssuer };
-        let c = cert_manager_certificate(&d, "corp-home-1", &names, &issuer).unwrap();
+        let c = cert_manager_certificate(&owner, &certificate(names), &issuer);
         let ar = cert_manager_certificate_resource();
         assert_eq!(
             (ar.api_version.as_str(), ar.kind.as_str(), ar.plural.as_str()),

@@ -36,10 +36,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::{
-    BuildError, Component, Workload, container_security_context, labels, name_ns, owner_ref, pod_security_context,
-    quantity::q, selector_labels, sha256_hex, tls_secret_name,
+    BuildError, Component, Owner, Workload, container_security_context, labels, pod_security_context, quantity::q,
+    selector_labels, sha256_hex, tls_secret_name,
 };
-use crate::crd::{AdminSecretRef, CaBundleRef, CommunicationsDomain, LdapDirectory};
+use crate::crd::{AdminSecretRef, CaBundleRef, CommunicationsDomain, LdapDirectory, ResolvedDomain};
 
 /// The port clients use (ldaps); the Service maps it to [`LDAPS_CONTAINER_PORT`].
 pub const LDAPS_PORT: i32 = 636;
@@ -155,28 +155,22 @@ pub fn seed_ldif(sip_domain: &str, password: &str) -> String {
     )
 }
 
-/// The administrator's Secret (`bindDn`, `password`, `seed.ldif`), made once with a generated
-/// `password` and kept: the directory holds the password from its first start on.
-pub fn admin_secret(domain: &CommunicationsDomain, password: &str) -> Result<Secret, BuildError> {
-    let (name, ns) = name_ns(domain, "CommunicationsDomain")?;
-    let base = base_dn(&domain.spec.sip_domain);
+/// The administrator's Secret (`bindDn`, `password`, `seed.ldif`) of the directory of the domain
+/// `owner` (SIP domain `sip_domain`), made once with a generated `password` and kept: the
+/// directory holds the password from its first start on.
+pub fn admin_secret(owner: &Owner, sip_domain: &str, password: &str) -> Secret {
+    let base = base_dn(sip_domain);
     let data = [
         ("bindDn", admin_dn(&base)),
         ("password", password.to_string()),
-        ("seed.ldif", seed_ldif(&domain.spec.sip_domain, password)),
+        ("seed.ldif", seed_ldif(sip_domain, password)),
     ];
-    Ok(Secret {
-        metadata: ObjectMeta {
-            name: Some(admin_secret_name(&name)),
-            namespace: Some(ns),
-            labels: Some(directory_labels(&name)),
-            owner_references: Some(vec![owner_ref(domain, "CommunicationsDomain")?]),
-            ..Default::default()
-        },
+    Secret {
+        metadata: owner.meta(admin_secret_name(&owner.name), directory_labels(&owner.name)),
         type_: Some("Opaque".into()),
         data: Some(data.into_iter().map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))).collect()),
         ..Default::default()
-    })
+    }
 }
 
 /// `cn=config` of a new directory: the core, cosine, nis and inetorgperson schemas (Parley's own
@@ -215,10 +209,12 @@ pub fn slapd_ldif(sip_domain: &str) -> String {
     )
 }
 
-/// What the directory's StatefulSet needs besides the domain.
+/// What the directory's objects are built from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DirectoryInput<'a> {
-    pub domain: &'a CommunicationsDomain,
+    /// The domain whose directory it is.
+    pub owner: &'a Owner,
+    pub domain: &'a ResolvedDomain,
     /// The image of the Dockerfile's `directory` target.
     pub image: &'a str,
     /// Hash of the directory's certificate as it is now (None before it exists).
@@ -268,12 +264,11 @@ fn secret_volume(name: &str, secret: &str, items: Option<Vec<KeyToPath>>) -> Vol
 
 /// Builds the managed directory of `input.domain` (which must have `spec.directory.managed`).
 pub fn build(input: &DirectoryInput) -> Result<DirectoryObjects, BuildError> {
-    let domain = input.domain;
-    if domain.spec.directory.managed.is_none() {
+    if !input.domain.directory.managed {
         return Err(BuildError::Config("the domain's directory is not managed".into()));
     }
-    let (domain_name, _) = name_ns(domain, "CommunicationsDomain")?;
-    let workload = Workload::of(domain, "CommunicationsDomain", Component::Directory, &domain_name)?;
+    let domain_name = input.owner.name.clone();
+    let workload = Workload::owned_by(input.owner, Component::Directory, &domain_name);
     let name = name(&domain_name);
     let workload = Workload {
         labels: directory_labels(&domain_name),
@@ -283,7 +278,7 @@ pub fn build(input: &DirectoryInput) -> Result<DirectoryObjects, BuildError> {
     };
     let meta = |obj_name: String| workload.meta(obj_name);
 
-    let ldif = slapd_ldif(&domain.spec.sip_domain);
+    let ldif = slapd_ldif(&input.domain.sip_domain);
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&domain_name)),
         data: Some(BTreeMap::from([("slapd.ldif".to_string(), ldif)])),
@@ -456,8 +451,18 @@ mod tests {
         d
     }
 
+    fn owner(d: &CommunicationsDomain) -> Owner {
+        Owner::of(d, "CommunicationsDomain").unwrap()
+    }
+
     fn objects(d: &CommunicationsDomain) -> DirectoryObjects {
-        build(&DirectoryInput { domain: d, image: "parley-directory:test", tls_hash: Some("h1".into()) }).unwrap()
+        let input = DirectoryInput {
+            owner: &owner(d),
+            domain: &fixtures::resolved(d),
+            image: "parley-directory:test",
+            tls_hash: Some("h1".into()),
+        };
+        build(&input).unwrap()
     }
 
     #[test]
@@ -494,7 +499,7 @@ mod tests {
     #[test]
     fn the_admin_secret_holds_the_dn_the_password_and_the_seed() {
         let d = managed("corp");
-        let s = admin_secret(&d, "pw123").unwrap();
+        let s = admin_secret(&owner(&d), "example.test", "pw123");
         assert_eq!(s.metadata.name.as_deref(), Some("corp-directory-admin"));
         assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].name, "corp");
         let data = s.data.unwrap();
@@ -596,6 +601,7 @@ mod tests {
     #[test]
     fn only_a_managed_directory_is_built() {
         let d = fixtures::domain("corp", 500);
-        assert!(build(&DirectoryInput { domain: &d, image: "i", tls_hash: None }).is_err());
+        let input = DirectoryInput { owner: &owner(&d), domain: &fixtures::resolved(&d), image: "i", tls_hash: None };
+        assert!(build(&input).is_err());
     }
 }

@@ -26,7 +26,7 @@ use kube::Resource;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{CaBundleRef, ResolvedDomain, ResolvedKey};
+use crate::crd::{ResolvedDomain, ResolvedKey};
 
 /// Field manager of every server-side apply the operator sends.
 pub const FIELD_MANAGER: &str = "parley-operator";
@@ -159,6 +159,33 @@ pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K, what: &'static str) -
     owner.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata(what, "name"))
 }
 
+/// The resource that owns what a builder makes: the namespace it lives in and the controller
+/// reference its objects carry. All a builder takes of the resource itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub reference: OwnerReference,
+}
+
+impl Owner {
+    pub fn of<K: Resource<DynamicType = ()>>(obj: &K, what: &'static str) -> Result<Owner, BuildError> {
+        let (name, namespace) = name_ns(obj, what)?;
+        Ok(Owner { name, namespace, reference: owner_ref(obj, what)? })
+    }
+
+    /// Metadata of an object it owns.
+    pub fn meta(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.reference.clone()]),
+            ..Default::default()
+        }
+    }
+}
+
 /// What every object built for one workload shares: name, namespace, labels and owner.
 pub struct Workload {
     pub name: String,
@@ -176,14 +203,18 @@ impl Workload {
         component: Component,
         domain: &str,
     ) -> Result<Workload, BuildError> {
-        let (name, namespace) = name_ns(obj, what)?;
-        Ok(Workload {
-            labels: labels(&name, component, domain),
-            selector: selector_labels(&name, component),
-            owner: owner_ref(obj, what)?,
-            name,
-            namespace,
-        })
+        Ok(Self::owned_by(&Owner::of(obj, what)?, component, domain))
+    }
+
+    /// The workload named after `owner` (a HomeServer, a FrontEnd, a domain's directory).
+    pub fn owned_by(owner: &Owner, component: Component, domain: &str) -> Workload {
+        Workload {
+            labels: labels(&owner.name, component, domain),
+            selector: selector_labels(&owner.name, component),
+            owner: owner.reference.clone(),
+            name: owner.name.clone(),
+            namespace: owner.namespace.clone(),
+        }
     }
 
     /// Metadata of one of the workload's objects: its namespace, labels and owner.
@@ -430,10 +461,7 @@ pub fn common_volumes(instance: &str, ctx: &BuildContext) -> Vec<Volume> {
             ..Default::default()
         },
     ];
-    volumes.extend(ldap_ca_bundle(ctx.resolved).map(|ca| {
-        let ca = CaBundleRef { config_map: ca.config_map.clone(), secret: ca.secret.clone(), key: ca.key.clone() };
-        ca_bundle_volume("directory-ca", &ca)
-    }));
+    volumes.extend(ldap_ca_bundle(ctx.resolved).map(|ca| ca_bundle_volume("directory-ca", ca)));
     volumes
 }
 
@@ -443,7 +471,7 @@ fn ldap_ca_bundle(resolved: &ResolvedDomain) -> Option<&ResolvedKey> {
 }
 
 /// A volume holding the CA bundle `ca` as the file `ca.crt`, from its ConfigMap or Secret.
-pub fn ca_bundle_volume(name: &str, ca: &CaBundleRef) -> Volume {
+pub fn ca_bundle_volume(name: &str, ca: &ResolvedKey) -> Volume {
     let items = Some(vec![KeyToPath { key: ca.key.clone(), path: "ca.crt".into(), ..Default::default() }]);
     match (&ca.config_map, &ca.secret) {
         (Some(cm), _) => Volume {
@@ -517,6 +545,7 @@ pub(crate) mod fixtures {
             cluster_domain: "cluster.local",
             home_servers: &hs,
             front_ends: &fe,
+            advertised: &Default::default(),
         };
         super::resolve::resolve(d, &input).unwrap()
     }
@@ -687,12 +716,15 @@ mod tests {
         }
         let mut d = fixtures::domain("corp", 500);
         d.spec.directory = crate::crd::DirectorySpec { managed: Some(Default::default()), ..Default::default() };
-        let o = directory::build(&directory::DirectoryInput { domain: &d, image: "i", tls_hash: Some("h".into()) })
-            .unwrap();
+        let owner = Owner::of(&d, "CommunicationsDomain").unwrap();
+        let resolved = fixtures::resolved(&d);
+        let input =
+            directory::DirectoryInput { owner: &owner, domain: &resolved, image: "i", tls_hash: Some("h".into()) };
+        let o = directory::build(&input).unwrap();
         check("directory ConfigMap", &o.config_map, &mut found);
         check("directory Service", &o.service, &mut found);
         check("directory StatefulSet", &o.stateful_set, &mut found);
-        check("directory admin Secret", &directory::admin_secret(&d, "pw").unwrap(), &mut found);
+        check("directory admin Secret", &directory::admin_secret(&owner, "example.test", "pw"), &mut found);
         let hs = fixtures::home_server("corp-home-1", "corp");
         let o = home_server::build(&hs, &ctx(&d)).unwrap();
         check("HomeServer StatefulSet, managed directory", &o.stateful_set, &mut found);

@@ -20,12 +20,11 @@ use k8s_openapi::api::core::v1::{
 use kube::api::ObjectMeta;
 
 use super::{
-    BuildError, DOMAIN_LABEL, MANAGED_BY, container_security_context, name_ns, owner_ref, pod_security_context,
-    quantity, sha256_hex,
+    BuildError, DOMAIN_LABEL, MANAGED_BY, Owner, container_security_context, pod_security_context, quantity, sha256_hex,
 };
 use crate::controllers::conditions::Want;
 use crate::crd::condition::{DOMAIN_PREPARED, ENTERPRISE_PREPARED, SCHEMA_PREPARED};
-use crate::crd::{CommunicationsDomain, PreparedStep, SecretKeyRef};
+use crate::crd::{CommunicationsDomain, PreparedStep, ResolvedDomain, SecretKeyRef};
 
 /// Annotation holding the hash of a prep Job's spec: a Job with other inputs is replaced.
 pub const PREP_HASH_ANNOTATION: &str = "parley.dev/prep-hash";
@@ -73,23 +72,17 @@ pub fn needs_generated_service_account(domain: &CommunicationsDomain) -> bool {
     d.managed.is_some() || d.ldap.as_ref().is_some_and(|l| l.explicit_service_account_secret().is_none())
 }
 
-/// The generated service-account Secret holding `password` (the controller makes it once and
-/// keeps it: a new password would lock the running servers out).
-pub fn service_account_secret(domain: &CommunicationsDomain, password: &str) -> Result<Secret, BuildError> {
-    let (name, ns) = name_ns(domain, "CommunicationsDomain")?;
-    Ok(Secret {
-        metadata: ObjectMeta {
-            name: Some(generated_service_account_secret_name(&name)),
-            namespace: Some(ns),
-            labels: Some(labels(&generated_service_account_secret_name(&name), &name, "directory")),
-            owner_references: Some(vec![owner_ref(domain, "CommunicationsDomain")?]),
-            ..Default::default()
-        },
+/// The generated service-account Secret of the domain `owner` holding `password` (the controller
+/// makes it once and keeps it: a new password would lock the running servers out).
+pub fn service_account_secret(owner: &Owner, password: &str) -> Secret {
+    let name = generated_service_account_secret_name(&owner.name);
+    Secret {
+        metadata: owner.meta(name.clone(), labels(&name, &owner.name, "directory")),
         type_: Some("Opaque".into()),
         // `data`, not `stringData`: the API server stores only `data`, so a re-apply compares equal.
         data: Some(BTreeMap::from([("password".to_string(), k8s_openapi::ByteString(password.as_bytes().to_vec()))])),
         ..Default::default()
-    })
+    }
 }
 
 /// One step of the preparation.
@@ -122,21 +115,21 @@ impl Step {
         }
     }
 
-    fn args(&self, domain: &CommunicationsDomain, home_servers: &[(String, String)]) -> Vec<String> {
+    fn args(&self, domain: &ResolvedDomain) -> Vec<String> {
         let mut args: Vec<String> = vec!["prep".into()];
         match self {
             Step::Schema => args.push("schema".into()),
             Step::Enterprise => {
-                args.extend(["enterprise".into(), "--sip-domain".into(), domain.spec.sip_domain.clone()]);
-                for (name, address) in home_servers {
-                    args.extend(["--home-server".into(), format!("{name}={address}")]);
+                args.extend(["enterprise".into(), "--sip-domain".into(), domain.sip_domain.clone()]);
+                for h in &domain.home_servers {
+                    args.extend(["--home-server".into(), format!("{}={}", h.name, h.address)]);
                 }
             }
             Step::Domain => {
                 args.extend(["domain".into(), "--service-account-password-file".into(), paths::SERVICE_PASSWORD.into()])
             }
             Step::DomainAdd(n) => {
-                let other = &domain.spec.additional_domains[n - 1];
+                let other = &domain.additional_domains[n - 1];
                 args.extend([
                     "domainadd".into(),
                     "--domain".into(),
@@ -151,12 +144,12 @@ impl Step {
 }
 
 /// The steps a domain's directory needs, in order; empty for a file directory.
-pub fn steps(domain: &CommunicationsDomain) -> Vec<Step> {
-    if super::directory::effective_ldap(domain).is_none() {
+pub fn steps(domain: &ResolvedDomain) -> Vec<Step> {
+    if domain.directory.ldap.is_none() {
         return Vec::new();
     }
     let mut steps = vec![Step::Schema, Step::Enterprise, Step::Domain];
-    steps.extend((1..=domain.spec.additional_domains.len()).map(Step::DomainAdd));
+    steps.extend((1..=domain.additional_domains.len()).map(Step::DomainAdd));
     steps
 }
 
@@ -195,18 +188,12 @@ fn read_only(name: &str, path: &str) -> VolumeMount {
     VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..Default::default() }
 }
 
-/// The Job of `step`. `home_servers` are the `(name, address)` pairs `prep enterprise` registers:
-/// every Home Server of the domain. Needs an LDAP directory with an admin Secret.
-pub fn job(
-    domain: &CommunicationsDomain,
-    step: &Step,
-    image: &str,
-    home_servers: &[(String, String)],
-) -> Result<Job, BuildError> {
-    let (domain_name, ns) = name_ns(domain, "CommunicationsDomain")?;
-    let ldap = super::directory::effective_ldap(domain).ok_or_else(|| BuildError::Prep("no LDAP directory".into()))?;
+/// The Job of `step` for the domain `owner`, in its image; `prep enterprise` registers every Home
+/// Server of `domain`. Needs an LDAP directory with an admin Secret.
+pub fn job(owner: &Owner, domain: &ResolvedDomain, step: &Step) -> Result<Job, BuildError> {
+    let ldap = domain.directory.ldap.as_ref().ok_or_else(|| BuildError::Prep("no LDAP directory".into()))?;
     let admin = ldap.admin_secret.as_ref().ok_or_else(|| BuildError::Prep(NO_ADMIN_SECRET.into()))?;
-    let name = step.job_name(&domain_name);
+    let name = step.job_name(&owner.name);
 
     let mut vars = vec![
         env("PARLEY_LDAP_URL", &ldap.url),
@@ -244,18 +231,18 @@ pub fn job(
         vars.push(env("PARLEY_LDAP_CA_FILE", paths::CA_FILE));
     }
     if *step == Step::Domain {
-        let service =
-            service_account_secret_ref(domain).ok_or_else(|| BuildError::Prep("no service account".into()))?;
-        volumes.push(secret_volume("service", &service.name, &service.key, "password"));
+        let service = &ldap.password_secret;
+        let secret = service.secret.as_deref().ok_or_else(|| BuildError::Prep("no service account".into()))?;
+        volumes.push(secret_volume("service", secret, &service.key, "password"));
         mounts.push(read_only("service", paths::SERVICE_DIR));
     }
-    let mut args = step.args(domain, home_servers);
+    let mut args = step.args(domain);
     if ldap.start_tls {
         // `--starttls` has no environment variable; it is a flag of the connection, not a secret.
         args.push("--starttls".into());
     }
 
-    let labels = labels(&name, &domain_name, "directory-prep");
+    let labels = labels(&name, &owner.name, "directory-prep");
     let spec = JobSpec {
         backoff_limit: Some(BACKOFF_LIMIT),
         active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
@@ -266,7 +253,7 @@ pub fn job(
                 restart_policy: Some("Never".into()),
                 containers: vec![Container {
                     name: "prep".into(),
-                    image: Some(image.into()),
+                    image: Some(domain.image.clone()),
                     image_pull_policy: Some("IfNotPresent".into()),
                     command: Some(vec!["/usr/local/bin/parley-server".into()]),
                     args: Some(args),
@@ -297,12 +284,8 @@ pub fn job(
     let hash = sha256_hex(&serde_json::to_vec(&spec).map_err(|e| BuildError::Prep(e.to_string()))?);
     Ok(Job {
         metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(ns),
-            labels: Some(labels),
             annotations: Some(BTreeMap::from([(PREP_HASH_ANNOTATION.to_string(), hash)])),
-            owner_references: Some(vec![owner_ref(domain, "CommunicationsDomain")?]),
-            ..Default::default()
+            ..owner.meta(name, labels)
         },
         spec: Some(spec),
         ..Default::default()
@@ -383,36 +366,33 @@ pub struct PrepPlan {
     pub done: bool,
 }
 
-/// Decides the next prep Job from the Jobs `observed` (by name) and the steps `prepared` earlier
-/// (from the status: a Job removed after its TTL does not run again). `home_servers` are the
-/// Home Servers `prep enterprise` registers.
+/// Decides the next prep Job of the domain `owner` from the Jobs `observed` (by name) and the
+/// steps `prepared` earlier (from the status: a Job removed after its TTL does not run again).
 pub fn sequence(
-    domain: &CommunicationsDomain,
-    image: &str,
-    home_servers: &[(String, String)],
+    owner: &Owner,
+    domain: &ResolvedDomain,
     observed: &BTreeMap<String, ObservedJob>,
     prepared: &[PreparedStep],
 ) -> Result<PrepPlan, BuildError> {
     let all = [SCHEMA_PREPARED, ENTERPRISE_PREPARED, DOMAIN_PREPARED];
-    let ldap = super::directory::effective_ldap(domain);
+    let ldap = domain.directory.ldap.as_ref();
     if ldap.is_none() {
         let conditions =
             all.iter().map(|t| Want::new(t, true, "NotNeeded", "a file directory needs no preparation")).collect();
         return Ok(PrepPlan { create: None, delete: vec![], conditions, prepared: vec![], done: true });
     }
-    if ldap.as_ref().is_some_and(|l| l.admin_secret.is_none()) {
+    if ldap.is_some_and(|l| l.admin_secret.is_none()) {
         let conditions = all.iter().map(|t| Want::new(t, false, "NoAdminSecret", NO_ADMIN_SECRET)).collect();
         return Ok(PrepPlan { create: None, delete: vec![], conditions, prepared: vec![], done: false });
     }
 
-    let (domain_name, _) = name_ns(domain, "CommunicationsDomain")?;
     let mut plan = PrepPlan { create: None, delete: vec![], conditions: vec![], prepared: vec![], done: false };
     // A condition is True when every step of it succeeded; otherwise the first step that did not says why.
     let mut verdicts: BTreeMap<&'static str, Want> = BTreeMap::new();
     let mut succeeded_jobs: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     let mut blocked: Option<String> = None;
     for step in steps(domain) {
-        let name = step.job_name(&domain_name);
+        let name = step.job_name(&owner.name);
         let cond = step.condition();
         if let Some(waiting_for) = &blocked {
             verdicts
@@ -420,7 +400,7 @@ pub fn sequence(
                 .or_insert_with(|| Want::new(cond, false, "Waiting", format!("waits for {waiting_for}")));
             continue;
         }
-        let job = job(domain, &step, image, home_servers)?;
+        let job = job(owner, domain, &step)?;
         let hash = job_hash(&job).unwrap_or_default().to_string();
         let seen = observed.get(&name);
         let succeeded = prepared.iter().any(|p| p.job == name && p.hash == hash)
@@ -501,8 +481,20 @@ mod tests {
         pod(job).containers[0].env.as_ref().unwrap().iter().find(|e| e.name == name).and_then(|e| e.value.clone())
     }
 
+    fn owner(d: &CommunicationsDomain) -> Owner {
+        Owner::of(d, "CommunicationsDomain").unwrap()
+    }
+
+    /// `d` resolved, with two Home Servers.
+    fn resolved(d: &CommunicationsDomain) -> ResolvedDomain {
+        let mut r = fixtures::resolved(d);
+        r.home_servers =
+            servers().into_iter().map(|(name, address)| crate::crd::HomeServerAddress { name, address }).collect();
+        r
+    }
+
     fn build(d: &CommunicationsDomain, step: Step) -> Job {
-        job(d, &step, IMAGE, &servers()).unwrap()
+        job(&owner(d), &resolved(d), &step).unwrap()
     }
 
     #[test]
@@ -512,7 +504,7 @@ mod tests {
             AdditionalDomain { sip_domain: "partner.test".into(), base_dn: "dc=partner,dc=test".into() },
             AdditionalDomain { sip_domain: "other.test".into(), base_dn: "dc=other,dc=test".into() },
         ];
-        let names: Vec<String> = steps(&d).iter().map(|s| s.job_name("corp")).collect();
+        let names: Vec<String> = steps(&resolved(&d)).iter().map(|s| s.job_name("corp")).collect();
         assert_eq!(
             names,
             [
@@ -527,7 +519,7 @@ mod tests {
             file: Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() }),
             ..Default::default()
         };
-        assert!(steps(&d).is_empty());
+        assert!(steps(&resolved(&d)).is_empty());
     }
 
     #[test]
@@ -615,7 +607,7 @@ mod tests {
         let j = build(&d, Step::Domain);
         let service = pod(&j).volumes.as_ref().unwrap().iter().find(|v| v.name == "service").unwrap();
         assert_eq!(service.secret.as_ref().unwrap().secret_name.as_deref(), Some("corp-directory-service"));
-        let s = service_account_secret(&d, "s3cret").unwrap();
+        let s = service_account_secret(&owner(&d), "s3cret");
         assert_eq!(s.metadata.name.as_deref(), Some("corp-directory-service"));
         assert_eq!(s.data.unwrap()["password"].0, b"s3cret");
         assert_eq!(s.metadata.owner_references.unwrap()[0].name, "corp");
@@ -674,7 +666,9 @@ mod tests {
         assert_eq!(cs.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         assert!(job_hash(&j).is_some_and(|h| h.len() == 64));
         // Other Home Servers are other inputs.
-        let fewer = job(&d, &Step::Enterprise, IMAGE, &servers()[..1]).unwrap();
+        let mut one = resolved(&d);
+        one.home_servers.truncate(1);
+        let fewer = job(&owner(&d), &one, &Step::Enterprise).unwrap();
         assert_ne!(job_hash(&fewer), job_hash(&j));
         assert_eq!(job_hash(&build(&d, Step::Enterprise)), job_hash(&j), "the hash is stable");
     }
@@ -711,7 +705,7 @@ mod tests {
     fn each_job_starts_only_when_the_previous_one_succeeded() {
         let d = fixtures::domain("corp", 500);
         let mut observed = BTreeMap::new();
-        let p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert_eq!(created(&p), Some("corp-prep-schema"));
         assert_eq!(
             statuses(&p),
@@ -727,27 +721,27 @@ mod tests {
         // While it runs nothing else starts.
         let schema = build(&d, Step::Schema);
         observed.insert("corp-prep-schema".to_string(), observe(&schema, None));
-        let p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert_eq!(created(&p), None);
         assert_eq!(p.conditions[0].message, "Job corp-prep-schema is running");
 
         observed.extend([succeeded(&d, Step::Schema)]);
-        let p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert_eq!(created(&p), Some("corp-prep-enterprise"));
         assert_eq!(statuses(&p)[0], ("SchemaPrepared", true, "Succeeded"));
         assert_eq!(p.conditions[0].message, "Job corp-prep-schema succeeded");
 
         observed.extend([succeeded(&d, Step::Enterprise)]);
-        assert_eq!(created(&sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap()), Some("corp-prep-domain"));
+        assert_eq!(created(&sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap()), Some("corp-prep-domain"));
         observed.extend([succeeded(&d, Step::Domain)]);
-        let p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert_eq!(created(&p), None);
         assert!(p.done);
         assert!(p.conditions.iter().all(|w| w.status), "{:?}", p.conditions);
         assert_eq!(p.prepared.len(), 3);
 
         // The Jobs expire (TTL); the status remembers them, so nothing runs again.
-        let p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &p.prepared).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &BTreeMap::new(), &p.prepared).unwrap();
         assert!(p.done && p.create.is_none() && p.delete.is_empty());
     }
 
@@ -767,7 +761,7 @@ mod tests {
                 ),
             ),
         );
-        let p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert_eq!(created(&p), None);
         assert_eq!(statuses(&p)[1], ("EnterprisePrepared", false, "JobFailed"));
         let m = &p.conditions[1].message;
@@ -782,12 +776,12 @@ mod tests {
         let mut d = fixtures::domain("corp", 500);
         let observed =
             BTreeMap::from([succeeded(&d, Step::Schema), succeeded(&d, Step::Enterprise), succeeded(&d, Step::Domain)]);
-        let before = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let before = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert!(before.done);
         d.spec.additional_domains =
             vec![AdditionalDomain { sip_domain: "partner.test".into(), base_dn: "dc=partner,dc=test".into() }];
         // The earlier Jobs are gone (TTL); only the status remembers them.
-        let p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &before.prepared).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &BTreeMap::new(), &before.prepared).unwrap();
         assert_eq!(created(&p), Some("corp-prep-domainadd-1"));
         assert!(p.delete.is_empty());
         assert_eq!(
@@ -799,7 +793,7 @@ mod tests {
             ]
         );
         let observed = BTreeMap::from([succeeded(&d, Step::DomainAdd(1))]);
-        let p = sequence(&d, IMAGE, &servers(), &observed, &p.prepared).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &p.prepared).unwrap();
         assert!(p.done, "{:?}", p.conditions);
         assert_eq!(p.conditions[2].message, "Jobs corp-prep-domain, corp-prep-domainadd-1 succeeded");
     }
@@ -807,21 +801,22 @@ mod tests {
     #[test]
     fn new_home_servers_rerun_prep_enterprise_replacing_its_old_job() {
         let d = fixtures::domain("corp", 500);
-        let one = &servers()[..1];
+        let mut one = resolved(&d);
+        one.home_servers.truncate(1);
         let observed: BTreeMap<_, _> = [Step::Schema, Step::Enterprise, Step::Domain]
             .into_iter()
             .map(|s| {
-                let j = job(&d, &s, IMAGE, one).unwrap();
+                let j = job(&owner(&d), &one, &s).unwrap();
                 (j.metadata.name.clone().unwrap(), observe(&finished(&j, "Complete", "CompletionsReached", ""), None))
             })
             .collect();
-        let p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         assert_eq!(p.delete, ["corp-prep-enterprise"]);
         assert_eq!(created(&p), None, "created once the old Job is gone");
         assert_eq!(statuses(&p)[1], ("EnterprisePrepared", false, "Replacing"));
         let mut observed = observed;
         observed.remove("corp-prep-enterprise");
-        let p = sequence(&d, IMAGE, &servers(), &observed, &p.prepared).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &observed, &p.prepared).unwrap();
         assert_eq!(created(&p), Some("corp-prep-enterprise"));
         assert_eq!(args(p.create.as_ref().unwrap()).iter().filter(|a| *a == "--home-server").count(), 2);
     }
@@ -830,7 +825,7 @@ mod tests {
     fn directories_the_jobs_cannot_prepare_say_why() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.directory.ldap.as_mut().unwrap().admin_secret = None;
-        let p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &BTreeMap::new(), &[]).unwrap();
         assert!(p.create.is_none() && !p.done);
         assert!(
             p.conditions.iter().all(|w| !w.status && w.reason == "NoAdminSecret" && w.message.contains("adminSecret"))
@@ -838,7 +833,7 @@ mod tests {
 
         // A managed directory is prepared like any LDAP directory, once its pod is ready.
         d.spec.directory = DirectorySpec { managed: Some(crate::crd::ManagedDirectory {}), ..Default::default() };
-        let mut p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &[]).unwrap();
+        let mut p = sequence(&owner(&d), &resolved(&d), &BTreeMap::new(), &[]).unwrap();
         assert_eq!(created(&p), Some("corp-prep-schema"));
         let j = p.create.clone().unwrap();
         assert_eq!(env_value(&j, "PARLEY_LDAP_URL").as_deref(), Some("ldaps://corp-directory.ns.svc:636"));
@@ -856,7 +851,7 @@ mod tests {
         // Once prepared, a directory restart holds nothing back.
         let observed =
             BTreeMap::from([succeeded(&d, Step::Schema), succeeded(&d, Step::Enterprise), succeeded(&d, Step::Domain)]);
-        let mut p = sequence(&d, IMAGE, &servers(), &observed, &[]).unwrap();
+        let mut p = sequence(&owner(&d), &resolved(&d), &observed, &[]).unwrap();
         hold_for_directory(&mut p, "restarting");
         assert!(p.done && p.conditions.iter().all(|w| w.status));
 
@@ -864,7 +859,7 @@ mod tests {
             file: Some(FileDirectory { config_map: "users".into(), key: "users.toml".into() }),
             ..Default::default()
         };
-        let p = sequence(&d, IMAGE, &servers(), &BTreeMap::new(), &[]).unwrap();
+        let p = sequence(&owner(&d), &resolved(&d), &BTreeMap::new(), &[]).unwrap();
         assert!(p.done && p.create.is_none() && p.conditions.iter().all(|w| w.status && w.reason == "NotNeeded"));
         assert!(service_account_secret_ref(&d).is_none());
     }

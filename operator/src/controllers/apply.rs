@@ -136,13 +136,9 @@ pub fn stamped<K: Serialize>(desired: &K) -> Result<Value, Error> {
     Ok(v)
 }
 
-/// Refuses to overwrite an object that another owner controls, or that exists without being
-/// ours (an administrator's own object that happens to have the same name).
-pub fn check_ownership<K>(live: &K, desired: &K) -> Result<(), Error>
-where
-    K: Resource,
-    K::DynamicType: Default,
-{
+/// Refuses to overwrite an object (of kind `kind`) that another owner controls, or that exists
+/// without being ours (an administrator's own object that happens to have the same name).
+pub fn check_ownership<K: Resource>(live: &K, desired: &K, kind: &str) -> Result<(), Error> {
     let want = desired.meta().owner_references.as_ref().and_then(|o| o.iter().find(|r| r.controller == Some(true)));
     let have = live.meta().owner_references.as_ref().and_then(|o| o.iter().find(|r| r.controller == Some(true)));
     let ours_by_label = live.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some(MANAGED_BY);
@@ -155,7 +151,7 @@ where
         Ok(())
     } else {
         Err(Error::NotOwned {
-            kind: K::kind(&Default::default()).into_owned(),
+            kind: kind.to_string(),
             name: live.name_any(),
             owner: have
                 .map(|h| format!("{} {}", h.kind, h.name))
@@ -164,20 +160,19 @@ where
     }
 }
 
-/// Applies `desired` unless the live object already matches it.
-pub async fn apply<K>(api: &Api<K>, desired: &K) -> Result<Outcome, Error>
+/// Applies `desired` (of kind `kind`) unless the live object already matches it.
+pub async fn apply<K>(api: &Api<K>, desired: &K, kind: &str) -> Result<Outcome, Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + Debug,
-    K::DynamicType: Default,
 {
     let name = desired.meta().name.clone().ok_or_else(|| Error::Invalid("object without a name".into()))?;
     let want = stamped(desired)?;
     let live = api.get_opt(&name).await?;
     if let Some(live) = &live {
-        check_ownership(live, desired)?;
+        check_ownership(live, desired, kind)?;
         match reapply_reason(&serde_json::to_value(live)?, &want) {
             None => return Ok(Outcome::Unchanged),
-            Some(why) => debug!(kind = %K::kind(&Default::default()), %name, %why, "applying"),
+            Some(why) => debug!(%kind, %name, %why, "applying"),
         }
     }
     api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&want)).await?;
@@ -213,11 +208,12 @@ pub fn workload_kinds() -> Vec<ApiResource> {
     ]
 }
 
-/// The kinds of object the CommunicationsDomain controller owns: certificates and generated
-/// credentials, the managed directory, the prep Jobs and, with topology `auto`, the HomeServers
-/// and the FrontEnd. (cert-manager Certificates, whose kind may not exist, are not pruned.)
+/// The kinds of object the CommunicationsDomain controller owns: certificates (cert-manager's,
+/// whose kind may not be installed, or the operator's own Secrets) and generated credentials,
+/// the managed directory, the prep Jobs and, with topology `auto`, the HomeServers and the FrontEnd.
 pub fn domain_kinds() -> Vec<ApiResource> {
     vec![
+        crate::build::certificates::cert_manager_certificate_resource(),
         ApiResource::erase::<Secret>(&()),
         ApiResource::erase::<ConfigMap>(&()),
         ApiResource::erase::<Service>(&()),
@@ -280,9 +276,20 @@ impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
             + Serialize
             + Debug,
     {
-        debug_assert!(self.kinds.iter().any(|k| k.kind == K::kind(&())), "{} is not in the kinds list", K::kind(&()));
-        let out = apply(&self.api::<K>(), obj).await?;
+        let kind = K::kind(&());
+        debug_assert!(self.kinds.iter().any(|k| k.kind == kind), "{kind} is not in the kinds list");
+        let out = apply(&self.api::<K>(), obj, &kind).await?;
         self.keep::<K>(&obj.name_any());
+        Ok(out)
+    }
+
+    /// Applies `obj` of the kind `ar`, known only at run time (cert-manager's Certificate), without
+    /// an Event. A kind the cluster does not have fails with the API server's 404.
+    pub async fn apply_dynamic(&mut self, ar: &ApiResource, obj: &DynamicObject) -> Result<Outcome, Error> {
+        debug_assert!(self.kinds.contains(ar), "{} is not in the kinds list", ar.kind);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, ar);
+        let out = apply(&api, obj, &ar.kind).await?;
+        self.applied.insert((ar.kind.clone(), obj.name_any()));
         Ok(out)
     }
 
@@ -301,7 +308,13 @@ impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
 
     async fn prune_kind(&self, ar: &ApiResource) -> Result<(), Error> {
         let api: Api<DynamicObject> = Api::namespaced_with(self.ctx.client.clone(), &self.ns, ar);
-        for obj in api.list_metadata(&ListParams::default().labels(&self.selector)).await?.items {
+        let listed = match api.list_metadata(&ListParams::default().labels(&self.selector)).await {
+            Ok(list) => list.items,
+            // A kind the cluster does not have (cert-manager not installed) has no orphans.
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for obj in listed {
             let controlled = obj.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == self.uid);
             let name = obj.name_any();
             if controlled
@@ -474,12 +487,12 @@ mod tests {
         let mut desired = fixtures::home_server("x", "d");
         desired.metadata.owner_references = Some(vec![owner("a")]);
         let mut live = desired.clone();
-        assert!(check_ownership(&live, &desired).is_ok());
+        assert!(check_ownership(&live, &desired, "HomeServer").is_ok());
         live.metadata.owner_references = Some(vec![owner("b")]);
-        assert!(matches!(check_ownership(&live, &desired), Err(Error::NotOwned { .. })));
+        assert!(matches!(check_ownership(&live, &desired, "HomeServer"), Err(Error::NotOwned { .. })));
         live.metadata.owner_references = None;
-        assert!(check_ownership(&live, &desired).is_err(), "an unlabelled stranger is not adopted");
+        assert!(check_ownership(&live, &desired, "HomeServer").is_err(), "an unlabelled stranger is not adopted");
         live.metadata.labels = Some([("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string())].into());
-        assert!(check_ownership(&live, &desired).is_ok(), "an orphan of ours is adopted");
+        assert!(check_ownership(&live, &desired, "HomeServer").is_ok(), "an orphan of ours is adopted");
     }
 }

@@ -9,7 +9,7 @@ mod certificates;
 mod directory;
 mod prep;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,7 +173,12 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             Topology::Manual => None,
         };
         let (hs_names, fe_names) = server_names(plan.as_ref(), &home_servers, &front_ends);
-        // Resolve: the one value the servers' builders take (status.resolved).
+        // An advertised host set on a live HomeServer or FrontEnd joins its certificate's names.
+        let advertised: BTreeMap<String, String> = (home_servers.iter().map(|h| (h.name_any(), &h.spec.advertise)))
+            .chain(front_ends.iter().map(|f| (f.name_any(), &f.spec.advertise)))
+            .filter_map(|(name, host)| Some((name, host.clone()?)))
+            .collect();
+        // Resolve: the one value every builder below takes (and status.resolved, the servers').
         let resolved = build::resolve::resolve(
             &d,
             &build::resolve::ResolveInput {
@@ -182,29 +187,12 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
                 cluster_domain: &ctx.settings.cluster_domain,
                 home_servers: &hs_names,
                 front_ends: &fe_names,
+                advertised: &advertised,
             },
         )?;
+        let owner = build::Owner::of(d.as_ref(), "CommunicationsDomain")?;
 
-        // An advertised host set on a live HomeServer or FrontEnd joins its certificate's names.
-        let hs_advertise =
-            |n: &String| home_servers.iter().find(|h| &h.name_any() == n).and_then(|h| h.spec.advertise.clone());
-        let fe_advertise =
-            |n: &String| front_ends.iter().find(|f| &f.name_any() == n).and_then(|f| f.spec.advertise.clone());
-        let mut servers: Vec<certificates::Server> = hs_names
-            .iter()
-            .map(|n| certificates::Server { name: n.clone(), home: true, advertise: hs_advertise(n) })
-            .collect();
-        servers.extend(fe_names.iter().map(|n| certificates::Server {
-            name: n.clone(),
-            home: false,
-            advertise: fe_advertise(n),
-        }));
-        // A managed directory gets its certificate from the domain's CA with the servers.
-        let managed = d.spec.directory.managed.is_some();
-        if managed {
-            servers.push(certificates::Server { name: build::directory::name(&name), home: false, advertise: None });
-        }
-        let certs = certificates::reconcile(&ctx, &mut set, &d, &ns, &servers, now).await?;
+        let certs = certificates::reconcile(&ctx, &mut set, &d, &owner, &resolved, now).await?;
         ctx.metrics.set_certificate_expiries(&ns, &name, &certs.expiries);
         let complete = certs.complete;
         wants.push(certs.want);
@@ -214,14 +202,14 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
 
         // The managed directory, before the prep Jobs that need it.
         let mut directory_waiting = None;
-        if managed {
-            let dir = directory::reconcile(&ctx, &mut set, &d, &ns).await?;
+        if resolved.directory.managed {
+            let dir = directory::reconcile(&ctx, &mut set, &owner, &resolved).await?;
             directory_waiting = dir.waiting;
             wants.push(dir.want);
         }
 
         let prep =
-            prep::reconcile(&ctx, &mut set, &d, &ns, &resolved, &old.prepared_steps, directory_waiting.as_deref())
+            prep::reconcile(&ctx, &mut set, &owner, &resolved, &old.prepared_steps, directory_waiting.as_deref())
                 .await?;
         status.resolved = Some(resolved);
         status.prepared_steps = prep.prepared;

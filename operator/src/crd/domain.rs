@@ -387,10 +387,29 @@ pub struct ResolvedDomain {
     pub require_client_tls: bool,
     /// The directory as the servers use it.
     pub directory: ResolvedDirectory,
-    /// The certificate of every server of the domain: whose it is and which Secret holds it.
+    /// The certificate of every server of the domain: whose it is, which Secret holds it and the
+    /// names it covers.
     pub certificates: Vec<ServerCertificate>,
+    /// The cert-manager issuer that signs them (`spec.tls.issuerRef`); absent: the domain's own CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_issuer: Option<IssuerRef>,
     /// The domain's Home Servers and where the Front-End reaches them (its routing table).
     pub home_servers: Vec<HomeServerAddress>,
+    /// Further SIP domains whose users the directory holds (`spec.additionalDomains`), one
+    /// `prep domainadd` Job each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_domains: Vec<ResolvedAdditionalDomain>,
+}
+
+/// An entry of `spec.additionalDomains` as validated there (the status repeats no CEL rule: the
+/// API server prices every rule of the schema, status included).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedAdditionalDomain {
+    /// The other domain's SIP domain.
+    pub sip_domain: String,
+    /// Base DN of the other domain's users.
+    pub base_dn: String,
 }
 
 impl ResolvedDomain {
@@ -459,6 +478,12 @@ pub struct ResolvedLdap {
     pub ca_bundle: Option<ResolvedKey>,
     /// Upgrade an `ldap://` connection with StartTLS.
     pub start_tls: bool,
+    /// The service account's password Secret is the operator's (generated once), not the administrator's.
+    #[serde(default)]
+    pub password_generated: bool,
+    /// The administrator's Secret the prep Jobs bind with; absent: the directory cannot be prepared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_secret: Option<AdminSecretRef>,
 }
 
 /// Which Secret holds a server's certificate.
@@ -469,6 +494,9 @@ pub struct ServerCertificate {
     pub server: String,
     /// Name of the Secret (`tls.crt`, `tls.key`, `ca.crt`).
     pub secret: String,
+    /// The names the certificate covers (DNS names and IP addresses), sorted.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// A Home Server of the domain and its internal (mutual-TLS) address.

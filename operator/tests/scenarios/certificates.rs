@@ -197,5 +197,17 @@ pub async fn with_an_issuer_cert_manager_certificates_fill_the_secrets(h: &Harne
         leaf.cert_pem,
         "the operator leaves cert-manager's Secret alone"
     );
+
+    // Back to the operator's own CA: the Certificates are no longer built, so they go (pruned like
+    // any orphan), and cert-manager's Secret, not the operator's, stays the administrator's.
+    h.patch_domain("corp", serde_json::json!({"tls": {"issuerRef": null}})).await;
+    crate::support::eventually("the Certificate pruned", h.timeout, || {
+        let certificates = certificates.clone();
+        async move { certificates.get_opt("corp-home-1").await.ok().and_then(|c| c.is_none().then_some(())) }
+    })
+    .await;
+    assert!(h.api::<Secret>().get_opt("corp-ca").await.unwrap().is_some(), "the operator's CA took over");
+    let s = h.api::<Secret>().get("corp-home-1-tls").await.unwrap();
+    assert_eq!(text(s.data.as_ref().unwrap(), keys::TLS_CRT), leaf.cert_pem);
     op.stop().await.unwrap();
 }

@@ -6,27 +6,15 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
-use super::super::apply::{ApplySet, Outcome, reapply_reason, stamped};
+use super::super::apply::{ApplySet, Outcome};
 use super::super::conditions::Want;
 use super::super::{Context, Error, Result};
-use crate::build::certificates::{self as certs, CaAction, LeafAction, ServerNames};
-use crate::build::home_server::client_service_name;
-use crate::build::{BuildError, FIELD_MANAGER, MANAGED_BY, tls_secret_name};
-use crate::crd::CommunicationsDomain;
+use crate::build::certificates::{self as certs, CaAction, LeafAction};
+use crate::build::{BuildError, MANAGED_BY, Owner};
 use crate::crd::condition::CERTIFICATES_READY;
-
-/// A server that needs a certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Server {
-    pub name: String,
-    /// A Home Server: a StatefulSet pod `<name>-0` with its own DNS name and a client Service.
-    pub home: bool,
-    /// The host it advertises (`spec.advertise`), when set.
-    pub advertise: Option<String>,
-}
+use crate::crd::{CommunicationsDomain, ResolvedDomain};
 
 /// The `CertificatesReady` verdict and when to look again.
 pub struct CertOutcome {
@@ -54,34 +42,23 @@ fn ours<K: Resource>(obj: &K, uid: &str) -> bool {
     }
 }
 
-fn sans(d: &CommunicationsDomain, ns: &str, cluster_domain: &str, server: &Server) -> Vec<String> {
-    ServerNames {
-        sip_domain: &d.spec.sip_domain,
-        service: &server.name,
-        other_services: if server.home { vec![client_service_name(&server.name)] } else { vec![] },
-        namespace: ns,
-        cluster_domain,
-        pod_hostnames: if server.home { vec![format!("{}-0", server.name)] } else { vec![] },
-        advertise: server.advertise.as_deref(),
-    }
-    .sans()
-}
-
-/// Makes sure every server of `servers` has its `<name>-tls` Secret.
+/// Makes sure every certificate of `resolved`'s plan is in its Secret. `d` is the domain the
+/// Events are about.
 pub async fn reconcile(
     ctx: &Context,
     set: &mut ApplySet<'_, CommunicationsDomain>,
     d: &CommunicationsDomain,
-    ns: &str,
-    servers: &[Server],
+    owner: &Owner,
+    resolved: &ResolvedDomain,
     now: Timestamp,
 ) -> Result<CertOutcome> {
+    let ns = &owner.namespace;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    if let Some(issuer) = d.spec.tls.issuer() {
-        return cert_manager(ctx, d, ns, servers, issuer, &secrets, now).await;
+    if let Some(issuer) = &resolved.certificate_issuer {
+        return cert_manager(ctx, set, d, owner, resolved, issuer, now).await;
     }
-    let uid = d.metadata.uid.clone().unwrap_or_default();
-    let name = d.name_any();
+    let uid = owner.reference.uid.clone();
+    let name = owner.name.clone();
 
     // The CA. One the administrator put in place is used as it is, never rotated or replaced.
     let live_ca = secrets.get_opt(&certs::ca_secret_name(&name)).await?;
@@ -102,7 +79,7 @@ pub async fn reconcile(
         if action == CaAction::Keep {
             set.keep::<Secret>(&certs::ca_secret_name(&name));
         } else {
-            set.apply_quietly(&certs::ca_secret(d, &ca)?).await?;
+            set.apply_quietly(&certs::ca_secret(owner, &ca)).await?;
             let note = match &action {
                 CaAction::Create(why) => format!("created the domain's CA: {why}"),
                 CaAction::Rotate => format!(
@@ -119,8 +96,8 @@ pub async fn reconcile(
 
     let mut held: Vec<(String, Option<BTreeMap<String, ByteString>>)> = Vec::new();
     let mut any_provided = false;
-    for server in servers {
-        let secret_name = tls_secret_name(&server.name);
+    for cert in &resolved.certificates {
+        let secret_name = cert.secret.clone();
         let live = secrets.get_opt(&secret_name).await?;
         if let Some(s) = live.as_ref().filter(|s| !ours(*s, &uid)) {
             // A certificate the administrator provides is theirs to renew.
@@ -129,16 +106,15 @@ pub async fn reconcile(
             continue;
         }
         let existing = live.and_then(|s| s.data);
-        let names = sans(d, ns, &ctx.settings.cluster_domain, server);
         let (data, action) =
-            certs::reconcile_leaf(existing.as_ref(), &ca, &server.name, &names, now).map_err(BuildError::from)?;
+            certs::reconcile_leaf(existing.as_ref(), &ca, &cert.server, &cert.names, now).map_err(BuildError::from)?;
         if action == LeafAction::Keep {
             set.keep::<Secret>(&secret_name);
         } else {
-            set.apply_quietly(&certs::leaf_secret(d, &server.name, data.clone())?).await?;
+            set.apply_quietly(&certs::leaf_secret(owner, cert, data.clone())).await?;
             let note = match &action {
                 LeafAction::Issue(why) => {
-                    format!("issued the certificate of {} (Secret {secret_name}): {why}", server.name)
+                    format!("issued the certificate of {} (Secret {secret_name}): {why}", cert.server)
                 }
                 _ => format!("updated the trusted CAs (ca.crt) in Secret {secret_name}"),
             };
@@ -163,27 +139,24 @@ pub async fn reconcile(
 /// cert-manager fills the Secrets; the operator writes one Certificate per server and waits.
 async fn cert_manager(
     ctx: &Context,
+    set: &mut ApplySet<'_, CommunicationsDomain>,
     d: &CommunicationsDomain,
-    ns: &str,
-    servers: &[Server],
+    owner: &Owner,
+    resolved: &ResolvedDomain,
     issuer: &crate::crd::IssuerRef,
-    secrets: &Api<Secret>,
     now: Timestamp,
 ) -> Result<CertOutcome> {
-    let ar = certs::cert_manager_certificate_resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
     let mut held = Vec::new();
-    for server in servers {
-        let names = sans(d, ns, &ctx.settings.cluster_domain, server);
-        let desired = certs::cert_manager_certificate(d, &server.name, &names, issuer)?;
-        match apply_dynamic(&api, &desired, &uid).await {
+    for cert in &resolved.certificates {
+        let desired = certs::cert_manager_certificate(owner, cert, issuer);
+        match set.apply_dynamic(&certs::cert_manager_certificate_resource(), &desired).await {
             Ok(Outcome::Unchanged) => {}
             Ok(out) => {
                 let verb = if out == Outcome::Created { "created" } else { "updated" };
                 let note = format!(
                     "{verb} cert-manager Certificate {} (issuer {} {})",
-                    server.name,
+                    cert.server,
                     issuer_kind(issuer),
                     issuer.name
                 );
@@ -196,8 +169,12 @@ async fn cert_manager(
             }
             Err(e) => return Err(e),
         }
-        let secret_name = tls_secret_name(&server.name);
-        held.push((secret_name.clone(), secrets.get_opt(&secret_name).await?.and_then(|s| s.data)));
+        let live = secrets.get_opt(&cert.secret).await?;
+        if live.is_some() {
+            // cert-manager fills it; one the operator issued before stays until cert-manager does.
+            set.keep::<Secret>(&cert.secret);
+        }
+        held.push((cert.secret.clone(), live.and_then(|s| s.data)));
     }
     let view: Vec<(String, Option<&BTreeMap<String, ByteString>>)> =
         held.iter().map(|(n, d)| (n.clone(), d.as_ref())).collect();
@@ -213,7 +190,6 @@ async fn cert_manager(
     Ok(CertOutcome {
         want: Want::new(CERTIFICATES_READY, r.ready, reason, message),
         next_check: None,
-        // cert-manager makes and owns these Secrets; none of them is the domain's to keep.
         complete: true,
         expiries: expiries_of(&held),
     })
@@ -229,22 +205,4 @@ fn issuer_kind(issuer: &crate::crd::IssuerRef) -> &'static str {
         crate::crd::IssuerKind::Issuer => "Issuer",
         crate::crd::IssuerKind::ClusterIssuer => "ClusterIssuer",
     }
-}
-
-/// Server-side apply of a dynamic object, skipped when it is what we applied last and all of it is
-/// still ours (the same rule as [`apply`], which needs a statically typed kind).
-async fn apply_dynamic(api: &Api<DynamicObject>, desired: &DynamicObject, uid: &str) -> Result<Outcome> {
-    let name = desired.name_any();
-    let want = stamped(desired)?;
-    let live = api.get_opt(&name).await?;
-    if let Some(live) = &live {
-        if let Some(o) = live.owner_references().iter().find(|o| o.controller == Some(true) && o.uid != uid) {
-            return Err(Error::NotOwned { kind: "Certificate".into(), name, owner: format!("{} {}", o.kind, o.name) });
-        }
-        if reapply_reason(&serde_json::to_value(live)?, &want).is_none() {
-            return Ok(Outcome::Unchanged);
-        }
-    }
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&want)).await?;
-    Ok(if live.is_some() { Outcome::Updated } else { Outcome::Created })
 }

@@ -3,15 +3,15 @@
 //! pod is ready, which the prep Jobs wait for.
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{Api, ResourceExt};
+use kube::Api;
 
 use super::super::apply::ApplySet;
 use super::super::conditions::Want;
 use super::super::{Context, Result, pods};
 use crate::build::directory::{self, DirectoryInput};
-use crate::build::{sha256_hex, tls_secret_name};
-use crate::crd::CommunicationsDomain;
+use crate::build::{Owner, sha256_hex, tls_secret_name};
 use crate::crd::condition::DIRECTORY_READY;
+use crate::crd::{CommunicationsDomain, ResolvedDomain};
 
 /// The `DirectoryReady` verdict, and what the prep Jobs wait for while it is False.
 pub struct DirectoryOutcome {
@@ -19,31 +19,32 @@ pub struct DirectoryOutcome {
     pub waiting: Option<String>,
 }
 
-/// Makes sure the managed directory of `d` exists as built, and reports on its pod.
+/// Makes sure the managed directory of the domain `owner` exists as built, and reports on its pod.
 pub async fn reconcile(
     ctx: &Context,
     set: &mut ApplySet<'_, CommunicationsDomain>,
-    d: &CommunicationsDomain,
-    ns: &str,
+    owner: &Owner,
+    resolved: &ResolvedDomain,
 ) -> Result<DirectoryOutcome> {
-    let name = d.name_any();
+    let (name, ns) = (&owner.name, owner.namespace.as_str());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let admin = directory::admin_secret_name(&name);
+    let admin = directory::admin_secret_name(name);
     // Made once and kept: the directory holds this password from its first start on.
     if secrets.get_opt(&admin).await?.is_none() {
         let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-        set.apply(&directory::admin_secret(d, &password)?).await?;
+        set.apply(&directory::admin_secret(owner, &resolved.sip_domain, &password)).await?;
     } else {
         set.keep::<Secret>(&admin);
     }
-    let sts_name = directory::name(&name);
+    let sts_name = directory::name(name);
     // slapd reads its certificate at start: a renewed one rolls the pod (the hash is in its template).
     let tls_hash = secrets
         .get_opt(&tls_secret_name(&sts_name))
         .await?
         .and_then(|s| s.data)
         .and_then(|data| data.get("tls.crt").map(|c| sha256_hex(&c.0)));
-    let objects = directory::build(&DirectoryInput { domain: d, image: &ctx.settings.directory_image, tls_hash })?;
+    let input = DirectoryInput { owner, domain: resolved, image: &ctx.settings.directory_image, tls_hash };
+    let objects = directory::build(&input)?;
     set.apply(&objects.config_map).await?;
     set.apply(&objects.service).await?;
     set.apply(&objects.stateful_set).await?;
@@ -56,7 +57,7 @@ pub async fn reconcile(
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     if ready {
-        let url = directory::url(&name, ns);
+        let url = directory::url(name, ns);
         return Ok(DirectoryOutcome {
             want: Want::new(DIRECTORY_READY, true, "PodReady", format!("pod {pod} serves {url}")),
             waiting: None,

@@ -11,7 +11,7 @@ use kube::{Api, ResourceExt};
 use super::super::apply::{ApplySet, delete};
 use super::super::conditions::Want;
 use super::super::{Context, Result};
-use crate::build::{DOMAIN_LABEL, prep};
+use crate::build::{DOMAIN_LABEL, Owner, prep};
 use crate::crd::{CommunicationsDomain, PreparedStep, ResolvedDomain};
 
 /// The prep conditions and what the status remembers.
@@ -33,33 +33,29 @@ async fn pod_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>> {
     }))
 }
 
-/// Creates the generated service-account Secret once, runs the next prep Job and reports.
-/// `resolved.home_servers` are every Home Server of the domain (`prep enterprise` registers them).
+/// Creates the generated service-account Secret once, runs the next prep Job of the domain
+/// `owner` and reports.
 pub async fn reconcile(
     ctx: &Context,
     set: &mut ApplySet<'_, CommunicationsDomain>,
-    d: &CommunicationsDomain,
-    ns: &str,
+    owner: &Owner,
     resolved: &ResolvedDomain,
     prepared: &[PreparedStep],
     directory_waiting: Option<&str>,
 ) -> Result<PrepOutcome> {
-    let image = resolved.image.clone();
-    let pairs: Vec<(String, String)> =
-        resolved.home_servers.iter().map(|h| (h.name.clone(), h.address.clone())).collect();
-    if prep::steps(d).is_empty() {
+    let Some(ldap) = &resolved.directory.ldap else {
         // A file directory: nothing to read or write.
-        let plan = prep::sequence(d, &image, &pairs, &BTreeMap::new(), prepared)?;
+        let plan = prep::sequence(owner, resolved, &BTreeMap::new(), prepared)?;
         return Ok(PrepOutcome { conditions: plan.conditions, prepared: plan.prepared, done: plan.done });
-    }
-
-    if prep::needs_generated_service_account(d) {
+    };
+    let ns = &owner.namespace;
+    if ldap.password_generated {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-        let name = prep::generated_service_account_secret_name(&d.name_any());
+        let name = prep::generated_service_account_secret_name(&owner.name);
         // Made once and kept: a new password would lock the running servers out.
         if secrets.get_opt(&name).await?.is_none() {
             let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-            set.apply(&prep::service_account_secret(d, &password)?).await?;
+            set.apply(&prep::service_account_secret(owner, &password)).await?;
         } else {
             set.keep::<Secret>(&name);
         }
@@ -67,7 +63,7 @@ pub async fn reconcile(
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("{DOMAIN_LABEL}={},app.kubernetes.io/component=directory-prep", d.name_any());
+    let selector = format!("{DOMAIN_LABEL}={},app.kubernetes.io/component=directory-prep", owner.name);
     let mut observed = BTreeMap::new();
     for job in jobs.list(&ListParams::default().labels(&selector)).await?.items {
         let failed = job
@@ -78,7 +74,7 @@ pub async fn reconcile(
         let message = if failed { pod_message(&pods, &job.name_any()).await? } else { None };
         observed.insert(job.name_any(), prep::observe(&job, message));
     }
-    let mut plan = prep::sequence(d, &image, &pairs, &observed, prepared)?;
+    let mut plan = prep::sequence(owner, resolved, &observed, prepared)?;
     if let Some(why) = directory_waiting {
         // A managed directory whose pod is not ready: the next Job would only fail.
         prep::hold_for_directory(&mut plan, why);
