@@ -152,7 +152,12 @@ fi
 if [[ $(kubectl get namespace "$system_ns" -o jsonpath='{.status.phase}' 2>/dev/null) == Terminating ]]; then
   kubectl wait --for=delete "namespace/$system_ns" --timeout="$timeout" || die "namespace $system_ns is still terminating"
 fi
-kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+# Both namespaces enforce the restricted Pod Security Standard: the API server refuses any pod of
+# the suite (the operator's, the domain's servers and directory, prep and probe Jobs) that breaks it.
+for n in "$ns" "$system_ns"; do
+  kubectl create namespace "$n" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl label namespace "$n" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+done
 helm upgrade --install parley-operator charts/parley-operator \
   --namespace "$system_ns" --create-namespace \
   --set image.repository="$operator_repo" --set image.tag="$tag" --set image.pullPolicy="$pull_policy" \

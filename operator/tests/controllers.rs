@@ -4,6 +4,7 @@
 
 mod support;
 
+mod pod_security;
 mod refusals;
 mod scenarios;
 

@@ -85,6 +85,10 @@ app.kubernetes.io/part-of: parley
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# The domains' NetworkPolicies (spec.networkPolicy).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 # With spec.tls.issuerRef: cert-manager Certificates (when cert-manager is installed).
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]

@@ -45,6 +45,8 @@ use crate::crd::{AdminSecretRef, CaBundleRef, CommunicationsDomain, LdapDirector
 pub const LDAPS_PORT: i32 = 636;
 /// slapd runs as a non-root user, which cannot bind below 1024.
 pub const LDAPS_CONTAINER_PORT: i32 = 1636;
+/// The name of the container's port (probes and NetworkPolicies name it).
+pub const LDAPS_PORT_NAME: &str = "ldaps";
 /// The volume: a directory of 500 to 10,000 users needs a few tens of MB.
 pub const VOLUME_SIZE: &str = "1Gi";
 /// The largest the mdb database may grow (a map size, not an allocation), below the volume's size.
@@ -231,7 +233,7 @@ pub struct DirectoryObjects {
 
 fn tcp_probe(period: i32, failures: i32) -> Probe {
     Probe {
-        tcp_socket: Some(TCPSocketAction { port: IntOrString::String("ldaps".into()), ..Default::default() }),
+        tcp_socket: Some(TCPSocketAction { port: IntOrString::String(LDAPS_PORT_NAME.into()), ..Default::default() }),
         period_seconds: Some(period),
         timeout_seconds: Some(2),
         failure_threshold: Some(failures),
@@ -290,7 +292,7 @@ pub fn build(input: &DirectoryInput) -> Result<DirectoryObjects, BuildError> {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(workload.selector.clone()),
-            ports: Some(vec![super::service_port("ldaps", LDAPS_PORT, LDAPS_CONTAINER_PORT, "TCP")]),
+            ports: Some(vec![super::service_port(LDAPS_PORT_NAME, LDAPS_PORT, LDAPS_CONTAINER_PORT, "TCP")]),
             ..Default::default()
         }),
         ..Default::default()
@@ -322,7 +324,7 @@ pub fn build(input: &DirectoryInput) -> Result<DirectoryObjects, BuildError> {
             .to_vec(),
         ),
         ports: Some(vec![ContainerPort {
-            name: Some("ldaps".into()),
+            name: Some(LDAPS_PORT_NAME.into()),
             container_port: LDAPS_CONTAINER_PORT,
             protocol: Some("TCP".into()),
             ..Default::default()

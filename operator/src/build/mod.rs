@@ -9,6 +9,7 @@ pub mod directory;
 pub mod domain;
 pub mod front_end;
 pub mod home_server;
+pub mod network;
 pub mod prep;
 pub mod quantity;
 pub mod resolve;
@@ -584,6 +585,7 @@ pub(crate) mod fixtures {
                 tls: TlsSpec::default(),
                 image: None,
                 paused: false,
+                network_policy: Default::default(),
             },
             status: None,
         }

@@ -12,7 +12,7 @@ use super::home_server::client_service_name;
 use super::{BuildError, directory, name_ns, prep, tls_secret_name};
 use crate::crd::{
     CommunicationsDomain, HomeServerAddress, ResolvedAdditionalDomain, ResolvedDirectory, ResolvedDomain, ResolvedKey,
-    ResolvedLdap, ServerCertificate,
+    ResolvedLdap, ResolvedNetworkPolicy, ServerCertificate,
 };
 use crate::tiers::Sizing;
 
@@ -111,6 +111,10 @@ pub fn resolve(domain: &CommunicationsDomain, input: &ResolveInput) -> Result<Re
             .iter()
             .map(|a| ResolvedAdditionalDomain { sip_domain: a.sip_domain.clone(), base_dn: a.base_dn.clone() })
             .collect(),
+        network_policy: spec
+            .network_policy
+            .enabled
+            .then(|| ResolvedNetworkPolicy { monitoring_namespace: spec.network_policy.monitoring_namespace.clone() }),
     })
 }
 

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Resource, ResourceExt};
@@ -210,7 +211,8 @@ pub fn workload_kinds() -> Vec<ApiResource> {
 
 /// The kinds of object the CommunicationsDomain controller owns: certificates (cert-manager's,
 /// whose kind may not be installed, or the operator's own Secrets) and generated credentials,
-/// the managed directory, the prep Jobs and, with topology `auto`, the HomeServers and the FrontEnd.
+/// the managed directory, the prep Jobs, the NetworkPolicies and, with topology `auto`, the
+/// HomeServers and the FrontEnd.
 pub fn domain_kinds() -> Vec<ApiResource> {
     vec![
         crate::build::certificates::cert_manager_certificate_resource(),
@@ -219,6 +221,7 @@ pub fn domain_kinds() -> Vec<ApiResource> {
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<StatefulSet>(&()),
         ApiResource::erase::<Job>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
         ApiResource::erase::<HomeServer>(&()),
         ApiResource::erase::<FrontEnd>(&()),
     ]

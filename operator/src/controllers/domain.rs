@@ -191,6 +191,9 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
             },
         )?;
         let owner = build::Owner::of(d.as_ref(), "CommunicationsDomain")?;
+        for policy in build::network::build(&owner, &resolved) {
+            set.apply(&policy).await?;
+        }
 
         let certs = certificates::reconcile(&ctx, &mut set, &d, &owner, &resolved, now).await?;
         ctx.metrics.set_certificate_expiries(&ns, &name, &certs.expiries);

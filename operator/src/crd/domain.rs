@@ -95,6 +95,36 @@ pub struct CommunicationsDomainSpec {
     /// Front-End; it keeps reporting status and sets the `Paused` condition.
     #[serde(default)]
     pub paused: bool,
+
+    /// NetworkPolicies that admit only what the domain's pods need.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The domain's NetworkPolicies: SIP from anywhere, the internal link only between the domain's
+/// Home Servers and Front-End, the managed directory only from the domain's pods, and the
+/// operations port (metrics, health, HTTP API) only from `monitoringNamespace`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create them (needs a network plugin that enforces NetworkPolicy to have any effect).
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// The namespace (its name) whose pods may reach the operations port 8080, e.g. Prometheus's.
+    /// Unset: no pod may (the kubelet's probes still reach it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub monitoring_namespace: Option<String>,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true, monitoring_namespace: None }
+    }
 }
 
 /// Who lays out the Home Servers and the Front-End of a domain.
@@ -399,6 +429,18 @@ pub struct ResolvedDomain {
     /// `prep domainadd` Job each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_domains: Vec<ResolvedAdditionalDomain>,
+    /// The NetworkPolicies to make (`spec.networkPolicy`), absent when disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<ResolvedNetworkPolicy>,
+}
+
+/// What the domain's NetworkPolicies admit besides SIP and the domain's own pods.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedNetworkPolicy {
+    /// The namespace whose pods may reach the operations port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring_namespace: Option<String>,
 }
 
 /// An entry of `spec.additionalDomains` as validated there (the status repeats no CEL rule: the

@@ -42,6 +42,7 @@ pub async fn certificate_secrets_chain_to_the_domain_ca(h: &Harness) {
         let client_service = format!("{server}-sip.{}.svc.cluster.local", h.ns);
         assert_eq!(leaf.sans.contains(&client_service), pod, "a Home Server's client Service: {:?}", leaf.sans);
     }
+    h.assert_no_secret_value_leaked().await;
     op.stop().await.unwrap();
 }
 
@@ -78,6 +79,7 @@ pub async fn a_certificate_near_expiry_is_renewed(h: &Harness) {
     let leaf = certs::parse_pem(&text(renewed.data.as_ref().unwrap(), keys::TLS_CRT)).unwrap().remove(0);
     assert!(ca.signed(&leaf));
     assert!(leaf.not_after.as_second() > Timestamp::now().as_second() + 80 * 24 * 3600, "a fresh 90-day certificate");
+    h.assert_no_secret_value_leaked().await;
     op.stop().await.unwrap();
 }
 

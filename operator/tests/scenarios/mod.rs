@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::{Resource, ResourceExt};
 use parley_operator::crd::{CommunicationsDomain, FrontEnd, HomeServer};
@@ -74,6 +75,11 @@ pub async fn small_domain(h: &Harness) {
         })
         .await;
     }
+    // Its NetworkPolicies, on by default; turned off, they go.
+    h.wait_for_list::<NetworkPolicy, _>("the domain's NetworkPolicies", |l| l.len() == 2).await;
+    assert_eq!(h.names::<NetworkPolicy>().await, ["corp-front-ends", "corp-home-servers"]);
+    h.patch_domain("corp", serde_json::json!({"networkPolicy": {"enabled": false}})).await;
+    h.wait_for_list::<NetworkPolicy, _>("no NetworkPolicy once disabled", |l| l.is_empty()).await;
     op.stop().await.unwrap();
 }
 

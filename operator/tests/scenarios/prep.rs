@@ -128,6 +128,7 @@ pub async fn an_ldap_domain_is_prepared_in_order_before_its_workloads(h: &Harnes
     assert!(msg.contains("corp-prep-domainadd-1"), "{msg}");
     let schema_after = h.api::<Job>().get("corp-prep-schema").await.unwrap().metadata.uid;
     assert_eq!(schema_after, schema_uid, "a succeeded Job is not run again");
+    h.assert_no_secret_value_leaked().await;
     op.stop().await.unwrap();
 }
 
@@ -214,5 +215,6 @@ pub async fn a_managed_directory_is_run_and_prepared_before_its_workloads(h: &Ha
     .await;
     let again = h.api::<Secret>().get("corp-directory-admin").await.unwrap();
     assert_eq!(again.data.unwrap()["password"].0, password, "the admin password is never regenerated");
+    h.assert_no_secret_value_leaked().await;
     op.stop().await.unwrap();
 }

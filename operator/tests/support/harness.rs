@@ -382,6 +382,7 @@ impl Harness {
     /// Starts an operator instance called `identity` that talks through `client` (on a real
     /// server, e.g. with a ServiceAccount's token).
     pub fn start_operator_with(&self, identity: &str, client: Client) -> OperatorHandle {
+        super::leaks::capture();
         let client = match &self.backend {
             Backend::Double(_) => client,
             Backend::Cluster => recording(client, self.log.clone(), identity),
@@ -440,6 +441,7 @@ impl Harness {
             tls: Default::default(),
             image: None,
             paused: false,
+            network_policy: Default::default(),
         };
         let d = CommunicationsDomain::new(name, spec);
         self.api::<CommunicationsDomain>()

@@ -35,6 +35,7 @@ pub mod envtest;
 pub mod fields;
 pub mod harness;
 pub mod http;
+pub mod leaks;
 pub mod schema;
 pub mod store;
 

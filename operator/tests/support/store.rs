@@ -56,6 +56,7 @@ fn builtins() -> Vec<Resource> {
         Resource::new("apps", "v1", "deployments", "Deployment", true, true),
         Resource::new("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true, true),
         Resource::new("batch", "v1", "jobs", "Job", true, true),
+        Resource::new("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true, false),
         Resource::new("coordination.k8s.io", "v1", "leases", "Lease", true, false),
         Resource::new("events.k8s.io", "v1", "events", "Event", true, false),
         Resource::new(
