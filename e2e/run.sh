@@ -382,6 +382,9 @@ metadata:
 spec:
   backoffLimit: 0
   template:
+    metadata:
+      # The domain's NetworkPolicy admits the managed directory's clients by this label.
+      labels: {parley.dev/domain: $mdomain}
     spec:
       restartPolicy: Never
       automountServiceAccountToken: false
