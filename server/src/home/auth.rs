@@ -46,15 +46,46 @@ pub struct DigestAuth {
     algorithms: Vec<Algorithm>,
     nonce_ttl: Duration,
     secret: [u8; 32],
-    /// Highest nonce count seen per nonce still valid; bounded by expiry.
-    counts: Mutex<HashMap<String, u64>>,
+    /// The nonce counts seen, bounded by expiry and by [`MAX_TRACKED_NONCES`].
+    counts: Mutex<NonceCounts>,
 }
 
+/// The nonces in use. At a few thousand authentications a second each with a fresh challenge
+/// (a benchmark, a flood of new clients) the lifetime alone would let it grow past a million.
 const MAX_TRACKED_NONCES: usize = 1_000_000;
+
+/// A nonce we issued, by what it carries: its issue time (seconds) and its random part. Sixteen
+/// bytes instead of the 64 characters of the nonce: the MAC was checked on the way in.
+type NonceKey = (u64, u64);
+
+#[derive(Default)]
+struct NonceCounts {
+    /// Highest nonce count seen per nonce still in use.
+    seen: HashMap<NonceKey, u64>,
+    /// Nonces issued before this second were dropped from `seen` to make room when it was full:
+    /// one of them that is not in `seen` counts as used (stale), so dropping never allows a replay.
+    floor: u64,
+}
+
+impl NonceCounts {
+    /// Keeps the newest half of the table (by issue second) when it is full of live nonces.
+    fn make_room(&mut self) {
+        let mut stamps: Vec<u64> = self.seen.keys().map(|k| k.0).collect();
+        let keep = MAX_TRACKED_NONCES / 2;
+        if stamps.len() <= keep {
+            return;
+        }
+        let at = stamps.len() - keep;
+        let (_, cutoff, _) = stamps.select_nth_unstable(at);
+        let cutoff = *cutoff;
+        self.seen.retain(|k, _| k.0 >= cutoff);
+        self.floor = self.floor.max(cutoff);
+    }
+}
 
 impl DigestAuth {
     pub fn new(algorithms: Vec<Algorithm>, nonce_ttl: Duration) -> DigestAuth {
-        DigestAuth { algorithms, nonce_ttl, secret: rand::random(), counts: Mutex::new(HashMap::new()) }
+        DigestAuth { algorithms, nonce_ttl, secret: rand::random(), counts: Mutex::default() }
     }
 
     fn mac(&self, stamp: &str) -> String {
@@ -82,11 +113,10 @@ impl DigestAuth {
         stamp_age(nonce, now)
     }
 
-    /// Whether a nonce in the count table is still within its lifetime. The table holds only
-    /// nonces `verify` has authenticated, so its timestamp is read without the MAC again (the
-    /// table is swept every second and can hold a million entries).
-    fn tracked_is_live(&self, nonce: &str, now: SystemTime) -> bool {
-        stamp_age(nonce, now).is_some_and(|a| a <= self.nonce_ttl)
+    /// Whether a nonce in the count table, issued at second `issued`, is within its lifetime.
+    fn tracked_is_live(&self, issued: u64, now: SystemTime) -> bool {
+        let age = now.duration_since(UNIX_EPOCH + Duration::from_secs(issued)).unwrap_or_default();
+        age <= self.nonce_ttl
     }
 
     /// Challenge header values, one per algorithm in order of preference (RFC 8760).
@@ -170,14 +200,24 @@ impl DigestAuth {
             },
             None => 1,
         };
+        // `verify` checked the MAC, so the nonce is 64 characters of ours.
+        let Some(key) = nonce_key(nonce) else { return Verdict::Fail(FOREIGN_NONCE) };
         let mut counts = self.counts.lock().expect("nonce table");
-        if counts.len() >= MAX_TRACKED_NONCES {
-            counts.retain(|n, _| self.tracked_is_live(n, now));
-            if counts.len() >= MAX_TRACKED_NONCES {
+        if !counts.seen.contains_key(&key) {
+            if key.0 < counts.floor {
                 return Verdict::Stale;
             }
+            if counts.seen.len() >= MAX_TRACKED_NONCES {
+                counts.seen.retain(|k, _| self.tracked_is_live(k.0, now));
+                if counts.seen.len() >= MAX_TRACKED_NONCES {
+                    counts.make_room();
+                    if key.0 < counts.floor || counts.seen.len() >= MAX_TRACKED_NONCES {
+                        return Verdict::Stale;
+                    }
+                }
+            }
         }
-        let seen = counts.entry(nonce.to_string()).or_insert(0);
+        let seen = counts.seen.entry(key).or_insert(0);
         if count <= *seen || (nc.is_none() && *seen > 0) {
             return Verdict::Stale;
         }
@@ -188,8 +228,13 @@ impl DigestAuth {
     /// Drops counts of expired nonces (run periodically).
     pub fn purge(&self, now: SystemTime) {
         let mut counts = self.counts.lock().expect("nonce table");
-        counts.retain(|n, _| self.tracked_is_live(n, now));
+        counts.seen.retain(|k, _| self.tracked_is_live(k.0, now));
     }
+}
+
+/// The issue second and random part a nonce of ours carries.
+fn nonce_key(nonce: &str) -> Option<NonceKey> {
+    Some((u64::from_str_radix(nonce.get(..16)?, 16).ok()?, u64::from_str_radix(nonce.get(16..32)?, 16).ok()?))
 }
 
 /// Age of a nonce by the issue time it carries (its first 16 hex digits).
@@ -253,9 +298,33 @@ mod tests {
         let creds = answer(&ch[0], Algorithm::Md5, "secret", "00000001");
         assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now), Verdict::Ok);
         auth.purge(now + Duration::from_secs(30));
-        assert_eq!(auth.counts.lock().unwrap().len(), 1, "still live");
+        assert_eq!(auth.counts.lock().unwrap().seen.len(), 1, "still live");
         auth.purge(now + Duration::from_secs(61));
-        assert!(auth.counts.lock().unwrap().is_empty());
+        assert!(auth.counts.lock().unwrap().seen.is_empty());
+    }
+
+    #[test]
+    fn a_full_nonce_table_keeps_the_newest_half_and_what_it_dropped_stays_used() {
+        let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(300));
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let old = auth.challenges("example.test", false, now - Duration::from_secs(200));
+        {
+            // Full of live nonces, issued over the last 100 seconds.
+            let mut c = auth.counts.lock().unwrap();
+            for i in 0..MAX_TRACKED_NONCES as u64 {
+                c.seen.insert((secs - 100 + i % 100, i), 1);
+            }
+        }
+        let fresh = auth.challenges("example.test", false, now);
+        let creds = answer(&fresh[0], Algorithm::Md5, "secret", "00000001");
+        assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now), Verdict::Ok, "room was made");
+        let left = auth.counts.lock().unwrap().seen.len();
+        assert!(left <= MAX_TRACKED_NONCES * 6 / 10, "{left} nonces kept");
+        assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now), Verdict::Stale, "replay");
+        // A nonce issued before the ones dropped, never seen: it may have been, so it is stale.
+        let creds = answer(&old[0], Algorithm::Md5, "secret", "00000001");
+        assert_eq!(auth.verify(&creds, "example.test", "REGISTER", Some(&user()), now), Verdict::Stale);
     }
 
     #[test]
