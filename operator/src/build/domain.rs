@@ -77,7 +77,7 @@ pub fn plan(
             spec: HomeServerSpec {
                 domain: name.clone(),
                 capacity: Some(u32::try_from(capacity).unwrap_or(u32::MAX)),
-                resources: None,
+                resources: domain.spec.home_server.as_ref().and_then(|t| t.resources.clone()),
                 storage: None,
                 service: home_service.clone(),
                 advertise: None,
@@ -109,7 +109,7 @@ pub fn plan(
             replicas: Some(template.replicas.unwrap_or(MIN_FRONT_END_REPLICAS.max(sizing.front_end_replicas) as i32)),
             service_type: template.service_type.unwrap_or_default(),
             ports: FrontEndPorts::default(),
-            resources: None,
+            resources: template.resources.clone(),
             advertise: None,
         },
         status: None,
@@ -127,8 +127,9 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::build::fixtures;
-    use crate::crd::{FrontEndTemplate, ServiceType};
+    use crate::crd::{FrontEndTemplate, HomeServerTemplate, ServiceType};
     use crate::tiers::resolve;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
 
     fn names(p: &DomainPlan) -> Vec<String> {
         p.home_servers.iter().map(|h| h.metadata.name.clone().unwrap()).collect()
@@ -203,13 +204,24 @@ mod tests {
     fn explicit_counts_and_front_end_settings_win() {
         let mut d = fixtures::domain("corp", 5_000);
         d.spec.home_servers = Some(2);
-        d.spec.front_end = Some(FrontEndTemplate { replicas: Some(4), service_type: Some(ServiceType::LoadBalancer) });
+        let small = ResourceRequirements {
+            requests: Some([("cpu".to_string(), crate::build::quantity::q("200m"))].into()),
+            ..Default::default()
+        };
+        d.spec.front_end = Some(FrontEndTemplate {
+            replicas: Some(4),
+            service_type: Some(ServiceType::LoadBalancer),
+            resources: Some(small.clone()),
+        });
+        d.spec.home_server = Some(HomeServerTemplate { resources: Some(small.clone()) });
         let p = plan(&d, &resolve(5_000), &[], |_| true).unwrap();
         assert_eq!(names(&p), vec!["corp-home-1", "corp-home-2"]);
         assert_eq!(p.home_servers[0].spec.capacity, Some(2_500));
+        assert!(p.home_servers.iter().all(|h| h.spec.resources.as_ref() == Some(&small)));
         let fe = p.front_end.unwrap();
         assert_eq!(fe.spec.replicas, Some(4));
         assert_eq!(fe.spec.service_type, ServiceType::LoadBalancer);
+        assert_eq!(fe.spec.resources, Some(small));
     }
 
     #[test]

@@ -559,6 +559,7 @@ pub(crate) mod fixtures {
                 users,
                 topology: Topology::Auto,
                 home_servers: None,
+                home_server: None,
                 front_end: None,
                 directory: DirectorySpec {
                     ldap: Some(LdapDirectory {

@@ -1,5 +1,6 @@
 //! `CommunicationsDomain`: one SIP domain, its directory, sizing and topology.
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use kube::KubeSchema;
@@ -36,8 +37,8 @@ use crate::tiers::Tier;
     ),
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.topology == 'auto' || (!has(self.homeServers) && !has(self.frontEnd))").message(
-    "homeServers and frontEnd configure operator-owned resources and need topology: auto; with topology: manual create HomeServer and FrontEnd resources yourself"
+#[x_kube(validation = Rule::new("self.topology == 'auto' || (!has(self.homeServers) && !has(self.homeServer) && !has(self.frontEnd))").message(
+    "homeServers, homeServer and frontEnd configure operator-owned resources and need topology: auto; with topology: manual create HomeServer and FrontEnd resources yourself"
 ))]
 #[x_kube(validation = Rule::new("!has(self.homeServers) || self.homeServers * 10000 >= self.users").message(
     "homeServers is too small for users: one Home Server holds at most 10,000 users"
@@ -69,6 +70,10 @@ pub struct CommunicationsDomainSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub home_servers: Option<u32>,
+
+    /// With topology `auto`: settings of every operator-owned HomeServer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_server: Option<HomeServerTemplate>,
 
     /// With topology `auto`: settings of the operator-owned FrontEnd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,7 +144,7 @@ pub enum Topology {
 }
 
 /// Settings of the operator-owned FrontEnd (topology `auto`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FrontEndTemplate {
     /// Replicas of the Front-End; the enterprise tier starts with 2.
@@ -150,6 +155,19 @@ pub struct FrontEndTemplate {
     /// the Home Server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_type: Option<ServiceType>,
+    /// CPU and memory of each replica, key by key over the defaults (1 CPU, 512Mi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Settings of the operator-owned HomeServers (topology `auto`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeServerTemplate {
+    /// CPU and memory of each Home Server, key by key over the tier's (e.g. to fit a small
+    /// cluster, or to give more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// The directory users are listed in: exactly one of `ldap`, `file` or `managed`.

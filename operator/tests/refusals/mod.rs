@@ -77,7 +77,15 @@ async fn mistaken_resources_are_refused_with_a_message_naming_the_field() {
                 s["topology"] = json!("manual");
                 s["homeServers"] = json!(3);
             })),
-            vec!["homeServers and frontEnd", "topology: auto"],
+            vec!["homeServers, homeServer and frontEnd", "topology: auto"],
+        ),
+        (
+            "manual topology with Home Server resources",
+            d(spec(|s| {
+                s["topology"] = json!("manual");
+                s["homeServer"] = json!({"resources": {"requests": {"cpu": "200m"}}});
+            })),
+            vec!["homeServers, homeServer and frontEnd", "topology: auto"],
         ),
         (
             "too few Home Servers for the users",

@@ -431,6 +431,7 @@ impl Harness {
             users,
             topology: Default::default(),
             home_servers: None,
+            home_server: None,
             front_end: None,
             directory: DirectorySpec {
                 ldap: None,
