@@ -433,26 +433,47 @@ kubectl -n "$ns" wait --for=delete "pvc/data-$mdomain-directory-0" --timeout="$t
 kubectl -n "$ns" delete pvc "data-$mhs-0" "logs-$mhs-0" --timeout="$timeout"
 echo "ok: the managed directory and its volume went with the domain"
 
-step "multi-server: a Front-End in front of two Home Servers (e2e/multi.yaml, topology manual)"
-# The tiers ask for whole CPUs per server, more than a one-node test cluster has; topology manual
-# lets the servers ask for a fraction. Each server gets its certificate from the domain's CA, the
-# Front-End dials the Home Servers' headless Services on the internal mutual-TLS port, and names
-# its pod IP there (the downward API), so the Home Servers reach the replica holding a client.
+step "enterprise scale-up: 500 -> 25,000 users adds two Home Servers and a Front-End (e2e/multi.yaml)"
+# Certificates from the domain's CA; the Front-End dials the Home Servers' headless Services on the
+# internal mutual-TLS port and names its pod IP there (the downward API), so the Home Servers reach
+# the replica holding a client.
+ready_now() { # KIND/NAME: Ready for the spec it has now
+  local observed generation ready
+  read -r observed generation ready < <(kubectl -n "$ns" get "$1" -o jsonpath='{.status.observedGeneration} {.metadata.generation} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' 2>/dev/null)
+  [[ -n $observed && $observed == "$generation" && $ready == True ]]
+}
+wait_ready_now() {
+  local deadline=$((SECONDS + ${timeout%s}))
+  until ready_now "$1"; do
+    ((SECONDS < deadline)) || die "$1 did not become Ready: $(kubectl -n "$ns" get "$1" -o jsonpath='{.status.conditions}')"
+    sleep 0.5
+  done
+}
 kubectl -n "$ns" apply -f e2e/multi.yaml
-for r in homeserver/multi-home-1 homeserver/multi-home-2 frontend/multi-frontend; do
-  kubectl -n "$ns" wait --for=condition=Ready "$r" --timeout="$timeout" \
-    || die "$r did not become Ready: $(kubectl -n "$ns" get "$r" -o jsonpath='{.status.conditions}')"
+wait_ready_now communicationsdomain/multi
+[[ $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status.tier} {.status.homeServers}') == 'small ["multi-home-1"]' ]] \
+  || die "500 users: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}')"
+kubectl -n "$ns" patch communicationsdomain multi --type merge -p '{"spec":{"users":25000}}'
+wait_ready_now communicationsdomain/multi
+kubectl -n "$ns" get communicationsdomain,homeservers,frontends,pods -l parley.dev/domain=multi
+for r in homeserver/multi-home-1 homeserver/multi-home-2 homeserver/multi-home-3 frontend/multi-frontend; do
+  wait_ready_now "$r"
 done
+[[ $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status.tier} {.status.frontEnd}') == 'enterprise multi-frontend' ]] \
+  || die "25,000 users: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}')"
+[[ $(kubectl -n "$ns" get deployment multi-frontend -o jsonpath='{.status.readyReplicas}') == 2 ]] \
+  || die "the enterprise tier's Front-End runs two replicas"
 kubectl -n "$ns" get secret multi-ca -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/multi-ca.crt"
 if [[ $mode == node ]]; then
-  # A Home Server is in cluster DNS a moment after it is Ready; until the Front-End has reached it,
-  # its users get 503 with Retry-After. Wait until the Front-End reports both up (its metrics, on
-  # the pod IP, which this host reaches).
-  fe_ip=$(kubectl -n "$ns" get pod -l app.kubernetes.io/instance=multi-frontend -o jsonpath='{.items[0].status.podIP}')
-  deadline=$((SECONDS + 60))
-  until [[ $(curl -sf "http://$fe_ip:8080/metrics" | grep -c '^parley_frontend_home_server_up{.*} 1$') == 2 ]]; do
-    ((SECONDS < deadline)) || die "multi-frontend does not reach both Home Servers: $(curl -sf "http://$fe_ip:8080/metrics" | grep home_server_up)"
-    sleep 0.2
+  # A Home Server is in cluster DNS a moment after it is Ready; until a Front-End replica has
+  # reached it, its users get 503 with Retry-After. Wait until each replica reports all three up
+  # (its metrics, on the pod IP, which this host reaches).
+  for fe_ip in $(kubectl -n "$ns" get pod -l app.kubernetes.io/instance=multi-frontend -o jsonpath='{.items[*].status.podIP}'); do
+    deadline=$((SECONDS + 60))
+    until [[ $(curl -sf "http://$fe_ip:8080/metrics" | grep -c '^parley_frontend_home_server_up{.*} 1$') == 3 ]]; do
+      ((SECONDS < deadline)) || die "the Front-End at $fe_ip does not reach the three Home Servers: $(curl -sf "http://$fe_ip:8080/metrics" | grep home_server_up)"
+      sleep 0.2
+    done
   done
   fe_tls=$(kubectl -n "$ns" get service multi-frontend -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
   # alice is homed on multi-home-1 and bob on multi-home-2: every step crosses the Front-End.
@@ -463,31 +484,32 @@ if [[ $mode == node ]]; then
   kubectl -n "$ns" logs multi-home-2-0 | grep -q "signed in user=bob@example.test" || die "bob did not sign in on multi-home-2"
   echo "ok: alice signed in on multi-home-1 and bob on multi-home-2, both through multi-frontend"
 else
-  echo "multi-server probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
+  echo "scale-up probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
 fi
 # A Home Server no node can take: its status says why, in the scheduler's words.
 kubectl -n "$ns" apply -f - <<'YAML'
 apiVersion: parley.dev/v1alpha1
 kind: HomeServer
 metadata:
-  name: multi-home-3
+  name: multi-home-9
 spec:
   domain: multi
   resources: {requests: {cpu: "64"}, limits: {cpu: "64"}}
 YAML
 deadline=$((SECONDS + 60))
-until kubectl -n "$ns" get homeserver multi-home-3 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' \
+until kubectl -n "$ns" get homeserver multi-home-9 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' \
   | grep -q 'Insufficient cpu'; do
-  ((SECONDS < deadline)) || die "HomeServer multi-home-3 does not say why its pod waits: $(kubectl -n "$ns" get homeserver multi-home-3 -o jsonpath='{.status.conditions}')"
+  ((SECONDS < deadline)) || die "HomeServer multi-home-9 does not say why its pod waits: $(kubectl -n "$ns" get homeserver multi-home-9 -o jsonpath='{.status.conditions}')"
   sleep 1
 done
-echo "ok: $(kubectl -n "$ns" get homeserver multi-home-3 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
-kubectl -n "$ns" delete homeserver multi-home-3 --timeout="$timeout"
+echo "ok: $(kubectl -n "$ns" get homeserver multi-home-9 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+kubectl -n "$ns" delete homeserver multi-home-9 --timeout="$timeout"
 kubectl -n "$ns" delete -f e2e/multi.yaml --timeout="$timeout"
-kubectl -n "$ns" wait --for=delete pod/multi-home-1-0 pod/multi-home-2-0 --timeout="$timeout"
-kubectl -n "$ns" delete pvc data-multi-home-1-0 logs-multi-home-1-0 data-multi-home-2-0 logs-multi-home-2-0 \
-  --timeout="$timeout"
-kubectl -n "$ns" delete pvc data-multi-home-3-0 logs-multi-home-3-0 --ignore-not-found --timeout="$timeout"
+kubectl -n "$ns" wait --for=delete pod/multi-home-1-0 pod/multi-home-2-0 pod/multi-home-3-0 --timeout="$timeout"
+# The Home Servers' volumes are retained (their users' state): the suite removes them itself.
+for n in 1 2 3 9; do
+  kubectl -n "$ns" delete pvc "data-multi-home-$n-0" "logs-multi-home-$n-0" --ignore-not-found --timeout="$timeout"
+done
 
 step ""
 echo
