@@ -81,6 +81,8 @@ pub(super) enum After {
     Notify(Vec<String>, bool),
     /// End these subscriptions with a final NOTIFY giving the reason.
     Terminate(Vec<String>, &'static str),
+    /// Send the final NOTIFY, giving the reason, of a subscription already ended and forgotten.
+    Ended(Box<super::presence::state::Subscription>, &'static str),
     /// A user's presence changed: notify its watchers and lists that contain it.
     PresenceChanged(String),
     /// A user's watchers changed: notify its watcher-info subscriptions.
@@ -559,6 +561,13 @@ impl Core {
         match after {
             After::Notify(ids, full) => self.notify(now, ids, full, None),
             After::Terminate(ids, reason) => self.notify(now, ids, true, Some(reason)),
+            After::Ended(sub, reason) => {
+                // Back for the time it takes to compose and send its final NOTIFY, which forgets
+                // it again (deleting it from the store once more, which does no harm).
+                let id = sub.id.clone();
+                self.presence.add_subscription(*sub);
+                self.notify(now, vec![id], true, Some(reason))
+            }
             After::PresenceChanged(aor) => {
                 let ids = self.presence.affected_by_presence(&aor);
                 self.notify(now, ids, false, None)
