@@ -22,6 +22,9 @@ pub struct Ua {
     retransmit: bool,
     /// Whether requests leave out Contact (a REGISTER then asks for the bindings).
     no_contact: bool,
+    /// Whether NOTIFYs that arrive while waiting for something else are answered 200 (as a
+    /// client with subscriptions does), rather than dropped unanswered.
+    answer_notifies: bool,
 }
 
 /// A header's value in a raw message (first occurrence, case-insensitive, long names only).
@@ -70,7 +73,19 @@ impl Ua {
             last_request: String::new(),
             retransmit: false,
             no_contact: false,
+            answer_notifies: false,
         }
+    }
+
+    /// The same user agent, answering 200 to every NOTIFY it meets while waiting for something else.
+    pub fn answering_notifies(mut self) -> Ua {
+        self.answer_notifies = true;
+        self
+    }
+
+    /// The Call-ID of the current dialog (see `new_call`).
+    pub fn call_id(&self) -> &str {
+        &self.call_id
     }
 
     /// The same user agent, retransmitting what `send_authenticated` sends until it is answered.
@@ -131,8 +146,16 @@ impl Ua {
             if m.starts_with("SIP/2.0 ") {
                 return Some(m);
             }
+            self.skipped(&m);
         }
         None
+    }
+
+    /// A request met while waiting for something else: a NOTIFY is answered if so asked.
+    fn skipped(&self, m: &str) {
+        if self.answer_notifies && m.starts_with("NOTIFY ") {
+            self.answer(m, 200);
+        }
     }
 
     fn request(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
@@ -259,6 +282,7 @@ impl Ua {
             if m.starts_with(&format!("{method} ")) {
                 return Some(m);
             }
+            self.skipped(&m);
         }
         None
     }
