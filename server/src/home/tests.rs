@@ -560,8 +560,10 @@ fn a_notify_that_cannot_be_sent_drops_the_subscription() {
     let mut bob = client("bob", "192.0.2.20:5060");
     let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
     let branch = requests(&sent, "NOTIFY")[0].branch.clone().unwrap();
+    assert_eq!(sim.core.metrics.subscriptions.load(std::sync::atomic::Ordering::Relaxed), 1);
     sim.input(Input::NotSent { branch });
     assert!(sim.core.presence.all_subscription_ids().is_empty());
+    assert_eq!(sim.core.metrics.subscriptions.load(std::sync::atomic::Ordering::Relaxed), 0, "the gauge follows");
 }
 
 #[test]
