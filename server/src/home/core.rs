@@ -516,8 +516,10 @@ impl Core {
         match waiter {
             Waiter::Fork(id) => self.fork_answered(now, id, answer),
             Waiter::Notify(sub) => {
-                // A subscriber that no longer knows the dialog, or never answers, is gone.
-                if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408)) {
+                // A subscriber that no longer knows the dialog, or never answers, is gone; so is
+                // one whose flow through a Front-End failed (430, RFC 5626): the dialog's route
+                // set leads nowhere now, and the subscriber subscribes again.
+                if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408) | Some(430)) {
                     self.drop_subscription(&sub);
                 }
             }
@@ -551,7 +553,9 @@ impl Core {
                 self.metrics.messages_delivered.fetch_add(1, Relaxed);
                 ok
             }
-            (None, Some(r)) if r.status() != Some(408) && r.status() != Some(503) => r,
+            // 408, 503 and 430 (a device's flow failed: RFC 5626 keeps it from endpoints) say
+            // nothing to the sender but that the user is not reachable now.
+            (None, Some(r)) if !matches!(r.status(), Some(408 | 503 | 430)) => r,
             (None, _) => self.respond(&task.req, 480),
         };
         self.finish(now, task, response);

@@ -446,6 +446,21 @@ fn an_unanswered_message_over_udp_is_retransmitted_then_480() {
 }
 
 #[test]
+fn a_failed_flow_is_480_for_the_sender_and_ends_the_dialog_it_carried() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 600);
+    let sent = bob.message(&mut sim, "alice@example.test", "hello");
+    let sent = alice.answer(&mut sim, requests(&sent, "MESSAGE")[0], 430);
+    assert_eq!(statuses(&sent), [480], "430 is for proxies, not for bob");
+
+    let sent = alice.subscribe(&mut sim, "bob@example.test", 600);
+    assert_eq!(sim.core.presence.all_subscription_ids().len(), 1);
+    alice.answer(&mut sim, requests(&sent, "NOTIFY")[0], 430);
+    assert!(sim.core.presence.all_subscription_ids().is_empty(), "its route leads nowhere");
+}
+
+#[test]
 fn messages_to_offline_unknown_and_foreign_users() {
     let mut sim = Sim::new();
     let mut bob = client("bob", "192.0.2.20:5060");
