@@ -1,7 +1,10 @@
 //! `kill -9` of a Home Server under load: every registration, publication, subscription (and
 //! unsubscription) and contact-list write a client was told succeeded is there after the restart
 //! on the same data (redb commits before the answer), judged by what the clients were told, not by
-//! what they sent; and the clients carry on without any manual step.
+//! what they sent; and the clients carry on without any manual step. `kill -9` of a Front-End in
+//! the middle of a conversation: its clients sign in through the other one and go on, the Home
+//! Servers lose nothing, and the Front-End serves again once restarted. (A directory outage:
+//! `tests/ldap.rs`.)
 
 mod support;
 
@@ -11,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::cluster::{Ca, Node, users_file};
 use support::ua::{Ua, body, header, status};
 use support::{Server, free_port, tool_available, try_http};
 
@@ -250,9 +254,9 @@ fn note(n: usize, round: &str) -> String {
     format!("u{n}-{round}")
 }
 
-fn pidf(n: usize, note: &str) -> String {
+fn pidf(user: &str, note: &str) -> String {
     format!(
-        "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:u{n}@example.test\">\
+        "<?xml version=\"1.0\"?>\n<presence xmlns=\"urn:ietf:params:xml:ns:pidf\" entity=\"sip:{user}@example.test\">\
          <tuple id=\"t\"><status><basic>open</basic></status><note>{note}</note></tuple></presence>"
     )
 }
@@ -331,7 +335,7 @@ impl Client {
         let uri = self.aor_uri();
         let if_match = self.etag.as_ref().map(|e| format!("SIP-If-Match: {e}\r\n")).unwrap_or_default();
         let extra = format!("Event: presence\r\nExpires: 600\r\n{if_match}Content-Type: application/pidf+xml\r\n");
-        let r = self.dev.try_send_authenticated("PUBLISH", &uri, &uri, &extra, &pidf(self.n, note))?;
+        let r = self.dev.try_send_authenticated("PUBLISH", &uri, &uri, &extra, &pidf(&format!("u{}", self.n), note))?;
         match status(&r) {
             200 => self.etag = Some(header(&r, "SIP-ETag").expect("SIP-ETag").to_string()),
             // The publication it refreshed is not there (its refresh landed, its answer was lost):
@@ -609,4 +613,267 @@ fn every_acknowledged_change_of_every_kind_survives_kill_9_under_sipp_load() {
             recipient.answered()
         );
     }
+}
+
+// ---- kill -9 of a Front-End ----
+
+/// A client on its own thread, as a phone runs: answers MESSAGEs (and NOTIFYs), sends one to
+/// `peer` every 100 ms if it has one, and keeps its flow alive with an OPTIONS to its Front-End
+/// every 500 ms. When its Front-End stops answering (a transaction times out), it signs in through
+/// `backup`, once, and carries on there.
+struct Device {
+    stop: Arc<AtomicBool>,
+    /// MESSAGEs answered 200 by the peer: in all, and since this device signed in through `backup`.
+    delivered: Arc<AtomicUsize>,
+    delivered_after_failover: Arc<AtomicUsize>,
+    failed_over: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Ua>,
+}
+
+impl Device {
+    fn start(mut ua: Ua, peer: Option<&'static str>, backup: SocketAddr) -> Device {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (delivered, delivered_after_failover) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let failed_over = Arc::new(AtomicBool::new(false));
+        let (done, total, after, moved) =
+            (stop.clone(), delivered.clone(), delivered_after_failover.clone(), failed_over.clone());
+        let thread = std::thread::spawn(move || {
+            let (mut next_message, mut next_keepalive) = (Instant::now(), Instant::now());
+            while !done.load(Ordering::Relaxed) {
+                if let Some(m) = ua.recv_request("MESSAGE", Duration::from_millis(20)) {
+                    ua.answer(&m, 200);
+                }
+                let mut answered = true;
+                if let Some(peer) = peer.filter(|_| Instant::now() >= next_message) {
+                    next_message = Instant::now() + Duration::from_millis(100);
+                    let uri = format!("sip:{peer}@example.test");
+                    match ua.try_send_authenticated("MESSAGE", &uri, &uri, "Content-Type: text/plain\r\n", "hi") {
+                        Some(r) if status(&r) == 200 => {
+                            total.fetch_add(1, Ordering::Relaxed);
+                            if moved.load(Ordering::Relaxed) {
+                                after.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(_) => {} // 480 while the peer's binding still leads through the dead one
+                        None => answered = false,
+                    }
+                }
+                if answered && Instant::now() >= next_keepalive {
+                    next_keepalive = Instant::now() + Duration::from_millis(500);
+                    let front_end = format!("sip:{}", ua.server);
+                    answered = ua.try_send_authenticated("OPTIONS", &front_end, &front_end, "", "").is_some();
+                }
+                if !answered && !moved.load(Ordering::Relaxed) {
+                    ua.server = backup;
+                    register_until_served(&mut ua);
+                    moved.store(true, Ordering::Relaxed);
+                }
+            }
+            ua
+        });
+        Device { stop, delivered, delivered_after_failover, failed_over, thread }
+    }
+
+    /// Whether its thread is over (it only ends early by panicking).
+    fn ended(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    fn stop(self) -> Ua {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("device thread")
+    }
+}
+
+/// Receives requests until one of `method` for which `wanted` holds, answering each 200; says
+/// where it came from.
+fn expect_request(ua: &Ua, method: &str, wanted: impl Fn(&str) -> bool) -> (String, SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some((m, from)) = ua.recv_from(left) else { break };
+        if !m.starts_with("SIP/2.0 ") {
+            ua.answer(&m, 200);
+        }
+        if m.starts_with(&format!("{method} ")) && wanted(&m) {
+            return (m, from);
+        }
+    }
+    panic!("{}: no such {method}", ua.user);
+}
+
+/// `from` sends `text` to `to`'s user, who waits for it: the final response, and where the
+/// MESSAGE reached `to` from.
+fn message(from: &mut Ua, to: &Ua, text: &str) -> (u16, SocketAddr) {
+    let uri = format!("sip:{}@example.test", to.user);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| expect_request(to, "MESSAGE", |m| body(m) == text));
+        let r = from.send_authenticated("MESSAGE", &uri, &uri, "Content-Type: text/plain\r\n", text);
+        let (_, source) = waiter.join().unwrap();
+        (status(&r), source)
+    })
+}
+
+/// Subscribes `watcher` to `target`'s presence and waits for a NOTIFY of that dialog whose body
+/// contains `shown`; returns the dialog's Call-ID.
+fn subscribe(watcher: &mut Ua, target: &str, name: &str, shown: &str) -> String {
+    watcher.new_call(name);
+    let uri = format!("sip:{target}@example.test");
+    let r = watcher.send_authenticated("SUBSCRIBE", &uri, &uri, "Event: presence\r\nExpires: 600\r\n", "");
+    assert_eq!(status(&r), 200, "{} watches {target}: {r}", watcher.user);
+    let call_id = watcher.call_id().to_string();
+    expect_request(watcher, "NOTIFY", |m| header(m, "Call-ID") == Some(call_id.as_str()) && body(m).contains(shown));
+    call_id
+}
+
+/// Registers through `ua.server` until it is served (a Front-End just started may not have
+/// probed its Home Servers yet), 10 s at most.
+fn register_until_served(ua: &mut Ua) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = ua.try_send_authenticated(
+            "REGISTER",
+            "sip:example.test",
+            &format!("sip:{}@example.test", ua.user),
+            "Expires: 600\r\n",
+            "",
+        );
+        if r.as_deref().is_some_and(|r| status(r) == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} is not served through {}: {r:?}", ua.user, ua.server);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn gauge(node: &Node, name: &str) -> f64 {
+    let metrics = node.metrics();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}: no {name} in\n{metrics}", node.name))
+}
+
+#[test]
+fn a_front_end_killed_mid_conversation_costs_its_clients_one_sign_in_and_the_home_servers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "deployment-ca");
+    let users = users_file(
+        dir.path(),
+        &[("alice", "home-1"), ("carol", "home-1"), ("bob", "home-2"), ("dave", "home-2"), ("erin", "home-2")],
+    );
+    let homes: Vec<Node> = (1..=2).map(|i| Node::start(dir.path(), &format!("home-{i}"), &ca, &users, None)).collect();
+    let table: Vec<(String, SocketAddr)> = homes.iter().map(|h| (h.name.clone(), h.internal)).collect();
+    let mut fe_a = Node::start(dir.path(), "fe-a", &ca, &users, Some(&table));
+    let fe_b = Node::start(dir.path(), "fe-b", &ca, &users, Some(&table));
+    let ua = |user: &str, fe: &Node| {
+        Ua::new(user, fe.sip).retransmitting().giving_up_after(Duration::from_secs(3)).answering_notifies()
+    };
+    // alice and bob (on different Home Servers) and erin sign in through fe-a; carol and dave
+    // through fe-b.
+    let (mut alice, mut bob, mut erin) = (ua("alice", &fe_a), ua("bob", &fe_a), ua("erin", &fe_a));
+    let (mut carol, mut dave) = (ua("carol", &fe_b), ua("dave", &fe_b));
+    for u in [&mut alice, &mut bob, &mut erin, &mut carol, &mut dave] {
+        assert_eq!(status(&u.register(600)), 200, "{} signs in", u.user);
+    }
+    // Presence dialogs through either Front-End: carol and bob watch alice, dave watches bob.
+    subscribe(&mut carol, "alice", "watch-alice", "");
+    let bob_old_dialog = subscribe(&mut bob, "alice", "watch-alice", "");
+    subscribe(&mut dave, "bob", "watch-bob", "");
+    let state = |h: &Node| (gauge(h, "parley_registrations"), gauge(h, "parley_subscriptions"));
+    let before: Vec<(f64, f64)> = homes.iter().map(state).collect();
+    assert_eq!(before, [(2.0, 2.0), (3.0, 1.0)]);
+
+    // alice messages bob, both through fe-a; fe-a is killed in the middle.
+    let alice_device = Device::start(alice, Some("bob"), fe_b.sip);
+    let bob_device = Device::start(bob, None, fe_b.sip);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alice_device.delivered.load(Ordering::Relaxed) < 10 && !alice_device.ended() && !bob_device.ended() {
+        assert!(Instant::now() < deadline, "alice's messages do not reach bob through fe-a");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fe_a.kill();
+    let killed = Instant::now();
+    let delivered_through_fe_a = alice_device.delivered.load(Ordering::Relaxed);
+    // The Home Servers lose nothing by it.
+    assert_eq!(homes.iter().map(state).collect::<Vec<_>>(), before, "(bindings, subscriptions) per Home Server");
+
+    // Each notices (a MESSAGE or a keep-alive unanswered), signs in through fe-b, and the
+    // conversation goes on there.
+    loop {
+        let recovered = alice_device.failed_over.load(Ordering::Relaxed)
+            && bob_device.failed_over.load(Ordering::Relaxed)
+            && alice_device.delivered_after_failover.load(Ordering::Relaxed) >= 10;
+        if recovered || alice_device.ended() || bob_device.ended() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no recovery through fe-b: alice moved {}, bob moved {}, {} delivered since",
+            alice_device.failed_over.load(Ordering::Relaxed),
+            bob_device.failed_over.load(Ordering::Relaxed),
+            alice_device.delivered_after_failover.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let recovered = killed.elapsed();
+    let (mut alice, mut bob) = (alice_device.stop(), bob_device.stop()); // a device's panic shows here
+    println!(
+        "fe-a killed after {delivered_through_fe_a} MESSAGEs; both clients through fe-b and messaging again in \
+         {recovered:?}"
+    );
+
+    // Their bindings were replaced, not doubled: the Home Servers hold what they held.
+    assert_eq!(homes.iter().map(state).collect::<Vec<_>>(), before);
+    for u in [&mut alice, &mut bob] {
+        let r = u.query_bindings().expect("bindings");
+        let contacts: Vec<&str> = r.lines().filter(|l| l.to_ascii_lowercase().starts_with("contact:")).collect();
+        assert_eq!(contacts.len(), 1, "{}: {r}", u.user);
+    }
+    // Messages for everyone, across both Home Servers, through fe-b.
+    assert_eq!(message(&mut bob, &alice, "to alice from bob"), (200, fe_b.sip));
+    assert_eq!(message(&mut carol, &bob, "to bob from carol"), (200, fe_b.sip));
+    assert_eq!(message(&mut dave, &alice, "to alice from dave"), (200, fe_b.sip));
+
+    // Presence: carol's dialog (through fe-b) hears alice's next publication. bob's went through
+    // fe-a: home-1 cannot deliver its NOTIFY and drops it, and bob subscribes again, as a client
+    // does when its dialog's Front-End is gone, and is shown alice's state.
+    alice.new_call("publish");
+    alice.publish(&pidf("alice", "after fe-a"), None, 600);
+    let (n, from) = expect_request(&carol, "NOTIFY", |m| body(m).contains("after fe-a"));
+    assert_eq!(from, fe_b.sip, "{n}");
+    let deadline = Instant::now() + WAIT;
+    while gauge(&homes[0], "parley_subscriptions") != 1.0 {
+        assert!(Instant::now() < deadline, "home-1 keeps bob's unreachable dialog:\n{}", homes[0].log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let call_id = subscribe(&mut bob, "alice", "watch-alice-again", "after fe-a");
+    assert_ne!(call_id, bob_old_dialog);
+    // dave's dialog (through fe-b, to home-2) hears bob, who now signs in through fe-b.
+    bob.new_call("publish");
+    bob.publish(&pidf("bob", "bob moved"), None, 600);
+    expect_request(&dave, "NOTIFY", |m| body(m).contains("bob moved"));
+
+    // fe-a comes back on its ports and serves again: erin, signed in through it before the crash
+    // and silent since, signs in again there, gets messages and watches alice through it.
+    fe_a.restart();
+    // Until she signs in again, erin's binding leads through a flow the new fe-a does not hold:
+    // a MESSAGE to her fails at once (480), rather than going round or asking its sender to
+    // authenticate again.
+    let sent = Instant::now();
+    let uri = "sip:erin@example.test";
+    let r = alice.send_authenticated("MESSAGE", uri, uri, "Content-Type: text/plain\r\n", "are you there?");
+    assert_eq!(status(&r), 480, "{r}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "answered after {:?}", sent.elapsed());
+    register_until_served(&mut erin);
+    assert_eq!(message(&mut alice, &erin, "to erin through the new fe-a"), (200, fe_a.sip));
+    let erin_dialog = subscribe(&mut erin, "alice", "watch-alice", "after fe-a");
+    alice.new_call("publish-2");
+    alice.publish(&pidf("alice", "fe-a is back"), None, 600);
+    let (_, from) = expect_request(&erin, "NOTIFY", |m| {
+        header(m, "Call-ID") == Some(erin_dialog.as_str()) && body(m).contains("fe-a is back")
+    });
+    assert_eq!(from, fe_a.sip);
+    assert_eq!(homes.iter().map(|h| gauge(h, "parley_registrations")).collect::<Vec<_>>(), [2.0, 3.0]);
 }
