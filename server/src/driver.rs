@@ -9,6 +9,7 @@ use crate::store::Store;
 use crate::transport::{Flow, Handler, Transport, Transports};
 use bytes::Bytes;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,6 +17,16 @@ use std::time::Duration;
 const TICK: Duration = Duration::from_millis(50);
 /// How often the directory's list of admitted domains is read again.
 const DOMAINS_REFRESH: Duration = Duration::from_secs(1);
+
+/// An action whose store writes, if any, are queued already.
+pub enum Queued {
+    Action(Action),
+    /// Writes in the store's queue; with a task, the service hears once they are durable.
+    Written {
+        task: Option<TaskId>,
+        written: BoxFuture<'static, anyhow::Result<()>>,
+    },
+}
 
 pub struct Driver<S> {
     service: Mutex<S>,
@@ -54,10 +65,31 @@ impl<S: Service> Driver<S> {
         let (result, actions) = {
             let mut service = self.service();
             let result = f(&mut service, Now::real());
-            (result, service.take_actions())
+            (result, self.queue_writes(service.take_actions()))
         };
         self.perform(actions);
         result
+    }
+
+    /// Puts the writes of `actions` in the store's queue at once. Called with the service held,
+    /// so writes commit in the order the service made them: were they queued after it is let go,
+    /// a thread busy sending first could queue an older decision after a newer one made on
+    /// another thread (a sweep's deletion of a binding after its re-registration, answered 200),
+    /// and the disk would keep the older. Queueing does not wait for the disk.
+    pub fn queue_writes(&self, actions: Vec<Action>) -> Vec<Queued> {
+        actions
+            .into_iter()
+            .filter_map(|action| match action {
+                Action::Store { task, writes } => match &self.store {
+                    Some(store) => Some(Queued::Written { task, written: store.submit(writes).boxed() }),
+                    None => {
+                        tracing::error!("a store write without a store: dropped");
+                        None
+                    }
+                },
+                action => Some(Queued::Action(action)),
+            })
+            .collect()
     }
 
     /// Runs the service on one input and performs what it asks.
@@ -67,22 +99,20 @@ impl<S: Service> Driver<S> {
 
     /// Performs actions in order. Sends leave in that order when their connection is open (or on
     /// UDP); one that must wait for a connection or buffer space goes on a task of its own.
-    fn perform(self: &Arc<Self>, actions: Vec<Action>) {
+    fn perform(self: &Arc<Self>, actions: Vec<Queued>) {
         for action in actions {
             match action {
-                Action::Send { flow, data, branch } => {
+                Queued::Action(Action::Send { flow, data, branch }) => {
                     if self.transports.send_now(&flow, data.clone()).is_err() {
                         let this = self.clone();
                         tokio::spawn(async move { this.send(flow, data, branch).await });
                     }
                 }
-                Action::Fetch { task, users, resolve } => self.fetch(task, users, resolve),
-                Action::Store { task, writes } => {
-                    let Some(store) = &self.store else {
-                        tracing::error!("a store write without a store: dropped");
-                        continue;
-                    };
-                    let written = store.submit(writes);
+                Queued::Action(Action::Fetch { task, users, resolve }) => self.fetch(task, users, resolve),
+                // `queue_writes` turns every write into `Written`; should one come here anyway, it
+                // is still written, though no longer in order with what another thread decided.
+                Queued::Action(store @ Action::Store { .. }) => self.perform(self.queue_writes(vec![store])),
+                Queued::Written { task, written } => {
                     let this = self.clone();
                     tokio::spawn(async move {
                         let result = written.await.map_err(|e| format!("{e:#}"));
@@ -101,18 +131,16 @@ impl<S: Service> Driver<S> {
     }
 
     /// Performs actions in order, waiting for each send and write (for shutdown).
-    pub async fn perform_and_wait(self: &Arc<Self>, actions: Vec<Action>) {
+    pub async fn perform_and_wait(self: &Arc<Self>, actions: Vec<Queued>) {
         for action in actions {
             match action {
-                Action::Send { flow, data, branch } => self.send(flow, data, branch).await,
-                Action::Store { writes, .. } => {
-                    if let Some(store) = &self.store
-                        && let Err(e) = store.submit(writes).await
-                    {
+                Queued::Action(Action::Send { flow, data, branch }) => self.send(flow, data, branch).await,
+                Queued::Written { written, .. } => {
+                    if let Err(e) = written.await {
                         tracing::error!(error = %e, "store write failed");
                     }
                 }
-                fetch @ Action::Fetch { .. } => self.perform(vec![fetch]),
+                other => self.perform(vec![other]),
             }
         }
     }
@@ -194,5 +222,87 @@ impl<S: Service> Handler for DriverHandler<S> {
     fn on_message(&self, flow: Flow, data: Bytes) {
         let message = parse_datagram(&data, &self.0.limits);
         self.0.input(Input::Received { flow, message });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Table, Write};
+    use crate::transport::Flow;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A service that does what each test closure tells it, and counts the writes made durable.
+    #[derive(Default)]
+    struct Scripted {
+        actions: Vec<Action>,
+        stored: usize,
+    }
+
+    impl Service for Scripted {
+        fn handle(&mut self, _: Now, input: Input) {
+            if let Input::Stored { result, .. } = input {
+                result.expect("written");
+                self.stored += 1;
+            }
+        }
+        fn on_tick(&mut self, _: Now) {}
+        fn take_actions(&mut self) -> Vec<Action> {
+            std::mem::take(&mut self.actions)
+        }
+        fn admit_domains(&mut self, _: Vec<String>) {}
+        fn set_advertised(&mut self, _: Transport, _: String) {}
+    }
+
+    /// Two decisions about one key, the first after much sending (a tick's retransmissions before
+    /// its sweep deletes a binding): the store must end with the second, as the service does.
+    /// Were writes queued after the service is let go, the second could commit first, and a
+    /// restart would find the older (an acknowledged re-registration gone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_commit_in_the_order_the_service_made_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let limits = crate::transport::Limits {
+            message: Limits::default(),
+            max_connections_per_ip: 1,
+            max_connections: 1,
+            idle_timeout: Duration::from_secs(1),
+            message_timeout: Duration::from_secs(1),
+            max_messages_per_source: 0,
+        };
+        let transports = Transports::new(limits, Arc::new(crate::ops::metrics::Metrics::default()));
+        let directory = Arc::new(crate::directory::file::FileDirectory::parse("").unwrap());
+        let driver = Driver::new(Scripted::default(), transports, directory, Some(store.clone()), Limits::default());
+        let put =
+            |task, value: u32| Action::Store { task: Some(task), writes: vec![Write::put(Table::Rules, "k", &value)] };
+
+        let decided = Arc::new(AtomicBool::new(false));
+        let first = {
+            let (driver, decided, runtime) = (driver.clone(), decided.clone(), tokio::runtime::Handle::current());
+            std::thread::spawn(move || {
+                let _entered = runtime.enter();
+                driver.with(|s, _| {
+                    let flow = Flow::datagram(Transport::Udp, "127.0.0.1:9".parse().unwrap());
+                    for _ in 0..20_000 {
+                        s.actions.push(Action::Send { flow, data: Bytes::from_static(b"x"), branch: None });
+                    }
+                    s.actions.push(put(1, 1));
+                    decided.store(true, Ordering::SeqCst);
+                });
+            })
+        };
+        while !decided.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        // Decided after the first (the service's lock orders them), while its sends go out.
+        driver.with(|s, _| s.actions.push(put(2, 2)));
+        first.join().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while driver.service().stored < 2 {
+            assert!(std::time::Instant::now() < deadline, "writes not made durable");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let on_disk: Vec<(String, u32)> = store.load(Table::Rules).unwrap();
+        assert_eq!(on_disk, [("k".to_string(), 2)], "the older decision overwrote the newer one");
     }
 }

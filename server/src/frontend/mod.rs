@@ -397,9 +397,16 @@ impl Proxy {
             }
             req.headers.pop_first_value("Route");
             if flow.transport == Transport::Internal
-                && let Some(f) = route.uri.user().and_then(|t| self.tokens.decode(t))
+                && let Some(token) = route.uri.user()
             {
-                client = Some(f);
+                match self.tokens.decode(token) {
+                    Some(f) => client = Some(f),
+                    // Not a flow this instance holds: a token minted before it restarted (the
+                    // connections went with the process). Routed on as a new request it would go
+                    // back to a Home Server without the credentials it was authorised with (a 407
+                    // for its sender); RFC 5626 section 5.3 reports the flow failed instead.
+                    None => return self.reply(flow, &req, 430, "Flow Failed", false),
+                }
             }
         }
         match client {

@@ -251,6 +251,27 @@ fn a_flow_that_is_gone_is_reported_to_the_home_server_as_430() {
 }
 
 #[test]
+fn a_flow_token_from_before_a_restart_is_a_failed_flow_not_a_new_request() {
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let carol = udp("192.0.2.30:5060");
+    let register = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    let path = sim.receive(carol, register)[0].msg.headers.get("Path").unwrap().to_string();
+
+    // The instance restarts (same address, a new key): the Home Server still routes by the old Path.
+    let mut restarted = Sim::new();
+    restarted.probe_round(&[HOME_1, HOME_2]);
+    let message = format!(
+        "MESSAGE sip:carol@192.0.2.30:5060 SIP/2.0\r\nVia: SIP/2.0/TLS {HOME_2};branch=z9hG4bKm1\r\nRoute: {path}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@example.test>;tag=h\r\nTo: <sip:carol@example.test>\r\n\
+         Call-ID: m-1\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let sent = restarted.receive(internal(HOME_2), parse_datagram(message.as_bytes(), &Limits::default()).unwrap());
+    let [answer] = &sent[..] else { panic!("only an answer, no forward: {}", sent.len()) };
+    assert_eq!((answer.flow.remote.to_string(), answer.msg.status()), (HOME_2.to_string(), Some(430)));
+}
+
+#[test]
 fn a_home_server_that_refuses_the_connection_costs_its_users_a_503_at_once() {
     let mut sim = Sim::new();
     sim.probe_round(&[HOME_1, HOME_2]);

@@ -81,6 +81,8 @@ pub(super) enum After {
     Notify(Vec<String>, bool),
     /// End these subscriptions with a final NOTIFY giving the reason.
     Terminate(Vec<String>, &'static str),
+    /// Send the final NOTIFY, giving the reason, of a subscription already ended and forgotten.
+    Ended(Box<super::presence::state::Subscription>, &'static str),
     /// A user's presence changed: notify its watchers and lists that contain it.
     PresenceChanged(String),
     /// A user's watchers changed: notify its watcher-info subscriptions.
@@ -514,8 +516,10 @@ impl Core {
         match waiter {
             Waiter::Fork(id) => self.fork_answered(now, id, answer),
             Waiter::Notify(sub) => {
-                // A subscriber that no longer knows the dialog, or never answers, is gone.
-                if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408)) {
+                // A subscriber that no longer knows the dialog, or never answers, is gone; so is
+                // one whose flow through a Front-End failed (430, RFC 5626): the dialog's route
+                // set leads nowhere now, and the subscriber subscribes again.
+                if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408) | Some(430)) {
                     self.drop_subscription(&sub);
                 }
             }
@@ -549,7 +553,9 @@ impl Core {
                 self.metrics.messages_delivered.fetch_add(1, Relaxed);
                 ok
             }
-            (None, Some(r)) if r.status() != Some(408) && r.status() != Some(503) => r,
+            // 408, 503 and 430 (a device's flow failed: RFC 5626 keeps it from endpoints) say
+            // nothing to the sender but that the user is not reachable now.
+            (None, Some(r)) if !matches!(r.status(), Some(408 | 503 | 430)) => r,
             (None, _) => self.respond(&task.req, 480),
         };
         self.finish(now, task, response);
@@ -559,6 +565,13 @@ impl Core {
         match after {
             After::Notify(ids, full) => self.notify(now, ids, full, None),
             After::Terminate(ids, reason) => self.notify(now, ids, true, Some(reason)),
+            After::Ended(sub, reason) => {
+                // Back for the time it takes to compose and send its final NOTIFY, which forgets
+                // it again (deleting it from the store once more, which does no harm).
+                let id = sub.id.clone();
+                self.presence.add_subscription(*sub);
+                self.notify(now, vec![id], true, Some(reason))
+            }
             After::PresenceChanged(aor) => {
                 let ids = self.presence.affected_by_presence(&aor);
                 self.notify(now, ids, false, None)

@@ -55,7 +55,7 @@ impl Driver<Core> {
         let actions = {
             let mut core = self.service();
             core.terminate_all_subscriptions(Now::real(), reason);
-            core.take_actions()
+            self.queue_writes(core.take_actions())
         };
         self.perform_and_wait(actions).await;
     }

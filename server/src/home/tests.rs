@@ -4,7 +4,7 @@
 //! in microseconds.
 
 use super::auth::{Algorithm, DigestAuth, ha1, hash};
-use super::core::{Action, Core, CoreSettings, Facts, Input, Now, Service};
+use super::core::{Action, Core, CoreSettings, Facts, Input, Now, Service, TaskId};
 use super::guard;
 use super::registrar::{Policy, Registrar};
 use crate::directory::{DirectoryError, User};
@@ -63,6 +63,8 @@ struct Sim {
     directory_down: bool,
     store_fails: bool,
     writes: Vec<Write>,
+    /// While set, store writes wait here (not yet durable) until `release_writes`.
+    held: Option<Vec<(Option<TaskId>, Vec<Write>)>>,
     /// Each fetch: the users, and the route host to resolve.
     fetched: Vec<Fetch>,
     next: u32,
@@ -107,7 +109,17 @@ impl Sim {
         }
         // Both clocks start at an arbitrary point; only their progress matters.
         let now = Now { instant: Instant::now(), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) };
-        Sim { core, now, users, directory_down: false, store_fails: false, writes: vec![], fetched: vec![], next: 0 }
+        Sim {
+            core,
+            now,
+            users,
+            directory_down: false,
+            store_fails: false,
+            writes: vec![],
+            held: None,
+            fetched: vec![],
+            next: 0,
+        }
     }
 
     fn input(&mut self, input: Input) -> Vec<Sent> {
@@ -143,6 +155,9 @@ impl Sim {
                         facts.route = resolve.map(|_| "198.51.100.7:5062".parse().unwrap());
                         self.core.handle(self.now, Input::Fetched { task, facts });
                     }
+                    Action::Store { task, writes } if self.held.is_some() => {
+                        self.held.as_mut().expect("holding").push((task, writes));
+                    }
                     Action::Store { task, writes } => {
                         let result = if self.store_fails { Err("disk full".to_string()) } else { Ok(()) };
                         if result.is_ok() {
@@ -155,6 +170,24 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Holds store writes from now on: the disk is slow.
+    fn hold_writes(&mut self) {
+        self.held = Some(Vec::new());
+    }
+
+    /// Makes the held writes durable, in order, and stops holding; returns what the core sends.
+    fn release_writes(&mut self) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        for (task, writes) in self.held.take().unwrap_or_default() {
+            self.writes.extend(writes);
+            if let Some(task) = task {
+                self.core.handle(self.now, Input::Stored { task, result: Ok(()) });
+            }
+            sent.extend(self.settle());
+        }
+        sent
     }
 
     fn receive(&mut self, flow: Flow, text: &str) -> Vec<Sent> {
@@ -413,6 +446,21 @@ fn an_unanswered_message_over_udp_is_retransmitted_then_480() {
 }
 
 #[test]
+fn a_failed_flow_is_480_for_the_sender_and_ends_the_dialog_it_carried() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 600);
+    let sent = bob.message(&mut sim, "alice@example.test", "hello");
+    let sent = alice.answer(&mut sim, requests(&sent, "MESSAGE")[0], 430);
+    assert_eq!(statuses(&sent), [480], "430 is for proxies, not for bob");
+
+    let sent = alice.subscribe(&mut sim, "bob@example.test", 600);
+    assert_eq!(sim.core.presence.all_subscription_ids().len(), 1);
+    alice.answer(&mut sim, requests(&sent, "NOTIFY")[0], 430);
+    assert!(sim.core.presence.all_subscription_ids().is_empty(), "its route leads nowhere");
+}
+
+#[test]
 fn messages_to_offline_unknown_and_foreign_users() {
     let mut sim = Sim::new();
     let mut bob = client("bob", "192.0.2.20:5060");
@@ -471,6 +519,44 @@ fn expiry_in_simulated_time_signs_out_and_ends_subscriptions() {
 }
 
 #[test]
+fn an_unsubscribe_is_answered_once_its_end_is_durable_and_nothing_writes_it_back() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    alice.register(&mut sim, 60);
+    let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
+    bob.answer(&mut sim, requests(&sent, "NOTIFY")[0], 200);
+    let to = sent.iter().find(|s| s.status() == Some(200)).expect("200").header("To").to_string();
+    let id = sim.core.presence.all_subscription_ids()[0].clone();
+
+    // The disk is slow: the unsubscribe waits for its write, and is not answered before it lands
+    // (else a crash meanwhile would bring back a subscription its subscriber was told had ended).
+    sim.hold_writes();
+    let extra = ["Event: presence".to_string(), "Expires: 0".to_string()];
+    let sent = bob.transact(&mut sim, "SUBSCRIBE", "sip:alice@example.test", &to, &extra, "");
+    assert!(statuses(&sent).is_empty(), "answered before its end is on disk: {:?}", statuses(&sent));
+    // alice's binding expires meanwhile: the NOTIFY round that follows leaves the ended dialog
+    // alone, and writes nothing of it after its deletion.
+    let sent = sim.wait(Duration::from_secs(61));
+    assert!(requests(&sent, "NOTIFY").is_empty(), "the ended subscription is notified");
+
+    let sent = sim.release_writes();
+    let order: Vec<String> =
+        sent.iter().map(|s| s.status().map_or_else(|| s.method().unwrap().to_string(), |c| c.to_string())).collect();
+    assert_eq!(order, ["200", "NOTIFY"], "the 200, then the final NOTIFY");
+    assert!(sent.iter().all(|s| s.flow == bob.flow));
+    assert_eq!(sent[1].header("Subscription-State"), "terminated;reason=timeout");
+    let ours: Vec<bool> = sim
+        .writes
+        .iter()
+        .filter(|w| w.table == Table::Subscriptions && w.key == id)
+        .map(|w| w.value.is_some())
+        .collect();
+    let deleted = ours.iter().position(|put| !put).expect("deleted");
+    assert!(ours[deleted..].iter().all(|put| !put), "written back after its deletion: {ours:?}");
+    assert!(sim.core.presence.all_subscription_ids().is_empty());
+}
+
+#[test]
 fn a_subscriber_that_never_answers_is_dropped() {
     let mut sim = Sim::new();
     let mut bob = client("bob", "192.0.2.20:5060");
@@ -489,8 +575,10 @@ fn a_notify_that_cannot_be_sent_drops_the_subscription() {
     let mut bob = client("bob", "192.0.2.20:5060");
     let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
     let branch = requests(&sent, "NOTIFY")[0].branch.clone().unwrap();
+    assert_eq!(sim.core.metrics.subscriptions.load(std::sync::atomic::Ordering::Relaxed), 1);
     sim.input(Input::NotSent { branch });
     assert!(sim.core.presence.all_subscription_ids().is_empty());
+    assert_eq!(sim.core.metrics.subscriptions.load(std::sync::atomic::Ordering::Relaxed), 0, "the gauge follows");
 }
 
 #[test]

@@ -43,6 +43,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// An HTTP request to `addr` with an optional bearer token: status and body, or None when the
+/// server does not answer (refused, reset, or silent for 5 s), as when it is killed meanwhile.
+pub fn try_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split(' ').nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -284,6 +304,18 @@ pub fn output_with_stdin(command: &mut Command, input: &str) -> std::process::Ou
     let out = child.wait_with_output().expect("wait for command");
     writer.join().unwrap().expect("write standard input");
     out
+}
+
+/// Whether an external tool a test can do without is installed. Under CI (`CI=true`) a missing
+/// tool is a failure (`make deps` installs it); elsewhere the test leaves out what needs it, and
+/// this prints why.
+pub fn tool_available(name: &str, left_out: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success();
+    if !found {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{name} is not installed (CI=true): run `make deps`");
+        eprintln!("{name} is not installed (`make deps` installs it): leaving out {left_out}");
+    }
+    found
 }
 
 /// Whether an external tool is installed; tests that need it fail loudly when it is not

@@ -22,6 +22,12 @@ pub struct Ua {
     retransmit: bool,
     /// Whether requests leave out Contact (a REGISTER then asks for the bindings).
     no_contact: bool,
+    /// Whether NOTIFYs that arrive while waiting for something else are answered 200 (as a
+    /// client with subscriptions does), rather than dropped unanswered.
+    answer_notifies: bool,
+    /// How long `send_authenticated` waits for the answer to the first request and to the one
+    /// with credentials.
+    patience: (Duration, Duration),
 }
 
 /// A header's value in a raw message (first occurrence, case-insensitive, long names only).
@@ -70,7 +76,27 @@ impl Ua {
             last_request: String::new(),
             retransmit: false,
             no_contact: false,
+            answer_notifies: false,
+            patience: (Duration::from_secs(5), Duration::from_secs(40)),
         }
+    }
+
+    /// The same user agent, answering 200 to every NOTIFY it meets while waiting for something else.
+    pub fn answering_notifies(mut self) -> Ua {
+        self.answer_notifies = true;
+        self
+    }
+
+    /// The same user agent, giving up on a request unanswered for `wait` (a client's
+    /// transaction timeout; by default 5 s for a first request, 40 s once authenticated).
+    pub fn giving_up_after(mut self, wait: Duration) -> Ua {
+        self.patience = (wait, wait);
+        self
+    }
+
+    /// The Call-ID of the current dialog (see `new_call`).
+    pub fn call_id(&self) -> &str {
+        &self.call_id
     }
 
     /// The same user agent, retransmitting what `send_authenticated` sends until it is answered.
@@ -79,20 +105,27 @@ impl Ua {
         self
     }
 
-    /// The response to `req` (just sent), resending it on timer E when `retransmit` is set.
+    /// The final response to `req` (just sent), resending it on timer E when `retransmit` is set.
+    /// Responses to other requests are skipped: a second copy of an earlier answer (one for the
+    /// request, one for its retransmission) must not pass for this one's.
     fn await_response(&self, req: &str, timeout: Duration) -> Option<String> {
-        if !self.retransmit {
-            return self.recv_response(timeout);
-        }
+        let cseq = header(req, "CSeq").unwrap_or_default().to_string();
         let deadline = std::time::Instant::now() + timeout;
-        let mut interval = Duration::from_millis(500);
+        let mut interval = if self.retransmit { Duration::from_millis(500) } else { timeout };
         loop {
             let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            if let Some(r) = self.recv_response(interval.min(left)) {
-                return Some(r);
+            let resend = std::time::Instant::now() + interval.min(left);
+            while let Some(wait) = resend.checked_duration_since(std::time::Instant::now()) {
+                match self.recv_response(wait) {
+                    Some(r) if status(&r) >= 200 && header(&r, "CSeq") == Some(cseq.as_str()) => return Some(r),
+                    Some(_) => {}
+                    None => break,
+                }
             }
-            self.send_raw(req.as_bytes());
-            interval = (interval * 2).min(Duration::from_secs(4));
+            if self.retransmit {
+                self.send_raw(req.as_bytes());
+                interval = (interval * 2).min(Duration::from_secs(4));
+            }
         }
     }
 
@@ -131,8 +164,16 @@ impl Ua {
             if m.starts_with("SIP/2.0 ") {
                 return Some(m);
             }
+            self.skipped(&m);
         }
         None
+    }
+
+    /// A request met while waiting for something else: a NOTIFY is answered if so asked.
+    fn skipped(&self, m: &str) {
+        if self.answer_notifies && m.starts_with("NOTIFY ") {
+            self.answer(m, 200);
+        }
     }
 
     fn request(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
@@ -171,7 +212,7 @@ impl Ua {
     ) -> Option<String> {
         let req = self.request(method, uri, to, extra, body);
         self.send_raw(req.as_bytes());
-        let first = self.await_response(&req, Duration::from_secs(5))?;
+        let first = self.await_response(&req, self.patience.0)?;
         self.last_request = req;
         let (challenge_header, auth_header) = match status(&first) {
             401 => ("WWW-Authenticate", "Authorization"),
@@ -191,7 +232,7 @@ impl Ua {
         );
         let req = self.request(method, uri, to, &format!("{extra}{creds}"), body);
         self.send_raw(req.as_bytes());
-        let last = self.await_response(&req, Duration::from_secs(40));
+        let last = self.await_response(&req, self.patience.1);
         self.last_request = req;
         last
     }
@@ -259,6 +300,7 @@ impl Ua {
             if m.starts_with(&format!("{method} ")) {
                 return Some(m);
             }
+            self.skipped(&m);
         }
         None
     }

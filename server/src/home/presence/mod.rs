@@ -234,11 +234,15 @@ impl Core {
         response.headers.push("Contact", self.own_contact(sub.flow));
         if expires == 0 {
             log_end(&sub, flow, "unsubscribed");
-            let mut after = vec![After::Terminate(vec![id.to_string()], "timeout")];
-            if sub.package == Package::Presence {
-                after.push(After::WatchersChanged(sub.resource));
-            }
-            return Outcome::Respond { response, writes: vec![], after };
+            // Ended now, and on disk before the 200: a crash cannot bring back a subscription its
+            // subscriber was told has ended, and no NOTIFY round can write it back meanwhile.
+            // (Should the write fail, the subscriber gets a 500, and a 481 when it tries again.)
+            let sub = self.presence.remove_subscription(id).expect("found above");
+            let writes = vec![Write::delete(Table::Subscriptions, id)];
+            let watched = (sub.package == Package::Presence).then(|| sub.resource.clone());
+            let mut after = vec![After::Ended(Box::new(sub), "timeout")];
+            after.extend(watched.map(After::WatchersChanged));
+            return Outcome::Respond { response, writes, after };
         }
         let writes = vec![Write::put(Table::Subscriptions, id, &sub)];
         Outcome::Respond { response, writes, after: vec![After::Notify(vec![id.to_string()], true)] }

@@ -58,6 +58,7 @@ impl Core {
     pub(in crate::home) fn drop_subscription(&mut self, id: &str) {
         if let Some(sub) = self.presence.remove_subscription(id) {
             log_end(&sub, sub.flow, "subscriber unreachable");
+            self.metrics.subscriptions.store(self.presence.subscription_count() as u64, Relaxed);
             self.store(None, vec![Write::delete(Table::Subscriptions, id)]);
         }
     }
