@@ -76,12 +76,15 @@ impl Core {
                 }
                 Verdict::Stale => stale = true,
                 Verdict::Fail(why) => {
-                    self.metrics.auth_failures.fetch_add(1, Relaxed);
                     let (source, transport) = (client, flow.transport.via_token());
                     if why == FOREIGN_NONCE {
                         // The password was right: a client reusing a nonce from before a restart.
+                        // `stale=true` tells it to answer the new challenge without asking its user
+                        // for the password again (RFC 7616 3.3).
+                        stale = true;
                         tracing::info!(user = %aor, %source, %transport, why, "credentials for an unknown nonce: challenged again");
                     } else {
+                        self.metrics.auth_failures.fetch_add(1, Relaxed);
                         tracing::warn!(user = %aor, %source, %transport, why, "authentication failed");
                         match self.guard.failed(client.ip(), aor, now.wall) {
                             Lockout::None => {}

@@ -607,6 +607,31 @@ fn wrong_passwords_lock_the_address_out_but_not_the_user_elsewhere() {
 }
 
 #[test]
+fn the_right_password_with_a_nonce_of_an_earlier_process_is_stale_not_a_failure() {
+    let mut before = Sim::new();
+    let mut after = Sim::new(); // the restarted process: another nonce secret
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let first = alice.request(&mut before, "REGISTER", "sip:example.test", "<sip:alice@example.test>", &[], "");
+    let challenge = before.receive(alice.flow, &first);
+    let creds = digest(&challenge[0].msg, "WWW-Authenticate", "alice", "alice-pw", "REGISTER", "sip:example.test");
+    // More times than the lockout threshold: none of them counts as a wrong password.
+    for _ in 0..12 {
+        let again = alice.request(
+            &mut after,
+            "REGISTER",
+            "sip:example.test",
+            "<sip:alice@example.test>",
+            &[format!("Authorization: {creds}")],
+            "",
+        );
+        let sent = after.receive(alice.flow, &again);
+        assert_eq!(statuses(&sent), [401]);
+        assert!(sent[0].header("WWW-Authenticate").contains("stale=true"), "{}", sent[0].header("WWW-Authenticate"));
+    }
+    assert_eq!(statuses(&alice.register(&mut after, 600)), [200], "not locked out");
+}
+
+#[test]
 fn a_user_homed_elsewhere_is_refused() {
     let mut sim = Sim::new();
     let mut carol = client("carol", "192.0.2.30:5060");
