@@ -13,6 +13,12 @@ use crate::transport::Transports;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// The API's writes of rules and contact lists, one at a time: each is made durable, then put in
+/// memory, and two at once for the same user could land on disk in one order and in memory in the
+/// other (the disk, which a restart reads, would then disagree with what watchers were told).
+/// They are rare (a person editing a list), so one lock for all users is enough.
+static USER_DATA_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub type HomeServer = Driver<Core>;
 
 /// A Home Server with the state the store kept (bindings, publications, subscriptions, presence
@@ -89,6 +95,7 @@ impl Driver<Core> {
 
     /// Replaces a user's presence rules, durably first; watchers see the effect at once.
     pub async fn set_presence_rules(self: &Arc<Self>, aor: &str, rules: Rules) -> anyhow::Result<()> {
+        let _one_at_a_time = USER_DATA_WRITES.lock().await;
         self.durably(Write::put(Table::Rules, aor, &rules)).await?;
         self.with(|core, now| core.set_presence_rules(now, aor, rules));
         Ok(())
@@ -96,6 +103,7 @@ impl Driver<Core> {
 
     /// Replaces a user's contact list, durably first; list subscriptions get full state.
     pub async fn set_contact_list(self: &Arc<Self>, aor: &str, contacts: Vec<String>) -> anyhow::Result<()> {
+        let _one_at_a_time = USER_DATA_WRITES.lock().await;
         self.durably(Write::put(Table::Contacts, aor, &contacts)).await?;
         self.with(|core, now| core.set_contact_list(now, aor, contacts));
         Ok(())
