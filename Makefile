@@ -71,7 +71,7 @@ e2e: ## Against the cluster in KUBECONFIG (one-node cluster or kind; kind is cre
 	@./e2e/run.sh
 
 images: ## Server, operator and managed-directory images REGISTRY/parley-*:TAG (TAG: the chart's appVersion; BINARIES=host takes built ones)
-	REGISTRY=$(REGISTRY) TAG=$(TAG) ./scripts/build-images.sh
+	REGISTRY=$(REGISTRY) TAG=$(TAG) VERSION=$(VERSION) ./scripts/build-images.sh
 
 image-test: ## Build the three images (binaries from this host) and run each; starts its own dockerd when none runs
 	@command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || ./scripts/apt-install.sh docker.io \

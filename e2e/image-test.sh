@@ -27,7 +27,8 @@ source scripts/docker-lib.sh
 started=$SECONDS
 ci=${CI:-false}
 registry=${REGISTRY:-local}
-tag=${TAG:-$(chart_app_version .)}
+version=$(chart_app_version .)
+tag=${TAG:-$version}
 save=${PARLEY_IMAGE_SAVE:-}
 deadline_s=${PARLEY_IMAGE_TEST_TIMEOUT:-60}
 
@@ -125,7 +126,7 @@ if [[ -z $host_bin ]]; then
 fi
 phase "binaries ($host_bin)"
 
-REGISTRY=$registry TAG=$tag BINARIES=host HOST_BIN=$host_bin DOCKER="${docker[*]}" \
+REGISTRY=$registry TAG=$tag VERSION=$version BINARIES=host HOST_BIN=$host_bin DOCKER="${docker[*]}" \
   DOCKER_BUILD_ARGS="${build_args[*]}" scripts/build-images.sh
 server=$registry/parley-server:$tag
 operator=$registry/parley-operator:$tag
@@ -137,7 +138,7 @@ for image in "$server" "$operator" "$directory"; do
   user=$("${docker[@]}" image inspect -f '{{.Config.User}}' "$image")
   [[ $user == 65532:65532 ]] || die "$image runs as '$user', not 65532:65532"
   label=$("${docker[@]}" image inspect -f '{{index .Config.Labels "org.opencontainers.image.version"}}' "$image")
-  [[ $label == "$tag" ]] || die "$image has the version label '$label', not $tag"
+  [[ $label == "$version" ]] || die "$image has the version label '$label', not $version"
   id=$(quiet create "$image")
   "${docker[@]}" export "$id" | tar --numeric-owner -tvf - >"$work/files"
   "${docker[@]}" rm "$id" >/dev/null

@@ -4,8 +4,9 @@
 #
 # Env:
 #   REGISTRY           default parley.local
-#   TAG                default the chart's appVersion (charts/parley-operator/Chart.yaml), the tag
-#                      the chart's default values name; also the images' version label
+#   VERSION            the images' version (label org.opencontainers.image.version); default the
+#                      chart's appVersion (charts/parley-operator/Chart.yaml), the workspace's version
+#   TAG                default VERSION, the tag the chart's default values name
 #   BINARIES           builder (default: compiled in the Dockerfile's build stage, once for all
 #                      three) or host (binaries already built on this machine, from HOST_BIN)
 #   HOST_BIN           directory with parley-server, parley-operator and parley-directory
@@ -25,8 +26,9 @@ die() {
 }
 
 registry=${REGISTRY:-parley.local}
-tag=${TAG:-$(chart_app_version .)}
-[[ -n $tag ]] || die "no TAG and no appVersion in charts/parley-operator/Chart.yaml"
+version=${VERSION:-$(chart_app_version .)}
+[[ -n $version ]] || die "no VERSION and no appVersion in charts/parley-operator/Chart.yaml"
+tag=${TAG:-$version}
 binaries=${BINARIES:-builder}
 read -r -a extra <<<"${DOCKER_BUILD_ARGS:-}"
 docker_pick_client || die "$docker_why"
@@ -54,7 +56,7 @@ for target in server operator directory; do
   image=$registry/parley-$target:$tag
   started=$SECONDS
   "${docker[@]}" build --progress=plain -f "$PWD/Dockerfile" --target "$target" -t "$image" \
-    --build-arg BINARIES="$binaries" --build-arg VERSION="$tag" --build-arg REVISION="$revision" \
+    --build-arg BINARIES="$binaries" --build-arg VERSION="$version" --build-arg REVISION="$revision" \
     "${extra[@]}" "$context"
   echo "images: $image built in $((SECONDS - started)) s"
 done
