@@ -3,10 +3,13 @@ SHELL := /bin/bash
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 CARGO ?= cargo
 REGISTRY ?= parley.local
-TAG ?= dev
+# The images' version: the chart's appVersion, which its default values name (image tags default
+# to it). Defined there only; chart-lint checks it is the workspace's version.
+VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/parley-operator/Chart.yaml)
+TAG ?= $(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run run-multi test lint crds crds-check chart-lint bench bench-ab bench-smoke soak fuzz e2e images clean
+.PHONY: help deps build run run-multi test lint crds crds-check chart-lint bench bench-ab bench-smoke soak fuzz e2e images image-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,10 +70,15 @@ bench-smoke: ## A few seconds of every benchmark workload (cargo test runs it to
 e2e: ## Against the cluster in KUBECONFIG (one-node cluster or kind; kind is created without one): images, helm install, a domain, SIP
 	@./e2e/run.sh
 
-images: ## Build the server, operator and managed-directory images (needs Docker)
-	docker build --target server -t $(REGISTRY)/parley-server:$(TAG) .
-	docker build --target operator -t $(REGISTRY)/parley-operator:$(TAG) .
-	docker build --target directory -t $(REGISTRY)/parley-directory:$(TAG) .
+images: ## Server, operator and managed-directory images REGISTRY/parley-*:TAG (TAG: the chart's appVersion; BINARIES=host takes built ones)
+	REGISTRY=$(REGISTRY) TAG=$(TAG) VERSION=$(VERSION) ./scripts/build-images.sh
+
+image-test: ## Build the three images (binaries from this host) and run each; starts its own dockerd when none runs
+	@command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || ./scripts/apt-install.sh docker.io \
+	  || echo "image-test: could not install docker.io"
+	@./scripts/apt-install.sh debootstrap sipsak ldap-utils openssl binutils curl \
+	  || echo "image-test: could not install the Debian packages it uses"
+	TAG=$(TAG) ./e2e/image-test.sh
 
 clean: ## Remove build output and installed tools
 	$(CARGO) clean

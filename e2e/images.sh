@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Container images without Docker, from the binaries built on this host:
+# Container images for the one-node cluster, by default without Docker, from the binaries built on this host:
 #   e2e/images.sh OUTDIR [NODE_WORKDIR]
 # writes OUTDIR/parley-server.tar and OUTDIR/parley-operator.tar (local/parley-server:$TAG and
 # local/parley-operator:$TAG, user 65532, no shell: ../shared/k8s/node/mkrootfs.sh + mkimage.py)
@@ -10,6 +10,11 @@
 # The binaries are the debug ones `cargo test --workspace` already built (target/debug), built
 # when missing or older than the sources; PARLEY_E2E_PROFILE=release takes target/release instead. They are stripped of
 # debug info on the way in, which makes the archives several times smaller and faster to load.
+#
+# PARLEY_E2E_IMAGES=docker takes the Dockerfile's images instead, as `docker save` archives:
+# those in PARLEY_E2E_IMAGE_DIR when it holds all three tagged local/parley-*:$TAG (what
+# `TAG=e2e PARLEY_IMAGE_SAVE=DIR make image-test` leaves there, as .ci/run does), else built,
+# tested and saved into OUTDIR by e2e/image-test.sh (Docker; the same host binaries).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,6 +32,31 @@ die() {
 for f in mkrootfs.sh mkimage.py load-image.sh; do
   [[ -f $node_tools/$f ]] || die "missing $node_tools/$f (set PARLEY_K8S_NODE_TOOLS to the directory of the one-node cluster's tools)"
 done
+
+if [[ ${PARLEY_E2E_IMAGES:-host} == docker ]]; then
+  dir=${PARLEY_E2E_IMAGE_DIR:-}
+  tars=()
+  for name in parley-server parley-operator parley-directory; do
+    tars+=("$dir/$name.tar")
+    [[ -n $dir && -f $dir/$name.tar ]] || dir=""
+  done
+  if [[ -z $dir ]]; then
+    echo "images: building the Dockerfile's images (e2e/image-test.sh)"
+    mkdir -p "$out"
+    REGISTRY=local TAG=$tag PARLEY_IMAGE_SAVE=$out e2e/image-test.sh
+    tars=("$out/parley-server.tar" "$out/parley-operator.tar" "$out/parley-directory.tar")
+  fi
+  for t in "${tars[@]}"; do
+    name=$(basename "$t" .tar)
+    manifest=$(tar -xOf "$t" manifest.json) || die "$t is no docker save archive"
+    [[ $manifest == *"\"local/$name:$tag\""* ]] || die "$t does not hold local/$name:$tag (built with another TAG?)"
+    echo "images: local/$name:$tag <- $t ($(du -h "$t" | cut -f1), built by the Dockerfile)"
+  done
+  if [[ -n $node ]]; then
+    bash "$node_tools/load-image.sh" "$node" "${tars[@]}"
+  fi
+  exit 0
+fi
 
 # Newer sources than a binary (a change since the last cargo build or test) rebuild it.
 stale() {

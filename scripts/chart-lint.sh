@@ -5,7 +5,8 @@
 #   2. helm lint --strict with the default values and with every ci/*-values.yaml;
 #   3. helm template of each, checked for the objects the operator needs;
 #   4. values.schema.json refuses wrong values with a message naming the key;
-#   5. NOTES.txt renders and tells the next step.
+#   5. NOTES.txt renders and tells the next step;
+#   6. the chart's appVersion (the images' tag) is the workspace's version.
 #
 # Every rendered object is also validated against the Kubernetes API types (k8s-openapi, v1.33)
 # by `cargo test` (operator/src/chart_check.rs), which `make test` runs before this script.
@@ -35,6 +36,13 @@ done
 for f in "$chart"/crds/*.yaml; do
   [[ -f "crds/$(basename "$f")" ]] || fail "$f is not generated; run 'make crds'"
 done
+
+# The chart's appVersion is the images' version (`make images` tags them with it, the default
+# values name it): the binaries in them report the workspace's version, so the two are one.
+app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$chart/Chart.yaml")
+workspace_version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+[[ -n $app_version && $app_version == "$workspace_version" ]] \
+  || fail "$chart/Chart.yaml appVersion '$app_version' is not the workspace's version '$workspace_version' (Cargo.toml)"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
