@@ -8,8 +8,9 @@
 #
 # Which cluster:
 # - KUBECONFIG of the one-node cluster from ../shared/k8s/node (its WORKDIR/kubeconfig, or
-#   PARLEY_E2E_NODE=WORKDIR): images from the host's binaries (e2e/images.sh, no Docker),
-#   loaded into the node's containerd. This is what .ci/run does.
+#   PARLEY_E2E_NODE=WORKDIR): images from the host's binaries (e2e/images.sh, no Docker), or
+#   with PARLEY_E2E_IMAGES=docker the Dockerfile's images that `make image-test` saved, loaded
+#   into the node's containerd. .ci/run does the latter.
 # - KUBECONFIG of a kind cluster (context kind-*): `make images` (Docker) and `kind load`.
 # - no KUBECONFIG: a kind cluster is created (needs Docker and kind) and deleted afterwards.
 #   The kind paths are kept from the first version of this suite and have not run on CI machines.
