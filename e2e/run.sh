@@ -487,29 +487,36 @@ if [[ $mode == node ]]; then
 else
   echo "scale-up probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
 fi
-# A Home Server no node can take: its status says why, in the scheduler's words.
+# A Home Server no node can take (a domain asking 64 CPUs for it): its status says why, in the
+# scheduler's words.
 kubectl -n "$ns" apply -f - <<'YAML'
 apiVersion: parley.dev/v1alpha1
-kind: HomeServer
+kind: CommunicationsDomain
 metadata:
-  name: multi-home-9
+  name: toobig
 spec:
-  domain: multi
-  resources: {requests: {cpu: "64"}, limits: {cpu: "64"}}
+  sipDomain: example.test
+  users: 500
+  homeServer:
+    resources: {requests: {cpu: "64"}, limits: {cpu: "64"}}
+  directory:
+    file:
+      configMap: users-multi
+      key: users.toml
 YAML
 deadline=$((SECONDS + 60))
-until kubectl -n "$ns" get homeserver multi-home-9 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' \
+until kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' 2>/dev/null \
   | grep -q 'Insufficient cpu'; do
-  ((SECONDS < deadline)) || die "HomeServer multi-home-9 does not say why its pod waits: $(kubectl -n "$ns" get homeserver multi-home-9 -o jsonpath='{.status.conditions}')"
+  ((SECONDS < deadline)) || die "HomeServer toobig-home-1 does not say why its pod waits: $(kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions}')"
   sleep 1
 done
-echo "ok: $(kubectl -n "$ns" get homeserver multi-home-9 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
-kubectl -n "$ns" delete homeserver multi-home-9 --timeout="$timeout"
+echo "ok: $(kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
+kubectl -n "$ns" delete communicationsdomain toobig --timeout="$timeout"
 kubectl -n "$ns" delete -f e2e/multi.yaml --timeout="$timeout"
 kubectl -n "$ns" wait --for=delete pod/multi-home-1-0 pod/multi-home-2-0 pod/multi-home-3-0 --timeout="$timeout"
 # The Home Servers' volumes are retained (their users' state): the suite removes them itself.
-for n in 1 2 3 9; do
-  kubectl -n "$ns" delete pvc "data-multi-home-$n-0" "logs-multi-home-$n-0" --ignore-not-found --timeout="$timeout"
+for hs in multi-home-1 multi-home-2 multi-home-3 toobig-home-1; do
+  kubectl -n "$ns" delete pvc "data-$hs-0" "logs-$hs-0" --ignore-not-found --timeout="$timeout"
 done
 
 step ""
