@@ -98,13 +98,12 @@ done < <(DOCKER="${docker[*]}" scripts/seed-base-images.sh)
 phase "base images"
 
 # The binaries: HOST_BIN, or the newest complete set cargo built here.
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# shellcheck source=scripts/cargo-lib.sh
+source scripts/cargo-lib.sh
 bins=(parley-server parley-operator parley-directory)
-stale() {
-  [[ ! -x $1 ]] || [[ -n $(find Cargo.lock ./*/Cargo.toml ./*/src -newer "$1" -print -quit 2>/dev/null) ]]
-}
 host_bin=${HOST_BIN:-}
 if [[ -z $host_bin ]]; then
+  target_dir=$(cargo_target_dir)
   profile=${PARLEY_IMAGE_PROFILE:-}
   if [[ -z $profile ]]; then
     profile=release
@@ -113,16 +112,7 @@ if [[ -z $host_bin ]]; then
     done
   fi
   host_bin=$target_dir/$profile
-  for b in "${bins[@]}"; do
-    if stale "$host_bin/$b"; then
-      say "$host_bin/$b is missing or older than the sources: building it"
-      if [[ $profile == release ]]; then
-        cargo build --release -p "$b" --bin "$b"
-      else
-        cargo build -p "$b" --bin "$b"
-      fi
-    fi
-  done
+  fresh_binaries "$host_bin" "$profile" "${bins[@]}"
 fi
 phase "binaries ($host_bin)"
 

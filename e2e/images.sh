@@ -58,24 +58,14 @@ if [[ ${PARLEY_E2E_IMAGES:-host} == docker ]]; then
   exit 0
 fi
 
-# Newer sources than a binary (a change since the last cargo build or test) rebuild it.
-stale() {
-  [[ ! -x $1 ]] || [[ -n $(find Cargo.lock ./*/Cargo.toml ./*/src -newer "$1" -print -quit 2>/dev/null) ]]
-}
-# Where cargo puts its builds (CARGO_TARGET_DIR or the workspace's target/).
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+# shellcheck source=scripts/cargo-lib.sh
+source scripts/cargo-lib.sh
+bin_dir=$(cargo_target_dir)/$profile
+names=(parley-server parley-operator parley-directory)
+fresh_binaries "$bin_dir" "$profile" "${names[@]}"
 bins=()
-for bin in parley-server parley-operator parley-directory; do
-  path=$target_dir/$profile/$bin
-  if stale "$path"; then
-    echo "images: $path is missing or older than the sources: building it"
-    if [[ $profile == release ]]; then
-      cargo build --release -p "$bin" --bin "$bin"
-    else
-      cargo build -p "$bin" --bin "$bin"
-    fi
-  fi
-  bins+=("$path")
+for bin in "${names[@]}"; do
+  bins+=("$bin_dir/$bin")
 done
 
 mkdir -p "$out"
