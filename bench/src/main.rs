@@ -516,35 +516,36 @@ fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, 
             rows.entry(key).or_default().push((register, message));
         }
     }
-    let per_kcpu = |s: &workloads::Step| s.successful as f64 / s.server_cpu_s.max(1e-9);
+    type Round = (workloads::Step, workloads::Step);
+    type Figure = (&'static str, fn(&Round) -> f64);
+    fn per_cpu_s(s: &workloads::Step) -> f64 {
+        s.successful as f64 / s.server_cpu_s.max(1e-9)
+    }
+    // The figures of a round (its REGISTER and MESSAGE steps), read for each build and as ratios.
+    let figures: [Figure; 4] = [
+        ("register_per_cpu_s", |x| per_cpu_s(&x.0)),
+        ("register_p99_ms", |x| x.0.p99_ms.unwrap_or(f64::NAN)),
+        ("message_per_cpu_s", |x| per_cpu_s(&x.1)),
+        ("message_p99_ms", |x| x.1.p99_ms.unwrap_or(f64::NAN)),
+    ];
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let mut summary = BTreeMap::new();
     for (key, r) in &rows {
-        let m = |f: &dyn Fn(&(workloads::Step, workloads::Step)) -> f64| median(r.iter().map(f).collect());
-        let figures = [
-            ("register_per_cpu_s", m(&|x| per_kcpu(&x.0))),
-            ("register_p99_ms", m(&|x| x.0.p99_ms.unwrap_or(f64::NAN))),
-            ("message_per_cpu_s", m(&|x| per_kcpu(&x.1))),
-            ("message_p99_ms", m(&|x| x.1.p99_ms.unwrap_or(f64::NAN))),
-        ];
-        eprintln!("{key}: medians over {rounds} rounds: {figures:?}");
-        summary.insert(key.to_string(), figures.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>());
+        let medians: Vec<(&str, f64)> =
+            figures.iter().map(|(name, f)| (*name, median(r.iter().map(f).collect()))).collect();
+        eprintln!("{key}: medians over {rounds} rounds: {medians:?}");
+        summary.insert(key.to_string(), medians.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>());
     }
     // The machine drifts between rounds by more than the builds differ: the ratio within each
     // round (the two builds measured back to back) is the figure to read.
     let (new, old) = (&rows[Kind::Parley.key()], &rows[Kind::ParleyBaseline.key()]);
-    let ratio = |f: &dyn Fn(&(workloads::Step, workloads::Step)) -> f64| {
-        median(new.iter().zip(old).map(|(n, o)| f(n) / f(o)).collect())
-    };
-    let ratios = [
-        ("register_per_cpu_s", ratio(&|x| per_kcpu(&x.0))),
-        ("register_p99_ms", ratio(&|x| x.0.p99_ms.unwrap_or(f64::NAN))),
-        ("message_per_cpu_s", ratio(&|x| per_kcpu(&x.1))),
-        ("message_p99_ms", ratio(&|x| x.1.p99_ms.unwrap_or(f64::NAN))),
-    ];
+    let ratios: Vec<(&str, f64)> = figures
+        .iter()
+        .map(|(name, f)| (*name, median(new.iter().zip(old).map(|(n, o)| f(n) / f(o)).collect())))
+        .collect();
     eprintln!("parley/baseline: median of the per-round ratios: {ratios:?}");
     summary.insert("ratio".into(), ratios.iter().map(|(k, v)| (k.to_string(), *v)).collect());
     std::fs::create_dir_all(out)?;
@@ -599,7 +600,7 @@ fn bench_server(
     if full {
         eprintln!("  REGISTER ladder");
         r.register_ladder = workloads::ladder(&plan.register_rates, |rate| {
-            workloads::register_step(ctx, &server, &mut users, rate, plan.step_secs, key)
+            workloads::register_step(ctx, &server, &mut users, rate, plan.step_secs, key, None)
         })?;
         settle(&r.register_ladder);
         eprintln!("  MESSAGE ladder");

@@ -88,15 +88,8 @@ pub fn run(
         if users.next + calls > first_pooled + POOL {
             users.next = first_pooled; // round the pool again: refreshes, not new bindings
         }
-        let register = workloads::register_step_from(
-            ctx,
-            &server,
-            &mut users,
-            register_rate,
-            ROUND_SECS,
-            "soak",
-            Some(device_port),
-        )?;
+        let register =
+            workloads::register_step(ctx, &server, &mut users, register_rate, ROUND_SECS, "soak", Some(device_port))?;
         let message =
             workloads::message_step(ctx, &server, &recipient, &senders_inf, message_rate, ROUND_SECS, "soak")?;
         let (pss, rss) = procstat::tree_memory(server.pid());

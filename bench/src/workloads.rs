@@ -111,20 +111,9 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, dro
     }
 }
 
-/// REGISTER with digest auth, each call a distinct user, at `rate` for `secs`.
+/// REGISTER with digest auth, each call a distinct user, at `rate` for `secs`, from `local_port`
+/// (None: a fresh one).
 pub fn register_step(
-    ctx: &Ctx,
-    server: &dyn Target,
-    users: &mut Users,
-    rate: u32,
-    secs: f64,
-    tag: &str,
-) -> anyhow::Result<Step> {
-    register_step_from(ctx, server, users, rate, secs, tag, None)
-}
-
-/// `register_step` from a given local port (None: a fresh one).
-pub fn register_step_from(
     ctx: &Ctx,
     server: &dyn Target,
     users: &mut Users,
