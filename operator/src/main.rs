@@ -55,6 +55,10 @@ enum Command {
         /// DNS suffix of Services.
         #[arg(long, env = "PARLEY_CLUSTER_DOMAIN", default_value = "cluster.local")]
         cluster_domain: String,
+        /// URL of a Home Server's `/status`, `{name}` and `{namespace}` replaced (default: its
+        /// Service's cluster DNS name, port 8080), e.g. for an operator run outside the cluster.
+        #[arg(long, env = "PARLEY_SERVER_STATUS_URL")]
+        server_status_url: Option<String>,
         /// Log format.
         #[arg(long, env = "PARLEY_LOG_FORMAT", value_enum, default_value = "json")]
         log_format: LogFormat,
@@ -125,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             server_image,
             directory_image,
             cluster_domain,
+            server_status_url,
             log_format,
         } => {
             init_logs(log_format);
@@ -132,6 +137,8 @@ fn main() -> anyhow::Result<()> {
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("parley-operator-{}", std::process::id()));
             let lease = Duration::from_secs(lease_duration.max(2));
+            // The Lease lives in the operator's own namespace.
+            let operator_namespace = lease_namespace.clone();
             let config = OperatorConfig {
                 watch_namespace,
                 lease_namespace,
@@ -140,7 +147,13 @@ fn main() -> anyhow::Result<()> {
                 lease_timing: LeaseTiming { duration: lease, retry: lease / 7, renew_deadline: lease * 2 / 3 },
                 ops_addr: Some(ops_addr),
                 crd_poll: Duration::from_secs(2),
-                settings: Settings { default_image: server_image, cluster_domain, directory_image },
+                settings: Settings {
+                    default_image: server_image,
+                    cluster_domain,
+                    directory_image,
+                    operator_namespace: Some(operator_namespace),
+                    server_status_url,
+                },
             };
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(async move {

@@ -50,7 +50,7 @@ scenario!(
     small_domain,
     standard_domain,
     enterprise_domain,
-    scale_up_then_down,
+    users_scale_through_the_spec_moving_users_before_removing_servers,
     grow_small_to_standard,
     drift_is_put_back,
     deleting_the_domain_removes_everything,

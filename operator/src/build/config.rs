@@ -85,7 +85,14 @@ pub fn build(
         limits: Limits::default(),
         registrar: Default::default(),
         auth: Default::default(),
-        api: Default::default(),
+        // A Home Server's operations API takes the domain's administrator token (`user drain`).
+        api: parley_config::Api {
+            admin_token_file: resolved
+                .api_token_secret
+                .as_ref()
+                .filter(|_| front_end.is_none())
+                .map(|_| paths::API_TOKEN.into()),
+        },
         frontend: front_end.map(|home_servers| FrontEnd {
             home_servers: home_servers.to_vec(),
             route_cache_secs: parley_config::default_route_cache_secs(),

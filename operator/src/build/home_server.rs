@@ -130,6 +130,14 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         ..Default::default()
     };
 
+    let mut container = server_container(ctx, component, resources);
+    let mut volumes = common_volumes(&name, ctx);
+    if let Some(secret) = &ctx.resolved.api_token_secret {
+        volumes.push(super::prep::secret_volume("api-token", secret, "token", "token"));
+        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(super::prep::read_only("api-token", paths::API_TOKEN_DIR));
+        mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
+    }
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector.clone());
     let stateful_set = StatefulSet {
@@ -144,8 +152,9 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
                 ..Default::default()
             }),
             // Users' state outlives the HomeServer resource: deleting it keeps the volumes.
+            // (`spec.storage.deleteOnRemove` says otherwise.)
             persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
-                when_deleted: Some("Retain".into()),
+                when_deleted: Some(if storage.delete_on_remove { "Delete" } else { "Retain" }.into()),
                 when_scaled: Some("Retain".into()),
             }),
             template: PodTemplateSpec {
@@ -155,8 +164,8 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![server_container(ctx, component, resources)],
-                    volumes: Some(common_volumes(&name, ctx)),
+                    containers: vec![container],
+                    volumes: Some(volumes),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -337,6 +346,7 @@ mod tests {
             data_size: Some(q("100Gi")),
             logs_size: None,
             storage_class_name: Some("fast".into()),
+            delete_on_remove: true,
         });
         let o = build(&hs, &ctx(&d)).unwrap();
         let r = pod(&o).containers[0].resources.as_ref().unwrap();
@@ -352,6 +362,8 @@ mod tests {
         );
         assert_eq!(o.resolved.memory.as_deref(), Some("1Gi"));
         assert_eq!(o.resolved.data_volume.as_deref(), Some("100Gi"));
+        let retention = o.stateful_set.spec.as_ref().unwrap().persistent_volume_claim_retention_policy.as_ref();
+        assert_eq!(retention.unwrap().when_deleted.as_deref(), Some("Delete"), "deleteOnRemove");
     }
 
     #[test]

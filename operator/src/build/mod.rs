@@ -7,6 +7,7 @@ pub mod certificates;
 pub mod config;
 pub mod directory;
 pub mod domain;
+pub mod drain;
 pub mod front_end;
 pub mod home_server;
 pub mod network;
@@ -67,6 +68,9 @@ pub mod paths {
     /// managed directory), when there is one.
     pub const DIRECTORY_CA_DIR: &str = "/etc/parley/directory-ca";
     pub const DIRECTORY_CA: &str = "/etc/parley/directory-ca/ca.crt";
+    /// The domain's administrator token for the operations API (`user move`, `user drain`).
+    pub const API_TOKEN_DIR: &str = "/etc/parley/api";
+    pub const API_TOKEN: &str = "/etc/parley/api/token";
     pub const DATA_DIR: &str = "/var/lib/parley/data";
     pub const LOGS_DIR: &str = "/var/lib/parley/logs";
 }
@@ -540,11 +544,13 @@ pub(crate) mod fixtures {
         let count = d.spec.home_servers.unwrap_or(sizing.home_servers);
         let hs: Vec<String> = (1..=count).map(|n| super::domain::home_server_name(&name, n)).collect();
         let fe: Vec<String> = if sizing.has_front_end() { vec![super::domain::front_end_name(&name)] } else { vec![] };
+        let capacities = super::domain::plan(d, &sizing, &Default::default()).unwrap().capacities;
         let input = super::resolve::ResolveInput {
             sizing: &sizing,
             default_image: "parley-server:test",
             cluster_domain: "cluster.local",
             home_servers: &hs,
+            capacities: &capacities,
             front_ends: &fe,
             advertised: &Default::default(),
         };
@@ -601,6 +607,7 @@ pub(crate) mod fixtures {
                 resources: None,
                 storage: None,
                 service: Default::default(),
+                drain: false,
                 advertise: None,
             },
             status: None,

@@ -3,8 +3,10 @@
 //! ```text
 //! <domain>-home-servers  SIP (5060 UDP/TCP unless clients must use TLS, 5061) from anywhere;
 //!                        the internal link (5062) from the domain's Front-End pods;
-//!                        operations (8080) from the monitoring namespace
+//!                        operations (8080) from the monitoring namespace, the operator's
+//!                        namespace (it reads `/status`) and the domain's drain Jobs
 //! <domain>-front-ends    the same, the internal link from the domain's Home Server pods
+//!                        (operations from monitoring and the operator only)
 //!                        (a Home Server sends a request back through the instance that holds
 //!                        the client's connection)
 //! <domain>-directory     ldaps from the domain's pods (servers, prep Jobs, anything labelled
@@ -22,6 +24,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::drain::DRAIN_COMPONENT;
 use super::{Component, DOMAIN_LABEL, MANAGED_BY, Owner};
 use crate::crd::ResolvedDomain;
 
@@ -66,13 +69,31 @@ fn policy(owner: &Owner, name: String, pods: LabelSelector, ingress: Vec<Network
     }
 }
 
+/// Who may reach a server role's operations port.
+struct OpsPeers<'a> {
+    monitoring: Option<&'a str>,
+    operator: Option<&'a str>,
+    /// The domain's `user drain` Jobs (Home Servers only: they call the admin API).
+    drain_jobs: bool,
+}
+
+fn namespace(ns: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".into(), ns.to_string())])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A server role's ingress: SIP from anywhere, the internal link from the domain's `peer` pods,
-/// operations from the monitoring namespace when there is one.
+/// operations from `ops`.
 fn server_ingress(
     domain: &str,
     require_client_tls: bool,
     peer: Component,
-    monitoring: Option<&str>,
+    ops: OpsPeers,
 ) -> Vec<NetworkPolicyIngressRule> {
     let mut sip = Vec::new();
     if !require_client_tls {
@@ -89,39 +110,38 @@ fn server_ingress(
             }]),
         },
     ];
-    if let Some(ns) = monitoring {
-        rules.push(NetworkPolicyIngressRule {
-            ports: Some(vec![port("ops", "TCP")]),
-            from: Some(vec![NetworkPolicyPeer {
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".into(), ns.to_string())])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
-        });
+    let mut from: Vec<NetworkPolicyPeer> = ops.monitoring.into_iter().chain(ops.operator).map(namespace).collect();
+    if ops.drain_jobs {
+        let mut drain = selector(domain, None);
+        drain.match_labels.get_or_insert_default().insert(COMPONENT_LABEL.into(), DRAIN_COMPONENT.into());
+        from.push(NetworkPolicyPeer { pod_selector: Some(drain), ..Default::default() });
+    }
+    if !from.is_empty() {
+        rules.push(NetworkPolicyIngressRule { ports: Some(vec![port("ops", "TCP")]), from: Some(from) });
     }
     rules
 }
 
 /// The NetworkPolicies of the domain `owner`; none when `spec.networkPolicy.enabled` is false.
-pub fn build(owner: &Owner, domain: &ResolvedDomain) -> Vec<NetworkPolicy> {
+/// `operator_namespace` is where the operator runs (it reads the Home Servers' `/status`).
+pub fn build(owner: &Owner, domain: &ResolvedDomain, operator_namespace: Option<&str>) -> Vec<NetworkPolicy> {
     let Some(settings) = &domain.network_policy else { return Vec::new() };
     let name = owner.name.as_str();
     let monitoring = settings.monitoring_namespace.as_deref();
+    let ops = |drain_jobs| OpsPeers { monitoring, operator: operator_namespace, drain_jobs };
     let tls_only = domain.require_client_tls;
     let mut out = vec![
         policy(
             owner,
             format!("{name}-home-servers"),
             selector(name, Some(Component::HomeServer)),
-            server_ingress(name, tls_only, Component::FrontEnd, monitoring),
+            server_ingress(name, tls_only, Component::FrontEnd, ops(true)),
         ),
         policy(
             owner,
             format!("{name}-front-ends"),
             selector(name, Some(Component::FrontEnd)),
-            server_ingress(name, tls_only, Component::HomeServer, monitoring),
+            server_ingress(name, tls_only, Component::HomeServer, ops(false)),
         ),
     ];
     if domain.directory.managed {
@@ -166,7 +186,7 @@ mod tests {
         let owner = Owner::of(&d, "CommunicationsDomain").unwrap();
         let mut resolved = fixtures::resolved(&d);
         resolved.network_policy = Some(ResolvedNetworkPolicy { monitoring_namespace: Some("monitoring".into()) });
-        let policies = build(&owner, &resolved);
+        let policies = build(&owner, &resolved, Some("parley-system"));
         let names: Vec<_> = policies.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
         assert_eq!(names, ["corp-home-servers", "corp-front-ends", "corp-directory"]);
 
@@ -181,11 +201,16 @@ mod tests {
         let from = labels_of(&rules[1].from.as_ref().unwrap()[0]);
         assert_eq!((from[DOMAIN_LABEL].as_str(), from[COMPONENT_LABEL].as_str()), ("corp", "front-end"));
         assert_eq!(ports(&rules[2]), ["ops/TCP"]);
-        let ns = rules[2].from.as_ref().unwrap()[0].namespace_selector.as_ref().unwrap();
-        assert_eq!(ns.match_labels.as_ref().unwrap()["kubernetes.io/metadata.name"], "monitoring");
+        let ops = rules[2].from.as_ref().unwrap();
+        let ns = |i: usize| ops[i].namespace_selector.as_ref().unwrap().match_labels.clone().unwrap();
+        assert_eq!(ns(0)["kubernetes.io/metadata.name"], "monitoring");
+        assert_eq!(ns(1)["kubernetes.io/metadata.name"], "parley-system", "the operator reads /status");
+        let drain = labels_of(&ops[2]);
+        assert_eq!((drain[DOMAIN_LABEL].as_str(), drain[COMPONENT_LABEL].as_str()), ("corp", DRAIN_COMPONENT));
 
         let front = policies[1].spec.as_ref().unwrap().ingress.as_ref().unwrap();
         assert_eq!(labels_of(&front[1].from.as_ref().unwrap()[0])[COMPONENT_LABEL], "home-server");
+        assert_eq!(front[2].from.as_ref().unwrap().len(), 2, "no drain Job calls a Front-End");
 
         let directory = policies[2].spec.as_ref().unwrap();
         let rule = &directory.ingress.as_ref().unwrap()[0];
@@ -200,18 +225,20 @@ mod tests {
     }
 
     #[test]
-    fn tls_only_domains_admit_no_plain_sip_and_no_monitoring_namespace_closes_ops() {
+    fn tls_only_domains_admit_no_plain_sip_and_without_monitoring_ops_is_for_drain_jobs_only() {
         let d = fixtures::domain("corp", 500);
         let owner = Owner::of(&d, "CommunicationsDomain").unwrap();
         let mut resolved = fixtures::resolved(&d);
         resolved.require_client_tls = true;
-        let policies = build(&owner, &resolved);
+        let policies = build(&owner, &resolved, None);
         assert_eq!(policies.len(), 2, "no directory policy without a managed directory");
         let rules = policies[0].spec.as_ref().unwrap().ingress.as_ref().unwrap();
         assert_eq!(ports(&rules[0]), ["sip-tls/TCP"]);
-        assert_eq!(rules.len(), 2, "no ops rule: {rules:?}");
+        assert_eq!(rules[2].from.as_ref().unwrap().len(), 1, "ops from the drain Jobs only: {rules:?}");
+        let front = policies[1].spec.as_ref().unwrap().ingress.as_ref().unwrap();
+        assert_eq!(front.len(), 2, "no ops rule: {front:?}");
         resolved.network_policy = None;
-        assert!(build(&owner, &resolved).is_empty());
+        assert!(build(&owner, &resolved, None).is_empty());
     }
 
     #[test]
@@ -221,7 +248,7 @@ mod tests {
         let mut names: Vec<String> = crate::build::container_ports(true).into_iter().filter_map(|p| p.name).collect();
         names.push(crate::build::directory::LDAPS_PORT_NAME.into());
         let owner = Owner::of(&d, "CommunicationsDomain").unwrap();
-        for p in build(&owner, &fixtures::resolved(&d)) {
+        for p in build(&owner, &fixtures::resolved(&d), Some("op")) {
             for rule in p.spec.unwrap().ingress.unwrap() {
                 for port in ports(&rule) {
                     let name = port.split('/').next().unwrap().to_string();

@@ -122,7 +122,15 @@ impl Step {
             Step::Enterprise => {
                 args.extend(["enterprise".into(), "--sip-domain".into(), domain.sip_domain.clone()]);
                 for h in &domain.home_servers {
-                    args.extend(["--home-server".into(), format!("{}={}", h.name, h.address)]);
+                    // NAME=ADDRESS[,capacity=N][,api=URL]: what placement and `user move` read.
+                    let mut spec = format!("{}={}", h.name, h.address);
+                    if let Some(c) = h.capacity {
+                        spec.push_str(&format!(",capacity={c}"));
+                    }
+                    if !h.api.is_empty() {
+                        spec.push_str(&format!(",api={}", h.api));
+                    }
+                    args.extend(["--home-server".into(), spec]);
                 }
             }
             Step::Domain => {
@@ -171,7 +179,7 @@ fn env(name: &str, value: &str) -> EnvVar {
     EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
 }
 
-fn secret_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
+pub(super) fn secret_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
@@ -184,17 +192,59 @@ fn secret_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
     }
 }
 
-fn read_only(name: &str, path: &str) -> VolumeMount {
+pub(super) fn read_only(name: &str, path: &str) -> VolumeMount {
     VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..Default::default() }
 }
 
 /// The Job of `step` for the domain `owner`, in its image; `prep enterprise` registers every Home
 /// Server of `domain`. Needs an LDAP directory with an admin Secret.
 pub fn job(owner: &Owner, domain: &ResolvedDomain, step: &Step) -> Result<Job, BuildError> {
+    let mut extra = Vec::new();
+    if *step == Step::Domain {
+        let ldap = domain.directory.ldap.as_ref().ok_or_else(|| BuildError::Prep("no LDAP directory".into()))?;
+        let service = &ldap.password_secret;
+        let secret = service.secret.as_deref().ok_or_else(|| BuildError::Prep("no service account".into()))?;
+        extra.push((
+            secret_volume("service", secret, &service.key, "password"),
+            read_only("service", paths::SERVICE_DIR),
+        ));
+    }
+    directory_job(
+        owner,
+        domain,
+        DirectoryJob {
+            name: step.job_name(&owner.name),
+            domain: &owner.name,
+            component: "directory-prep",
+            args: step.args(domain),
+            extra,
+            deadline_seconds: ACTIVE_DEADLINE_SECONDS,
+        },
+    )
+}
+
+/// A Job that runs `parley-server` as the directory's administrator: a prep step, or a Home
+/// Server's drain.
+pub struct DirectoryJob<'a> {
+    pub name: String,
+    /// The domain it works for (its label).
+    pub domain: &'a str,
+    /// Its `app.kubernetes.io/component` label.
+    pub component: &'a str,
+    /// `parley-server` arguments, without the directory's connection (that comes from env).
+    pub args: Vec<String>,
+    /// Further volumes and where the container mounts them.
+    pub extra: Vec<(Volume, VolumeMount)>,
+    /// After this long the Job has failed (an unreachable directory).
+    pub deadline_seconds: i64,
+}
+
+/// Builds `spec` as a Job owned by `owner`, in the domain's image, with the administrator's
+/// credentials of `domain`'s LDAP directory. Needs an LDAP directory with an admin Secret.
+pub fn directory_job(owner: &Owner, domain: &ResolvedDomain, spec: DirectoryJob) -> Result<Job, BuildError> {
     let ldap = domain.directory.ldap.as_ref().ok_or_else(|| BuildError::Prep("no LDAP directory".into()))?;
     let admin = ldap.admin_secret.as_ref().ok_or_else(|| BuildError::Prep(NO_ADMIN_SECRET.into()))?;
-    let name = step.job_name(&owner.name);
-
+    let name = spec.name;
     let mut vars = vec![
         env("PARLEY_LDAP_URL", &ldap.url),
         env("PARLEY_LDAP_BASE_DN", &ldap.base_dn),
@@ -230,29 +280,27 @@ pub fn job(owner: &Owner, domain: &ResolvedDomain, step: &Step) -> Result<Job, B
         mounts.push(read_only("ca", paths::CA_DIR));
         vars.push(env("PARLEY_LDAP_CA_FILE", paths::CA_FILE));
     }
-    if *step == Step::Domain {
-        let service = &ldap.password_secret;
-        let secret = service.secret.as_deref().ok_or_else(|| BuildError::Prep("no service account".into()))?;
-        volumes.push(secret_volume("service", secret, &service.key, "password"));
-        mounts.push(read_only("service", paths::SERVICE_DIR));
+    for (volume, mount) in spec.extra {
+        volumes.push(volume);
+        mounts.push(mount);
     }
-    let mut args = step.args(domain);
+    let mut args = spec.args;
     if ldap.start_tls {
         // `--starttls` has no environment variable; it is a flag of the connection, not a secret.
         args.push("--starttls".into());
     }
 
-    let labels = labels(&name, &owner.name, "directory-prep");
+    let labels = labels(&name, spec.domain, spec.component);
     let spec = JobSpec {
         backoff_limit: Some(BACKOFF_LIMIT),
-        active_deadline_seconds: Some(ACTIVE_DEADLINE_SECONDS),
+        active_deadline_seconds: Some(spec.deadline_seconds),
         ttl_seconds_after_finished: Some(TTL_SECONDS_AFTER_FINISHED),
         template: PodTemplateSpec {
             metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..Default::default() }),
             spec: Some(PodSpec {
                 restart_policy: Some("Never".into()),
                 containers: vec![Container {
-                    name: "prep".into(),
+                    name: spec.component.into(),
                     image: Some(domain.image.clone()),
                     image_pull_policy: Some("IfNotPresent".into()),
                     command: Some(vec!["/usr/local/bin/parley-server".into()]),
@@ -488,8 +536,10 @@ mod tests {
     /// `d` resolved, with two Home Servers.
     fn resolved(d: &CommunicationsDomain) -> ResolvedDomain {
         let mut r = fixtures::resolved(d);
-        r.home_servers =
-            servers().into_iter().map(|(name, address)| crate::crd::HomeServerAddress { name, address }).collect();
+        r.home_servers = servers()
+            .into_iter()
+            .map(|(name, address)| crate::crd::HomeServerAddress { name, address, capacity: None, api: String::new() })
+            .collect();
         r
     }
 
@@ -796,6 +846,19 @@ mod tests {
         let p = sequence(&owner(&d), &resolved(&d), &observed, &p.prepared).unwrap();
         assert!(p.done, "{:?}", p.conditions);
         assert_eq!(p.conditions[2].message, "Jobs corp-prep-domain, corp-prep-domainadd-1 succeeded");
+    }
+
+    #[test]
+    fn prep_enterprise_registers_each_home_servers_capacity_and_api_for_placement() {
+        let d = fixtures::domain("corp", 25_000);
+        let j = job(&owner(&d), &fixtures::resolved(&d), &Step::Enterprise).unwrap();
+        let a = args(&j);
+        let specs: Vec<&String> = a.iter().skip_while(|x| *x != "--home-server").skip(1).step_by(2).collect();
+        assert_eq!(specs.len(), 3);
+        assert_eq!(
+            specs[0],
+            "corp-home-1=corp-home-1.ns.svc.cluster.local:5062,capacity=8334,api=http://corp-home-1.ns.svc.cluster.local:8080"
+        );
     }
 
     #[test]

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use super::certificates::ServerNames;
-use super::config::home_server_address;
+use super::config::{home_server_address, service_host};
 use super::home_server::client_service_name;
-use super::{BuildError, directory, name_ns, prep, tls_secret_name};
+use super::{BuildError, OPS_PORT, directory, name_ns, prep, tls_secret_name};
 use crate::crd::{
     CommunicationsDomain, HomeServerAddress, ResolvedAdditionalDomain, ResolvedDirectory, ResolvedDomain, ResolvedKey,
     ResolvedLdap, ResolvedNetworkPolicy, ServerCertificate,
@@ -27,6 +27,8 @@ pub struct ResolveInput<'a> {
     /// The Home Servers the domain has or is about to have (planned, waiting for removal, or
     /// written by the administrator).
     pub home_servers: &'a [String],
+    /// The capacity to register in the directory for each Home Server that has one.
+    pub capacities: &'a BTreeMap<String, u32>,
     /// Its Front-Ends.
     pub front_ends: &'a [String],
     /// The host a live HomeServer or FrontEnd advertises (its `spec.advertise`), by name: its
@@ -104,7 +106,12 @@ pub fn resolve(domain: &CommunicationsDomain, input: &ResolveInput) -> Result<Re
         home_servers: input
             .home_servers
             .iter()
-            .map(|h| HomeServerAddress { name: h.clone(), address: home_server_address(h, &ns, input.cluster_domain) })
+            .map(|h| HomeServerAddress {
+                name: h.clone(),
+                address: home_server_address(h, &ns, input.cluster_domain),
+                capacity: input.capacities.get(h).copied(),
+                api: format!("http://{}:{OPS_PORT}", service_host(h, &ns, input.cluster_domain)),
+            })
             .collect(),
         additional_domains: spec
             .additional_domains
@@ -115,6 +122,7 @@ pub fn resolve(domain: &CommunicationsDomain, input: &ResolveInput) -> Result<Re
             .network_policy
             .enabled
             .then(|| ResolvedNetworkPolicy { monitoring_namespace: spec.network_policy.monitoring_namespace.clone() }),
+        api_token_secret: Some(super::drain::api_token_secret_name(&name)),
     })
 }
 
@@ -131,6 +139,7 @@ mod tests {
             default_image: "parley-server:1",
             cluster_domain: "cluster.local",
             home_servers: hs,
+            capacities: Box::leak(Box::default()),
             front_ends: fe,
             advertised: Box::leak(Box::default()),
         }

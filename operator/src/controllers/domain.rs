@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
@@ -29,11 +30,18 @@ use crate::crd::condition::{
 use crate::crd::{CommunicationsDomain, CommunicationsDomainStatus, FrontEnd, HomeServer, Topology};
 use crate::tiers;
 
-/// Whether users may still be homed on a Home Server. Until the directory can say how many users
-/// name it (the directory issue), every existing Home Server counts as occupied, so a scale-down
-/// never deletes one; the administrator moves the users and deletes the HomeServer.
-pub fn may_have_users(_home_server: &str) -> bool {
-    true
+/// What the domain knows of each Home Server it owns: its users as its server last counted them
+/// and whether a drain emptied it (a count taken while draining said none is left).
+fn occupancy(home_servers: &[HomeServer], uid: &str) -> BTreeMap<String, build::domain::Occupancy> {
+    home_servers
+        .iter()
+        .filter(|h| owned_by(*h, uid))
+        .map(|h| {
+            let status = h.status.clone().unwrap_or_default();
+            let drained = h.spec.drain && status.users_remaining == Some(0);
+            (h.name_any(), build::domain::Occupancy { users: status.users, drained })
+        })
+        .collect()
 }
 
 /// The kind of object a domain may name in its spec.
@@ -145,6 +153,8 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         tier: Some(sizing.tier),
         home_servers: home_servers.iter().map(|h| h.name_any()).collect(),
         front_end: front_ends.first().map(|f| f.name_any()),
+        home_server_count: None,
+        phase: None,
         waiting_removal: old.waiting_removal.clone(),
         conditions: Vec::new(),
         prepared_steps: old.prepared_steps.clone(),
@@ -156,6 +166,8 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     let mut requeue = RESYNC;
     // Set when the directory is not prepared yet: what Ready waits for.
     let mut preparing: Option<String> = None;
+    // Why a scale-down cannot go on.
+    let mut scale_down_blocked: Option<String> = None;
 
     if d.spec.paused {
         wants.push(Want::new(PAUSED, true, "Paused", "spec.paused is true: the operator reads but changes nothing"));
@@ -165,14 +177,17 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     if !d.spec.paused && problems.is_empty() {
         // Apply: every object of the domain's goes through this set, which then prunes the rest.
         let mut set = ApplySet::domain(&ctx, d.as_ref())?;
-        let owned: Vec<String> = home_servers.iter().filter(|h| owned_by(*h, &uid)).map(|h| h.name_any()).collect();
         // Build: the plan names the servers before they exist, so certificates and
         // `prep enterprise` can cover them first.
         let plan = match d.spec.topology {
-            Topology::Auto => Some(build::domain::plan(&d, &sizing, &owned, may_have_users)?),
+            Topology::Auto => Some(build::domain::plan(&d, &sizing, &occupancy(&home_servers, &uid))?),
             Topology::Manual => None,
         };
         let (hs_names, fe_names) = server_names(plan.as_ref(), &home_servers, &front_ends);
+        let capacities: BTreeMap<String, u32> = match &plan {
+            Some(p) => p.capacities.clone(),
+            None => home_servers.iter().filter_map(|h| Some((h.name_any(), h.spec.capacity?))).collect(),
+        };
         // An advertised host set on a live HomeServer or FrontEnd joins its certificate's names.
         let advertised: BTreeMap<String, String> = (home_servers.iter().map(|h| (h.name_any(), &h.spec.advertise)))
             .chain(front_ends.iter().map(|f| (f.name_any(), &f.spec.advertise)))
@@ -186,13 +201,22 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
                 default_image: &ctx.settings.default_image,
                 cluster_domain: &ctx.settings.cluster_domain,
                 home_servers: &hs_names,
+                capacities: &capacities,
                 front_ends: &fe_names,
                 advertised: &advertised,
             },
         )?;
         let owner = build::Owner::of(d.as_ref(), "CommunicationsDomain")?;
-        for policy in build::network::build(&owner, &resolved) {
+        for policy in build::network::build(&owner, &resolved, ctx.settings.operator_namespace.as_deref()) {
             set.apply(&policy).await?;
+        }
+        // The servers' operations API token: made once and kept (the servers read it at start).
+        let token = build::drain::api_token_secret_name(&name);
+        if Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&token).await?.is_none() {
+            let value = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+            set.apply(&build::drain::api_token_secret(&owner, &value)).await?;
+        } else {
+            set.keep::<Secret>(&token);
         }
 
         let certs = certificates::reconcile(&ctx, &mut set, &d, &owner, &resolved, now).await?;
@@ -259,6 +283,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
                 .map(|f| f.name_any())
                 .or_else(|| front_ends.iter().find(|f| !owned_by(*f, &uid)).map(|f| f.name_any()));
             status.waiting_removal = plan.waiting_removal;
+            scale_down_blocked = plan.blocked;
         } else {
             // Before the directory is prepared nothing is created or removed, and with topology
             // `manual` the administrator decides: what the domain owns stays.
@@ -283,19 +308,9 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     }
 
     // Status.
-    wants.push(if status.waiting_removal.is_empty() {
-        Want::new(SCALE_DOWN_BLOCKED, false, "NothingWaiting", "")
-    } else {
-        let names: Vec<&str> = status.waiting_removal.iter().map(|w| w.name.as_str()).collect();
-        Want::new(
-            SCALE_DOWN_BLOCKED,
-            true,
-            "UsersMayBeHomed",
-            format!(
-                "HomeServer(s) {} are no longer needed but may still have users homed on them; see status.waitingRemoval",
-                names.join(", ")
-            ),
-        )
+    wants.push(match &scale_down_blocked {
+        Some(why) => Want::new(SCALE_DOWN_BLOCKED, true, "NotEnoughCapacity", why.clone()),
+        None => Want::new(SCALE_DOWN_BLOCKED, false, "NotBlocked", ""),
     });
     wants.push(if !problems.is_empty() {
         Want::new(READY, false, "InvalidSpec", problems.join("; "))
@@ -306,6 +321,12 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         ready(&status, &home_servers, &front_ends, directory)
     });
     wants.sort_by_key(|w| w.type_);
+    status.home_server_count = Some(u32::try_from(status.home_servers.len()).unwrap_or(u32::MAX));
+    status.phase = Some(phase(&wants, &status).into());
+    if !status.waiting_removal.is_empty() {
+        // A drain moves users: look at its progress more often than the resync.
+        requeue = requeue.min(DRAIN_POLL);
+    }
     status.conditions = merge(&old.conditions, &wants, d.metadata.generation, Timestamp::now());
     let api: Api<CommunicationsDomain> = Api::namespaced(client, &ns);
     let Some(wrote) = unless_gone(patch_status(&api, &name, d.status.as_ref(), &status).await)? else {
@@ -315,6 +336,23 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         report_transitions(&ctx, d.as_ref(), &old.conditions, &status.conditions).await;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// How often a domain that drains a Home Server looks at its progress.
+pub const DRAIN_POLL: Duration = Duration::from_secs(10);
+
+/// The domain's phase, in a word, from its conditions (see `CommunicationsDomainStatus::phase`).
+fn phase(wants: &[Want], status: &CommunicationsDomainStatus) -> &'static str {
+    let holds = |t: &str| wants.iter().any(|w| w.type_ == t && w.status);
+    let ready = wants.iter().find(|w| w.type_ == READY);
+    match ready {
+        _ if holds(PAUSED) => "Paused",
+        Some(w) if w.reason == "InvalidSpec" => "Invalid",
+        Some(w) if w.reason == "PreparingDirectory" => "Preparing",
+        _ if !status.waiting_removal.is_empty() || holds(SCALE_DOWN_BLOCKED) => "Scaling",
+        Some(w) if w.status => "Ready",
+        _ => "Progressing",
+    }
 }
 
 /// The time from `now` until `at`, at least a second (a renewal due now is retried shortly).
@@ -402,7 +440,9 @@ mod tests {
     fn certificates_cover_planned_and_waiting_servers_before_they_exist() {
         let d = fixtures::domain("corp", 5_000);
         let owned: Vec<String> = (1..=2).map(|n| build::domain::home_server_name("corp", n)).collect();
-        let plan = build::domain::plan(&d, &tiers::resolve(5_000), &owned, |_| true).unwrap();
+        let owned =
+            owned.into_iter().map(|n| (n, build::domain::Occupancy { users: Some(1), drained: false })).collect();
+        let plan = build::domain::plan(&d, &tiers::resolve(5_000), &owned).unwrap();
         let (hs, fe) = server_names(Some(&plan), &[], &[]);
         assert_eq!(hs, ["corp-home-1", "corp-home-2"], "corp-home-2 waits for removal and keeps its certificate");
         assert_eq!(fe, ["corp-frontend"]);

@@ -11,10 +11,15 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{ApplySet, patch_status};
 use super::conditions::{Want, merge};
+use super::server_status;
 use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
 use crate::build::{self, BuildContext, Component, FIELD_MANAGER, quantity};
 use crate::crd::condition::{PAUSED, READY};
 use crate::crd::{CommunicationsDomain, HomeServer, HomeServerStatus};
+
+mod drain;
+
+use tracing::debug;
 
 /// Condition type: the volumes have the size the spec asks for.
 pub const VOLUMES: &str = "VolumesUpToDate";
@@ -84,6 +89,26 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 wants.push(expand_volumes(&ctx, &ns, &name, &volumes).await?);
                 status.resolved = Some(objs.resolved);
                 status.address = Some(objs.address);
+                // What the server says of its users (kept from before while it cannot answer).
+                let mut counted = None;
+                if serving(live_sts.as_ref()) {
+                    let url = server_status::url(
+                        ctx.settings.server_status_url.as_deref(),
+                        &name,
+                        &ns,
+                        &ctx.settings.cluster_domain,
+                    );
+                    match server_status::fetch(&url).await {
+                        Ok(s) => {
+                            (status.users, status.capacity) = (Some(s.homed_users), Some(s.capacity));
+                            counted = Some(s.homed_users);
+                        }
+                        Err(e) => debug!(home_server = %name, error = %e, "no status from the server"),
+                    }
+                }
+                // Only a count taken while draining says how many are left.
+                status.users_remaining = if hs.spec.drain { counted.or(old.users_remaining) } else { None };
+                wants.extend(drain::reconcile(&ctx, hs.as_ref(), resolved, &status).await?);
             }
         }
     }
@@ -110,7 +135,15 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     if wrote {
         report_transitions(&ctx, hs.as_ref(), &old.conditions, &status.conditions).await;
     }
-    Ok(Action::requeue(RESYNC))
+    if wrote {
+        drain::report_progress(&ctx, hs.as_ref(), &old, &status).await;
+    }
+    Ok(Action::requeue(if hs.spec.drain { super::domain::DRAIN_POLL } else { RESYNC }))
+}
+
+/// Whether the StatefulSet's pod is up to answer (its last known state).
+fn serving(sts: Option<&StatefulSet>) -> bool {
+    sts.and_then(|s| s.status.as_ref()).is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1)
 }
 
 /// Ready when the StatefulSet's one pod runs the current revision and passes its readiness probe.

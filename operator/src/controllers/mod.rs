@@ -12,6 +12,7 @@ pub mod domain;
 pub mod front_end;
 pub mod home_server;
 pub mod pods;
+pub mod server_status;
 pub mod validate;
 
 use std::fmt::Debug;
@@ -46,6 +47,11 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Image of managed directories (the Dockerfile's `directory` target).
     pub directory_image: String,
+    /// The operator's own namespace: the domains' NetworkPolicies let it read `/status`.
+    pub operator_namespace: Option<String>,
+    /// Where a Home Server's `/status` is, `{name}` and `{namespace}` replaced; its Service's
+    /// cluster DNS name when unset (see [`server_status::url`]).
+    pub server_status_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -54,6 +60,8 @@ impl Default for Settings {
             default_image: format!("parley-server:{}", env!("CARGO_PKG_VERSION")),
             cluster_domain: "cluster.local".into(),
             directory_image: format!("parley-directory:{}", env!("CARGO_PKG_VERSION")),
+            operator_namespace: None,
+            server_status_url: None,
         }
     }
 }
@@ -334,6 +342,14 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>, stop: Shutdown) {
         .owns(api::<Service>(&client, ns), managed(Component::HomeServer))
         .owns(api::<ConfigMap>(&client, ns), managed(Component::HomeServer))
         .owns(api::<PodDisruptionBudget>(&client, ns), managed(Component::HomeServer))
+        // Its drain Job: one that finishes moves the HomeServer (and so its domain) on at once.
+        .owns(
+            api::<Job>(&client, ns),
+            watcher::Config::default().labels(&format!(
+                "{MANAGED_SELECTOR},app.kubernetes.io/component={}",
+                crate::build::drain::DRAIN_COMPONENT
+            )),
+        )
         .watches(domains.clone(), all(), move |d: CommunicationsDomain| {
             by_domain(&hs_store, d.namespace(), &d.name_any())
         })

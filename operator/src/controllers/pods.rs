@@ -77,6 +77,16 @@ pub async fn why_any_not_ready(ctx: &Context, ns: &str, selector: &str) -> Optio
     why_not_ready(ctx, ns, &waiting.metadata.name?).await
 }
 
+/// The end of a failed Job pod's log (its termination message), newest pod first.
+pub async fn job_pod_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>, kube::Error> {
+    let mut list = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await?.items;
+    list.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
+    Ok(list.iter().find_map(|p| {
+        let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

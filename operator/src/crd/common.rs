@@ -22,8 +22,11 @@ pub mod condition {
     pub const READY: &str = "Ready";
     /// `spec.paused` is true: the operator reads but does not write children.
     pub const PAUSED: &str = "Paused";
-    /// A scale-down waits because a Home Server that is no longer needed may still have users homed on it.
+    /// A scale-down cannot go on: the Home Servers that stay have too little free capacity for
+    /// the users of the one to remove (or their counts are unknown). Nothing is deleted.
     pub const SCALE_DOWN_BLOCKED: &str = "ScaleDownBlocked";
+    /// A HomeServer with `spec.drain`: True once no user is homed on it.
+    pub const DRAINED: &str = "Drained";
     /// Every server has a valid certificate; the message names the earliest expiry.
     pub const CERTIFICATES_READY: &str = "CertificatesReady";
     /// `prep schema` succeeded (the seed's `prep=schema`).

@@ -26,6 +26,8 @@ use crate::tiers::Tier;
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.sipDomain"),
     printcolumn(name = "Tier", type_ = "string", json_path = ".status.tier"),
     printcolumn(name = "Users", type_ = "integer", json_path = ".spec.users"),
+    printcolumn(name = "Home Servers", type_ = "integer", json_path = ".status.homeServerCount"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -168,6 +170,10 @@ pub struct HomeServerTemplate {
     /// cluster, or to give more).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Delete a removed Home Server's data and logs volumes with it (after a scale-down has moved
+    /// its users away). By default they are kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_volumes_on_remove: bool,
 }
 
 /// The directory users are listed in: exactly one of `ldap`, `file` or `managed`.
@@ -397,6 +403,14 @@ pub struct CommunicationsDomainStatus {
     /// Names of the domain's HomeServers (owned with topology `auto`, found with `manual`).
     #[serde(default)]
     pub home_servers: Vec<String>,
+    /// How many there are (the Home Servers column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_server_count: Option<u32>,
+    /// What the operator is doing, in a word: `Preparing` (certificates, directory), `Scaling`
+    /// (Home Servers or the Front-End being added or drained and removed), `Ready`, `Paused`,
+    /// `Invalid` or `Progressing` (waiting for pods). The conditions say more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// Name of the domain's FrontEnd, if it has one.
     pub front_end: Option<String>,
     /// HomeServers the tier no longer calls for, kept because users may still be homed on them.
@@ -450,6 +464,10 @@ pub struct ResolvedDomain {
     /// The NetworkPolicies to make (`spec.networkPolicy`), absent when disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<ResolvedNetworkPolicy>,
+    /// The Secret (key `token`) holding the administrator token of the Home Servers' operations
+    /// API, which `user move` and a drain use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token_secret: Option<String>,
 }
 
 /// What the domain's NetworkPolicies admit besides SIP and the domain's own pods.
@@ -567,6 +585,14 @@ pub struct HomeServerAddress {
     pub name: String,
     /// `<service>.<namespace>.svc.<cluster domain>:5062`.
     pub address: String,
+    /// The users it may hold, as registered in the directory (0: it takes no new users, e.g.
+    /// while it drains); absent for a Home Server written without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u32>,
+    /// Its operations API (`http://<service>.<namespace>.svc.<cluster domain>:8080`), where
+    /// `user move` and `user drain` reach it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api: String,
 }
 
 /// A directory-prep Job that succeeded.

@@ -25,7 +25,9 @@ use crate::tiers::Tier;
     category = "parley",
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
     printcolumn(name = "Tier", type_ = "string", json_path = ".status.tier"),
-    printcolumn(name = "Users", type_ = "integer", json_path = ".spec.capacity"),
+    printcolumn(name = "Users", type_ = "integer", json_path = ".status.users"),
+    printcolumn(name = "Capacity", type_ = "integer", json_path = ".status.capacity"),
+    printcolumn(name = "Draining", type_ = "boolean", json_path = ".spec.drain"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -45,8 +47,9 @@ pub struct HomeServerSpec {
     ))]
     pub domain: String,
 
-    /// The number of users this Home Server is meant to hold (at most 10,000). Shown in the
-    /// Users column; the operator sets it on the Home Servers it owns.
+    /// The number of users this Home Server is meant to hold (at most 10,000): registered in the
+    /// directory, where placement (`parley-server user add` without `--home-server`) reads it.
+    /// The operator sets it on the Home Servers it owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000))]
     pub capacity: Option<u32>,
@@ -64,6 +67,13 @@ pub struct HomeServerSpec {
     /// Front-End, its only entry point).
     #[serde(default)]
     pub service: ClientService,
+
+    /// Move every user homed here to the domain's other Home Servers (a Job running
+    /// `parley-server user drain`), least loaded first; `status.usersRemaining` counts down and the
+    /// `Drained` condition turns True at zero. A drained Home Server can be deleted without losing
+    /// anyone. The operator sets it on the Home Servers a lower `spec.users` no longer needs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 
     /// Host name clients reach this server by, written into the Contact and Via headers it adds
     /// (default: the Service's cluster DNS name). Set it to the load balancer's or node's name
@@ -88,6 +98,11 @@ pub struct StorageOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
+    /// Delete the data and logs volumes (PersistentVolumeClaims) when this HomeServer is deleted.
+    /// By default they are kept, so that a Home Server deleted by mistake can be recreated with
+    /// its state.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_on_remove: bool,
 }
 
 /// What the operator observed and decided for a Home Server.
@@ -105,6 +120,15 @@ pub struct HomeServerStatus {
     pub resolved: Option<ResolvedSize>,
     /// Address the Front-End forwards to (`<service>.<namespace>.svc.<cluster domain>:5062`).
     pub address: Option<String>,
+    /// Users homed here, counted in the directory by the server (its `/status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<u64>,
+    /// Users it may hold, as the directory says (the server's `/status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// While `spec.drain` is true: the users still to move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_remaining: Option<u64>,
 }
 
 /// The size a Home Server runs with.

@@ -100,6 +100,7 @@ async fn every_pod_the_operator_describes_is_admitted_under_enforce_restricted()
             default_image: "local/parley-server:test",
             cluster_domain: "cluster.local",
             home_servers: &hs,
+            capacities: &BTreeMap::new(),
             front_ends: &fe,
             advertised: &BTreeMap::new(),
         },
@@ -135,7 +136,9 @@ async fn every_pod_the_operator_describes_is_admitted_under_enforce_restricted()
         let name = job.metadata.name.clone().unwrap();
         candidates.push((format!("Job {name}"), pod(&format!("{name}-x"), &job.spec.as_ref().unwrap().template, &[])));
     }
-    assert_eq!(candidates.len(), 3 + 4, "Home Server, Front-End, directory and four prep Jobs");
+    let drain = build::drain::job(&Owner::of(&home, "HomeServer").unwrap(), "corp", &resolved).expect("drain Job");
+    candidates.push(("drain Job".into(), pod("corp-home-1-drain-x", &drain.spec.as_ref().unwrap().template, &[])));
+    assert_eq!(candidates.len(), 3 + 4 + 1, "Home Server, Front-End, directory, four prep Jobs and a drain Job");
 
     for (what, pod) in &candidates {
         if let Err(e) = pods.create(&dry_run, pod).await {

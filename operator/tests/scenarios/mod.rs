@@ -11,8 +11,10 @@ use crate::support::Harness;
 
 mod certificates;
 mod prep;
+mod scaling;
 pub use certificates::*;
 pub use prep::*;
+pub use scaling::*;
 
 fn ready(conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> bool {
     conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
@@ -158,67 +160,6 @@ async fn converged(h: &Harness, name: &str) -> CommunicationsDomain {
         })
         .await
     }
-}
-
-pub async fn scale_up_then_down(h: &Harness) {
-    h.create_users_config_map().await;
-    let op = h.start_operator("op-a");
-    h.apply_domain("corp", 5_000).await;
-    converged(h, "corp").await;
-    assert_eq!(h.names::<HomeServer>().await, vec!["corp-home-1"]);
-
-    h.patch_domain("corp", serde_json::json!({"users": 25_000})).await;
-    h.wait_for::<FrontEnd, _>("FrontEnd after scale-up", "corp-frontend", |_| true).await;
-    h.wait_for::<HomeServer, _>("third Home Server", "corp-home-3", |_| true).await;
-    let d = converged(h, "corp").await;
-    assert_eq!(d.status.as_ref().unwrap().tier, Some(parley_operator::tiers::Tier::Enterprise));
-    h.wait_for::<ConfigMap, _>("routing table with 3 Home Servers", "corp-frontend-config", |cm| {
-        cm.data.as_ref().is_some_and(|d| d["parley.toml"].contains("corp-home-3"))
-    })
-    .await;
-
-    h.patch_domain("corp", serde_json::json!({"users": 5_000})).await;
-    let d = h
-        .wait_for::<CommunicationsDomain, _>("scale-down blocked", "corp", |d| {
-            d.status
-                .as_ref()
-                .is_some_and(|s| s.observed_generation == d.metadata.generation && s.waiting_removal.len() == 2)
-        })
-        .await;
-    assert_eq!(d.spec.users, 5_000, "spec.users is never rewritten");
-    let st = d.status.unwrap();
-    assert_eq!(st.tier, Some(parley_operator::tiers::Tier::Standard));
-    let waiting: Vec<_> = st.waiting_removal.iter().map(|w| w.name.as_str()).collect();
-    assert_eq!(waiting, vec!["corp-home-2", "corp-home-3"]);
-    assert!(
-        st.waiting_removal[0].reason.contains("users may still be homed on corp-home-2"),
-        "{}",
-        st.waiting_removal[0].reason
-    );
-    assert_eq!(condition(&st.conditions, "ScaleDownBlocked"), Some(("True".into(), "UsersMayBeHomed".into())));
-    assert_eq!(
-        h.names::<HomeServer>().await,
-        vec!["corp-home-1", "corp-home-2", "corp-home-3"],
-        "no Home Server was deleted"
-    );
-    assert!(
-        h.api::<FrontEnd>().get_opt("corp-frontend").await.unwrap().is_some(),
-        "the Front-End stays while several Home Servers run"
-    );
-
-    // The administrator moves the users away and deletes the Home Servers; the operator lets them go.
-    h.delete::<HomeServer>("corp-home-3").await;
-    h.delete::<HomeServer>("corp-home-2").await;
-    let d = h
-        .wait_for::<CommunicationsDomain, _>("scale-down finished", "corp", |d| {
-            d.status.as_ref().is_some_and(|s| s.waiting_removal.is_empty() && s.home_servers == vec!["corp-home-1"])
-        })
-        .await;
-    assert_eq!(condition(&d.status.unwrap().conditions, "ScaleDownBlocked").unwrap().0, "False");
-    h.wait_gone::<FrontEnd>("corp-frontend").await;
-    h.wait_gone::<StatefulSet>("corp-home-3").await;
-    assert_eq!(h.names::<HomeServer>().await, vec!["corp-home-1"], "deleted Home Servers are not recreated");
-    op.stop().await.unwrap();
 }
 
 pub async fn grow_small_to_standard(h: &Harness) {
@@ -692,6 +633,7 @@ pub async fn a_resource_deleted_while_reconciled_is_gone(h: &Harness) {
         default_image: "parley-server:test".into(),
         cluster_domain: "cluster.local".into(),
         directory_image: "parley-directory:test".into(),
+        ..Default::default()
     };
     let ctx = Arc::new(Context::new(h.client.clone(), settings, Default::default(), "op-a"));
     let gone = Action::await_change();

@@ -12,6 +12,11 @@ use crate::support::Harness;
 
 async fn set_job_status(h: &Harness, job: &str, succeeded: bool) {
     h.wait_for::<Job, _>("prep Job", job, |_| true).await;
+    mark_job(&h.api::<Job>(), job, succeeded).await.expect("Job status");
+}
+
+/// Plays the Job controller: marks `job` complete, or failed after its retries.
+pub async fn mark_job(jobs: &kube::Api<Job>, job: &str, succeeded: bool) -> kube::Result<Job> {
     let now = format!("{:.0}", Timestamp::now());
     let cond = |type_: &str, reason: &str, message: &str| {
         json!({"type": type_, "status": "True", "reason": reason, "message": message,
@@ -26,10 +31,35 @@ async fn set_job_status(h: &Harness, job: &str, succeeded: bool) {
         json!({"startTime": now, "failed": 4,
                "conditions": [cond("FailureTarget", "BackoffLimitExceeded", m), cond("Failed", "BackoffLimitExceeded", m)]})
     };
-    h.api::<Job>()
-        .patch_status(job, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+    jobs.patch_status(job, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await
+}
+
+/// The directory administrator's Secret an LDAP domain names.
+pub async fn create_admin_secret(h: &Harness) {
+    let admin = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("ldap-admin".into()), ..Default::default() },
+        string_data: Some(
+            [("bindDn", "cn=admin,dc=example,dc=test"), ("password", "pw")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    h.api::<Secret>().create(&Default::default(), &admin).await.unwrap();
+}
+
+/// Applies the LDAP domain `corp` of `users` users, as `kubectl apply --server-side` would.
+pub async fn apply_ldap_domain(h: &Harness, users: u32) {
+    let domain = json!({
+        "apiVersion": "parley.dev/v1alpha1", "kind": "CommunicationsDomain", "metadata": {"name": "corp"},
+        "spec": {"sipDomain": "example.test", "users": users, "directory": {"ldap": {
+            "url": "ldap://ldap.example:389", "baseDn": "dc=example,dc=test", "adminSecret": {"name": "ldap-admin"}}}},
+    });
+    h.api::<CommunicationsDomain>()
+        .patch("corp", &PatchParams::apply("parley-test"), &Patch::Apply(&domain))
         .await
-        .expect("Job status");
+        .unwrap();
 }
 
 async fn wait_condition(h: &Harness, type_: &str, status: &str, reason: &str) -> String {
@@ -54,27 +84,9 @@ pub async fn an_ldap_domain_is_prepared_in_order_before_its_workloads(h: &Harnes
         eprintln!("skipped on the double: it serves no batch/v1 Jobs (runs against a real API server)");
         return;
     }
-    let admin = Secret {
-        metadata: kube::api::ObjectMeta { name: Some("ldap-admin".into()), ..Default::default() },
-        string_data: Some(
-            [("bindDn", "cn=admin,dc=example,dc=test"), ("password", "pw")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    h.api::<Secret>().create(&Default::default(), &admin).await.unwrap();
+    create_admin_secret(h).await;
     let op = h.start_operator("op-a");
-    let domain = json!({
-        "apiVersion": "parley.dev/v1alpha1", "kind": "CommunicationsDomain", "metadata": {"name": "corp"},
-        "spec": {"sipDomain": "example.test", "users": 500, "directory": {"ldap": {
-            "url": "ldap://ldap.example:389", "baseDn": "dc=example,dc=test", "adminSecret": {"name": "ldap-admin"}}}},
-    });
-    h.api::<CommunicationsDomain>()
-        .patch("corp", &PatchParams::apply("parley-test"), &Patch::Apply(&domain))
-        .await
-        .unwrap();
+    apply_ldap_domain(h, 500).await;
 
     // Schema first, alone; nothing else exists yet.
     h.wait_for::<Job, _>("prep schema Job", "corp-prep-schema", |_| true).await;
@@ -90,8 +102,8 @@ pub async fn an_ldap_domain_is_prepared_in_order_before_its_workloads(h: &Harnes
     let job = h.wait_for::<Job, _>("prep enterprise Job", "corp-prep-enterprise", |_| true).await;
     let args = job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     let address = parley_operator::build::config::home_server_address("corp-home-1", &h.ns, "cluster.local");
-    let registered = format!("corp-home-1={address}");
-    assert!(args.contains(&registered), "prep enterprise registers the Home Server: {args:?}");
+    let registered = format!("corp-home-1={address},capacity=500,api=http://");
+    assert!(args.iter().any(|a| a.starts_with(&registered)), "prep enterprise registers the Home Server: {args:?}");
 
     // A failed Job stops the sequence and says why.
     set_job_status(h, "corp-prep-enterprise", false).await;

@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::ApiServer;
+use super::status_board::StatusBoard;
 use super::store::Logged;
 
 /// Where a scenario runs.
@@ -46,6 +47,8 @@ pub struct Harness {
     /// How long to wait for the operator to converge.
     pub timeout: Duration,
     background: Vec<JoinHandle<()>>,
+    /// What the Home Servers' `/status` says, as the scenario sets it.
+    pub board: StatusBoard,
 }
 
 /// A users file in the server's format (alice, password alice-password).
@@ -257,6 +260,7 @@ impl Harness {
             pods_become_ready: true,
             log: Arc::default(),
             timeout: Duration::from_secs(20),
+            board: StatusBoard::start().await,
         };
         h.create_namespace().await;
         h
@@ -315,6 +319,7 @@ impl Harness {
             log: Arc::default(),
             timeout,
             background: Vec::new(),
+            board: StatusBoard::start().await,
         };
         h.create_namespace().await;
         h
@@ -403,6 +408,8 @@ impl Harness {
                 default_image: "parley-server:test".into(),
                 cluster_domain: "cluster.local".into(),
                 directory_image: "parley-directory:test".into(),
+                operator_namespace: Some(self.ns.clone()),
+                server_status_url: Some(self.board.url.clone()),
             },
         };
         let operator = Operator::new(client, config);

@@ -37,6 +37,7 @@ pub mod harness;
 pub mod http;
 pub mod leaks;
 pub mod schema;
+pub mod status_board;
 pub mod store;
 
 use std::sync::{Arc, Mutex};

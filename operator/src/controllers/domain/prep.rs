@@ -23,16 +23,6 @@ pub struct PrepOutcome {
     pub done: bool,
 }
 
-/// The end of a failed prep pod's log (its termination message), newest pod first.
-async fn pod_message(pods: &Api<Pod>, job: &str) -> Result<Option<String>> {
-    let mut list = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await?.items;
-    list.sort_by_key(|p| std::cmp::Reverse(p.metadata.creation_timestamp.clone()));
-    Ok(list.iter().find_map(|p| {
-        let statuses = p.status.as_ref()?.container_statuses.as_ref()?;
-        statuses.iter().find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
-    }))
-}
-
 /// Creates the generated service-account Secret once, runs the next prep Job of the domain
 /// `owner` and reports.
 pub async fn reconcile(
@@ -71,7 +61,7 @@ pub async fn reconcile(
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Failed" && c.status == "True"));
-        let message = if failed { pod_message(&pods, &job.name_any()).await? } else { None };
+        let message = if failed { super::super::pods::job_pod_message(&pods, &job.name_any()).await? } else { None };
         observed.insert(job.name_any(), prep::observe(&job, message));
     }
     let mut plan = prep::sequence(owner, resolved, &observed, prepared)?;
