@@ -355,17 +355,23 @@ echo "ok: the directory's cn=config and database are on its volume, owned by $ow
 
 kubectl -n "$ns" create secret generic user-passwords --from-file=alice="$work/alice.pw" \
   --from-file=bob="$work/bob.pw" --dry-run=client -o yaml | kubectl -n "$ns" apply -f - >/dev/null
-user_add() {
-  cat <<YAML
+# add_users JOB DOMAIN HOME_SERVER USER...: a Job adding USERs (passwords from Secret
+# user-passwords) to DOMAIN's managed directory with `parley-server user add`, as its administrator,
+# homed on HOME_SERVER or, when it is "", placed on the Home Server with the most free capacity.
+add_users() {
+  local job=$1 domain=$2 home=$3 user place=""
+  shift 3
+  [[ -z $home ]] || place="--home-server, \"$home\","
+  user_container() {
+    cat <<YAML
         - name: add-$1
           image: $server_repo:$tag
           imagePullPolicy: $pull_policy
-          command: [/usr/local/bin/parley-server, user, add, "$1@example.test", --home-server, "$mhs",
-                    --password-file, "/users/$1"]
+          command: [/usr/local/bin/parley-server, user, add, "$1@example.test", $place --password-file, "/users/$1"]
           env:
-            - {name: PARLEY_LDAP_URL, value: "ldaps://$mdomain-directory.$ns.svc:636"}
+            - {name: PARLEY_LDAP_URL, value: "ldaps://$domain-directory.$ns.svc:636"}
             - {name: PARLEY_LDAP_BASE_DN, value: "dc=example,dc=test"}
-            - {name: PARLEY_LDAP_BIND_DN, valueFrom: {secretKeyRef: {name: $mdomain-directory-admin, key: bindDn}}}
+            - {name: PARLEY_LDAP_BIND_DN, valueFrom: {secretKeyRef: {name: $domain-directory-admin, key: bindDn}}}
             - {name: PARLEY_LDAP_BIND_PASSWORD_FILE, value: /admin/password}
             - {name: PARLEY_LDAP_CA_FILE, value: /ca/ca.crt}
           securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
@@ -374,41 +380,45 @@ user_add() {
             - {name: ca, mountPath: /ca, readOnly: true}
             - {name: users, mountPath: /users, readOnly: true}
 YAML
-}
-kubectl -n "$ns" apply -f - <<YAML
+  }
+  local users=("$@") init="" last
+  last=${users[-1]}
+  for user in "${users[@]:0:${#users[@]}-1}"; do init+=$(user_container "$user")$'\n'; done
+  kubectl -n "$ns" apply -f - <<YAML
 apiVersion: batch/v1
 kind: Job
 metadata:
-  name: add-users
+  name: $job
 spec:
   backoffLimit: 0
   template:
     metadata:
       # The domain's NetworkPolicy admits the managed directory's clients by this label.
-      labels: {parley.dev/domain: $mdomain}
+      labels: {parley.dev/domain: $domain}
     spec:
       restartPolicy: Never
       automountServiceAccountToken: false
       securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
-      initContainers:
-$(user_add alice)
+      initContainers: ${init:+$'\n'}${init:-[]}
       containers:
-$(user_add bob)
+$(user_container "$last")
       volumes:
         - name: admin
-          secret: {secretName: $mdomain-directory-admin, items: [{key: password, path: password}]}
+          secret: {secretName: $domain-directory-admin, items: [{key: password, path: password}]}
         - name: ca
-          secret: {secretName: $mdomain-directory-tls, items: [{key: ca.crt, path: ca.crt}]}
+          secret: {secretName: $domain-directory-tls, items: [{key: ca.crt, path: ca.crt}]}
         - name: users
           secret: {secretName: user-passwords}
 YAML
-deadline=$((SECONDS + 120))
-until [[ -n $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded}{.status.failed}') ]]; do
-  ((SECONDS < deadline)) || die "adding the users did not finish: $(kubectl -n "$ns" describe job add-users | tail -n 5)"
-  sleep 0.5
-done
-kubectl -n "$ns" logs job/add-users --all-containers=true || true
-[[ $(kubectl -n "$ns" get job add-users -o jsonpath='{.status.succeeded}') == 1 ]] || die "parley-server user add failed"
+  local deadline=$((SECONDS + 120))
+  until [[ -n $(kubectl -n "$ns" get job "$job" -o jsonpath='{.status.succeeded}{.status.failed}') ]]; do
+    ((SECONDS < deadline)) || die "Job $job did not finish: $(kubectl -n "$ns" describe job "$job" | tail -n 5)"
+    sleep 0.5
+  done
+  kubectl -n "$ns" logs "job/$job" --all-containers=true || true
+  [[ $(kubectl -n "$ns" get job "$job" -o jsonpath='{.status.succeeded}') == 1 ]] || die "parley-server user add failed (Job $job)"
+}
+add_users add-users "$mdomain" "$mhs" alice bob
 echo "ok: alice and bob added to the managed directory"
 
 kubectl -n "$ns" get secret "$mdomain-ca" -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/dir-ca.crt"
@@ -423,7 +433,6 @@ else
   echo "managed-directory probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
 fi
 kubectl -n "$ns" delete job add-users --wait=false >/dev/null
-kubectl -n "$ns" delete secret user-passwords >/dev/null
 kubectl -n "$ns" delete communicationsdomain "$mdomain" --timeout="$timeout"
 # The directory and its volume go with the domain (its StatefulSet deletes its claim).
 kubectl -n "$ns" wait --for=delete "statefulset/$mdomain-directory" "service/$mdomain-directory" \
@@ -434,10 +443,11 @@ kubectl -n "$ns" wait --for=delete "pvc/data-$mdomain-directory-0" --timeout="$t
 kubectl -n "$ns" delete pvc "data-$mhs-0" "logs-$mhs-0" --timeout="$timeout"
 echo "ok: the managed directory and its volume went with the domain"
 
-step "enterprise scale-up: 500 -> 25,000 users adds two Home Servers and a Front-End (e2e/multi.yaml)"
+step "users scale through the spec: 500 -> 25,000 -> 5,000 users (e2e/multi.yaml)"
 # Certificates from the domain's CA; the Front-End dials the Home Servers' headless Services on the
 # internal mutual-TLS port and names its pod IP there (the downward API), so the Home Servers reach
-# the replica holding a client.
+# the replica holding a client. Users are placed by free capacity; the scale-down drains the
+# surplus Home Servers (a Job moves their users with their state) before it removes them.
 ready_now() { # KIND/NAME: Ready for the spec it has now
   local observed generation ready
   read -r observed generation ready < <(kubectl -n "$ns" get "$1" -o jsonpath='{.status.observedGeneration} {.metadata.generation} {.status.conditions[?(@.type=="Ready")].status}{"\n"}' 2>/dev/null)
@@ -450,20 +460,37 @@ wait_ready_now() {
     sleep 0.5
   done
 }
+homed_on() { # USER HOME_SERVER: the Job that added USER says where it was placed
+  kubectl -n "$ns" logs "job/add-$1" --all-containers=true | grep -q "homed on $2" \
+    || die "$1 was not placed on $2: $(kubectl -n "$ns" logs "job/add-$1" --all-containers=true)"
+}
+# probe_via SERVICE: alice and bob sign in, watch, publish and message through SERVICE's NodePort.
+probe_via() {
+  local port
+  port=$(kubectl -n "$ns" get service "$1" -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
+  "$parley" probe --server "127.0.0.1:$port" --ca "$work/multi-ca.crt" \
+    --server-name "$1.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
+    --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through $1 failed"
+}
 kubectl -n "$ns" apply -f e2e/multi.yaml
 wait_ready_now communicationsdomain/multi
 [[ $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status.tier} {.status.homeServers}') == 'small ["multi-home-1"]' ]] \
   || die "500 users: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}')"
+add_users add-alice multi "" alice
+homed_on alice multi-home-1
 kubectl -n "$ns" patch communicationsdomain multi --type merge -p '{"spec":{"users":25000}}'
 wait_ready_now communicationsdomain/multi
-kubectl -n "$ns" get communicationsdomain,homeservers,frontends,pods -l parley.dev/domain=multi
 for r in homeserver/multi-home-1 homeserver/multi-home-2 homeserver/multi-home-3 frontend/multi-frontend; do
   wait_ready_now "$r"
 done
+kubectl -n "$ns" get communicationsdomain,homeservers,frontends,pods -l parley.dev/domain=multi
 [[ $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status.tier} {.status.frontEnd}') == 'enterprise multi-frontend' ]] \
   || die "25,000 users: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}')"
 [[ $(kubectl -n "$ns" get deployment multi-frontend -o jsonpath='{.status.readyReplicas}') == 2 ]] \
   || die "the enterprise tier's Front-End runs two replicas"
+# The new Home Servers are empty; prep enterprise registered their capacity before they started.
+add_users add-bob multi "" bob
+homed_on bob multi-home-2
 kubectl -n "$ns" get secret multi-ca -o jsonpath='{.data.ca\.crt}' | base64 -d >"$work/multi-ca.crt"
 if [[ $mode == node ]]; then
   # A Home Server is in cluster DNS a moment after it is Ready; until a Front-End replica has
@@ -476,16 +503,38 @@ if [[ $mode == node ]]; then
       sleep 0.2
     done
   done
-  fe_tls=$(kubectl -n "$ns" get service multi-frontend -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
   # alice is homed on multi-home-1 and bob on multi-home-2: every step crosses the Front-End.
-  "$parley" probe --server "127.0.0.1:$fe_tls" --ca "$work/multi-ca.crt" \
-    --server-name "multi-frontend.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
-    --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through the Front-End failed"
+  probe_via multi-frontend
   kubectl -n "$ns" logs multi-home-1-0 | grep -q "signed in user=alice@example.test" || die "alice did not sign in on multi-home-1"
   kubectl -n "$ns" logs multi-home-2-0 | grep -q "signed in user=bob@example.test" || die "bob did not sign in on multi-home-2"
   echo "ok: alice signed in on multi-home-1 and bob on multi-home-2, both through multi-frontend"
 else
   echo "scale-up probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
+fi
+
+# 25,000 -> 5,000: multi-home-3 (empty) and multi-home-2 (bob) drain, highest first, then go;
+# with one Home Server left the Front-End goes too and multi-home-1 takes the client Service.
+kubectl -n "$ns" patch communicationsdomain multi --type merge -p '{"spec":{"users":5000}}'
+kubectl -n "$ns" wait --for=delete homeserver/multi-home-3 homeserver/multi-home-2 frontend/multi-frontend --timeout="$timeout" \
+  || die "the scale-down did not finish: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}'); $(kubectl -n "$ns" get homeservers -o wide)"
+wait_ready_now communicationsdomain/multi
+wait_ready_now homeserver/multi-home-1
+kubectl -n "$ns" get communicationsdomains,homeservers -l parley.dev/domain=multi
+kubectl -n "$ns" get events --field-selector reason=Draining -o custom-columns=OBJECT:.regarding.name,NOTE:.note 2>/dev/null \
+  || kubectl -n "$ns" get events --field-selector reason=Draining
+[[ $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status.homeServers} {.status.phase}') == '["multi-home-1"] Ready' ]] \
+  || die "5,000 users: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}')"
+kubectl -n "$ns" get pvc data-multi-home-2-0 >/dev/null || die "the removed Home Server's data volume was not kept"
+if [[ $mode == node ]]; then
+  deadline=$((SECONDS + 60))
+  until [[ $(kubectl -n "$ns" get homeserver multi-home-1 -o jsonpath='{.status.users}') == 2 ]]; do
+    ((SECONDS < deadline)) || die "multi-home-1 does not count both users: $(kubectl -n "$ns" get homeserver multi-home-1 -o jsonpath='{.status}')"
+    sleep 1
+  done
+  # bob's contact list, rules and binding moved with him; he signs in on multi-home-1 now.
+  probe_via multi-home-1-sip
+  kubectl -n "$ns" logs multi-home-1-0 | grep -q "signed in user=bob@example.test" || die "bob did not sign in on multi-home-1"
+  echo "ok: after the scale-down alice and bob are both on multi-home-1 and exchange messages through its Service"
 fi
 # A Home Server no node can take (a domain asking 64 CPUs for it): its status says why, in the
 # scheduler's words.
@@ -501,8 +550,18 @@ spec:
     resources: {requests: {cpu: "64"}, limits: {cpu: "64"}}
   directory:
     file:
-      configMap: users-multi
+      configMap: users-toobig
       key: users.toml
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: users-toobig
+data:
+  users.toml: |
+    [[users]]
+    address = "alice@example.test"
+    ha1_md5 = "9e08d7520c4e1e3699eba51896968f5d"
 YAML
 deadline=$((SECONDS + 60))
 until kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' 2>/dev/null \
@@ -512,8 +571,11 @@ until kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.condit
 done
 echo "ok: $(kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}')"
 kubectl -n "$ns" delete communicationsdomain toobig --timeout="$timeout"
+kubectl -n "$ns" delete configmap users-toobig
+kubectl -n "$ns" delete job add-alice add-bob --wait=false >/dev/null
+kubectl -n "$ns" delete secret user-passwords >/dev/null
 kubectl -n "$ns" delete -f e2e/multi.yaml --timeout="$timeout"
-kubectl -n "$ns" wait --for=delete pod/multi-home-1-0 pod/multi-home-2-0 pod/multi-home-3-0 --timeout="$timeout"
+kubectl -n "$ns" wait --for=delete pod/multi-home-1-0 --timeout="$timeout"
 # The Home Servers' volumes are retained (their users' state): the suite removes them itself.
 for hs in multi-home-1 multi-home-2 multi-home-3 toobig-home-1; do
   kubectl -n "$ns" delete pvc "data-$hs-0" "logs-$hs-0" --ignore-not-found --timeout="$timeout"

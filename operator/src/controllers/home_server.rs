@@ -138,8 +138,18 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     if wrote {
         drain::report_progress(&ctx, hs.as_ref(), &old, &status).await;
     }
-    Ok(Action::requeue(if hs.spec.drain { super::domain::DRAIN_POLL } else { RESYNC }))
+    Ok(Action::requeue(if hs.spec.drain {
+        super::domain::DRAIN_POLL
+    } else if serving(live_sts.as_ref()) {
+        STATUS_POLL
+    } else {
+        RESYNC
+    }))
 }
+
+/// How often a running Home Server's user count is read into its status (placement and a
+/// scale-down's capacity check go by it).
+pub const STATUS_POLL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether the StatefulSet's pod is up to answer (its last known state).
 fn serving(sts: Option<&StatefulSet>) -> bool {
