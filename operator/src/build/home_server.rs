@@ -140,7 +140,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     }
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector.clone());
-    let stateful_set = StatefulSet {
+    let mut stateful_set = StatefulSet {
         metadata: meta(name.clone()),
         spec: Some(StatefulSetSpec {
             replicas: Some(1),
@@ -178,6 +178,11 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         }),
         ..Default::default()
     };
+    // What the pod runs, in one value: the controller holds a changed pod spec back until the
+    // Home Server's turn in a rollout comes (controllers::rollout).
+    let template = stateful_set.spec.as_ref().map(|s| &s.template);
+    let template_hash = sha256_hex(&serde_json::to_vec(&template).map_err(|e| BuildError::Config(e.to_string()))?);
+    stateful_set.metadata.annotations.get_or_insert_default().insert(TEMPLATE_HASH_ANNOTATION.into(), template_hash);
 
     Ok(HomeServerObjects {
         config_map,

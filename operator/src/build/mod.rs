@@ -36,6 +36,8 @@ pub const FIELD_MANAGER: &str = "parley-operator";
 pub const CONFIG_HASH_ANNOTATION: &str = "parley.dev/config-hash";
 /// Annotation holding the hash of the object as last applied; lets a reconcile skip writing.
 pub const APPLIED_HASH_ANNOTATION: &str = "parley.dev/applied-hash";
+/// Annotation on a Home Server's StatefulSet: the hash of its pod template.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "parley.dev/template-hash";
 /// Label naming the CommunicationsDomain an object belongs to.
 pub const DOMAIN_LABEL: &str = "parley.dev/domain";
 /// `app.kubernetes.io/managed-by` value of every object the operator creates.

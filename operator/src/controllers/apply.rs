@@ -357,6 +357,21 @@ where
 }
 
 /// Writes `status` with a merge patch unless it equals `current`. Returns whether it wrote.
+/// Marks every key of `old` that `new` lacks as `null`, at any depth: a merge patch keeps what it
+/// does not mention, so a field that became empty (skipped when serialised) must be deleted.
+fn null_removed(old: &Value, new: &mut Value) {
+    if let (Value::Object(old), Value::Object(new)) = (old, new) {
+        for (key, was) in old {
+            match new.get_mut(key) {
+                None => {
+                    new.insert(key.clone(), Value::Null);
+                }
+                Some(now) => null_removed(was, now),
+            }
+        }
+    }
+}
+
 pub async fn patch_status<K, S>(api: &Api<K>, name: &str, current: Option<&S>, status: &S) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
@@ -365,7 +380,11 @@ where
     if current == Some(status) {
         return Ok(false);
     }
-    let patch = serde_json::json!({ "status": status });
+    let mut new = serde_json::to_value(status)?;
+    if let Some(current) = current {
+        null_removed(&serde_json::to_value(current)?, &mut new);
+    }
+    let patch = serde_json::json!({ "status": new });
     api.patch_status(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Merge(&patch)).await?;
     Ok(true)
 }
@@ -432,6 +451,17 @@ mod tests {
         assert_eq!(
             reapply_reason(&live_after_apply(&want, fields), &want).as_deref(),
             Some(".metadata.ownerReferences[0] is no longer ours")
+        );
+    }
+
+    #[test]
+    fn a_status_patch_deletes_what_became_empty_at_any_depth() {
+        let old = json!({"rollout": "step 1", "resolved": {"image": "a", "apiTokenSecret": "t"}, "homeServers": ["x"]});
+        let mut new = json!({"resolved": {"image": "b"}, "homeServers": []});
+        null_removed(&old, &mut new);
+        assert_eq!(
+            new,
+            json!({"rollout": null, "resolved": {"image": "b", "apiTokenSecret": null}, "homeServers": []})
         );
     }
 

@@ -155,6 +155,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         front_end: front_ends.first().map(|f| f.name_any()),
         home_server_count: None,
         phase: None,
+        rollout: None,
         waiting_removal: old.waiting_removal.clone(),
         conditions: Vec::new(),
         prepared_steps: old.prepared_steps.clone(),
@@ -322,6 +323,8 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
     });
     wants.sort_by_key(|w| w.type_);
     status.home_server_count = Some(u32::try_from(status.home_servers.len()).unwrap_or(u32::MAX));
+    status.rollout =
+        status.resolved.as_ref().and_then(|r| super::rollout::progress(r.generation, &home_servers, &front_ends));
     status.phase = Some(phase(&wants, &status).into());
     if !status.waiting_removal.is_empty() {
         // A drain moves users: look at its progress more often than the resync.
@@ -350,6 +353,7 @@ fn phase(wants: &[Want], status: &CommunicationsDomainStatus) -> &'static str {
         Some(w) if w.reason == "InvalidSpec" => "Invalid",
         Some(w) if w.reason == "PreparingDirectory" => "Preparing",
         _ if !status.waiting_removal.is_empty() || holds(SCALE_DOWN_BLOCKED) => "Scaling",
+        _ if status.rollout.is_some() => "Upgrading",
         Some(w) if w.status => "Ready",
         _ => "Progressing",
     }

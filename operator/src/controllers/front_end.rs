@@ -32,6 +32,8 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
     let mut status = FrontEndStatus { observed_generation: fe.metadata.generation, ..old.clone() };
     let mut wants = Vec::new();
     let mut wrote_workload = false;
+    // The domain resolution built from.
+    let mut generation = None;
 
     match &domain {
         None => wants.push(Want::new(
@@ -68,6 +70,7 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
                     .collect();
                 let bctx = BuildContext { resolved, cluster_domain: &ctx.settings.cluster_domain };
                 let objs = build::front_end::build(&fe, &bctx, &routes)?;
+                generation = Some(resolved.generation);
                 // Apply, in order, then remove what is no longer built.
                 let mut set = ApplySet::new(&ctx, fe.as_ref(), Component::FrontEnd)?;
                 set.apply(&objs.config_map).await?;
@@ -94,6 +97,9 @@ pub async fn reconcile(fe: Arc<FrontEnd>, ctx: Arc<Context>) -> Result<Action> {
             if let Some(why) = super::pods::why_any_not_ready(&ctx, &ns, &selector).await {
                 want.message = why;
             }
+        }
+        if want.status {
+            status.rolled_generation = generation;
         }
         wants.push(want);
     }

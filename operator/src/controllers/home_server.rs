@@ -11,11 +11,11 @@ use kube::{Api, ResourceExt};
 
 use super::apply::{ApplySet, patch_status};
 use super::conditions::{Want, merge};
-use super::server_status;
 use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
+use super::{rollout, server_status};
 use crate::build::{self, BuildContext, Component, FIELD_MANAGER, quantity};
-use crate::crd::condition::{PAUSED, READY};
-use crate::crd::{CommunicationsDomain, HomeServer, HomeServerStatus};
+use crate::crd::condition::{PAUSED, READY, UP_TO_DATE};
+use crate::crd::{CommunicationsDomain, FrontEnd, HomeServer, HomeServerStatus};
 
 mod drain;
 
@@ -41,6 +41,8 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     let mut status = HomeServerStatus { observed_generation: hs.metadata.generation, ..old.clone() };
     let mut wants = Vec::new();
     let mut wrote_workload = false;
+    // The domain resolution built from, and the servers a held pod change waits for.
+    let (mut generation, mut held): (Option<i64>, Option<Vec<String>>) = (None, None);
 
     match &domain {
         None => {
@@ -78,6 +80,30 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 let bctx = BuildContext { resolved, cluster_domain: &ctx.settings.cluster_domain };
                 let mut objs = build::home_server::build(&hs, &bctx)?;
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
+                // A new pod spec waits for this Home Server's turn in the domain's rollout.
+                if let Some(live) = live_sts.as_ref().filter(|l| rollout::changes_pod(&objs.stateful_set, Some(l))) {
+                    let domain_name = &hs.spec.domain;
+                    let homes: Vec<HomeServer> = Api::<HomeServer>::namespaced(client.clone(), &ns)
+                        .list(&Default::default())
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter(|h| &h.spec.domain == domain_name)
+                        .collect();
+                    let fronts: Vec<FrontEnd> = Api::<FrontEnd>::namespaced(client.clone(), &ns)
+                        .list(&Default::default())
+                        .await?
+                        .items
+                        .into_iter()
+                        .filter(|f| &f.spec.domain == domain_name)
+                        .collect();
+                    let waiting = rollout::waiting_for(&name, resolved.generation, &homes, &fronts);
+                    if !waiting.is_empty() {
+                        rollout::hold(&mut objs.stateful_set, live);
+                        held = Some(waiting);
+                    }
+                }
+                generation = Some(resolved.generation);
                 // Apply, in order, then remove what is no longer built.
                 let mut set = ApplySet::new(&ctx, hs.as_ref(), Component::HomeServer)?;
                 set.apply(&objs.config_map).await?;
@@ -124,6 +150,22 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
         }
         wants.insert(0, want);
     }
+    if let Some(generation) = generation {
+        let ready = wants.iter().any(|w| w.type_ == READY && w.status);
+        wants.push(match &held {
+            Some(waiting) => Want::new(
+                UP_TO_DATE,
+                false,
+                "WaitingForTurn",
+                format!("a new pod spec waits until {} run the domain's current settings, ready", waiting.join(", ")),
+            ),
+            None if ready => {
+                status.rolled_generation = Some(generation);
+                Want::new(UP_TO_DATE, true, "Current", "the pod runs the current pod spec")
+            }
+            None => Want::new(UP_TO_DATE, false, "Rolling", "the pod is being replaced or started"),
+        });
+    }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, hs.metadata.generation, Timestamp::now());
     let Some(wrote) = unless_gone(
@@ -138,7 +180,7 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     if wrote {
         drain::report_progress(&ctx, hs.as_ref(), &old, &status).await;
     }
-    Ok(Action::requeue(if hs.spec.drain {
+    Ok(Action::requeue(if hs.spec.drain || held.is_some() {
         super::domain::DRAIN_POLL
     } else if serving(live_sts.as_ref()) {
         STATUS_POLL

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod front_end;
 pub mod home_server;
 pub mod pods;
+pub mod rollout;
 pub mod server_status;
 pub mod validate;
 

@@ -27,6 +27,9 @@ pub mod condition {
     pub const SCALE_DOWN_BLOCKED: &str = "ScaleDownBlocked";
     /// A HomeServer with `spec.drain`: True once no user is homed on it.
     pub const DRAINED: &str = "Drained";
+    /// A HomeServer's pod runs the pod spec the operator builds now; False while a new one waits
+    /// for its turn in the rollout or rolls.
+    pub const UP_TO_DATE: &str = "UpToDate";
     /// Every server has a valid certificate; the message names the earliest expiry.
     pub const CERTIFICATES_READY: &str = "CertificatesReady";
     /// `prep schema` succeeded (the seed's `prep=schema`).

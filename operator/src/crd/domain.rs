@@ -407,10 +407,15 @@ pub struct CommunicationsDomainStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home_server_count: Option<u32>,
     /// What the operator is doing, in a word: `Preparing` (certificates, directory), `Scaling`
-    /// (Home Servers or the Front-End being added or drained and removed), `Ready`, `Paused`,
-    /// `Invalid` or `Progressing` (waiting for pods). The conditions say more.
+    /// (Home Servers or the Front-End being added or drained and removed), `Upgrading` (a new pod
+    /// spec rolling out), `Ready`, `Paused`, `Invalid` or `Progressing` (waiting for pods). The
+    /// conditions say more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+    /// While a change of the servers' pods rolls out (Front-Ends first, then the Home Servers
+    /// one at a time, each when the one before runs ready): where it stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
     /// Name of the domain's FrontEnd, if it has one.
     pub front_end: Option<String>,
     /// HomeServers the tier no longer calls for, kept because users may still be homed on them.

@@ -120,4 +120,8 @@ pub struct FrontEndStatus {
     /// Home Servers in the routing table this Front-End was configured with.
     #[serde(default)]
     pub home_servers: Vec<String>,
+    /// The domain resolution (its `status.resolved.generation`) every replica runs and is ready
+    /// with: the Home Servers roll to a new one only after the Front-End has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_generation: Option<i64>,
 }

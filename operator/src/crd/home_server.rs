@@ -129,6 +129,11 @@ pub struct HomeServerStatus {
     /// While `spec.drain` is true: the users still to move.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users_remaining: Option<u64>,
+    /// The domain resolution (its `status.resolved.generation`) the pod runs and is ready with.
+    /// A new pod spec waits until the Front-Ends and the Home Servers before this one have
+    /// rolled (condition `UpToDate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_generation: Option<i64>,
 }
 
 /// The size a Home Server runs with.

@@ -11,9 +11,11 @@ use crate::support::Harness;
 
 mod certificates;
 mod prep;
+mod rollout;
 mod scaling;
 pub use certificates::*;
 pub use prep::*;
+pub use rollout::*;
 pub use scaling::*;
 
 fn ready(conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>) -> bool {
