@@ -291,31 +291,9 @@ fn describe(entry: &SearchEntry, address: &str) -> String {
 
 /// Every user under `base`, fetched `page_size` at a time with the paged-results control.
 async fn list(pool: &LdapPool, base: &str, page_size: i32) -> anyhow::Result<Vec<SearchEntry>> {
-    use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
     let filter = format!("(objectClass={USER_CLASS})");
     let mut entries = pool
-        .run(|mut l| {
-            let (base, filter) = (base.to_string(), filter.clone());
-            Box::pin(async move {
-                let adapters: Vec<Box<dyn Adapter<_, _>>> =
-                    vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size.max(1)))];
-                let mut stream = l
-                    .streaming_search_with(
-                        adapters,
-                        &base,
-                        Scope::Subtree,
-                        &filter,
-                        vec![a::SIP_ADDRESS, a::ENABLED, a::HOME_SERVER],
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(entry) = stream.next().await? {
-                    out.push(SearchEntry::construct(entry));
-                }
-                stream.finish().await.success()?;
-                Ok(out)
-            })
-        })
+        .paged_search(base, &filter, &[a::SIP_ADDRESS, a::ENABLED, a::HOME_SERVER], page_size)
         .await
         .map_err(|e| explain(pool, &format!("list users under {base}"), e))?;
     entries.sort_by(|x, y| first(x, a::SIP_ADDRESS).cmp(&first(y, a::SIP_ADDRESS)));

@@ -155,6 +155,7 @@ impl Sim {
                         facts.route = resolve.map(|_| "198.51.100.7:5062".parse().unwrap());
                         self.core.handle(self.now, Input::Fetched { task, facts });
                     }
+                    Action::Forget { .. } => {}
                     Action::Store { task, writes } if self.held.is_some() => {
                         self.held.as_mut().expect("holding").push((task, writes));
                     }

@@ -148,8 +148,10 @@ pub enum PrepCommand {
         /// A SIP domain this deployment serves (repeatable).
         #[arg(long = "sip-domain")]
         sip_domains: Vec<String>,
-        /// Register a Home Server as NAME=HOST:PORT (repeatable).
-        #[arg(long = "home-server", value_name = "NAME=ADDRESS")]
+        /// Register a Home Server as NAME=HOST:PORT[,capacity=N][,api=http://HOST:PORT] (repeatable;
+        /// capacity: how many users placement gives it, 10,000 when unset; api: its operations port,
+        /// which `user move` and `user drain` call).
+        #[arg(long = "home-server", value_name = "NAME=HOST:PORT[,capacity=N][,api=URL]")]
         home_servers: Vec<String>,
     },
     /// Create the service account, the three management groups and their access rules.
