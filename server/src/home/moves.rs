@@ -195,7 +195,12 @@ impl Core {
     }
 
     /// Takes a user moved here (their state is on disk already).
-    pub fn receive_user(&mut self, now: Now, aor: &str, loaded: Loaded) {
+    pub fn receive_user(&mut self, now: Now, aor: &str, mut loaded: Loaded) {
+        // Connection ids are the old home's: here they could name some other connection. Id 0
+        // names none, so requests go to the binding's address (the Front-End its Path names).
+        for b in &mut loaded.bindings {
+            b.flow.conn = 0;
+        }
         self.moves.gone.remove(aor);
         self.moves.locked.remove(aor);
         self.moves.arrived.insert(aor.to_string(), now.wall + REHOME_MEMORY);
