@@ -15,10 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::cluster::{Ca, Node};
 use support::ua::{Ua, header, status};
+// slapd.rs reaches `free_port` and `require_tool` through the crate root.
 use support::{Out, free_port, require_tool, run_parley, try_http};
-
-// slapd.rs reaches these through the crate root.
-const _: (fn() -> u16, fn(&str)) = (free_port, require_tool);
 
 const SERVICE_DN: &str = "cn=ParleyService,ou=Parley,dc=example,dc=test";
 const TOKEN: &str = "placement-admin-token";
