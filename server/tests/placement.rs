@@ -421,3 +421,182 @@ fn users_are_enabled_in_bulk_from_csv_and_ldif() {
     );
     let _: &Path = dir.path();
 }
+
+/// What a client saw: one answer.
+#[derive(Debug, Clone)]
+struct Seen {
+    what: &'static str,
+    code: u16,
+    retry_after: bool,
+    /// `Parley-Rehome`: meant for the Front-End, never for a SIP client.
+    rehome: bool,
+}
+
+/// A user moved back and forth between two Home Servers while a device of theirs keeps
+/// registering, another answers the messages a second user keeps sending them (all through the
+/// Front-End), and an API client keeps rewriting their contact list (honouring 503's
+/// Retry-After, and following Parley-Rehome to the other server). No client sees a 404 or a 5xx
+/// without Retry-After, messages reach the user after every move, and the contact list ends as
+/// the last acknowledged write left it.
+#[test]
+fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let d = deploy();
+    let pw = d.dir.path().join("user.pw");
+    for (name, home) in [("mover", "home-1"), ("talker", "home-2")] {
+        std::fs::write(&pw, format!("{name}-password")).unwrap();
+        let args = [
+            "user",
+            "add",
+            &format!("{name}@example.test"),
+            "--home-server",
+            home,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ];
+        must(d.admin(&args), "user add");
+    }
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(Mutex::new(None::<u64>));
+    let record = |seen: &Arc<Mutex<Vec<Seen>>>, what, r: &str| {
+        let s = Seen {
+            what,
+            code: status(r),
+            retry_after: header(r, "Retry-After").is_some(),
+            rehome: header(r, "Parley-Rehome").is_some(),
+        };
+        seen.lock().unwrap().push(s);
+    };
+    let fe = d.fe.sip;
+    // The device that answers messages registers once; its binding must travel with each move.
+    let mut device = Ua::new("mover", fe);
+    assert_eq!(status(&device.register(600)), 200);
+    let homes: Vec<(String, SocketAddr)> = d.homes.iter().map(|h| (h.name.clone(), h.ops)).collect();
+    std::thread::scope(|s| {
+        // A second device of the mover's keeps registering.
+        s.spawn(|| {
+            let mut ua = Ua::new("mover", fe).giving_up_after(Duration::from_secs(10));
+            ua.new_call("registering");
+            while !stop.load(Ordering::Relaxed) {
+                let r = ua.try_send_authenticated(
+                    "REGISTER",
+                    "sip:example.test",
+                    "sip:mover@example.test",
+                    "Expires: 60\r\n",
+                    "",
+                );
+                let r = r.expect("every REGISTER is answered");
+                record(&seen, "REGISTER", &r);
+            }
+        });
+        // The device answers every MESSAGE.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(m) = device.recv_request("MESSAGE", Duration::from_millis(200)) {
+                    device.answer(&m, 200);
+                }
+            }
+        });
+        // The talker keeps messaging the mover.
+        s.spawn(|| {
+            let mut ua = Ua::new("talker", fe).giving_up_after(Duration::from_secs(10));
+            let uri = "sip:mover@example.test";
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                ua.new_call(&format!("m{n}"));
+                let r = ua.try_send_authenticated("MESSAGE", uri, uri, "Content-Type: text/plain\r\n", "hi");
+                let r = r.expect("every MESSAGE is answered");
+                if status(&r) == 200 {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+                record(&seen, "MESSAGE", &r);
+            }
+        });
+        // The API client keeps rewriting the contact list, following the user.
+        s.spawn(|| {
+            let mut at = 0;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = format!("{{\"contacts\": [\"c{i}@example.test\"]}}");
+                let (code, head, _) = http_full(homes[at].1, "PUT", "/users/mover@example.test/contacts", &body);
+                let (retry_after, rehome) = (head.contains("retry-after:"), head.contains("parley-rehome: 1"));
+                seen.lock().unwrap().push(Seen { what: "PUT contacts", code, retry_after, rehome });
+                match code {
+                    200 => *acked.lock().unwrap() = Some(i),
+                    503 if rehome => at = 1 - at,
+                    // Retry-After says 1 second: the client honours it.
+                    503 => std::thread::sleep(Duration::from_secs(1)),
+                    _ => {}
+                }
+            }
+        });
+
+        let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !cond() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for("messages are delivered before any move", &|| delivered.load(Ordering::Relaxed) >= 3);
+        for (from, to) in [("home-1", "home-2"), ("home-2", "home-1"), ("home-1", "home-2"), ("home-2", "home-1")] {
+            let moved = must(d.admin(&["user", "move", "mover@example.test", "--home-server", to]), "user move");
+            assert!(moved.contains(&format!("moved mover@example.test from {from} to {to}")), "{moved}");
+            let before = (delivered.load(Ordering::Relaxed), acked.lock().unwrap().unwrap_or(0));
+            wait_for("messages reach the mover after the move", &|| delivered.load(Ordering::Relaxed) >= before.0 + 3);
+            wait_for("contact-list writes are acknowledged after the move", &|| {
+                acked.lock().unwrap().unwrap_or(0) > before.1
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+
+    let seen = seen.lock().unwrap();
+    let bad: Vec<&Seen> = seen.iter().filter(|s| s.code == 404 || (s.code >= 500 && !s.retry_after)).collect();
+    assert!(bad.is_empty(), "no 404 and no 5xx without Retry-After: {bad:?}");
+    let leaked: Vec<&Seen> = seen.iter().filter(|s| s.rehome && s.what != "PUT contacts").collect();
+    assert!(leaked.is_empty(), "the Front-End follows Parley-Rehome itself: {leaked:?}");
+    let count = |what: &str, code: u16| seen.iter().filter(|s| s.what == what && s.code == code).count();
+    eprintln!(
+        "REGISTER 200: {}, 503: {}; MESSAGE 200: {}, 503: {}; PUT 200: {}, 503: {}",
+        count("REGISTER", 200),
+        count("REGISTER", 503),
+        count("MESSAGE", 200),
+        count("MESSAGE", 503),
+        count("PUT contacts", 200),
+        count("PUT contacts", 503)
+    );
+    let last = acked.lock().unwrap().expect("writes were acknowledged");
+    let (code, body) =
+        try_http(d.home("home-1").ops, "GET", "/users/mover@example.test/contacts", Some(TOKEN), "").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(body, format!("{{\"contacts\":[\"c{last}@example.test\"]}}"), "the last acknowledged write");
+    assert!(
+        d.fe.log_text().contains("user moved to another Home Server: routing again"),
+        "the Front-End followed Parley-Rehome at least once"
+    );
+}
+
+/// An HTTP request with the admin token: status, the header section (lower-case) and the body.
+fn http_full(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (code, head.to_ascii_lowercase(), body.to_string())
+}
