@@ -370,17 +370,30 @@ fn users_are_enabled_in_bulk_from_csv_and_ldif() {
         ),
         "prep enterprise",
     );
-    let mut people = format!("dn: ou=People,{BASE}\nchangetype: add\nobjectClass: organizationalUnit\nou: People\n\n");
+    let service_pw = slapd.password_file("service", "service-secret");
+    must(
+        parley(&slapd, &["prep", "domain", "--service-account-password-file", service_pw.to_str().unwrap()], &[]),
+        "prep domain",
+    );
+    // A member of the user administrators, not the directory's administrator, enables them.
+    let ua_dn = format!("cn=ua,{BASE}");
+    let mut people = format!(
+        "dn: {ua_dn}\nchangetype: add\nobjectClass: person\ncn: ua\nsn: ua\nuserPassword: ua-secret\n\n\
+         dn: cn=ParleyUserAdmins,ou=Parley,{BASE}\nchangetype: modify\nadd: member\nmember: {ua_dn}\n-\n\n"
+    );
     for n in ["p1", "p2", "p3", "p4", "p5"] {
         people += &format!(
             "dn: uid={n},ou=People,{BASE}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: {n}\ncn: {n}\nsn: {n}\nmail: {n}@example.test\n\n"
         );
     }
     slapd.admin_modify(&people);
+    let ua_pw = slapd.password_file("ua", "ua-secret");
+    let as_ua: [(&str, &std::ffi::OsStr); 2] =
+        [("PARLEY_LDAP_BIND_DN", ua_dn.as_ref()), ("PARLEY_LDAP_BIND_PASSWORD_FILE", ua_pw.as_os_str())];
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("users.csv");
     std::fs::write(&csv, "address,home_server\np1@example.test,\np2@example.test,home-b\nnobody@example.test,\n,home-a\np3@example.test,home-z\n").unwrap();
-    let out = parley(&slapd, &["user", "enable", "--from", csv.to_str().unwrap()], &[]);
+    let out = parley(&slapd, &["user", "enable", "--from", csv.to_str().unwrap()], &as_ua);
     assert!(!out.ok, "some lines failed: {}", out.stdout);
     assert!(out.stdout.contains("enable: 2 enabled, 0 already enabled, 3 failed"), "{}", out.stdout);
     for want in [
@@ -396,7 +409,7 @@ fn users_are_enabled_in_bulk_from_csv_and_ldif() {
         format!("dn: uid=p3,ou=People,{BASE}\n\ndn: uid=p4,ou=People,{BASE}\nparleySipAddress: p4@example.test\n\ndn: uid=p5,ou=People,{BASE}\nmail: p5@example.test\n"),
     )
     .unwrap();
-    let out = must(parley(&slapd, &["user", "enable", "--from", ldif.to_str().unwrap()], &[]), "enable --from ldif");
+    let out = must(parley(&slapd, &["user", "enable", "--from", ldif.to_str().unwrap()], &as_ua), "enable --from ldif");
     assert!(
         out.contains("enable: 3 enabled, 0 already enabled, 0 failed (home-a: 3 of 3 used, home-b: 2 of 3 used)"),
         "{out}"

@@ -206,9 +206,20 @@ impl<'a> Mover<'a> {
         // (a) the old home locks the user and hands over their state.
         let state = match from_api {
             Some(api) => {
-                let (code, body) = http(api, "POST", &path("move-out"), &self.token, None)
-                    .await
-                    .with_context(|| format!("{address}: asking {} for the user's state", from.unwrap_or_default()))?;
+                // 409: another move holds the user's lock, or one that was interrupted (a mover
+                // that died): its lock lifts by itself, so wait for that rather than fail.
+                let give_up = tokio::time::Instant::now() + crate::home::moves::MOVE_LOCK + Duration::from_secs(5);
+                let (code, body) = loop {
+                    let (code, body) =
+                        http(api, "POST", &path("move-out"), &self.token, None).await.with_context(|| {
+                            format!("{address}: asking {} for the user's state", from.unwrap_or_default())
+                        })?;
+                    if code != 409 || tokio::time::Instant::now() >= give_up {
+                        break (code, body);
+                    }
+                    tracing::info!(user = %address, "another move of this user holds its lock; waiting for it to lift");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                };
                 if code != 200 {
                     bail!(
                         "{address}: {} refused to hand over the user ({code}): {}",
