@@ -348,6 +348,8 @@ pub async fn drain(conn: &Connection, name: &str, token: String) -> anyhow::Resu
         }
         if (i + 1) % 100 == 0 {
             println!("drain {name}: {}/{total} done ({moved} moved, {failed} failed)", i + 1);
+            // Others may add or move users meanwhile: place the next ones on fresh counts.
+            loads.recount(&pool, &base).await?;
         }
     }
     let spread: Vec<String> = to_counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
