@@ -204,12 +204,14 @@ impl<'a> Mover<'a> {
             _ => None,
         };
         // (a) the old home locks the user and hands over their state.
+        let mut locked_at = std::time::Instant::now();
         let state = match from_api {
             Some(api) => {
                 // 409: another move holds the user's lock, or one that was interrupted (a mover
                 // that died): its lock lifts by itself, so wait for that rather than fail.
                 let give_up = tokio::time::Instant::now() + crate::home::moves::MOVE_LOCK + Duration::from_secs(5);
                 let (code, body) = loop {
+                    locked_at = std::time::Instant::now();
                     let (code, body) =
                         http(api, "POST", &path("move-out"), &self.token, None).await.with_context(|| {
                             format!("{address}: asking {} for the user's state", from.unwrap_or_default())
@@ -251,8 +253,17 @@ impl<'a> Mover<'a> {
             }
             Err(e) => return Err(abort(e.context(format!("{address}: giving the user's state to {to}"))).await),
         }
-        // (c) the directory names the new home.
-        if let Err(e) = replace(self.pool, dn, "move users", vec![(a::HOME_SERVER.to_string(), to.to_string())]).await {
+        // (c) the directory names the new home, unless the old home's lock may have lifted by now
+        // (it would have served the user again, and taken writes the new home lacks).
+        let flip = if locked_at.elapsed() > LOCK_MARGIN {
+            Err(anyhow::anyhow!(
+                "{address}: the move took over {} s, too close to the old home's lock lifting; given up",
+                LOCK_MARGIN.as_secs()
+            ))
+        } else {
+            replace(self.pool, dn, "move users", vec![(a::HOME_SERVER.to_string(), to.to_string())]).await
+        };
+        if let Err(e) = flip {
             if let Err(e) = http(to_api, "DELETE", &path("state"), &self.token, None).await {
                 tracing::warn!(user = %address, error = %e, home_server = to, "the state given to the new home was not dropped");
             }
@@ -606,8 +617,12 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
+/// How long after the old home locked the user the directory may still be switched: well within
+/// the lock's life (`MOVE_LOCK`), so the old home cannot have served the user again meanwhile.
+const LOCK_MARGIN: Duration = Duration::from_secs(45);
+
 /// How long one call of the administrators' API may take.
-const API_TIMEOUT: Duration = Duration::from_secs(30);
+const API_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One HTTP/1.1 request to `api` (`http://host:port`) with the bearer token: status and body.
 async fn http(api: &str, method: &str, path: &str, token: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
