@@ -293,6 +293,19 @@ fn users_are_placed_by_capacity_and_a_drain_moves_them_with_their_state() {
         let r = message(from, to, &format!("hello from u{i}"));
         assert_eq!(status(&r), 200, "u{i}: {r}");
     }
+    // Moved users see their contact list over SIP too (RFC 4662 list subscription, new home).
+    for &i in on_home_1.iter().skip(10).take(5) {
+        let ua = &mut uas[i];
+        ua.new_call("list");
+        let list = format!("sip:u{i}+contacts@example.test");
+        let extra = "Event: presence\r\nSupported: eventlist\r\nExpires: 300\r\n";
+        let r = ua.send_authenticated("SUBSCRIBE", &list, &list, extra, "");
+        assert_eq!(status(&r), 200, "{r}");
+        let n = expect(ua, "NOTIFY", Duration::from_secs(10));
+        for c in [(i + 1) % USERS, (i + 7) % USERS] {
+            assert!(n.contains(&format!("<resource uri=\"sip:u{c}@example.test\">")), "u{i}'s list has u{c}: {n}");
+        }
+    }
     let total: u64 = d.homes.iter().map(|h| d.status(&h.name)["registeredUsers"].as_u64().unwrap()).sum();
     assert_eq!(total, USERS as u64);
     assert_eq!(d.status("home-1")["registeredUsers"].as_u64(), Some(0));

@@ -481,6 +481,14 @@ impl Proxy {
             },
             Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false),
         };
+        // A contact list (`sip:alice+contacts@domain`, RFC 4662) lives with its owner.
+        let aor = match aor.split_once('@') {
+            Some((user, domain)) => match user.strip_suffix(crate::home::presence::LIST_SUFFIX) {
+                Some(owner) if !owner.is_empty() => format!("{owner}@{domain}"),
+                _ => aor,
+            },
+            None => aor,
+        };
         match self.cache.get(&aor) {
             Some((home, at)) if !retried && now.instant.duration_since(*at) < self.settings.route_cache => {
                 let home = *home;

@@ -236,6 +236,18 @@ fn a_users_old_home_saying_rehome_gets_the_request_once_more_where_the_directory
 }
 
 #[test]
+fn a_contact_list_subscription_goes_to_the_owners_home_server() {
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let carol = udp("192.0.2.30:5060");
+    let list = "sip:carol+contacts@example.test";
+    let subscribe = sim.client_request(carol, "SUBSCRIBE", list, &format!("<{list}>"), "Event: presence\r\n");
+    let sent = sim.receive(carol, subscribe);
+    let [forwarded] = &sent[..] else { panic!("one forward") };
+    assert_eq!(forwarded.flow.remote.to_string(), HOME_2, "carol's home, not a 404 for carol+contacts");
+}
+
+#[test]
 fn a_request_to_a_udp_client_is_retransmitted_until_it_answers() {
     let mut sim = Sim::new();
     sim.probe_round(&[HOME_1, HOME_2]);
