@@ -163,6 +163,10 @@ impl Shared {
                 server_name: config.server_name.clone(),
             };
             if home.is_some() {
+                // Counted before `/status` answers, then every 15 s.
+                if let Err(e) = http::refresh_load(&state).await {
+                    tracing::warn!(error = %e, "homed users not counted");
+                }
                 http::start_load_refresh(state.clone());
             }
             let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;

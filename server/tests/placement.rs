@@ -626,3 +626,23 @@ fn http_full(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, St
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
     (code, head.to_ascii_lowercase(), body.to_string())
 }
+
+/// A standalone server with a users file reports the file's users and the default capacity.
+#[test]
+fn a_server_with_a_users_file_reports_its_users_and_the_default_capacity() {
+    let server = support::Server::start();
+    let (code, body) = server.http_get("/status").expect("status");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body,
+        "{\"server\":\"home-1\",\"homedUsers\":3,\"capacity\":10000,\"registeredUsers\":0,\"movesInProgress\":0}"
+    );
+    let mut alice = Ua::new("alice", server.sip);
+    assert_eq!(status(&alice.register(300)), 200);
+    let (_, body) = server.http_get("/status?fresh=1").expect("status");
+    assert!(body.contains("\"registeredUsers\":1"), "{body}");
+    assert_eq!(server.metric("parley_capacity_users"), 10000.0);
+    // The administrators' API takes the bearer token only.
+    let (code, _) = server.http("POST", "/admin/users/alice/move-out", None, "");
+    assert_eq!(code, 401);
+}

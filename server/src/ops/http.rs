@@ -44,10 +44,10 @@ pub async fn refresh_load(s: &OpsState) -> Result<(), crate::directory::Director
     Ok(())
 }
 
-/// Recounts every `LOAD_REFRESH`, from now on.
+/// Recounts every `LOAD_REFRESH`, the first time one period from now.
 pub fn start_load_refresh(s: OpsState) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(LOAD_REFRESH);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LOAD_REFRESH, LOAD_REFRESH);
         loop {
             tick.tick().await;
             if let Err(e) = refresh_load(&s).await {
