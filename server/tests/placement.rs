@@ -606,6 +606,30 @@ fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
         d.fe.log_text().contains("user moved to another Home Server: routing again"),
         "the Front-End followed Parley-Rehome at least once"
     );
+
+    // A move the new home cannot take is undone: the user stays, served at once, unlocked.
+    let closed = free_port();
+    must(
+        parley(
+            &d.slapd,
+            &[
+                "prep",
+                "enterprise",
+                "--home-server",
+                &format!("home-x=127.0.0.1:{closed},api=http://127.0.0.1:{closed}"),
+            ],
+            &[],
+        ),
+        "register home-x",
+    );
+    let failed = d.admin(&["user", "move", "mover@example.test", "--home-server", "home-x"]);
+    assert!(!failed.ok, "{}", failed.stdout);
+    assert!(failed.stderr.contains("mover@example.test: giving the user's state to home-x"), "{}", failed.stderr);
+    assert_eq!(d.status("home-1")["movesInProgress"].as_u64(), Some(0));
+    let mut again = Ua::new("mover", fe);
+    let r = again.register(60);
+    assert_eq!(status(&r), 200, "served on home-1 at once: {r}");
+    assert!(must(d.admin(&["user", "show", "mover@example.test"]), "show").contains("home server: home-1"));
 }
 
 /// An HTTP request with the admin token: status, the header section (lower-case) and the body.
