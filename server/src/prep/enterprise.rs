@@ -115,10 +115,16 @@ pub fn parse_home_server(spec: &str) -> anyhow::Result<HomeServerSpec> {
                 capacity = Some(n);
             }
             Some((k, v)) if k == "api" && api.is_none() => {
-                let ok =
-                    v.strip_prefix("http://").is_some_and(|hp| !hp.is_empty() && !hp.contains(char::is_whitespace));
+                let host_port = v.strip_prefix("http://").map(|hp| hp.trim_end_matches('/'));
+                let ok = host_port.is_some_and(|hp| {
+                    hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                        && !hp.contains(['/', '?', '#', '@'])
+                        && !hp.contains(char::is_whitespace)
+                });
                 if !ok {
-                    anyhow::bail!("--home-server {spec:?}: api {v:?} must be an http:// URL of the operations port");
+                    anyhow::bail!(
+                        "--home-server {spec:?}: api {v:?} must be http://HOST:PORT, the Home Server's operations port"
+                    );
                 }
                 api = Some(v.trim_end_matches('/').to_string());
             }
@@ -185,6 +191,8 @@ mod tests {
             "home-1=h:1,capacity=lots",
             "home-1=h:1,capacity=-1",
             "home-1=h:1,api=https://h:8080",
+            "home-1=h:1,api=http://h:8080/prefix",
+            "home-1=h:1,api=http://h",
             "home-1=h:1,colour=blue",
             "home-1=h:1,capacity=1,capacity=2",
         ] {
