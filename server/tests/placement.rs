@@ -259,6 +259,11 @@ fn users_are_placed_by_capacity_and_a_drain_moves_them_with_their_state() {
         }
     }
     assert!(d.home("home-1").log_text().contains("move out done"), "audit lines on the old home");
+    // The old home no longer answers for them: its API sends callers to the new home.
+    let moved = format!("/users/u{}@example.test/contacts", on_home_1[0]);
+    let (code, head, _) = http_full(d.home("home-1").ops, "GET", &moved, "");
+    assert_eq!(code, 503, "{head}");
+    assert!(head.contains("retry-after: 1") && head.contains("parley-rehome: 1"), "{head}");
 
     // The watcher's dialog ended (deactivated); subscribing again reaches the new home.
     let n = expect(&watcher, "NOTIFY", Duration::from_secs(10));

@@ -116,6 +116,11 @@ impl Driver<Core> {
         self.store().expect("a Home Server has a store").apply(vec![write]).await
     }
 
+    /// Whether the user was moved to another Home Server lately (their state is there now).
+    pub fn moved_away(&self, aor: &str) -> bool {
+        self.service().write_refusal(aor, SystemTime::now()) == Some(true)
+    }
+
     fn check_not_moving(&self, aor: &str) -> Result<(), WriteError> {
         match self.service().write_refusal(aor, SystemTime::now()) {
             None => Ok(()),

@@ -223,7 +223,7 @@ async fn move_abort(State(s): State<OpsState>, Path(user): Path<String>, uri: Ur
     }
 }
 
-/// The answer to an API write that was not made.
+/// The answer to an API call that was not served here: the user is being moved, or has been.
 fn write_error(e: WriteError) -> Response {
     match e {
         WriteError::Moving { rehome } => {
@@ -279,6 +279,7 @@ fn normalise(list: Vec<String>) -> Vec<String> {
 
 async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     match authorize(&s, &user, "GET", &uri, &headers).await {
+        Ok((core, aor, _)) if core.moved_away(&aor) => write_error(WriteError::Moving { rehome: true }),
         Ok((core, aor, _)) => Json(core.presence_rules(&aor)).into_response(),
         Err(r) => r,
     }
@@ -308,6 +309,7 @@ async fn put_rules(
 
 async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     match authorize(&s, &user, "GET", &uri, &headers).await {
+        Ok((core, aor, _)) if core.moved_away(&aor) => write_error(WriteError::Moving { rehome: true }),
         Ok((core, aor, _)) => Json(ContactList { contacts: core.contact_list(&aor) }).into_response(),
         Err(r) => r,
     }
