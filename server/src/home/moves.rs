@@ -78,15 +78,16 @@ impl Loaded {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", t.name()))
         }
         let mut loaded = Loaded::default();
-        // Exhaustive on purpose: a new table must say here whether its values live in memory.
-        for table in Table::ALL {
+        // The tables the core keeps in memory (`home::open` loads them at start). Every per-user
+        // table travels with the user whatever it is (`Store::export_user`, `import_writes`): one
+        // read from the store when needed needs nothing here.
+        for table in Table::PER_USER {
             match table {
                 Table::Registrations => loaded.bindings = value(state, table)?.unwrap_or_default(),
                 Table::Publications => loaded.publications = value(state, table)?.unwrap_or_default(),
                 Table::Rules => loaded.rules = value(state, table)?,
                 Table::Contacts => loaded.contacts = value(state, table)?,
-                // Keyed by dialog, not by user: a move ends the user's dialogs instead.
-                Table::Subscriptions => {}
+                _ => {}
             }
         }
         Ok(loaded)
