@@ -7,7 +7,8 @@
 //! ```text
 //! cn=parley,cn=schema,cn=config            attribute types and object classes (schema.rs)
 //! cn=Parley Services,<base>                parleyServices: global settings, parleySipDomain values
-//!   cn=Home Servers,...                    parleyServer entries: cn = server name, parleyServerAddress
+//!   cn=Home Servers,...                    parleyServer entries: cn = server name, parleyServerAddress,
+//!                                          parleyCapacity, parleyServerApi
 //!   cn=Domains,...                         parleyDomain entries admitted by `prep domainadd`
 //! ou=Parley,<base>                         cn=ParleyService (the servers' bind DN) and three groups
 //! ou=People,<base>                         where `user add` creates users
