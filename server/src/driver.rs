@@ -109,6 +109,7 @@ impl<S: Service> Driver<S> {
                     }
                 }
                 Queued::Action(Action::Fetch { task, users, resolve }) => self.fetch(task, users, resolve),
+                Queued::Action(Action::Forget { user }) => self.directory.forget(&user),
                 // `queue_writes` turns every write into `Written`; should one come here anyway, it
                 // is still written, though no longer in order with what another thread decided.
                 Queued::Action(store @ Action::Store { .. }) => self.perform(self.queue_writes(vec![store])),

@@ -108,7 +108,7 @@ fn settle(service: &mut dyn Service, now: Now) {
                     service.handle(now, Input::Fetched { task, facts });
                 }
                 Action::Store { task: Some(task), .. } => service.handle(now, Input::Stored { task, result: Ok(()) }),
-                Action::Store { task: None, .. } => {}
+                Action::Store { task: None, .. } | Action::Forget { .. } => {}
             }
         }
     }

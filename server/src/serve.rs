@@ -155,8 +155,20 @@ impl Shared {
         home: Option<Arc<HomeServer>>,
     ) -> anyhow::Result<()> {
         if let Some(addr) = config.listen.ops {
-            let state =
-                http::OpsState { metrics: self.metrics.clone(), directory: self.directory.clone(), listening, home };
+            let state = http::OpsState {
+                metrics: self.metrics.clone(),
+                directory: self.directory.clone(),
+                listening,
+                home: home.clone(),
+                server_name: config.server_name.clone(),
+            };
+            if home.is_some() {
+                // Counted before `/status` answers, then every 15 s.
+                if let Err(e) = http::refresh_load(&state).await {
+                    tracing::warn!(error = %e, "homed users not counted");
+                }
+                http::start_load_refresh(state.clone());
+            }
             let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
             tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
         }

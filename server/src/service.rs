@@ -69,6 +69,8 @@ pub enum Action {
     Fetch { task: TaskId, users: Vec<String>, resolve: Option<(String, u16)> },
     /// Make these writes durable; with a task, answer with `Input::Stored`.
     Store { task: Option<TaskId>, writes: Vec<Write> },
+    /// Drop the directory's cached answer about this user (it moved to another Home Server).
+    Forget { user: String },
 }
 
 /// What a task learnt from the directory and the resolver.

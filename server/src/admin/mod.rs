@@ -1,6 +1,13 @@
-//! `parley-server user add|set-password|enable|disable|move|show|list`: user administration in the
-//! LDAP directory, as a member of the user administrators group would do it. Passwords are never
-//! stored: `add` and `set-password` write the digest HA1 attributes (realm = the SIP domain).
+//! `parley-server user add|set-password|enable|disable|move|drain|show|list`: user administration
+//! in the LDAP directory, as a member of the user administrators group would do it. Passwords are
+//! never stored: `add` and `set-password` write the digest HA1 attributes (realm = the SIP domain).
+//!
+//! Placement (`add` and `enable` without a Home Server, `move` without one, `drain`) gives a user
+//! to the registered Home Server with the most free capacity (its capacity less its enabled homed
+//! users, counted in the directory; ties by name). `move` and `drain` carry each user's durable
+//! state over the Home Servers' administrators' API (`placement.rs`).
+
+mod placement;
 
 use crate::directory::ldap_client::{ClientError, INSUFFICIENT_ACCESS, LdapPool, attr, first};
 use crate::home::auth::{Algorithm, ha1};
@@ -21,9 +28,10 @@ pub enum UserLdapCommand {
         conn: Connection,
         /// Address of record, e.g. alice@example.test.
         address: String,
-        /// The Home Server the user is homed on (registered with `prep enterprise --home-server`).
+        /// The Home Server the user is homed on (registered with `prep enterprise --home-server`);
+        /// without it, the one with the most free capacity.
         #[arg(long)]
-        home_server: String,
+        home_server: Option<String>,
         /// Display name (default: the user part of the address).
         #[arg(long)]
         name: Option<String>,
@@ -38,11 +46,17 @@ pub enum UserLdapCommand {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
-    /// Allow a user to sign in.
+    /// Allow a user to sign in; with --from, make existing directory entries Parley users.
     Enable {
         #[command(flatten)]
         conn: Connection,
-        address: String,
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        address: Option<String>,
+        /// A CSV file (header line; columns `address`, and optionally `home_server`) or an LDIF
+        /// file (entries with `dn:` and optionally `parleySipAddress` or `mail`) of entries to
+        /// enable; users without a Home Server are placed.
+        #[arg(long)]
+        from: Option<PathBuf>,
     },
     /// Stop a user from signing in.
     Disable {
@@ -50,13 +64,31 @@ pub enum UserLdapCommand {
         conn: Connection,
         address: String,
     },
-    /// Home a user on another Home Server.
+    /// Move a user, with their registrations, contact list, presence rules and publications, to
+    /// another Home Server (without --home-server: the one with the most free capacity).
     Move {
         #[command(flatten)]
         conn: Connection,
         address: String,
         #[arg(long)]
+        home_server: Option<String>,
+        /// File holding the Home Servers' admin API token (their `[api] admin_token_file`).
+        #[arg(long, env = "PARLEY_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
+        /// Only rewrite the directory's Home Server attribute: the user's state on the old Home
+        /// Server is not carried (the behaviour of earlier versions).
+        #[arg(long)]
+        directory_only: bool,
+    },
+    /// Move every user of a Home Server to the others, each to the one with the most free
+    /// capacity at that moment; refuses when they lack the capacity. Re-running continues.
+    Drain {
+        #[command(flatten)]
+        conn: Connection,
+        #[arg(long)]
         home_server: String,
+        #[arg(long, env = "PARLEY_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
     },
     /// Show a user.
     Show {
@@ -79,14 +111,14 @@ pub fn run(cmd: UserLdapCommand) -> anyhow::Result<()> {
 }
 
 /// Error text for a failed operation: permission problems name the bind DN.
-fn explain(pool: &LdapPool, what: &str, e: ClientError) -> anyhow::Error {
+pub(crate) fn explain(pool: &LdapPool, what: &str, e: ClientError) -> anyhow::Error {
     match e.rc() {
         Some(INSUFFICIENT_ACCESS) => anyhow::anyhow!("permission denied: {} may not {what}", pool.bind_dn()),
         _ => anyhow::anyhow!("{what}: {e}"),
     }
 }
 
-fn normalise_address(address: &str) -> anyhow::Result<(String, String, String)> {
+pub(crate) fn normalise_address(address: &str) -> anyhow::Result<(String, String, String)> {
     let address = address.trim().trim_start_matches("sip:").to_ascii_lowercase();
     match address.split_once('@') {
         Some((user, domain)) if !user.is_empty() && !domain.is_empty() => {
@@ -111,7 +143,7 @@ fn read_new_password(file: Option<&Path>) -> anyhow::Result<String> {
 }
 
 /// The base DN of the users of `domain`: an admitted domain's, else the forest root.
-async fn base_for(pool: &LdapPool, base: &str, domain: &str) -> anyhow::Result<String> {
+pub(crate) async fn base_for(pool: &LdapPool, base: &str, domain: &str) -> anyhow::Result<String> {
     let filter = format!("(&(objectClass={DOMAIN_CLASS})({}={}))", a::SIP_DOMAIN, ldap3::ldap_escape(domain));
     let entries = pool
         .search(&names::domains(base), Scope::OneLevel, &filter, &[a::USER_BASE_DN])
@@ -136,7 +168,7 @@ async fn find(pool: &LdapPool, base: &str, address: &str, domain: &str) -> anyho
     }
 }
 
-async fn check_home_server(pool: &LdapPool, base: &str, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn check_home_server(pool: &LdapPool, base: &str, name: &str) -> anyhow::Result<()> {
     let servers = pool
         .search(&names::home_servers(base), Scope::OneLevel, &format!("(objectClass={SERVER_CLASS})"), &["cn"])
         .await
@@ -158,7 +190,12 @@ fn ha1_mods(user: &str, realm: &str, password: &str) -> Vec<(String, String)> {
     ]
 }
 
-async fn replace(pool: &LdapPool, dn: &str, what: &str, values: Vec<(String, String)>) -> anyhow::Result<()> {
+pub(crate) async fn replace(
+    pool: &LdapPool,
+    dn: &str,
+    what: &str,
+    values: Vec<(String, String)>,
+) -> anyhow::Result<()> {
     let mods = values.into_iter().map(|(k, v)| Mod::Replace(k, HashSet::from([v]))).collect();
     pool.modify(dn, mods).await.map_err(|e| explain(pool, &format!("{what} ({dn})"), e))
 }
@@ -169,7 +206,16 @@ async fn run_async(cmd: UserLdapCommand) -> anyhow::Result<()> {
             let (address, user, domain) = normalise_address(&address)?;
             let password = read_new_password(password_file.as_deref())?;
             let (pool, base) = conn.open()?;
-            check_home_server(&pool, &base, &home_server).await?;
+            let home_server = match home_server {
+                Some(h) => {
+                    check_home_server(&pool, &base, &h).await?;
+                    h
+                }
+                None => {
+                    let mut loads = placement::Loads::read(&pool, &base).await?;
+                    loads.place(&[])?
+                }
+            };
             let user_base = base_for(&pool, &base, &domain).await?;
             let dn = format!("uid={},{}", ldap3::dn_escape(&user), names::people(&user_base));
             let mut attrs = vec![
@@ -202,17 +248,42 @@ async fn run_async(cmd: UserLdapCommand) -> anyhow::Result<()> {
             audit(&conn, "password set", &address, "");
             println!("set the password of {address}");
         }
-        UserLdapCommand::Enable { conn, address } => set_enabled(&conn, &address, true).await?,
+        UserLdapCommand::Enable { conn, address: Some(address), from: None } => {
+            set_enabled(&conn, &address, true).await?
+        }
+        UserLdapCommand::Enable { conn, from, .. } => {
+            let file = from.expect("clap requires an address or --from");
+            placement::enable_from(&conn, &file).await?
+        }
         UserLdapCommand::Disable { conn, address } => set_enabled(&conn, &address, false).await?,
-        UserLdapCommand::Move { conn, address, home_server } => {
+        UserLdapCommand::Move { conn, address, home_server, admin_token_file, directory_only } => {
             let (address, _, domain) = normalise_address(&address)?;
             let (pool, base) = conn.open()?;
-            check_home_server(&pool, &base, &home_server).await?;
+            if let Some(h) = &home_server {
+                check_home_server(&pool, &base, h).await?;
+            }
             let entry = find(&pool, &base, &address, &domain).await?;
-            let was = first(&entry, a::HOME_SERVER).unwrap_or("none").to_string();
-            replace(&pool, &entry.dn, "move users", vec![(a::HOME_SERVER.to_string(), home_server.clone())]).await?;
-            audit(&conn, "user moved", &address, &format!("{was} -> {home_server}"));
-            println!("moved {address} from {was} to {home_server}");
+            let was = first(&entry, a::HOME_SERVER).map(str::to_string);
+            let mut loads = placement::Loads::read(&pool, &base).await?;
+            let to = match home_server {
+                Some(h) => loads.canonical(&h),
+                None => loads.place(&[was.as_deref().unwrap_or_default()])?,
+            };
+            if directory_only {
+                replace(&pool, &entry.dn, "move users", vec![(a::HOME_SERVER.to_string(), to.clone())]).await?;
+                let was = was.unwrap_or_else(|| "none".into());
+                audit(&conn, "user moved (directory only: state not carried)", &address, &format!("{was} -> {to}"));
+                println!("moved {address} from {was} to {to} (directory only: their state on {was} was not carried)");
+                return Ok(());
+            }
+            let token = placement::read_token(admin_token_file.as_deref())?;
+            let mover = placement::Mover::new(&conn, &pool, token);
+            mover.move_user(&entry.dn, &address, was.as_deref(), &to, &loads).await?;
+            println!("moved {address} from {} to {to}", was.as_deref().unwrap_or("none"));
+        }
+        UserLdapCommand::Drain { conn, home_server, admin_token_file } => {
+            let token = placement::read_token(admin_token_file.as_deref())?;
+            placement::drain(&conn, &home_server, token).await?;
         }
         UserLdapCommand::Show { conn, address } => {
             let (address, _, domain) = normalise_address(&address)?;
@@ -222,23 +293,7 @@ async fn run_async(cmd: UserLdapCommand) -> anyhow::Result<()> {
         }
         UserLdapCommand::List { conn, page_size } => {
             let (pool, base) = conn.open()?;
-            let mut bases = vec![base.clone()];
-            let domains = pool
-                .search(
-                    &names::domains(&base),
-                    Scope::OneLevel,
-                    &format!("(objectClass={DOMAIN_CLASS})"),
-                    &[a::USER_BASE_DN],
-                )
-                .await
-                .map_err(|e| explain(&pool, "read the admitted domains", e))?;
-            for d in &domains {
-                if let Some(b) = first(d, a::USER_BASE_DN)
-                    && !bases.iter().any(|x| dn_within(b, x))
-                {
-                    bases.push(b.to_string());
-                }
-            }
+            let bases = user_bases(&pool, &base).await?;
             for b in bases {
                 for entry in list(&pool, &b, page_size).await? {
                     let enabled = if is_enabled(&entry) { "enabled" } else { "disabled" };
@@ -249,6 +304,23 @@ async fn run_async(cmd: UserLdapCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where users live: the forest root and every admitted domain's base DN outside it.
+pub(crate) async fn user_bases(pool: &LdapPool, base: &str) -> anyhow::Result<Vec<String>> {
+    let mut bases = vec![base.to_string()];
+    let domains = pool
+        .search(&names::domains(base), Scope::OneLevel, &format!("(objectClass={DOMAIN_CLASS})"), &[a::USER_BASE_DN])
+        .await
+        .map_err(|e| explain(pool, "read the admitted domains", e))?;
+    for d in &domains {
+        if let Some(b) = first(d, a::USER_BASE_DN)
+            && !bases.iter().any(|x| dn_within(b, x))
+        {
+            bases.push(b.to_string());
+        }
+    }
+    Ok(bases)
 }
 
 async fn set_enabled(conn: &Connection, address: &str, enabled: bool) -> anyhow::Result<()> {
@@ -264,7 +336,7 @@ async fn set_enabled(conn: &Connection, address: &str, enabled: bool) -> anyhow:
 
 /// One line per administrative change, with who made it (the DN bound as) and when (the log's
 /// timestamp), on standard error: the audit trail a security review asks for.
-fn audit(conn: &Connection, change: &str, address: &str, detail: &str) {
+pub(crate) fn audit(conn: &Connection, change: &str, address: &str, detail: &str) {
     let actor = conn.bind_dn.as_deref().unwrap_or("(anonymous)");
     tracing::info!(target: "audit", actor, user = address, detail, "{change}");
 }
@@ -291,31 +363,9 @@ fn describe(entry: &SearchEntry, address: &str) -> String {
 
 /// Every user under `base`, fetched `page_size` at a time with the paged-results control.
 async fn list(pool: &LdapPool, base: &str, page_size: i32) -> anyhow::Result<Vec<SearchEntry>> {
-    use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
     let filter = format!("(objectClass={USER_CLASS})");
     let mut entries = pool
-        .run(|mut l| {
-            let (base, filter) = (base.to_string(), filter.clone());
-            Box::pin(async move {
-                let adapters: Vec<Box<dyn Adapter<_, _>>> =
-                    vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size.max(1)))];
-                let mut stream = l
-                    .streaming_search_with(
-                        adapters,
-                        &base,
-                        Scope::Subtree,
-                        &filter,
-                        vec![a::SIP_ADDRESS, a::ENABLED, a::HOME_SERVER],
-                    )
-                    .await?;
-                let mut out = Vec::new();
-                while let Some(entry) = stream.next().await? {
-                    out.push(SearchEntry::construct(entry));
-                }
-                stream.finish().await.success()?;
-                Ok(out)
-            })
-        })
+        .paged_search(base, &filter, &[a::SIP_ADDRESS, a::ENABLED, a::HOME_SERVER], page_size)
         .await
         .map_err(|e| explain(pool, &format!("list users under {base}"), e))?;
     entries.sort_by(|x, y| first(x, a::SIP_ADDRESS).cmp(&first(y, a::SIP_ADDRESS)));

@@ -24,6 +24,10 @@ impl<V: Clone> TtlCache<V> {
         entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, v)| v.clone())
     }
 
+    pub fn forget(&self, key: &str) {
+        self.entries.lock().expect("cache").remove(key);
+    }
+
     pub fn put(&self, key: &str, value: V) {
         if self.ttl.is_zero() {
             return;

@@ -7,7 +7,7 @@
 //! ha1_sha256 = "..."
 //! ```
 
-use super::{Directory, DirectoryError, User};
+use super::{DEFAULT_CAPACITY, Directory, DirectoryError, Load, User};
 use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use serde::Deserialize;
@@ -76,6 +76,15 @@ impl Directory for FileDirectory {
 
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async { true })
+    }
+
+    /// Users of the file homed on `server`, or on no server in particular (a standalone server
+    /// serves them all); the file names no capacity.
+    fn load<'a>(&'a self, server: &'a str) -> BoxFuture<'a, Result<Load, DirectoryError>> {
+        let homed =
+            self.users.values().filter(|u| u.enabled && u.home_server.as_deref().is_none_or(|h| h == server)).count()
+                as u64;
+        Box::pin(async move { Ok(Load { homed, capacity: DEFAULT_CAPACITY }) })
     }
 }
 

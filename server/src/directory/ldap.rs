@@ -6,7 +6,7 @@
 
 use super::cache::TtlCache;
 use super::ldap_client::{ClientError, LdapPool, LdapSettings, first, read_password};
-use super::{Directory, DirectoryError, User};
+use super::{DEFAULT_CAPACITY, Directory, DirectoryError, Load, User};
 use crate::config::DirectoryConfig;
 use crate::prep::names;
 use crate::prep::schema::attrs as a;
@@ -146,6 +146,37 @@ impl Directory for LdapDirectory {
         Box::pin(async move { Ok(self.admitted().await?.into_keys().collect()) })
     }
 
+    fn forget(&self, address: &str) {
+        self.users.forget(address);
+    }
+
+    /// Counts the enabled users whose `parleyHomeServer` is `server` under the base DN and every
+    /// admitted domain's (a paged search that asks for no attributes), and reads the server's
+    /// capacity from its entry.
+    fn load<'a>(&'a self, server: &'a str) -> BoxFuture<'a, Result<Load, DirectoryError>> {
+        Box::pin(async move {
+            let mut bases = vec![self.base_dn.clone()];
+            for b in self.admitted().await?.into_values() {
+                if !bases.iter().any(|x| crate::prep::dn_within(&b, x)) {
+                    bases.push(b);
+                }
+            }
+            let filter = homed_filter(server);
+            let mut homed = 0;
+            for base in bases {
+                homed += self.pool.count(&base, &filter).await.map_err(Self::unavailable)?;
+            }
+            let dn = names::home_server(&self.base_dn, server);
+            let entry = self.pool.get(&dn, &[a::CAPACITY]).await.map_err(Self::unavailable)?;
+            let capacity = entry
+                .as_ref()
+                .and_then(|e| first(e, a::CAPACITY))
+                .and_then(|c| c.trim().parse().ok())
+                .unwrap_or(DEFAULT_CAPACITY);
+            Ok(Load { homed, capacity })
+        })
+    }
+
     fn is_ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             match self.pool.search(&self.base_dn, Scope::Base, "(objectClass=*)", &["1.1"]).await {
@@ -157,6 +188,17 @@ impl Directory for LdapDirectory {
             }
         })
     }
+}
+
+/// The enabled users homed on `server`.
+pub fn homed_filter(server: &str) -> String {
+    format!(
+        "(&(objectClass={})({}={})({}=TRUE))",
+        names::USER_CLASS,
+        a::HOME_SERVER,
+        ldap3::ldap_escape(server),
+        a::ENABLED
+    )
 }
 
 #[cfg(test)]

@@ -204,6 +204,45 @@ impl LdapPool {
         }
     }
 
+    /// Every entry under `base` matching `filter`, fetched `page_size` at a time with the
+    /// paged-results control (directories cap unpaged answers: AD at 1,000 entries). A missing
+    /// base yields no entries.
+    pub async fn paged_search(
+        &self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+        page_size: i32,
+    ) -> Result<Vec<SearchEntry>, ClientError> {
+        use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
+        let attrs: Vec<String> = attrs.iter().map(|a| a.to_string()).collect();
+        let result = self
+            .run(|mut l| {
+                let (base, filter, attrs) = (base.to_string(), filter.to_string(), attrs.clone());
+                Box::pin(async move {
+                    let adapters: Vec<Box<dyn Adapter<_, _>>> =
+                        vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(page_size.max(1)))];
+                    let mut stream = l.streaming_search_with(adapters, &base, Scope::Subtree, &filter, attrs).await?;
+                    let mut out = Vec::new();
+                    while let Some(entry) = stream.next().await? {
+                        out.push(SearchEntry::construct(entry));
+                    }
+                    stream.finish().await.success()?;
+                    Ok(out)
+                })
+            })
+            .await;
+        match result {
+            Err(e) if e.rc() == Some(NO_SUCH_OBJECT) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    /// How many entries under `base` match `filter` (a paged search asking for no attributes).
+    pub async fn count(&self, base: &str, filter: &str) -> Result<u64, ClientError> {
+        Ok(self.paged_search(base, filter, &["1.1"], 1000).await?.len() as u64)
+    }
+
     /// One entry by DN, if it exists (and is visible to the bind DN).
     pub async fn get(&self, dn: &str, attrs: &[&str]) -> Result<Option<SearchEntry>, ClientError> {
         Ok(self.search(dn, Scope::Base, "(objectClass=*)", attrs).await?.into_iter().next())

@@ -38,6 +38,18 @@ impl User {
     }
 }
 
+/// The capacity of a Home Server whose directory entry names none (`prep enterprise
+/// --home-server NAME=HOST:PORT,capacity=N` sets it).
+pub const DEFAULT_CAPACITY: u64 = 10_000;
+
+/// What a Home Server publishes about its share of the users, from the directory (not from who
+/// is registered): the enabled users homed on it, and how many it may be given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    pub homed: u64,
+    pub capacity: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     /// The directory could not be reached or did not answer in time: answer 503, retry later.
@@ -56,4 +68,11 @@ pub trait Directory: Send + Sync {
 
     /// Whether the directory currently answers (drives `/readyz`).
     fn is_ready(&self) -> BoxFuture<'_, bool>;
+
+    /// Drops any cached answer about a user, so that the next lookup reads the directory (a
+    /// user just moved to another Home Server).
+    fn forget(&self, _address: &str) {}
+
+    /// The enabled users homed on Home Server `server`, and its capacity.
+    fn load<'a>(&'a self, server: &'a str) -> BoxFuture<'a, Result<Load, DirectoryError>>;
 }

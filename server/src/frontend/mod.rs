@@ -46,6 +46,8 @@ const RETRY_AFTER: &str = "5";
 /// How long a Home Server may take to answer a probe before it is marked down: a hung process
 /// keeps its connections open, so only silence tells.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Header of a Home Server's 503 saying the user now lives on another Home Server.
+const REHOME_HEADER: &str = crate::home::moves::REHOME_HEADER;
 /// How long an unanswered forward is remembered (RFC 3261 timer F).
 const PENDING_LIFETIME: Duration = Duration::from_secs(32);
 
@@ -84,6 +86,13 @@ struct Pending {
     /// The 503 to send if the Home Server goes away.
     unavailable: Bytes,
     since: Instant,
+    /// The flow it came in on and the request as forwarded (shared with the send, not copied):
+    /// sent once more where the directory now says if the Home Server answers that the user
+    /// moved away (`503` with `Parley-Rehome`).
+    flow: Flow,
+    request: Bytes,
+    /// Whether this is that second try already.
+    retried: bool,
 }
 
 /// A request relayed from a Home Server to a client, kept for retransmission over UDP.
@@ -99,7 +108,7 @@ struct ToClient {
 /// Work waiting for a `Fetch`.
 enum Task {
     /// A request waiting for its destination user's directory entry.
-    Route { flow: Flow, req: Box<Message>, incoming_via: Via, aor: String },
+    Route { flow: Flow, req: Box<Message>, incoming_via: Via, aor: String, retried: bool },
     /// A Home Server's address being resolved.
     Resolve(usize),
 }
@@ -415,7 +424,7 @@ impl Proxy {
                 self.metrics.overload_refused.fetch_add(1, Relaxed);
                 self.reply(flow, &req, 503, "Overloaded", true)
             }
-            None => self.relay_to_home_server(now, flow, req, &method, incoming_via),
+            None => self.relay_to_home_server(now, flow, req, &method, incoming_via, false),
         }
     }
 
@@ -435,15 +444,25 @@ impl Proxy {
         self.actions.push(Action::Send { flow: client, data, branch: Some(branch) });
     }
 
-    /// A request for a user (or for a Home Server named in the Request-URI).
-    fn relay_to_home_server(&mut self, now: Now, flow: Flow, req: Message, method: &str, incoming_via: Via) {
+    /// A request for a user (or for a Home Server named in the Request-URI). `retried`: the second
+    /// try of a request whose user's Home Server said the user moved away; the route is read
+    /// from the directory afresh.
+    fn relay_to_home_server(
+        &mut self,
+        now: Now,
+        flow: Flow,
+        req: Message,
+        method: &str,
+        incoming_via: Via,
+        retried: bool,
+    ) {
         let uri = match SipUri::parse(req.request_uri().unwrap_or_default()) {
             Ok(u) => u,
             Err(e) => return self.reply(flow, &req, 400, &format!("Bad Request-URI: {e}"), false),
         };
         // In-dialog: the Request-URI is a Home Server's own Contact.
         if let Some(i) = self.homes.iter().position(|h| names_home(&uri, &h.address)) {
-            return self.forward(now, flow, req, i, &incoming_via);
+            return self.forward(now, flow, req, i, &incoming_via, retried);
         }
         if method != "REGISTER" && uri.user().is_none() && self.is_own(&uri) {
             // For this instance itself: load balancers and monitors ask OPTIONS.
@@ -462,13 +481,25 @@ impl Proxy {
             },
             Err(e) => return self.reply(flow, &req, 400, &format!("Bad To header: {e}"), false),
         };
+        // A contact list (`sip:alice+contacts@domain`, RFC 4662) lives with its owner.
+        let aor = match aor.split_once('@') {
+            Some((user, domain)) => match user.strip_suffix(crate::home::presence::LIST_SUFFIX) {
+                Some(owner) if !owner.is_empty() => format!("{owner}@{domain}"),
+                _ => aor,
+            },
+            None => aor,
+        };
         match self.cache.get(&aor) {
-            Some((home, at)) if now.instant.duration_since(*at) < self.settings.route_cache => {
+            Some((home, at)) if !retried && now.instant.duration_since(*at) < self.settings.route_cache => {
                 let home = *home;
-                self.routed(now, flow, req, home, &incoming_via)
+                self.routed(now, flow, req, home, &incoming_via, false)
             }
             _ => {
-                let task = self.task(Task::Route { flow, req: Box::new(req), incoming_via, aor: aor.clone() });
+                if retried {
+                    self.cache.remove(&aor);
+                    self.actions.push(Action::Forget { user: aor.clone() });
+                }
+                let task = self.task(Task::Route { flow, req: Box::new(req), incoming_via, aor: aor.clone(), retried });
                 self.actions.push(Action::Fetch { task, users: vec![aor], resolve: None });
             }
         }
@@ -476,7 +507,7 @@ impl Proxy {
 
     fn on_fetched(&mut self, now: Now, id: TaskId, facts: Facts) {
         match self.tasks.remove(&id) {
-            Some(Task::Route { flow, req, incoming_via, aor }) => {
+            Some(Task::Route { flow, req, incoming_via, aor, retried }) => {
                 let home = match facts.user(&aor) {
                     Ok(None) => None,
                     Ok(Some(user)) => match &user.home_server {
@@ -491,7 +522,7 @@ impl Proxy {
                     }
                 };
                 self.cache.insert(aor, (home, now.instant));
-                self.routed(now, flow, *req, home, &incoming_via);
+                self.routed(now, flow, *req, home, &incoming_via, retried);
             }
             Some(Task::Resolve(i)) => {
                 self.homes[i].resolving = false;
@@ -507,16 +538,16 @@ impl Proxy {
         }
     }
 
-    fn routed(&mut self, now: Now, flow: Flow, req: Message, home: Option<usize>, incoming_via: &Via) {
+    fn routed(&mut self, now: Now, flow: Flow, req: Message, home: Option<usize>, incoming_via: &Via, retried: bool) {
         match home {
-            Some(i) => self.forward(now, flow, req, i, incoming_via),
+            Some(i) => self.forward(now, flow, req, i, incoming_via, retried),
             None => self.reply(flow, &req, 404, "Not Found", false),
         }
     }
 
     /// Forwards a request to Home Server `home`, with Path or Record-Route when the request comes
     /// from a client and needs them, and a Via whose flow token leads the response back.
-    fn forward(&mut self, now: Now, flow: Flow, mut req: Message, home: usize, incoming_via: &Via) {
+    fn forward(&mut self, now: Now, flow: Flow, mut req: Message, home: usize, incoming_via: &Via, retried: bool) {
         let addr = match self.homes[home].resolved {
             Some(addr) if self.homes[home].up => addr,
             _ => return self.reply(flow, &req, 503, "Home Server Unavailable", true),
@@ -548,10 +579,19 @@ impl Proxy {
         unavailable.headers.push("Retry-After", RETRY_AFTER);
         req.headers.push_front("Via", format!("SIP/2.0/TLS {internal};branch={branch};{FLOW_PARAM}={token}"));
         let client = crate::sip::routing::response_flow(flow, incoming_via);
-        self.pending
-            .insert(branch.clone(), Pending { home, client, unavailable: unavailable.to_bytes(), since: now.instant });
+        let request = req.to_bytes();
+        let pending = Pending {
+            home,
+            client,
+            unavailable: unavailable.to_bytes(),
+            since: now.instant,
+            flow,
+            request: request.clone(),
+            retried,
+        };
+        self.pending.insert(branch.clone(), pending);
         let to = Flow::datagram(Transport::Internal, addr);
-        self.actions.push(Action::Send { flow: to, data: req.to_bytes(), branch: Some(branch) });
+        self.actions.push(Action::Send { flow: to, data: request, branch: Some(branch) });
         let mut stats = self.metrics.home_servers.lock().expect("home server stats");
         stats.entry(self.homes[home].name.clone()).or_default().forwarded += 1;
     }
@@ -571,8 +611,16 @@ impl Proxy {
                 self.homes[i].probe = None;
                 return self.mark(i, true);
             }
-            if code >= 200 {
-                self.pending.remove(branch);
+            if code >= 200
+                && let Some(p) = self.pending.remove(branch)
+                && code == 503
+                && resp.headers.get(REHOME_HEADER).is_some()
+            {
+                if !p.retried {
+                    return self.rehome(now, p);
+                }
+                // Moved away from where the directory just said: the client tries again later.
+                resp.headers.remove(REHOME_HEADER);
             }
             self.to_clients.on_response(branch, code, now.instant);
         }
@@ -603,6 +651,34 @@ impl Proxy {
             _ => target,
         };
         self.send(target, resp.to_bytes());
+    }
+
+    /// A Home Server said the request's user now lives elsewhere: the request goes once more,
+    /// at once, where the directory says now (its cached route and answer are dropped). What this
+    /// instance added on the way there (Via, Path, Record-Route) is taken off first.
+    fn rehome(&mut self, now: Now, p: Pending) {
+        let limits = crate::sip::message::Limits { max_headers: usize::MAX, max_message_bytes: usize::MAX };
+        let Ok(mut req) = crate::sip::message::parse_datagram(&p.request, &limits) else {
+            return self.send(p.client, p.unavailable);
+        };
+        req.headers.pop_first_value("Via");
+        let Some(incoming_via) = req.headers.get("Via").and_then(|v| Via::parse(v).ok()) else {
+            return self.send(p.client, p.unavailable);
+        };
+        let method = req.method().unwrap_or_default().to_string();
+        if p.flow.transport != Transport::Internal {
+            if method == "REGISTER" {
+                req.headers.pop_first_value("Path");
+            }
+            let dialog_creating = method == "SUBSCRIBE"
+                && NameAddr::parse(req.headers.get("To").unwrap_or_default()).is_ok_and(|to| to.param("tag").is_none());
+            if dialog_creating {
+                req.headers.pop_first_value("Record-Route");
+                req.headers.pop_first_value("Record-Route");
+            }
+        }
+        tracing::debug!(method = %method, "user moved to another Home Server: routing again");
+        self.relay_to_home_server(now, p.flow, req, &method, incoming_via, true);
     }
 
     fn on_malformed(&mut self, flow: Flow, e: ParseError) {

@@ -34,6 +34,8 @@ struct Sim {
     directory_down: bool,
     lookups: usize,
     next: u32,
+    /// Users whose cached directory answer the proxy asked to drop.
+    forgotten: Vec<String>,
 }
 
 impl Sim {
@@ -67,7 +69,7 @@ impl Sim {
             users.insert(address, user);
         }
         let now = Now { instant: Instant::now(), wall: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) };
-        Sim { proxy, metrics, now, users, directory_down: false, lookups: 0, next: 0 }
+        Sim { proxy, metrics, now, users, directory_down: false, lookups: 0, next: 0, forgotten: vec![] }
     }
 
     fn settle(&mut self) -> Vec<Sent> {
@@ -96,6 +98,7 @@ impl Sim {
                         self.proxy.handle(self.now, Input::Fetched { task, facts });
                     }
                     Action::Store { .. } => panic!("a Front-End stores nothing"),
+                    Action::Forget { user } => self.forgotten.push(user),
                 }
             }
         }
@@ -196,6 +199,52 @@ fn a_register_goes_to_the_users_home_server_with_a_path_and_the_answer_comes_bac
     let again = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
     assert_eq!(sim.receive(carol, again).len(), 1);
     assert_eq!(sim.lookups, lookups);
+}
+
+#[test]
+fn a_users_old_home_saying_rehome_gets_the_request_once_more_where_the_directory_now_says() {
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let carol = udp("192.0.2.30:5060");
+    let register = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    let sent = sim.receive(carol, register.clone());
+    assert_eq!(sent[0].flow.remote.to_string(), HOME_2);
+    sim.receive(internal(HOME_2), respond(&sent[0].msg, 401, "home"));
+    // Carol moves to home-1; the Front-End's cached route still says home-2.
+    sim.users.get_mut("carol@example.test").unwrap().home_server = Some("home-1".into());
+    let again = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    let sent = sim.receive(carol, again);
+    let [to_old] = &sent[..] else { panic!("one forward") };
+    assert_eq!(to_old.flow.remote.to_string(), HOME_2, "the cached route");
+    let mut moved = respond(&to_old.msg, 503, "home");
+    moved.headers.push("Retry-After", "1");
+    moved.headers.push("Parley-Rehome", "1");
+    let sent = sim.receive(internal(HOME_2), moved);
+    let [to_new] = &sent[..] else { panic!("the request once more, and nothing to the client") };
+    assert_eq!(to_new.flow.remote.to_string(), HOME_1, "where the directory says now");
+    assert_eq!(sim.forgotten, ["carol@example.test"], "the directory's cached answer is dropped");
+    assert_eq!(to_new.msg.headers.get_all("Path").count(), 1, "one Path, ours, not two");
+    assert_eq!(to_new.msg.headers.get_all("Via").count(), 2, "ours and the client's");
+    // Should the new home also say so, the client gets the 503 (with Retry-After), once.
+    let mut again = respond(&to_new.msg, 503, "home");
+    again.headers.push("Retry-After", "1");
+    again.headers.push("Parley-Rehome", "1");
+    let sent = sim.receive(internal(HOME_1), again);
+    let [answer] = &sent[..] else { panic!("one answer") };
+    assert_eq!((answer.flow, answer.msg.status()), (carol, Some(503)));
+    assert!(answer.msg.headers.get("Retry-After").is_some() && answer.msg.headers.get("Parley-Rehome").is_none());
+}
+
+#[test]
+fn a_contact_list_subscription_goes_to_the_owners_home_server() {
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let carol = udp("192.0.2.30:5060");
+    let list = "sip:carol+contacts@example.test";
+    let subscribe = sim.client_request(carol, "SUBSCRIBE", list, &format!("<{list}>"), "Event: presence\r\n");
+    let sent = sim.receive(carol, subscribe);
+    let [forwarded] = &sent[..] else { panic!("one forward") };
+    assert_eq!(forwarded.flow.remote.to_string(), HOME_2, "carol's home, not a 404 for carol+contacts");
 }
 
 #[test]

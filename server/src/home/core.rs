@@ -150,6 +150,8 @@ pub struct Core {
     /// The SIP domains served here.
     pub(super) domains: Domains,
     pub(super) metrics: Arc<Metrics>,
+    /// Users being moved to another Home Server, moved away, or moved here.
+    pub(super) moves: super::moves::Moves,
     server_txns: ServerTransactions,
     client_txns: ClientTransactions<Outgoing>,
     /// Sent-by of our own Via, per transport.
@@ -257,6 +259,7 @@ impl Core {
             registrar,
             presence: PresenceState::default(),
             metrics,
+            moves: Default::default(),
             server_txns: ServerTransactions::new(timers),
             client_txns: ClientTransactions::new(timers),
             via_hosts: HashMap::new(),
@@ -277,6 +280,7 @@ impl Core {
         }
         self.auth.purge(now.wall);
         self.guard.purge(now.wall);
+        self.expire_moves(now.wall);
         if !emptied.is_empty() {
             let writes = emptied.iter().map(|aor| Write::delete(Table::Registrations, aor)).collect();
             self.store(None, writes);
@@ -428,6 +432,11 @@ impl Core {
 
     fn on_fetched(&mut self, now: Now, id: TaskId, facts: Facts) {
         let Some(task) = self.tasks.remove(&id) else { return };
+        // Checked when the request is handled, not when it arrived: a move may have begun while
+        // its users were being fetched.
+        if let Some(r) = self.moving_answer(&task.req, now) {
+            return self.finish(now, task, r);
+        }
         let outcome = self.dispatch(now, task.flow, &task.req, &facts);
         self.advance(now, id, task, outcome);
     }

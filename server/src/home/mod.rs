@@ -4,10 +4,11 @@
 
 pub mod auth;
 mod core;
-mod driver;
+pub mod driver;
 pub mod guard;
 mod identity;
 mod im;
+pub mod moves;
 pub mod presence;
 mod register;
 pub mod registrar;

@@ -64,7 +64,9 @@ impl Core {
             Ok(user) => user,
             Err(r) => return r,
         };
-        if let Some(home) = user.home_server.as_deref().filter(|h| *h != self.settings.server_name) {
+        if let Some(home) =
+            user.home_server.as_deref().filter(|h| *h != self.settings.server_name && !self.arrived_here(&aor))
+        {
             // Homing is the directory's: a Front-End routes REGISTER to the right server, so this
             // is a client pointed at the wrong one. Refuse rather than hold a second binding here.
             tracing::info!(aor, home_server = home, "REGISTER refused: homed on another server");

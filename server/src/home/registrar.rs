@@ -162,6 +162,18 @@ impl Registrar {
         }
     }
 
+    /// Forgets every binding of an address of record (the user moved to another server).
+    pub fn remove(&mut self, aor: &str) {
+        if let Some(old) = self.bindings.remove(aor) {
+            self.count -= old.len();
+        }
+    }
+
+    /// Addresses of record with at least one binding.
+    pub fn user_count(&self) -> usize {
+        self.bindings.len()
+    }
+
     /// Current (unexpired) bindings of an address of record.
     pub fn lookup(&self, aor: &str, now: SystemTime) -> Vec<Binding> {
         self.bindings.get(aor).map(|bs| bs.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()

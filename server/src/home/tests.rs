@@ -155,6 +155,7 @@ impl Sim {
                         facts.route = resolve.map(|_| "198.51.100.7:5062".parse().unwrap());
                         self.core.handle(self.now, Input::Fetched { task, facts });
                     }
+                    Action::Forget { .. } => {}
                     Action::Store { task, writes } if self.held.is_some() => {
                         self.held.as_mut().expect("holding").push((task, writes));
                     }
@@ -690,4 +691,52 @@ fn when_too_many_requests_are_in_progress_new_ones_get_503_before_any_work() {
     // Once alice answers, there is room again.
     alice.answer(&mut sim, requests(&waiting, "MESSAGE")[0], 200);
     assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "now")), Vec::<u16>::new(), "forwarded");
+}
+
+#[test]
+fn a_user_being_moved_gets_503_then_rehome_and_their_dialogs_end_deactivated() {
+    let mut sim = Sim::new();
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    assert_eq!(statuses(&alice.register(&mut sim, 3600)), [200]);
+    bob.register(&mut sim, 3600);
+    let sent = bob.subscribe(&mut sim, "alice@example.test", 600);
+    let notify = requests(&sent, "NOTIFY")[0];
+    bob.answer(&mut sim, notify, 200);
+
+    // Locked: every request for alice is 503 with Retry-After, never 404; bob is served.
+    sim.core.begin_move_out(sim.now, "alice@example.test").unwrap();
+    assert!(sim.core.begin_move_out(sim.now, "alice@example.test").is_err(), "one move at a time");
+    assert_eq!(sim.core.write_refusal("alice@example.test", sim.now.wall), Some(false));
+    for sent in [alice.register(&mut sim, 3600), bob.message(&mut sim, "alice@example.test", "hi")] {
+        let [answer] = &sent[..] else { panic!("one answer: {:?}", statuses(&sent)) };
+        assert_eq!((answer.status(), answer.header("Retry-After")), (Some(503), "1"));
+        assert_eq!(answer.header("Parley-Rehome"), "");
+    }
+    assert_eq!(statuses(&bob.register(&mut sim, 3600)), [200]);
+    assert_eq!(sim.core.moves_in_progress(sim.now.wall), 1);
+
+    // Done: bob's dialog about alice ends (deactivated); alice's state is gone from memory and
+    // from the store; requests for her get 503 with Parley-Rehome.
+    let writes = sim.core.finish_move_out(sim.now, "alice@example.test");
+    assert!(writes.iter().any(|w| w.table == Table::Registrations && w.value.is_none()), "{writes:?}");
+    let sent = sim.settle();
+    let [notify] = requests(&sent, "NOTIFY")[..] else { panic!("one final NOTIFY") };
+    assert_eq!(notify.header("Subscription-State"), "terminated;reason=deactivated");
+    assert_eq!(sim.core.registered_users(), 1, "only bob");
+    let sent = bob.message(&mut sim, "alice@example.test", "hi");
+    let [answer] = &sent[..] else { panic!("one answer") };
+    assert_eq!((answer.status(), answer.header("Parley-Rehome")), (Some(503), "1"));
+    assert_eq!(sim.core.write_refusal("alice@example.test", sim.now.wall), Some(true));
+
+    // Moved back: served again, and homed here whatever the directory's cached answer says.
+    sim.users.get_mut("alice@example.test").unwrap().home_server = Some("home-2".into());
+    sim.core.receive_user(sim.now, "alice@example.test", Default::default());
+    assert_eq!(sim.core.write_refusal("alice@example.test", sim.now.wall), None);
+    assert_eq!(statuses(&alice.register(&mut sim, 3600)), [200]);
+
+    // A lock whose mover died lifts by itself.
+    sim.core.begin_move_out(sim.now, "bob@example.test").unwrap();
+    sim.wait(crate::home::moves::MOVE_LOCK + Duration::from_secs(2));
+    assert_eq!(sim.core.moves_in_progress(sim.now.wall), 0);
+    assert_eq!(statuses(&bob.register(&mut sim, 3600)), [200]);
 }

@@ -1,14 +1,21 @@
 //! The operations HTTP server: `/healthz` (alive), `/readyz` (listening and the directory
-//! answers), `/metrics` (Prometheus text).
+//! answers), `/metrics` (Prometheus text), `/status` (a Home Server's share of the users, JSON),
+//! the rules and contact-list API, and the administrators' API that moves users
+//! (`/admin/users/{address}/move-out|state|move-done|move-abort`, bearer token only).
 
 use super::metrics::Metrics;
 use crate::directory::Directory;
 use crate::home::HomeServer;
+use crate::home::driver::{MoveError, WriteError};
 use crate::home::presence::state::Rules;
-use axum::extract::{Path, State};
+use crate::store::UserState;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router, routing::get};
+use axum::{
+    Json, Router,
+    routing::{get, post},
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +28,33 @@ pub struct OpsState {
     pub listening: Arc<AtomicBool>,
     /// The Home Server, for the presence-rules and contact-list API.
     pub home: Option<Arc<HomeServer>>,
+    /// This server's name (`server_name`), as the directory homes users on it.
+    pub server_name: String,
+}
+
+/// How often a Home Server counts its users in the directory.
+pub const LOAD_REFRESH: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Counts the users homed on this server and reads its capacity, from the directory, into the
+/// gauges `/status` and `/metrics` report.
+pub async fn refresh_load(s: &OpsState) -> Result<(), crate::directory::DirectoryError> {
+    let load = s.directory.load(&s.server_name).await?;
+    s.metrics.homed_users.store(load.homed, Ordering::Relaxed);
+    s.metrics.capacity_users.store(load.capacity, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Recounts every `LOAD_REFRESH`, the first time one period from now.
+pub fn start_load_refresh(s: OpsState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LOAD_REFRESH, LOAD_REFRESH);
+        loop {
+            tick.tick().await;
+            if let Err(e) = refresh_load(&s).await {
+                tracing::warn!(error = %e, "homed users not counted");
+            }
+        }
+    });
 }
 
 pub async fn serve(addr: SocketAddr, state: OpsState) -> std::io::Result<SocketAddr> {
@@ -30,6 +64,11 @@ pub async fn serve(addr: SocketAddr, state: OpsState) -> std::io::Result<SocketA
         .route("/metrics", get(|State(s): State<OpsState>| async move { s.metrics.render() }))
         .route("/users/{user}/presence-rules", get(get_rules).put(put_rules))
         .route("/users/{user}/contacts", get(get_contacts).put(put_contacts))
+        .route("/status", get(status))
+        .route("/admin/users/{user}/move-out", post(move_out))
+        .route("/admin/users/{user}/state", axum::routing::put(put_state).delete(delete_state))
+        .route("/admin/users/{user}/move-done", post(move_done))
+        .route("/admin/users/{user}/move-abort", post(move_abort))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -49,6 +88,154 @@ async fn readyz(State(s): State<OpsState>) -> (StatusCode, &'static str) {
         return (StatusCode::SERVICE_UNAVAILABLE, "directory unavailable\n");
     }
     (StatusCode::OK, "ready\n")
+}
+
+/// `GET /status`: counts only, so no authentication (the operator polls it).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    server: String,
+    homed_users: u64,
+    capacity: u64,
+    registered_users: u64,
+    moves_in_progress: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    fresh: Option<String>,
+}
+
+async fn status(State(s): State<OpsState>, Query(q): Query<StatusQuery>) -> Response {
+    let Some(home) = s.home.clone() else { return (StatusCode::NOT_FOUND, "not a Home Server\n").into_response() };
+    if q.fresh.as_deref().is_some_and(|f| f != "0" && f != "false")
+        && let Err(e) = refresh_load(&s).await
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{e}\n")).into_response();
+    }
+    let (registered_users, moves_in_progress) = home.status_counts();
+    Json(Status {
+        server: s.server_name.clone(),
+        homed_users: s.metrics.homed_users.load(Ordering::Relaxed),
+        capacity: s.metrics.capacity_users.load(Ordering::Relaxed),
+        registered_users,
+        moves_in_progress,
+    })
+    .into_response()
+}
+
+/// A user's durable state as the move API carries it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MovedState {
+    address: String,
+    /// Each per-user table's value, by table name.
+    tables: UserState,
+}
+
+/// The administrators' API: the bearer token only (never a user's digest).
+async fn authorize_admin(
+    s: &OpsState,
+    user: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Arc<HomeServer>, String), Response> {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("Bearer "));
+    if !bearer {
+        return Err((StatusCode::UNAUTHORIZED, "the administrators' API needs Authorization: Bearer <admin token>\n")
+            .into_response());
+    }
+    let (core, aor, _) = authorize(s, user, "POST", uri, headers).await?;
+    Ok((core, aor))
+}
+
+fn move_error(e: MoveError) -> Response {
+    let code = match e {
+        MoveError::Conflict(_) => StatusCode::CONFLICT,
+        MoveError::Bad(_) => StatusCode::BAD_REQUEST,
+        MoveError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, format!("{e}\n")).into_response()
+}
+
+async fn move_out(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    let (home, aor) = match authorize_admin(&s, &user, &uri, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match home.move_out(&aor).await {
+        Ok(tables) => Json(MovedState { address: aor, tables }).into_response(),
+        Err(e) => move_error(e),
+    }
+}
+
+async fn put_state(
+    State(s): State<OpsState>,
+    Path(user): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (home, aor) = match authorize_admin(&s, &user, &uri, &headers).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let state: MovedState = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("not a user's state: {e}\n")).into_response(),
+    };
+    if state.address.trim_start_matches("sip:").to_ascii_lowercase() != aor {
+        return (StatusCode::BAD_REQUEST, format!("the state is {}'s, not {aor}'s\n", state.address)).into_response();
+    }
+    match home.take_user(&aor, &state.tables).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => move_error(e),
+    }
+}
+
+async fn delete_state(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    match authorize_admin(&s, &user, &uri, &headers).await {
+        Ok((home, aor)) => match home.drop_user(&aor).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => move_error(e),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn move_done(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    match authorize_admin(&s, &user, &uri, &headers).await {
+        Ok((home, aor)) => match home.move_done(&aor).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => move_error(e),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn move_abort(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
+    match authorize_admin(&s, &user, &uri, &headers).await {
+        Ok((home, aor)) => {
+            home.move_abort(&aor);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The answer to an API call that was not served here: the user is being moved, or has been.
+fn write_error(e: WriteError) -> Response {
+    match e {
+        WriteError::Moving { rehome } => {
+            let mut r =
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], format!("{e}\n")).into_response();
+            if rehome {
+                r.headers_mut().insert(crate::home::moves::REHOME_HEADER, HeaderValue::from_static("1"));
+            }
+            r
+        }
+        WriteError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -92,6 +279,7 @@ fn normalise(list: Vec<String>) -> Vec<String> {
 
 async fn get_rules(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     match authorize(&s, &user, "GET", &uri, &headers).await {
+        Ok((core, aor, _)) if core.moved_away(&aor) => write_error(WriteError::Moving { rehome: true }),
         Ok((core, aor, _)) => Json(core.presence_rules(&aor)).into_response(),
         Err(r) => r,
     }
@@ -112,7 +300,7 @@ async fn put_rules(
                     tracing::info!(target: "audit", %actor, user = %aor, allow = rules.allow.len(), block = rules.block.len(), "presence rules set");
                     Json(rules).into_response()
                 }
-                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+                Err(e) => write_error(e),
             }
         }
         Err(r) => r,
@@ -121,6 +309,7 @@ async fn put_rules(
 
 async fn get_contacts(State(s): State<OpsState>, Path(user): Path<String>, uri: Uri, headers: HeaderMap) -> Response {
     match authorize(&s, &user, "GET", &uri, &headers).await {
+        Ok((core, aor, _)) if core.moved_away(&aor) => write_error(WriteError::Moving { rehome: true }),
         Ok((core, aor, _)) => Json(ContactList { contacts: core.contact_list(&aor) }).into_response(),
         Err(r) => r,
     }
@@ -141,7 +330,7 @@ async fn put_contacts(
                     tracing::info!(target: "audit", %actor, user = %aor, contacts = contacts.len(), "contact list set");
                     Json(ContactList { contacts }).into_response()
                 }
-                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+                Err(e) => write_error(e),
             }
         }
         Err(r) => r,

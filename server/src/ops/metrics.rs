@@ -35,6 +35,10 @@ pub struct Metrics {
     pub overload_delayed: AtomicU64,
     /// Requests answered 503 at once: `max_pending_requests` were in progress.
     pub overload_refused: AtomicU64,
+    /// Home Server: enabled users the directory homes here, as last counted.
+    pub homed_users: AtomicU64,
+    /// Home Server: how many users placement may give it (its directory entry, or the default).
+    pub capacity_users: AtomicU64,
     /// Time from a request's arrival to its final response being sent, per method (as `requests`).
     pub latency: [Histogram; 9],
     /// Front-End only: traffic and state per Home Server, by name.
@@ -99,7 +103,19 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 17] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 19] = [
+            (
+                "parley_homed_users",
+                "gauge",
+                "Enabled users the directory homes on this Home Server, as last counted.",
+                &self.homed_users,
+            ),
+            (
+                "parley_capacity_users",
+                "gauge",
+                "Users this Home Server may be given (its directory entry's capacity, 10000 when unset).",
+                &self.capacity_users,
+            ),
             (
                 "parley_overload_dropped_total",
                 "counter",

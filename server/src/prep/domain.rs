@@ -3,7 +3,8 @@
 //!
 //! - digest HA1 attributes: user administrators write, the service account reads, nobody else;
 //! - users (`parleyUser` entries): user administrators write; the service account, server and
-//!   read-only administrators read; user administrators may add and delete entries;
+//!   read-only administrators read; user administrators may add and delete entries, and give
+//!   any entry Parley's class and attributes (`user enable --from`);
 //! - the settings container: server administrators write; the service account writes only the
 //!   attribute the servers own (`parleyServerAddress`) and reads the rest; the others read;
 //! - `ou=Parley` (service account, groups): the groups and the service account read (never the
@@ -98,6 +99,13 @@ pub fn access_rules(base: &str, target: &str) -> Vec<String> {
             "to dn.subtree=\"{target}\" attrs={},{} by {ua} write by {svc} read by * none",
             a::HA1_MD5,
             a::HA1_SHA256
+        ),
+        // `user enable --from`: user administrators make existing entries Parley users.
+        format!(
+            "to dn.subtree=\"{target}\" attrs=objectClass,{},{},{} by {ua} write by * break",
+            a::SIP_ADDRESS,
+            a::ENABLED,
+            a::HOME_SERVER
         ),
         format!(
             "to dn.subtree=\"{target}\" filter=(objectClass={}) by {ua} write by {svc} read by {sa} read by {ro} read by * break",

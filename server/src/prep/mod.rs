@@ -7,7 +7,8 @@
 //! ```text
 //! cn=parley,cn=schema,cn=config            attribute types and object classes (schema.rs)
 //! cn=Parley Services,<base>                parleyServices: global settings, parleySipDomain values
-//!   cn=Home Servers,...                    parleyServer entries: cn = server name, parleyServerAddress
+//!   cn=Home Servers,...                    parleyServer entries: cn = server name, parleyServerAddress,
+//!                                          parleyCapacity, parleyServerApi
 //!   cn=Domains,...                         parleyDomain entries admitted by `prep domainadd`
 //! ou=Parley,<base>                         cn=ParleyService (the servers' bind DN) and three groups
 //! ou=People,<base>                         where `user add` creates users
@@ -148,8 +149,10 @@ pub enum PrepCommand {
         /// A SIP domain this deployment serves (repeatable).
         #[arg(long = "sip-domain")]
         sip_domains: Vec<String>,
-        /// Register a Home Server as NAME=HOST:PORT (repeatable).
-        #[arg(long = "home-server", value_name = "NAME=ADDRESS")]
+        /// Register a Home Server as NAME=HOST:PORT[,capacity=N][,api=http://HOST:PORT] (repeatable;
+        /// capacity: how many users placement gives it, 10,000 when unset; api: its operations port,
+        /// which `user move` and `user drain` call).
+        #[arg(long = "home-server", value_name = "NAME=HOST:PORT[,capacity=N][,api=URL]")]
         home_servers: Vec<String>,
     },
     /// Create the service account, the three management groups and their access rules.

@@ -18,6 +18,8 @@ pub mod attrs {
     pub const SIP_DOMAIN: &str = "parleySipDomain";
     pub const SERVER_ADDRESS: &str = "parleyServerAddress";
     pub const USER_BASE_DN: &str = "parleyUserBaseDN";
+    pub const CAPACITY: &str = "parleyCapacity";
+    pub const SERVER_API: &str = "parleyServerApi";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub enum Syntax {
     DirectoryString,
     Boolean,
     Dn,
+    /// A whole number (capacities).
+    Integer,
 }
 
 impl Syntax {
@@ -44,6 +48,9 @@ impl Syntax {
             }
             Syntax::Boolean => "EQUALITY booleanMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.7",
             Syntax::Dn => "EQUALITY distinguishedNameMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.12",
+            Syntax::Integer => {
+                "EQUALITY integerMatch ORDERING integerOrderingMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27"
+            }
         }
     }
 
@@ -54,6 +61,7 @@ impl Syntax {
             Syntax::DirectoryString => ("2.5.5.12", 64, None),
             Syntax::Boolean => ("2.5.5.8", 1, None),
             Syntax::Dn => ("2.5.5.1", 127, Some("KwwCh3McAIVK")),
+            Syntax::Integer => ("2.5.5.9", 2, None),
         }
     }
 }
@@ -174,6 +182,26 @@ pub const ATTRIBUTE_TYPES: &[AttributeType] = &[
         indexed: false,
         confidential: false,
     },
+    AttributeType {
+        name: attrs::CAPACITY,
+        ad_cn: "Parley-Capacity",
+        number: 9,
+        description: "How many users a Home Server may be given (placement and drain)",
+        syntax: Syntax::Integer,
+        single_valued: true,
+        indexed: false,
+        confidential: false,
+    },
+    AttributeType {
+        name: attrs::SERVER_API,
+        ad_cn: "Parley-Server-Api",
+        number: 10,
+        description: "URL of a Home Server operations API (http://host:port), used to move users",
+        syntax: Syntax::Ia5Exact,
+        single_valued: true,
+        indexed: false,
+        confidential: false,
+    },
 ];
 
 pub const OBJECT_CLASSES: &[ObjectClass] = &[
@@ -204,7 +232,7 @@ pub const OBJECT_CLASSES: &[ObjectClass] = &[
         description: "A Parley Home Server or Front-End registered in the settings container",
         kind: Kind::Structural,
         must: &["cn"],
-        may: &[attrs::SERVER_ADDRESS, "description"],
+        may: &[attrs::SERVER_ADDRESS, attrs::CAPACITY, attrs::SERVER_API, "description"],
         ad_superiors: &["parleyServices"],
     },
     ObjectClass {

@@ -24,16 +24,37 @@ pub enum Table {
 }
 
 impl Table {
-    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
-        TableDefinition::new(match self {
+    /// Every table.
+    pub const ALL: [Table; 5] =
+        [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts];
+
+    /// The tables whose key is a user's address of record: what a user's durable state is, and
+    /// what `user move` carries to another Home Server (`export_user`, `import_user`). A table
+    /// added here travels with its user without any change to the move.
+    pub const PER_USER: [Table; 4] = [Table::Registrations, Table::Publications, Table::Rules, Table::Contacts];
+
+    pub fn name(self) -> &'static str {
+        match self {
             Table::Registrations => "registrations",
             Table::Publications => "publications",
             Table::Subscriptions => "subscriptions",
             Table::Rules => "rules",
             Table::Contacts => "contacts",
-        })
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Table> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        TableDefinition::new(self.name())
     }
 }
+
+/// A user's durable state: the value of each per-user table that holds one, by table name, as
+/// stored (JSON).
+pub type UserState = std::collections::BTreeMap<String, serde_json::Value>;
 
 /// One change: a value to store under a key, or `None` to delete it.
 #[derive(Debug)]
@@ -88,7 +109,7 @@ impl Store {
             .create(&path)
             .with_context(|| format!("opening the store {}", path.display()))?;
         let txn = db.begin_write()?;
-        for t in [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts] {
+        for t in Table::ALL {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
@@ -149,6 +170,57 @@ impl Store {
         Ok(())
     }
 
+    /// Returns once everything queued before it is on disk.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
+        writer.send((Vec::new(), tx)).map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the store writer has stopped"))?.map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// One value, if stored.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> anyhow::Result<Option<T>> {
+        let txn = self.inner.db.begin_read()?;
+        let t = txn.open_table(table.def())?;
+        match t.get(key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A user's durable state: every per-user table's value under the user's address.
+    pub fn export_user(&self, aor: &str) -> anyhow::Result<UserState> {
+        let mut state = UserState::new();
+        for table in Table::PER_USER {
+            if let Some(v) = self.get::<serde_json::Value>(table, aor)? {
+                state.insert(table.name().to_string(), v);
+            }
+        }
+        Ok(state)
+    }
+
+    /// The writes that make `state` the user's whole durable state (tables it leaves out are
+    /// cleared). A table this version does not keep per user is refused, rather than dropped.
+    pub fn import_writes(aor: &str, state: &UserState) -> anyhow::Result<Vec<Write>> {
+        for name in state.keys() {
+            if !Table::by_name(name).is_some_and(|t| Table::PER_USER.contains(&t)) {
+                anyhow::bail!("unknown per-user table {name:?} (a newer server's state?)");
+            }
+        }
+        Ok(Table::PER_USER
+            .into_iter()
+            .map(|t| match state.get(t.name()) {
+                Some(v) => Write::put(t, aor, v),
+                None => Write::delete(t, aor),
+            })
+            .collect())
+    }
+
+    /// The writes that delete a user's durable state.
+    pub fn delete_user_writes(aor: &str) -> Vec<Write> {
+        Table::PER_USER.into_iter().map(|t| Write::delete(t, aor)).collect()
+    }
+
     /// Every value of a table; entries that no longer parse are skipped with a warning.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> anyhow::Result<Vec<(String, T)>> {
         let txn = self.inner.db.begin_read()?;
@@ -185,5 +257,26 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let rules: Vec<(String, Vec<String>)> = store.load(Table::Rules).unwrap();
         assert_eq!(rules, vec![("alice@x".to_string(), vec!["bob@x".to_string()])]);
+    }
+
+    #[tokio::test]
+    async fn a_users_state_is_exported_and_imported_over_every_per_user_table() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (from, to) = (Store::open(a.path()).unwrap(), Store::open(b.path()).unwrap());
+        let writes = Table::PER_USER.iter().map(|t| Write::put(*t, "alice@x", &vec![t.name()])).collect();
+        from.apply(writes).await.unwrap();
+        from.apply(vec![Write::put(Table::Rules, "bob@x", &1)]).await.unwrap();
+        let state = from.export_user("alice@x").unwrap();
+        assert_eq!(state.len(), Table::PER_USER.len(), "{state:?}");
+        to.apply(vec![Write::put(Table::Contacts, "alice@x", &"stale")]).await.unwrap();
+        to.apply(Store::import_writes("alice@x", &state).unwrap()).await.unwrap();
+        assert_eq!(to.export_user("alice@x").unwrap(), state);
+        from.apply(Store::delete_user_writes("alice@x")).await.unwrap();
+        from.flush().await.unwrap();
+        assert!(from.export_user("alice@x").unwrap().is_empty());
+        assert_eq!(from.get::<u32>(Table::Rules, "bob@x").unwrap(), Some(1), "other users keep theirs");
+        let mut bad = state.clone();
+        bad.insert("subscriptions".into(), serde_json::json!([]));
+        assert!(Store::import_writes("alice@x", &bad).is_err(), "not a per-user table");
     }
 }

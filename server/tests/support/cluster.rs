@@ -76,6 +76,20 @@ impl Node {
     /// Writes the config of a server and starts it. `frontend` is the routing table of a
     /// Front-End (`None` for a Home Server).
     pub fn start(dir: &Path, name: &str, ca: &Ca, users: &Path, frontend: Option<&[(String, SocketAddr)]>) -> Node {
+        let directory = format!("[directory]\nbackend = \"file\"\nfile = {users:?}\n");
+        Self::start_with(dir, name, ca, &directory, frontend, "")
+    }
+
+    /// As `start`, with the `[directory]` section given (an LDAP directory, say) and `extra`
+    /// sections appended to the config.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        ca: &Ca,
+        directory: &str,
+        frontend: Option<&[(String, SocketAddr)]>,
+        extra: &str,
+    ) -> Node {
         let own = dir.join(name);
         std::fs::create_dir_all(&own).unwrap();
         let (cert, key) = ca.issue(&own, name);
@@ -96,7 +110,7 @@ impl Node {
                  internal = \"127.0.0.1:{internal}\"\nops = \"127.0.0.1:{ops}\"\n\
                  [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
                  [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
-                 [directory]\nbackend = \"file\"\nfile = {users:?}\n{table}",
+                 {directory}{table}{extra}",
                 ca = ca.cert,
             );
             let config_path = own.join("parley.toml");

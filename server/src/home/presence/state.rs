@@ -217,6 +217,13 @@ impl PresenceState {
         self.contacts.insert(aor.to_string(), contacts);
     }
 
+    /// Forgets a user's publications, rules and contact list (the user moved to another server).
+    pub fn forget_user(&mut self, aor: &str) {
+        self.publications.remove(aor);
+        self.rules.remove(aor);
+        self.contacts.remove(aor);
+    }
+
     pub fn add_subscription(&mut self, sub: Subscription) {
         self.by_resource.entry((sub.resource.clone(), sub.package)).or_default().insert(sub.id.clone());
         self.subscriptions.insert(sub.id.clone(), sub);
