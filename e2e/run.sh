@@ -383,7 +383,7 @@ YAML
   }
   local users=("$@") init="" last
   last=${users[-1]}
-  for user in "${users[@]:0:${#users[@]}-1}"; do init+=$(user_container "$user")$'\n'; done
+  for user in "${users[@]:0:${#users[@]}-1}"; do init+=$'\n'$(user_container "$user"); done
   kubectl -n "$ns" apply -f - <<YAML
 apiVersion: batch/v1
 kind: Job
@@ -399,7 +399,7 @@ spec:
       restartPolicy: Never
       automountServiceAccountToken: false
       securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}
-      initContainers: ${init:+$'\n'}${init:-[]}
+      initContainers: ${init:-[]}
       containers:
 $(user_container "$last")
       volumes:
@@ -520,8 +520,11 @@ kubectl -n "$ns" wait --for=delete homeserver/multi-home-3 homeserver/multi-home
 wait_ready_now communicationsdomain/multi
 wait_ready_now homeserver/multi-home-1
 kubectl -n "$ns" get communicationsdomains,homeservers -l parley.dev/domain=multi
-kubectl -n "$ns" get events --field-selector reason=Draining -o custom-columns=OBJECT:.regarding.name,NOTE:.note 2>/dev/null \
-  || kubectl -n "$ns" get events --field-selector reason=Draining
+drain_events=$(kubectl -n "$ns" get events --field-selector involvedObject.kind=HomeServer \
+  -o custom-columns=OBJECT:.involvedObject.name,REASON:.reason,NOTE:.message | grep -E 'Drain(ing|ed)')
+echo "$drain_events"
+grep -q 'multi-home-2 *Drained *every user of multi-home-2 was moved' <<<"$drain_events" \
+  || die "no Drained Event for multi-home-2: $drain_events"
 [[ $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status.homeServers} {.status.phase}') == '["multi-home-1"] Ready' ]] \
   || die "5,000 users: $(kubectl -n "$ns" get communicationsdomain multi -o jsonpath='{.status}')"
 kubectl -n "$ns" get pvc data-multi-home-2-0 >/dev/null || die "the removed Home Server's data volume was not kept"
