@@ -52,6 +52,7 @@ scenario!(
     enterprise_domain,
     users_scale_through_the_spec_moving_users_before_removing_servers,
     a_new_image_rolls_the_front_end_first_then_each_home_server_in_turn,
+    a_home_server_on_a_drained_node_is_restarted_by_the_operator,
     grow_small_to_standard,
     drift_is_put_back,
     deleting_the_domain_removes_everything,

@@ -78,13 +78,14 @@ app.kubernetes.io/part-of: parley
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# Directory-prep Jobs, and their pods' termination messages for the status.
+# Directory-prep Jobs, and their pods' termination messages for the status; a Home Server's pod
+# on a node being drained is deleted (restarted elsewhere) by the operator, one at a time.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "delete"]
 # The domains' NetworkPolicies (spec.networkPolicy).
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]

@@ -18,8 +18,9 @@ use crate::crd::condition::{PAUSED, READY, UP_TO_DATE};
 use crate::crd::{CommunicationsDomain, FrontEnd, HomeServer, HomeServerStatus};
 
 mod drain;
+mod node_drain;
 
-use tracing::debug;
+use tracing::{debug, info};
 
 /// Condition type: the volumes have the size the spec asks for.
 pub const VOLUMES: &str = "VolumesUpToDate";
@@ -43,6 +44,8 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     let mut wrote_workload = false;
     // The domain resolution built from, and the servers a held pod change waits for.
     let (mut generation, mut held): (Option<i64>, Option<Vec<String>>) = (None, None);
+    // Set while the pod waits to move off a cordoned node.
+    let mut moving_off: Option<String> = None;
 
     match &domain {
         None => {
@@ -80,23 +83,24 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 let bctx = BuildContext { resolved, cluster_domain: &ctx.settings.cluster_domain };
                 let mut objs = build::home_server::build(&hs, &bctx)?;
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
-                // A new pod spec waits for this Home Server's turn in the domain's rollout.
+                // The domain's servers: a new pod spec waits for this Home Server's turn in the
+                // domain's rollout, and a pod on a drained node moves only while they all run.
+                let domain_name = &hs.spec.domain;
+                let homes: Vec<HomeServer> = Api::<HomeServer>::namespaced(client.clone(), &ns)
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|h| &h.spec.domain == domain_name)
+                    .collect();
+                let fronts: Vec<FrontEnd> = Api::<FrontEnd>::namespaced(client.clone(), &ns)
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .filter(|f| &f.spec.domain == domain_name)
+                    .collect();
                 if let Some(live) = live_sts.as_ref().filter(|l| rollout::changes_pod(&objs.stateful_set, Some(l))) {
-                    let domain_name = &hs.spec.domain;
-                    let homes: Vec<HomeServer> = Api::<HomeServer>::namespaced(client.clone(), &ns)
-                        .list(&Default::default())
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter(|h| &h.spec.domain == domain_name)
-                        .collect();
-                    let fronts: Vec<FrontEnd> = Api::<FrontEnd>::namespaced(client.clone(), &ns)
-                        .list(&Default::default())
-                        .await?
-                        .items
-                        .into_iter()
-                        .filter(|f| &f.spec.domain == domain_name)
-                        .collect();
                     let waiting = rollout::waiting_for(&name, resolved.generation, &homes, &fronts);
                     if !waiting.is_empty() {
                         rollout::hold(&mut objs.stateful_set, live);
@@ -104,6 +108,20 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                     }
                 }
                 generation = Some(resolved.generation);
+                match node_drain::reconcile(&ctx, hs.as_ref(), &homes, &fronts).await? {
+                    node_drain::Outcome::Stays => {}
+                    node_drain::Outcome::Moved { node } => {
+                        info!(home_server = %name, node, "moved off a cordoned node")
+                    }
+                    node_drain::Outcome::Waits { node, waiting_for } => {
+                        let why = format!(
+                            "node {node} is cordoned; the pod moves once {} run ready again",
+                            waiting_for.join(", ")
+                        );
+                        info!(home_server = %name, "{why}");
+                        moving_off = Some(why);
+                    }
+                }
                 // Apply, in order, then remove what is no longer built.
                 let mut set = ApplySet::new(&ctx, hs.as_ref(), Component::HomeServer)?;
                 set.apply(&objs.config_map).await?;
@@ -180,7 +198,10 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     if wrote {
         drain::report_progress(&ctx, hs.as_ref(), &old, &status).await;
     }
-    Ok(Action::requeue(if hs.spec.drain || held.is_some() {
+    if let Some(why) = &moving_off {
+        ctx.event(hs.as_ref(), false, "WaitingToMove", "Restart", why.clone()).await;
+    }
+    Ok(Action::requeue(if hs.spec.drain || held.is_some() || moving_off.is_some() {
         super::domain::DRAIN_POLL
     } else if serving(live_sts.as_ref()) {
         STATUS_POLL

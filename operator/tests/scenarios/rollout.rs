@@ -129,3 +129,55 @@ pub async fn a_new_image_rolls_the_front_end_first_then_each_home_server_in_turn
     );
     op.stop().await.unwrap();
 }
+
+/// `kubectl drain` of a node running a Home Server: its PodDisruptionBudget refuses the eviction,
+/// and the operator restarts the pod itself (elsewhere) once the domain's other servers run.
+pub async fn a_home_server_on_a_drained_node_is_restarted_by_the_operator(h: &Harness) {
+    use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+    use kube::api::{ObjectMeta, PostParams};
+    if h.is_double() || !h.pods_become_ready {
+        eprintln!(
+            "skipped: needs a real API server whose pods the test binds to a node (the double has no binding subresource; a real cluster's drain is `make e2e`'s)"
+        );
+        return;
+    }
+    h.create_users_config_map().await;
+    let op = h.start_operator("op-a");
+    h.apply_domain("corp", 25_000).await;
+    converged(h, "corp").await;
+    // A cordoned node, as `kubectl drain` leaves it, with corp-home-2's pod on it.
+    let node_name = format!("drained-{}", h.ns);
+    let node = Node {
+        metadata: ObjectMeta { name: Some(node_name.clone()), ..Default::default() },
+        spec: Some(k8s_openapi::api::core::v1::NodeSpec { unschedulable: Some(true), ..Default::default() }),
+        ..Default::default()
+    };
+    let nodes: Api<Node> = Api::all(h.client.clone());
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let pods: Api<Pod> = h.api();
+    let before = h.wait_for::<Pod, _>("corp-home-2's pod", "corp-home-2-0", |_| true).await;
+    let binding = Binding {
+        metadata: ObjectMeta { name: Some("corp-home-2-0".into()), ..Default::default() },
+        target: ObjectReference { kind: Some("Node".into()), name: Some(node_name.clone()), ..Default::default() },
+    };
+    let _: serde_json::Value =
+        pods.create_subresource("binding", "corp-home-2-0", &PostParams::default(), &binding).await.unwrap();
+    // The operator notices within its status poll, deletes the pod (gracefully: without a kubelet
+    // on that node the deletion stays pending here; on a cluster the StatefulSet recreates it on
+    // another node), and says so.
+    h.wait_for::<Pod, _>("corp-home-2's pod deleted off the cordoned node", "corp-home-2-0", |p| {
+        p.metadata.uid != before.metadata.uid || p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    let events = h.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
+    assert!(
+        events.items.iter().any(|e| e.reason.as_deref() == Some("MovingOffNode")
+            && e.note.as_deref().is_some_and(|n| n.contains(&node_name))),
+        "an Event says why the pod restarted"
+    );
+    for other in ["corp-home-1-0", "corp-home-3-0"] {
+        assert!(pods.get(other).await.unwrap().metadata.deletion_timestamp.is_none(), "{other} was left alone");
+    }
+    nodes.delete(&node_name, &Default::default()).await.unwrap();
+    op.stop().await.unwrap();
+}
