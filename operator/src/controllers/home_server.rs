@@ -14,7 +14,7 @@ use super::conditions::{Want, merge};
 use super::{Context, RESYNC, Result, namespace_of, report_transitions, unless_gone, validate};
 use super::{rollout, server_status};
 use crate::build::{self, BuildContext, Component, FIELD_MANAGER, quantity};
-use crate::crd::condition::{PAUSED, READY, UP_TO_DATE};
+use crate::crd::condition::{PAUSED, READY};
 use crate::crd::{CommunicationsDomain, FrontEnd, HomeServer, HomeServerStatus};
 
 mod drain;
@@ -85,21 +85,7 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 let volumes = keep_claim_templates(&mut objs.stateful_set, live_sts.as_ref());
                 // The domain's servers: a new pod spec waits for this Home Server's turn in the
                 // domain's rollout, and a pod on a drained node moves only while they all run.
-                let domain_name = &hs.spec.domain;
-                let homes: Vec<HomeServer> = Api::<HomeServer>::namespaced(client.clone(), &ns)
-                    .list(&Default::default())
-                    .await?
-                    .items
-                    .into_iter()
-                    .filter(|h| &h.spec.domain == domain_name)
-                    .collect();
-                let fronts: Vec<FrontEnd> = Api::<FrontEnd>::namespaced(client.clone(), &ns)
-                    .list(&Default::default())
-                    .await?
-                    .items
-                    .into_iter()
-                    .filter(|f| &f.spec.domain == domain_name)
-                    .collect();
+                let (homes, fronts) = domain_servers(&ctx, &ns, &hs.spec.domain).await?;
                 if let Some(live) = live_sts.as_ref().filter(|l| rollout::changes_pod(&objs.stateful_set, Some(l))) {
                     let waiting = rollout::waiting_for(&name, resolved.generation, &homes, &fronts);
                     if !waiting.is_empty() {
@@ -134,24 +120,13 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
                 status.resolved = Some(objs.resolved);
                 status.address = Some(objs.address);
                 // What the server says of its users (kept from before while it cannot answer).
-                let mut counted = None;
-                if serving(live_sts.as_ref()) {
-                    let url = server_status::url(
-                        ctx.settings.server_status_url.as_deref(),
-                        &name,
-                        &ns,
-                        &ctx.settings.cluster_domain,
-                    );
-                    match server_status::fetch(&url).await {
-                        Ok(s) => {
-                            (status.users, status.capacity) = (Some(s.homed_users), Some(s.capacity));
-                            counted = Some(s.homed_users);
-                        }
-                        Err(e) => debug!(home_server = %name, error = %e, "no status from the server"),
-                    }
+                let counted = if serving(live_sts.as_ref()) { count_users(&ctx, &name, &ns).await } else { None };
+                if let Some(c) = &counted {
+                    (status.users, status.capacity) = (Some(c.homed_users), Some(c.capacity));
                 }
                 // Only a count taken while draining says how many are left.
-                status.users_remaining = if hs.spec.drain { counted.or(old.users_remaining) } else { None };
+                status.users_remaining =
+                    if hs.spec.drain { counted.map(|c| c.homed_users).or(old.users_remaining) } else { None };
                 wants.extend(drain::reconcile(&ctx, hs.as_ref(), resolved, &status).await?);
             }
         }
@@ -170,19 +145,9 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     }
     if let Some(generation) = generation {
         let ready = wants.iter().any(|w| w.type_ == READY && w.status);
-        wants.push(match &held {
-            Some(waiting) => Want::new(
-                UP_TO_DATE,
-                false,
-                "WaitingForTurn",
-                format!("a new pod spec waits until {} run the domain's current settings, ready", waiting.join(", ")),
-            ),
-            None if ready => {
-                status.rolled_generation = Some(generation);
-                Want::new(UP_TO_DATE, true, "Current", "the pod runs the current pod spec")
-            }
-            None => Want::new(UP_TO_DATE, false, "Rolling", "the pod is being replaced or started"),
-        });
+        let (want, rolled) = rollout::up_to_date(held.as_deref(), ready, generation);
+        status.rolled_generation = rolled.or(status.rolled_generation);
+        wants.push(want);
     }
     wants.sort_by_key(|w| w.type_);
     status.conditions = merge(&old.conditions, &wants, hs.metadata.generation, Timestamp::now());
@@ -194,8 +159,6 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
     };
     if wrote {
         report_transitions(&ctx, hs.as_ref(), &old.conditions, &status.conditions).await;
-    }
-    if wrote {
         drain::report_progress(&ctx, hs.as_ref(), &old, &status).await;
     }
     if let Some(why) = &moving_off {
@@ -213,6 +176,25 @@ pub async fn reconcile(hs: Arc<HomeServer>, ctx: Arc<Context>) -> Result<Action>
 /// How often a running Home Server's user count is read into its status (placement and a
 /// scale-down's capacity check go by it).
 pub const STATUS_POLL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The HomeServers and FrontEnds of the domain `domain` in `ns`.
+async fn domain_servers(ctx: &Context, ns: &str, domain: &str) -> Result<(Vec<HomeServer>, Vec<FrontEnd>)> {
+    let homes = Api::<HomeServer>::namespaced(ctx.client.clone(), ns).list(&Default::default()).await?.items;
+    let fronts = Api::<FrontEnd>::namespaced(ctx.client.clone(), ns).list(&Default::default()).await?.items;
+    Ok((
+        homes.into_iter().filter(|h| h.spec.domain == domain).collect(),
+        fronts.into_iter().filter(|f| f.spec.domain == domain).collect(),
+    ))
+}
+
+/// The Home Server's own count of its users (`/status`), or `None` when it does not answer.
+async fn count_users(ctx: &Context, name: &str, ns: &str) -> Option<server_status::ServerStatus> {
+    let url = server_status::url(ctx.settings.server_status_url.as_deref(), name, ns, &ctx.settings.cluster_domain);
+    server_status::fetch(&url)
+        .await
+        .map_err(|e| debug!(home_server = %name, error = %e, "no status from the server"))
+        .ok()
+}
 
 /// Whether the StatefulSet's pod is up to answer (its last known state).
 fn serving(sts: Option<&StatefulSet>) -> bool {

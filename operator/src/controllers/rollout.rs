@@ -10,9 +10,9 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::ResourceExt;
 
-use super::conditions::is_true;
+use super::conditions::{Want, is_true};
 use crate::build::TEMPLATE_HASH_ANNOTATION;
-use crate::crd::condition::READY;
+use crate::crd::condition::{READY, UP_TO_DATE};
 use crate::crd::{FrontEnd, HomeServer};
 
 fn template_hash(sts: &StatefulSet) -> Option<&str> {
@@ -70,6 +70,23 @@ pub fn waiting_for(
         .collect();
     before.sort_by_key(|h| order_key(&h.name_any()));
     fronts.map(|f| f.name_any()).chain(before.into_iter().map(|h| h.name_any())).collect()
+}
+
+/// The `UpToDate` condition of a Home Server built from the resolution `generation`, whose pod
+/// change is `held` back for the servers named (or not), and whose pod is `ready`; with the
+/// generation it has now rolled to, if it has.
+pub fn up_to_date(held: Option<&[String]>, ready: bool, generation: i64) -> (Want, Option<i64>) {
+    match held {
+        Some(waiting) => {
+            let why =
+                format!("a new pod spec waits until {} run the domain's current settings, ready", waiting.join(", "));
+            (Want::new(UP_TO_DATE, false, "WaitingForTurn", why), None)
+        }
+        None if ready => {
+            (Want::new(UP_TO_DATE, true, "Current", "the pod runs the current pod spec"), Some(generation))
+        }
+        None => (Want::new(UP_TO_DATE, false, "Rolling", "the pod is being replaced or started"), None),
+    }
 }
 
 /// Where a rollout to `generation` stands, for the domain's status; `None` when every server
