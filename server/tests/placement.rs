@@ -12,11 +12,12 @@ use slapd::{ADMIN_DN, BASE, Slapd};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::cluster::{Ca, Node};
 use support::ua::{Ua, header, status};
 // slapd.rs reaches `free_port` and `require_tool` through the crate root.
-use support::{Out, free_port, require_tool, run_parley, try_http};
+use support::{Out, free_port, require_tool, run_parley, tool_available, try_http};
 
 const SERVICE_DN: &str = "cn=ParleyService,ou=Parley,dc=example,dc=test";
 const TOKEN: &str = "placement-admin-token";
@@ -453,6 +454,209 @@ fn users_are_enabled_in_bulk_from_csv_and_ldif() {
     let _: &Path = dir.path();
 }
 
+/// A sipp process (Debian's sip-tester 3.6, UDP) loading the moved user through the Front-End,
+/// in its own directory: its error and message logs, its statistics (`stats.csv`) and its
+/// scenario counters (`*_counts.csv`), the last two dumped every second.
+struct Sipp {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    what: &'static str,
+}
+
+impl Sipp {
+    /// Starts sipp against `target` with `args` (after the scenario's own) and waits until
+    /// `ready` holds. Its port is picked free, but another process may take it first: then sipp
+    /// exits at once, and it starts again on another.
+    fn start(
+        what: &'static str,
+        target: SocketAddr,
+        scenario: &[&str],
+        args: &[&str],
+        files: &[(&str, &str)],
+        ready: fn(&Sipp) -> bool,
+    ) -> Sipp {
+        for attempt in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            let port = free_port();
+            let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
+            let child = Command::new("sipp")
+                .arg(target.to_string())
+                .args(scenario.iter().map(|a| a.strip_prefix("sipp/").map_or((*a).into(), |f| scenarios.join(f))))
+                .args(args)
+                .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1", "-nostdin"])
+                .args(["-trace_err", "-trace_msg", "-trace_counts", "-trace_stat", "-stf", "stats.csv", "-fd", "1"])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(std::fs::File::create(dir.path().join("stdout.txt")).unwrap())
+                .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
+                .spawn()
+                .expect("start sipp");
+            let mut sipp = Sipp { child, dir, port, what };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !ready(&sipp) {
+                if let Some(status) = sipp.child.try_wait().unwrap() {
+                    assert!(attempt < 3, "{what}: sipp exited with {status}:\n{}", sipp.logs());
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{what}: sipp is not under way:\n{}", sipp.logs());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if ready(&sipp) {
+                return sipp;
+            }
+        }
+        unreachable!()
+    }
+
+    /// The last complete line of one of sipp's CSV files (the one whose name ends with
+    /// `suffix`), by column: the counters, or nothing before its first dump.
+    fn row(&self, suffix: &str) -> BTreeMap<String, u64> {
+        let Some(path) = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(suffix))
+        else {
+            return BTreeMap::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut lines = text.lines();
+        let Some(names) = lines.next() else { return BTreeMap::new() };
+        let names: Vec<&str> = names.split(';').collect();
+        // The line being written may be cut short.
+        let Some(last) = lines.map(|l| l.split(';').collect::<Vec<_>>()).rfind(|l| l.len() == names.len()) else {
+            return BTreeMap::new();
+        };
+        names.iter().zip(last).filter_map(|(n, v)| Some((n.to_string(), v.trim().parse().ok()?))).collect()
+    }
+
+    /// A statistic of `stats.csv` (`SuccessfulCall(C)`, say), 0 before the first dump.
+    fn stat(&self, name: &str) -> u64 {
+        self.row("stats.csv").get(name).copied().unwrap_or(0)
+    }
+
+    /// How many times the scenario's `<recv response="code">` elements matched, in all.
+    fn received(&self, code: u16) -> u64 {
+        let suffix = format!("_{code}_Recv");
+        self.row("_counts.csv").iter().filter(|(n, _)| n.ends_with(&suffix)).map(|(_, v)| v).sum()
+    }
+
+    /// Every message sipp received, from its message log (`-trace_msg`).
+    fn messages(&self) -> Vec<String> {
+        let Some(path) = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with("_messages.log"))
+        else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap();
+        text.split("\n----------------------------------------------- ")
+            .filter(|entry| entry.lines().nth(1).is_some_and(|l| l.contains("message received")))
+            .filter_map(|entry| entry.split_once("\n\n").map(|(_, m)| m.trim().to_string()))
+            .collect()
+    }
+
+    /// Stops the device (moved_user_register.xml): the MESSAGE "parley-sipp: stop", straight to
+    /// its socket, until it is answered; its registering call then ends, and so does sipp.
+    fn stop(&self) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let (me, body) = (socket.local_addr().unwrap(), "parley-sipp: stop");
+        let request = format!(
+            "MESSAGE sip:mover@127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-stop\r\n\
+             From: <sip:placement-test@example.test>;tag=stop\r\nTo: <sip:mover@example.test>\r\n\
+             Call-ID: parley-sipp-stop@{me}\r\nCSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len(),
+            port = self.port
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0; 4096];
+        loop {
+            socket.send_to(request.as_bytes(), ("127.0.0.1", self.port)).unwrap();
+            if let Ok(n) = socket.recv(&mut buf)
+                && buf[..n].starts_with(b"SIP/2.0 200")
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{}: the stop MESSAGE is not answered:\n{}", self.what, self.logs());
+        }
+    }
+
+    /// Waits for sipp to exit by itself, at most 20 s; its exit status must be 0 (every call
+    /// succeeded).
+    fn wait_for_clean_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{}: sipp did not exit when stopped:\n{}", self.what, self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "{}: sipp exited with {status}; the answers its scenario does not take: {:#?}\n{}",
+            self.what,
+            self.unexpected(),
+            self.logs()
+        );
+    }
+
+    /// The answers sipp received that its scenarios do not take: any but 200, a challenge, and
+    /// a 503 with Retry-After.
+    fn unexpected(&self) -> Vec<String> {
+        let taken = |m: &&String| match response_facts(m) {
+            Some((200 | 401 | 407, _, _)) | Some((503, _, true)) => true,
+            Some(_) => false,
+            None => true, // a request
+        };
+        self.messages().into_iter().filter(|m| !taken(&m)).collect()
+    }
+
+    /// The end of each of sipp's logs and outputs.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log" || e == "txt" || e == "csv") {
+                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+                let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+                out += &format!("==== {}\n{tail}\n", path.display());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        // Only when the test failed: a stopped sipp has exited and been waited for already.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The status code of a response, its CSeq method and whether it has a Retry-After.
+fn response_facts(m: &str) -> Option<(u16, String, bool)> {
+    let code = m.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()?;
+    let method = header(m, "CSeq").and_then(|c| c.split_whitespace().nth(1).map(str::to_string)).unwrap_or_default();
+    Some((code, method, header(m, "Retry-After").is_some()))
+}
+
 /// What a client saw: one answer.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -466,9 +670,15 @@ struct Seen {
 /// A user moved back and forth between two Home Servers while a device of theirs keeps
 /// registering, another answers the messages a second user keeps sending them (all through the
 /// Front-End), and an API client keeps rewriting their contact list (honouring 503's
-/// Retry-After, and following Parley-Rehome to the other server). No client sees a 404 or a 5xx
-/// without Retry-After, messages reach the user after every move, and the contact list ends as
-/// the last acknowledged write left it.
+/// Retry-After, and following Parley-Rehome to the other server). Real sipp (UDP) loads the user
+/// through the Front-End for the whole of the moves too: one sipp is a third device of the user's,
+/// registering again and again and answering every MESSAGE (`tests/sipp/moved_user_register.xml`
+/// with `moved_user_answer.xml` for the MESSAGEs), another keeps messaging the user as the second
+/// user (`moved_user_message.xml`); both take a 503 only with Retry-After, and retry after it.
+/// No client sees a 404 or a 5xx without Retry-After (for sipp: from its own message logs, and its
+/// exit status, 0 only if every call succeeded), messages reach the user and sipp registers and
+/// messages again after every move, and the contact list ends as the last acknowledged write
+/// left it.
 #[test]
 fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -506,7 +716,35 @@ fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
     let mut device = Ua::new("mover", fe);
     assert_eq!(status(&device.register(600)), 200);
     let homes: Vec<(String, SocketAddr)> = d.homes.iter().map(|h| (h.name.clone(), h.ops)).collect();
+    // Real sipp too, for the whole of the moves: a device of the mover's that keeps registering
+    // and answers every MESSAGE, and a sender that keeps messaging the mover as the talker.
+    let mut sipp = tool_available("sipp", "the moved user's sipp device and sipp's messages to them").then(|| {
+        let device = Sipp::start(
+            "the mover's sipp device",
+            fe,
+            &["-sf", "sipp/moved_user_register.xml", "-oocsf", "sipp/moved_user_answer.xml"],
+            &["-s", "mover", "-ap", "mover-password", "-m", "1"],
+            &[],
+            |s| s.received(200) >= 1,
+        );
+        let talker = Sipp::start(
+            "sipp messaging the mover",
+            fe,
+            &["-sf", "sipp/moved_user_message.xml", "-inf", "talker.csv", "-s", "mover"],
+            &["-r", "10", "-l", "10", "-m", "1000000"],
+            &[("talker.csv", "SEQUENTIAL\ntalker;[authentication username=talker password=talker-password]\n")],
+            |s| s.stat("SuccessfulCall(C)") >= 1,
+        );
+        (device, talker)
+    });
+    // (REGISTERs of sipp's device answered 200, MESSAGEs of sipp's sender answered 200.)
+    let sipp_done = |sipp: &Option<(Sipp, Sipp)>| {
+        sipp.as_ref().map_or((0, 0), |(device, talker)| (device.received(200), talker.stat("SuccessfulCall(C)")))
+    };
     std::thread::scope(|s| {
+        // The clients stop when the moves are over, or when a check fails (and would otherwise
+        // wait for them forever).
+        let _stop = StopOnDrop(&stop);
         // A second device of the mover's keeps registering.
         s.spawn(|| {
             let mut ua = Ua::new("mover", fe).giving_up_after(Duration::from_secs(10));
@@ -578,11 +816,26 @@ fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
         for (from, to) in [("home-1", "home-2"), ("home-2", "home-1"), ("home-1", "home-2"), ("home-2", "home-1")] {
             let moved = must(d.admin(&["user", "move", "mover@example.test", "--home-server", to]), "user move");
             assert!(moved.contains(&format!("moved mover@example.test from {from} to {to}")), "{moved}");
-            let before = (delivered.load(Ordering::Relaxed), acked.lock().unwrap().unwrap_or(0));
+            let before = (delivered.load(Ordering::Relaxed), acked.lock().unwrap().unwrap_or(0), sipp_done(&sipp));
             wait_for("messages reach the mover after the move", &|| delivered.load(Ordering::Relaxed) >= before.0 + 3);
             wait_for("contact-list writes are acknowledged after the move", &|| {
                 acked.lock().unwrap().unwrap_or(0) > before.1
             });
+            if let Some((device, talker)) = &sipp {
+                wait_for("sipp's device registers again after the move", &|| device.received(200) > before.2.0);
+                wait_for("sipp's messages reach the mover after the move", &|| {
+                    talker.stat("SuccessfulCall(C)") > before.2.1
+                });
+            }
+        }
+        if let Some((device, talker)) = &mut sipp {
+            // SIGUSR1: sipp starts no more calls and exits once the running ones have ended.
+            assert!(talker.child.try_wait().unwrap().is_none(), "sipp exited under load:\n{}", talker.logs());
+            let pid = talker.child.id().to_string();
+            assert!(Command::new("kill").args(["-USR1", &pid]).status().unwrap().success(), "kill -USR1 {pid}");
+            talker.wait_for_clean_exit();
+            device.stop();
+            device.wait_for_clean_exit();
         }
         stop.store(true, Ordering::Relaxed);
     });
@@ -602,6 +855,31 @@ fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
         count("PUT contacts", 200),
         count("PUT contacts", 503)
     );
+    if let Some((device, talker)) = &sipp {
+        // Every answer sipp received, from its own message logs.
+        let (mut counts, mut bad) = (BTreeMap::<(String, u16), usize>::new(), Vec::new());
+        for m in device.messages().iter().chain(&talker.messages()) {
+            let Some((code, method, retry_after)) = response_facts(m) else { continue };
+            if code == 404 || (code >= 500 && !retry_after) {
+                bad.push(m.clone());
+            }
+            *counts.entry((method, code)).or_default() += 1;
+        }
+        assert!(bad.is_empty(), "sipp received a 404 or a 5xx without Retry-After: {bad:#?}");
+        let count = |method: &str, code: u16| counts.get(&(method.to_string(), code)).copied().unwrap_or(0);
+        let answered =
+            device.messages().iter().filter(|m| m.starts_with("MESSAGE ") && !m.ends_with("parley-sipp: stop")).count();
+        eprintln!(
+            "sipp: REGISTER 200: {}, 503: {}; MESSAGE 200: {}, 503: {}; MESSAGEs answered by sipp's device: {answered}",
+            count("REGISTER", 200),
+            count("REGISTER", 503),
+            count("MESSAGE", 200),
+            count("MESSAGE", 503),
+        );
+        assert!(count("REGISTER", 200) >= 10, "sipp's device registered {} times", count("REGISTER", 200));
+        assert!(count("MESSAGE", 200) >= 20, "sipp's MESSAGEs delivered: {}", count("MESSAGE", 200));
+        assert!(answered >= 10, "sipp's device answered {answered} MESSAGEs");
+    }
     let last = acked.lock().unwrap().expect("writes were acknowledged");
     let (code, body) =
         try_http(d.home("home-1").ops, "GET", "/users/mover@example.test/contacts", Some(TOKEN), "").unwrap();
