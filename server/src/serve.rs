@@ -82,7 +82,7 @@ impl Shared {
         }
     }
 
-    /// Binds the clients' listeners: UDP, TCP and TLS.
+    /// Binds the clients' listeners: UDP, TCP, TLS, WebSocket and secure WebSocket.
     async fn listen_public(
         &self,
         config: &Config,
@@ -103,13 +103,16 @@ impl Shared {
             advertised(Transport::Tcp, advertise(bound));
             tracing::info!(%bound, "listening on TCP");
         }
-        if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
+        if let Some(tls) = config.tls.as_ref().filter(|_| config.listen.tls.is_some() || config.listen.wss.is_some()) {
             if tls.self_signed {
-                let names = vec![config.sip_domain.clone(), "localhost".into(), addr.ip().to_string()];
+                let ip = config.listen.tls.or(config.listen.wss).map(|a| a.ip().to_string()).unwrap_or_default();
+                let names = vec![config.sip_domain.clone(), "localhost".into(), ip];
                 if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
                     tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
                 }
             }
+        }
+        if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
             let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
             let bound = transports
                 .listen_stream(addr, transport::StreamKind::Tls(acceptor))
@@ -117,6 +120,24 @@ impl Shared {
                 .with_context(|| format!("binding TLS {addr}"))?;
             advertised(Transport::Tls, advertise(bound));
             tracing::info!(%bound, "listening on TLS");
+        }
+        let origins = Arc::new(transport::ws::OriginPolicy { allowed: config.web.origins.clone() });
+        if let Some(addr) = config.listen.ws {
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Ws(None, origins.clone()))
+                .await
+                .with_context(|| format!("binding WebSocket {addr}"))?;
+            advertised(Transport::Ws, advertise(bound));
+            tracing::info!(%bound, "listening on WebSocket (ws)");
+        }
+        if let (Some(addr), Some(tls)) = (config.listen.wss, &config.tls) {
+            let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Ws(Some(acceptor), origins.clone()))
+                .await
+                .with_context(|| format!("binding secure WebSocket {addr}"))?;
+            advertised(Transport::Wss, advertise(bound));
+            tracing::info!(%bound, "listening on secure WebSocket (wss)");
         }
         Ok(())
     }
