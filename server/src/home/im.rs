@@ -1,6 +1,6 @@
 //! Page-mode instant messages (RFC 3428): an authenticated local user's MESSAGE is forked to
 //! every registered contact of the destination; the first 2xx answers the sender (the core
-//! collects the branches' answers).
+//! collects the branches' answers). A user with no device gets the message later (`offline`).
 
 use super::core::{Core, Facts, Now, Outcome};
 use crate::sip::Message;
@@ -35,7 +35,8 @@ impl Core {
         };
         let bindings = self.registrar.lookup(&aor, now.wall);
         if bindings.is_empty() {
-            return self.respond(req, 480).into();
+            // Kept for when the user signs in (202), or 480 when that is off or over a bound.
+            return self.keep_for_later(now, req, &aor);
         }
         let branches = bindings
             .into_iter()

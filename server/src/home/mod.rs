@@ -8,6 +8,7 @@ mod driver;
 pub mod guard;
 mod identity;
 mod im;
+mod offline;
 pub mod presence;
 mod register;
 pub mod registrar;

@@ -35,7 +35,10 @@ impl Core {
         if added.is_empty() && removed.is_empty() {
             tracing::debug!(user = %aor, %source, %transport, "registration refreshed");
         }
-        let after = if was_online != now_online { vec![After::PresenceChanged(aor)] } else { vec![] };
+        let mut after = if was_online != now_online { vec![After::PresenceChanged(aor.clone())] } else { vec![] };
+        if !added.is_empty() && self.offline.pending(&aor) > 0 {
+            after.push(After::DeliverKept(aor));
+        }
         Outcome::Respond { response, writes: vec![write], after }
     }
 

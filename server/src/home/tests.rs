@@ -82,6 +82,7 @@ impl Sim {
             max_expires: 7200,
             admin_token: None,
             max_pending_requests: 3,
+            offline: crate::config::Offline::default(),
             guard: guard::Policy {
                 max_failures_per_source: 10,
                 max_failures_per_user: 100,
@@ -463,10 +464,60 @@ fn a_failed_flow_is_480_for_the_sender_and_ends_the_dialog_it_carried() {
 #[test]
 fn messages_to_offline_unknown_and_foreign_users() {
     let mut sim = Sim::new();
+    sim.core.settings.offline.enabled = false;
     let mut bob = client("bob", "192.0.2.20:5060");
     assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "hi")), [480]);
     assert_eq!(statuses(&bob.message(&mut sim, "nobody@example.test", "hi")), [404]);
     assert_eq!(statuses(&bob.message(&mut sim, "dave@elsewhere.test", "hi")), [404]);
+}
+
+#[test]
+fn messages_for_a_user_with_no_device_are_kept_then_delivered_in_order_once() {
+    let mut sim = Sim::new();
+    sim.core.settings.offline.max_per_user = 2;
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    let sent = bob.message(&mut sim, "alice@example.test", "first");
+    assert_eq!(statuses(&sent), [202], "kept, once durable");
+    assert_eq!(sim.written(Table::Offline, "alice@example.test\u{0}00000000000000000000"), Some(true));
+    sim.now = sim.now.after(Duration::from_secs(5));
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "second")), [202]);
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "third")), [480], "over the bound");
+
+    // alice signs in: the oldest first, from bob, dated when bob sent it; the next only after.
+    let sent = alice.register(&mut sim, 600);
+    let [first] = requests(&sent, "MESSAGE")[..] else { panic!("one MESSAGE: {:?}", statuses(&sent)) };
+    assert_eq!((first.body(), first.msg.request_uri()), ("first".to_string(), Some("sip:alice@192.0.2.10:5060")));
+    assert!(first.header("From").contains("sip:bob@example.test"), "{}", first.header("From"));
+    assert_eq!(first.header("Date"), "Fri, 15 Jan 2027 08:00:00 GMT");
+    let sent = alice.answer(&mut sim, first, 200);
+    assert_eq!(sim.written(Table::Offline, "alice@example.test\u{0}00000000000000000000"), Some(false));
+    let [second] = requests(&sent, "MESSAGE")[..] else { panic!("the second MESSAGE: {:?}", statuses(&sent)) };
+    assert_eq!(second.body(), "second");
+    // A refusal keeps it for the next sign-in; it is not sent again meanwhile.
+    let sent = alice.answer(&mut sim, second, 486);
+    assert!(requests(&sent, "MESSAGE").is_empty());
+    assert_eq!(sim.core.offline.pending("alice@example.test"), 1);
+    let sent = alice.register(&mut sim, 600);
+    assert!(requests(&sent, "MESSAGE").is_empty(), "a refresh adds no device");
+    alice.register(&mut sim, 0);
+    let sent = alice.register(&mut sim, 600);
+    let [again] = requests(&sent, "MESSAGE")[..] else { panic!("sent again at the next sign-in: {:?}", statuses(&sent)) };
+    assert_eq!(again.body(), "second");
+    alice.answer(&mut sim, again, 200);
+    assert_eq!(sim.core.offline.total(), 0);
+    assert_eq!(sim.core.metrics.offline_delivered.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn kept_messages_expire() {
+    let mut sim = Sim::new();
+    sim.core.settings.offline.expiry_secs = 60;
+    let mut bob = client("bob", "192.0.2.20:5060");
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "soon gone")), [202]);
+    sim.wait(Duration::from_secs(61));
+    assert_eq!(sim.core.offline.total(), 0);
+    assert_eq!(sim.written(Table::Offline, "alice@example.test\u{0}00000000000000000000"), Some(false));
+    assert_eq!(sim.core.metrics.offline_expired.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Durable state on the data volume: registrations, publications, subscriptions, presence rules
-//! and contact lists, each a table of JSON values in one redb file (`<data_dir>/parley.redb`).
+//! Durable state on the data volume: registrations, publications, subscriptions, presence rules,
+//! contact lists and messages kept for offline users, each a table of JSON values in one redb file (`<data_dir>/parley.redb`).
 //!
 //! redb commits are crash-safe (copy-on-write B-trees, fsync on commit), so a write the server has
 //! awaited before answering a client survives `kill -9`. redb keeps no separate journal: the file
@@ -21,6 +21,9 @@ pub enum Table {
     Subscriptions,
     Rules,
     Contacts,
+    /// Messages kept for users with no device, keyed `<address of record>\0<sequence>` (so a
+    /// user's come first in order, and a per-user export by key prefix carries them).
+    Offline,
 }
 
 impl Table {
@@ -31,6 +34,7 @@ impl Table {
             Table::Subscriptions => "subscriptions",
             Table::Rules => "rules",
             Table::Contacts => "contacts",
+            Table::Offline => "offline_messages",
         })
     }
 }
@@ -88,7 +92,7 @@ impl Store {
             .create(&path)
             .with_context(|| format!("opening the store {}", path.display()))?;
         let txn = db.begin_write()?;
-        for t in [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts] {
+        for t in [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts, Table::Offline] {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
