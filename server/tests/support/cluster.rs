@@ -76,6 +76,19 @@ impl Node {
     /// Writes the config of a server and starts it. `frontend` is the routing table of a
     /// Front-End (`None` for a Home Server).
     pub fn start(dir: &Path, name: &str, ca: &Ca, users: &Path, frontend: Option<&[(String, SocketAddr)]>) -> Node {
+        Self::start_with(dir, name, ca, users, frontend, "", "")
+    }
+
+    /// As `start`, with `listen` lines added to `[listen]` and `extra` sections appended.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        ca: &Ca,
+        users: &Path,
+        frontend: Option<&[(String, SocketAddr)]>,
+        listen: &str,
+        extra: &str,
+    ) -> Node {
         let own = dir.join(name);
         std::fs::create_dir_all(&own).unwrap();
         let (cert, key) = ca.issue(&own, name);
@@ -93,10 +106,10 @@ impl Node {
             let config = format!(
                 "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\nserver_name = \"{name}\"\n\
                  [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\n\
-                 internal = \"127.0.0.1:{internal}\"\nops = \"127.0.0.1:{ops}\"\n\
+                 internal = \"127.0.0.1:{internal}\"\nops = \"127.0.0.1:{ops}\"\n{listen}\n\
                  [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
                  [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
-                 [directory]\nbackend = \"file\"\nfile = {users:?}\n{table}",
+                 [directory]\nbackend = \"file\"\nfile = {users:?}\n{table}{extra}",
                 ca = ca.cert,
             );
             let config_path = own.join("parley.toml");
