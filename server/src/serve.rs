@@ -181,6 +181,17 @@ impl Shared {
             let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
             tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
         }
+        if let (Some(addr), Some(root)) = (config.listen.web, &config.web.root) {
+            let client = crate::web::WebClient {
+                root: root.clone(),
+                domain: config.sip_domain.clone(),
+                ws_port: config.listen.ws.map(|a| a.port()),
+                wss_port: config.listen.wss.map(|a| a.port()),
+            };
+            let bound =
+                crate::web::serve(addr, client).await.with_context(|| format!("binding the web client {addr}"))?;
+            tracing::info!(%bound, root = %root.display(), "web client on http://{bound}/");
+        }
         Ok(())
     }
 }
