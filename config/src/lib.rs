@@ -479,7 +479,9 @@ impl Config {
             }
         }
         if self.offline.enabled && (self.offline.max_per_user == 0 || self.offline.expiry_secs == 0) {
-            return Err("keys `offline.max_per_user` and `offline.expiry_secs`: at least 1 (or offline.enabled = false)".into());
+            return Err(
+                "keys `offline.max_per_user` and `offline.expiry_secs`: at least 1 (or offline.enabled = false)".into(),
+            );
         }
         if self.listen.internal.is_some() && self.tls.as_ref().is_none_or(|t| t.ca.is_none()) {
             return Err("key `listen.internal` needs `tls.ca`: the CA both ends of the internal link trust".into());

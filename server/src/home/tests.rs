@@ -501,7 +501,9 @@ fn messages_for_a_user_with_no_device_are_kept_then_delivered_in_order_once() {
     assert!(requests(&sent, "MESSAGE").is_empty(), "a refresh adds no device");
     alice.register(&mut sim, 0);
     let sent = alice.register(&mut sim, 600);
-    let [again] = requests(&sent, "MESSAGE")[..] else { panic!("sent again at the next sign-in: {:?}", statuses(&sent)) };
+    let [again] = requests(&sent, "MESSAGE")[..] else {
+        panic!("sent again at the next sign-in: {:?}", statuses(&sent))
+    };
     assert_eq!(again.body(), "second");
     alice.answer(&mut sim, again, 200);
     assert_eq!(sim.core.offline.total(), 0);

@@ -198,7 +198,12 @@ impl Metrics {
                 "Connections refused by a limit.",
                 &self.connections_refused,
             ),
-            ("parley_active_connections", "gauge", "Open TCP, TLS and WebSocket connections.", &self.active_connections),
+            (
+                "parley_active_connections",
+                "gauge",
+                "Open TCP, TLS and WebSocket connections.",
+                &self.active_connections,
+            ),
             ("parley_registrations", "gauge", "Registered contact bindings.", &self.registrations),
             ("parley_server_transactions", "gauge", "Server transactions held.", &self.server_transactions),
             ("parley_client_transactions", "gauge", "Client transactions held.", &self.client_transactions),

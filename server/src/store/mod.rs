@@ -92,7 +92,14 @@ impl Store {
             .create(&path)
             .with_context(|| format!("opening the store {}", path.display()))?;
         let txn = db.begin_write()?;
-        for t in [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts, Table::Offline] {
+        for t in [
+            Table::Registrations,
+            Table::Publications,
+            Table::Subscriptions,
+            Table::Rules,
+            Table::Contacts,
+            Table::Offline,
+        ] {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
