@@ -103,13 +103,11 @@ impl Shared {
             advertised(Transport::Tcp, advertise(bound));
             tracing::info!(%bound, "listening on TCP");
         }
-        if let Some(tls) = config.tls.as_ref().filter(|_| config.listen.tls.is_some() || config.listen.wss.is_some()) {
-            if tls.self_signed {
-                let ip = config.listen.tls.or(config.listen.wss).map(|a| a.ip().to_string()).unwrap_or_default();
-                let names = vec![config.sip_domain.clone(), "localhost".into(), ip];
-                if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
-                    tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
-                }
+        let tls_listener = config.listen.tls.or(config.listen.wss);
+        if let (Some(tls), Some(first)) = (config.tls.as_ref().filter(|t| t.self_signed), tls_listener) {
+            let names = vec![config.sip_domain.clone(), "localhost".into(), first.ip().to_string()];
+            if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
+                tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
             }
         }
         if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
