@@ -150,7 +150,10 @@ impl Core {
             }
             req.headers.push("From", kept.from.clone());
             req.headers.push("To", kept.to.clone());
-            req.headers.push("Call-ID", format!("{:016x}{:016x}@parley", rand::random::<u64>(), rand::random::<u64>()));
+            // The same for every attempt at this message: a device that got it before a restart
+            // can tell it again.
+            let sent = kept.sent_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+            req.headers.push("Call-ID", format!("kept-{}-{sent}@parley", kept.seq));
             req.headers.push("CSeq", "1 MESSAGE");
             req.headers.push("Max-Forwards", "70");
             req.headers.push("Date", http_date(kept.sent_at));
