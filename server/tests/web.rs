@@ -124,6 +124,29 @@ fn messages_kept_for_an_offline_user_across_kill_9_are_shown_once_in_the_browser
 }
 
 #[test]
+fn a_lost_connection_is_shown_and_the_page_signs_in_again_by_itself() {
+    if !browser::available() {
+        return;
+    }
+    let (mut server, web) = web_server("");
+    let env = [
+        ("PARLEY_USER", "alice@example.test".to_string()),
+        ("PARLEY_PEER", "bob@example.test".to_string()),
+        ("PARLEY_EXPECT", "still there, alice?".to_string()),
+    ];
+    let mut alice = Scenario::start("reconnect", &web, &env);
+    alice.wait_step("alice@example.test signed in", SCENARIO_TIMEOUT, &|| server.log_text());
+    server.kill_and_restart();
+    alice.wait_step("signed in again", SCENARIO_TIMEOUT, &|| server.log_text());
+    let mut bob = Ua::new("bob", server.sip);
+    let to = "sip:alice@example.test";
+    let answer = bob.send_authenticated("MESSAGE", to, to, "Content-Type: text/plain\r\n", "still there, alice?");
+    assert_eq!(status(&answer), 200, "delivered over the new connection: {answer}");
+    let out = alice.finish(SCENARIO_TIMEOUT, &|| server.log_text());
+    assert!(out.contains("step: connection lost shown"), "{out}");
+}
+
+#[test]
 fn two_browsers_chat_through_a_front_end_over_wss() {
     if !browser::available() {
         return;

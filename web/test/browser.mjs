@@ -238,6 +238,25 @@ const scenarios = {
     step('received');
   },
 
+  // Signs in as PARLEY_USER; the test kills the server (kill -9) and starts it again: the page
+  // says the connection is lost and it retries, then signs in again by itself and gets a message
+  // from PARLEY_PEER containing PARLEY_EXPECT over the new connection.
+  async reconnect(browser) {
+    const user = process.env.PARLEY_USER;
+    const page = await openPage(browser, user);
+    await signedIn(page, user);
+    await waitFor(page, 'connection-lost notice', () => document.getElementById('connection').textContent.includes('Connection lost: retrying'));
+    step('connection lost shown');
+    await waitFor(page, 'signed in again', () => document.getElementById('connection').textContent.startsWith('Signed in as'));
+    step('signed in again');
+    const peer = process.env.PARLEY_PEER;
+    const expect = process.env.PARLEY_EXPECT;
+    await waitFor(page, `a message from ${peer}`, (p) => document.querySelector(`#contacts li[data-address="${p}"] .unread`), peer);
+    await openChat(page, peer);
+    await waitFor(page, `"${expect}"`, (e) => [...document.querySelectorAll('#messages li.msg.in .text')].some((t) => t.textContent.includes(e)), expect);
+    step('received');
+  },
+
   // Signs in as PARLEY_USER and expects the messages PARLEY_EXPECT (separated by "|") from
   // PARLEY_PEER, kept while offline: in order, each once, marked with when they were sent.
   async offline(browser) {
