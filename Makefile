@@ -23,7 +23,7 @@ build: ## Build both binaries (release)
 web: ## Build the web client into web/dist (npm ci when package-lock.json changed, then esbuild)
 	@./scripts/web-build.sh
 
-run: web ## Start a standalone Home Server with the sample users and the web client (Ctrl-C stops it)
+run: ## Start a standalone Home Server with the sample users and the web client (Ctrl-C stops it)
 	@./scripts/run.sh
 
 run-multi: ## A Front-End in front of two Home Servers on 127.0.0.1, mutual TLS between them (Ctrl-C stops)

@@ -9,6 +9,10 @@ if [ ! -x "$bin" ]; then
 fi
 # Not -q: on a cold machine a silent build looks like a hang.
 cargo build --release -p parley-server
+# The web client (web/dist): without npm the server runs all the same, and says the page is missing.
+if ! scripts/web-build.sh; then
+  echo "run: the web client is not built (it needs npm: \`make deps\` installs it); SIP works without it."
+fi
 if ! command -v sipsak >/dev/null; then
   echo "run: sipsak (used in the examples below) is not installed: \`make deps\` installs it, and baresip."
 fi
