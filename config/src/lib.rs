@@ -596,6 +596,24 @@ mod tests {
     }
 
     #[test]
+    fn websocket_web_and_offline_keys_are_checked() {
+        let e = Config::parse(&format!("{MINIMAL}[listen]\nwss = \"127.0.0.1:5067\"\n"), Role::Home).unwrap_err();
+        assert!(e.contains("listen.wss"), "{e}");
+        let web = format!("{MINIMAL}[listen]\nudp = \"127.0.0.1:5060\"\nweb = \"127.0.0.1:8088\"\n");
+        let e = Config::parse(&web, Role::Home).unwrap_err();
+        assert!(e.contains("web.root"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[web]\norigins = [\"chat.example.test\"]\n"), Role::Home).unwrap_err();
+        assert!(e.contains("web.origins"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[offline]\nmax_per_user = 0\n"), Role::Home).unwrap_err();
+        assert!(e.contains("offline.max_per_user"), "{e}");
+        let only_ws = MINIMAL.to_string() + "[listen]\nws = \"127.0.0.1:5066\"\n[web]\norigins = [\"*\"]\n";
+        let c = Config::parse(&only_ws, Role::Home).unwrap();
+        assert_eq!(c.listen.ws, Some("127.0.0.1:5066".parse().unwrap()));
+        assert!(c.offline.enabled, "kept by default");
+        assert_eq!(Config::parse(&c.to_toml(), Role::Home).unwrap(), c);
+    }
+
+    #[test]
     fn roles_need_their_own_sections() {
         let e = Config::parse(MINIMAL, Role::FrontEnd).unwrap_err();
         assert!(e.contains("`frontend`"), "{e}");
