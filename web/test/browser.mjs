@@ -14,7 +14,7 @@ import { join } from 'node:path';
 
 const WEB = process.env.PARLEY_WEB;
 const SHOTS = process.env.PARLEY_SHOTS || '.';
-const WAIT = Number(process.env.PARLEY_WAIT_MS || 20000);
+const WAIT = Number(process.env.PARLEY_WAIT_MS || 30000);
 const scenario = process.argv[2];
 
 function step(what) {
@@ -27,7 +27,8 @@ async function launch() {
     headless: true,
     // The servers' certificates are self-signed (wss); as root Chromium needs --no-sandbox.
     args: ['--no-sandbox', '--ignore-certificate-errors', '--disable-gpu', '--disable-dev-shm-usage'],
-    protocolTimeout: 60000,
+    protocolTimeout: 90000,
+    timeout: 90000,
   });
 }
 

@@ -21,13 +21,20 @@ pub fn password(user: &str) -> String {
     format!("{user}-password")
 }
 
-/// A port free on both UDP and TCP of 127.0.0.1.
+/// A port free on both UDP and TCP of 127.0.0.1, and not handed out before in this process (the
+/// kernel may offer a port again once its probe socket is closed, and a server given the same
+/// port twice fails to bind).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+            let mut given = GIVEN.lock().unwrap();
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
         }
     }
 }
