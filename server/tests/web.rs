@@ -124,6 +124,17 @@ fn messages_kept_for_an_offline_user_across_kill_9_are_shown_once_in_the_browser
 }
 
 #[test]
+fn a_message_from_the_browser_to_an_offline_user_is_kept_and_shown_when_they_sign_in() {
+    if !browser::available() {
+        return;
+    }
+    let (server, web) = web_server("");
+    Scenario::start("kept-from-browser", &web, &[]).finish(SCENARIO_TIMEOUT, &|| server.log_text());
+    assert_eq!(server.metric("parley_offline_messages_stored_total"), 1.0);
+    assert_eq!(server.metric("parley_offline_messages_delivered_total"), 1.0);
+}
+
+#[test]
 fn a_lost_connection_is_shown_and_the_page_signs_in_again_by_itself() {
     if !browser::available() {
         return;

@@ -258,6 +258,23 @@ const scenarios = {
     step('received');
   },
 
+  // alice, in the browser, writes to bob while he is signed out: the page says the message is
+  // kept for him; bob then signs in in another page and finds it, marked as sent while away.
+  async 'kept-from-browser'(browser) {
+    const alice = await openPage(browser, 'alice');
+    await signedIn(alice, 'alice@example.test');
+    await alice.type('#new-chat-address', 'bob@example.test');
+    await alice.keyboard.press('Enter');
+    await sendText(alice, 'for when you are back');
+    await waitFor(alice, 'kept notice', () => [...document.querySelectorAll('#messages .meta')].some((m) => m.textContent.includes('kept for bob@example.test')));
+    step('alice sees it kept');
+    const bob = await openPage(browser, 'bob');
+    await signedIn(bob, 'bob@example.test');
+    await openChat(bob, 'alice@example.test');
+    await waitFor(bob, 'the kept message', () => [...document.querySelectorAll('#messages li.msg.in')].some((li) => li.textContent.includes('for when you are back') && li.textContent.includes('while you were away')));
+    step('bob got it');
+  },
+
   // Signs in as PARLEY_USER and expects the messages PARLEY_EXPECT (separated by "|") from
   // PARLEY_PEER, kept while offline: in order, each once, marked with when they were sent.
   async offline(browser) {
