@@ -9,5 +9,9 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
   echo "web: npm ci (package-lock.json)"
   timeout 600 npm ci --no-audit --no-fund --loglevel=error
 fi
-npm run --silent build >/dev/null
+if ! out=$(npm run --silent build 2>&1); then
+  echo "$out" >&2
+  echo "web: the build failed" >&2
+  exit 1
+fi
 echo "web: built web/dist ($(du -sh dist | cut -f1))"
