@@ -1,6 +1,7 @@
-//! UDP, TCP and TLS listeners and the flow table. A flow is where a message came from and where
-//! requests for that peer go back: the UDP source address, or the very TCP/TLS connection (so
-//! clients behind NAT are reachable over the connection they opened, RFC 5626 style reuse).
+//! UDP, TCP, TLS and WebSocket (`ws`) listeners and the flow table. A flow is where a message came
+//! from and where requests for that peer go back: the UDP source address, or the very TCP, TLS or
+//! WebSocket connection (so clients behind NAT, and browsers, are reachable over the connection
+//! they opened, RFC 5626 style reuse).
 
 mod admission;
 mod stream;
