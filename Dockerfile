@@ -8,7 +8,8 @@
 #   builder  (default) compiled here once, in the `build` stage (release, --locked); the three
 #            targets share that stage, so Rust is compiled once for all of them
 #   host     taken from host-bin/parley-{server,operator,directory} in the build context, binaries
-#            already built on the host (CI builds them for its tests; BuildKit then skips `build`)
+#            already built on the host (CI builds them for its tests; BuildKit then skips `build`),
+#            and the web client from host-bin/web (`make web`; BuildKit then skips `web-builder`)
 #
 # Base images are pinned by digest; each is an ARG so a machine without a registry can name
 # local ones (scripts/seed-base-images.sh seeds them from Debian). All images run as 65532:65532.
@@ -49,6 +50,26 @@ COPY host-bin/parley-server host-bin/parley-operator host-bin/parley-directory /
 
 FROM binaries-${BINARIES} AS binaries
 
+# ---- the web client's static files (web/dist): bundled here with Debian's Node and npm from
+# web/package-lock.json, or (BINARIES=host) as `make web` built them on the host ----
+FROM ${DEBIAN_IMAGE} AS web-builder
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY web/src src/
+RUN npm run build && mkdir -p /out && cp dist/* /out/
+
+FROM scratch AS web-files-builder
+COPY --from=web-builder /out/ /
+
+FROM scratch AS web-files-host
+COPY host-bin/web/ /
+
+FROM web-files-${BINARIES} AS web-files
+
 # ---- slapd: Debian's OpenLDAP server, its mdb backend and schemas, with the libraries they need
 # (those of libc6 and libgcc-s1 the runtime base has); /var/lib/ldap and /run/slapd for 65532 ----
 FROM ${DEBIAN_IMAGE} AS slapd
@@ -85,6 +106,8 @@ FROM runtime AS server
 LABEL org.opencontainers.image.title="parley-server" \
       org.opencontainers.image.description="Parley's SIP server (instant messaging and presence): Home Server and Front-End"
 COPY --from=binaries /usr/local/bin/parley-server /usr/local/bin/parley-server
+# The web client, for `web.root = "/usr/share/parley/web"` with `listen.web`.
+COPY --from=web-files / /usr/share/parley/web/
 EXPOSE 5060/udp 5060/tcp 5061/tcp 5062/tcp 8080/tcp
 ENTRYPOINT ["/usr/local/bin/parley-server"]
 

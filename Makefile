@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' c
 TAG ?= $(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run run-multi test lint crds crds-check chart-lint bench bench-ab bench-smoke soak fuzz e2e images image-test clean
+.PHONY: help deps build web run run-multi test lint crds crds-check chart-lint bench bench-ab bench-smoke soak fuzz e2e images image-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,7 +20,10 @@ deps: ## Install what the tests need (Debian packages, pinned Helm in .tools/bin
 build: ## Build both binaries (release)
 	$(CARGO) build --release --workspace
 
-run: ## Start a standalone Home Server with the sample users (Ctrl-C stops it)
+web: ## Build the web client into web/dist (npm ci when package-lock.json changed, then esbuild)
+	@./scripts/web-build.sh
+
+run: ## Start a standalone Home Server with the sample users and the web client (Ctrl-C stops it)
 	@./scripts/run.sh
 
 run-multi: ## A Front-End in front of two Home Servers on 127.0.0.1, mutual TLS between them (Ctrl-C stops)
@@ -82,4 +85,4 @@ image-test: ## Build the three images (binaries from this host) and run each; st
 
 clean: ## Remove build output and installed tools
 	$(CARGO) clean
-	rm -rf .tools .parley-demo .parley-demo-multi
+	rm -rf .tools .parley-demo .parley-demo-multi web/node_modules web/dist

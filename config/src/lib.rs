@@ -47,6 +47,12 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default)]
     pub api: Api,
+    /// Messages kept for users with no device signed in.
+    #[serde(default, skip_serializing_if = "Offline::is_default")]
+    pub offline: Offline,
+    /// The web client and who may open WebSocket connections.
+    #[serde(default, skip_serializing_if = "Web::is_default")]
+    pub web: Web,
     /// The Front-End's routing table (role `frontend` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontend: Option<FrontEnd>,
@@ -59,6 +65,55 @@ pub struct Api {
     /// File holding a token that authorises an administrator for every user (`Bearer` scheme).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// Page-mode messages (MESSAGE) for a known user with no registered device are kept on the
+/// user's Home Server, answered `202 Accepted`, and delivered when the user next registers.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Offline {
+    /// `false`: such messages get `480 Temporarily Unavailable`, as before.
+    pub enabled: bool,
+    /// Messages kept for one user; past it, `480`.
+    pub max_per_user: usize,
+    /// Messages kept on this server for all users together; past it, `480`.
+    pub max_total: usize,
+    /// Seconds a message is kept; an older one is dropped undelivered (and counted).
+    pub expiry_secs: u64,
+}
+
+impl Default for Offline {
+    fn default() -> Self {
+        Offline { enabled: true, max_per_user: 100, max_total: 100_000, expiry_secs: 7 * 24 * 3600 }
+    }
+}
+
+impl Offline {
+    fn is_default(&self) -> bool {
+        *self == Offline::default()
+    }
+}
+
+/// The web client and the WebSocket listeners' Origin check.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    /// Directory of the built web client (`make web` writes `web/dist`), served by `listen.web`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Origins (`https://chat.example.test`, `http://127.0.0.1:8088`) whose pages may open a
+    /// WebSocket to `listen.ws`/`listen.wss`; `"*"` allows any. Empty (the default): only pages
+    /// from the same host as the WebSocket listener (any port), which is where the web client
+    /// comes from. A request without an Origin (not from a browser) is always allowed: the check
+    /// guards users' browsers against other sites' pages, not the server against clients.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub origins: Vec<String>,
+}
+
+impl Web {
+    fn is_default(&self) -> bool {
+        *self == Web::default()
+    }
 }
 
 fn default_server_name() -> String {
@@ -75,6 +130,16 @@ pub struct Listen {
     /// `tls.ca` and verify the other's. Requests arriving here may carry an asserted identity.
     pub internal: Option<SocketAddr>,
     pub ops: Option<SocketAddr>,
+    /// SIP over WebSocket (RFC 7118, subprotocol `sip`), plain: for a browser on the same machine
+    /// or behind a proxy that ends TLS. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws: Option<SocketAddr>,
+    /// SIP over secure WebSocket, with the `[tls]` certificate. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss: Option<SocketAddr>,
+    /// HTTP listener serving the web client (`web.root`) at `/`. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<SocketAddr>,
     /// Host or address written into Via, Contact, Path and Record-Route headers this server adds
     /// (default: the listening address, or the SIP domain when listening on every address).
     pub advertise: Option<String>,
@@ -93,6 +158,9 @@ impl Default for Listen {
             tls: None,
             internal: None,
             ops: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            ws: None,
+            wss: None,
+            web: None,
             advertise: None,
             advertise_internal: None,
         }
@@ -373,6 +441,9 @@ impl Config {
         if let Some(f) = &mut self.api.admin_token_file {
             rebase(f);
         }
+        if let Some(r) = &mut self.web.root {
+            rebase(r);
+        }
         match &mut self.directory {
             DirectoryConfig::File { file } => rebase(file),
             DirectoryConfig::Ldap { bind_password_file, ca_file, .. } => {
@@ -389,11 +460,28 @@ impl Config {
         if !is_domain_name(d) {
             return Err(format!("key `sip_domain`: {d:?} is not a domain name"));
         }
-        if self.listen.udp.is_none() && self.listen.tcp.is_none() && self.listen.tls.is_none() {
-            return Err("key `listen`: no SIP transport is enabled (set udp, tcp or tls)".into());
+        let l = &self.listen;
+        if l.udp.is_none() && l.tcp.is_none() && l.tls.is_none() && l.ws.is_none() && l.wss.is_none() {
+            return Err("key `listen`: no SIP transport is enabled (set udp, tcp, tls, ws or wss)".into());
         }
         if self.listen.tls.is_some() && self.tls.is_none() {
             return Err("key `listen.tls` is set but the `[tls]` section (cert, key) is missing".into());
+        }
+        if self.listen.wss.is_some() && self.tls.is_none() {
+            return Err("key `listen.wss` is set but the `[tls]` section (cert, key) is missing".into());
+        }
+        if self.listen.web.is_some() && self.web.root.is_none() {
+            return Err("key `listen.web` needs `web.root`: the directory of the built web client".into());
+        }
+        for o in &self.web.origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(format!("key `web.origins`: {o:?} is not \"*\" or an http(s)://host[:port] origin"));
+            }
+        }
+        if self.offline.enabled && (self.offline.max_per_user == 0 || self.offline.expiry_secs == 0) {
+            return Err(
+                "keys `offline.max_per_user` and `offline.expiry_secs`: at least 1 (or offline.enabled = false)".into(),
+            );
         }
         if self.listen.internal.is_some() && self.tls.as_ref().is_none_or(|t| t.ca.is_none()) {
             return Err("key `listen.internal` needs `tls.ca`: the CA both ends of the internal link trust".into());
@@ -505,6 +593,24 @@ mod tests {
         assert!(e.contains("registrar.min_expires"), "{e}");
         let e = Config::parse(&format!("{MINIMAL}[auth]\nalgorithms = [\"SHA-512\"]\n"), Role::Home).unwrap_err();
         assert!(e.contains("algorithms"), "{e}");
+    }
+
+    #[test]
+    fn websocket_web_and_offline_keys_are_checked() {
+        let e = Config::parse(&format!("{MINIMAL}[listen]\nwss = \"127.0.0.1:5067\"\n"), Role::Home).unwrap_err();
+        assert!(e.contains("listen.wss"), "{e}");
+        let web = format!("{MINIMAL}[listen]\nudp = \"127.0.0.1:5060\"\nweb = \"127.0.0.1:8088\"\n");
+        let e = Config::parse(&web, Role::Home).unwrap_err();
+        assert!(e.contains("web.root"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[web]\norigins = [\"chat.example.test\"]\n"), Role::Home).unwrap_err();
+        assert!(e.contains("web.origins"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[offline]\nmax_per_user = 0\n"), Role::Home).unwrap_err();
+        assert!(e.contains("offline.max_per_user"), "{e}");
+        let only_ws = MINIMAL.to_string() + "[listen]\nws = \"127.0.0.1:5066\"\n[web]\norigins = [\"*\"]\n";
+        let c = Config::parse(&only_ws, Role::Home).unwrap();
+        assert_eq!(c.listen.ws, Some("127.0.0.1:5066".parse().unwrap()));
+        assert!(c.offline.enabled, "kept by default");
+        assert_eq!(Config::parse(&c.to_toml(), Role::Home).unwrap(), c);
     }
 
     #[test]

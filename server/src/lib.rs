@@ -17,6 +17,7 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod web;
 
 pub use parley_config as config;
 pub use parley_sip as sip;

@@ -82,7 +82,7 @@ impl Shared {
         }
     }
 
-    /// Binds the clients' listeners: UDP, TCP and TLS.
+    /// Binds the clients' listeners: UDP, TCP, TLS, WebSocket and secure WebSocket.
     async fn listen_public(
         &self,
         config: &Config,
@@ -103,13 +103,14 @@ impl Shared {
             advertised(Transport::Tcp, advertise(bound));
             tracing::info!(%bound, "listening on TCP");
         }
-        if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
-            if tls.self_signed {
-                let names = vec![config.sip_domain.clone(), "localhost".into(), addr.ip().to_string()];
-                if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
-                    tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
-                }
+        let tls_listener = config.listen.tls.or(config.listen.wss);
+        if let (Some(tls), Some(first)) = (config.tls.as_ref().filter(|t| t.self_signed), tls_listener) {
+            let names = vec![config.sip_domain.clone(), "localhost".into(), first.ip().to_string()];
+            if transport::tls::ensure_self_signed(&tls.cert, &tls.key, names)? {
+                tracing::info!(cert = %tls.cert.display(), "created a self-signed certificate");
             }
+        }
+        if let (Some(addr), Some(tls)) = (config.listen.tls, &config.tls) {
             let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
             let bound = transports
                 .listen_stream(addr, transport::StreamKind::Tls(acceptor))
@@ -117,6 +118,24 @@ impl Shared {
                 .with_context(|| format!("binding TLS {addr}"))?;
             advertised(Transport::Tls, advertise(bound));
             tracing::info!(%bound, "listening on TLS");
+        }
+        let origins = Arc::new(transport::ws::OriginPolicy { allowed: config.web.origins.clone() });
+        if let Some(addr) = config.listen.ws {
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Ws(None, origins.clone()))
+                .await
+                .with_context(|| format!("binding WebSocket {addr}"))?;
+            advertised(Transport::Ws, advertise(bound));
+            tracing::info!(%bound, "listening on WebSocket (ws)");
+        }
+        if let (Some(addr), Some(tls)) = (config.listen.wss, &config.tls) {
+            let acceptor = transport::tls::acceptor(&tls.cert, &tls.key)?;
+            let bound = transports
+                .listen_stream(addr, transport::StreamKind::Ws(Some(acceptor), origins.clone()))
+                .await
+                .with_context(|| format!("binding secure WebSocket {addr}"))?;
+            advertised(Transport::Wss, advertise(bound));
+            tracing::info!(%bound, "listening on secure WebSocket (wss)");
         }
         Ok(())
     }
@@ -171,6 +190,17 @@ impl Shared {
             }
             let bound = http::serve(addr, state).await.with_context(|| format!("binding operations HTTP {addr}"))?;
             tracing::info!(%bound, "operations HTTP on /healthz /readyz /metrics");
+        }
+        if let (Some(addr), Some(root)) = (config.listen.web, &config.web.root) {
+            let client = crate::web::WebClient {
+                root: root.clone(),
+                domain: config.sip_domain.clone(),
+                ws_port: config.listen.ws.map(|a| a.port()),
+                wss_port: config.listen.wss.map(|a| a.port()),
+            };
+            let bound =
+                crate::web::serve(addr, client).await.with_context(|| format!("binding the web client {addr}"))?;
+            tracing::info!(%bound, root = %root.display(), "web client on http://{bound}/");
         }
         Ok(())
     }

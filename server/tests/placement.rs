@@ -136,9 +136,9 @@ fn deploy() -> Deployment {
     );
     let api = format!("[api]\nadmin_token_file = {token_file:?}\n");
     let homes: Vec<Node> =
-        (1..=3).map(|i| Node::start_with(dir.path(), &format!("home-{i}"), &ca, &directory, None, &api)).collect();
+        (1..=3).map(|i| Node::start_with(dir.path(), &format!("home-{i}"), &ca, &directory, None, "", &api)).collect();
     let table: Vec<(String, SocketAddr)> = homes.iter().map(|h| (h.name.clone(), h.internal)).collect();
-    let fe = Node::start_with(dir.path(), "fe-1", &ca, &directory, Some(&table), "");
+    let fe = Node::start_with(dir.path(), "fe-1", &ca, &directory, Some(&table), "", "");
     let d = Deployment { dir, slapd, homes, fe, token_file };
     let out = d.register_homes([200, 200, 200]);
     assert!(out.contains("home-1: address set to") && out.contains("capacity set to 200"), "{out}");

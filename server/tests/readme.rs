@@ -23,18 +23,41 @@ fn readme_block(name: &str) -> Vec<String> {
 /// moved to free ones and its demo folder to `<temp>/.parley-demo` (so that `$PWD/.parley-demo`
 /// in the README means the same, run from `<temp>`).
 fn example_server() -> Server {
+    example_server_with_web().0
+}
+
+/// `example_server`, and the address of its web client.
+fn example_server_with_web() -> (Server, std::net::SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let (sip, tls, ops) = (free_port(), free_port(), free_port());
+    let (ws, wss, web) = (free_port(), free_port(), free_port());
     let example = std::fs::read_to_string(repo_root().join("examples/standalone/parley.toml")).unwrap();
     let demo = dir.path().join(".parley-demo");
     let config = example
         .replace(":5060", &format!(":{sip}"))
         .replace(":5061", &format!(":{tls}"))
         .replace(":8080", &format!(":{ops}"))
+        .replace(":5066", &format!(":{ws}"))
+        .replace(":5067", &format!(":{wss}"))
+        .replace(":8088", &format!(":{web}"))
+        .replace("../../web/dist", repo_root().join("web/dist").to_str().unwrap())
         .replace("../../.parley-demo", demo.to_str().unwrap())
         .replace("\"users.toml\"", &format!("{:?}", repo_root().join("examples/standalone/users.toml")));
     std::fs::write(dir.path().join("parley.toml"), config).unwrap();
-    Server::start_from_with_log(dir, sip, tls, ops, None)
+    (Server::start_from_with_log(dir, sip, tls, ops, None), std::net::SocketAddr::from(([127, 0, 0, 1], web)))
+}
+
+#[test]
+fn the_example_serves_the_web_client_and_names_its_websocket_ports() {
+    let (server, web) = example_server_with_web();
+    let (code, body) = support::http_get(web, "/config.json").expect("the web client's listener answers");
+    assert_eq!(code, 200, "{body}");
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["domain"], "example.test");
+    assert!(config["ws"].is_u64() && config["wss"].is_u64(), "{config}");
+    assert!(server.log_text().contains("listening on secure WebSocket"), "{}", server.log_text());
+    // Nothing but plain file names under web.root.
+    assert_eq!(support::http_get(web, "/..%2Fparley.toml").map(|r| r.0), Some(404));
 }
 
 /// A README command with the example's ports replaced by the server's.

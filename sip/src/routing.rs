@@ -92,6 +92,8 @@ impl FlowTokens {
             Transport::Tcp => 1,
             Transport::Tls => 2,
             Transport::Internal => 3,
+            Transport::Ws => 4,
+            Transport::Wss => 5,
         });
         match flow.remote.ip() {
             IpAddr::V4(ip) => data.extend_from_slice(&ip.octets()),
@@ -116,6 +118,8 @@ impl FlowTokens {
             1 => Transport::Tcp,
             2 => Transport::Tls,
             3 => Transport::Internal,
+            4 => Transport::Ws,
+            5 => Transport::Wss,
             _ => return None,
         };
         let ip: IpAddr = match body.len() {
@@ -140,6 +144,7 @@ mod tests {
         for flow in [
             Flow { transport: Transport::Tcp, remote: "192.0.2.7:40000".parse().unwrap(), conn: 42 },
             Flow::datagram(Transport::Udp, "[2001:db8::1]:5060".parse().unwrap()),
+            Flow { transport: Transport::Wss, remote: "192.0.2.8:50000".parse().unwrap(), conn: 7 },
         ] {
             let token = t.encode(&flow);
             assert_eq!(t.decode(&token), Some(flow));

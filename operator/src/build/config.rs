@@ -66,6 +66,9 @@ pub fn build(
             tls: any(SIP_TLS_PORT),
             internal: any(INTERNAL_PORT),
             ops: any(OPS_PORT),
+            ws: None,
+            wss: None,
+            web: None,
             advertise: advertise.public.clone(),
             advertise_internal: advertise.internal.clone(),
         },
@@ -93,6 +96,8 @@ pub fn build(
                 .filter(|_| front_end.is_none())
                 .map(|_| paths::API_TOKEN.into()),
         },
+        offline: Default::default(),
+        web: Default::default(),
         frontend: front_end.map(|home_servers| FrontEnd {
             home_servers: home_servers.to_vec(),
             route_cache_secs: parley_config::default_route_cache_secs(),

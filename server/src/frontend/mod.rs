@@ -568,8 +568,7 @@ impl Proxy {
             let public = self.advertised(flow.transport);
             let public = match flow.transport {
                 Transport::Udp => format!("<sip:{public};lr>"),
-                Transport::Tcp => format!("<sip:{public};transport=tcp;lr>"),
-                Transport::Tls | Transport::Internal => format!("<sip:{public};transport=tls;lr>"),
+                t => format!("<sip:{public};transport={};lr>", t.uri_param()),
             };
             req.headers.push_front("Record-Route", public);
             req.headers.push_front("Record-Route", format!("<sip:{token}@{internal};transport=tls;lr>"));

@@ -72,6 +72,8 @@ pub struct CoreSettings {
     pub guard: super::guard::Policy,
     /// Requests in progress above which new ones get 503 at once.
     pub max_pending_requests: usize,
+    /// Messages kept for users with no device: on or off, bounds, expiry.
+    pub offline: crate::config::Offline,
 }
 
 /// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
@@ -87,6 +89,8 @@ pub(super) enum After {
     PresenceChanged(String),
     /// A user's watchers changed: notify its watcher-info subscriptions.
     WatchersChanged(String),
+    /// A user registered a device: send it the messages kept meanwhile.
+    DeliverKept(String),
 }
 
 /// What a method's handler decided.
@@ -123,9 +127,11 @@ enum Stage {
 
 /// Who waits for the answer to a request this server sent.
 #[derive(Debug)]
-enum Waiter {
+pub(super) enum Waiter {
     /// A branch of a forked request.
     Fork(TaskId),
+    /// A kept message (user, sequence number) sent to one of the user's devices.
+    Kept(String, u64),
     /// A NOTIFY of this subscription.
     Notify(String),
     /// Nobody (its request could not be sent and that was dealt with).
@@ -147,6 +153,8 @@ pub struct Core {
     pub(super) guard: Guard,
     pub(super) registrar: Registrar,
     pub(super) presence: PresenceState,
+    /// Messages kept for users with no device.
+    pub(super) offline: super::offline::OfflineQueue,
     /// The SIP domains served here.
     pub(super) domains: Domains,
     pub(super) metrics: Arc<Metrics>,
@@ -204,8 +212,13 @@ impl Service for Core {
             self.answered(now, waiter, None);
         }
         if self.last_sweep.is_none_or(|last| now.instant.duration_since(last) >= SWEEP_INTERVAL) {
+            let first = self.last_sweep.is_none();
             self.last_sweep = Some(now.instant);
             self.sweep(now);
+            if first {
+                // After a restart: users still registered get what was kept for them.
+                self.deliver_all_kept(now);
+            }
         }
     }
 
@@ -232,6 +245,7 @@ impl Core {
             max_expires: r.max_expires,
             admin_token,
             max_pending_requests: config.limits.max_pending_requests,
+            offline: config.offline.clone(),
             guard: super::guard::Policy {
                 max_failures_per_source: a.max_failures_per_source,
                 max_failures_per_user: a.max_failures_per_user,
@@ -258,6 +272,7 @@ impl Core {
             auth,
             registrar,
             presence: PresenceState::default(),
+            offline: Default::default(),
             metrics,
             moves: Default::default(),
             server_txns: ServerTransactions::new(timers),
@@ -289,6 +304,7 @@ impl Core {
             self.run_after(now, After::PresenceChanged(aor));
         }
         self.presence_sweep(now);
+        self.expire_kept(now);
     }
 
     pub fn binding_count(&self) -> usize {
@@ -318,7 +334,7 @@ impl Core {
 
     /// Sends a request along a flow with a fresh Via in a new client transaction; its answer
     /// (or its absence) goes to `waiter`.
-    fn start_request(&mut self, now: Now, flow: Flow, mut req: Message, waiter: Waiter) {
+    pub(super) fn start_request(&mut self, now: Now, flow: Flow, mut req: Message, waiter: Waiter) {
         let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
         let host = self.via_host(flow.transport);
         req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
@@ -532,6 +548,7 @@ impl Core {
                     self.drop_subscription(&sub);
                 }
             }
+            Waiter::Kept(aor, seq) => self.kept_answered(now, aor, seq, answer.as_ref()),
             Waiter::Gone => {}
         }
     }
@@ -589,6 +606,7 @@ impl Core {
                 let ids = self.winfo_subscriptions(&aor);
                 self.notify(now, ids, true, None)
             }
+            After::DeliverKept(aor) => self.deliver_kept(now, &aor),
         }
     }
 
@@ -692,6 +710,8 @@ impl Core {
             Transport::Tls => format!("<sips:parley@{host}>"),
             // The Front-End finds this server by this address in its routing table.
             Transport::Internal => format!("<sip:parley@{host};transport=tls>"),
+            Transport::Ws => format!("<sip:parley@{host};transport=ws>"),
+            Transport::Wss => format!("<sips:parley@{host};transport=ws>"),
         }
     }
 

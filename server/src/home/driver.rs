@@ -42,9 +42,12 @@ pub async fn open(
         subscriptions: store.load(Table::Subscriptions)?,
     };
     let subscriptions = core.restore_presence(now, durable);
+    core.offline = super::offline::OfflineQueue::restore(store.load(Table::Offline)?);
+    let kept = core.offline.total();
+    core.metrics.offline_held.store(kept as u64, std::sync::atomic::Ordering::Relaxed);
     let bindings = core.binding_count();
     core.metrics.registrations.store(bindings as u64, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(bindings, subscriptions, "restored state from the store");
+    tracing::info!(bindings, subscriptions, kept, "restored state from the store");
     if let Ok(domains) = directory.domains().await {
         core.admit_domains(domains);
     }

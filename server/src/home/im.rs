@@ -1,6 +1,6 @@
 //! Page-mode instant messages (RFC 3428): an authenticated local user's MESSAGE is forked to
 //! every registered contact of the destination; the first 2xx answers the sender (the core
-//! collects the branches' answers).
+//! collects the branches' answers). A user with no device gets the message later (`offline`).
 
 use super::core::{Core, Facts, Now, Outcome};
 use crate::sip::Message;
@@ -23,11 +23,11 @@ impl Core {
         let Some(aor) = self.local_aor(&target) else {
             return self.respond_with(req, 404, "Not Found").into();
         };
-        match facts.user(&aor) {
-            Ok(Some(u)) if u.enabled => {}
+        let homed_here = match facts.user(&aor) {
+            Ok(Some(u)) if u.enabled => u.home_server.as_deref().is_none_or(|h| h == self.settings.server_name),
             Ok(_) => return self.respond(req, 404).into(),
             Err(e) => return self.unavailable(req, e).into(),
-        }
+        };
         let max_forwards = match req.headers.get("Max-Forwards").map(|m| m.trim().parse::<u8>()) {
             Some(Ok(0)) => return self.respond(req, 483).into(),
             Some(Ok(n)) => n - 1,
@@ -35,7 +35,12 @@ impl Core {
         };
         let bindings = self.registrar.lookup(&aor, now.wall);
         if bindings.is_empty() {
-            return self.respond(req, 480).into();
+            // Kept for when the user signs in (202), or 480 when that is off or over a bound, or
+            // when the user's messages are kept by another Home Server.
+            if !homed_here {
+                return self.respond(req, 480).into();
+            }
+            return self.keep_for_later(now, req, &aor);
         }
         let branches = bindings
             .into_iter()

@@ -9,6 +9,7 @@ pub mod guard;
 mod identity;
 mod im;
 pub mod moves;
+mod offline;
 pub mod presence;
 mod register;
 pub mod registrar;

@@ -64,6 +64,8 @@ pub struct Loaded {
     publications: Vec<Publication>,
     rules: Option<Rules>,
     contacts: Option<Vec<String>>,
+    /// Messages kept for the user, oldest first.
+    offline: Vec<super::offline::Kept>,
 }
 
 impl Loaded {
@@ -87,6 +89,16 @@ impl Loaded {
                 Table::Publications => loaded.publications = value(state, table)?.unwrap_or_default(),
                 Table::Rules => loaded.rules = value(state, table)?,
                 Table::Contacts => loaded.contacts = value(state, table)?,
+                _ => {}
+            }
+        }
+        for table in Table::PER_USER_MANY {
+            match table {
+                Table::Offline => {
+                    let by_suffix: std::collections::BTreeMap<String, super::offline::Kept> =
+                        value(state, table)?.unwrap_or_default();
+                    loaded.offline = by_suffix.into_values().collect();
+                }
                 _ => {}
             }
         }
@@ -192,7 +204,16 @@ impl Core {
         self.presence.forget_user(aor);
         self.metrics.registrations.store(self.registrar.binding_count() as u64, Relaxed);
         self.run_after(now, After::PresenceChanged(aor.to_string()));
-        crate::store::Store::delete_user_writes(aor)
+        self.user_state_deletes(aor)
+    }
+
+    /// The writes deleting what is stored for `aor`, whose kept messages this core lets go.
+    fn user_state_deletes(&mut self, aor: &str) -> Vec<Write> {
+        let mut writes = crate::store::Store::delete_user_writes(aor);
+        let kept = self.offline.take_user(aor);
+        writes.extend(kept.iter().map(|k| Write::delete(Table::Offline, super::offline::Kept::key(aor, k.seq))));
+        self.metrics.offline_held.store(self.offline.total() as u64, Relaxed);
+        writes
     }
 
     /// Takes a user moved here (their state is on disk already).
@@ -212,11 +233,13 @@ impl Core {
     pub fn drop_received_user(&mut self, now: Now, aor: &str) -> Vec<Write> {
         self.moves.arrived.remove(aor);
         self.install_user(now, aor, Loaded::default());
-        crate::store::Store::delete_user_writes(aor)
+        self.user_state_deletes(aor)
     }
 
     fn install_user(&mut self, now: Now, aor: &str, loaded: Loaded) {
-        let Loaded { bindings, publications, rules, contacts } = loaded;
+        let Loaded { bindings, publications, rules, contacts, offline } = loaded;
+        self.offline.install_user(aor, offline);
+        self.metrics.offline_held.store(self.offline.total() as u64, Relaxed);
         self.registrar.remove(aor);
         self.registrar.restore(aor.to_string(), bindings, now.wall);
         self.presence.forget_user(aor);

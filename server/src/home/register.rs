@@ -35,7 +35,13 @@ impl Core {
         if added.is_empty() && removed.is_empty() {
             tracing::debug!(user = %aor, %source, %transport, "registration refreshed");
         }
-        let after = if was_online != now_online { vec![After::PresenceChanged(aor)] } else { vec![] };
+        let mut after = if was_online != now_online { vec![After::PresenceChanged(aor.clone())] } else { vec![] };
+        // Any registration, a refresh too: after a restart or a lost connection the device
+        // registers the same contact again over a new flow, and the messages kept meanwhile go
+        // there (one delivery at a time: one under way is not started again).
+        if now_online && self.offline.pending(&aor) > 0 {
+            after.push(After::DeliverKept(aor));
+        }
         Outcome::Respond { response, writes: vec![write], after }
     }
 

@@ -82,6 +82,7 @@ impl Sim {
             max_expires: 7200,
             admin_token: None,
             max_pending_requests: 3,
+            offline: crate::config::Offline::default(),
             guard: guard::Policy {
                 max_failures_per_source: 10,
                 max_failures_per_user: 100,
@@ -464,10 +465,63 @@ fn a_failed_flow_is_480_for_the_sender_and_ends_the_dialog_it_carried() {
 #[test]
 fn messages_to_offline_unknown_and_foreign_users() {
     let mut sim = Sim::new();
+    sim.core.settings.offline.enabled = false;
     let mut bob = client("bob", "192.0.2.20:5060");
     assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "hi")), [480]);
     assert_eq!(statuses(&bob.message(&mut sim, "nobody@example.test", "hi")), [404]);
     assert_eq!(statuses(&bob.message(&mut sim, "dave@elsewhere.test", "hi")), [404]);
+}
+
+#[test]
+fn messages_for_a_user_with_no_device_are_kept_then_delivered_in_order_once() {
+    let mut sim = Sim::new();
+    sim.core.settings.offline.max_per_user = 2;
+    let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));
+    let sent = bob.message(&mut sim, "alice@example.test", "first");
+    assert_eq!(statuses(&sent), [202], "kept, once durable");
+    assert_eq!(sim.written(Table::Offline, "alice@example.test\u{0}00000000000000000000"), Some(true));
+    sim.now = sim.now.after(Duration::from_secs(5));
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "second")), [202]);
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "third")), [480], "over the bound");
+
+    // alice signs in: the oldest first, from bob, dated when bob sent it; the next only after.
+    let sent = alice.register(&mut sim, 600);
+    let [first] = requests(&sent, "MESSAGE")[..] else { panic!("one MESSAGE: {:?}", statuses(&sent)) };
+    assert_eq!((first.body(), first.msg.request_uri()), ("first".to_string(), Some("sip:alice@192.0.2.10:5060")));
+    assert!(first.header("From").contains("sip:bob@example.test"), "{}", first.header("From"));
+    assert_eq!(first.header("Date"), "Fri, 15 Jan 2027 08:00:00 GMT");
+    let sent = alice.answer(&mut sim, first, 200);
+    assert_eq!(sim.written(Table::Offline, "alice@example.test\u{0}00000000000000000000"), Some(false));
+    let [second] = requests(&sent, "MESSAGE")[..] else { panic!("the second MESSAGE: {:?}", statuses(&sent)) };
+    assert_eq!(second.body(), "second");
+    // A refusal keeps it for the next sign-in; it is not sent again meanwhile.
+    let sent = alice.answer(&mut sim, second, 486);
+    assert!(requests(&sent, "MESSAGE").is_empty());
+    assert_eq!(sim.core.offline.pending("alice@example.test"), 1);
+    // The next REGISTER, a refresh too (a device back on a new connection registers the same
+    // contact), sends it again.
+    let sent = alice.register(&mut sim, 600);
+    let [again] = requests(&sent, "MESSAGE")[..] else {
+        panic!("sent again at the next REGISTER: {:?}", statuses(&sent))
+    };
+    assert_eq!(again.body(), "second");
+    alice.answer(&mut sim, again, 200);
+    assert_eq!(sim.core.offline.total(), 0);
+    // carol is homed on home-2: her messages are not kept here.
+    assert_eq!(statuses(&bob.message(&mut sim, "carol@example.test", "hi")), [480]);
+    assert_eq!(sim.core.metrics.offline_delivered.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn kept_messages_expire() {
+    let mut sim = Sim::new();
+    sim.core.settings.offline.expiry_secs = 60;
+    let mut bob = client("bob", "192.0.2.20:5060");
+    assert_eq!(statuses(&bob.message(&mut sim, "alice@example.test", "soon gone")), [202]);
+    sim.wait(Duration::from_secs(61));
+    assert_eq!(sim.core.offline.total(), 0);
+    assert_eq!(sim.written(Table::Offline, "alice@example.test\u{0}00000000000000000000"), Some(false));
+    assert_eq!(sim.core.metrics.offline_expired.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -739,4 +793,40 @@ fn a_user_being_moved_gets_503_then_rehome_and_their_dialogs_end_deactivated() {
     sim.wait(crate::home::moves::MOVE_LOCK + Duration::from_secs(2));
     assert_eq!(sim.core.moves_in_progress(sim.now.wall), 0);
     assert_eq!(statuses(&bob.register(&mut sim, 3600)), [200]);
+}
+
+#[test]
+fn a_moved_users_kept_messages_go_with_them_and_are_delivered_at_the_new_home() {
+    use crate::home::moves::Loaded;
+    // The old home keeps two messages for alice, who has no device.
+    let mut old = Sim::new();
+    let mut bob = client("bob", "192.0.2.20:5060");
+    bob.register(&mut old, 3600);
+    for text in ["first", "second"] {
+        assert_eq!(statuses(&bob.message(&mut old, "alice@example.test", text)), [202]);
+    }
+    // The move: what the store exports for alice (her kept messages by key suffix) ...
+    let mut state = crate::store::UserState::new();
+    let kept: serde_json::Map<String, serde_json::Value> = (0..2)
+        .map(|i| {
+            let k = &old.core.offline.queues_for_tests("alice@example.test")[i];
+            (format!("{:020}", k.seq), serde_json::to_value(k).unwrap())
+        })
+        .collect();
+    state.insert("offline_messages".into(), serde_json::Value::Object(kept));
+    // ... the old home lets her go and deletes them from its store ...
+    let writes = old.core.finish_move_out(old.now, "alice@example.test");
+    let deleted: Vec<&str> =
+        writes.iter().filter(|w| w.table == Table::Offline && w.value.is_none()).map(|w| w.key.as_str()).collect();
+    assert_eq!(deleted.len(), 2, "{writes:?}");
+    assert!(deleted.iter().all(|k| k.starts_with("alice@example.test\u{0}")));
+    assert_eq!(old.core.offline.total(), 0);
+    // ... and the new home holds them and delivers them, oldest first, at her next sign-in.
+    let mut new = Sim::new();
+    new.core.receive_user(new.now, "alice@example.test", Loaded::parse(&state).unwrap());
+    assert_eq!(new.core.offline.pending("alice@example.test"), 2);
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let sent = alice.register(&mut new, 3600);
+    let [first] = requests(&sent, "MESSAGE")[..] else { panic!("the first kept message: {:?}", statuses(&sent)) };
+    assert_eq!(first.body(), "first");
 }

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub malformed_responses: AtomicU64,
     pub stray_responses: AtomicU64,
     pub messages_delivered: AtomicU64,
+    /// Messages kept for a user with no device (answered 202), delivered later, or dropped when
+    /// they expired undelivered; and those held now.
+    pub offline_stored: AtomicU64,
+    pub offline_delivered: AtomicU64,
+    pub offline_expired: AtomicU64,
+    pub offline_held: AtomicU64,
     pub active_connections: AtomicU64,
     pub connections_refused: AtomicU64,
     pub registrations: AtomicU64,
@@ -103,7 +109,7 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 19] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 23] = [
             (
                 "parley_homed_users",
                 "gauge",
@@ -184,12 +190,36 @@ impl Metrics {
                 &self.messages_delivered,
             ),
             (
+                "parley_offline_messages_stored_total",
+                "counter",
+                "MESSAGE requests for a user with no device, kept and answered 202.",
+                &self.offline_stored,
+            ),
+            (
+                "parley_offline_messages_delivered_total",
+                "counter",
+                "Kept messages delivered (answered 2xx) once their user registered.",
+                &self.offline_delivered,
+            ),
+            (
+                "parley_offline_messages_expired_total",
+                "counter",
+                "Kept messages dropped undelivered at their expiry.",
+                &self.offline_expired,
+            ),
+            ("parley_offline_messages", "gauge", "Kept messages waiting for their user.", &self.offline_held),
+            (
                 "parley_connections_refused_total",
                 "counter",
                 "Connections refused by a limit.",
                 &self.connections_refused,
             ),
-            ("parley_active_connections", "gauge", "Open TCP and TLS connections.", &self.active_connections),
+            (
+                "parley_active_connections",
+                "gauge",
+                "Open TCP, TLS and WebSocket connections.",
+                &self.active_connections,
+            ),
             ("parley_registrations", "gauge", "Registered contact bindings.", &self.registrations),
             ("parley_server_transactions", "gauge", "Server transactions held.", &self.server_transactions),
             ("parley_client_transactions", "gauge", "Client transactions held.", &self.client_transactions),

@@ -1,5 +1,6 @@
-//! Durable state on the data volume: registrations, publications, subscriptions, presence rules
-//! and contact lists, each a table of JSON values in one redb file (`<data_dir>/parley.redb`).
+//! Durable state on the data volume: registrations, publications, subscriptions, presence rules,
+//! contact lists and messages kept for offline users, each a table of JSON values in one redb
+//! file (`<data_dir>/parley.redb`).
 //!
 //! redb commits are crash-safe (copy-on-write B-trees, fsync on commit), so a write the server has
 //! awaited before answering a client survives `kill -9`. redb keeps no separate journal: the file
@@ -21,17 +22,30 @@ pub enum Table {
     Subscriptions,
     Rules,
     Contacts,
+    /// Messages kept for users with no device, keyed `<address of record>\0<sequence>`: several
+    /// per user, in order (see [`Table::PER_USER_MANY`]).
+    Offline,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 5] =
-        [Table::Registrations, Table::Publications, Table::Subscriptions, Table::Rules, Table::Contacts];
+    pub const ALL: [Table; 6] = [
+        Table::Registrations,
+        Table::Publications,
+        Table::Subscriptions,
+        Table::Rules,
+        Table::Contacts,
+        Table::Offline,
+    ];
 
     /// The tables whose key is a user's address of record: what a user's durable state is, and
     /// what `user move` carries to another Home Server (`export_user`, `import_user`). A table
     /// added here travels with its user without any change to the move.
     pub const PER_USER: [Table; 4] = [Table::Registrations, Table::Publications, Table::Rules, Table::Contacts];
+
+    /// The tables holding several entries per user, keyed `<address of record>\0<suffix>`: a
+    /// user's state holds them as an object by suffix, and they travel with the user too.
+    pub const PER_USER_MANY: [Table; 1] = [Table::Offline];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +54,7 @@ impl Table {
             Table::Subscriptions => "subscriptions",
             Table::Rules => "rules",
             Table::Contacts => "contacts",
+            Table::Offline => "offline_messages",
         }
     }
 
@@ -188,7 +203,8 @@ impl Store {
         }
     }
 
-    /// A user's durable state: every per-user table's value under the user's address.
+    /// A user's durable state: every per-user table's value under the user's address, and the
+    /// user's entries of the tables holding several (an object by key suffix).
     pub fn export_user(&self, aor: &str) -> anyhow::Result<UserState> {
         let mut state = UserState::new();
         for table in Table::PER_USER {
@@ -196,27 +212,50 @@ impl Store {
                 state.insert(table.name().to_string(), v);
             }
         }
+        let prefix = format!("{aor}\u{0}");
+        for table in Table::PER_USER_MANY {
+            let txn = self.inner.db.begin_read()?;
+            let t = txn.open_table(table.def())?;
+            let mut entries = serde_json::Map::new();
+            for entry in t.range(prefix.as_str()..)? {
+                let (k, v) = entry?;
+                let Some(suffix) = k.value().strip_prefix(&prefix) else { break };
+                entries.insert(suffix.to_string(), serde_json::from_slice(v.value())?);
+            }
+            if !entries.is_empty() {
+                state.insert(table.name().to_string(), serde_json::Value::Object(entries));
+            }
+        }
         Ok(state)
     }
 
-    /// The writes that make `state` the user's whole durable state (tables it leaves out are
-    /// cleared). A table this version does not keep per user is refused, rather than dropped.
+    /// The writes that make `state` the user's durable state (tables it leaves out are cleared;
+    /// entries of a table holding several are added). A table this version does not keep per
+    /// user is refused, rather than dropped.
     pub fn import_writes(aor: &str, state: &UserState) -> anyhow::Result<Vec<Write>> {
+        let per_user = |t: Table| Table::PER_USER.contains(&t) || Table::PER_USER_MANY.contains(&t);
         for name in state.keys() {
-            if !Table::by_name(name).is_some_and(|t| Table::PER_USER.contains(&t)) {
+            if !Table::by_name(name).is_some_and(per_user) {
                 anyhow::bail!("unknown per-user table {name:?} (a newer server's state?)");
             }
         }
-        Ok(Table::PER_USER
+        let mut writes: Vec<Write> = Table::PER_USER
             .into_iter()
             .map(|t| match state.get(t.name()) {
                 Some(v) => Write::put(t, aor, v),
                 None => Write::delete(t, aor),
             })
-            .collect())
+            .collect();
+        for t in Table::PER_USER_MANY {
+            let Some(entries) = state.get(t.name()) else { continue };
+            let entries = entries.as_object().ok_or_else(|| anyhow::anyhow!("{}: not an object", t.name()))?;
+            writes.extend(entries.iter().map(|(suffix, v)| Write::put(t, format!("{aor}\u{0}{suffix}"), v)));
+        }
+        Ok(writes)
     }
 
-    /// The writes that delete a user's durable state.
+    /// The writes that delete a user's durable state kept under their address (entries of the
+    /// tables holding several are deleted by whoever keeps them: the core knows their keys).
     pub fn delete_user_writes(aor: &str) -> Vec<Write> {
         Table::PER_USER.into_iter().map(|t| Write::delete(t, aor)).collect()
     }
@@ -266,12 +305,17 @@ mod tests {
         let writes = Table::PER_USER.iter().map(|t| Write::put(*t, "alice@x", &vec![t.name()])).collect();
         from.apply(writes).await.unwrap();
         from.apply(vec![Write::put(Table::Rules, "bob@x", &1)]).await.unwrap();
+        // Kept messages: several per user, under the user's prefix ("alice@x0" is someone else).
+        let kept = ["alice@x\u{0}01", "alice@x\u{0}02", "alice@x0\u{0}01", "bob@x\u{0}01"];
+        from.apply(kept.iter().map(|k| Write::put(Table::Offline, *k, k)).collect()).await.unwrap();
         let state = from.export_user("alice@x").unwrap();
-        assert_eq!(state.len(), Table::PER_USER.len(), "{state:?}");
+        assert_eq!(state.len(), Table::PER_USER.len() + 1, "{state:?}");
+        assert_eq!(state["offline_messages"], serde_json::json!({"01": kept[0], "02": kept[1]}));
         to.apply(vec![Write::put(Table::Contacts, "alice@x", &"stale")]).await.unwrap();
         to.apply(Store::import_writes("alice@x", &state).unwrap()).await.unwrap();
         assert_eq!(to.export_user("alice@x").unwrap(), state);
         from.apply(Store::delete_user_writes("alice@x")).await.unwrap();
+        from.apply(kept[..2].iter().map(|k| Write::delete(Table::Offline, *k)).collect()).await.unwrap();
         from.flush().await.unwrap();
         assert!(from.export_user("alice@x").unwrap().is_empty());
         assert_eq!(from.get::<u32>(Table::Rules, "bob@x").unwrap(), Some(1), "other users keep theirs");

@@ -1,10 +1,12 @@
-//! UDP, TCP and TLS listeners and the flow table. A flow is where a message came from and where
-//! requests for that peer go back: the UDP source address, or the very TCP/TLS connection (so
-//! clients behind NAT are reachable over the connection they opened, RFC 5626 style reuse).
+//! UDP, TCP, TLS and WebSocket (`ws`) listeners and the flow table. A flow is where a message came
+//! from and where requests for that peer go back: the UDP source address, or the very TCP, TLS or
+//! WebSocket connection (so clients behind NAT, and browsers, are reachable over the connection
+//! they opened, RFC 5626 style reuse).
 
 mod admission;
 mod stream;
 pub mod tls;
+pub mod ws;
 
 use crate::ops::metrics::Metrics;
 use bytes::Bytes;
@@ -96,6 +98,8 @@ pub enum StreamKind {
     Tls(tokio_rustls::TlsAcceptor),
     /// Mutual TLS: the acceptor demands a client certificate from the deployment CA.
     Internal(tokio_rustls::TlsAcceptor),
+    /// SIP over WebSocket (RFC 7118), plain or (with an acceptor) over TLS.
+    Ws(Option<tokio_rustls::TlsAcceptor>, Arc<ws::OriginPolicy>),
 }
 
 impl Transports {
@@ -185,23 +189,7 @@ impl Transports {
                             let handler = handler.clone();
                             let kind = kind.clone();
                             tokio::spawn(async move {
-                                let (transport, acceptor) = match kind {
-                                    StreamKind::Tcp => (Transport::Tcp, None),
-                                    StreamKind::Tls(a) => (Transport::Tls, Some(a)),
-                                    StreamKind::Internal(a) => (Transport::Internal, Some(a)),
-                                };
-                                match acceptor {
-                                    None => this.serve_stream(conn, transport, remote, stream, handler).await,
-                                    Some(acceptor) => {
-                                        let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-                                        match hs {
-                                            Ok(Ok(s)) => this.serve_stream(conn, transport, remote, s, handler).await,
-                                            // A peer without a certificate from the deployment CA ends here.
-                                            Ok(Err(e)) => tracing::info!(%remote, ?transport, error = %e, "tls handshake failed"),
-                                            Err(_) => tracing::debug!(%remote, "tls handshake timed out"),
-                                        }
-                                    }
-                                }
+                                this.accepted(conn, remote, stream, kind, handler).await;
                                 this.release(remote.ip());
                             });
                         }
@@ -215,6 +203,59 @@ impl Transports {
             }
         });
         Ok(local)
+    }
+
+    /// Serves an accepted connection: TLS and WebSocket handshakes as its kind needs, then its
+    /// messages until it closes.
+    async fn accepted(
+        self: &Arc<Self>,
+        conn: u64,
+        remote: SocketAddr,
+        stream: tokio::net::TcpStream,
+        kind: StreamKind,
+        handler: Arc<dyn Handler>,
+    ) {
+        let (transport, acceptor, websocket) = match kind {
+            StreamKind::Tcp => (Transport::Tcp, None, None),
+            StreamKind::Tls(a) => (Transport::Tls, Some(a), None),
+            StreamKind::Internal(a) => (Transport::Internal, Some(a), None),
+            StreamKind::Ws(None, origins) => (Transport::Ws, None, Some(origins)),
+            StreamKind::Ws(Some(a), origins) => (Transport::Wss, Some(a), Some(origins)),
+        };
+        let Some(acceptor) = acceptor else {
+            return match websocket {
+                None => self.serve_stream(conn, transport, remote, stream, handler).await,
+                Some(origins) => self.serve_websocket(conn, transport, remote, stream, &origins, handler).await,
+            };
+        };
+        let hs = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+        match (hs, websocket) {
+            (Ok(Ok(s)), None) => self.serve_stream(conn, transport, remote, s, handler).await,
+            (Ok(Ok(s)), Some(origins)) => self.serve_websocket(conn, transport, remote, s, &origins, handler).await,
+            // A peer without a certificate from the deployment CA ends here.
+            (Ok(Err(e)), _) => tracing::info!(%remote, ?transport, error = %e, "tls handshake failed"),
+            (Err(_), _) => tracing::debug!(%remote, "tls handshake timed out"),
+        }
+    }
+
+    /// The WebSocket handshake (within the message timeout), then the stream of its messages.
+    async fn serve_websocket<S>(
+        self: &Arc<Self>,
+        conn: u64,
+        transport: Transport,
+        remote: SocketAddr,
+        stream: S,
+        origins: &ws::OriginPolicy,
+        handler: Arc<dyn Handler>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let max = self.limits.message.max_message_bytes;
+        match tokio::time::timeout(self.limits.message_timeout, ws::accept(stream, origins, max)).await {
+            Ok(Ok(socket)) => self.serve_stream(conn, transport, remote, ws::WsBytes::new(socket), handler).await,
+            Ok(Err(e)) => tracing::info!(%remote, ?transport, error = %e, "websocket handshake refused or failed"),
+            Err(_) => tracing::debug!(%remote, "websocket handshake timed out"),
+        }
     }
 
     /// Counts a new connection against the limits; `None` if it must be refused.

@@ -52,7 +52,9 @@ impl Transports {
         self.register_conn(id, transport, remote, tx.clone());
         let writer_task = tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
-                if writer.write_all(&data).await.is_err() {
+                // Flushed each time: a WebSocket sends a message only when flushed (on TCP and
+                // TLS the bytes are on their way already and this costs nothing).
+                if writer.write_all(&data).await.is_err() || writer.flush().await.is_err() {
                     break;
                 }
             }

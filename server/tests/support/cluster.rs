@@ -72,22 +72,27 @@ pub struct Node {
     pub ops: SocketAddr,
 }
 
+/// The `[directory]` section of a users file.
+pub fn file_directory(users: &Path) -> String {
+    format!("[directory]\nbackend = \"file\"\nfile = {users:?}\n")
+}
+
 impl Node {
     /// Writes the config of a server and starts it. `frontend` is the routing table of a
     /// Front-End (`None` for a Home Server).
     pub fn start(dir: &Path, name: &str, ca: &Ca, users: &Path, frontend: Option<&[(String, SocketAddr)]>) -> Node {
-        let directory = format!("[directory]\nbackend = \"file\"\nfile = {users:?}\n");
-        Self::start_with(dir, name, ca, &directory, frontend, "")
+        Self::start_with(dir, name, ca, &file_directory(users), frontend, "", "")
     }
 
-    /// As `start`, with the `[directory]` section given (an LDAP directory, say) and `extra`
-    /// sections appended to the config.
+    /// As `start`, with the `[directory]` section given (an LDAP directory, say), `listen` lines
+    /// added to `[listen]` and `extra` sections appended to the config.
     pub fn start_with(
         dir: &Path,
         name: &str,
         ca: &Ca,
         directory: &str,
         frontend: Option<&[(String, SocketAddr)]>,
+        listen: &str,
         extra: &str,
     ) -> Node {
         let own = dir.join(name);
@@ -107,7 +112,7 @@ impl Node {
             let config = format!(
                 "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\nserver_name = \"{name}\"\n\
                  [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\n\
-                 internal = \"127.0.0.1:{internal}\"\nops = \"127.0.0.1:{ops}\"\n\
+                 internal = \"127.0.0.1:{internal}\"\nops = \"127.0.0.1:{ops}\"\n{listen}\n\
                  [tls]\ncert = {cert:?}\nkey = {key:?}\nca = {ca:?}\n\
                  [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
                  {directory}{table}{extra}",

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses part of this module
 
 pub mod baresip;
+pub mod browser;
 pub mod cluster;
 pub mod pidf;
 pub mod ua;
@@ -20,13 +21,20 @@ pub fn password(user: &str) -> String {
     format!("{user}-password")
 }
 
-/// A port free on both UDP and TCP of 127.0.0.1.
+/// A port free on both UDP and TCP of 127.0.0.1, and not handed out before in this process (the
+/// kernel may offer a port again once its probe socket is closed, and a server given the same
+/// port twice fails to bind).
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
         if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+            let mut given = GIVEN.lock().unwrap();
+            if !given.contains(&port) {
+                given.push(port);
+                return port;
+            }
         }
     }
 }
@@ -112,11 +120,23 @@ impl Server {
         Self::start_in_with_users(dir, &users, extra)
     }
 
+    /// Starts with the sample users, `listen` lines added to `[listen]` (e.g. `wss = "..."`) and
+    /// `extra` sections appended.
+    pub fn start_with_listen(listen: &str, extra: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let users = repo_root().join("examples/standalone/users.toml");
+        Self::start_configured(dir, &users, listen, extra)
+    }
+
     fn start_in_with_users(dir: tempfile::TempDir, users: &Path, extra: &str) -> Server {
+        Self::start_configured(dir, users, "", extra)
+    }
+
+    fn start_configured(dir: tempfile::TempDir, users: &Path, listen: &str, extra: &str) -> Server {
         let (sip, tls, ops) = (free_port(), free_port(), free_port());
         let config = format!(
             "sip_domain = \"{DOMAIN}\"\ndomain_aliases = [\"127.0.0.1\"]\n\
-             [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\nops = \"127.0.0.1:{ops}\"\n\
+             [listen]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\ntls = \"127.0.0.1:{tls}\"\nops = \"127.0.0.1:{ops}\"\n{listen}\n\
              [tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\nself_signed = true\n\
              [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
              [directory]\nbackend = \"file\"\nfile = \"{}\"\n{extra}",
