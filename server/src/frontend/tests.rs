@@ -330,7 +330,7 @@ fn a_home_server_that_refuses_the_connection_costs_its_users_a_503_at_once() {
     let sent = sim.input(Input::NotSent { branch });
     let [answer] = &sent[..] else { panic!("one answer") };
     assert_eq!((answer.flow, answer.msg.status()), (carol, Some(503)));
-    assert_eq!(answer.msg.headers.get("Retry-After"), Some("5"));
+    assert!(retry_after_ok(answer.msg.headers.get("Retry-After")), "{:?}", answer.msg.headers.get("Retry-After"));
     assert!(!sim.up("home-2") && sim.up("home-1"));
 
     // While it is down its users are answered at once, others are forwarded as usual.
@@ -382,7 +382,7 @@ fn unknown_users_get_404_and_a_directory_outage_503() {
     let msg = sim.client_request(client, "MESSAGE", "sip:alice@example.test", "<sip:alice@example.test>", "");
     let sent = sim.receive(client, msg);
     assert_eq!(sent[0].msg.status(), Some(503));
-    assert_eq!(sent[0].msg.headers.get("Retry-After"), Some("5"));
+    assert!(retry_after_ok(sent[0].msg.headers.get("Retry-After")));
 }
 
 #[test]
@@ -398,6 +398,11 @@ fn when_too_many_requests_wait_for_home_servers_new_ones_get_503() {
     let register = sim.client_request(client, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
     let sent = sim.receive(client, register);
     assert_eq!((sent[0].flow, sent[0].msg.status()), (client, Some(503)));
-    assert_eq!(sent[0].msg.headers.get("Retry-After"), Some("5"));
+    assert!(retry_after_ok(sent[0].msg.headers.get("Retry-After")));
     assert_eq!(sim.metrics.overload_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A Retry-After of 1 to 5 seconds (chosen at random, to spread the clients' return).
+fn retry_after_ok(value: Option<&str>) -> bool {
+    value.and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| (1..=5).contains(&s))
 }

@@ -2,7 +2,7 @@
 //! requests for that peer go back: the UDP source address, or the very TCP/TLS connection (so
 //! clients behind NAT are reachable over the connection they opened, RFC 5626 style reuse).
 
-mod admission;
+pub mod admission;
 mod stream;
 pub mod tls;
 
