@@ -253,6 +253,9 @@ struct Shutdown {
     deadline: Instant,
 }
 
+/// The shortest time new requests are refused before connections close.
+const REFUSING_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// Time kept at the end of the bound for closing connections.
 const CLOSE_RESERVE: Duration = Duration::from_secs(1);
 
@@ -280,7 +283,11 @@ impl Shutdown {
     /// Step 3, once `in_flight` says nothing is in progress (or the bound is near).
     async fn finish(self, shared: &Shared, in_flight: impl Fn() -> usize) {
         let drain_until = self.deadline.checked_sub(CLOSE_RESERVE).unwrap_or(self.deadline);
-        while in_flight() > 0 && Instant::now() < drain_until {
+        // Refusing lasts at least REFUSING_AT_LEAST, so that requests already on their way get
+        // an answer (503, so their clients go elsewhere at once) rather than silence, and UDP
+        // retransmissions of answered requests get their answer again.
+        let refuse_until = (Instant::now() + REFUSING_AT_LEAST).min(drain_until);
+        while (in_flight() > 0 || Instant::now() < refuse_until) && Instant::now() < drain_until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let unfinished = in_flight();
