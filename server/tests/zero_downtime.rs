@@ -452,7 +452,7 @@ fn a_rolling_restart_of_two_front_ends_and_three_home_servers_fails_no_transacti
                 let publish = "Event: presence\r\nExpires: 600\r\nContent-Type: application/pidf+xml\r\n";
                 c.transact("PUBLISH", &aor, &aor, publish, &pidf);
                 c.idle(Duration::from_millis(40));
-                if round % 3 == 0 {
+                if round.is_multiple_of(3) {
                     c.register();
                 }
                 c.idle(Duration::from_millis(40));
@@ -598,8 +598,7 @@ fn crowd_register(
     while done.len() < want {
         assert!(Instant::now() < deadline, "only {} of {want} registered within {give_up:?}", done.len());
         let now = Instant::now();
-        let mut in_flight =
-            pending.values().filter(|p| p.sent.is_some_and(|s| now < s + Duration::from_secs(1))).count();
+        let in_flight = pending.values().filter(|p| p.sent.is_some_and(|s| now < s + Duration::from_secs(1))).count();
         let due: Vec<usize> = pending
             .values()
             .filter(|p| p.at <= now && p.sent.is_none_or(|s| now >= s + Duration::from_secs(1)))
@@ -619,7 +618,6 @@ fn crowd_register(
             );
             let _ = socket.send_to(req.as_bytes(), server);
             p.sent = Some(now);
-            in_flight += 1;
         }
         while let Ok((n, _)) = socket.recv_from(&mut buf) {
             let r = String::from_utf8_lossy(&buf[..n]).into_owned();
