@@ -542,6 +542,10 @@ mod tests {
         assert!(e.contains("registrar.min_expires"), "{e}");
         let e = Config::parse(&format!("{MINIMAL}[auth]\nalgorithms = [\"SHA-512\"]\n"), Role::Home).unwrap_err();
         assert!(e.contains("algorithms"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[limits]\nshutdown_grace_secs = 30\n"), Role::Home).unwrap_err();
+        assert!(e.contains("limits.shutdown_grace_secs"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[registrar]\nexpires_jitter_percent = 80\n"), Role::Home).unwrap_err();
+        assert!(e.contains("registrar.expires_jitter_percent"), "{e}");
     }
 
     #[test]
