@@ -148,7 +148,7 @@ mod tests {
         // spread rather than all after the same delay.
         let waits: Vec<u64> = (0..1000).map(|_| limit.admit(t0).unwrap_err()).collect();
         assert!(waits.iter().all(|w| (1..=11).contains(w)), "{waits:?}");
-        assert!(waits.iter().filter(|w| **w > 5).count() > 200, "the later ones are spread wide");
+        assert!(waits.iter().filter(|w| **w > 5).count() > 150, "the later ones are spread wide (about 230 expected)");
         // Half a second later, half a second's worth.
         let t1 = t0 + Duration::from_millis(500);
         assert_eq!((0..1000).filter(|_| limit.admit(t1).is_ok()).count(), 50);
