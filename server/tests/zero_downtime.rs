@@ -44,7 +44,15 @@ fn retry_after(r: &str) -> Option<u64> {
 fn sigterm_turns_not_ready_then_refuses_new_work_then_closes_connections_within_the_bound() {
     let mut server = Server::start_with("[limits]\nshutdown_grace_secs = 6\nshutdown_timeout_secs = 14\n");
     let mut alice = Ua::new("alice", server.sip);
-    assert_eq!(status(&alice.register(300)), 200);
+    let r = alice.register(300);
+    assert_eq!(status(&r), 200, "{r}");
+    // The expiry granted is spread: between 80% and 100% of what was asked.
+    let granted: u32 = header(&r, "Contact")
+        .and_then(|c| c.split("expires=").nth(1))
+        .and_then(|e| e.split(';').next())
+        .and_then(|e| e.trim().parse().ok())
+        .unwrap_or_else(|| panic!("granted expiry in {r}"));
+    assert!((240..=300).contains(&granted), "{granted}: {r}");
     // A client holding a connection (as an RFC 5626 client does).
     let mut held = TcpStream::connect(server.sip).unwrap();
     held.write_all(b"\r\n\r\n").unwrap();
