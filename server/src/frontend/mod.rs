@@ -258,8 +258,13 @@ impl Proxy {
     /// shutting down: every out-of-dialog request (a registration, a new subscription, a
     /// message), which the client's next attempt takes to another instance; requests inside a
     /// dialog, and everything from a Home Server, still go through.
-    fn refuses_while_shutting_down(&self, flow: Flow, req: &Message) -> bool {
+    /// A retransmission of a request already forwarded is not refused: it was taken on, and its
+    /// answer is on its way (a 503 now would have the client send it again elsewhere).
+    fn refuses_while_shutting_down(&self, flow: Flow, req: &Message, incoming_via: &Via) -> bool {
         if flow.transport == Transport::Internal || self.metrics.phase() < crate::ops::metrics::phase::REFUSING {
+            return false;
+        }
+        if self.pending.contains_key(&stateless_branch(incoming_via, req.request_uri().unwrap_or_default(), "h")) {
             return false;
         }
         let in_dialog =
@@ -456,7 +461,7 @@ impl Proxy {
         }
         match client {
             Some(client) => self.relay_to_client(now, flow, req, client, &incoming_via),
-            None if self.refuses_while_shutting_down(flow, &req) => {
+            None if self.refuses_while_shutting_down(flow, &req, &incoming_via) => {
                 self.metrics.shutdown_refused.fetch_add(1, Relaxed);
                 self.reply(flow, &req, 503, "Shutting Down", true)
             }
