@@ -269,6 +269,18 @@ pub struct Limits {
     /// Requests in progress (waiting for the directory, the store or a forwarded answer) above
     /// which new ones are answered `503` with `Retry-After` at once, before any work is done.
     pub max_pending_requests: usize,
+    /// Requests a second the whole server takes on (0: no limit). Over it a new request is
+    /// answered `503` with a random `Retry-After` that grows with the excess, so a crowd of clients
+    /// returning together (after a restart or a crash) comes back spread out instead of at once.
+    /// OPTIONS (health probes) are exempt.
+    pub max_requests_per_second: u32,
+    /// Seconds a server keeps serving after SIGTERM while it reports not ready (`/readyz` 503,
+    /// OPTIONS 503), so that load balancers and Kubernetes take it out of rotation first.
+    pub shutdown_grace_secs: u64,
+    /// Upper bound, in seconds from SIGTERM, of the whole shutdown (grace, refusing new work,
+    /// finishing open transactions, closing connections); keep it below the pod's
+    /// `terminationGracePeriodSeconds`.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -283,6 +295,9 @@ impl Default for Limits {
             message_timeout_secs: 10,
             max_messages_per_source: 1_000,
             max_pending_requests: 10_000,
+            max_requests_per_second: 0,
+            shutdown_grace_secs: 5,
+            shutdown_timeout_secs: 20,
         }
     }
 }
@@ -294,11 +309,21 @@ pub struct Registrar {
     pub max_expires: u32,
     pub default_expires: u32,
     pub max_contacts: usize,
+    /// Spread of the expiry granted to a REGISTER, in percent: a binding is granted a random
+    /// interval between (100 - this)% and 100% of what was asked (or the default), never below
+    /// `min_expires`, so clients that signed in together do not all refresh together.
+    pub expires_jitter_percent: u32,
 }
 
 impl Default for Registrar {
     fn default() -> Self {
-        Registrar { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 }
+        Registrar {
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            max_contacts: 10,
+            expires_jitter_percent: 20,
+        }
     }
 }
 
@@ -496,6 +521,18 @@ impl Config {
         if !(r.min_expires..=r.max_expires).contains(&r.default_expires) {
             return Err("key `registrar.default_expires`: must lie between min_expires and max_expires".into());
         }
+        if r.expires_jitter_percent > 50 {
+            return Err("key `registrar.expires_jitter_percent`: at most 50".into());
+        }
+        if self.limits.shutdown_timeout_secs == 0
+            || self.limits.shutdown_grace_secs >= self.limits.shutdown_timeout_secs
+        {
+            return Err(
+                "keys `limits.shutdown_grace_secs` and `limits.shutdown_timeout_secs`: the grace must be shorter than the \
+                 timeout (at least 1 s)"
+                    .into(),
+            );
+        }
         if self.auth.max_failures_per_source == 0 || self.auth.max_failures_per_user == 0 {
             return Err("keys `auth.max_failures_per_source` and `auth.max_failures_per_user`: at least 1".into());
         }
@@ -593,6 +630,10 @@ mod tests {
         assert!(e.contains("registrar.min_expires"), "{e}");
         let e = Config::parse(&format!("{MINIMAL}[auth]\nalgorithms = [\"SHA-512\"]\n"), Role::Home).unwrap_err();
         assert!(e.contains("algorithms"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[limits]\nshutdown_grace_secs = 30\n"), Role::Home).unwrap_err();
+        assert!(e.contains("limits.shutdown_grace_secs"), "{e}");
+        let e = Config::parse(&format!("{MINIMAL}[registrar]\nexpires_jitter_percent = 80\n"), Role::Home).unwrap_err();
+        assert!(e.contains("registrar.expires_jitter_percent"), "{e}");
     }
 
     #[test]

@@ -14,9 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long a shutdown waits for open transactions.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What every role shares: the directory, metrics, the transports (with the internal link's
 /// client side when the config has one).
 struct Shared {
@@ -233,10 +230,8 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
     shared.serve_ops(&config, listening.clone(), None).await?;
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, home_servers = table.home_servers.len(), "front-end ready");
     shutdown_signal().await;
-    // Nothing to finish but what is in flight on the sockets.
-    tracing::info!("shutting down");
-    listening.store(false, Ordering::Relaxed);
-    shared.transports.stop_accepting();
+    let steps = Shutdown::begin(&config, &shared, &listening).await;
+    steps.finish(&shared, || fe.service().in_flight()).await;
     Ok(())
 }
 
@@ -262,17 +257,82 @@ async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
     tracing::info!(domain = %config.sip_domain, server = %config.server_name, "home server ready");
 
     shutdown_signal().await;
-    tracing::info!("shutting down: no new requests; finishing open transactions");
-    listening.store(false, Ordering::Relaxed);
-    transports.stop_accepting();
+    let steps = Shutdown::begin(&config, &shared, &listening).await;
     // Subscribers are told to subscribe again (to whichever server takes over), within bounds.
     let _ = tokio::time::timeout(Duration::from_secs(3), home.terminate_all_subscriptions("deactivated")).await;
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while home.requests_in_progress() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    steps.finish(&shared, || home.requests_in_progress()).await;
+    if let Some(store) = home.store()
+        && let Err(e) = store.flush().await
+    {
+        tracing::error!(error = %e, "store not flushed");
     }
-    tracing::info!(unfinished = home.requests_in_progress(), "stopped");
     Ok(())
+}
+
+/// A graceful shutdown on SIGTERM, the same for both roles, within `limits.shutdown_timeout_secs`:
+/// 1. not ready: `/readyz` and OPTIONS answer 503 (with Retry-After), everything else is served,
+///    for `limits.shutdown_grace_secs`, while load balancers and Kubernetes' endpoints take the
+///    server out of rotation;
+/// 2. refusing: new registrations and dialog-creating requests (on a Home Server every new
+///    request) get 503 with Retry-After, and the transactions in progress finish;
+/// 3. closing: listeners and every connection are closed once what is queued on them is written;
+///    clients holding a TCP or TLS connection (RFC 5626 flows, keep-alive clients) see it close
+///    and register again through another instance at once.
+struct Shutdown {
+    started: Instant,
+    deadline: Instant,
+}
+
+/// The shortest time new requests are refused before connections close.
+const REFUSING_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// Time kept at the end of the bound for closing connections.
+const CLOSE_RESERVE: Duration = Duration::from_secs(1);
+
+impl Shutdown {
+    /// Steps 1 and 2: returns once new work is refused.
+    async fn begin(config: &Config, shared: &Shared, listening: &AtomicBool) -> Shutdown {
+        use crate::ops::metrics::phase;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(config.limits.shutdown_timeout_secs);
+        let grace = Duration::from_secs(config.limits.shutdown_grace_secs);
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: not ready (OPTIONS and /readyz answer 503)");
+        listening.store(false, Ordering::Relaxed);
+        shared.metrics.phase.store(phase::NOT_READY, Ordering::Relaxed);
+        // A pause, not a wait for a condition: nothing here can tell when every load balancer
+        // has noticed. A second SIGTERM (or Ctrl-C) cuts it short.
+        tokio::select! {
+            _ = tokio::time::sleep(grace.min(deadline.saturating_duration_since(Instant::now()))) => {}
+            _ = shutdown_signal() => {}
+        }
+        tracing::info!("shutting down: new requests get 503 with Retry-After; finishing open transactions");
+        shared.metrics.phase.store(phase::REFUSING, Ordering::Relaxed);
+        Shutdown { started, deadline }
+    }
+
+    /// Step 3, once `in_flight` says nothing is in progress (or the bound is near).
+    async fn finish(self, shared: &Shared, in_flight: impl Fn() -> usize) {
+        let drain_until = self.deadline.checked_sub(CLOSE_RESERVE).unwrap_or(self.deadline);
+        // Refusing lasts at least REFUSING_AT_LEAST, so that requests already on their way get
+        // an answer (503, so their clients go elsewhere at once) rather than silence, and UDP
+        // retransmissions of answered requests get their answer again.
+        let refuse_until = (Instant::now() + REFUSING_AT_LEAST).min(drain_until);
+        while (in_flight() > 0 || Instant::now() < refuse_until) && Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unfinished = in_flight();
+        tracing::info!(unfinished, "shutting down: closing connections");
+        shared.transports.stop_accepting();
+        while shared.metrics.active_connections.load(Ordering::Relaxed) > 0 && Instant::now() < self.deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(
+            unfinished,
+            open_connections = shared.metrics.active_connections.load(Ordering::Relaxed),
+            took_ms = self.started.elapsed().as_millis() as u64,
+            "stopped"
+        );
+    }
 }
 
 async fn shutdown_signal() {

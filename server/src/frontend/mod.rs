@@ -41,8 +41,6 @@ use std::time::{Duration, Instant};
 
 /// Via parameter holding the flow token of the hop a request came from.
 const FLOW_PARAM: &str = "pft";
-/// Seconds a client is asked to wait when its Home Server is down or the directory is.
-const RETRY_AFTER: &str = "5";
 /// How long a Home Server may take to answer a probe before it is marked down: a hung process
 /// keeps its connections open, so only silence tells.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,6 +70,9 @@ struct Home {
     /// The address resolved, until sending to it fails.
     resolved: Option<SocketAddr>,
     up: bool,
+    /// Whether its last probe was answered other than 503: a Home Server shutting down answers
+    /// 503, and gets no new requests from then on (those it has still get their answers).
+    ready: bool,
     /// Whether a probe has told anything yet (`up` is false until then).
     settled: bool,
     /// The probe in flight: its branch and when it left.
@@ -214,6 +215,7 @@ impl Proxy {
                 resolved: h.address.parse().ok(),
                 // Unknown until probed: not assumed reachable.
                 up: false,
+                ready: true,
                 settled: false,
                 probe: None,
                 resolving: false,
@@ -241,6 +243,45 @@ impl Proxy {
             last_round: None,
             actions: Vec::new(),
             tag: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// Requests in flight: waiting for the directory or a Home Server, or relayed to a client and
+    /// not yet answered (a shutdown waits for them).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+            + self.tasks.iter().filter(|(_, t)| matches!(t, Task::Route { .. })).count()
+            + self.to_clients.len()
+    }
+
+    /// Whether a client's request is refused (503 + Retry-After) because this instance is
+    /// shutting down: every out-of-dialog request (a registration, a new subscription, a
+    /// message), which the client's next attempt takes to another instance; requests inside a
+    /// dialog, and everything from a Home Server, still go through.
+    /// A retransmission of a request already forwarded is not refused: it was taken on, and its
+    /// answer is on its way (a 503 now would have the client send it again elsewhere).
+    fn refuses_while_shutting_down(&self, flow: Flow, req: &Message, incoming_via: &Via) -> bool {
+        if flow.transport == Transport::Internal || self.metrics.phase() < crate::ops::metrics::phase::REFUSING {
+            return false;
+        }
+        if self.pending.contains_key(&stateless_branch(incoming_via, req.request_uri().unwrap_or_default(), "h")) {
+            return false;
+        }
+        let in_dialog =
+            NameAddr::parse(req.headers.get("To").unwrap_or_default()).is_ok_and(|to| to.param("tag").is_some());
+        !in_dialog && req.method() != Some("CANCEL")
+    }
+
+    /// Records whether a Home Server takes new requests (its probe's answer was not 503).
+    fn mark_ready(&mut self, i: usize, ready: bool) {
+        let home = &mut self.homes[i];
+        if home.ready != ready {
+            home.ready = ready;
+            if ready {
+                tracing::info!(home_server = %home.name, "home server takes requests again");
+            } else {
+                tracing::info!(home_server = %home.name, "home server shutting down: no new requests sent to it");
+            }
         }
     }
 
@@ -365,7 +406,7 @@ impl Proxy {
     fn reply(&mut self, flow: Flow, req: &Message, code: u16, reason: &str, retry_after: bool) {
         let mut r = from_headers(&req.headers, code, reason, &self.tag);
         if retry_after {
-            r.headers.push("Retry-After", RETRY_AFTER);
+            r.headers.push("Retry-After", crate::ops::metrics::phase::retry_after().to_string());
         }
         self.metrics.count_response(code);
         let target = match req.headers.get("Via").and_then(|v| Via::parse(v).ok()) {
@@ -420,6 +461,10 @@ impl Proxy {
         }
         match client {
             Some(client) => self.relay_to_client(now, flow, req, client, &incoming_via),
+            None if self.refuses_while_shutting_down(flow, &req, &incoming_via) => {
+                self.metrics.shutdown_refused.fetch_add(1, Relaxed);
+                self.reply(flow, &req, 503, "Shutting Down", true)
+            }
             None if self.pending.len() + self.tasks.len() >= self.settings.max_pending_requests => {
                 self.metrics.overload_refused.fetch_add(1, Relaxed);
                 self.reply(flow, &req, 503, "Overloaded", true)
@@ -465,7 +510,12 @@ impl Proxy {
             return self.forward(now, flow, req, i, &incoming_via, retried);
         }
         if method != "REGISTER" && uri.user().is_none() && self.is_own(&uri) {
-            // For this instance itself: load balancers and monitors ask OPTIONS.
+            // For this instance itself: load balancers and monitors ask OPTIONS; once shutting
+            // down, this instance says so (503), so they send new traffic elsewhere.
+            if method == "OPTIONS" && self.metrics.phase() >= crate::ops::metrics::phase::NOT_READY {
+                self.metrics.shutdown_refused.fetch_add(1, Relaxed);
+                return self.reply(flow, &req, 503, "Shutting Down", true);
+            }
             let code = if method == "OPTIONS" { 200 } else { 404 };
             return self.reply(flow, &req, code, reason_phrase(code), false);
         }
@@ -549,7 +599,7 @@ impl Proxy {
     /// from a client and needs them, and a Via whose flow token leads the response back.
     fn forward(&mut self, now: Now, flow: Flow, mut req: Message, home: usize, incoming_via: &Via, retried: bool) {
         let addr = match self.homes[home].resolved {
-            Some(addr) if self.homes[home].up => addr,
+            Some(addr) if self.homes[home].up && self.homes[home].ready => addr,
             _ => return self.reply(flow, &req, 503, "Home Server Unavailable", true),
         };
         let method = req.method().unwrap_or_default().to_string();
@@ -575,7 +625,7 @@ impl Proxy {
         }
         let branch = stateless_branch(incoming_via, req.request_uri().unwrap_or_default(), "h");
         let mut unavailable = from_headers(&req.headers, 503, "Home Server Unavailable", &self.tag);
-        unavailable.headers.push("Retry-After", RETRY_AFTER);
+        unavailable.headers.push("Retry-After", crate::ops::metrics::phase::retry_after().to_string());
         req.headers.push_front("Via", format!("SIP/2.0/TLS {internal};branch={branch};{FLOW_PARAM}={token}"));
         let client = crate::sip::routing::response_flow(flow, incoming_via);
         let request = req.to_bytes();
@@ -608,6 +658,7 @@ impl Proxy {
         if let Some(branch) = via.as_ref().and_then(|v| v.branch()) {
             if let Some(i) = self.probes.remove(branch) {
                 self.homes[i].probe = None;
+                self.mark_ready(i, code != 503);
                 return self.mark(i, true);
             }
             if code >= 200

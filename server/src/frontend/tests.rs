@@ -330,7 +330,7 @@ fn a_home_server_that_refuses_the_connection_costs_its_users_a_503_at_once() {
     let sent = sim.input(Input::NotSent { branch });
     let [answer] = &sent[..] else { panic!("one answer") };
     assert_eq!((answer.flow, answer.msg.status()), (carol, Some(503)));
-    assert_eq!(answer.msg.headers.get("Retry-After"), Some("5"));
+    assert!(retry_after_ok(answer.msg.headers.get("Retry-After")), "{:?}", answer.msg.headers.get("Retry-After"));
     assert!(!sim.up("home-2") && sim.up("home-1"));
 
     // While it is down its users are answered at once, others are forwarded as usual.
@@ -382,7 +382,7 @@ fn unknown_users_get_404_and_a_directory_outage_503() {
     let msg = sim.client_request(client, "MESSAGE", "sip:alice@example.test", "<sip:alice@example.test>", "");
     let sent = sim.receive(client, msg);
     assert_eq!(sent[0].msg.status(), Some(503));
-    assert_eq!(sent[0].msg.headers.get("Retry-After"), Some("5"));
+    assert!(retry_after_ok(sent[0].msg.headers.get("Retry-After")));
 }
 
 #[test]
@@ -398,6 +398,71 @@ fn when_too_many_requests_wait_for_home_servers_new_ones_get_503() {
     let register = sim.client_request(client, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
     let sent = sim.receive(client, register);
     assert_eq!((sent[0].flow, sent[0].msg.status()), (client, Some(503)));
-    assert_eq!(sent[0].msg.headers.get("Retry-After"), Some("5"));
+    assert!(retry_after_ok(sent[0].msg.headers.get("Retry-After")));
     assert_eq!(sim.metrics.overload_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A Retry-After of 1 to 5 seconds (chosen at random, to spread the clients' return).
+fn retry_after_ok(value: Option<&str>) -> bool {
+    value.and_then(|v| v.parse::<u64>().ok()).is_some_and(|s| (1..=5).contains(&s))
+}
+
+#[test]
+fn shutting_down_it_answers_its_own_probes_503_then_refuses_new_client_requests_but_not_what_it_took_on() {
+    use crate::ops::metrics::phase;
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let (carol, lb) = (udp("192.0.2.30:5060"), udp("192.0.2.99:5060"));
+    let register = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    let [forwarded] = &sim.receive(carol, register.clone())[..] else { panic!("one forward") };
+    let forwarded = forwarded.msg.clone();
+
+    // Not ready: a load balancer's OPTIONS to this instance gets 503 + Retry-After; users are served.
+    sim.metrics.phase.store(phase::NOT_READY, std::sync::atomic::Ordering::Relaxed);
+    let options = sim.client_request(lb, "OPTIONS", "sip:203.0.113.1:5060", "<sip:203.0.113.1:5060>", "");
+    let [answer] = &sim.receive(lb, options)[..] else { panic!("one answer") };
+    assert_eq!(answer.msg.status(), Some(503));
+    assert!(retry_after_ok(answer.msg.headers.get("Retry-After")));
+    let alice = udp("192.0.2.10:5060");
+    let message = sim.client_request(alice, "MESSAGE", "sip:carol@example.test", "<sip:carol@example.test>", "");
+    assert_eq!(sim.receive(alice, message)[0].flow.transport, Transport::Internal, "forwarded");
+
+    // Refusing: a new request from a client gets 503 + Retry-After (it goes to another instance);
+    // the retransmission of the REGISTER taken on before is forwarded again, not refused, and the
+    // Home Server's answer still reaches the client.
+    sim.metrics.phase.store(phase::REFUSING, std::sync::atomic::Ordering::Relaxed);
+    let new = sim.client_request(alice, "MESSAGE", "sip:carol@example.test", "<sip:carol@example.test>", "");
+    let [refused] = &sim.receive(alice, new)[..] else { panic!("one answer") };
+    assert_eq!((refused.flow, refused.msg.status()), (alice, Some(503)));
+    assert!(retry_after_ok(refused.msg.headers.get("Retry-After")));
+    let again = sim.receive(carol, register);
+    assert!(
+        !again.is_empty() && again.iter().all(|s| s.flow.transport == Transport::Internal),
+        "the retransmission is forwarded"
+    );
+    let [answer] = &sim.receive(internal(HOME_2), respond(&forwarded, 200, "home"))[..] else { panic!("answer") };
+    assert_eq!((answer.flow, answer.msg.status()), (carol, Some(200)));
+    assert!(sim.metrics.shutdown_refused.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+}
+
+#[test]
+fn a_home_server_whose_probe_says_503_gets_no_new_requests_until_it_answers_200() {
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    // Probes of home-2 answered 503 (shutting down).
+    let end = sim.now.after(Duration::from_secs(1));
+    while sim.now.instant < end.instant {
+        for probe in sim.wait(Duration::from_millis(50)).iter().filter(|s| s.msg.method() == Some("OPTIONS")) {
+            let code = if probe.flow.remote.to_string() == HOME_2 { 503 } else { 200 };
+            sim.receive(internal(&probe.flow.remote.to_string()), respond(&probe.msg, code, "home"));
+        }
+    }
+    let carol = udp("192.0.2.30:5060");
+    let register = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    let [answer] = &sim.receive(carol, register)[..] else { panic!("one answer") };
+    assert_eq!((answer.flow, answer.msg.status()), (carol, Some(503)), "answered here, not forwarded");
+    assert!(retry_after_ok(answer.msg.headers.get("Retry-After")));
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let register = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
+    assert_eq!(sim.receive(carol, register)[0].flow.transport, Transport::Internal, "forwarded again");
 }

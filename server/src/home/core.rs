@@ -74,6 +74,8 @@ pub struct CoreSettings {
     pub max_pending_requests: usize,
     /// Messages kept for users with no device: on or off, bounds, expiry.
     pub offline: crate::config::Offline,
+    /// New requests a second above which they get 503 with a random Retry-After (0: no limit).
+    pub max_requests_per_second: u32,
 }
 
 /// Work that follows a response, once it is sent (so a subscriber sees 200 before NOTIFY).
@@ -170,6 +172,8 @@ pub struct Core {
     next_task: TaskId,
     last_sweep: Option<Instant>,
     actions: Vec<Action>,
+    /// `max_requests_per_second`, made at the first request (the core reads no clock).
+    rate_limit: Option<crate::transport::admission::RateLimit>,
 }
 
 impl Service for Core {
@@ -246,6 +250,7 @@ impl Core {
             admin_token,
             max_pending_requests: config.limits.max_pending_requests,
             offline: config.offline.clone(),
+            max_requests_per_second: config.limits.max_requests_per_second,
             guard: super::guard::Policy {
                 max_failures_per_source: a.max_failures_per_source,
                 max_failures_per_user: a.max_failures_per_user,
@@ -258,6 +263,7 @@ impl Core {
             max_expires: r.max_expires,
             default_expires: r.default_expires,
             max_contacts: r.max_contacts,
+            expires_jitter_percent: r.expires_jitter_percent,
         });
         let auth = DigestAuth::new(a.algorithms.clone(), Duration::from_secs(a.nonce_ttl_secs));
         Core::new(settings, auth, registrar, metrics)
@@ -283,6 +289,7 @@ impl Core {
             next_task: 0,
             last_sweep: None,
             actions: Vec::new(),
+            rate_limit: None,
         }
     }
 
@@ -386,6 +393,9 @@ impl Core {
             }
         }
         let task = Task { key, reply_flow, flow, req, received: now.instant, stage: Stage::Fetching };
+        if let Some(r) = self.gate(now, &task.req) {
+            return self.finish(now, task, r);
+        }
         if self.tasks.len() >= self.settings.max_pending_requests {
             // Shed load before any work: no lookup, no digest, no write.
             self.metrics.overload_refused.fetch_add(1, Relaxed);
@@ -725,6 +735,34 @@ impl Core {
 
     pub(super) fn respond_with(&self, req: &Message, code: u16, reason: &str) -> Message {
         from_headers(&req.headers, code, reason, &self.tag)
+    }
+
+    /// The answer to a new request that is not taken on: 503 with Retry-After during a shutdown
+    /// (OPTIONS from the first step, so probes and load balancers look elsewhere; everything from
+    /// the second), or over `max_requests_per_second` (OPTIONS exempt: a probe answered 503 would
+    /// take the whole server out of a Front-End's rotation).
+    fn gate(&mut self, now: Now, req: &Message) -> Option<Message> {
+        use crate::ops::metrics::phase;
+        let options = req.method() == Some("OPTIONS");
+        let phase = self.metrics.phase();
+        if phase >= phase::REFUSING || (options && phase >= phase::NOT_READY) {
+            self.metrics.shutdown_refused.fetch_add(1, Relaxed);
+            let mut r = self.respond_with(req, 503, "Shutting Down");
+            r.headers.push("Retry-After", crate::ops::metrics::phase::retry_after().to_string());
+            return Some(r);
+        }
+        if options || self.settings.max_requests_per_second == 0 {
+            return None;
+        }
+        let rate = self.settings.max_requests_per_second;
+        let limit = self
+            .rate_limit
+            .get_or_insert_with(|| crate::transport::admission::RateLimit::new(rate, now.instant).expect("rate > 0"));
+        let wait = limit.admit(now.instant).err()?;
+        self.metrics.rate_limited.fetch_add(1, Relaxed);
+        let mut r = self.respond_with(req, 503, "Rate Limited");
+        r.headers.push("Retry-After", wait.to_string());
+        Some(r)
     }
 
     /// 503 with Retry-After when the directory cannot answer.

@@ -67,6 +67,8 @@ pub struct Policy {
     pub max_expires: u32,
     pub default_expires: u32,
     pub max_contacts: usize,
+    /// Granted expiries are spread over the top this-many percent of what was asked.
+    pub expires_jitter_percent: u32,
 }
 
 impl Default for Policy {
@@ -77,7 +79,23 @@ impl Default for Policy {
             max_expires: r.max_expires,
             default_expires: r.default_expires,
             max_contacts: r.max_contacts,
+            // Exact expiries unless asked for: unit tests compare them.
+            expires_jitter_percent: 0,
         }
+    }
+}
+
+impl Policy {
+    /// The interval granted for `asked` seconds (already within [min, max]): a random value between
+    /// `asked` less the jitter and `asked`, never below `min_expires` (so clients that signed in
+    /// together refresh at different times). 0 stays 0.
+    pub fn grant(&self, asked: u32) -> u32 {
+        if asked == 0 || self.expires_jitter_percent == 0 {
+            return asked;
+        }
+        let spread = u64::from(asked) * u64::from(self.expires_jitter_percent.min(100)) / 100;
+        let low = (u64::from(asked) - spread).max(u64::from(self.min_expires.min(asked)));
+        rand::random_range(low..=u64::from(asked)) as u32
     }
 }
 
@@ -116,7 +134,7 @@ impl Registrar {
                     if expires != 0 && expires < p.min_expires {
                         return Err(RegisterError::IntervalTooBrief(p.min_expires));
                     }
-                    let expires = expires.min(p.max_expires);
+                    let expires = p.grant(expires.min(p.max_expires));
                     let existing = next.iter().position(|b| b.uri == *uri);
                     if existing.is_some_and(|i| stale(&next[i])) {
                         return Err(RegisterError::OutOfOrder);
@@ -293,5 +311,18 @@ mod tests {
             r.register(update(list(&[("sip:a@1", None), ("sip:a@2", None)]), None, "c", 1), now),
             Err(RegisterError::TooManyContacts(1))
         );
+    }
+
+    #[test]
+    fn granted_expiries_are_spread_within_the_jitter_and_never_below_min_expires() {
+        let p = Policy { expires_jitter_percent: 20, ..Policy::default() };
+        let grants: Vec<u32> = (0..2000).map(|_| p.grant(3600)).collect();
+        assert!(grants.iter().all(|g| (2880..=3600).contains(g)), "between 80% and 100%");
+        let distinct: std::collections::HashSet<_> = grants.iter().collect();
+        assert!(distinct.len() > 500, "spread, not a few values: {}", distinct.len());
+        assert!((0..200).all(|_| p.grant(60) == 60), "min_expires is never undercut");
+        assert!((0..200).all(|_| (60..=70).contains(&p.grant(70))));
+        assert_eq!(p.grant(0), 0);
+        assert_eq!(Policy::default().grant(3600), 3600);
     }
 }

@@ -83,6 +83,7 @@ impl Sim {
             admin_token: None,
             max_pending_requests: 3,
             offline: crate::config::Offline::default(),
+            max_requests_per_second: 0,
             guard: guard::Policy {
                 max_failures_per_source: 10,
                 max_failures_per_user: 100,
@@ -90,8 +91,13 @@ impl Sim {
                 lockout: Duration::from_secs(300),
             },
         };
-        let registrar =
-            Registrar::new(Policy { min_expires: 60, max_expires: 7200, default_expires: 3600, max_contacts: 10 });
+        let registrar = Registrar::new(Policy {
+            min_expires: 60,
+            max_expires: 7200,
+            default_expires: 3600,
+            max_contacts: 10,
+            expires_jitter_percent: 0,
+        });
         let auth = DigestAuth::new(vec![Algorithm::Md5], Duration::from_secs(300));
         let mut core = Core::new(settings, auth, registrar, Arc::new(Metrics::default()));
         core.set_advertised(Transport::Udp, "192.0.2.1:5060".into());

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub overload_delayed: AtomicU64,
     /// Requests answered 503 at once: `max_pending_requests` were in progress.
     pub overload_refused: AtomicU64,
+    /// New requests answered 503 + Retry-After because the server is shutting down.
+    pub shutdown_refused: AtomicU64,
+    /// New requests answered 503 + Retry-After over `limits.max_requests_per_second`.
+    pub rate_limited: AtomicU64,
+    /// Where a shutdown is (`phase::SERVING` until SIGTERM); read by both roles' cores.
+    pub phase: std::sync::atomic::AtomicU8,
     /// Home Server: enabled users the directory homes here, as last counted.
     pub homed_users: AtomicU64,
     /// Home Server: how many users placement may give it (its directory entry, or the default).
@@ -109,7 +115,7 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 23] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 25] = [
             (
                 "parley_homed_users",
                 "gauge",
@@ -133,6 +139,18 @@ impl Metrics {
                 "counter",
                 "Stream messages read late because their sender exceeded limits.max_messages_per_source.",
                 &self.overload_delayed,
+            ),
+            (
+                "parley_shutdown_refused_total",
+                "counter",
+                "New requests answered 503 with Retry-After because the server is shutting down (SIGTERM).",
+                &self.shutdown_refused,
+            ),
+            (
+                "parley_rate_limited_total",
+                "counter",
+                "New requests answered 503 with a random Retry-After over limits.max_requests_per_second.",
+                &self.rate_limited,
             ),
             (
                 "parley_overload_refused_total",
@@ -294,5 +312,29 @@ mod tests {
         assert!(line("parley_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"+Inf\"} 2"));
         assert!(line("parley_sip_request_duration_seconds_count{method=\"REGISTER\"} 2"));
         assert!(line("parley_sip_request_duration_seconds_sum{method=\"REGISTER\"} 3.0015"));
+    }
+}
+
+/// The steps of a graceful shutdown, in order (`Metrics::phase`).
+pub mod phase {
+    /// Normal operation.
+    pub const SERVING: u8 = 0;
+    /// SIGTERM received: `/readyz` and OPTIONS answer 503, everything else is still served.
+    pub const NOT_READY: u8 = 1;
+    /// New registrations and dialog-creating (on a Home Server: all new) requests get 503 with
+    /// Retry-After; transactions in progress finish.
+    pub const REFUSING: u8 = 2;
+
+    /// Seconds a request refused because a server is shutting down or unreachable is asked to
+    /// wait: 1 to 5 at random, about as long as a restart takes, spread so that the refused do
+    /// not all come back in the same instant.
+    pub fn retry_after() -> u64 {
+        rand::random_range(1..=5)
+    }
+}
+
+impl Metrics {
+    pub fn phase(&self) -> u8 {
+        self.phase.load(Relaxed)
     }
 }

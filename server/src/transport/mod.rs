@@ -3,7 +3,7 @@
 //! WebSocket connection (so clients behind NAT, and browsers, are reachable over the connection
 //! they opened, RFC 5626 style reuse).
 
-mod admission;
+pub mod admission;
 mod stream;
 pub mod tls;
 pub mod ws;

@@ -236,6 +236,28 @@ impl Server {
         self.wait_ready();
     }
 
+    /// The server's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`, as a crash would; `start_again` brings it back.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the server again (after it exited or was killed) on the same config, ports and
+    /// data; returns how long it took from exec to `/readyz` answering 200.
+    pub fn start_again(&mut self) -> Duration {
+        assert!(self.child.try_wait().unwrap().is_some(), "still running");
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log).unwrap();
+        let started = Instant::now();
+        self.child = Self::spawn(&self.dir.path().join("parley.toml"), self.log_level, log);
+        self.wait_ready();
+        started.elapsed()
+    }
+
     /// PUT or GET on the HTTP API with a bearer token; returns status and body.
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
         let auth = token.map(|t| format!("Bearer {t}"));
