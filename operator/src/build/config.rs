@@ -4,7 +4,9 @@
 use parley_config::{Config, DirectoryConfig, FrontEnd, Limits, Listen, Storage, Tls};
 use std::net::SocketAddr;
 
-use super::{BuildContext, BuildError, INTERNAL_PORT, OPS_PORT, SIP_PORT, SIP_TLS_PORT, paths};
+use super::{
+    BuildContext, BuildError, INTERNAL_PORT, OPS_PORT, SIP_PORT, SIP_TLS_PORT, SIP_WSS_PORT, WEB_PORT, WEB_ROOT, paths,
+};
 
 pub use parley_config::HomeServerRoute;
 
@@ -26,6 +28,28 @@ pub struct Advertise {
 /// The cluster DNS name of a Service.
 pub fn service_host(name: &str, namespace: &str, cluster_domain: &str) -> String {
     format!("{name}.{namespace}.svc.{cluster_domain}")
+}
+
+/// Seconds a server stops taking traffic before it shuts down: a Front-End waits for Kubernetes
+/// to remove it from its Service's endpoints; a Home Server is reached only through the
+/// Front-Ends, which stop sending at its first 503 probe.
+pub const FRONT_END_SHUTDOWN_GRACE_SECS: u64 = 5;
+pub const HOME_SERVER_SHUTDOWN_GRACE_SECS: u64 = 1;
+
+/// Limits: the server's defaults, the shutdown grace of its role and, for a Home Server, a request
+/// rate its capacity calls for (a fifth of its users a second), so that after a restart its
+/// returning clients are spread rather than taken in one burst.
+fn limits(resolved: &crate::crd::ResolvedDomain, server_name: &str, front_end: bool) -> Limits {
+    let defaults = Limits::default();
+    if front_end {
+        return Limits { shutdown_grace_secs: FRONT_END_SHUTDOWN_GRACE_SECS, ..defaults };
+    }
+    let capacity = resolved.home_servers.iter().find(|h| h.name == server_name).and_then(|h| h.capacity);
+    Limits {
+        shutdown_grace_secs: HOME_SERVER_SHUTDOWN_GRACE_SECS,
+        max_requests_per_second: capacity.filter(|c| *c > 0).map_or(0, |c| (c / 5).max(200)),
+        ..defaults
+    }
 }
 
 /// The config of the server `server_name`; `front_end` is the routing table of a Front-End,
@@ -66,9 +90,10 @@ pub fn build(
             tls: any(SIP_TLS_PORT),
             internal: any(INTERNAL_PORT),
             ops: any(OPS_PORT),
+            // Browsers: the web client from the image, SIP over secure WebSocket.
             ws: None,
-            wss: None,
-            web: None,
+            wss: any(SIP_WSS_PORT),
+            web: any(WEB_PORT),
             advertise: advertise.public.clone(),
             advertise_internal: advertise.internal.clone(),
         },
@@ -85,7 +110,7 @@ pub fn build(
             log_files: parley_config::default_log_files(),
         },
         directory,
-        limits: Limits::default(),
+        limits: limits(resolved, server_name, front_end.is_some()),
         registrar: Default::default(),
         auth: Default::default(),
         // A Home Server's operations API takes the domain's administrator token (`user drain`).
@@ -97,7 +122,7 @@ pub fn build(
                 .map(|_| paths::API_TOKEN.into()),
         },
         offline: Default::default(),
-        web: Default::default(),
+        web: parley_config::Web { root: Some(WEB_ROOT.into()), origins: Vec::new() },
         frontend: front_end.map(|home_servers| FrontEnd {
             home_servers: home_servers.to_vec(),
             route_cache_secs: parley_config::default_route_cache_secs(),
@@ -159,6 +184,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn browsers_shutdown_and_the_returning_load_are_configured_per_role() {
+        let d = fixtures::domain("corp", 25_000);
+        let routes = [HomeServerRoute { name: "corp-home-1".into(), address: "corp-home-1.ns.svc:5062".into() }];
+        let read = |text: String, role| parley_config::Config::parse(&text, role).expect("the server accepts it");
+        let home = read(render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
+        let front =
+            read(render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap(), Role::FrontEnd);
+        for c in [&home, &front] {
+            assert_eq!(c.listen.wss.map(|a| a.port()), Some(SIP_WSS_PORT as u16));
+            assert_eq!(c.listen.web.map(|a| a.port()), Some(WEB_PORT as u16));
+            assert_eq!(c.web.root.as_deref(), Some(std::path::Path::new(WEB_ROOT)));
+            assert!(c.limits.shutdown_timeout_secs < crate::build::termination_grace_seconds() as u64);
+        }
+        assert_eq!(front.limits.shutdown_grace_secs, FRONT_END_SHUTDOWN_GRACE_SECS);
+        assert_eq!(home.limits.shutdown_grace_secs, HOME_SERVER_SHUTDOWN_GRACE_SECS);
+        // 25,000 users on three Home Servers: 8,334 each, so 1,666 requests a second on return.
+        assert_eq!((home.limits.max_requests_per_second, front.limits.max_requests_per_second), (1_666, 0));
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(termination_grace_seconds()),
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {
                             // Preferred, not required: a one-node cluster (kind) still runs every replica.
@@ -153,6 +153,9 @@ pub fn client_ports(plain: bool, sip: i32, sip_tls: i32) -> Vec<ServicePort> {
         ports.push(port("sip-tcp", sip, SIP_PORT, "TCP"));
     }
     ports.push(port("sip-tls", sip_tls, SIP_TLS_PORT, "TCP"));
+    // Browsers: the web client, and SIP over secure WebSocket.
+    ports.push(port("sip-wss", SIP_WSS_PORT, SIP_WSS_PORT, "TCP"));
+    ports.push(port("web", WEB_PORT, WEB_PORT, "TCP"));
     ports
 }
 
@@ -267,6 +270,8 @@ mod tests {
                 ("sip-udp".into(), 5060, "UDP".into(), IntOrString::Int(5060)),
                 ("sip-tcp".into(), 5060, "TCP".into(), IntOrString::Int(5060)),
                 ("sip-tls".into(), 5061, "TCP".into(), IntOrString::Int(5061)),
+                ("sip-wss".into(), 7443, "TCP".into(), IntOrString::Int(7443)),
+                ("web".into(), 8088, "TCP".into(), IntOrString::Int(8088)),
             ]
         );
         fe.spec.service_type = ServiceType::LoadBalancer;

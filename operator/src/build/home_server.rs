@@ -169,7 +169,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(termination_grace_seconds()),
                     ..Default::default()
                 }),
             },
@@ -301,6 +301,8 @@ mod tests {
                 (5060, "UDP".into()),
                 (5060, "TCP".into()),
                 (5061, "TCP".into()),
+                (7443, "TCP".into()),
+                (8088, "TCP".into()),
                 (5062, "TCP".into()),
                 (8080, "TCP".into())
             ]
@@ -504,7 +506,7 @@ mod tests {
         let o = build(&fixtures::home_server("h", "corp"), &ctx(&d)).unwrap();
         let svc_ports: Vec<_> =
             o.service.spec.as_ref().unwrap().ports.as_ref().unwrap().iter().map(|p| p.port).collect();
-        assert_eq!(svc_ports, vec![5061, 5062, 8080]);
+        assert_eq!(svc_ports, vec![5061, 7443, 8088, 5062, 8080]);
         let c = &pod(&o).containers[0];
         assert!(c.ports.as_ref().unwrap().iter().all(|p| p.container_port != 5060));
     }

@@ -55,6 +55,18 @@ pub const SIP_TLS_PORT: i32 = 5061;
 pub const INTERNAL_PORT: i32 = 5062;
 /// HTTP operations port: `/healthz`, `/readyz`, `/metrics`.
 pub const OPS_PORT: i32 = 8080;
+/// SIP over secure WebSocket (browsers; RFC 7118), with the server's certificate.
+pub const SIP_WSS_PORT: i32 = 7443;
+/// The web client (plain HTTP: put TLS in front with an Ingress or load balancer).
+pub const WEB_PORT: i32 = 8088;
+/// Seconds Kubernetes gives a server pod to stop: the server's own bound on its shutdown
+/// (`limits.shutdown_timeout_secs`: not ready, refuse new work, finish, close flows) and a margin.
+pub fn termination_grace_seconds() -> i64 {
+    i64::try_from(parley_config::Limits::default().shutdown_timeout_secs).unwrap_or(20) + 10
+}
+
+/// Where the server image keeps the built web client.
+pub const WEB_ROOT: &str = "/usr/share/parley/web";
 
 /// Where things are mounted in the server container.
 pub mod paths {
@@ -333,6 +345,8 @@ pub fn container_ports(sip_plain: bool) -> Vec<ContainerPort> {
         ports.push(port("sip-tcp", SIP_PORT, "TCP"));
     }
     ports.push(port("sip-tls", SIP_TLS_PORT, "TCP"));
+    ports.push(port("sip-wss", SIP_WSS_PORT, "TCP"));
+    ports.push(port("web", WEB_PORT, "TCP"));
     ports.push(port("sip-internal", INTERNAL_PORT, "TCP"));
     ports.push(port("ops", OPS_PORT, "TCP"));
     ports

@@ -1,7 +1,8 @@
 //! The domain's NetworkPolicies (`spec.networkPolicy`, on by default): what reaches its pods.
 //!
 //! ```text
-//! <domain>-home-servers  SIP (5060 UDP/TCP unless clients must use TLS, 5061) from anywhere;
+//! <domain>-home-servers  SIP (5060 UDP/TCP unless clients must use TLS, 5061, WebSocket 7443)
+//!                        and the web client (8088) from anywhere;
 //!                        the internal link (5062) from the domain's Front-End pods;
 //!                        operations (8080) from the monitoring namespace, the operator's
 //!                        namespace (it reads `/status`) and the domain's drain Jobs
@@ -99,7 +100,7 @@ fn server_ingress(
     if !require_client_tls {
         sip.extend([port("sip-udp", "UDP"), port("sip-tcp", "TCP")]);
     }
-    sip.push(port("sip-tls", "TCP"));
+    sip.extend([port("sip-tls", "TCP"), port("sip-wss", "TCP"), port("web", "TCP")]);
     let mut rules = vec![
         NetworkPolicyIngressRule { ports: Some(sip), from: None },
         NetworkPolicyIngressRule {
@@ -195,7 +196,7 @@ mod tests {
         assert_eq!(pods[DOMAIN_LABEL], "corp");
         assert_eq!(pods[COMPONENT_LABEL], "home-server");
         let rules = home.ingress.as_ref().unwrap();
-        assert_eq!(ports(&rules[0]), ["sip-udp/UDP", "sip-tcp/TCP", "sip-tls/TCP"]);
+        assert_eq!(ports(&rules[0]), ["sip-udp/UDP", "sip-tcp/TCP", "sip-tls/TCP", "sip-wss/TCP", "web/TCP"]);
         assert!(rules[0].from.is_none(), "SIP from anywhere");
         assert_eq!(ports(&rules[1]), ["sip-internal/TCP"]);
         let from = labels_of(&rules[1].from.as_ref().unwrap()[0]);
@@ -233,7 +234,7 @@ mod tests {
         let policies = build(&owner, &resolved, None);
         assert_eq!(policies.len(), 2, "no directory policy without a managed directory");
         let rules = policies[0].spec.as_ref().unwrap().ingress.as_ref().unwrap();
-        assert_eq!(ports(&rules[0]), ["sip-tls/TCP"]);
+        assert_eq!(ports(&rules[0]), ["sip-tls/TCP", "sip-wss/TCP", "web/TCP"]);
         assert_eq!(rules[2].from.as_ref().unwrap().len(), 1, "ops from the drain Jobs only: {rules:?}");
         let front = policies[1].spec.as_ref().unwrap().ingress.as_ref().unwrap();
         assert_eq!(front.len(), 2, "no ops rule: {front:?}");

@@ -119,7 +119,16 @@ pub async fn enterprise_domain(h: &Harness) {
     let svc = h.wait_for::<Service, _>("Service", "corp-frontend", |_| true).await;
     let ports: Vec<_> =
         svc.spec.unwrap().ports.unwrap().iter().map(|p| (p.port, p.protocol.clone().unwrap())).collect();
-    assert_eq!(ports, vec![(5060, "UDP".into()), (5060, "TCP".into()), (5061, "TCP".into())]);
+    assert_eq!(
+        ports,
+        vec![
+            (5060, "UDP".into()),
+            (5060, "TCP".into()),
+            (5061, "TCP".into()),
+            (7443, "TCP".into()),
+            (8088, "TCP".into())
+        ]
+    );
     h.wait_for::<PodDisruptionBudget, _>("Front-End PDB", "corp-frontend", |_| true).await;
     if h.pods_become_ready {
         let d = h
