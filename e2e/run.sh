@@ -224,6 +224,18 @@ openssl s_client -connect "$sip_host:$tls_port" -CAfile "$work/ca.crt" -verify_r
   -verify_hostname "$hs-sip.$ns.svc.cluster.local" </dev/null >"$work/s_client.out" 2>&1 \
   || die "TLS on $sip_host:$tls_port does not present a certificate for $hs-sip.$ns.svc.cluster.local from the domain's CA: $(tail -n 5 "$work/s_client.out")"
 echo "ok: TLS certificate of $hs-sip.$ns.svc.cluster.local verified against the domain's CA"
+if [[ $mode == node ]]; then
+  # Browsers: the web client's settings and SIP over secure WebSocket through the same Service.
+  web_port=$(node_port web)
+  wss_port=$(node_port sip-wss)
+  config=$(curl -sf "http://$sip_host:$web_port/config.json") || die "no web client settings on $sip_host:$web_port"
+  grep -q '"domain":"example.test"' <<<"$config" || die "the web client's settings name another domain: $config"
+  upgrade=$(curl -sk --http1.1 -m 5 -o /dev/null -w '%{http_code}' -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
+    -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' -H 'Sec-WebSocket-Protocol: sip' \
+    "https://$sip_host:$wss_port/" || true)
+  [[ $upgrade == 101 ]] || die "SIP over WebSocket on $sip_host:$wss_port answered $upgrade to the upgrade, not 101"
+  echo "ok: the web client's settings on port $web_port and a SIP WebSocket (subprotocol sip) on $wss_port"
+fi
 
 register() {
   printf 'REGISTER sip:example.test SIP/2.0\nFrom: <sip:%s@example.test>;tag=e2e%s\nTo: <sip:%s@example.test>\nCall-ID: parley-e2e-%s-%s\nCSeq: 1 REGISTER\nContact: <sip:%s@%s:5999>\nExpires: %s\nMax-Forwards: 70\nContent-Length: 0\n\n' \
