@@ -92,16 +92,10 @@ impl Loaded {
                 _ => {}
             }
         }
-        for table in Table::PER_USER_MANY {
-            match table {
-                Table::Offline => {
-                    let by_suffix: std::collections::BTreeMap<String, super::offline::Kept> =
-                        value(state, table)?.unwrap_or_default();
-                    loaded.offline = by_suffix.into_values().collect();
-                }
-                _ => {}
-            }
-        }
+        // Tables holding several entries per user: by key suffix, in key order.
+        let by_suffix: std::collections::BTreeMap<String, super::offline::Kept> =
+            value(state, Table::Offline)?.unwrap_or_default();
+        loaded.offline = by_suffix.into_values().collect();
         Ok(loaded)
     }
 }
