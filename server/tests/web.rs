@@ -190,9 +190,9 @@ fn two_browsers_chat_through_a_front_end_over_wss() {
     set_contacts(home.ops, "alice@example.test", &["bob@example.test"]);
     set_contacts(home.ops, "bob@example.test", &["alice@example.test"]);
     let context = || format!("front-end:\n{}\nhome:\n{}", fe.log_text(), home.log_text());
-    // The Front-End does not route a list subscription (`<user>+contacts`, which the directory
-    // does not know): the pages chat by address, without the contact list's presence.
-    let env = [("PARLEY_SHOT_PREFIX", "fe-".to_string()), ("PARLEY_NO_LIST", "1".to_string())];
+    // The same chat as on the Home Server, contact list and presence included: the Front-End
+    // routes the list subscription (`<user>+contacts`) to its owner's Home Server.
+    let env = [("PARLEY_SHOT_PREFIX", "fe-".to_string())];
     Scenario::start("chat", &format!("http://127.0.0.1:{web}/"), &env).finish(SCENARIO_TIMEOUT, &context);
     assert!(fe.log_text().contains("listening on secure WebSocket"), "{}", context());
 }

@@ -129,21 +129,6 @@ async function shot(page, name) {
   step(`screenshot ${path}`);
 }
 
-// Messages both ways between two signed-in pages, each opening the chat by address.
-async function chatWithoutList(alice, bob) {
-  await alice.type('#new-chat-address', 'bob@example.test');
-  await alice.keyboard.press('Enter');
-  await sendText(alice, 'hello bob, through the front-end');
-  await messageShown(alice, 'hello bob, through the front-end', 'out');
-  await waitFor(bob, 'unread marker for alice', () => document.querySelector('#contacts li[data-address="alice@example.test"] .unread'));
-  await openChat(bob, 'alice@example.test');
-  await messageShown(bob, 'hello bob, through the front-end', 'in');
-  await sendText(bob, 'hi alice, through the front-end');
-  await messageShown(alice, 'hi alice, through the front-end', 'in');
-  step('messages both ways');
-  await shot(alice, 'web-alice');
-}
-
 const scenarios = {
   // alice and bob in two pages: presence both ways, a status change with a note, messages both
   // ways with an unread marker, and "appear offline".
@@ -152,7 +137,6 @@ const scenarios = {
     const bob = await openPage(browser, 'bob');
     await signedIn(alice, 'alice@example.test');
     await signedIn(bob, 'bob@example.test');
-    if (process.env.PARLEY_NO_LIST) return chatWithoutList(alice, bob);
     await contactState(alice, 'bob@example.test', 'available');
     await contactState(bob, 'alice@example.test', 'available');
     step('each sees the other available');
