@@ -189,16 +189,7 @@ impl SippLoad {
 
     /// The end of each of sipp's logs and outputs.
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "log" || e == "txt") {
-                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
-                let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-                out += &format!("==== {}\n{tail}\n", path.display());
-            }
-        }
-        out
+        support::tails_of(self.dir.path(), &["log", "txt"])
     }
 }
 

@@ -620,16 +620,7 @@ impl Sipp {
 
     /// The end of each of sipp's logs and outputs.
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "log" || e == "txt" || e == "csv") {
-                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
-                let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-                out += &format!("==== {}\n{tail}\n", path.display());
-            }
-        }
-        out
+        support::tails_of(self.dir.path(), &["log", "txt", "csv"])
     }
 }
 
@@ -917,21 +908,8 @@ fn a_user_moved_back_and_forth_under_load_sees_no_error_without_retry_after() {
 
 /// An HTTP request with the admin token: status, the header section (lower-case) and the body.
 fn http_full(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (code, head.to_ascii_lowercase(), body.to_string())
+    let (code, head, body) = support::http_request(addr, method, path, Some(&format!("Bearer {TOKEN}")), body);
+    (code, head.to_ascii_lowercase(), body)
 }
 
 /// A standalone server with a users file reports the file's users and the default capacity.

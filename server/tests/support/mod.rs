@@ -268,21 +268,7 @@ impl Server {
 
     /// An HTTP request with any Authorization value; returns status, header section and body.
     pub fn http_raw(&self, method: &str, path: &str, authorization: Option<&str>, body: &str) -> (u16, String, String) {
-        let mut s = TcpStream::connect_timeout(&self.ops, Duration::from_secs(1)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        (code, head.to_string(), body.to_string())
+        http_request(self.ops, method, path, authorization, body)
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -365,4 +351,44 @@ pub fn tool_available(name: &str, left_out: &str) -> bool {
 pub fn require_tool(name: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().unwrap().status.success();
     assert!(found, "{name} is not installed: run `make deps`");
+}
+
+/// An HTTP/1.1 request to `addr` with any Authorization value: status, header section and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (code, head.to_string(), body.to_string())
+}
+
+/// The end of each file in `dir` whose extension is one of `extensions` (a child's logs and
+/// outputs), for a failure message.
+pub fn tails_of(dir: &Path, extensions: &[&str]) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| extensions.iter().any(|x| e == *x)) {
+            let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+            let tail: String = text.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
+            out += &format!("==== {}\n{tail}\n", path.display());
+        }
+    }
+    out
 }
