@@ -89,21 +89,38 @@ pub fn up_to_date(held: Option<&[String]>, ready: bool, generation: i64) -> (Wan
     }
 }
 
-/// Where a rollout to `generation` stands, for the domain's status; `None` when every server
-/// runs it or none ran an earlier one (a domain being created is not upgrading).
+/// Where a rollout to `generation` stands, for the domain's status; `None` unless some server's
+/// pod is being replaced for it: a Home Server whose `UpToDate` is False, or a Front-End not
+/// ready that has not rolled to it (a spec change that leaves the pods alone is no rollout).
 pub fn progress(generation: i64, home_servers: &[HomeServer], front_ends: &[FrontEnd]) -> Option<String> {
-    let mut servers: Vec<(String, Option<i64>)> =
-        front_ends.iter().map(|f| (f.name_any(), f.status.as_ref().and_then(|s| s.rolled_generation))).collect();
-    let mut homes: Vec<(String, Option<i64>)> =
-        home_servers.iter().map(|h| (h.name_any(), h.status.as_ref().and_then(|s| s.rolled_generation))).collect();
-    homes.sort_by_key(|(n, _)| order_key(n));
+    let condition_false = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], t: &str| {
+        conditions.iter().any(|c| c.type_ == t && c.status == "False")
+    };
+    let mut servers: Vec<(String, Option<i64>, bool)> = front_ends
+        .iter()
+        .map(|f| {
+            let s = f.status.clone().unwrap_or_default();
+            let pending = s.rolled_generation.is_some_and(|g| g < generation) && condition_false(&s.conditions, READY);
+            (f.name_any(), s.rolled_generation, pending)
+        })
+        .collect();
+    let mut homes: Vec<(String, Option<i64>, bool)> = home_servers
+        .iter()
+        .map(|h| {
+            let s = h.status.clone().unwrap_or_default();
+            let pending = s.rolled_generation.is_some() && condition_false(&s.conditions, UP_TO_DATE);
+            (h.name_any(), s.rolled_generation, pending)
+        })
+        .collect();
+    homes.sort_by_key(|(n, _, _)| order_key(n));
     servers.extend(homes);
-    let upgrading = servers.iter().any(|(_, g)| g.is_some_and(|g| g < generation));
-    if !upgrading {
+    if !servers.iter().any(|(_, _, pending)| *pending) {
         return None;
     }
-    let done: Vec<&str> = servers.iter().filter(|(_, g)| *g == Some(generation)).map(|(n, _)| n.as_str()).collect();
-    let left: Vec<&str> = servers.iter().filter(|(_, g)| *g != Some(generation)).map(|(n, _)| n.as_str()).collect();
+    let done: Vec<&str> =
+        servers.iter().filter(|(_, g, p)| *g == Some(generation) && !p).map(|(n, _, _)| n.as_str()).collect();
+    let left: Vec<&str> =
+        servers.iter().filter(|(_, g, p)| *g != Some(generation) || *p).map(|(n, _, _)| n.as_str()).collect();
     Some(format!(
         "rolling out generation {generation}: {} of {} servers done{}; now {}{}",
         done.len(),
@@ -183,13 +200,17 @@ mod tests {
     }
 
     #[test]
-    fn progress_names_what_is_done_and_what_comes() {
-        let homes = [hs("corp-home-2", 1, true), hs("corp-home-1", 2, false)];
+    fn progress_names_what_is_done_and_what_comes_and_only_while_a_pod_is_replaced() {
+        let mut waiting = hs("corp-home-2", 1, true);
+        let conditions = &mut waiting.status.as_mut().unwrap().conditions;
+        conditions.push(Condition { type_: UP_TO_DATE.into(), status: "False".into(), ..ready(false).remove(0) });
+        let homes = [waiting, hs("corp-home-1", 2, true)];
         assert_eq!(
             progress(2, &homes, &[fe(2, true)]).unwrap(),
             "rolling out generation 2: 2 of 3 servers done (corp-frontend, corp-home-1); now corp-home-2"
         );
-        assert_eq!(progress(2, &[hs("corp-home-1", 2, true)], &[]), None);
+        // A new generation no pod changes for (say, more users): nothing rolls.
+        assert_eq!(progress(3, &[hs("corp-home-1", 2, true)], &[fe(2, true)]), None);
         let mut new = fixtures::home_server("corp-home-1", "corp");
         new.status = None;
         assert_eq!(progress(2, &[new], &[]), None, "a domain being created is not upgrading");
