@@ -10,7 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -127,20 +127,18 @@ impl SippLoad {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let child = Command::new("sipp")
-                .arg(server.to_string())
-                .arg("-sf")
-                .arg(&scenario)
-                .args(["-inf", "users.csv", "-s", &format!("u{RECIPIENT}")])
-                .args(["-i", "127.0.0.1", "-p", &free_port().to_string(), "-t", "u1"])
-                .args(["-r", &LOAD_RATE.to_string(), "-l", "40", "-m", "1000000"])
-                .args(["-nd", "-nostdin", "-trace_err", "-trace_stat", "-stf", "stats.csv", "-fd", "1"])
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(dir.path().join("stdout.txt")).unwrap())
-                .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
-                .spawn()
-                .expect("start sipp");
+            let child = support::spawn_in(
+                Command::new("sipp")
+                    .arg(server.to_string())
+                    .arg("-sf")
+                    .arg(&scenario)
+                    .args(["-inf", "users.csv", "-s", &format!("u{RECIPIENT}")])
+                    .args(["-i", "127.0.0.1", "-p", &free_port().to_string(), "-t", "u1"])
+                    .args(["-r", &LOAD_RATE.to_string(), "-l", "40", "-m", "1000000"])
+                    .args(["-nd", "-nostdin", "-trace_err", "-trace_stat", "-stf", "stats.csv", "-fd", "1"]),
+                dir.path(),
+            )
+            .expect("start sipp");
             let mut sipp = SippLoad { child, dir };
             if sipp.wait_for_successes(1, "at its start", attempts == 3) {
                 return sipp;

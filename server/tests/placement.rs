@@ -12,7 +12,7 @@ use slapd::{ADMIN_DN, BASE, Slapd};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use support::cluster::{Ca, Node};
 use support::ua::{Ua, header, status};
@@ -483,18 +483,25 @@ impl Sipp {
             }
             let port = free_port();
             let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-            let child = Command::new("sipp")
-                .arg(target.to_string())
-                .args(scenario.iter().map(|a| a.strip_prefix("sipp/").map_or((*a).into(), |f| scenarios.join(f))))
-                .args(args)
-                .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1", "-nostdin"])
-                .args(["-trace_err", "-trace_msg", "-trace_counts", "-trace_stat", "-stf", "stats.csv", "-fd", "1"])
-                .current_dir(dir.path())
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(dir.path().join("stdout.txt")).unwrap())
-                .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
-                .spawn()
-                .expect("start sipp");
+            let child = support::spawn_in(
+                Command::new("sipp")
+                    .arg(target.to_string())
+                    .args(scenario.iter().map(|a| a.strip_prefix("sipp/").map_or((*a).into(), |f| scenarios.join(f))))
+                    .args(args)
+                    .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", "u1", "-nostdin"])
+                    .args([
+                        "-trace_err",
+                        "-trace_msg",
+                        "-trace_counts",
+                        "-trace_stat",
+                        "-stf",
+                        "stats.csv",
+                        "-fd",
+                        "1",
+                    ]),
+                dir.path(),
+            )
+            .expect("start sipp");
             let mut sipp = Sipp { child, dir, port, what };
             let deadline = Instant::now() + Duration::from_secs(20);
             while !ready(&sipp) {

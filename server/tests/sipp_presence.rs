@@ -9,7 +9,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 use support::ua::{Ua, status};
 use support::{Server, free_port, require_tool};
@@ -30,19 +30,17 @@ impl Sipp {
         let dir = tempfile::tempdir().unwrap();
         let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp_presence").join(scenario);
         let port = free_port().to_string();
-        let child = Command::new("sipp")
-            .arg(server.sip.to_string())
-            .arg("-sf")
-            .arg(&path)
-            .args(["-s", service, "-i", "127.0.0.1", "-p", &port])
-            .args(["-t", "u1", "-m", "1", "-timeout", "20s", "-timeout_error"])
-            .args(["-nostdin", "-trace_err", "-trace_msg"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout.txt")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
-            .spawn()
-            .expect("start sipp");
+        let child = support::spawn_in(
+            Command::new("sipp")
+                .arg(server.sip.to_string())
+                .arg("-sf")
+                .arg(&path)
+                .args(["-s", service, "-i", "127.0.0.1", "-p", &port])
+                .args(["-t", "u1", "-m", "1", "-timeout", "20s", "-timeout_error"])
+                .args(["-nostdin", "-trace_err", "-trace_msg"]),
+            dir.path(),
+        )
+        .expect("start sipp");
         Sipp { child, dir, what: format!("sipp {scenario} -s {service}") }
     }
 

@@ -8,8 +8,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::prep::{DirectoryJob, directory_job, read_only, secret_volume};
-use super::{BuildError, MANAGED_BY, Owner, paths};
+use super::prep::{DirectoryJob, directory_job, labels, read_only, secret_volume};
+use super::{BuildError, Owner, paths};
 use crate::crd::ResolvedDomain;
 
 /// The `app.kubernetes.io/component` of drain Jobs (the Home Servers' NetworkPolicy admits them).
@@ -27,17 +27,7 @@ pub fn api_token_secret_name(domain: &str) -> String {
 /// servers read it at start).
 pub fn api_token_secret(owner: &Owner, token: &str) -> Secret {
     let name = api_token_secret_name(&owner.name);
-    let labels = [
-        ("app.kubernetes.io/name", "parley"),
-        ("app.kubernetes.io/instance", name.as_str()),
-        ("app.kubernetes.io/component", "api-token"),
-        ("app.kubernetes.io/part-of", "parley"),
-        ("app.kubernetes.io/managed-by", MANAGED_BY),
-        (super::DOMAIN_LABEL, owner.name.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let labels = labels(&name, &owner.name, "api-token");
     Secret {
         metadata: owner.meta(name, labels),
         type_: Some("Opaque".into()),

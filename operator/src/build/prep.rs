@@ -161,7 +161,7 @@ pub fn steps(domain: &ResolvedDomain) -> Vec<Step> {
     steps
 }
 
-fn labels(instance: &str, domain: &str, component: &str) -> BTreeMap<String, String> {
+pub(super) fn labels(instance: &str, domain: &str, component: &str) -> BTreeMap<String, String> {
     [
         ("app.kubernetes.io/name", "parley"),
         ("app.kubernetes.io/instance", instance),

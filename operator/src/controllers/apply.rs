@@ -301,6 +301,23 @@ impl<'a, O: Resource<DynamicType = ()>> ApplySet<'a, O> {
         self.applied.insert((K::kind(&()).into_owned(), name.to_string()));
     }
 
+    /// A Secret of generated credentials: made once from a random value (`build` turns it into the
+    /// Secret) and then kept as it is, since whatever read it at start must go on matching it.
+    pub async fn generate_once(
+        &mut self,
+        name: &str,
+        build: impl FnOnce(&str) -> k8s_openapi::api::core::v1::Secret,
+    ) -> Result<(), Error> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = self.api();
+        if secrets.get_opt(name).await?.is_none() {
+            let value = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+            self.apply(&build(&value)).await?;
+        } else {
+            self.keep::<k8s_openapi::api::core::v1::Secret>(name);
+        }
+        Ok(())
+    }
+
     /// Deletes the orphans of every kind of the set, in the reverse of the apply order.
     pub async fn prune(&self) -> Result<(), Error> {
         for ar in self.kinds.iter().rev() {

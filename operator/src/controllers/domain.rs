@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
@@ -213,12 +212,7 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         }
         // The servers' operations API token: made once and kept (the servers read it at start).
         let token = build::drain::api_token_secret_name(&name);
-        if Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&token).await?.is_none() {
-            let value = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-            set.apply(&build::drain::api_token_secret(&owner, &value)).await?;
-        } else {
-            set.keep::<Secret>(&token);
-        }
+        set.generate_once(&token, |value| build::drain::api_token_secret(&owner, value)).await?;
 
         let certs = certificates::reconcile(&ctx, &mut set, &d, &owner, &resolved, now).await?;
         ctx.metrics.set_certificate_expiries(&ns, &name, &certs.expiries);

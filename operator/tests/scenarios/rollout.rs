@@ -169,12 +169,13 @@ pub async fn a_home_server_on_a_drained_node_is_restarted_by_the_operator(h: &Ha
         p.metadata.uid != before.metadata.uid || p.metadata.deletion_timestamp.is_some()
     })
     .await;
-    let events = h.api::<k8s_openapi::api::events::v1::Event>().list(&Default::default()).await.unwrap();
-    assert!(
-        events.items.iter().any(|e| e.reason.as_deref() == Some("MovingOffNode")
-            && e.note.as_deref().is_some_and(|n| n.contains(&node_name))),
-        "an Event says why the pod restarted"
-    );
+    // (The Event follows the deletion.)
+    h.wait_for_list::<k8s_openapi::api::events::v1::Event, _>("an Event saying why the pod restarted", |events| {
+        events.iter().any(|e| {
+            e.reason.as_deref() == Some("MovingOffNode") && e.note.as_deref().is_some_and(|n| n.contains(&node_name))
+        })
+    })
+    .await;
     for other in ["corp-home-1-0", "corp-home-3-0"] {
         assert!(pods.get(other).await.unwrap().metadata.deletion_timestamp.is_none(), "{other} was left alone");
     }

@@ -203,20 +203,10 @@ impl Node {
     /// Sends SIGTERM and waits (up to `bound`) for the process to exit: its status and how long
     /// it took. Panics, with the log, if it is still running after `bound`.
     pub fn terminate(&mut self, bound: Duration) -> (std::process::ExitStatus, Duration) {
-        let child = self.child.as_mut().expect("running");
-        let started = Instant::now();
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
         assert!(status.success(), "kill -TERM");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return (status, started.elapsed());
-            }
-            if started.elapsed() > bound {
-                panic!("{} still running {bound:?} after SIGTERM; log:\n{}", self.name, self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_exit(bound)
     }
 
     /// Waits (up to `bound`) for the process, already signalled, to exit: its status and how long

@@ -392,3 +392,13 @@ pub fn tails_of(dir: &Path, extensions: &[&str]) -> String {
     }
     out
 }
+
+/// Runs `cmd` in `dir` with no standard input and its output in `dir`'s stdout.txt and
+/// stderr.txt (read back by [`tails_of`]).
+pub fn spawn_in(cmd: &mut Command, dir: &Path) -> std::io::Result<Child> {
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("stdout.txt"))?)
+        .stderr(std::fs::File::create(dir.join("stderr.txt"))?)
+        .spawn()
+}

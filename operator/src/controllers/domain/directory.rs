@@ -30,12 +30,7 @@ pub async fn reconcile(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let admin = directory::admin_secret_name(name);
     // Made once and kept: the directory holds this password from its first start on.
-    if secrets.get_opt(&admin).await?.is_none() {
-        let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-        set.apply(&directory::admin_secret(owner, &resolved.sip_domain, &password)).await?;
-    } else {
-        set.keep::<Secret>(&admin);
-    }
+    set.generate_once(&admin, |password| directory::admin_secret(owner, &resolved.sip_domain, password)).await?;
     let sts_name = directory::name(name);
     // slapd reads its certificate at start: a renewed one rolls the pod (the hash is in its template).
     let tls_hash = secrets

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
@@ -40,15 +40,9 @@ pub async fn reconcile(
     };
     let ns = &owner.namespace;
     if ldap.password_generated {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-        let name = prep::generated_service_account_secret_name(&owner.name);
         // Made once and kept: a new password would lock the running servers out.
-        if secrets.get_opt(&name).await?.is_none() {
-            let password = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
-            set.apply(&prep::service_account_secret(owner, &password)).await?;
-        } else {
-            set.keep::<Secret>(&name);
-        }
+        let name = prep::generated_service_account_secret_name(&owner.name);
+        set.generate_once(&name, |password| prep::service_account_secret(owner, password)).await?;
     }
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
