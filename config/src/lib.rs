@@ -398,6 +398,11 @@ pub struct FrontEnd {
     /// refused, marks it down; an answer marks it up).
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// A file holding a secret every replica of the domain's Front-Ends reads: flow tokens are
+    /// then minted under a key they share, so when a replica goes away, a Home Server reaches
+    /// its UDP clients through another one. Without it, each process has a key of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_key_file: Option<PathBuf>,
 }
 
 pub fn default_route_cache_secs() -> u64 {
@@ -468,6 +473,9 @@ impl Config {
         }
         if let Some(r) = &mut self.web.root {
             rebase(r);
+        }
+        if let Some(f) = self.frontend.as_mut().and_then(|fe| fe.flow_key_file.as_mut()) {
+            rebase(f);
         }
         match &mut self.directory {
             DirectoryConfig::File { file } => rebase(file),

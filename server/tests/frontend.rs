@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::baresip::{Baresip, plain};
-use support::cluster::{Ca, Node, users_file};
+use support::cluster::{Ca, Node, file_directory, users_file};
 use support::pidf::PIDF_AWAY;
 use support::ua::{Ua, body, header, status};
 
@@ -23,9 +23,21 @@ struct Deployment {
     front_ends: Vec<Node>,
 }
 
+impl Deployment {
+    /// Every server's log, for a failure's message.
+    fn logs(&self) -> String {
+        self.homes.iter().chain(&self.front_ends).map(|n| format!("--- {}\n{}", n.name, n.log_text())).collect()
+    }
+}
+
 /// alice on home-1, bob on home-2, carol on home-3, dave of the admitted domain partner.test on
 /// home-3; Front-Ends fe-1 and fe-2.
 fn deploy() -> Deployment {
+    deploy_with_front_end_config("")
+}
+
+/// As `deploy`, with `frontend` lines added to the Front-Ends' `[frontend]` section.
+fn deploy_with_front_end_config(frontend: &str) -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "deployment-ca");
     let users = users_file(
@@ -34,7 +46,13 @@ fn deploy() -> Deployment {
     );
     let homes: Vec<Node> = (1..=3).map(|i| Node::start(dir.path(), &format!("home-{i}"), &ca, &users, None)).collect();
     let table: Vec<(String, SocketAddr)> = homes.iter().map(|h| (h.name.clone(), h.internal)).collect();
-    let front_ends = (1..=2).map(|i| Node::start(dir.path(), &format!("fe-{i}"), &ca, &users, Some(&table))).collect();
+    // The extra config follows the `[frontend]` section the routing table opens.
+    let front_ends = (1..=2)
+        .map(|i| {
+            let name = format!("fe-{i}");
+            Node::start_with(dir.path(), &name, &ca, &file_directory(&users), Some(&table), "", frontend)
+        })
+        .collect();
     Deployment { dir, ca, homes, front_ends }
 }
 
@@ -158,7 +176,7 @@ fn baresip_through_a_front_end_over_tls_gets_messages_and_presence_from_another_
         Some("\"Alice\" <sip:alice@example.test>;presence=p2p\n"),
         &["-t", "30"],
     );
-    let logs = || d.homes.iter().chain(&d.front_ends).map(|n| format!("--- {}\n{}", n.name, n.log_text())).collect();
+    let logs = || d.logs();
     let out = baresip.wait_until("200 to REGISTER", WAIT * 2, &logs, |t| t.contains("200 OK () [1 binding]"));
     assert!(out.contains("{0/TLS/v4} 200 OK"), "{out}");
 
@@ -205,6 +223,65 @@ fn a_user_of_an_admitted_domain_signs_in_and_messages_across_home_servers() {
     assert_eq!(status(&r), 200, "{r}");
     assert_eq!(from, d.front_ends[0].sip, "dave's flow is on fe-1");
     assert_eq!(body(&m), "to partner.test");
+}
+
+/// A Front-End replica dies (-9) holding a UDP client's flow: the client's Home Server finds it
+/// gone and sends through the other replica, which reads the flow token (the replicas share its
+/// key) and reaches the client from its own socket. The client, baresip over UDP, does not sign
+/// in again; later requests skip the dead replica at once. Without a shared key the other replica
+/// cannot read the token and says so (430 Flow Failed), never misroutes.
+#[test]
+fn a_udp_client_of_a_front_end_replica_that_died_is_reached_through_another_without_signing_in_again() {
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), b"the domain's flow key, shared by its replicas").unwrap();
+    let mut d = deploy_with_front_end_config(&format!("flow_key_file = {:?}\n", key.path()));
+    let (fe1, fe2) = (d.front_ends[0].sip, d.front_ends[1].sip);
+    let account = format!(
+        "<sip:bob@example.test>;auth_pass=bob-password;regint=600;outbound=\"sip:{}:{}\"",
+        fe1.ip(),
+        fe1.port()
+    );
+    let baresip = Baresip::start(&d.dir.path().join("baresip"), &d.ca.cert, &account, &[], None, &["-t", "40"]);
+    let out = baresip.wait_until("200 to REGISTER", WAIT * 2, &|| d.logs(), |t| t.contains("200 OK () [1 binding]"));
+    assert!(out.contains("{0/UDP/v4} 200 OK"), "{out}");
+
+    d.front_ends[0].kill();
+    let mut alice = Ua::new("alice", fe2);
+    assert_eq!(status(&alice.register(300)), 200);
+    for (i, text) in ["after fe-1 died", "and again"].into_iter().enumerate() {
+        alice.new_call(&format!("m{i}"));
+        let sent = Instant::now();
+        let to = "sip:bob@example.test";
+        let r = alice.send_authenticated("MESSAGE", to, to, "Content-Type: text/plain\r\n", text);
+        assert_eq!(status(&r), 200, "{r}\n{}", d.logs());
+        assert!(sent.elapsed() < Duration::from_secs(3), "answered after {:?}", sent.elapsed());
+        baresip.wait_until("the message", WAIT, &|| d.logs(), |t| {
+            t.contains(&format!("sip:alice@example.test: \"{text}\""))
+        });
+    }
+    let home = d.homes[1].log_text();
+    assert_eq!(home.matches("Front-End gone: sent through another").count(), 1, "the dead replica is skipped:\n{home}");
+    assert_eq!(baresip.output().matches("200 OK () [1 binding]").count(), 1, "bob signed in once");
+}
+
+/// Without a shared key, another replica cannot read a token that names a gone replica's client.
+#[test]
+fn a_replica_without_the_shared_key_answers_flow_failed_for_another_replicas_client() {
+    let mut d = deploy();
+    let (fe1, fe2) = (d.front_ends[0].sip, d.front_ends[1].sip);
+    let mut bob = Ua::new("bob", fe1);
+    assert_eq!(status(&bob.register(300)), 200);
+    d.front_ends[0].kill();
+    let mut alice = Ua::new("alice", fe2);
+    assert_eq!(status(&alice.register(300)), 200);
+    let to = "sip:bob@example.test";
+    let r = alice.send_authenticated("MESSAGE", to, to, "Content-Type: text/plain\r\n", "lost?");
+    assert_eq!(status(&r), 480, "{r}");
+    assert!(bob.recv(Duration::from_millis(500)).is_none(), "nothing reached bob");
+    // Sent through fe-2, which cannot read fe-1's token: 430, which bob's Home Server reports as
+    // 480 (no device reached).
+    let home = d.homes[1].log_text();
+    assert!(home.contains("Front-End gone: sent through another"), "{home}");
 }
 
 /// Registers until it works again (the Front-End's probes find the Home Server back), 5 s at most.

@@ -56,14 +56,32 @@ pub fn stateless_branch(incoming_top_via: &Via, request_uri: &str, salt: &str) -
     format!("z9hG4bK{}", hex::encode(&h.finalize()[..12]))
 }
 
-/// Encodes flows as opaque tokens that only this instance can mint: transport, address and
-/// connection, authenticated with a key of the instance's own (a forged or altered token is
-/// refused, so a client cannot steer traffic to another client's connection).
+/// Encodes flows as opaque tokens that only this instance, or the group of instances sharing its
+/// key, can mint: the minting instance, transport, address and connection, authenticated with
+/// the key (a forged or altered token is refused, so a client cannot steer traffic to another
+/// client's connection).
+///
+/// A Front-End's replicas share a key so that any of them can reach a UDP client whose Path
+/// names a replica that is gone. A connection exists only in the process that holds it: another
+/// instance reads a token for a client's connection as gone, and one for a Home Server's link as
+/// "any link to that Home Server".
 pub struct FlowTokens {
     key: [u8; 32],
+    instance: [u8; INSTANCE_BYTES],
 }
 
 const MAC_BYTES: usize = 8;
+const INSTANCE_BYTES: usize = 4;
+
+/// What a token that this group minted says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A flow this instance can send on.
+    Flow(Flow),
+    /// A client's connection held by another instance of the group (or this one before a
+    /// restart): it is gone.
+    Gone,
+}
 
 impl Default for FlowTokens {
     fn default() -> Self {
@@ -74,7 +92,12 @@ impl Default for FlowTokens {
 impl FlowTokens {
     /// Tokens under a fresh random key: only this instance can mint or read them.
     pub fn new() -> FlowTokens {
-        FlowTokens { key: rand::random() }
+        FlowTokens { key: rand::random(), instance: rand::random() }
+    }
+
+    /// Tokens under a key derived from `secret`, shared by every instance given the same one.
+    pub fn shared(secret: &[u8]) -> FlowTokens {
+        FlowTokens { key: Sha256::digest(secret).into(), instance: rand::random() }
     }
 
     fn mac(&self, data: &[u8]) -> [u8; MAC_BYTES] {
@@ -86,7 +109,8 @@ impl FlowTokens {
 
     /// A token usable as a SIP URI user part and a Via parameter value (hex).
     pub fn encode(&self, flow: &Flow) -> String {
-        let mut data = Vec::with_capacity(32);
+        let mut data = Vec::with_capacity(40);
+        data.extend_from_slice(&self.instance);
         data.push(match flow.transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
@@ -106,13 +130,15 @@ impl FlowTokens {
         hex::encode(data)
     }
 
-    pub fn decode(&self, token: &str) -> Option<Flow> {
+    /// `None`: not a token of this group (forged, altered, or under another key).
+    pub fn decode(&self, token: &str) -> Option<Decoded> {
         let data = hex::decode(token).ok()?;
         let (body, mac) = data.split_at(data.len().checked_sub(MAC_BYTES)?);
         let expected = self.mac(body);
         if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], mac)) {
             return None;
         }
+        let (instance, body) = body.split_at_checked(INSTANCE_BYTES)?;
         let transport = match body.first()? {
             0 => Transport::Udp,
             1 => Transport::Tcp,
@@ -130,7 +156,16 @@ impl FlowTokens {
         let rest = &body[body.len() - 10..];
         let port = u16::from_be_bytes([rest[0], rest[1]]);
         let conn = u64::from_be_bytes(rest[2..].try_into().ok()?);
-        Some(Flow { transport, remote: SocketAddr::new(ip, port), conn })
+        let flow = Flow { transport, remote: SocketAddr::new(ip, port), conn };
+        if instance == self.instance {
+            return Some(Decoded::Flow(flow));
+        }
+        // Connection ids are this process's own: another's would name an unrelated connection.
+        Some(match transport {
+            Transport::Udp => Decoded::Flow(flow),
+            Transport::Internal => Decoded::Flow(Flow { conn: 0, ..flow }),
+            Transport::Tcp | Transport::Tls | Transport::Ws | Transport::Wss => Decoded::Gone,
+        })
     }
 }
 
@@ -147,7 +182,7 @@ mod tests {
             Flow { transport: Transport::Wss, remote: "192.0.2.8:50000".parse().unwrap(), conn: 7 },
         ] {
             let token = t.encode(&flow);
-            assert_eq!(t.decode(&token), Some(flow));
+            assert_eq!(t.decode(&token), Some(Decoded::Flow(flow)));
             // One flipped character, or another instance's key: refused.
             let mut forged = token.clone().into_bytes();
             forged[3] = if forged[3] == b'0' { b'1' } else { b'0' };
@@ -156,6 +191,22 @@ mod tests {
         }
         assert_eq!(t.decode("zz"), None);
         assert_eq!(t.decode(""), None);
+    }
+
+    /// Replicas sharing a key read each other's tokens, but only as far as a flow outlives the
+    /// process that holds it: a UDP client's address, a Home Server's link without its
+    /// connection id, and a client's connection as gone.
+    #[test]
+    fn replicas_sharing_a_key_read_what_outlives_the_replica_that_minted_it() {
+        let (a, b) = (FlowTokens::shared(b"domain secret"), FlowTokens::shared(b"domain secret"));
+        let udp = Flow::datagram(Transport::Udp, "192.0.2.9:5060".parse().unwrap());
+        let tcp = Flow { transport: Transport::Tcp, remote: "192.0.2.7:40000".parse().unwrap(), conn: 42 };
+        let link = Flow { transport: Transport::Internal, remote: "10.0.0.5:5070".parse().unwrap(), conn: 3 };
+        assert_eq!(b.decode(&a.encode(&udp)), Some(Decoded::Flow(udp)));
+        assert_eq!(b.decode(&a.encode(&tcp)), Some(Decoded::Gone));
+        assert_eq!(b.decode(&a.encode(&link)), Some(Decoded::Flow(Flow { conn: 0, ..link })));
+        assert_eq!(a.decode(&a.encode(&tcp)), Some(Decoded::Flow(tcp)));
+        assert_eq!(FlowTokens::shared(b"another domain").decode(&a.encode(&udp)), None);
     }
 
     #[test]

@@ -26,12 +26,13 @@ use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
 use crate::service::{Action, Facts, Input, Now, Service, TaskId};
 use crate::sip::response::{from_headers, reason_phrase};
-use crate::sip::routing::{FlowTokens, stamp_top_via, stateless_branch};
+use crate::sip::routing::{Decoded, FlowTokens, stamp_top_via, stateless_branch};
 use crate::sip::uri::{NameAddr, SipUri};
 use crate::sip::via::{Via, split_host_port};
 use crate::sip::{Message, ParseError};
 use crate::transaction::{ClientTransactions, Timers};
 use crate::transport::{Flow, Transport};
+use anyhow::Context;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,6 +61,9 @@ pub struct Settings {
     pub timers: Timers,
     /// Requests waiting for a Home Server or the directory above which new ones get 503 at once.
     pub max_pending_requests: usize,
+    /// The secret the domain's Front-End replicas share their flow tokens under (`None`: a key
+    /// of this process's own).
+    pub flow_secret: Option<Vec<u8>>,
 }
 
 /// A Home Server as the routing table names it, and what the probes say of it.
@@ -201,6 +205,13 @@ impl Proxy {
             probe_interval: Duration::from_millis(table.probe_interval_ms),
             timers: Timers::default(),
             max_pending_requests: config.limits.max_pending_requests,
+            flow_secret: match &table.flow_key_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading frontend.flow_key_file {}", path.display()))?,
+                ),
+                None => None,
+            },
         };
         Ok(Proxy::new(settings, metrics))
     }
@@ -230,9 +241,9 @@ impl Proxy {
         Proxy {
             domains: Domains::new(&settings.domain, &settings.domain_aliases),
             to_clients: ClientTransactions::new(settings.timers),
+            tokens: settings.flow_secret.as_deref().map_or_else(FlowTokens::new, FlowTokens::shared),
             settings,
             metrics,
-            tokens: FlowTokens::new(),
             homes,
             cache: HashMap::new(),
             advertised: HashMap::new(),
@@ -434,28 +445,30 @@ impl Proxy {
             Some(Err(_)) => return self.reply(flow, &req, 400, "Bad Max-Forwards", false),
             None => req.headers.push("Max-Forwards", "69"),
         }
-        // Route entries naming this instance are used up here; a flow token in one of them (from
-        // a Home Server only) names the client connection the request is for.
+        // Route entries naming this instance are used up here. From a Home Server, an entry with
+        // a user part is a flow token from a Path or Record-Route a Front-End added: this
+        // replica's, or another's whose client the Home Server could not reach through it (it
+        // is gone); with the key the replicas share, this one reads the token too.
         let mut client = None;
         while let Some(top) = req.headers.get("Route").and_then(|r| crate::sip::params::split_list(r).first().copied())
         {
             let Ok(route) = NameAddr::parse(top) else {
                 return self.reply(flow, &req, 400, "Bad Route header", false);
             };
-            if !self.is_own(&route.uri) {
+            let token = route.uri.user().filter(|_| flow.transport == Transport::Internal);
+            if token.is_none() && !self.is_own(&route.uri) {
                 break;
             }
             req.headers.pop_first_value("Route");
-            if flow.transport == Transport::Internal
-                && let Some(token) = route.uri.user()
-            {
+            if let Some(token) = token {
                 match self.tokens.decode(token) {
-                    Some(f) => client = Some(f),
-                    // Not a flow this instance holds: a token minted before it restarted (the
-                    // connections went with the process). Routed on as a new request it would go
-                    // back to a Home Server without the credentials it was authorised with (a 407
-                    // for its sender); RFC 5626 section 5.3 reports the flow failed instead.
-                    None => return self.reply(flow, &req, 430, "Flow Failed", false),
+                    Some(Decoded::Flow(f)) => client = Some(f),
+                    // A connection that went with another replica or with this one before it
+                    // restarted, or a token under a key this instance lacks. Routed on as a new
+                    // request it would go back to a Home Server without the credentials it was
+                    // authorised with (a 407 for its sender); RFC 5626 section 5.3 reports the
+                    // flow failed instead.
+                    Some(Decoded::Gone) | None => return self.reply(flow, &req, 430, "Flow Failed", false),
                 }
             }
         }
@@ -674,7 +687,8 @@ impl Proxy {
             }
             self.to_clients.on_response(branch, code, now.instant);
         }
-        let Some(target) = via.as_ref().and_then(|v| v.param(FLOW_PARAM).and_then(|t| self.tokens.decode(t))) else {
+        let decoded = via.as_ref().and_then(|v| v.param(FLOW_PARAM).and_then(|t| self.tokens.decode(t)));
+        let Some(Decoded::Flow(target)) = decoded else {
             // Not a response to anything this instance sent.
             self.metrics.stray_responses.fetch_add(1, Relaxed);
             return;

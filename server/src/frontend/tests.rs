@@ -51,6 +51,7 @@ impl Sim {
             probe_interval: Duration::from_millis(500),
             timers: Timers::default(),
             max_pending_requests: 3,
+            flow_secret: None,
         };
         let metrics = Arc::new(Metrics::default());
         let mut proxy = Proxy::new(settings, metrics.clone());

@@ -174,6 +174,8 @@ pub struct Core {
     actions: Vec<Action>,
     /// `max_requests_per_second`, made at the first request (the core reads no clock).
     rate_limit: Option<crate::transport::admission::RateLimit>,
+    /// The Front-End replicas' links, for clients whose replica is gone.
+    front_ends: super::front_ends::FrontEndLinks,
 }
 
 impl Service for Core {
@@ -189,6 +191,15 @@ impl Service for Core {
             Input::Fetched { task, facts } => self.on_fetched(now, task, facts),
             Input::Stored { task, result } => self.on_stored(now, task, result),
             Input::NotSent { branch } => {
+                // A Front-End replica that is gone: through another one, if one is live.
+                if let Some(o) = self.client_txns.data_mut(&branch)
+                    && let Some(other) = self.front_ends.failed(o.flow, now.instant)
+                {
+                    tracing::info!(gone = %o.flow.remote, through = %other.remote, "Front-End gone: sent through another");
+                    o.flow = other;
+                    let data = o.data.clone();
+                    return self.actions.push(Action::Send { flow: other, data, branch: Some(branch) });
+                }
                 let waiter = self.client_txns.data_mut(&branch).map(|o| std::mem::replace(&mut o.waiter, Waiter::Gone));
                 if let Some(waiter) = waiter {
                     self.answered(now, waiter, None);
@@ -290,6 +301,7 @@ impl Core {
             last_sweep: None,
             actions: Vec::new(),
             rate_limit: None,
+            front_ends: Default::default(),
         }
     }
 
@@ -303,6 +315,7 @@ impl Core {
         self.auth.purge(now.wall);
         self.guard.purge(now.wall);
         self.expire_moves(now.wall);
+        self.front_ends.purge(now.instant);
         if !emptied.is_empty() {
             let writes = emptied.iter().map(|aor| Write::delete(Table::Registrations, aor)).collect();
             self.store(None, writes);
@@ -342,6 +355,7 @@ impl Core {
     /// Sends a request along a flow with a fresh Via in a new client transaction; its answer
     /// (or its absence) goes to `waiter`.
     pub(super) fn start_request(&mut self, now: Now, flow: Flow, mut req: Message, waiter: Waiter) {
+        let flow = self.front_ends.route(flow, now.instant);
         let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
         let host = self.via_host(flow.transport);
         req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
@@ -372,6 +386,7 @@ impl Core {
 
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
         self.metrics.count_request(req.method().unwrap_or_default());
+        self.front_ends.heard(flow, now.instant);
         let Some(via) = crate::sip::routing::stamp_top_via(&mut req, flow.remote) else {
             return;
         };

@@ -5,6 +5,7 @@
 pub mod auth;
 mod core;
 pub mod driver;
+mod front_ends;
 pub mod guard;
 mod identity;
 mod im;
