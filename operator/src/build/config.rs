@@ -127,6 +127,7 @@ pub fn build(
             home_servers: home_servers.to_vec(),
             route_cache_secs: parley_config::default_route_cache_secs(),
             probe_interval_ms: parley_config::default_probe_interval_ms(),
+            flow_key_file: Some(paths::FLOW_KEY.into()),
         }),
     })
 }

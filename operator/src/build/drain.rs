@@ -1,14 +1,11 @@
-//! The administrator token of a domain's operations API, and the Job that drains a Home Server
-//! (`spec.drain`): `parley-server user drain`, which moves each user homed there, with their
-//! contact list, rules and bindings, to the Home Server with the most free capacity.
+//! The Job that drains a Home Server (`spec.drain`): `parley-server user drain`, which moves each
+//! user homed there, with their contact list, rules and bindings, to the Home Server with the most
+//! free capacity.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
 
-use super::prep::{DirectoryJob, directory_job, labels, read_only, secret_volume};
+use super::credentials::api_token_secret_name;
+use super::prep::{DirectoryJob, directory_job, read_only, secret_volume};
 use super::{BuildError, Owner, paths};
 use crate::crd::ResolvedDomain;
 
@@ -17,25 +14,6 @@ pub const DRAIN_COMPONENT: &str = "user-drain";
 
 /// A drain moves users one by one; a large Home Server takes a while, a stuck one fails.
 pub const DRAIN_DEADLINE_SECONDS: i64 = 6 * 3600;
-
-/// Name of the Secret holding the domain's administrator token (key `token`).
-pub fn api_token_secret_name(domain: &str) -> String {
-    format!("{domain}-api-token")
-}
-
-/// The domain `owner`'s administrator token Secret, holding `token` (made once and kept: the
-/// servers read it at start).
-pub fn api_token_secret(owner: &Owner, token: &str) -> Secret {
-    let name = api_token_secret_name(&owner.name);
-    let labels = labels(&name, &owner.name, "api-token");
-    Secret {
-        metadata: owner.meta(name, labels),
-        type_: Some("Opaque".into()),
-        // `data`, not `stringData`: the API server stores only `data`, so a re-apply compares equal.
-        data: Some(BTreeMap::from([("token".to_string(), ByteString(token.as_bytes().to_vec()))])),
-        ..Default::default()
-    }
-}
 
 /// Name of the Job draining the Home Server `home_server`.
 pub fn job_name(home_server: &str) -> String {

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
 use super::config::{self, Advertise, HomeServerRoute, service_host};
+use super::credentials::flow_key_secret_name;
 use super::*;
 use crate::crd::{FrontEnd, ServiceType};
 use crate::tiers;
@@ -88,6 +89,9 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
             ..Default::default()
         });
     }
+    let mut container = server_container(ctx, component, resources);
+    let flow_key = flow_key_secret_name(&fe.spec.domain);
+    mount_secret(&mut container, &mut volumes, "flow-key", &flow_key, "key", paths::FLOW_KEY_DIR);
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector.clone());
     let deployment = Deployment {
@@ -109,7 +113,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![server_container(ctx, component, resources)],
+                    containers: vec![container],
                     volumes: Some(volumes),
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
@@ -188,6 +192,23 @@ mod tests {
         let config = parley_config::Config::parse(text, parley_config::Role::FrontEnd).unwrap();
         assert_eq!(config.listen.advertise.as_deref(), Some("corp-frontend.ns.svc.cluster.local"));
         assert_eq!(config.listen.advertise_internal, None, "replicas share the config; the pod IP comes from env");
+    }
+
+    /// Every replica reads the domain's flow-token key, so that any of them can reach a client
+    /// whose Path names another that went away.
+    #[test]
+    fn replicas_share_the_domains_flow_token_key() {
+        let d = fixtures::domain("corp", 25_000);
+        let o = build(&fixtures::front_end("corp-frontend", "corp"), &ctx(&d), &routes(2)).unwrap();
+        let text = &o.config_map.data.as_ref().unwrap()["parley.toml"];
+        let config = parley_config::Config::parse(text, parley_config::Role::FrontEnd).unwrap();
+        let key_file = config.frontend.unwrap().flow_key_file.expect("a shared key");
+        let volume = pod(&o).volumes.as_ref().unwrap().iter().find(|v| v.name == "flow-key").expect("flow-key volume");
+        assert_eq!(volume.secret.as_ref().unwrap().secret_name.as_deref(), Some("corp-flow-key"));
+        let mounts = pod(&o).containers[0].volume_mounts.clone().unwrap();
+        let mount = mounts.iter().find(|m| m.name == "flow-key").expect("mounted");
+        let item = &volume.secret.as_ref().unwrap().items.as_ref().unwrap()[0];
+        assert_eq!(std::path::Path::new(&mount.mount_path).join(&item.path), key_file);
     }
 
     fn pod(o: &FrontEndObjects) -> &PodSpec {

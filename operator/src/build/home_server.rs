@@ -133,10 +133,7 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     let mut container = server_container(ctx, component, resources);
     let mut volumes = common_volumes(&name, ctx);
     if let Some(secret) = &ctx.resolved.api_token_secret {
-        volumes.push(super::prep::secret_volume("api-token", secret, "token", "token"));
-        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
-        mounts.push(super::prep::read_only("api-token", paths::API_TOKEN_DIR));
-        mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
+        mount_secret(&mut container, &mut volumes, "api-token", secret, "token", paths::API_TOKEN_DIR);
     }
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector.clone());

@@ -5,6 +5,7 @@
 
 pub mod certificates;
 pub mod config;
+pub mod credentials;
 pub mod directory;
 pub mod domain;
 pub mod drain;
@@ -85,6 +86,9 @@ pub mod paths {
     /// The domain's administrator token for the operations API (`user move`, `user drain`).
     pub const API_TOKEN_DIR: &str = "/etc/parley/api";
     pub const API_TOKEN: &str = "/etc/parley/api/token";
+    /// The key a domain's Front-End replicas share their flow tokens under.
+    pub const FLOW_KEY_DIR: &str = "/etc/parley/flow";
+    pub const FLOW_KEY: &str = "/etc/parley/flow/key";
     pub const DATA_DIR: &str = "/var/lib/parley/data";
     pub const LOGS_DIR: &str = "/var/lib/parley/logs";
 }
@@ -405,6 +409,21 @@ pub fn server_container(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
+}
+
+/// Mounts key `key` of Secret `secret` read-only in `container`, as the file `dir/key`.
+pub fn mount_secret(
+    container: &mut Container,
+    volumes: &mut Vec<Volume>,
+    name: &str,
+    secret: &str,
+    key: &str,
+    dir: &str,
+) {
+    volumes.push(prep::secret_volume(name, secret, key, key));
+    let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+    mounts.push(prep::read_only(name, dir));
+    mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
 }
 
 /// The server's environment: its pod name and, for a Front-End (replicas share one config), the

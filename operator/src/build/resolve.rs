@@ -122,7 +122,7 @@ pub fn resolve(domain: &CommunicationsDomain, input: &ResolveInput) -> Result<Re
             .network_policy
             .enabled
             .then(|| ResolvedNetworkPolicy { monitoring_namespace: spec.network_policy.monitoring_namespace.clone() }),
-        api_token_secret: Some(super::drain::api_token_secret_name(&name)),
+        api_token_secret: Some(super::credentials::api_token_secret_name(&name)),
     })
 }
 

@@ -210,9 +210,12 @@ pub async fn reconcile(d: Arc<CommunicationsDomain>, ctx: Arc<Context>) -> Resul
         for policy in build::network::build(&owner, &resolved, ctx.settings.operator_namespace.as_deref()) {
             set.apply(&policy).await?;
         }
-        // The servers' operations API token: made once and kept (the servers read it at start).
-        let token = build::drain::api_token_secret_name(&name);
-        set.generate_once(&token, |value| build::drain::api_token_secret(&owner, value)).await?;
+        // The servers' operations API token and the Front-Ends' flow-token key: made once and
+        // kept (the servers read them at start).
+        let token = build::credentials::api_token_secret_name(&name);
+        set.generate_once(&token, |value| build::credentials::api_token_secret(&owner, value)).await?;
+        let flow_key = build::credentials::flow_key_secret_name(&name);
+        set.generate_once(&flow_key, |value| build::credentials::flow_key_secret(&owner, value)).await?;
 
         let certs = certificates::reconcile(&ctx, &mut set, &d, &owner, &resolved, now).await?;
         ctx.metrics.set_certificate_expiries(&ns, &name, &certs.expiries);
