@@ -616,8 +616,8 @@ fn bench_server(
         for &n in &plan.fanout {
             let f = workloads::fanout(&server, &mut users, n)?;
             eprintln!(
-                "  fan-out to {n}: last NOTIFY after {:?} ms ({} notified, {} subscribe failures, first: {:?})",
-                f.last_notify_ms, f.notified, f.subscribe_failed, f.first_error
+                "  fan-out to {n}: last NOTIFY after {:?} ms ({} notified, {} received again, {} subscribe failures, first: {:?})",
+                f.last_notify_ms, f.notified, f.received_again, f.subscribe_failed, f.first_error
             );
             r.fanout.push(f);
         }

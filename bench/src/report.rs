@@ -278,6 +278,14 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             &|r| r.fanout.iter().find(|f| f.watchers == n).and_then(|f| f.last_notify_ms),
             if n == largest_fanout && n >= 10_000 { Target::Below(1000.0, "< 1,000 ms") } else { Target::None },
         );
+        add(
+            &format!("fanout_{n}_received_again"),
+            format!("Presence: of those {} NOTIFYs, arrived more than once (retransmitted)", thousands(n)),
+            "NOTIFYs",
+            "lower",
+            &|r| r.fanout.iter().find(|f| f.watchers == n).map(|f| f.received_again as f64),
+            Target::None,
+        );
     }
     add(
         "memory_idle_mib",

@@ -94,6 +94,8 @@ pub fn publish(user: &str, note: &str) -> Req {
 pub struct Notify {
     pub at: Instant,
     pub marked: bool,
+    /// Its dialog and CSeq: the same for a retransmission.
+    pub id: String,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -309,7 +311,8 @@ impl Client {
         let at = Instant::now();
         if msg.method == "NOTIFY" {
             let marked = self.marker.as_ref().is_some_and(|m| msg.body.contains(m.as_str()));
-            self.notifies.push(Notify { at, marked });
+            let id = format!("{} {}", msg.header("call-id").unwrap_or(""), msg.header("cseq").unwrap_or(""));
+            self.notifies.push(Notify { at, marked, id });
         }
         let mut out = String::from("SIP/2.0 200 OK\r\n");
         for (name, value) in &msg.headers {

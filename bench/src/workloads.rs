@@ -4,6 +4,7 @@ use crate::servers::{Server, Target};
 use crate::sip::{self, Client, Job};
 use crate::sipp::{self, Load};
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -261,8 +262,12 @@ pub fn max_clean(steps: &[Step]) -> Option<u32> {
 pub struct Fanout {
     pub watchers: usize,
     pub subscribe_failed: usize,
+    /// Watchers whose NOTIFY with the new document arrived.
     pub notified: usize,
-    /// From sending the authenticated PUBLISH to the last watcher's NOTIFY.
+    /// Those NOTIFYs that arrived more than once (retransmitted by the server for want of an
+    /// answer: the first send was lost, or answered late).
+    pub received_again: usize,
+    /// From sending the authenticated PUBLISH to the last watcher's first NOTIFY.
     pub last_notify_ms: Option<f64>,
     pub first_notify_ms: Option<f64>,
     pub server_cpu_s: f64,
@@ -298,13 +303,21 @@ pub fn fanout(server: &Server, users: &mut Users, watchers: usize) -> anyhow::Re
         anyhow::bail!("PUBLISH failed: {:?}", client.first_error);
     }
     let sent = done[0].last_auth_sent.unwrap_or_else(Instant::now);
-    client.pump(Duration::from_secs(60), &mut |c| c.notifies.iter().filter(|n| n.marked).count() >= want);
+    let distinct = |c: &Client| c.notifies.iter().filter(|n| n.marked).map(|n| &n.id).collect::<HashSet<_>>().len();
+    client.pump(Duration::from_secs(60), &mut |c| distinct(c) >= want);
     let server_cpu_s = server.cpu_seconds() - cpu0;
-    let marked: Vec<Instant> = client.notifies.iter().filter(|n| n.marked).map(|n| n.at).collect();
+    // Each watcher's first arrival (the notifies are in arrival order).
+    let mut first = HashMap::new();
+    for n in client.notifies.iter().filter(|n| n.marked) {
+        first.entry(&n.id).or_insert(n.at);
+    }
+    let received_again = client.notifies.iter().filter(|n| n.marked).count() - first.len();
+    let marked: Vec<Instant> = first.into_values().collect();
     let ms = |t: &Instant| t.saturating_duration_since(sent).as_secs_f64() * 1000.0;
     Ok(Fanout {
         watchers,
         subscribe_failed: stats.failed,
+        received_again,
         notified: marked.len(),
         last_notify_ms: if marked.len() >= watchers { marked.iter().max().map(ms) } else { None },
         first_notify_ms: marked.iter().min().map(ms),

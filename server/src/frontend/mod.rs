@@ -162,6 +162,7 @@ impl Service for Proxy {
                 resend.push((leg.client, leg.data.clone()));
             }
         });
+        self.metrics.retransmissions_sent.fetch_add(resend.len() as u64, Relaxed);
         for (flow, data) in resend {
             self.send(flow, data);
         }

@@ -51,6 +51,10 @@ const KNOWN_METHODS: [&str; 14] = [
 ];
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER: &str = "5";
+/// NOTIFYs in flight at most: a change many watch goes out as earlier NOTIFYs are answered, not
+/// as one burst that a receiver's socket (or the network) drops, only for retransmissions to
+/// deliver it seconds later.
+pub(super) const NOTIFY_WINDOW: usize = 256;
 /// How often bindings, subscriptions, publications and nonces are checked for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -176,6 +180,9 @@ pub struct Core {
     rate_limit: Option<crate::transport::admission::RateLimit>,
     /// The Front-End replicas' links, for clients whose replica is gone.
     front_ends: super::front_ends::FrontEndLinks,
+    /// NOTIFYs sent and not yet answered, and those waiting for the window (`NOTIFY_WINDOW`).
+    notifies_in_flight: usize,
+    notify_queue: std::collections::VecDeque<(Flow, Message, String)>,
 }
 
 impl Service for Core {
@@ -220,6 +227,7 @@ impl Service for Core {
             ClientAction::Timeout => timed_out.push(std::mem::replace(&mut o.waiter, Waiter::Gone)),
         });
         self.metrics.client_transactions.store(self.client_txns.len() as u64, Relaxed);
+        self.metrics.retransmissions_sent.fetch_add(resend.len() as u64, Relaxed);
         for (flow, data) in resend {
             self.send(flow, data);
         }
@@ -302,6 +310,8 @@ impl Core {
             actions: Vec::new(),
             rate_limit: None,
             front_ends: Default::default(),
+            notifies_in_flight: 0,
+            notify_queue: Default::default(),
         }
     }
 
@@ -331,9 +341,9 @@ impl Core {
         self.registrar.binding_count()
     }
 
-    /// Requests still being processed (for draining on shutdown).
+    /// Requests still being processed, and NOTIFYs still to send (for draining on shutdown).
     pub fn requests_in_progress(&self) -> usize {
-        self.server_txns.in_progress()
+        self.server_txns.in_progress() + self.notify_queue.len()
     }
 
     pub fn domain(&self) -> &str {
@@ -572,6 +582,8 @@ impl Core {
                 if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408) | Some(430)) {
                     self.drop_subscription(&sub);
                 }
+                self.notifies_in_flight = self.notifies_in_flight.saturating_sub(1);
+                self.send_queued_notifies(now);
             }
             Waiter::Kept(aor, seq) => self.kept_answered(now, aor, seq, answer.as_ref()),
             Waiter::Gone => {}
@@ -636,8 +648,20 @@ impl Core {
     }
 
     /// Sends a NOTIFY-like request in a client transaction on behalf of a subscription.
+    /// Sends a NOTIFY now if the window has room, else when earlier ones are answered (in order).
     pub(super) fn send_notify(&mut self, now: Now, flow: Flow, req: Message, subscription: String) {
-        self.start_request(now, flow, req, Waiter::Notify(subscription));
+        self.notify_queue.push_back((flow, req, subscription));
+        self.send_queued_notifies(now);
+    }
+
+    fn send_queued_notifies(&mut self, now: Now) {
+        while self.notifies_in_flight < NOTIFY_WINDOW
+            && let Some((flow, req, subscription)) = self.notify_queue.pop_front()
+        {
+            self.notifies_in_flight += 1;
+            self.start_request(now, flow, req, Waiter::Notify(subscription));
+        }
+        self.metrics.notifies_queued.store(self.notify_queue.len() as u64, Relaxed);
     }
 
     /// Checks every request shares: URI scheme, Require, body size.

@@ -642,6 +642,45 @@ fn a_notify_that_cannot_be_sent_drops_the_subscription() {
     assert_eq!(sim.core.metrics.subscriptions.load(std::sync::atomic::Ordering::Relaxed), 0, "the gauge follows");
 }
 
+/// A change watched by more subscribers than the window goes out as earlier NOTIFYs are answered,
+/// not as one burst: every watcher still gets exactly one, and the gauge shows what waits.
+#[test]
+fn a_publication_watched_by_many_is_notified_a_window_at_a_time() {
+    use super::core::NOTIFY_WINDOW;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut sim = Sim::new();
+    let waiting = 44;
+    let mut watchers = HashMap::new();
+    for i in 0..NOTIFY_WINDOW + waiting {
+        let name: &'static str = Box::leak(format!("w{i}").into_boxed_str());
+        let address = format!("{name}@{DOMAIN}");
+        let ha1_md5 = Some(ha1(Algorithm::Md5, name, DOMAIN, &format!("{name}-pw")));
+        let home_server = Some("home-1".into());
+        sim.users.insert(address.clone(), User { address, enabled: true, home_server, ha1_md5, ha1_sha256: None });
+        let mut w = client(name, &format!("192.0.2.{}:{}", 100 + i / 250, 5000 + i));
+        let sent = w.subscribe(&mut sim, "alice@example.test", 600);
+        w.answer(&mut sim, requests(&sent, "NOTIFY")[0], 200);
+        watchers.insert(w.flow, w);
+    }
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let mut unanswered: Vec<Sent> =
+        alice.publish(&mut sim, "lunch").into_iter().filter(|s| s.method() == Some("NOTIFY")).collect();
+    assert_eq!(unanswered.len(), NOTIFY_WINDOW, "a window's worth at once");
+    assert_eq!(sim.core.metrics.notifies_queued.load(Relaxed), waiting as u64);
+    assert!(sim.core.requests_in_progress() >= waiting, "a shutdown waits for them");
+
+    // Each answer lets the next one go, until every watcher has had its NOTIFY.
+    let mut notified = std::collections::HashSet::new();
+    while let Some(notify) = unanswered.pop() {
+        assert!(notified.insert(notify.flow), "a second NOTIFY to {}", notify.flow.remote);
+        let more = watchers[&notify.flow].answer(&mut sim, &notify, 200);
+        unanswered.extend(more.into_iter().filter(|s| s.method() == Some("NOTIFY")));
+        assert!(unanswered.len() <= NOTIFY_WINDOW);
+    }
+    assert_eq!(notified.len(), watchers.len(), "every watcher notified");
+    assert_eq!(sim.core.metrics.notifies_queued.load(Relaxed), 0);
+}
+
 #[test]
 fn wrong_passwords_lock_the_address_out_but_not_the_user_elsewhere() {
     let mut sim = Sim::new();

@@ -45,6 +45,12 @@ pub struct Metrics {
     pub shutdown_refused: AtomicU64,
     /// New requests answered 503 + Retry-After over `limits.max_requests_per_second`.
     pub rate_limited: AtomicU64,
+    /// Requests this server sent again for want of an answer (over UDP).
+    pub retransmissions_sent: AtomicU64,
+    /// Messages the transports could not send (unreachable address, closed connection, no buffer).
+    pub send_failures: AtomicU64,
+    /// NOTIFYs waiting for the window of NOTIFYs in flight to open.
+    pub notifies_queued: AtomicU64,
     /// Where a shutdown is (`phase::SERVING` until SIGTERM); read by both roles' cores.
     pub phase: std::sync::atomic::AtomicU8,
     /// Home Server: enabled users the directory homes here, as last counted.
@@ -115,7 +121,25 @@ impl Metrics {
         for (i, c) in self.responses.iter().enumerate() {
             let _ = writeln!(out, "parley_sip_responses_total{{class=\"{}xx\"}} {}", i + 1, c.load(Relaxed));
         }
-        let scalars: [(&str, &str, &str, &AtomicU64); 25] = [
+        let scalars: [(&str, &str, &str, &AtomicU64); 28] = [
+            (
+                "parley_sip_retransmissions_sent_total",
+                "counter",
+                "Requests this server sent again because no answer had come (UDP).",
+                &self.retransmissions_sent,
+            ),
+            (
+                "parley_send_failures_total",
+                "counter",
+                "SIP messages the transports could not send (address unreachable, connection closed, no buffer).",
+                &self.send_failures,
+            ),
+            (
+                "parley_notifies_queued",
+                "gauge",
+                "NOTIFYs waiting for earlier ones to be answered (at most 256 are in flight at once).",
+                &self.notifies_queued,
+            ),
             (
                 "parley_homed_users",
                 "gauge",

@@ -303,6 +303,14 @@ impl Transports {
     /// Sends bytes along a flow: the UDP socket, the flow's connection, or (TCP only) the newest
     /// connection to that address, opening one if there is none.
     pub async fn send(self: &Arc<Self>, flow: &Flow, data: Bytes) -> Result<(), SendError> {
+        let sent = self.send_or_connect(flow, data).await;
+        if sent.is_err() {
+            self.metrics.send_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    async fn send_or_connect(self: &Arc<Self>, flow: &Flow, data: Bytes) -> Result<(), SendError> {
         if flow.transport == Transport::Udp {
             let socket = self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))?;
             socket.send_to(&data, flow.remote).await?;
