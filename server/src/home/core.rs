@@ -738,14 +738,18 @@ impl Core {
 
     /// Where requests along a Route set go: over the internal link, the connection the request
     /// came in on, or failing that the address of the first route (the Front-End instance that
-    /// holds the client's connection). Elsewhere the flow itself.
-    pub(super) fn next_hop(&self, flow: Flow, first_route: Option<&String>, facts: &Facts) -> Flow {
+    /// holds the client's connection). Elsewhere the flow itself. That instance has just passed
+    /// the request on, so it is live, even if a send to its address failed before.
+    pub(super) fn next_hop(&mut self, flow: Flow, first_route: Option<&String>, facts: &Facts) -> Flow {
         if flow.transport != Transport::Internal {
             return flow;
         }
         let Some((host, port)) = route_host(first_route) else { return flow };
         match host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)).or(facts.route) {
-            Some(remote) => Flow { transport: Transport::Internal, remote, conn: flow.conn },
+            Some(remote) => {
+                self.front_ends.came_through(remote);
+                Flow { transport: Transport::Internal, remote, conn: flow.conn }
+            }
             None => flow,
         }
     }

@@ -49,6 +49,12 @@ impl FrontEndLinks {
         self.live(now)
     }
 
+    /// A request came through the replica at `addr` (its Path or Record-Route names it): it is
+    /// live (again: a replica restarted in place keeps its address).
+    pub fn came_through(&mut self, addr: SocketAddr) {
+        self.gone.remove(&addr);
+    }
+
     /// The link most recently heard from, of a replica not known gone.
     fn live(&self, now: Instant) -> Option<Flow> {
         self.heard
@@ -88,6 +94,11 @@ mod tests {
         // Until b falls silent too (then the Path is tried again), or the avoidance lapses.
         assert_eq!(links.route(a_path, t0 + Duration::from_secs(3)), a_path);
         links.heard(b_link, t0 + Duration::from_secs(31));
+        assert_eq!(links.route(a_path, t0 + Duration::from_secs(31)), a_path);
+
+        // A replica restarted at the same address is used again once a request comes through it.
+        links.failed(a_path, t0 + Duration::from_secs(31));
+        links.came_through(a_path.remote);
         assert_eq!(links.route(a_path, t0 + Duration::from_secs(31)), a_path);
 
         // Nothing else live: no alternative; a client's own flow is never rerouted.
