@@ -51,10 +51,6 @@ const KNOWN_METHODS: [&str; 14] = [
 ];
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER: &str = "5";
-/// NOTIFYs in flight at most: a change many watch goes out as earlier NOTIFYs are answered, not
-/// as one burst that a receiver's socket (or the network) drops, only for retransmissions to
-/// deliver it seconds later.
-pub(super) const NOTIFY_WINDOW: usize = 256;
 /// How often bindings, subscriptions, publications and nonces are checked for expiry.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -138,8 +134,8 @@ pub(super) enum Waiter {
     Fork(TaskId),
     /// A kept message (user, sequence number) sent to one of the user's devices.
     Kept(String, u64),
-    /// A NOTIFY of this subscription.
-    Notify(String),
+    /// A NOTIFY of this subscription, and its ticket in the window of NOTIFYs.
+    Notify(String, u64),
     /// Nobody (its request could not be sent and that was dealt with).
     Gone,
 }
@@ -180,9 +176,8 @@ pub struct Core {
     rate_limit: Option<crate::transport::admission::RateLimit>,
     /// The Front-End replicas' links, for clients whose replica is gone.
     front_ends: super::front_ends::FrontEndLinks,
-    /// NOTIFYs sent and not yet answered, and those waiting for the window (`NOTIFY_WINDOW`).
-    notifies_in_flight: usize,
-    notify_queue: std::collections::VecDeque<(Flow, Message, String)>,
+    /// NOTIFYs waiting to be sent (flow, request, subscription), and those unanswered.
+    notifies: super::notify_window::NotifyWindow<(Flow, Message, String)>,
 }
 
 impl Service for Core {
@@ -234,6 +229,7 @@ impl Service for Core {
         for waiter in timed_out {
             self.answered(now, waiter, None);
         }
+        self.send_notifies(now);
         if self.last_sweep.is_none_or(|last| now.instant.duration_since(last) >= SWEEP_INTERVAL) {
             let first = self.last_sweep.is_none();
             self.last_sweep = Some(now.instant);
@@ -310,8 +306,7 @@ impl Core {
             actions: Vec::new(),
             rate_limit: None,
             front_ends: Default::default(),
-            notifies_in_flight: 0,
-            notify_queue: Default::default(),
+            notifies: Default::default(),
         }
     }
 
@@ -343,7 +338,7 @@ impl Core {
 
     /// Requests still being processed, and NOTIFYs still to send (for draining on shutdown).
     pub fn requests_in_progress(&self) -> usize {
-        self.server_txns.in_progress() + self.notify_queue.len()
+        self.server_txns.in_progress() + self.notifies.waiting()
     }
 
     pub fn domain(&self) -> &str {
@@ -575,15 +570,15 @@ impl Core {
     fn answered(&mut self, now: Now, waiter: Waiter, answer: Option<Message>) {
         match waiter {
             Waiter::Fork(id) => self.fork_answered(now, id, answer),
-            Waiter::Notify(sub) => {
+            Waiter::Notify(sub, ticket) => {
                 // A subscriber that no longer knows the dialog, or never answers, is gone; so is
                 // one whose flow through a Front-End failed (430, RFC 5626): the dialog's route
                 // set leads nowhere now, and the subscriber subscribes again.
                 if matches!(answer.and_then(|r| r.status()), None | Some(481) | Some(408) | Some(430)) {
                     self.drop_subscription(&sub);
                 }
-                self.notifies_in_flight = self.notifies_in_flight.saturating_sub(1);
-                self.send_queued_notifies(now);
+                self.notifies.answered(ticket);
+                self.send_notifies(now);
             }
             Waiter::Kept(aor, seq) => self.kept_answered(now, aor, seq, answer.as_ref()),
             Waiter::Gone => {}
@@ -650,18 +645,16 @@ impl Core {
     /// Sends a NOTIFY-like request in a client transaction on behalf of a subscription.
     /// Sends a NOTIFY now if the window has room, else when earlier ones are answered (in order).
     pub(super) fn send_notify(&mut self, now: Now, flow: Flow, req: Message, subscription: String) {
-        self.notify_queue.push_back((flow, req, subscription));
-        self.send_queued_notifies(now);
+        self.notifies.push((flow, req, subscription));
+        self.send_notifies(now);
     }
 
-    fn send_queued_notifies(&mut self, now: Now) {
-        while self.notifies_in_flight < NOTIFY_WINDOW
-            && let Some((flow, req, subscription)) = self.notify_queue.pop_front()
-        {
-            self.notifies_in_flight += 1;
-            self.start_request(now, flow, req, Waiter::Notify(subscription));
+    /// Sends the NOTIFYs the window has room for.
+    fn send_notifies(&mut self, now: Now) {
+        for (ticket, (flow, req, subscription)) in self.notifies.ready(now.instant) {
+            self.start_request(now, flow, req, Waiter::Notify(subscription, ticket));
         }
-        self.metrics.notifies_queued.store(self.notify_queue.len() as u64, Relaxed);
+        self.metrics.notifies_queued.store(self.notifies.waiting() as u64, Relaxed);
     }
 
     /// Checks every request shares: URI scheme, Require, body size.

@@ -10,6 +10,7 @@ pub mod guard;
 mod identity;
 mod im;
 pub mod moves;
+mod notify_window;
 mod offline;
 pub mod presence;
 mod register;

@@ -646,7 +646,7 @@ fn a_notify_that_cannot_be_sent_drops_the_subscription() {
 /// not as one burst: every watcher still gets exactly one, and the gauge shows what waits.
 #[test]
 fn a_publication_watched_by_many_is_notified_a_window_at_a_time() {
-    use super::core::NOTIFY_WINDOW;
+    use super::notify_window::{HOLD, WINDOW as NOTIFY_WINDOW};
     use std::sync::atomic::Ordering::Relaxed;
     let mut sim = Sim::new();
     let waiting = 44;
@@ -679,6 +679,12 @@ fn a_publication_watched_by_many_is_notified_a_window_at_a_time() {
     }
     assert_eq!(notified.len(), watchers.len(), "every watcher notified");
     assert_eq!(sim.core.metrics.notifies_queued.load(Relaxed), 0);
+
+    // Watchers that answer nothing (gone without unsubscribing) hold their places only briefly.
+    let sent = alice.publish(&mut sim, "back");
+    assert_eq!(requests(&sent, "NOTIFY").len(), NOTIFY_WINDOW);
+    let sent = sim.wait(HOLD);
+    assert_eq!(requests(&sent, "NOTIFY").len(), waiting, "the rest, though nobody answered");
 }
 
 #[test]
