@@ -114,6 +114,12 @@ pub async fn a_new_image_rolls_the_front_end_first_then_each_home_server_in_turn
     for n in ["corp-home-1", "corp-home-2", "corp-home-3"] {
         h.wait_for::<StatefulSet, _>(&format!("{n} on the new image"), n, sts_rolled).await;
     }
+    // The watcher polls: let it see the last server roll too (on a busy machine its last look
+    // may have come just before), then stop it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().order.len() < 4 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     watcher.abort();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let order: Vec<&str> = seen.order.iter().map(|(n, _)| n.as_str()).collect();
