@@ -58,6 +58,9 @@ chart-lint: ## helm lint and helm template of the operator chart
 bench: ## Benchmarks side by side with Kamailio (not part of test); BASELINE=<git rev> adds that build's Home Server column
 	@if [ -x bench/run.sh ]; then ./bench/run.sh; else echo "bench: not built yet"; exit 1; fi
 
+bench-memory: ## Memory (PSS) filled to MEMORY_SIZES (10000,100000,1000000) users with one subscription each; bench/results/memory.json (the million takes about 20 minutes)
+	@./bench/run.sh --memory-only --memory-sizes $${MEMORY_SIZES:-10000,100000,1000000} --out bench/results --no-markdown
+
 bench-ab: ## BASELINE=<rev>: Parley and that revision's fixed-rate rows alternated AB_ROUNDS (5) times; medians in bench/results/ab.json
 	@./bench/run.sh --ab $${AB_ROUNDS:-5} --out bench/results --no-markdown
 

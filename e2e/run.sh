@@ -478,8 +478,15 @@ homed_on() { # USER HOME_SERVER: the Job that added USER says where it was place
 }
 # probe_via SERVICE: alice and bob sign in, watch, publish and message through SERVICE's NodePort.
 probe_via() {
-  local port
+  local port deadline
   port=$(kubectl -n "$ns" get service "$1" -o jsonpath='{.spec.ports[?(@.name=="sip-tls")].nodePort}')
+  # A Service that just became a NodePort (or got its endpoints) is programmed by kube-proxy a
+  # moment later: wait for the port to take connections.
+  deadline=$((SECONDS + 60))
+  until timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; do
+    ((SECONDS < deadline)) || die "$1's node port $port refuses connections: $(kubectl -n "$ns" get endpointslices -l kubernetes.io/service-name="$1" -o wide)"
+    sleep 1
+  done
   "$parley" probe --server "127.0.0.1:$port" --ca "$work/multi-ca.crt" \
     --server-name "$1.$ns.svc.cluster.local" --user alice@example.test --password-file "$work/alice.pw" \
     --peer bob@example.test --peer-password-file "$work/bob.pw" || die "parley-server probe through $1 failed"

@@ -132,6 +132,9 @@ struct Args {
     soak: Option<(f64, u32, u32)>,
     /// `--ab ROUNDS`: only the fixed-rate rows of Parley and the baseline, alternated.
     ab: Option<usize>,
+    /// `--memory-only`: only the memory fill of Parley (and Kamailio, up to the sizes its shared
+    /// memory holds), at `--memory-sizes`.
+    memory_only: bool,
 }
 
 fn repo_root() -> PathBuf {
@@ -157,6 +160,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut soak: Option<f64> = None;
     let mut ab: Option<usize> = None;
     let (mut soak_register, mut soak_message) = (None, None);
+    let mut memory_only = false;
     while let Some(a) = args.next() {
         let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
@@ -185,6 +189,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--soak" => soak = Some(value()?.parse().context("--soak takes minutes")?),
             "--soak-register-rate" => soak_register = Some(value()?.parse().context("a rate per second")?),
             "--soak-message-rate" => soak_message = Some(value()?.parse().context("a rate per second")?),
+            "--memory-only" => memory_only = true,
             "--memory-sizes" => {
                 memory_sizes = Some(value()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?)
             }
@@ -193,7 +198,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     "parley-bench [--smoke] [--parley PATH] [--baseline PATH] [--frontend-only] \
                      [--kamailio-proxy stateless|stateful] [--out DIR] \
                      [--markdown FILE | --no-markdown] [--kamailio | --no-kamailio] [--server-cpus LIST] \
-                     [--sipp-cpus LIST] [--memory-sizes A,B,C] \
+                     [--sipp-cpus LIST] [--memory-sizes A,B,C] [--memory-only] \
                      [--soak MINUTES [--soak-register-rate N] [--soak-message-rate N]] [--ab ROUNDS]\n\n\
                      --ab ROUNDS  only the fixed-rate REGISTER and MESSAGE rows of Parley and the --baseline \
                      build, alternated on fresh servers for ROUNDS rounds; medians in ab.json\n\
@@ -203,6 +208,8 @@ fn parse_args() -> anyhow::Result<Args> {
                      on memory growth over the second half; writes soak.json\n\
                      --baseline PATH  also measure the Home Server's fixed-rate REGISTER and MESSAGE (and cold \
                      start) with this other parley-server build, in a \"Parley (baseline)\" column\n\
+                     --memory-only  only the memory fill at --memory-sizes (Kamailio only up to 100,000 users, \
+                     what its 2 GB of shared memory holds); writes memory.json, no BENCHMARKS.md\n\
                      --frontend-only  only the Front-End row; like --smoke, writes to a temp dir and no BENCHMARKS.md \
                      unless --out/--markdown say otherwise\n\
                      --kamailio-proxy  the Front-End row's Kamailio proxy: stateless forward() (default) or stateful \
@@ -234,7 +241,7 @@ fn parse_args() -> anyhow::Result<Args> {
             root.join("bench/results")
         }
     });
-    if !markdown_set && !smoke && !frontend_only {
+    if !markdown_set && !smoke && !frontend_only && !memory_only {
         markdown = Some(root.join("BENCHMARKS.md"));
     }
     Ok(Args {
@@ -253,6 +260,7 @@ fn parse_args() -> anyhow::Result<Args> {
             (m, soak_register.unwrap_or(register), soak_message.unwrap_or(message))
         }),
         ab,
+        memory_only,
     })
 }
 
@@ -325,6 +333,9 @@ fn run() -> anyhow::Result<()> {
         let users = work.join("users-ab.toml");
         servers::write_users(&users, args.plan.phase_users())?;
         return ab(rounds, &args.plan, &settings, &ctx, &users, &args.out);
+    }
+    if args.memory_only {
+        return memory_only(&args, &settings, &ctx, with_kamailio);
     }
     let plan = &args.plan;
     eprintln!(
@@ -403,6 +414,52 @@ fn run() -> anyhow::Result<()> {
         eprintln!("parley-bench: wrote {}", md.display());
     }
     eprintln!("parley-bench: wrote {} and {} in {:.0} s", json.display(), svg.display(), run.duration_s);
+    Ok(())
+}
+
+/// Kamailio's fill stops here: a million would not fit its 2 GB of shared memory.
+const KAMAILIO_MEMORY_MAX: usize = 100_000;
+
+/// `--memory-only`: each server filled to every size in turn (REGISTER, then SUBSCRIBE to the
+/// previous user), its PSS at each; `memory.json`, and the bytes per user between sizes.
+fn memory_only(args: &Args, settings: &Settings, ctx: &Ctx, with_kamailio: bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let sizes = &args.plan.memory_sizes;
+    let users = ctx.work.join("users-memory.toml");
+    servers::write_users(&users, sizes.iter().copied().max().unwrap_or(0))?;
+    let mut kinds = vec![(Kind::Parley, sizes.clone())];
+    if with_kamailio {
+        kinds.push((Kind::Kamailio, sizes.iter().copied().filter(|&n| n <= KAMAILIO_MEMORY_MAX).collect()));
+    }
+    let mut out = BTreeMap::new();
+    for (kind, sizes) in kinds {
+        eprintln!("== {} memory: {sizes:?} users", kind.key());
+        let mut server = Server::start(kind, settings, &ctx.work.join(format!("{}-memory", kind.key())), &users)?;
+        let filled = workloads::memory(&mut server, &sizes, 1000)?;
+        server.stop();
+        for pair in filled.windows(2).filter(|p| p[0].users > 0) {
+            let per_user =
+                (pair[1].pss_bytes as f64 - pair[0].pss_bytes as f64) / (pair[1].users - pair[0].users) as f64;
+            eprintln!(
+                "  {} from {} to {} users: {per_user:.0} bytes per user",
+                kind.key(),
+                pair[0].users,
+                pair[1].users
+            );
+        }
+        out.insert(kind.key().to_string(), filled);
+    }
+    let run = serde_json::json!({
+        "date": report::now_utc(),
+        "machine": procstat::machine(),
+        "loadavg_end": procstat::loadavg(),
+        "duration_s": started.elapsed().as_secs_f64(),
+        "servers": out,
+    });
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("memory.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&run)? + "\n")?;
+    eprintln!("parley-bench: wrote {} in {:.0} s", json.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// mimalloc instead of glibc's malloc: under steady load glibc's per-thread arenas kept what was
-/// freed and the process grew without its live heap growing (see `make soak`).
+/// freed and the process grew without its live heap growing (see `make soak`). The feature
+/// `system-allocator` keeps glibc's, which heap profilers (heaptrack) see into.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
