@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' c
 TAG ?= $(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build web run run-multi test lint crds crds-check chart-lint bench bench-ab bench-smoke soak fuzz e2e images image-test clean
+.PHONY: help deps build web run run-multi test lint crds crds-check chart-lint bench bench-memory bench-heap bench-ab bench-smoke soak fuzz e2e images image-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench: ## Benchmarks side by side with Kamailio (not part of test); BASELINE=<gi
 
 bench-memory: ## Memory (PSS) filled to MEMORY_SIZES (10000,100000,1000000) users with one subscription each; bench/results/memory.json (the million takes about 20 minutes)
 	@./bench/run.sh --memory-only --memory-sizes $${MEMORY_SIZES:-10000,100000,1000000} --out bench/results --no-markdown
+
+bench-heap: ## Heap profile (heaptrack) of a Home Server filled to USERS (100000) users: the sites holding the most at the peak, in bench/results/heap/peaks.txt
+	@./bench/heap-profile.sh
 
 bench-ab: ## BASELINE=<rev>: Parley and that revision's fixed-rate rows alternated AB_ROUNDS (5) times; medians in bench/results/ab.json
 	@./bench/run.sh --ab $${AB_ROUNDS:-5} --out bench/results --no-markdown

@@ -5,7 +5,7 @@
 //! (password `<user>-password`, as the bench's users file), any 2xx moves to the next request.
 
 use md5::{Digest, Md5};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,8 @@ pub struct Client {
     /// NOTIFYs whose body contains this text are counted as `marked`.
     pub marker: Option<String>,
     pub notifies: Vec<Notify>,
+    /// Dialog and CSeq of each marked NOTIFY received (a retransmission adds nothing).
+    pub marked_ids: HashSet<String>,
     pub first_error: Option<String>,
 }
 
@@ -127,7 +129,17 @@ impl Client {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        Ok(Client { sock, server, local, seq: 0, run_id, marker: None, notifies: Vec::new(), first_error: None })
+        Ok(Client {
+            sock,
+            server,
+            local,
+            seq: 0,
+            run_id,
+            marker: None,
+            notifies: Vec::new(),
+            marked_ids: HashSet::new(),
+            first_error: None,
+        })
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -312,6 +324,9 @@ impl Client {
         if msg.method == "NOTIFY" {
             let marked = self.marker.as_ref().is_some_and(|m| msg.body.contains(m.as_str()));
             let id = format!("{} {}", msg.header("call-id").unwrap_or(""), msg.header("cseq").unwrap_or(""));
+            if marked {
+                self.marked_ids.insert(id.clone());
+            }
             self.notifies.push(Notify { at, marked, id });
         }
         let mut out = String::from("SIP/2.0 200 OK\r\n");
