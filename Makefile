@@ -61,7 +61,7 @@ bench: ## Benchmarks side by side with Kamailio (not part of test); BASELINE=<gi
 bench-memory: ## Memory (PSS) filled to MEMORY_SIZES (10000,100000,1000000) users with one subscription each; bench/results/memory.json (the million takes about 20 minutes)
 	@./bench/run.sh --memory-only --memory-sizes $${MEMORY_SIZES:-10000,100000,1000000} --out bench/results --no-markdown
 
-bench-heap: ## Heap profile (heaptrack) of a Home Server filled to USERS (100000) users: the sites holding the most at the peak, in bench/results/heap/peaks.txt
+bench-heap: ## Heap profile (heaptrack) of a Home Server filled to USERS (100000) users: the sites holding the most at the peak, in bench/results/heap/sites.txt
 	@./bench/heap-profile.sh
 
 bench-ab: ## BASELINE=<rev>: Parley and that revision's fixed-rate rows alternated AB_ROUNDS (5) times; medians in bench/results/ab.json
