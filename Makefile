@@ -58,7 +58,7 @@ chart-lint: ## helm lint and helm template of the operator chart
 bench: ## Benchmarks side by side with Kamailio (not part of test); BASELINE=<git rev> adds that build's Home Server column
 	@if [ -x bench/run.sh ]; then ./bench/run.sh; else echo "bench: not built yet"; exit 1; fi
 
-bench-memory: ## Memory (PSS) filled to MEMORY_SIZES (10000,100000,1000000) users with one subscription each; bench/results/memory.json (the million takes about 20 minutes)
+bench-memory: ## Memory (PSS) filled to MEMORY_SIZES (10000,100000,1000000) users with one subscription each; bench/results/memory.json (about 6 minutes)
 	@./bench/run.sh --memory-only --memory-sizes $${MEMORY_SIZES:-10000,100000,1000000} --out bench/results --no-markdown
 
 bench-heap: ## Heap profile (heaptrack) of a Home Server filled to USERS (100000) users: the sites holding the most at the peak, in bench/results/heap/sites.txt

@@ -297,18 +297,17 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     );
     let largest_mem = plan.memory_report.iter().copied().max().unwrap_or(0);
     for &n in &plan.memory_report {
-        let measured = plan.memory_sizes.contains(&n);
+        let how = match (plan.memory_sizes.contains(&n), plan.memory_sizes_kamailio.contains(&n)) {
+            (true, true) => "",
+            (true, false) => {
+                " (Parley measured; Kamailio extrapolated linearly from its two largest sizes: it would not fit \
+                 its shared memory)"
+            }
+            _ => " (extrapolated linearly from the two largest measured sizes, not measured)",
+        };
         add(
             &format!("memory_{n}_mib"),
-            format!(
-                "Memory (PSS) with {} registered users, one presence subscription each{}",
-                thousands(n),
-                if measured {
-                    ""
-                } else {
-                    " (extrapolated linearly from the two largest measured sizes, not measured)"
-                }
-            ),
+            format!("Memory (PSS) with {} registered users, one presence subscription each{how}", thousands(n)),
             "MiB",
             "lower",
             &|r| memory_at(&r.memory, n).map(mib),
