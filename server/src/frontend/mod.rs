@@ -194,6 +194,21 @@ impl Service for Proxy {
     }
 }
 
+/// The replicas' shared flow-token secret: a short one would let tokens be forged by guessing it.
+fn read_flow_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    const MIN_BYTES: usize = 16;
+    let key = std::fs::read(path).with_context(|| format!("reading frontend.flow_key_file {}", path.display()))?;
+    if key.trim_ascii().len() < MIN_BYTES {
+        anyhow::bail!(
+            "frontend.flow_key_file {} holds {} bytes: a shared flow-token key needs at least {MIN_BYTES} \
+             (e.g. `openssl rand -hex 32`)",
+            path.display(),
+            key.trim_ascii().len()
+        );
+    }
+    Ok(key)
+}
+
 impl Proxy {
     /// The proxy a Front-End's config describes.
     pub fn from_config(config: &crate::config::Config, metrics: Arc<Metrics>) -> anyhow::Result<Proxy> {
@@ -207,10 +222,7 @@ impl Proxy {
             timers: Timers::default(),
             max_pending_requests: config.limits.max_pending_requests,
             flow_secret: match &table.flow_key_file {
-                Some(path) => Some(
-                    std::fs::read(path)
-                        .with_context(|| format!("reading frontend.flow_key_file {}", path.display()))?,
-                ),
+                Some(path) => Some(read_flow_key(path)?),
                 None => None,
             },
         };

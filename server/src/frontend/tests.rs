@@ -467,3 +467,15 @@ fn a_home_server_whose_probe_says_503_gets_no_new_requests_until_it_answers_200(
     let register = sim.client_request(carol, "REGISTER", "sip:example.test", "<sip:carol@example.test>", "");
     assert_eq!(sim.receive(carol, register)[0].flow.transport, Transport::Internal, "forwarded again");
 }
+
+#[test]
+fn a_shared_flow_key_too_short_to_be_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "secret\n").unwrap();
+    let err = super::read_flow_key(&short).unwrap_err().to_string();
+    assert!(err.contains("holds 6 bytes") && err.contains("at least 16"), "{err}");
+    let good = dir.path().join("good");
+    std::fs::write(&good, "0123456789abcdef0123").unwrap();
+    assert!(super::read_flow_key(&good).is_ok());
+}

@@ -642,8 +642,8 @@ impl Core {
         }
     }
 
-    /// Sends a NOTIFY-like request in a client transaction on behalf of a subscription.
-    /// Sends a NOTIFY now if the window has room, else when earlier ones are answered (in order).
+    /// Sends a NOTIFY (in a client transaction, on behalf of `subscription`) now if the window has
+    /// room, else when earlier ones are answered or give up their places (in order).
     pub(super) fn send_notify(&mut self, now: Now, flow: Flow, req: Message, subscription: String) {
         self.notifies.push((flow, req, subscription));
         self.send_notifies(now);
