@@ -789,9 +789,11 @@ fn a_home_server_killed_with_10000_registered_users_comes_back_within_its_rate_l
     let fill = done.last().unwrap().as_secs_f64();
     println!("zero-downtime: {USERS} users registered in {fill:.1} s");
     assert_eq!(server.metric("parley_registrations"), USERS as f64);
-    // The limit: half of what this build on this machine took on while filling (two requests per
-    // registration), so that it is the limit, not the machine, that paces the return.
-    let rate = ((2.0 * USERS as f64 / fill / 2.0) as u32).clamp(200, 2_000);
+    // The limit: a quarter of what this build on this machine took on while filling (two requests
+    // per registration), so that it is the limit, not the machine, that paces the return: the
+    // limiter admits the rate plus a second's burst, and a busy machine's crowd, offering no more
+    // than the fill took on, must still be over that.
+    let rate = ((2.0 * USERS as f64 / fill / 4.0) as u32).clamp(200, 2_000);
 
     server.kill9();
     let config = server.dir.path().join("parley.toml");
