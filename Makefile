@@ -9,7 +9,7 @@ VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' c
 TAG ?= $(VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build web run run-multi test lint crds crds-check chart-lint bench bench-memory bench-heap bench-ab bench-smoke soak fuzz e2e images image-test clean
+.PHONY: help deps build web run run-multi test lint crds chart-lint bench bench-memory bench-heap bench-ab bench-smoke soak fuzz e2e images image-test clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'

@@ -194,6 +194,24 @@ impl Service for Proxy {
     }
 }
 
+/// The routing headers a Front-End adds to a request it forwards to a Home Server (and takes off
+/// again to send it to another): a Path to a client's REGISTER, two Record-Routes to a client's
+/// dialog-creating SUBSCRIBE.
+struct OwnHeaders {
+    path: bool,
+    record_route: bool,
+}
+
+impl OwnHeaders {
+    fn of(flow: Flow, req: &Message) -> OwnHeaders {
+        let from_client = flow.transport != Transport::Internal;
+        let method = req.method().unwrap_or_default();
+        let dialog_creating = method == "SUBSCRIBE"
+            && NameAddr::parse(req.headers.get("To").unwrap_or_default()).is_ok_and(|to| to.param("tag").is_none());
+        OwnHeaders { path: from_client && method == "REGISTER", record_route: from_client && dialog_creating }
+    }
+}
+
 /// The replicas' shared flow-token secret: a short one would let tokens be forged by guessing it.
 fn read_flow_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     const MIN_BYTES: usize = 16;
@@ -628,17 +646,14 @@ impl Proxy {
             Some(addr) if self.homes[home].up && self.homes[home].ready => addr,
             _ => return self.reply(flow, &req, 503, "Home Server Unavailable", true),
         };
-        let method = req.method().unwrap_or_default().to_string();
         let internal = self.advertised(Transport::Internal);
         let token = self.tokens.encode(&flow);
-        let from_client = flow.transport != Transport::Internal;
-        if from_client && method == "REGISTER" {
+        let own = OwnHeaders::of(flow, &req);
+        if own.path {
             // RFC 3327: requests for this binding come back through this instance and flow.
             req.headers.push_front("Path", format!("<sip:{token}@{internal};transport=tls;lr;ob>"));
         }
-        let dialog_creating = method == "SUBSCRIBE"
-            && NameAddr::parse(req.headers.get("To").unwrap_or_default()).is_ok_and(|to| to.param("tag").is_none());
-        if from_client && dialog_creating {
+        if own.record_route {
             // Two entries (RFC 5658): the Home Server reaches this instance on the internal side,
             // the client on the side it connected to.
             let public = self.advertised(flow.transport);
@@ -743,16 +758,13 @@ impl Proxy {
             return self.send(p.client, p.unavailable);
         };
         let method = req.method().unwrap_or_default().to_string();
-        if p.flow.transport != Transport::Internal {
-            if method == "REGISTER" {
-                req.headers.pop_first_value("Path");
-            }
-            let dialog_creating = method == "SUBSCRIBE"
-                && NameAddr::parse(req.headers.get("To").unwrap_or_default()).is_ok_and(|to| to.param("tag").is_none());
-            if dialog_creating {
-                req.headers.pop_first_value("Record-Route");
-                req.headers.pop_first_value("Record-Route");
-            }
+        let own = OwnHeaders::of(p.flow, &req);
+        if own.path {
+            req.headers.pop_first_value("Path");
+        }
+        if own.record_route {
+            req.headers.pop_first_value("Record-Route");
+            req.headers.pop_first_value("Record-Route");
         }
         tracing::debug!(method = %method, "user moved to another Home Server: routing again");
         self.relay_to_home_server(now, p.flow, req, &method, incoming_via, true);

@@ -391,7 +391,9 @@ impl Core {
 
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
         self.metrics.count_request(req.method().unwrap_or_default());
-        self.front_ends.heard(flow, now.instant);
+        if req.method() == Some("OPTIONS") {
+            self.front_ends.heard(flow, now.instant); // a Front-End's probe (twice a second)
+        }
         let Some(via) = crate::sip::routing::stamp_top_via(&mut req, flow.remote) else {
             return;
         };

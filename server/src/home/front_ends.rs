@@ -3,29 +3,29 @@
 //! another one instead (the replicas share their flow-token key, so any of them can reach a UDP
 //! client; a client's connection went with its replica, and the one used answers 430).
 //!
-//! A replica is known live by its requests on the internal link (every Front-End probes every Home
-//! Server twice a second by default), and is reached over the very link it opened.
+//! A replica is known live by its probes on the internal link (every Front-End sends every Home
+//! Server an OPTIONS twice a second by default), and is reached over the very link it opened.
 
 use crate::transport::{Flow, Transport};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// A link that carried a request this recently belongs to a live replica.
+/// A link that carried a probe this recently belongs to a live replica.
 const HEARD_WITHIN: Duration = Duration::from_secs(2);
 /// How long a replica's address stays avoided after a send to it failed.
 const GONE_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct FrontEndLinks {
-    /// Internal links requests arrived on, by connection, and when the last one did.
+    /// Internal links probes arrived on, by connection, and when the last one did.
     heard: HashMap<u64, (Flow, Instant)>,
     /// Front-End addresses a send failed to, and when.
     gone: HashMap<SocketAddr, Instant>,
 }
 
 impl FrontEndLinks {
-    /// A request arrived over `flow`.
+    /// A probe arrived over `flow`.
     pub fn heard(&mut self, flow: Flow, now: Instant) {
         if flow.transport == Transport::Internal {
             self.heard.insert(flow.conn, (flow, now));
