@@ -7,6 +7,7 @@ pub mod documents;
 mod notify;
 pub mod pidf;
 pub mod state;
+mod subscriptions;
 
 pub use notify::DurablePresence;
 

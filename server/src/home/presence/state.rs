@@ -6,9 +6,10 @@
 //! A registered user who published nothing is online; a user with neither is offline.
 
 use super::pidf;
+use super::subscriptions::Subscriptions;
 use crate::transport::Flow;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,11 +94,10 @@ pub enum PublishError {
 #[derive(Debug, Default)]
 pub struct PresenceState {
     publications: HashMap<String, Vec<Publication>>,
-    subscriptions: HashMap<String, Subscription>,
-    /// Subscription ids by the resource they watch (presence and winfo by user, lists by owner)
-    /// and their package: finding a user's few winfo subscriptions among ten thousand presence
+    /// By id, and by the resource they watch (presence and winfo by user, lists by owner) and
+    /// their package: finding a user's few winfo subscriptions among ten thousand presence
     /// subscriptions to the same user costs one lookup.
-    by_resource: HashMap<(String, Package), HashSet<String>>,
+    subscriptions: Subscriptions,
     rules: HashMap<String, Rules>,
     contacts: HashMap<String, Vec<String>>,
 }
@@ -225,8 +225,7 @@ impl PresenceState {
     }
 
     pub fn add_subscription(&mut self, sub: Subscription) {
-        self.by_resource.entry((sub.resource.clone(), sub.package)).or_default().insert(sub.id.clone());
-        self.subscriptions.insert(sub.id.clone(), sub);
+        self.subscriptions.insert(sub);
     }
 
     pub fn subscription(&self, id: &str) -> Option<&Subscription> {
@@ -238,26 +237,16 @@ impl PresenceState {
     }
 
     pub fn remove_subscription(&mut self, id: &str) -> Option<Subscription> {
-        let sub = self.subscriptions.remove(id)?;
-        let key = (sub.resource.clone(), sub.package);
-        if let Some(ids) = self.by_resource.get_mut(&key) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_resource.remove(&key);
-            }
-        }
-        Some(sub)
+        self.subscriptions.remove(id)
     }
 
     /// Subscriptions whose documents change when `aor`'s presence changes: presence
     /// subscriptions to it and the lists that contain it.
     pub fn affected_by_presence(&self, aor: &str) -> Vec<String> {
-        let ids_of =
-            |resource: &str, package| self.by_resource.get(&(resource.to_string(), package)).into_iter().flatten();
-        let mut ids: Vec<String> = ids_of(aor, Package::Presence).cloned().collect();
+        let mut ids: Vec<String> = self.subscriptions.to(aor, Package::Presence).map(|s| s.id.clone()).collect();
         for (owner, contacts) in &self.contacts {
             if contacts.iter().any(|c| c == aor) {
-                ids.extend(ids_of(owner, Package::List).cloned());
+                ids.extend(self.subscriptions.to(owner, Package::List).map(|s| s.id.clone()));
             }
         }
         ids.sort();
@@ -267,16 +256,11 @@ impl PresenceState {
 
     /// Subscriptions of a package to a resource.
     pub fn subscriptions_to(&self, resource: &str, package: Package) -> Vec<&Subscription> {
-        self.by_resource
-            .get(&(resource.to_string(), package))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.subscriptions.get(id))
-            .collect()
+        self.subscriptions.to(resource, package).collect()
     }
 
     pub fn expired_subscriptions(&self, now: SystemTime) -> Vec<String> {
-        self.subscriptions.values().filter(|s| s.expires_at <= now).map(|s| s.id.clone()).collect()
+        self.subscriptions.iter().filter(|s| s.expires_at <= now).map(|s| s.id.clone()).collect()
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -284,7 +268,7 @@ impl PresenceState {
     }
 
     pub fn all_subscription_ids(&self) -> Vec<String> {
-        self.subscriptions.keys().cloned().collect()
+        self.subscriptions.iter().map(|s| s.id.clone()).collect()
     }
 }
 
