@@ -62,6 +62,12 @@ pub struct Plan {
     pub memory_report: Vec<usize>,
     pub cold_start_runs: usize,
     pub cold_start_users: usize,
+    /// Extra rounds of the fixed-rate rows, Parley and Kamailio alternated on fresh servers after
+    /// the main runs: the fixed-rate figures are medians over all rounds, with the spread of the
+    /// per-round ratio, so one busy moment cannot flip a verdict.
+    pub rounds: usize,
+    /// The load phase again with the servers on every CPU (the load generator then shares them).
+    pub all_cpus: bool,
 }
 
 impl Plan {
@@ -84,6 +90,8 @@ impl Plan {
             memory_report: vec![10_000, 100_000, 1_000_000],
             cold_start_runs: 5,
             cold_start_users: 10_000,
+            rounds: 2,
+            all_cpus: true,
         }
     }
 
@@ -103,6 +111,8 @@ impl Plan {
             memory_report: vec![50, 100, 200],
             cold_start_runs: 1,
             cold_start_users: 100,
+            rounds: 1,
+            all_cpus: true,
         }
     }
 
@@ -389,6 +399,14 @@ fn run() -> anyhow::Result<()> {
         }
         results.insert(kind.key().to_string(), r);
     }
+    if with_kamailio && !args.frontend_only && plan.rounds > 0 {
+        eprintln!("== {} interleaved rounds of the fixed-rate rows", plan.rounds);
+        for (key, rounds) in
+            interleaved([Kind::Parley, Kind::Kamailio], plan.rounds, plan, &settings, &ctx, &users_phase)?
+        {
+            results.get_mut(key).expect("benched above").rounds = rounds;
+        }
+    }
     let run = report::Run {
         date: report::now_utc(),
         machine: procstat::machine(),
@@ -555,18 +573,23 @@ fn fixed_rows(
     Ok((register, message, senders_inf, recipient))
 }
 
-/// `--ab ROUNDS`: Parley and the baseline, alternately on fresh servers, the fixed-rate REGISTER
-/// and MESSAGE rows each round (the order swapped every round), so that a machine that speeds up
-/// or slows down during the run touches both alike; prints each round and the medians.
-fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, out: &Path) -> anyhow::Result<()> {
+/// The fixed-rate rows of two servers, alternately on fresh servers for `rounds` rounds (the order
+/// swapped every round), so that a machine that speeds up or slows down touches both alike.
+fn interleaved(
+    kinds: [Kind; 2],
+    rounds: usize,
+    plan: &Plan,
+    settings: &Settings,
+    ctx: &Ctx,
+    users: &Path,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<(workloads::Step, workloads::Step)>>> {
     let mut rows: BTreeMap<&str, Vec<(workloads::Step, workloads::Step)>> = BTreeMap::new();
     for round in 0..rounds {
-        let order =
-            if round % 2 == 0 { [Kind::Parley, Kind::ParleyBaseline] } else { [Kind::ParleyBaseline, Kind::Parley] };
+        let order = if round % 2 == 0 { kinds } else { [kinds[1], kinds[0]] };
         for kind in order {
             let key = kind.key();
             eprintln!("== round {} of {rounds}: {key}", round + 1);
-            let server = Server::start(kind, settings, &ctx.work.join(format!("{key}-ab-{round}")), users)?;
+            let server = Server::start(kind, settings, &ctx.work.join(format!("{key}-round-{round}")), users)?;
             let mut users = Users { next: 0, dir: ctx.work.clone() };
             let (register, message, _, recipient) = fixed_rows(&server, &mut users, plan, ctx, key)?;
             recipient.stop();
@@ -574,6 +597,12 @@ fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, 
             rows.entry(key).or_default().push((register, message));
         }
     }
+    Ok(rows)
+}
+
+/// `--ab ROUNDS`: Parley and the baseline, interleaved; prints each round and the medians.
+fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, out: &Path) -> anyhow::Result<()> {
+    let rows = interleaved([Kind::Parley, Kind::ParleyBaseline], rounds, plan, settings, ctx, users)?;
     type Round = (workloads::Step, workloads::Step);
     type Figure = (&'static str, fn(&Round) -> f64);
     fn per_cpu_s(s: &workloads::Step) -> f64 {
@@ -656,16 +685,7 @@ fn bench_server(
     r.message_fixed = Some(message);
 
     if full {
-        eprintln!("  REGISTER ladder");
-        r.register_ladder = workloads::ladder(&plan.register_rates, |rate| {
-            workloads::register_step(ctx, &server, &mut users, rate, plan.step_secs, key, None)
-        })?;
-        settle(&r.register_ladder);
-        eprintln!("  MESSAGE ladder");
-        r.message_ladder = workloads::ladder(&plan.message_rates, |rate| {
-            workloads::message_step(ctx, &server, &recipient, &senders_inf, rate, plan.step_secs, key)
-        })?;
-        settle(&r.message_ladder);
+        (r.register_ladder, r.message_ladder) = ladders(&server, &mut users, &recipient, &senders_inf, plan, ctx, key)?;
     }
     r.recipient_sipp_cpu_s = Some(recipient.stop());
 
@@ -686,6 +706,11 @@ fn bench_server(
     r.log_errors = server.log_errors();
     server.stop();
 
+    // The load phase again with the server on every CPU.
+    if full && plan.all_cpus && cpu_count(&settings.cpus) < procstat::cpus() {
+        r.all_cpus = Some(all_cpus_phase(kind, plan, settings, ctx, users_phase)?);
+    }
+
     // 4. Memory with N registered users, each with one presence subscription.
     if full {
         let sizes = if kind == Kind::Kamailio { &plan.memory_sizes_kamailio } else { &plan.memory_sizes };
@@ -697,6 +722,55 @@ fn bench_server(
         }
     }
     Ok(r)
+}
+
+/// The REGISTER and MESSAGE ladders on a server that has run `fixed_rows`.
+fn ladders(
+    server: &Server,
+    users: &mut Users,
+    recipient: &workloads::Recipient,
+    senders: &Path,
+    plan: &Plan,
+    ctx: &Ctx,
+    key: &str,
+) -> anyhow::Result<(Vec<workloads::Step>, Vec<workloads::Step>)> {
+    eprintln!("  REGISTER ladder");
+    let register = workloads::ladder(&plan.register_rates, |rate| {
+        workloads::register_step(ctx, server, users, rate, plan.step_secs, key, None)
+    })?;
+    settle(&register);
+    eprintln!("  MESSAGE ladder");
+    let message = workloads::ladder(&plan.message_rates, |rate| {
+        workloads::message_step(ctx, server, recipient, senders, rate, plan.step_secs, key)
+    })?;
+    settle(&message);
+    Ok((register, message))
+}
+
+/// The fixed-rate rows and the ladders on a fresh server given every CPU of the machine (Kamailio
+/// with two workers per CPU), sipp and the bench client sharing those CPUs: does the server scale?
+fn all_cpus_phase(
+    kind: Kind,
+    plan: &Plan,
+    settings: &Settings,
+    ctx: &Ctx,
+    users_phase: &Path,
+) -> anyhow::Result<report::AllCpus> {
+    let cpus = format!("0-{}", procstat::cpus() - 1);
+    eprintln!("  on CPUs {cpus}, the load generator sharing them");
+    let settings = Settings { cpus: cpus.clone(), kamailio_children: 2 * procstat::cpus(), ..settings.clone() };
+    let ctx = Ctx { scenarios: ctx.scenarios, sipp_cpus: &cpus, work: ctx.work.clone() };
+    let key = kind.key();
+    let mut server = Server::start(kind, &settings, &ctx.work.join(format!("{key}-all-cpus")), users_phase)?;
+    let mut users = Users { next: 0, dir: ctx.work.clone() };
+    let (register_fixed, message_fixed, senders, recipient) = fixed_rows(&server, &mut users, plan, &ctx, key)?;
+    let (register_ladder, message_ladder) = ladders(&server, &mut users, &recipient, &senders, plan, &ctx, key)?;
+    recipient.stop();
+    if !server.alive() {
+        bail!("{key} died during the load phase on CPUs {cpus}: {:?}", server.log_errors());
+    }
+    server.stop();
+    Ok(report::AllCpus { cpus, register_fixed, message_fixed, register_ladder, message_ladder })
 }
 
 /// The Front-End row: MESSAGE from users of one Home Server to a user of the other, clients

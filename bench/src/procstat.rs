@@ -79,6 +79,13 @@ pub fn tree_memory(pid: u32) -> (u64, u64) {
     (pss, rss)
 }
 
+/// The machine's logical CPUs (not available_parallelism: the bench pins itself to the load
+/// generator's CPUs).
+pub fn cpus() -> usize {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1)
+}
+
 /// A short description of the machine: CPU model, cores, memory, kernel.
 pub fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -88,8 +95,7 @@ pub fn machine() -> String {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    // Not available_parallelism: the bench pins itself to the load generator's CPUs.
-    let cores = cpuinfo.lines().filter(|l| l.starts_with("processor")).count().max(1);
+    let cores = cpus();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kb: u64 = meminfo
         .lines()

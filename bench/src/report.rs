@@ -26,6 +26,31 @@ pub struct ServerResults {
     /// The Front-End row (Parley and Kamailio only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frontend: Option<FrontEndResults>,
+    /// The fixed-rate REGISTER and MESSAGE rows again, in rounds interleaved with the other
+    /// server's (Parley and Kamailio only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<(Step, Step)>,
+    /// The load phase with the server on every CPU (Parley and Kamailio only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_cpus: Option<AllCpus>,
+}
+
+impl ServerResults {
+    /// The fixed-rate REGISTER and MESSAGE rows of the main run and of every interleaved round.
+    fn fixed_runs(&self) -> Vec<(&Step, &Step)> {
+        let main = self.register_fixed.as_ref().zip(self.message_fixed.as_ref());
+        main.into_iter().chain(self.rounds.iter().map(|(r, m)| (r, m))).collect()
+    }
+}
+
+/// The load phase on a server given every CPU, the load generator sharing them.
+#[derive(Debug, Serialize)]
+pub struct AllCpus {
+    pub cpus: String,
+    pub register_fixed: Step,
+    pub message_fixed: Step,
+    pub register_ladder: Vec<Step>,
+    pub message_ladder: Vec<Step>,
 }
 
 /// The Front-End row: a Front-End (proxy) in front of two Home Servers (registrars).
@@ -58,8 +83,11 @@ pub struct Figure {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<f64>,
     pub kamailio: Option<f64>,
-    /// Parley / Kamailio.
+    /// Parley / Kamailio (for the fixed-rate rows, the median of the per-round ratios).
     pub ratio: Option<f64>,
+    /// The lowest and highest per-round ratio, where the figure was measured in several rounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_spread: Option<(f64, f64)>,
     pub target: Option<String>,
     pub meets_target: Option<bool>,
 }
@@ -86,6 +114,8 @@ enum Target {
     None,
     /// Parley at least as good as Kamailio.
     VsKamailio,
+    /// Parley at least this many times Kamailio (higher is better).
+    TimesKamailio(f64),
     /// Parley below this absolute value.
     Below(f64, &'static str),
 }
@@ -96,25 +126,24 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     let t = results.get("parley_tls");
     let b = results.get("parley_baseline");
     let mut out = Vec::new();
-    let mut add = |key: &str,
-                   name: String,
-                   unit: &str,
-                   better: &str,
-                   f: &dyn Fn(&ServerResults) -> Option<f64>,
-                   target: Target| {
-        let pv = p.and_then(f);
-        let bv = b.and_then(f);
-        let kv = k.and_then(f);
-        let ratio = match (pv, kv) {
-            (Some(a), Some(b)) if b != 0.0 => Some(a / b),
-            _ => None,
-        };
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        out: &mut Vec<Figure>,
+        key: &str,
+        name: String,
+        unit: &str,
+        better: &str,
+        (pv, bv, kv): (Option<f64>, Option<f64>, Option<f64>),
+        (ratio, ratio_spread): (Option<f64>, Option<(f64, f64)>),
+        target: Target,
+    ) {
         let (target_text, meets) = match target {
             Target::None => (None, None),
             Target::VsKamailio => (
                 Some(if better == "higher" { "≥ Kamailio" } else { "≤ Kamailio" }.to_string()),
                 ratio.map(|r| if better == "higher" { r >= 1.0 } else { r <= 1.0 }),
             ),
+            Target::TimesKamailio(x) => (Some(format!("≥ {x}× Kamailio")), ratio.map(|r| r >= x)),
             Target::Below(v, text) => (Some(text.to_string()), pv.map(|x| x < v)),
         };
         out.push(Figure {
@@ -126,37 +155,84 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             baseline: bv,
             kamailio: kv,
             ratio,
+            ratio_spread,
             target: target_text,
             meets_target: meets,
         });
+    }
+    let ratio_of = |pv: Option<f64>, kv: Option<f64>| match (pv, kv) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut add = |key: &str,
+                   name: String,
+                   unit: &str,
+                   better: &str,
+                   f: &dyn Fn(&ServerResults) -> Option<f64>,
+                   target: Target| {
+        let (pv, bv, kv) = (p.and_then(f), b.and_then(f), k.and_then(f));
+        push(&mut out, key, name, unit, better, (pv, bv, kv), (ratio_of(pv, kv), None), target);
     };
     let rate = thousands(plan.fixed_rate as usize);
-    for (m, ladder, fixed) in [
+    // The fixed-rate figures: the median over the main run and the interleaved rounds.
+    let runs = 1 + p.map_or(0, |r| r.rounds.len());
+    let over = if runs > 1 { format!(" (median of {runs} interleaved runs)") } else { String::new() };
+    let mut spreads: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for (m, ladder, pick) in [
         (
             "register",
             (|r: &ServerResults| &r.register_ladder) as fn(&ServerResults) -> &Vec<Step>,
-            (|r: &ServerResults| &r.register_fixed) as fn(&ServerResults) -> &Option<Step>,
+            (|x: &(&Step, &Step)| x.0) as for<'a> fn(&(&'a Step, &'a Step)) -> &'a Step,
         ),
-        ("message", |r: &ServerResults| &r.message_ladder, |r: &ServerResults| &r.message_fixed),
+        ("message", |r: &ServerResults| &r.message_ladder, |x: &(&Step, &Step)| x.1),
     ] {
         let label =
             if m == "register" { "REGISTER (digest auth, distinct users)" } else { "MESSAGE relay (digest auth)" };
         let what = if m == "register" { "registrations" } else { "messages" };
+        type Of = dyn Fn(&Step) -> Option<f64>;
+        let fixed_figures: [(&str, &Of); 5] = [
+            ("per_cpu_s", &|s| Some(s.per_server_cpu_s)),
+            ("cpu_s_per_1000", &|s| Some(1000.0 * s.server_cpu_s / s.successful.max(1) as f64)),
+            ("p50_ms", &|s| s.p50_ms),
+            ("p99_ms", &|s| s.p99_ms),
+            ("failed_fixed", &|s| Some(s.failed as f64)),
+        ];
+        let median_of = |r: &ServerResults, g: &dyn Fn(&Step) -> Option<f64>| {
+            let mut v: Vec<f64> = r.fixed_runs().iter().filter_map(|x| g(pick(x))).collect();
+            v.sort_by(f64::total_cmp);
+            (!v.is_empty()).then(|| v[v.len() / 2])
+        };
+        let fixed = |name: &str| fixed_figures.iter().find(|(n, _)| *n == name).expect("named above").1;
+        if let (Some(p), Some(k)) = (p, k) {
+            for (name, g) in &fixed_figures {
+                let ratios: Vec<f64> = p
+                    .fixed_runs()
+                    .iter()
+                    .zip(k.fixed_runs())
+                    .filter_map(|(a, b)| Some(g(pick(a))? / g(pick(&b))?))
+                    .filter(|r| r.is_finite())
+                    .collect();
+                if ratios.len() > 1 {
+                    let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+                    spreads.insert(format!("{m}_{name}"), (lo, hi));
+                }
+            }
+        }
         add(
             &format!("{m}_max_rate"),
             format!("{label}: highest offered rate with zero failures"),
             "calls/s",
             "higher",
             &|r| max_clean(ladder(r)).map(f64::from),
-            Target::None,
+            Target::VsKamailio,
         );
         add(
             &format!("{m}_per_cpu_s"),
-            format!("{label}: {what} per server CPU-second at {rate}/s"),
+            format!("{label}: {what} per server CPU-second at {rate}/s{over}"),
             "per CPU-s",
             "higher",
-            &|r| fixed(r).as_ref().map(|s| s.per_server_cpu_s),
-            Target::VsKamailio,
+            &|r| median_of(r, fixed("per_cpu_s")),
+            Target::TimesKamailio(1.5),
         );
         add(
             &format!("{m}_per_cpu_s_at_max"),
@@ -168,38 +244,38 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                 let best = max_clean(l)?;
                 l.iter().find(|s| s.offered_per_s == best).map(|s| s.per_server_cpu_s)
             },
-            Target::VsKamailio,
+            Target::TimesKamailio(1.5),
         );
         add(
             &format!("{m}_cpu_s_per_1000"),
-            format!("{label}: server CPU-seconds per 1,000 {what} at {rate}/s"),
+            format!("{label}: server CPU-seconds per 1,000 {what} at {rate}/s{over}"),
             "CPU-s",
             "lower",
-            &|r| fixed(r).as_ref().map(|s| 1000.0 * s.server_cpu_s / s.successful.max(1) as f64),
+            &|r| median_of(r, fixed("cpu_s_per_1000")),
             Target::None,
         );
         add(
             &format!("{m}_p50_ms"),
-            format!("{label}: p50 response time at {rate}/s"),
+            format!("{label}: p50 response time at {rate}/s{over}"),
             "ms",
             "lower",
-            &|r| fixed(r).as_ref().and_then(|s| s.p50_ms),
+            &|r| median_of(r, fixed("p50_ms")),
             Target::None,
         );
         add(
             &format!("{m}_p99_ms"),
-            format!("{label}: p99 response time at {rate}/s"),
+            format!("{label}: p99 response time at {rate}/s{over}"),
             "ms",
             "lower",
-            &|r| fixed(r).as_ref().and_then(|s| s.p99_ms),
+            &|r| median_of(r, fixed("p99_ms")),
             Target::VsKamailio,
         );
         add(
             &format!("{m}_failed_fixed"),
-            format!("{label}: failed calls at {rate}/s"),
+            format!("{label}: failed calls at {rate}/s (highest of {runs} runs)"),
             "calls",
             "lower",
-            &|r| fixed(r).as_ref().map(|s| s.failed as f64),
+            &|r| r.fixed_runs().iter().map(|x| pick(x).failed as f64).reduce(f64::max),
             Target::None,
         );
         add(
@@ -212,6 +288,28 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                 let best = max_clean(l)?;
                 l.iter().find(|s| s.offered_per_s == best).map(|s| s.sipp_cpu_s / s.elapsed_s.max(1e-9))
             },
+            Target::None,
+        );
+        fn all<'a>(r: &'a ServerResults, m: &str) -> Option<&'a Vec<Step>> {
+            r.all_cpus.as_ref().map(|a| if m == "register" { &a.register_ladder } else { &a.message_ladder })
+        }
+        let on = p.and_then(|r| r.all_cpus.as_ref()).map(|a| a.cpus.as_str()).unwrap_or("all");
+        add(
+            &format!("{m}_max_rate_all_cpus"),
+            format!(
+                "{label}: highest offered rate with zero failures, server on CPUs {on} (load generator sharing them)"
+            ),
+            "calls/s",
+            "higher",
+            &|r| all(r, m).and_then(|l| max_clean(l)).map(f64::from),
+            Target::VsKamailio,
+        );
+        add(
+            &format!("{m}_all_cpus_scaling"),
+            format!("{label}: that rate over the one-CPU rate (how the server scales)"),
+            "times",
+            "info",
+            &|r| Some(f64::from(max_clean(all(r, m)?)?) / f64::from(max_clean(ladder(r))?)),
             Target::None,
         );
     }
@@ -322,6 +420,9 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         &|r| r.cold_start_ms,
         Target::Below(100.0, "< 100 ms"),
     );
+    for f in &mut out {
+        f.ratio_spread = spreads.get(&f.key).copied();
+    }
     // Parley with its TLS listener on (loads still over UDP: Debian's sipp has no TLS).
     let tls = |f: &dyn Fn(&ServerResults) -> Option<f64>| t.and_then(f);
     for (key, name, unit, v) in [
@@ -355,6 +456,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             baseline: None,
             kamailio: None,
             ratio: None,
+            ratio_spread: None,
             target: (key == "tls_cold_start_ms").then(|| "< 100 ms".into()),
             meets_target: (key == "tls_cold_start_ms").then(|| v.map(|x| x < 100.0)).flatten(),
         });
@@ -498,7 +600,11 @@ pub fn markdown(run: &Run, root: &Path) -> String {
             Some(false) => "**no**",
             None => "",
         };
-        let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "n/a".into());
+        let ratio = match (f.ratio, f.ratio_spread) {
+            (Some(r), Some((lo, hi))) => format!("{r:.2} ({lo:.2} to {hi:.2})"),
+            (Some(r), None) => format!("{r:.2}"),
+            (None, _) => "n/a".into(),
+        };
         let kam = if f.key.starts_with("tls_") { "".into() } else { fmt(f.kamailio) };
         let baseline = if with_baseline {
             let vs = match (f.parley, f.baseline) {

@@ -29,6 +29,7 @@ impl Kind {
     }
 }
 
+#[derive(Clone)]
 pub struct Settings {
     pub parley_bin: PathBuf,
     /// The other build `--baseline` compares with, when given.
