@@ -8,28 +8,51 @@ pub fn split_list(value: &str) -> Vec<&str> {
 
 /// Splits on `sep` outside quoted strings and `<...>`, trimming each part and dropping empty ones.
 pub fn split_top_level(value: &str, sep: u8) -> Vec<&str> {
-    let bytes = value.as_bytes();
-    let (mut parts, mut start, mut quoted, mut angle, mut escaped) = (Vec::new(), 0, false, false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match b {
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b'<' if !quoted => angle = true,
-            b'>' if !quoted => angle = false,
-            _ if b == sep && !quoted && !angle => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
+    TopLevel { value, sep, start: 0 }.collect()
+}
+
+/// The parts of `split_top_level`, found one at a time: a parameter lookup stops at its match
+/// and allocates nothing (lookups run several times per request).
+struct TopLevel<'a> {
+    value: &'a str,
+    sep: u8,
+    /// Where the next part starts; past the end when done.
+    start: usize,
+}
+
+impl<'a> Iterator for TopLevel<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let bytes = self.value.as_bytes();
+        while self.start <= bytes.len() {
+            let (mut quoted, mut angle, mut escaped) = (false, false, false);
+            let mut end = bytes.len();
+            for (i, &b) in bytes.iter().enumerate().skip(self.start) {
+                if escaped {
+                    escaped = false;
+                    continue;
+                }
+                match b {
+                    b'\\' if quoted => escaped = true,
+                    b'"' => quoted = !quoted,
+                    b'<' if !quoted => angle = true,
+                    b'>' if !quoted => angle = false,
+                    _ if b == self.sep && !quoted && !angle => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
             }
-            _ => {}
+            let part = self.value[self.start..end].trim();
+            self.start = end + 1;
+            if !part.is_empty() {
+                return Some(part);
+            }
         }
+        None
     }
-    parts.push(value[start..].trim());
-    parts.retain(|p| !p.is_empty());
-    parts
 }
 
 /// Parses `key=value, key="quoted value", ...` (digest credentials) into pairs, unquoting values.
@@ -67,7 +90,7 @@ pub fn unquote(v: &str) -> String {
 /// Finds a `;name=value` (or bare `;name`) parameter in the part of `s` after the first `;`.
 /// Returns `Some("")` for a bare flag.
 pub fn find_param<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    split_top_level(s, b';').into_iter().skip(1).find_map(|p| {
+    TopLevel { value: s, sep: b';', start: 0 }.skip(1).find_map(|p| {
         let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim(), v.trim()));
         k.eq_ignore_ascii_case(name).then_some(v)
     })

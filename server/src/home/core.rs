@@ -628,7 +628,7 @@ impl Core {
             After::Ended(sub, reason) => {
                 // Back for the time it takes to compose and send its final NOTIFY, which forgets
                 // it again (deleting it from the store once more, which does no harm).
-                let id = sub.id.clone();
+                let id = sub.id.to_string();
                 self.presence.add_subscription(*sub);
                 self.notify(now, vec![id], true, Some(reason))
             }

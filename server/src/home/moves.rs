@@ -186,7 +186,7 @@ impl Core {
         let mut ids: Vec<String> = [Package::Presence, Package::Winfo, Package::List]
             .into_iter()
             .flat_map(|p| self.presence.subscriptions_to(aor, p))
-            .map(|s| s.id.clone())
+            .map(|s| s.id.to_string())
             .collect();
         ids.sort();
         if !ids.is_empty() {

@@ -170,16 +170,16 @@ impl Core {
         }
         let flow = self.next_hop(flow, route_set.first(), facts);
         let sub = Subscription {
-            id: subscription_id(req.call_id(), &from_tag, &local_tag),
+            id: subscription_id(req.call_id(), &from_tag, &local_tag).into(),
             package,
-            watcher: user.address.clone(),
-            resource: resource.clone(),
-            call_id: req.call_id().to_string(),
-            remote_party: req.headers.get("From").unwrap_or_default().to_string(),
-            local_party: response.headers.get("To").unwrap_or_default().to_string(),
-            event_id,
-            remote_target: contact.raw_uri.clone(),
-            route_set,
+            watcher: user.address.as_str().into(),
+            resource: resource.as_str().into(),
+            call_id: req.call_id().into(),
+            remote_party: req.headers.get("From").unwrap_or_default().into(),
+            local_party: response.headers.get("To").unwrap_or_default().into(),
+            event_id: event_id.map(String::into_boxed_str),
+            remote_target: contact.raw_uri.as_str().into(),
+            route_set: route_set.into_boxed_slice(),
             flow,
             local_cseq: 0,
             remote_cseq: cseq,
@@ -189,7 +189,7 @@ impl Core {
         };
         response.headers.push("Expires", expires.to_string());
         response.headers.push("Contact", self.own_contact(flow));
-        let id = sub.id.clone();
+        let id = sub.id.to_string();
         let (source, transport, event) =
             (super::identity::client_address(flow, req), flow.transport.via_token(), package.event());
         let mut writes = Vec::new();
@@ -240,7 +240,7 @@ impl Core {
             // (Should the write fail, the subscriber gets a 500, and a 481 when it tries again.)
             let sub = self.presence.remove_subscription(id).expect("found above");
             let writes = vec![Write::delete(Table::Subscriptions, id)];
-            let watched = (sub.package == Package::Presence).then(|| sub.resource.clone());
+            let watched = (sub.package == Package::Presence).then(|| sub.resource.to_string());
             let mut after = vec![After::Ended(Box::new(sub), "timeout")];
             after.extend(watched.map(After::WatchersChanged));
             return Outcome::Respond { response, writes, after };
@@ -264,7 +264,8 @@ impl Core {
     /// Replaces a user's rules; watchers see the effect at once.
     pub fn set_presence_rules(&mut self, now: Now, aor: &str, rules: state::Rules) {
         self.presence.set_rules(aor, rules);
-        let ids = self.presence.subscriptions_to(aor, Package::Presence).into_iter().map(|s| s.id.clone()).collect();
+        let ids =
+            self.presence.subscriptions_to(aor, Package::Presence).into_iter().map(|s| s.id.to_string()).collect();
         self.notify(now, ids, true, None);
         self.run_after(now, After::WatchersChanged(aor.to_string()));
     }
@@ -272,7 +273,7 @@ impl Core {
     /// Replaces a user's contact list; its list subscriptions get a full-state NOTIFY.
     pub fn set_contact_list(&mut self, now: Now, aor: &str, contacts: Vec<String>) {
         self.presence.set_contacts(aor, contacts);
-        let ids = self.presence.subscriptions_to(aor, Package::List).into_iter().map(|s| s.id.clone()).collect();
+        let ids = self.presence.subscriptions_to(aor, Package::List).into_iter().map(|s| s.id.to_string()).collect();
         self.notify(now, ids, true, None);
     }
 }

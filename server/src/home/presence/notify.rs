@@ -36,7 +36,7 @@ impl Core {
                 Some(reason) => format!("terminated;reason={reason}"),
                 None => format!("active;expires={}", sub.remaining(now.wall)),
             };
-            outgoing.push((sub.id.clone(), sub.flow, self.notify_request(&sub, &state, &content_type, body)));
+            outgoing.push((sub.id.to_string(), sub.flow, self.notify_request(&sub, &state, &content_type, body)));
             if terminate.is_some() {
                 self.presence.remove_subscription(id);
                 writes.push(Write::delete(Table::Subscriptions, id));
@@ -65,12 +65,12 @@ impl Core {
 
     /// Winfo subscriptions of `aor` (its watchers changed).
     pub(in crate::home) fn winfo_subscriptions(&self, aor: &str) -> Vec<String> {
-        self.presence.subscriptions_to(aor, Package::Winfo).into_iter().map(|s| s.id.clone()).collect()
+        self.presence.subscriptions_to(aor, Package::Winfo).into_iter().map(|s| s.id.to_string()).collect()
     }
 
     fn notify_request(&self, sub: &Subscription, state: &str, content_type: &str, body: String) -> Message {
         let mut m = Message {
-            start: crate::sip::StartLine::Request { method: "NOTIFY".into(), uri: sub.remote_target.clone() },
+            start: crate::sip::StartLine::Request { method: "NOTIFY".into(), uri: sub.remote_target.to_string() },
             headers: Default::default(),
             body: body.into(),
         };

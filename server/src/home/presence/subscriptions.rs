@@ -128,11 +128,11 @@ mod tests {
             watcher: "w@x".into(),
             resource: resource.into(),
             call_id: id.into(),
-            remote_party: String::new(),
-            local_party: String::new(),
+            remote_party: "".into(),
+            local_party: "".into(),
             event_id: None,
-            remote_target: String::new(),
-            route_set: Vec::new(),
+            remote_target: "".into(),
+            route_set: Box::default(),
             flow: Flow::datagram(Transport::Udp, "127.0.0.1:5060".parse().unwrap()),
             local_cseq: 0,
             remote_cseq: 0,
@@ -143,7 +143,7 @@ mod tests {
     }
 
     fn ids<'a>(it: impl Iterator<Item = &'a Subscription>) -> Vec<&'a str> {
-        let mut v: Vec<&str> = it.map(|s| s.id.as_str()).collect();
+        let mut v: Vec<&str> = it.map(|s| &*s.id).collect();
         v.sort();
         v
     }
@@ -157,7 +157,7 @@ mod tests {
         s.insert(sub("4", "b@x", Package::Presence));
         assert_eq!(ids(s.to("a@x", Package::Presence)), ["1", "2"]);
         assert_eq!(ids(s.to("a@x", Package::Winfo)), ["3"]);
-        assert_eq!(s.remove("1").map(|s| s.id), Some("1".to_string()));
+        assert_eq!(s.remove("1").map(|s| s.id), Some("1".into()));
         assert!(s.remove("1").is_none() && s.get("1").is_none());
         s.insert(sub("5", "b@x", Package::Presence));
         assert_eq!(s.slots.len(), 4, "the freed slot is reused");
