@@ -13,6 +13,22 @@ use std::path::PathBuf;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc gives freed pages back to the system only a second (whole arenas: ten) after they
+/// are freed, and only when the thread that freed them next calls the allocator: a server that
+/// frees a large transient and then idles kept all of it. Parsing a million-user users file left
+/// 1,200 MiB resident instead of 190. Freed pages are given back at once instead.
+#[cfg(not(feature = "system-allocator"))]
+fn give_back_freed_memory_promptly() {
+    // SAFETY: sets a process-wide option before any thread is started; takes no pointers.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
+
+/// mimalloc v3's `mi_option_purge_delay` (milliseconds; libmimalloc-sys names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+#[cfg(feature = "system-allocator")]
+fn give_back_freed_memory_promptly() {}
+
 #[derive(Parser)]
 #[command(name = "parley-server", version, about = "Parley's SIP server: Home Server and Front-End")]
 struct Cli {
@@ -112,6 +128,7 @@ fn init_logging(format: LogFormat, file: Option<LogFile>) -> anyhow::Result<()> 
 }
 
 fn main() -> std::process::ExitCode {
+    give_back_freed_memory_promptly();
     let cli = Cli::parse();
     let format = cli.log_format;
     let result = match cli.command {
@@ -175,4 +192,14 @@ fn user_hash(address: &str, password_file: Option<PathBuf>) -> anyhow::Result<()
     println!("ha1_md5 = \"{}\"", ha1(Algorithm::Md5, user, realm, password));
     println!("ha1_sha256 = \"{}\"", ha1(Algorithm::Sha256, user, realm, password));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option number names the purge delay: its documented default is 1,000 ms.
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // SAFETY: reads a process-wide option; takes no pointers.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) }, 1000);
+    }
 }
