@@ -778,7 +778,8 @@ impl Core {
     /// The answer to a new request that is not taken on: 503 with Retry-After during a shutdown
     /// (OPTIONS from the first step, so probes and load balancers look elsewhere; everything from
     /// the second), or over `max_requests_per_second` (OPTIONS exempt: a probe answered 503 would
-    /// take the whole server out of a Front-End's rotation).
+    /// take the whole server out of a Front-End's rotation; requests with credentials have half
+    /// the rate kept for them, see `RateLimit`).
     fn gate(&mut self, now: Now, req: &Message) -> Option<Message> {
         use crate::ops::metrics::phase;
         let options = req.method() == Some("OPTIONS");
@@ -796,7 +797,8 @@ impl Core {
         let limit = self
             .rate_limit
             .get_or_insert_with(|| crate::transport::admission::RateLimit::new(rate, now.instant).expect("rate > 0"));
-        let wait = limit.admit(now.instant).err()?;
+        let finishing = req.headers.get("Authorization").or(req.headers.get("Proxy-Authorization")).is_some();
+        let wait = limit.admit(finishing, now.instant).err()?;
         self.metrics.rate_limited.fetch_add(1, Relaxed);
         let mut r = self.respond_with(req, 503, "Rate Limited");
         r.headers.push("Retry-After", wait.to_string());

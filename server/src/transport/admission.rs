@@ -34,14 +34,19 @@ impl Bucket {
 
     /// Takes a token; `Err` says how long until one is there.
     pub fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+        self.take_above(0.0, rate, burst, now)
+    }
+
+    /// Takes a token only if `reserve` tokens are left after it; `Err` says how long until then.
+    fn take_above(&mut self, reserve: f64, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
         let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
         self.tokens = (self.tokens + refill).min(burst);
         self.at = now;
-        if self.tokens >= 1.0 {
+        if self.tokens >= 1.0 + reserve {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+            Err(Duration::from_secs_f64((1.0 + reserve - self.tokens) / rate))
         }
     }
 }
@@ -72,6 +77,11 @@ impl Admission {
 /// grows with the refusals of the last second, so a crowd coming back at once (after a restart)
 /// is spread over about `crowd / rate` seconds instead of returning together. Memory is one
 /// bucket: nothing queues (the queue in front of it is `max_pending_requests`).
+///
+/// Half the bucket is kept for requests that carry credentials: they finish a registration the
+/// server already took on (its challenge), and refusing them would waste that work and send the
+/// client back to the start, so a crowd would sign in at a fraction of the rate. A forged
+/// Authorization header buys nothing more than a place in that half.
 #[derive(Debug)]
 pub struct RateLimit {
     rate: f64,
@@ -98,15 +108,16 @@ impl RateLimit {
     }
 
     /// Admits a request, or says after how many seconds (at random, from 1 to about
-    /// `refused / rate + 1`) it should come back.
-    pub fn admit(&mut self, now: Instant) -> Result<(), u64> {
+    /// `refused / rate + 1`) it should come back. `finishing`: the request carries credentials.
+    pub fn admit(&mut self, finishing: bool, now: Instant) -> Result<(), u64> {
         if now.saturating_duration_since(self.second) >= Duration::from_secs(1) {
             let idle = now.saturating_duration_since(self.second) >= Duration::from_secs(2);
             self.refused_before = if idle { 0 } else { self.refused };
             self.refused = 0;
             self.second = now;
         }
-        match self.bucket.take(self.rate, self.rate, now) {
+        let reserve = if finishing { 0.0 } else { self.rate / 2.0 };
+        match self.bucket.take_above(reserve, self.rate, self.rate, now) {
             Ok(()) => Ok(()),
             Err(_) => {
                 self.refused += 1;
@@ -142,17 +153,41 @@ mod tests {
     fn the_server_rate_admits_a_second_worth_then_spreads_the_rest() {
         let t0 = Instant::now();
         let mut limit = RateLimit::new(100, t0).unwrap();
-        let admitted = (0..100).filter(|_| limit.admit(t0).is_ok()).count();
-        assert_eq!(admitted, 100, "a burst of one second's worth");
-        // 1,000 more at once: refused, told to come back within about 1,000 / 100 + 1 seconds,
-        // spread rather than all after the same delay.
-        let waits: Vec<u64> = (0..1000).map(|_| limit.admit(t0).unwrap_err()).collect();
-        assert!(waits.iter().all(|w| (1..=11).contains(w)), "{waits:?}");
+        let fresh = (0..100).filter(|_| limit.admit(false, t0).is_ok()).count();
+        assert_eq!(fresh, 50, "new requests take the half of the burst not kept for credentials");
+        let finishing = (0..100).filter(|_| limit.admit(true, t0).is_ok()).count();
+        assert_eq!(finishing, 50, "requests with credentials take the rest: one second's worth in all");
+        // 1,000 more at once: refused, told to come back within about (50 + 1,000) / 100 + 1
+        // seconds, spread rather than all after the same delay.
+        let waits: Vec<u64> = (0..1000).map(|_| limit.admit(false, t0).unwrap_err()).collect();
+        assert!(waits.iter().all(|w| (1..=12).contains(w)), "{waits:?}");
         assert!(waits.iter().filter(|w| **w > 5).count() > 150, "the later ones are spread wide (about 230 expected)");
-        // Half a second later, half a second's worth.
+        // Half a second later, half a second's worth, and new requests still only above the reserve.
         let t1 = t0 + Duration::from_millis(500);
-        assert_eq!((0..1000).filter(|_| limit.admit(t1).is_ok()).count(), 50);
+        assert_eq!((0..1000).filter(|_| limit.admit(false, t1).is_ok()).count(), 0);
+        assert_eq!((0..1000).filter(|_| limit.admit(true, t1).is_ok()).count(), 50);
         assert!(RateLimit::new(0, t0).is_none());
+    }
+
+    #[test]
+    fn a_crowd_of_new_requests_leaves_room_for_those_finishing_a_registration() {
+        let t0 = Instant::now();
+        let mut limit = RateLimit::new(100, t0).unwrap();
+        // Every 10 ms for 10 s: 50 new requests (far over the rate) and the answers to the
+        // challenges given 10 ms earlier. Every answer is taken on; the total stays at the rate.
+        let (mut challenged, mut finished, mut refused_answers) = (0, 0, 0);
+        for step in 1..=1000u32 {
+            let now = t0 + Duration::from_millis(10 * u64::from(step));
+            for _ in 0..challenged {
+                match limit.admit(true, now) {
+                    Ok(()) => finished += 1,
+                    Err(_) => refused_answers += 1,
+                }
+            }
+            challenged = (0..50).filter(|_| limit.admit(false, now).is_ok()).count();
+        }
+        assert_eq!(refused_answers, 0);
+        assert!((450..=560).contains(&finished), "about half the rate completes: {finished} in 10 s at 100/s");
     }
 
     #[test]
