@@ -472,8 +472,11 @@ wait_ready_now() {
     sleep 0.5
   done
 }
+# says TEXT PATTERN: TEXT contains PATTERN. Never `cmd | grep -q` here: grep leaves at the first
+# match, cmd may then die of SIGPIPE, and pipefail turns that into a failure.
+says() { grep -q "$2" <<<"$1"; }
 homed_on() { # USER HOME_SERVER: the Job that added USER says where it was placed
-  kubectl -n "$ns" logs "job/add-$1" --all-containers=true | grep -q "homed on $2" \
+  says "$(kubectl -n "$ns" logs "job/add-$1" --all-containers=true)" "homed on $2" \
     || die "$1 was not placed on $2: $(kubectl -n "$ns" logs "job/add-$1" --all-containers=true)"
 }
 # probe_via SERVICE: alice and bob sign in, watch, publish and message through SERVICE's NodePort.
@@ -524,8 +527,8 @@ if [[ $mode == node ]]; then
   done
   # alice is homed on multi-home-1 and bob on multi-home-2: every step crosses the Front-End.
   probe_via multi-frontend
-  kubectl -n "$ns" logs multi-home-1-0 | grep -q "signed in user=alice@example.test" || die "alice did not sign in on multi-home-1"
-  kubectl -n "$ns" logs multi-home-2-0 | grep -q "signed in user=bob@example.test" || die "bob did not sign in on multi-home-2"
+  says "$(kubectl -n "$ns" logs multi-home-1-0)" "signed in user=alice@example.test" || die "alice did not sign in on multi-home-1"
+  says "$(kubectl -n "$ns" logs multi-home-2-0)" "signed in user=bob@example.test" || die "bob did not sign in on multi-home-2"
   echo "ok: alice signed in on multi-home-1 and bob on multi-home-2, both through multi-frontend"
 else
   echo "scale-up probe skipped on kind: its node ports are reached only through e2e/kind.yaml's mappings"
@@ -555,7 +558,7 @@ if [[ $mode == node ]]; then
   done
   # bob's contact list, rules and binding moved with him; he signs in on multi-home-1 now.
   probe_via multi-home-1-sip
-  kubectl -n "$ns" logs multi-home-1-0 | grep -q "signed in user=bob@example.test" || die "bob did not sign in on multi-home-1"
+  says "$(kubectl -n "$ns" logs multi-home-1-0)" "signed in user=bob@example.test" || die "bob did not sign in on multi-home-1"
   echo "ok: after the scale-down alice and bob are both on multi-home-1 and exchange messages through its Service"
 fi
 # A Home Server no node can take (a domain asking 64 CPUs for it): its status says why, in the
@@ -586,8 +589,8 @@ data:
     ha1_md5 = "9e08d7520c4e1e3699eba51896968f5d"
 YAML
 deadline=$((SECONDS + 60))
-until kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' 2>/dev/null \
-  | grep -q 'Insufficient cpu'; do
+until says "$(kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions[?(@.type=="Ready")].message}' 2>/dev/null)" \
+  'Insufficient cpu'; do
   ((SECONDS < deadline)) || die "HomeServer toobig-home-1 does not say why its pod waits: $(kubectl -n "$ns" get homeserver toobig-home-1 -o jsonpath='{.status.conditions}')"
   sleep 1
 done
