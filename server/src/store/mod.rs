@@ -4,13 +4,15 @@
 //!
 //! Writes go to one writer thread. It takes everything queued since it last ran (group commit),
 //! appends it to the journal (`journal`: one checksummed frame per caller's batch, one
-//! `fdatasync` for all), applies it to redb in one transaction that does not sync, and only then
-//! answers the callers: a write the server has awaited before answering a client survives
-//! `kill -9` and power loss, and every read sees it. A redb commit that syncs costs several page
-//! writes and syncs of the B-trees; made for every batch it was a third of a REGISTER's CPU and
-//! most of its latency. A durable redb commit now runs every `CHECKPOINT_EVERY` or
-//! `CHECKPOINT_WRITES` writes (and on `flush`), after which the journal is emptied. At start,
-//! whatever the journal still holds is replayed into redb.
+//! `fdatasync` for all), keeps it in memory as not yet in redb, and answers the callers: a write
+//! the server has awaited before answering a client survives `kill -9` and power loss. redb takes
+//! the kept writes in one transaction at the next checkpoint (every `CHECKPOINT_EVERY` or
+//! `CHECKPOINT_WRITES` writes, and on `flush`), a durable commit after which the journal is
+//! emptied; a read first gives redb whatever is kept (reads are rare: at start and when a user
+//! moves), so every read sees every acknowledged write. A redb commit that syncs costs several
+//! page writes and syncs of the B-trees: made for every batch it was a third of a REGISTER's CPU
+//! and most of its latency; a commit that does not sync, for every batch, still a tenth of its
+//! CPU. At start, whatever the journal still holds is replayed into redb.
 
 mod journal;
 
@@ -122,9 +124,8 @@ pub struct Store {
 
 struct Inner {
     db: Arc<Database>,
-    /// Held by the writer from answering a batch's callers until redb has taken the batch, and by
-    /// readers: a read never misses a write that was acknowledged.
-    applying: Arc<std::sync::Mutex<()>>,
+    /// Journalled (acknowledged) writes redb has not taken yet, in order.
+    unapplied: Arc<std::sync::Mutex<Vec<Write>>>,
     writer: Option<std::sync::mpsc::Sender<Batch>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -162,109 +163,139 @@ impl Store {
         let replay = journal::read(&journal_path)?;
         if !replay.is_empty() {
             tracing::info!(batches = replay.len(), "replaying the store's journal");
-            Self::apply_now(&db, replay.into_iter().flatten(), Durability::Immediate)?;
+            Self::apply_now(&db, &replay.into_iter().flatten().collect::<Vec<_>>(), Durability::Immediate)?;
         }
         let mut journal = journal::Journal::open(&journal_path)?;
         journal.clear()?;
         let db = Arc::new(db);
         let (writer, queue) = std::sync::mpsc::channel::<Batch>();
-        let (writer_db, applying) = (db.clone(), Arc::new(std::sync::Mutex::new(())));
-        let writer_applying = applying.clone();
+        let (writer_db, unapplied) = (db.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
+        let writer_unapplied = unapplied.clone();
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || Self::write_loop(&writer_db, &writer_applying, journal, &queue, checkpoints))?;
-        Ok(Store { inner: Arc::new(Inner { db, applying, writer: Some(writer), thread: Some(thread) }) })
+            .spawn(move || Self::write_loop(&writer_db, &writer_unapplied, journal, &queue, checkpoints))?;
+        Ok(Store { inner: Arc::new(Inner { db, unapplied, writer: Some(writer), thread: Some(thread) }) })
     }
 
-    /// The writer thread: journal, answer, apply; checkpoint when due; a last checkpoint when the
-    /// store is dropped. Callers are answered as soon as their writes are durable in the journal,
-    /// before redb takes them (off their path); should redb then fail, the store refuses every
-    /// later write (the journal still holds everything acknowledged, for the next start).
+    /// The writer thread: journal, keep, answer; checkpoint when due; a last checkpoint when the
+    /// store is dropped. Callers are answered as soon as their writes are durable in the journal.
+    /// A checkpoint that fails leaves the writes where they were (journal and memory, in order)
+    /// and is tried again an interval later; should checkpoints keep failing, writes are refused
+    /// before what is kept in memory grows past ten checkpoints' worth.
     fn write_loop(
         db: &Database,
-        applying: &std::sync::Mutex<()>,
+        unapplied: &std::sync::Mutex<Vec<Write>>,
         mut journal: journal::Journal,
         queue: &Receiver<Batch>,
         every: Checkpoints,
     ) {
-        let mut failed: Option<String> = None;
+        // Writes journalled since the last checkpoint, and when the first of them was.
         let mut journalled = 0;
         let mut since: Option<Instant> = None;
-        // After a checkpoint that failed, the next try is a whole interval later (the journal
-        // keeps the writes meanwhile).
-        let checkpoint = |journal: &mut journal::Journal, journalled: &mut usize, since: &mut Option<Instant>| {
-            let started = Instant::now();
-            let result = Self::apply_now(db, std::iter::empty(), Durability::Immediate).and_then(|()| journal.clear());
-            match &result {
-                Ok(()) => {
-                    tracing::debug!(writes = *journalled, took = ?started.elapsed(), "store checkpoint");
-                    (*journalled, *since) = (0, None);
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "store checkpoint failed: the journal keeps the writes");
-                    *since = Some(Instant::now());
-                }
-            }
-            result.map_err(|e| format!("{e:#}"))
-        };
+        // After a failed checkpoint: the earliest next try.
+        let mut not_before: Option<Instant> = None;
         loop {
-            let first = match since {
+            let due_at = since.map(|t| (t + every.every).max(not_before.unwrap_or(t)));
+            let first = match due_at {
                 None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(t) => queue.recv_timeout(every.every.saturating_sub(t.elapsed())),
+                Some(at) => queue.recv_timeout(at.saturating_duration_since(Instant::now())),
             };
-            let first = match first {
-                Ok(b) => b,
-                // Never after a failure: redb lacks writes only the journal holds.
-                Err(RecvTimeoutError::Timeout) if failed.is_none() => {
-                    let _ = checkpoint(&mut journal, &mut journalled, &mut since);
-                    continue;
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    since = None;
-                    continue;
-                }
+            let batches = match first {
+                Ok(first) => std::iter::once(first).chain(queue.try_iter()).collect(),
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
                 Err(RecvTimeoutError::Disconnected) => {
-                    if journalled > 0 && failed.is_none() {
-                        let _ = checkpoint(&mut journal, &mut journalled, &mut since);
+                    if journalled > 0 {
+                        let _ = Self::checkpoint(db, unapplied, &mut journal);
                     }
                     return;
                 }
             };
-            let mut batches = vec![first];
-            batches.extend(queue.try_iter());
             // An empty batch is a flush: it is answered after a checkpoint.
             let (flushes, batches): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(w, _)| w.is_empty());
             if !batches.is_empty() {
-                let result = match &failed {
-                    Some(e) => Err(anyhow::anyhow!("the store failed earlier: {e}")),
-                    None => journal.append(batches.iter().map(|(w, _)| w.as_slice())),
+                let result = if journalled >= every.writes.saturating_mul(10) {
+                    Err(anyhow::anyhow!("the store cannot checkpoint (see the errors logged): refusing writes"))
+                } else {
+                    journal.append(batches.iter().map(|(w, _)| w.as_slice()))
                 };
-                let ok = result.is_ok();
                 let result = result.map_err(|e| format!("{e:#}"));
-                let _applying = applying.lock().unwrap_or_else(|p| p.into_inner());
-                let mut writes = Vec::with_capacity(batches.len());
-                for (w, waiter) in batches {
-                    let _ = waiter.send(result.clone());
-                    writes.push(w);
-                }
-                if ok {
-                    journalled += writes.iter().map(Vec::len).sum::<usize>();
-                    since.get_or_insert_with(Instant::now);
-                    if let Err(e) = Self::apply_now(db, writes.into_iter().flatten(), Durability::None) {
-                        tracing::error!(error = %format!("{e:#}"), "the store cannot take journalled writes: refusing writes until restarted");
-                        failed = Some(format!("{e:#}"));
+                let mut waiters = Vec::with_capacity(batches.len());
+                let mut kept = unapplied.lock().unwrap_or_else(|p| p.into_inner());
+                for (writes, waiter) in batches {
+                    if result.is_ok() {
+                        journalled += writes.len();
+                        kept.extend(writes);
                     }
+                    waiters.push(waiter);
+                }
+                drop(kept);
+                if result.is_ok() {
+                    since.get_or_insert_with(Instant::now);
+                }
+                for waiter in waiters {
+                    let _ = waiter.send(result.clone());
                 }
             }
-            let result: Result<(), String> = failed.clone().map_or(Ok(()), Err);
-            let due = journalled >= every.writes || since.is_some_and(|t| t.elapsed() >= every.every);
+            let now = Instant::now();
+            let due = since.is_some_and(|t| now >= t + every.every || journalled >= every.writes)
+                && not_before.is_none_or(|t| now >= t);
             if !flushes.is_empty() || due {
-                let checkpointed = result.and_then(|()| checkpoint(&mut journal, &mut journalled, &mut since));
+                let result = Self::checkpoint(db, unapplied, &mut journal);
+                match result {
+                    Ok(()) => (journalled, since, not_before) = (0, None, None),
+                    Err(_) => not_before = Some(now + every.every),
+                }
                 for (_, waiter) in flushes {
-                    let _ = waiter.send(checkpointed.clone());
+                    let _ = waiter.send(result.clone());
                 }
             }
         }
+    }
+
+    /// Gives redb the kept writes in a durable commit, then empties the journal.
+    fn checkpoint(
+        db: &Database,
+        unapplied: &std::sync::Mutex<Vec<Write>>,
+        journal: &mut journal::Journal,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let result = Self::catch_up(db, unapplied, Durability::Immediate).and_then(|writes| {
+            journal.clear()?;
+            Ok(writes)
+        });
+        match result {
+            Ok(writes) => {
+                tracing::debug!(writes, took = ?started.elapsed(), "store checkpoint");
+                Ok(())
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                tracing::error!(error = %e, "store checkpoint failed: the journal keeps the writes");
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives redb the kept writes, all in one transaction, and says how many. A durable commit
+    /// also makes every earlier commit that did not sync durable, so it runs even with none kept.
+    fn catch_up(
+        db: &Database,
+        unapplied: &std::sync::Mutex<Vec<Write>>,
+        durability: Durability,
+    ) -> anyhow::Result<usize> {
+        let mut kept = unapplied.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.is_empty() && matches!(durability, Durability::None) {
+            return Ok(0);
+        }
+        Self::apply_now(db, &kept, durability)?;
+        let writes = kept.len();
+        kept.clear();
+        Ok(writes)
+    }
+
+    /// Before a read: redb takes what is kept, so the read sees every acknowledged write.
+    fn caught_up(&self) -> anyhow::Result<()> {
+        Self::catch_up(&self.inner.db, &self.inner.unapplied, Durability::None).map(|_| ())
     }
 
     /// Applies writes; returns once they are durable.
@@ -290,18 +321,21 @@ impl Store {
         }
     }
 
-    fn apply_now(db: &Database, writes: impl Iterator<Item = Write>, durability: Durability) -> anyhow::Result<()> {
+    /// Writes in one transaction, each table opened once (writes to one key keep their order).
+    fn apply_now(db: &Database, writes: &[Write], durability: Durability) -> anyhow::Result<()> {
         let mut txn = db.begin_write()?;
         txn.set_durability(durability)?;
-        for w in writes {
-            let mut table = txn.open_table(w.table.def())?;
-            match &w.value {
-                Some(v) => {
-                    table.insert(w.key.as_str(), v.as_slice())?;
-                }
-                None => {
-                    table.remove(w.key.as_str())?;
-                }
+        for t in Table::ALL {
+            let mut ours = writes.iter().filter(|w| w.table == t).peekable();
+            if ours.peek().is_none() {
+                continue;
+            }
+            let mut table = txn.open_table(t.def())?;
+            for w in ours {
+                match &w.value {
+                    Some(v) => table.insert(w.key.as_str(), v.as_slice())?,
+                    None => table.remove(w.key.as_str())?,
+                };
             }
         }
         txn.commit()?;
@@ -318,7 +352,7 @@ impl Store {
 
     /// One value, if stored.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> anyhow::Result<Option<T>> {
-        let _applied = self.inner.applying.lock().unwrap_or_else(|p| p.into_inner());
+        self.caught_up()?;
         let txn = self.inner.db.begin_read()?;
         let t = txn.open_table(table.def())?;
         match t.get(key)? {
@@ -338,7 +372,7 @@ impl Store {
         }
         let prefix = format!("{aor}\u{0}");
         for table in Table::PER_USER_MANY {
-            let _applied = self.inner.applying.lock().unwrap_or_else(|p| p.into_inner());
+            self.caught_up()?;
             let txn = self.inner.db.begin_read()?;
             let t = txn.open_table(table.def())?;
             let mut entries = serde_json::Map::new();
@@ -387,7 +421,7 @@ impl Store {
 
     /// Every value of a table; entries that no longer parse are skipped with a warning.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> anyhow::Result<Vec<(String, T)>> {
-        let _applied = self.inner.applying.lock().unwrap_or_else(|p| p.into_inner());
+        self.caught_up()?;
         let txn = self.inner.db.begin_read()?;
         let t = txn.open_table(table.def())?;
         let mut out = Vec::new();
