@@ -96,9 +96,15 @@ impl Operator {
             &config.identity,
             config.lease_timing.clone(),
         ));
-        tokio::select! {
-            _ = shutdown.clone() => return Ok(()),
-            _ = elector.acquire() => {}
+        let stopped_while_waiting = tokio::select! {
+            _ = shutdown.clone() => true,
+            _ = elector.acquire() => false,
+        };
+        if stopped_while_waiting {
+            // The attempt in flight may have won the Lease just as it was dropped: give it back
+            // (if it is ours) rather than leave it to expire with no one leading.
+            elector.release().await;
+            return Ok(());
         }
         metrics.set_leader(true);
         info!(identity = %config.identity, "leading; starting controllers");
