@@ -476,8 +476,9 @@ wait_ready_now() {
 # match, cmd may then die of SIGPIPE, and pipefail turns that into a failure.
 says() { grep -q "$2" <<<"$1"; }
 homed_on() { # USER HOME_SERVER: the Job that added USER says where it was placed
-  says "$(kubectl -n "$ns" logs "job/add-$1" --all-containers=true)" "homed on $2" \
-    || die "$1 was not placed on $2: $(kubectl -n "$ns" logs "job/add-$1" --all-containers=true)"
+  local logs
+  logs=$(kubectl -n "$ns" logs "job/add-$1" --all-containers=true)
+  says "$logs" "homed on $2" || die "$1 was not placed on $2: $logs"
 }
 # probe_via SERVICE: alice and bob sign in, watch, publish and message through SERVICE's NodePort.
 probe_via() {

@@ -175,7 +175,7 @@ mod tests {
         let mut limit = RateLimit::new(100, t0).unwrap();
         // Every 10 ms for 10 s: 50 new requests (far over the rate) and the answers to the
         // challenges given 10 ms earlier. Every answer is taken on; the total stays at the rate.
-        let (mut challenged, mut finished, mut refused_answers) = (0, 0, 0);
+        let (mut challenged, mut taken, mut finished, mut refused_answers) = (0, 0, 0, 0);
         for step in 1..=1000u32 {
             let now = t0 + Duration::from_millis(10 * u64::from(step));
             for _ in 0..challenged {
@@ -185,9 +185,11 @@ mod tests {
                 }
             }
             challenged = (0..50).filter(|_| limit.admit(false, now).is_ok()).count();
+            taken += challenged;
         }
         assert_eq!(refused_answers, 0);
         assert!((450..=560).contains(&finished), "about half the rate completes: {finished} in 10 s at 100/s");
+        assert!(taken + finished <= 10 * 100 + 100, "at most the rate and one burst: {taken} + {finished}");
     }
 
     #[test]
