@@ -4,6 +4,11 @@
 //! commit (a checkpoint) makes the journal's content redundant and empties it. At start, what the
 //! journal holds is replayed into redb.
 //!
+//! The file is preallocated (`fallocate`, 4 MiB at a time) and written in place: a sync then only
+//! writes the data, where appending to a growing file also wrote its inode on every sync (measured
+//! here: 25 µs of CPU per synced frame against 37). The unwritten tail reads as zeros, and a frame
+//! length of 0 (a payload is never empty) is where the content ends.
+//!
 //! A frame: payload length (u32 LE), CRC-32 of the payload (u32 LE), payload. A payload: the
 //! number of writes (u32), then per write: the table (u8, index into `Table::ALL`), the key
 //! (u32 length, bytes), 1 and the value (u32 length, bytes) or 0 for a delete. One frame per batch
@@ -13,57 +18,81 @@
 use super::{Table, Write};
 use anyhow::{Context, bail};
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 8;
+/// How much file the journal reserves at a time: two seconds of REGISTERs at 8,000/s.
+const PREALLOCATED: u64 = 4 << 20;
 
 pub struct Journal {
     file: File,
     path: PathBuf,
+    /// Where the content ends (the next frame's offset).
     len: u64,
+    /// The file's reserved size.
+    allocated: u64,
 }
 
 impl Journal {
-    /// Opens the journal for appending, creating it (durably: the directory is synced too).
-    pub fn open(path: &Path) -> anyhow::Result<Journal> {
-        let existed = path.exists();
+    /// Creates the journal empty (durably: the directory is synced too), replacing what the file
+    /// held: `read` and replay it first.
+    pub fn create(path: &Path) -> anyhow::Result<Journal> {
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
             .open(path)
             .with_context(|| format!("opening the journal {}", path.display()))?;
-        if !existed && let Some(dir) = path.parent() {
+        if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        let len = file.metadata()?.len();
-        Ok(Journal { file, path: path.to_path_buf(), len })
+        let mut journal = Journal { file, path: path.to_path_buf(), len: 0, allocated: 0 };
+        journal.empty()?;
+        Ok(journal)
     }
 
-    /// Appends one frame per batch and makes them durable.
+    /// Writes one frame per batch after the content and makes them durable.
     pub fn append<'a>(&mut self, batches: impl Iterator<Item = &'a [Write]>) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         for writes in batches {
             encode(writes, &mut buf);
         }
+        let end = self.len + buf.len() as u64;
+        if end > self.allocated {
+            self.reserve(end.next_multiple_of(PREALLOCATED));
+        }
         self.file
-            .write_all(&buf)
+            .write_all_at(&buf, self.len)
             .and_then(|()| self.file.sync_data())
             .with_context(|| format!("appending to the journal {}", self.path.display()))?;
-        self.len += buf.len() as u64;
+        self.len = end;
         Ok(())
     }
 
     /// Empties the journal (once redb holds its content durably).
     pub fn clear(&mut self) -> anyhow::Result<()> {
-        if self.len > 0 {
-            self.file
-                .set_len(0)
-                .and_then(|()| self.file.sync_all())
-                .with_context(|| format!("emptying the journal {}", self.path.display()))?;
-            self.len = 0;
+        if self.len > 0 { self.empty() } else { Ok(()) }
+    }
+
+    fn empty(&mut self) -> anyhow::Result<()> {
+        self.file.set_len(0).with_context(|| format!("emptying the journal {}", self.path.display()))?;
+        (self.len, self.allocated) = (0, 0);
+        self.reserve(PREALLOCATED);
+        self.file.sync_all().with_context(|| format!("emptying the journal {}", self.path.display()))
+    }
+
+    /// Reserves the file up to `size`. Where the file system cannot (it is only faster), the
+    /// frames extend the file as they are written.
+    fn reserve(&mut self, size: u64) {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            Ok(()) => self.allocated = size,
+            Err(e) => {
+                tracing::debug!(journal = %self.path.display(), error = %e, "cannot preallocate the journal");
+                self.allocated = u64::MAX;
+            }
         }
-        Ok(())
     }
 }
 
@@ -79,9 +108,12 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Vec<Write>>> {
     let mut batches = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let frame = bytes.get(at..at + HEADER).and_then(|h| {
-            let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
+        let word = |from: usize| bytes.get(from..from + 4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+        let len = word(at).map(|len| len as usize);
+        if len == Some(0) {
+            break; // the preallocated tail, never written
+        }
+        let frame = len.zip(word(at + 4)).and_then(|(len, crc)| {
             let payload = bytes.get(at + HEADER..at + HEADER + len)?;
             (crc32fast::hash(payload) == crc).then_some(payload)
         });
@@ -89,7 +121,6 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Vec<Write>>> {
             tracing::warn!(
                 journal = %path.display(),
                 offset = at,
-                dropped_bytes = bytes.len() - at,
                 "the journal ends in a frame cut short (a crash while writing it): dropping that batch, never acknowledged"
             );
             break;
@@ -172,25 +203,44 @@ mod tests {
     fn frames_come_back_in_order_and_a_cut_tail_drops_only_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::open(&path).unwrap();
+        let mut j = Journal::create(&path).unwrap();
         j.append([batch(1), batch(2)].iter().map(Vec::as_slice)).unwrap();
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
         assert_eq!(read(&path).unwrap(), [batch(1), batch(2), batch(3)]);
-        // A crash in the middle of the last frame: it is dropped, the others stay.
         let full = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &full[..full.len() - 3]).unwrap();
+        let end = j.len as usize;
+        assert!(full.len() > end && full[end..].iter().all(|b| *b == 0), "the preallocated tail reads as zeros");
+        // A crash in the middle of the last frame (its end never written): it is dropped, the
+        // others stay; the same with the file cut there.
+        let mut torn = full.clone();
+        torn[end - 3..end].fill(0);
+        std::fs::write(&path, &torn).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(1), batch(2)]);
+        std::fs::write(&path, &full[..end - 3]).unwrap();
         assert_eq!(read(&path).unwrap(), [batch(1), batch(2)]);
         // A frame whose bytes changed fails its checksum: the journal ends there.
         let mut flipped = full.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
+        flipped[end - 1] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert_eq!(read(&path).unwrap().len(), 2);
-        std::fs::write(&path, &full).unwrap();
-        let mut j = Journal::open(&path).unwrap();
+        assert!(read(&dir.path().join("absent")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cleared_journal_holds_only_what_came_after_and_grows_past_its_reservation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::create(&path).unwrap();
+        j.append(std::iter::once(batch(1).as_slice())).unwrap();
         j.clear().unwrap();
         assert!(read(&path).unwrap().is_empty());
-        assert!(read(&dir.path().join("absent")).unwrap().is_empty());
+        let big = || vec![Write::put(Table::Rules, "big@x", &vec![7u8; PREALLOCATED as usize])];
+        j.append([batch(2), big()].iter().map(Vec::as_slice)).unwrap();
+        j.append(std::iter::once(batch(3).as_slice())).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(2), big(), batch(3)]);
+        // Creating it again (after a replay) empties it.
+        Journal::create(&path).unwrap();
+        assert!(read(&path).unwrap().is_empty());
     }
 
     #[test]

@@ -165,8 +165,7 @@ impl Store {
             tracing::info!(batches = replay.len(), "replaying the store's journal");
             Self::apply_now(&db, &replay.into_iter().flatten().collect::<Vec<_>>(), Durability::Immediate)?;
         }
-        let mut journal = journal::Journal::open(&journal_path)?;
-        journal.clear()?;
+        let journal = journal::Journal::create(&journal_path)?;
         let db = Arc::new(db);
         let (writer, queue) = std::sync::mpsc::channel::<Batch>();
         let (writer_db, unapplied) = (db.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
@@ -464,8 +463,8 @@ mod tests {
             .unwrap();
         store.apply(vec![Write::delete(Table::Rules, "bob@x"), Write::put(Table::Contacts, "c@x", &3)]).await.unwrap();
         assert_eq!(store.get::<u32>(Table::Rules, "alice@x").unwrap(), Some(1), "reads see journalled writes");
-        let journal = std::fs::read(dir.path().join("parley.journal")).unwrap();
-        assert!(!journal.is_empty(), "the writes are in the journal, not yet checkpointed");
+        let journalled = journal::read(&dir.path().join("parley.journal")).unwrap();
+        assert_eq!(journalled.len(), 2, "the writes are in the journal, not yet checkpointed");
         let crashed = tempfile::tempdir().unwrap();
         for name in ["parley.redb", "parley.journal"] {
             std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
@@ -474,14 +473,10 @@ mod tests {
         let rules: Vec<(String, u32)> = reopened.load(Table::Rules).unwrap();
         assert_eq!(rules, vec![("alice@x".to_string(), 1)]);
         assert_eq!(reopened.get::<u32>(Table::Contacts, "c@x").unwrap(), Some(3));
-        assert_eq!(
-            std::fs::metadata(crashed.path().join("parley.journal")).unwrap().len(),
-            0,
-            "replayed, then emptied"
-        );
+        assert!(journal::read(&crashed.path().join("parley.journal")).unwrap().is_empty(), "replayed, then emptied");
         // A flush checkpoints: redb holds everything and the journal is empty.
         store.flush().await.unwrap();
-        assert_eq!(std::fs::metadata(dir.path().join("parley.journal")).unwrap().len(), 0);
+        assert!(journal::read(&dir.path().join("parley.journal")).unwrap().is_empty());
         assert_eq!(store.get::<u32>(Table::Contacts, "c@x").unwrap(), Some(3));
     }
 
