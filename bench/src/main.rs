@@ -380,7 +380,7 @@ fn run() -> anyhow::Result<()> {
         kinds.push(Kind::Kamailio);
     }
     if !args.frontend_only {
-        kinds.push(Kind::ParleyTls);
+        kinds.extend([Kind::ParleyTls, Kind::ParleySyncAtCheckpoint]);
     }
     for kind in kinds {
         let mut r = if args.frontend_only {
@@ -401,9 +401,8 @@ fn run() -> anyhow::Result<()> {
     }
     if with_kamailio && !args.frontend_only && plan.rounds > 0 {
         eprintln!("== {} interleaved rounds of the fixed-rate rows", plan.rounds);
-        for (key, rounds) in
-            interleaved([Kind::Parley, Kind::Kamailio], plan.rounds, plan, &settings, &ctx, &users_phase)?
-        {
+        let kinds = [Kind::Parley, Kind::Kamailio, Kind::ParleySyncAtCheckpoint];
+        for (key, rounds) in interleaved(&kinds, plan.rounds, plan, &settings, &ctx, &users_phase)? {
             results.get_mut(key).expect("benched above").rounds = rounds;
         }
     }
@@ -573,10 +572,10 @@ fn fixed_rows(
     Ok((register, message, senders_inf, recipient))
 }
 
-/// The fixed-rate rows of two servers, alternately on fresh servers for `rounds` rounds (the order
-/// swapped every round), so that a machine that speeds up or slows down touches both alike.
+/// The fixed-rate rows of several servers, in turn on fresh servers for `rounds` rounds (the order
+/// rotated every round), so that a machine that speeds up or slows down touches them alike.
 fn interleaved(
-    kinds: [Kind; 2],
+    kinds: &[Kind],
     rounds: usize,
     plan: &Plan,
     settings: &Settings,
@@ -585,7 +584,8 @@ fn interleaved(
 ) -> anyhow::Result<BTreeMap<&'static str, Vec<(workloads::Step, workloads::Step)>>> {
     let mut rows: BTreeMap<&str, Vec<(workloads::Step, workloads::Step)>> = BTreeMap::new();
     for round in 0..rounds {
-        let order = if round % 2 == 0 { kinds } else { [kinds[1], kinds[0]] };
+        let mut order = kinds.to_vec();
+        order.rotate_left(round % kinds.len());
         for kind in order {
             let key = kind.key();
             eprintln!("== round {} of {rounds}: {key}", round + 1);
@@ -602,7 +602,7 @@ fn interleaved(
 
 /// `--ab ROUNDS`: Parley and the baseline, interleaved; prints each round and the medians.
 fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, out: &Path) -> anyhow::Result<()> {
-    let rows = interleaved([Kind::Parley, Kind::ParleyBaseline], rounds, plan, settings, ctx, users)?;
+    let rows = interleaved(&[Kind::Parley, Kind::ParleyBaseline], rounds, plan, settings, ctx, users)?;
     type Round = (workloads::Step, workloads::Step);
     type Figure = (&'static str, fn(&Round) -> f64);
     fn per_cpu_s(s: &workloads::Step) -> f64 {
@@ -677,7 +677,7 @@ fn bench_server(
     let (pss, rss) = server.memory();
     r.idle_pss_bytes = Some(pss);
     r.idle_rss_bytes = Some(rss);
-    // The TLS and baseline servers run the fixed-rate rows only.
+    // The TLS, baseline and sync-at-checkpoint servers run the fixed-rate rows only.
     let full = matches!(kind, Kind::Parley | Kind::Kamailio);
     // Fixed-rate runs first, on the fresh server; then the ladders, which end in overload.
     let (register, message, senders_inf, recipient) = fixed_rows(&server, &mut users, plan, ctx, key)?;

@@ -15,6 +15,9 @@ pub enum Kind {
     ParleyTls,
     /// Another build of Parley's Home Server (`--baseline`), UDP only: before/after in one run.
     ParleyBaseline,
+    /// Parley with `storage.sync = "checkpoint"` (opt-in: the journal synced at checkpoints, not
+    /// before each answer), UDP only.
+    ParleySyncAtCheckpoint,
     Kamailio,
 }
 
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Parley => "parley",
             Kind::ParleyTls => "parley_tls",
             Kind::ParleyBaseline => "parley_baseline",
+            Kind::ParleySyncAtCheckpoint => "parley_sync_at_checkpoint",
             Kind::Kamailio => "kamailio",
         }
     }
@@ -101,7 +105,7 @@ impl Server {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", &settings.cpus]);
         match kind {
-            Kind::Parley | Kind::ParleyTls | Kind::ParleyBaseline => {
+            Kind::Parley | Kind::ParleyTls | Kind::ParleyBaseline | Kind::ParleySyncAtCheckpoint => {
                 let ops = crate::free_tcp_port();
                 let tls = if kind == Kind::ParleyTls {
                     let t = crate::free_tcp_port();
@@ -114,6 +118,7 @@ impl Server {
                 } else {
                     ""
                 };
+                let sync = if kind == Kind::ParleySyncAtCheckpoint { "sync = \"checkpoint\"\n" } else { "" };
                 let bin = match (kind, &settings.baseline_bin) {
                     (Kind::ParleyBaseline, Some(b)) => b,
                     (Kind::ParleyBaseline, None) => bail!("no --baseline binary given"),
@@ -123,7 +128,7 @@ impl Server {
                     format!(
                         "sip_domain = \"example.test\"\ndomain_aliases = [\"127.0.0.1\"]\n\
                          [listen]\nudp = \"127.0.0.1:{port}\"\n{tls}ops = \"127.0.0.1:{ops}\"\n{tls_section}\
-                         [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n\
+                         [storage]\ndata_dir = \"data\"\nlogs_dir = \"logs\"\n{sync}\
                          [directory]\nbackend = \"file\"\nfile = \"{}\"\n\
                          [registrar]\nmax_expires = 7200\n{limits}",
                         users.display()

@@ -76,6 +76,12 @@ fn smoke_run_writes_every_figure() {
     ] {
         assert!(keys.contains(&key), "figure {key} missing: {keys:?}");
     }
+    if kamailio_ran {
+        // The opt-in sync policy's rows are against Kamailio's rounds.
+        for key in ["sync_at_checkpoint_register_per_cpu_s", "sync_at_checkpoint_register_p99_ms"] {
+            assert!(keys.contains(&key), "figure {key} missing: {keys:?}");
+        }
+    }
     assert!(keys.iter().any(|k| k.starts_with("fanout_")), "no fan-out figure");
     assert!(keys.iter().filter(|k| k.starts_with("memory_")).count() >= 3, "memory figures missing");
     for key in ["register_per_cpu_s", "register_p99_ms", "message_per_cpu_s", "message_p99_ms", "cold_start_ms"] {

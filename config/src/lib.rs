@@ -196,6 +196,23 @@ pub struct Storage {
     /// ... keeping this many older files (`parley.log.1` is the newest).
     #[serde(default = "default_log_files")]
     pub log_files: u32,
+    /// When a change reaches the disk before its client is answered.
+    #[serde(default)]
+    pub sync: SyncPolicy,
+}
+
+/// `storage.sync`: how durable an answered change is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncPolicy {
+    /// Written to the journal and synced (one sync for every change queued together): a change
+    /// survives `kill -9` and power loss.
+    #[default]
+    EachChange,
+    /// Written to the journal, synced at the next checkpoint (every 2 seconds): a change survives
+    /// `kill -9`, but a machine crash or power loss can lose the last 2 seconds of changes
+    /// (registrations, subscriptions, messages kept for offline users). Less CPU per change.
+    Checkpoint,
 }
 
 pub fn default_log_max_bytes() -> u64 {
@@ -624,6 +641,17 @@ mod tests {
         assert_eq!(c.listen.udp, Some("0.0.0.0:5060".parse().unwrap()));
         assert_eq!(c.registrar.min_expires, 60);
         assert_eq!(c.auth.algorithms, vec![Algorithm::Md5]);
+        assert_eq!(c.storage.sync, SyncPolicy::EachChange);
+    }
+
+    #[test]
+    fn storage_sync_is_each_change_or_checkpoint() {
+        let with = |v: &str| MINIMAL.replace("logs_dir = \"l\"\n", &format!("logs_dir = \"l\"\nsync = \"{v}\"\n"));
+        let c = Config::parse(&with("checkpoint"), Role::Home).unwrap();
+        assert_eq!(c.storage.sync, SyncPolicy::Checkpoint);
+        assert_eq!(Config::parse(&c.to_toml(), Role::Home).unwrap(), c);
+        let e = Config::parse(&with("never"), Role::Home).unwrap_err();
+        assert!(e.contains("sync = \"never\"") && e.contains("expected `each-change` or `checkpoint`"), "{e}");
     }
 
     #[test]

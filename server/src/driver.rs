@@ -262,7 +262,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_commit_in_the_order_the_service_made_them() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
         let limits = crate::transport::Limits {
             message: Limits::default(),
             max_connections_per_ip: 1,

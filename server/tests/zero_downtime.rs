@@ -838,7 +838,7 @@ fn cold_start_with_100000_bindings_in_the_store() {
     let mut server = Server::start_with_users(1, "");
     server.kill9();
     {
-        let store = Store::open(&server.dir.path().join("data")).unwrap();
+        let store = Store::open(&server.dir.path().join("data"), Default::default()).unwrap();
         let expires_at = std::time::SystemTime::now() + Duration::from_secs(3600);
         let writes: Vec<Write> = (0..BINDINGS)
             .map(|i| {

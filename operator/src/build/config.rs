@@ -108,6 +108,7 @@ pub fn build(
             logs_dir: paths::LOGS_DIR.into(),
             log_max_bytes: parley_config::default_log_max_bytes(),
             log_files: parley_config::default_log_files(),
+            sync: Default::default(),
         },
         directory,
         limits: limits(resolved, server_name, front_end.is_some()),

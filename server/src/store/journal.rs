@@ -32,12 +32,15 @@ pub struct Journal {
     len: u64,
     /// The file's reserved size.
     allocated: u64,
+    /// Whether `append` syncs (`storage.sync = "each-change"`); if not, the changes reach the disk
+    /// with the next checkpoint (redb's durable commit).
+    sync_each_append: bool,
 }
 
 impl Journal {
     /// Creates the journal empty (durably: the directory is synced too), replacing what the file
     /// held: `read` and replay it first.
-    pub fn create(path: &Path) -> anyhow::Result<Journal> {
+    pub fn create(path: &Path, sync_each_append: bool) -> anyhow::Result<Journal> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -48,12 +51,13 @@ impl Journal {
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        let mut journal = Journal { file, path: path.to_path_buf(), len: 0, allocated: 0 };
+        let mut journal = Journal { file, path: path.to_path_buf(), len: 0, allocated: 0, sync_each_append };
         journal.empty()?;
         Ok(journal)
     }
 
-    /// Writes one frame per batch after the content and makes them durable.
+    /// Writes one frame per batch after the content and makes them durable (or, without
+    /// `sync_each_append`, safe from the process dying).
     pub fn append<'a>(&mut self, batches: impl Iterator<Item = &'a [Write]>) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         for writes in batches {
@@ -65,7 +69,7 @@ impl Journal {
         }
         self.file
             .write_all_at(&buf, self.len)
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| if self.sync_each_append { self.file.sync_data() } else { Ok(()) })
             .with_context(|| format!("appending to the journal {}", self.path.display()))?;
         self.len = end;
         Ok(())
@@ -203,7 +207,7 @@ mod tests {
     fn frames_come_back_in_order_and_a_cut_tail_drops_only_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path).unwrap();
+        let mut j = Journal::create(&path, true).unwrap();
         j.append([batch(1), batch(2)].iter().map(Vec::as_slice)).unwrap();
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
         assert_eq!(read(&path).unwrap(), [batch(1), batch(2), batch(3)]);
@@ -230,7 +234,7 @@ mod tests {
     fn a_cleared_journal_holds_only_what_came_after_and_grows_past_its_reservation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path).unwrap();
+        let mut j = Journal::create(&path, true).unwrap();
         j.append(std::iter::once(batch(1).as_slice())).unwrap();
         j.clear().unwrap();
         assert!(read(&path).unwrap().is_empty());
@@ -239,7 +243,7 @@ mod tests {
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
         assert_eq!(read(&path).unwrap(), [batch(2), big(), batch(3)]);
         // Creating it again (after a replay) empties it.
-        Journal::create(&path).unwrap();
+        Journal::create(&path, true).unwrap();
         assert!(read(&path).unwrap().is_empty());
     }
 

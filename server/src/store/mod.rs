@@ -5,7 +5,9 @@
 //! Writes go to one writer thread. It takes everything queued since it last ran (group commit),
 //! appends it to the journal (`journal`: one checksummed frame per caller's batch, one
 //! `fdatasync` for all), keeps it in memory as not yet in redb, and answers the callers: a write
-//! the server has awaited before answering a client survives `kill -9` and power loss. redb takes
+//! the server has awaited before answering a client survives `kill -9` and power loss (with
+//! `storage.sync = "checkpoint"`, the journal is synced only at checkpoints: `kill -9` still loses
+//! nothing, power loss the changes since the last checkpoint). redb takes
 //! the kept writes in one transaction at the next checkpoint (every `CHECKPOINT_EVERY` or
 //! `CHECKPOINT_WRITES` writes, and on `flush`), a durable commit after which the journal is
 //! emptied; a read first gives redb whatever is kept (reads are rare: at start and when a user
@@ -17,6 +19,7 @@
 mod journal;
 
 use anyhow::Context;
+pub use parley_config::SyncPolicy;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -141,11 +144,11 @@ impl Drop for Inner {
 }
 
 impl Store {
-    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
-        Self::open_with(data_dir, Checkpoints { every: CHECKPOINT_EVERY, writes: CHECKPOINT_WRITES })
+    pub fn open(data_dir: &Path, sync: SyncPolicy) -> anyhow::Result<Store> {
+        Self::open_with(data_dir, sync, Checkpoints { every: CHECKPOINT_EVERY, writes: CHECKPOINT_WRITES })
     }
 
-    fn open_with(data_dir: &Path, checkpoints: Checkpoints) -> anyhow::Result<Store> {
+    fn open_with(data_dir: &Path, sync: SyncPolicy, checkpoints: Checkpoints) -> anyhow::Result<Store> {
         let path = data_dir.join("parley.redb");
         // redb caches up to 1 GiB by default; the in-memory state is the server's working set,
         // so the store's cache only needs to cover recent writes.
@@ -165,7 +168,7 @@ impl Store {
             tracing::info!(batches = replay.len(), "replaying the store's journal");
             Self::apply_now(&db, &replay.into_iter().flatten().collect::<Vec<_>>(), Durability::Immediate)?;
         }
-        let journal = journal::Journal::create(&journal_path)?;
+        let journal = journal::Journal::create(&journal_path, sync == SyncPolicy::EachChange)?;
         let db = Arc::new(db);
         let (writer, queue) = std::sync::mpsc::channel::<Batch>();
         let (writer_db, unapplied) = (db.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
@@ -435,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn writes_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), SyncPolicy::EachChange).unwrap();
         store
             .apply(vec![
                 Write::put(Table::Rules, "alice@x", &vec!["bob@x"]),
@@ -445,18 +448,25 @@ mod tests {
             .unwrap();
         store.apply(vec![Write::delete(Table::Rules, "bob@x")]).await.unwrap();
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), SyncPolicy::EachChange).unwrap();
         let rules: Vec<(String, Vec<String>)> = store.load(Table::Rules).unwrap();
         assert_eq!(rules, vec![("alice@x".to_string(), vec!["bob@x".to_string()])]);
     }
 
     /// What `kill -9` leaves: the data directory as it is on disk while the store runs, the
-    /// acknowledged writes still in the journal only.
+    /// acknowledged writes still in the journal only, under either sync policy (the page cache
+    /// outlives the process; only the sync differs).
     #[tokio::test]
     async fn acknowledged_writes_survive_a_crash_before_any_checkpoint() {
+        for sync in [SyncPolicy::EachChange, SyncPolicy::Checkpoint] {
+            survive_a_crash(sync).await;
+        }
+    }
+
+    async fn survive_a_crash(sync: SyncPolicy) {
         let dir = tempfile::tempdir().unwrap();
         let hour = Checkpoints { every: Duration::from_secs(3600), writes: usize::MAX };
-        let store = Store::open_with(dir.path(), hour).unwrap();
+        let store = Store::open_with(dir.path(), sync, hour).unwrap();
         store
             .apply(vec![Write::put(Table::Rules, "alice@x", &1), Write::put(Table::Rules, "bob@x", &2)])
             .await
@@ -469,7 +479,7 @@ mod tests {
         for name in ["parley.redb", "parley.journal"] {
             std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
         }
-        let reopened = Store::open(crashed.path()).unwrap();
+        let reopened = Store::open(crashed.path(), sync).unwrap();
         let rules: Vec<(String, u32)> = reopened.load(Table::Rules).unwrap();
         assert_eq!(rules, vec![("alice@x".to_string(), 1)]);
         assert_eq!(reopened.get::<u32>(Table::Contacts, "c@x").unwrap(), Some(3));
@@ -486,7 +496,7 @@ mod tests {
     async fn after_a_checkpoint_redb_alone_holds_every_acknowledged_write() {
         let dir = tempfile::tempdir().unwrap();
         let hour = Checkpoints { every: Duration::from_secs(3600), writes: usize::MAX };
-        let store = Store::open_with(dir.path(), hour).unwrap();
+        let store = Store::open_with(dir.path(), SyncPolicy::EachChange, hour).unwrap();
         store
             .apply(vec![Write::put(Table::Rules, "alice@x", &1), Write::put(Table::Rules, "bob@x", &2)])
             .await
@@ -495,7 +505,7 @@ mod tests {
         store.flush().await.unwrap();
         let copy = tempfile::tempdir().unwrap();
         std::fs::copy(dir.path().join("parley.redb"), copy.path().join("parley.redb")).unwrap();
-        let reopened = Store::open(copy.path()).unwrap();
+        let reopened = Store::open(copy.path(), SyncPolicy::EachChange).unwrap();
         let rules: Vec<(String, u32)> = reopened.load(Table::Rules).unwrap();
         assert_eq!(rules, vec![("alice@x".to_string(), 1)]);
         assert_eq!(reopened.get::<u32>(Table::Contacts, "c@x").unwrap(), Some(3));
@@ -504,7 +514,10 @@ mod tests {
     #[tokio::test]
     async fn a_users_state_is_exported_and_imported_over_every_per_user_table() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (from, to) = (Store::open(a.path()).unwrap(), Store::open(b.path()).unwrap());
+        let (from, to) = (
+            Store::open(a.path(), SyncPolicy::EachChange).unwrap(),
+            Store::open(b.path(), SyncPolicy::EachChange).unwrap(),
+        );
         let writes = Table::PER_USER.iter().map(|t| Write::put(*t, "alice@x", &vec![t.name()])).collect();
         from.apply(writes).await.unwrap();
         from.apply(vec![Write::put(Table::Rules, "bob@x", &1)]).await.unwrap();
