@@ -199,23 +199,13 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             ("failed_fixed", &|s| Some(s.failed as f64)),
         ];
         let median_of = |r: &ServerResults, g: &dyn Fn(&Step) -> Option<f64>| {
-            let mut v: Vec<f64> = r.fixed_runs().iter().filter_map(|x| g(pick(x))).collect();
-            v.sort_by(f64::total_cmp);
-            (!v.is_empty()).then(|| v[v.len() / 2])
+            median(r.fixed_runs().iter().filter_map(|x| g(pick(x))).collect())
         };
         let fixed = |name: &str| fixed_figures.iter().find(|(n, _)| *n == name).expect("named above").1;
         if let (Some(p), Some(k)) = (p, k) {
             for (name, g) in &fixed_figures {
-                let ratios: Vec<f64> = p
-                    .fixed_runs()
-                    .iter()
-                    .zip(k.fixed_runs())
-                    .filter_map(|(a, b)| Some(g(pick(a))? / g(pick(&b))?))
-                    .filter(|r| r.is_finite())
-                    .collect();
-                if ratios.len() > 1 {
-                    let (lo, hi) = ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-                    spreads.insert(format!("{m}_{name}"), (lo, hi));
+                if let Some(spread) = spread(&round_ratios(p, k, |x| g(pick(x)))) {
+                    spreads.insert(format!("{m}_{name}"), spread);
                 }
             }
         }
@@ -440,20 +430,8 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             ("p99_ms", "p99 response time", "ms", "lower", |s| s.p99_ms, Target::VsKamailio),
         ];
         for (key, what, unit, better, g, target) in rows {
-            let median = |mut v: Vec<f64>| {
-                v.sort_by(f64::total_cmp);
-                (!v.is_empty()).then(|| v[v.len() / 2])
-            };
             let values = |r: &ServerResults| median(r.fixed_runs().iter().filter_map(|x| g(x.0)).collect());
-            let ratios: Vec<f64> = c
-                .fixed_runs()
-                .iter()
-                .zip(k.fixed_runs())
-                .filter_map(|(a, b)| Some(g(a.0)? / g(b.0)?))
-                .filter(|r| r.is_finite())
-                .collect();
-            let spread = (ratios.len() > 1)
-                .then(|| ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r))));
+            let ratios = round_ratios(c, k, |x| g(x.0));
             push(
                 &mut out,
                 &format!("sync_at_checkpoint_register_{key}"),
@@ -464,7 +442,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                 unit,
                 better,
                 (values(c), None, values(k)),
-                (median(ratios), spread),
+                (median(ratios.clone()), spread(&ratios)),
                 target,
             );
         }
@@ -508,6 +486,27 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         });
     }
     out
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// A figure of `a` over the same figure of `b`, run by run (the fixed-rate runs of the servers,
+/// interleaved round by round).
+fn round_ratios(a: &ServerResults, b: &ServerResults, g: impl Fn(&(&Step, &Step)) -> Option<f64>) -> Vec<f64> {
+    a.fixed_runs()
+        .iter()
+        .zip(b.fixed_runs())
+        .filter_map(|(x, y)| Some(g(x)? / g(&y)?))
+        .filter(|r| r.is_finite())
+        .collect()
+}
+
+/// The lowest and highest of several per-round ratios.
+fn spread(ratios: &[f64]) -> Option<(f64, f64)> {
+    (ratios.len() > 1).then(|| ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r))))
 }
 
 /// Memory at `n` users: measured (with no failures), or extrapolated linearly from the two largest
@@ -597,7 +596,8 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     let _ = writeln!(
         s,
         "- Parley: release build, UDP only (and again with its TLS listener on, and with the opt-in \
-             `storage.sync = \"checkpoint\"`), durable state in redb, each change synced before its answer"
+         `storage.sync = \"checkpoint\"`), durable state in redb (each change synced before its answer, but \
+         with that opt-in setting)"
     );
     let kamailio_fe = run
         .servers
