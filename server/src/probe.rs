@@ -383,7 +383,7 @@ impl Client {
     ) -> anyhow::Result<String> {
         for value in resp.headers.get_all(challenge) {
             let Some(rest) = value.trim().strip_prefix("Digest") else { continue };
-            let params: std::collections::HashMap<String, String> = parse_auth_params(rest).into_iter().collect();
+            let params: std::collections::HashMap<_, _> = parse_auth_params(rest).into_iter().collect();
             let alg = match params.get("algorithm") {
                 None => Algorithm::Md5,
                 Some(a) => match Algorithm::from_token(a) {

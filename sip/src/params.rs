@@ -1,6 +1,8 @@
 //! Splitting of header values: comma-separated lists and `;name=value` parameters, both aware of
 //! quoted strings and `<...>` so that a comma or semicolon inside them does not split.
 
+use std::borrow::Cow;
+
 /// Splits a header value on top-level commas (outside quotes and angle brackets).
 pub fn split_list(value: &str) -> Vec<&str> {
     split_top_level(value, b',')
@@ -26,25 +28,7 @@ impl<'a> Iterator for TopLevel<'a> {
     fn next(&mut self) -> Option<&'a str> {
         let bytes = self.value.as_bytes();
         while self.start <= bytes.len() {
-            let (mut quoted, mut angle, mut escaped) = (false, false, false);
-            let mut end = bytes.len();
-            for (i, &b) in bytes.iter().enumerate().skip(self.start) {
-                if escaped {
-                    escaped = false;
-                    continue;
-                }
-                match b {
-                    b'\\' if quoted => escaped = true,
-                    b'"' => quoted = !quoted,
-                    b'<' if !quoted => angle = true,
-                    b'>' if !quoted => angle = false,
-                    _ if b == self.sep && !quoted && !angle => {
-                        end = i;
-                        break;
-                    }
-                    _ => {}
-                }
-            }
+            let end = self.part_end(bytes);
             let part = self.value[self.start..end].trim();
             self.start = end + 1;
             if !part.is_empty() {
@@ -55,20 +39,79 @@ impl<'a> Iterator for TopLevel<'a> {
     }
 }
 
-/// Parses `key=value, key="quoted value", ...` (digest credentials) into pairs, unquoting values.
-pub fn parse_auth_params(s: &str) -> Vec<(String, String)> {
+impl TopLevel<'_> {
+    /// Where the part starting at `start` ends: the next separator outside quotes and `<...>`, or
+    /// the end. Jumps between the bytes that matter in each state (`memchr`): values are scanned
+    /// several times per request.
+    fn part_end(&self, bytes: &[u8]) -> usize {
+        use memchr::{memchr2, memchr3};
+        let (mut quoted, mut angle) = (false, false);
+        let mut at = self.start;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            if quoted {
+                // Only an escape or the closing quote matter inside a quoted string.
+                let Some(i) = memchr2(b'\\', b'"', rest) else { break };
+                at += i;
+                if bytes[at] == b'\\' {
+                    at += 1;
+                } else {
+                    quoted = false;
+                }
+            } else if angle {
+                let Some(i) = memchr2(b'>', b'"', rest) else { break };
+                at += i;
+                if bytes[at] == b'"' {
+                    quoted = true;
+                } else {
+                    angle = false;
+                }
+            } else {
+                let Some(i) = memchr3(self.sep, b'"', b'<', rest) else { break };
+                at += i;
+                match bytes[at] {
+                    b'"' => quoted = true,
+                    b'<' => angle = true,
+                    _ => return at,
+                }
+            }
+            at += 1;
+        }
+        bytes.len()
+    }
+}
+
+/// The first part of a list (trimmed, as `split_top_level` gives it) and everything after its
+/// separator, for callers that change only the first part.
+pub fn split_first(value: &str, sep: u8) -> Option<(&str, &str)> {
+    let mut parts = TopLevel { value, sep, start: 0 };
+    let first = parts.next()?;
+    Some((first, value.get(parts.start..).unwrap_or("")))
+}
+
+/// Parses `key=value, key="quoted value", ...` (digest credentials) into pairs, keys lower-cased
+/// and values unquoted; both borrow from `s` unless they had to change (credentials are checked on
+/// every authenticated request).
+pub fn parse_auth_params(s: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     split_list(s)
         .into_iter()
         .filter_map(|item| {
             let (k, v) = item.split_once('=')?;
-            Some((k.trim().to_ascii_lowercase(), unquote(v.trim())))
+            let k = k.trim();
+            let k = if k.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(k.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(k)
+            };
+            Some((k, unquote(v.trim())))
         })
         .collect()
 }
 
 /// Removes surrounding quotes and backslash escapes.
-pub fn unquote(v: &str) -> String {
+pub fn unquote(v: &str) -> Cow<'_, str> {
     match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Cow::Borrowed(inner),
         Some(inner) => {
             let mut out = String::with_capacity(inner.len());
             let mut chars = inner.chars();
@@ -81,9 +124,9 @@ pub fn unquote(v: &str) -> String {
                     out.push(c);
                 }
             }
-            out
+            Cow::Owned(out)
         }
-        None => v.to_string(),
+        None => Cow::Borrowed(v),
     }
 }
 
@@ -107,9 +150,25 @@ mod tests {
     }
 
     #[test]
+    fn quotes_escapes_and_brackets_hide_separators() {
+        let v = r#"a="x;\";y";b=<sip:c;d>;"e<";f"#;
+        assert_eq!(split_top_level(v, b';'), vec![r#"a="x;\";y""#, "b=<sip:c;d>", r#""e<""#, "f"]);
+        // Unterminated quote or bracket: the rest is one part.
+        assert_eq!(split_top_level(r#"a;"b;c"#, b';'), vec!["a", r#""b;c"#]);
+        assert_eq!(split_top_level("a;<b;c", b';'), vec!["a", "<b;c"]);
+        assert_eq!(split_top_level(r#"a;"b\"#, b';'), vec!["a", r#""b\"#]);
+        assert_eq!(split_first("x , y, z", b','), Some(("x", " y, z")));
+        assert_eq!(split_first(" x ", b','), Some(("x", "")));
+        assert_eq!(split_first(" , ", b','), None);
+    }
+
+    #[test]
     fn auth_params_are_unquoted() {
         let p = parse_auth_params(r#"username="al\"ice", realm="a,b", nc=00000001, qop=auth"#);
         assert_eq!(p[0], ("username".into(), "al\"ice".into()));
+        assert!(matches!(p[1].1, Cow::Borrowed(_)), "nothing to unescape: borrowed");
+        let upper = parse_auth_params("Realm=x");
+        assert_eq!(upper[0], ("realm".into(), "x".into()));
         assert_eq!(p[1], ("realm".into(), "a,b".into()));
         assert_eq!(p[2], ("nc".into(), "00000001".into()));
     }

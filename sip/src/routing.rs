@@ -15,11 +15,15 @@ use std::net::{IpAddr, SocketAddr};
 /// `None` when there is no parsable Via (nowhere to send a response).
 pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Option<Via> {
     let top = msg.headers.first_mut("Via")?;
-    let mut parts = split_list(top).into_iter().map(str::to_string).collect::<Vec<_>>();
-    let mut via = Via::parse(parts.first()?).ok()?;
+    let (first, rest) = crate::params::split_first(top, b',')?;
+    let mut via = Via::parse(first).ok()?;
     via.stamp_source(source);
-    parts[0] = via.to_string();
-    *top = parts.join(", ");
+    let mut stamped = via.to_string();
+    for other in split_list(rest) {
+        stamped.push_str(", ");
+        stamped.push_str(other);
+    }
+    *top = stamped;
     Some(via)
 }
 

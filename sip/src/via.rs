@@ -19,7 +19,7 @@ pub struct Via {
 impl Via {
     /// Parses the first value of a Via header (a line may hold several, comma-separated).
     pub fn parse(value: &str) -> Result<Via, String> {
-        let first = crate::params::split_list(value).into_iter().next().ok_or("empty")?;
+        let (first, _) = crate::params::split_first(value, b',').ok_or("empty")?;
         let mut parts = split_top_level(first, b';').into_iter();
         let proto_and_host = parts.next().ok_or("empty")?;
         let (proto, sent_by) = proto_and_host.split_once(char::is_whitespace).ok_or("no sent-by")?;
@@ -86,12 +86,20 @@ impl Via {
 
 impl std::fmt::Display for Via {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SIP/2.0/{} {}", self.transport, self.host)?;
+        // Piece by piece rather than `write!`: a Via is written for every request.
+        for piece in ["SIP/2.0/", &self.transport, " ", &self.host] {
+            f.write_str(piece)?;
+        }
         if let Some(p) = self.port {
             write!(f, ":{p}")?;
         }
         for (k, v) in &self.params {
-            if v.is_empty() { write!(f, ";{k}")? } else { write!(f, ";{k}={v}")? }
+            f.write_str(";")?;
+            f.write_str(k)?;
+            if !v.is_empty() {
+                f.write_str("=")?;
+                f.write_str(v)?;
+            }
         }
         Ok(())
     }

@@ -345,8 +345,10 @@ impl Client {
 /// Digest credentials (RFC 7616, MD5, qop=auth) for the first challenge in `header`.
 fn digest(challenge: &Message, header: &str, user: &str, password: &str, method: &str, uri: &str) -> String {
     let value = challenge.headers.get(header).expect("a challenge");
-    let params: HashMap<String, String> =
-        parse_auth_params(value.trim().strip_prefix("Digest").unwrap()).into_iter().collect();
+    let params: HashMap<String, String> = parse_auth_params(value.trim().strip_prefix("Digest").unwrap())
+        .into_iter()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let (realm, nonce) = (&params["realm"], &params["nonce"]);
     let ha1 = hash(Algorithm::Md5, &format!("{user}:{realm}:{password}"));
     let ha2 = hash(Algorithm::Md5, &format!("{method}:{uri}"));
