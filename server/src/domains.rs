@@ -39,7 +39,7 @@ impl Domains {
     /// The address of record (`user@domain`) a URI names, if its domain is served here.
     pub fn aor(&self, uri: &SipUri) -> Option<String> {
         let user = uri.user()?;
-        Some(format!("{user}@{}", self.domain_of(&uri.host())?))
+        Some(format!("{user}@{}", self.domain_of(uri.host())?))
     }
 
     /// Takes the directory's list of domains (the primary among them or not) as the admitted ones.

@@ -269,7 +269,7 @@ fn sigterm_stops_the_server_cleanly() {
 fn unknown_and_unsupported_methods_get_501_or_405_with_allow() {
     let server = Server::start();
     let ua = Ua::new("alice", server.sip);
-    // SERVICE and BENOTIFY are what LCS-dialect clients (pidgin-sipe) send; rsip cannot parse them.
+    // SERVICE and BENOTIFY are what LCS-dialect clients (pidgin-sipe) send.
     for (method, code) in [("SERVICE", 501), ("BENOTIFY", 501), ("INVITE", 405), ("INFO", 405)] {
         let req = VALID.replace("OPTIONS sip:", &format!("{method} sip:")).replace("1 OPTIONS", &format!("1 {method}"));
         let req = req.replace("z9hG4bKbad", &format!("z9hG4bK{method}"));

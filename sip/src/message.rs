@@ -1,6 +1,6 @@
 //! A SIP message as the server sees it: start line, headers in order with long names, body.
 //!
-//! Parsing normalises what real clients send and rsip 0.4.0 would reject: LF-only line ends,
+//! Parsing normalises what real clients send and stricter parsers (rsip 0.4.0) reject: LF-only line ends,
 //! folded (continuation) lines, compact header names and extension methods. Errors carry the
 //! headers that could be read, so even a broken request gets a 400 naming the problem.
 

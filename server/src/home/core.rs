@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 /// Methods this server implements, for Allow headers.
 pub const ALLOW: &str = "REGISTER, MESSAGE, OPTIONS, SUBSCRIBE, PUBLISH";
-/// Methods rsip knows and we do not implement: 405. Anything else: 501.
+/// Methods of the SIP standards this server does not implement: 405. Anything else: 501.
 const KNOWN_METHODS: [&str; 14] = [
     "ACK",
     "BYE",

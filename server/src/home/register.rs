@@ -54,7 +54,7 @@ impl Core {
         change: &mut Option<Change>,
     ) -> Message {
         match SipUri::parse(req.request_uri().unwrap_or_default()) {
-            Ok(u) if self.is_local_host(&u.host()) || u.ip().is_some() => {}
+            Ok(u) if self.is_local_host(u.host()) || u.ip().is_some() => {}
             Ok(_) => return self.respond_with(req, 404, "Domain Not Served Here"),
             Err(e) => return self.respond_with(req, 400, &format!("Bad Request-URI: {e}")),
         }
