@@ -21,7 +21,9 @@ use crate::sip::uri::{NameAddr, SipUri};
 use crate::sip::via::Via;
 use crate::sip::{Message, ParseError};
 use crate::store::{Table, Write};
-use crate::transaction::{ClientAction, ClientTransactions, ResponseEvent, ServerEvent, ServerTransactions, Timers};
+use crate::transaction::{
+    ClientAction, ClientTransactions, ResponseEvent, ServerEvent, ServerTransactions, Timers, TxnKey,
+};
 use crate::transport::{Flow, Transport};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -112,7 +114,7 @@ impl From<Message> for Outcome {
 /// A request being served.
 struct Task {
     /// Its server transaction.
-    key: String,
+    key: TxnKey,
     /// Where its response goes.
     reply_flow: Flow,
     flow: Flow,
@@ -336,6 +338,11 @@ impl Core {
         self.registrar.binding_count()
     }
 
+    #[cfg(test)]
+    pub(super) fn server_transactions(&self) -> usize {
+        self.server_txns.len()
+    }
+
     /// Requests still being processed, and NOTIFYs still to send (for draining on shutdown).
     pub fn requests_in_progress(&self) -> usize {
         self.server_txns.in_progress() + self.notifies.waiting()
@@ -372,20 +379,20 @@ impl Core {
 
     // ---- requests ----
 
-    fn transaction_key(msg: &Message, via: &Via) -> String {
+    fn transaction_key(&self, msg: &Message, via: &Via) -> TxnKey {
         let method = msg.method().unwrap_or_default();
         match via.branch() {
             Some(b) if b.starts_with("z9hG4bK") => {
-                format!("{b}|{}:{:?}|{method}", via.host, via.port)
+                let port = via.port.unwrap_or(0).to_be_bytes();
+                self.server_txns.key(&[b.as_bytes(), via.host.as_bytes(), &port, method.as_bytes()])
             }
             // RFC 2543 peers: match on the request's identity instead of a branch.
-            _ => format!(
-                "{}|{}|{}|{}",
-                msg.call_id(),
-                msg.headers.get("CSeq").unwrap_or(""),
-                msg.headers.get("From").unwrap_or(""),
-                via
-            ),
+            _ => self.server_txns.key(&[
+                msg.call_id().as_bytes(),
+                msg.headers.get("CSeq").unwrap_or("").as_bytes(),
+                msg.headers.get("From").unwrap_or("").as_bytes(),
+                via.to_string().as_bytes(),
+            ]),
         }
     }
 
@@ -400,9 +407,9 @@ impl Core {
         if req.method() == Some("ACK") {
             return; // no INVITE transactions here: nothing to acknowledge
         }
-        let key = Self::transaction_key(&req, &via);
+        let key = self.transaction_key(&req, &via);
         let reply_flow = crate::sip::routing::response_flow(flow, &via);
-        match self.server_txns.on_request(&key, now.instant) {
+        match self.server_txns.on_request(key, now.instant) {
             ServerEvent::New => {}
             ServerEvent::Absorbed => {
                 self.metrics.retransmissions_absorbed.fetch_add(1, Relaxed);
@@ -561,8 +568,17 @@ impl Core {
     /// Sends a task's final response; the task is over.
     fn finish(&mut self, now: Now, task: Task, response: Message) {
         let bytes = response.to_bytes();
-        self.metrics.count_response(response.status().unwrap_or(500));
-        self.server_txns.on_final(&task.key, bytes.clone(), task.reply_flow.transport.is_reliable(), now.instant);
+        let status = response.status().unwrap_or(500);
+        self.metrics.count_response(status);
+        // Kept for retransmissions over UDP, but a challenge to a request that carried no
+        // credentials: answering a retransmission with a fresh challenge costs no more than
+        // looking the old one up and changes nothing (as Kamailio challenges statelessly), and
+        // every client's first REGISTER and SUBSCRIBE is such a request.
+        let challenge = matches!(status, 401 | 407)
+            && task.req.headers.get("Authorization").is_none()
+            && task.req.headers.get("Proxy-Authorization").is_none();
+        let keep = !task.reply_flow.transport.is_reliable() && !challenge;
+        self.server_txns.on_final(task.key, bytes.clone(), keep, now.instant);
         self.send(task.reply_flow, bytes);
         let method = task.req.method().unwrap_or_default();
         self.metrics.observe_latency(method, now.instant.duration_since(task.received));

@@ -419,6 +419,22 @@ fn a_retransmitted_request_gets_the_same_answer_without_a_second_lookup() {
 }
 
 #[test]
+fn a_challenge_is_not_kept_but_an_answer_to_credentials_is() {
+    let mut sim = Sim::new();
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let first = alice.request(&mut sim, "REGISTER", "sip:example.test", "<sip:alice@example.test>", &[], "");
+    let challenge = sim.receive(alice.flow, &first);
+    let again = sim.receive(alice.flow, &first);
+    assert_eq!((statuses(&challenge), statuses(&again)), (vec![401], vec![401]));
+    assert_ne!(challenge[0].header("WWW-Authenticate"), again[0].header("WWW-Authenticate"), "a fresh challenge");
+    assert_eq!(sim.core.server_transactions(), 0, "nothing held for a request without credentials");
+
+    let sent = alice.register(&mut sim, 600);
+    assert_eq!(statuses(&sent), [200]);
+    assert_eq!(sim.core.server_transactions(), 1, "the 200 is kept for a retransmission of the REGISTER");
+}
+
+#[test]
 fn a_message_is_forked_to_the_device_and_its_answer_relayed() {
     let mut sim = Sim::new();
     let (mut alice, mut bob) = (client("alice", "192.0.2.10:5060"), client("bob", "192.0.2.20:5060"));

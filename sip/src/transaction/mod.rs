@@ -5,7 +5,7 @@ mod client;
 mod server;
 
 pub use client::{ClientAction, ClientTransactions, ResponseEvent};
-pub use server::{ServerEvent, ServerTransactions};
+pub use server::{ServerEvent, ServerTransactions, TxnKey};
 
 use std::time::Duration;
 
