@@ -4,101 +4,177 @@
 //! commit (a checkpoint) makes the journal's content redundant and empties it. At start, what the
 //! journal holds is replayed into redb.
 //!
-//! A frame: payload length (u32 LE), CRC-32 of the payload (u32 LE), payload. A payload: the
-//! number of writes (u32), then per write: the table (u8, index into `Table::ALL`), the key
-//! (u32 length, bytes), 1 and the value (u32 length, bytes) or 0 for a delete. One frame per batch
-//! keeps a request's writes all or nothing: a frame cut short by a crash (never acknowledged) is
-//! dropped whole.
+//! The file is written in place, never appended to: its space is zero-filled ahead of the frames
+//! (`GROW_BY` at a time) and kept when the journal is emptied. Growing the file at every append
+//! made each sync write the inode too (its size changed), a second synchronous write; in place,
+//! a sync whose file's modification time has not moved since the last one (the kernel's clock
+//! ticks every few milliseconds: syncs back to back, under load) writes only the frames' pages.
+//! Measured on this machine's ext4 with syncs back to back: 33 to 38 µs of system CPU per sync
+//! instead of 58, and a third less time waiting.
+//!
+//! The file: `MAGIC`, the epoch (u64 LE), then frames. A frame: payload length (u32 LE), CRC-32 of
+//! the epoch's bytes and the payload (u32 LE), payload. A payload: the number of writes (u32),
+//! then per write: the table (u8, index into `Table::ALL`), the key (u32 length, bytes), 1 and the
+//! value (u32 length, bytes) or 0 for a delete. Each append ends with a zero length word (the next
+//! append writes over it), where reading stops. Emptying the journal writes a new epoch: frames of
+//! earlier epochs, still in the file beyond the new ones, fail their checksum and are never read
+//! even if a terminator was lost. One frame per batch keeps a request's writes all or nothing: a
+//! frame cut short by a crash (never acknowledged) is dropped whole. A file without `MAGIC` is the
+//! earlier layout (frames from the start, checksum of the payload alone) and is read as such.
 
 use super::{Table, Write};
 use anyhow::{Context, bail};
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+const MAGIC: &[u8; 8] = b"PJOURNL2";
+/// Magic and epoch.
+const FILE_HEADER: u64 = 16;
 const HEADER: usize = 8;
+/// The zero length word after the last frame.
+const TERMINATOR: [u8; 4] = [0; 4];
+/// How much zero-filled space is added when the frames reach the end of the file.
+const GROW_BY: u64 = 1 << 20;
+/// Emptied, a journal larger than this goes back to `GROW_BY`.
+const KEEP_AT_MOST: u64 = 16 * GROW_BY;
 
 pub struct Journal {
     file: File,
     path: PathBuf,
+    /// Where the next frame goes.
     len: u64,
+    /// The file's size: zeros (or frames of earlier epochs) beyond `len`.
+    allocated: u64,
+    epoch: u64,
     /// Whether `append` syncs (`storage.sync = "each-change"`); if not, the changes reach the disk
     /// with the next checkpoint (redb's durable commit).
     sync_each_append: bool,
 }
 
 impl Journal {
-    /// Creates the journal empty (durably: the directory is synced too), replacing what the file
-    /// held: `read` and replay it first.
+    /// Opens the journal empty (durably), with a new epoch: `read` and replay it first. The
+    /// file's space is kept, and made at least `GROW_BY`.
     pub fn create(path: &Path, sync_each_append: bool) -> anyhow::Result<Journal> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening the journal {}", path.display()))?;
-        file.set_len(0)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("emptying the journal {}", path.display()))?;
-        if let Some(dir) = path.parent() {
+        let context = || format!("opening the journal {}", path.display());
+        let existed = path.exists();
+        let file =
+            OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).with_context(context)?;
+        let mut header = [0; FILE_HEADER as usize];
+        let size = file.metadata().with_context(context)?.len();
+        let epoch = match file.read_exact_at(&mut header, 0) {
+            Ok(()) if header[..8] == *MAGIC => u64::from_le_bytes(header[8..].try_into().expect("8 bytes")) + 1,
+            _ => 1,
+        };
+        let mut journal =
+            Journal { file, path: path.to_path_buf(), len: FILE_HEADER, allocated: size, epoch, sync_each_append };
+        if header[..8] != *MAGIC {
+            // New, or the earlier layout (replayed by now): start over in this one.
+            journal.file.set_len(0).with_context(context)?;
+            journal.allocated = 0;
+        }
+        journal.ensure_space(GROW_BY)?;
+        journal.write_header().and_then(|()| journal.file.sync_all()).with_context(context)?;
+        if !existed && let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        Ok(Journal { file, path: path.to_path_buf(), len: 0, sync_each_append })
+        Ok(journal)
     }
 
-    /// Appends one frame per batch and makes them durable (or, without `sync_each_append`, safe
+    /// The magic, the epoch and, after them, a terminator: no frame of this epoch yet.
+    fn write_header(&self) -> std::io::Result<()> {
+        let mut header = MAGIC.to_vec();
+        header.extend_from_slice(&self.epoch.to_le_bytes());
+        header.extend_from_slice(&TERMINATOR);
+        self.file.write_all_at(&header, 0)
+    }
+
+    /// Zero-fills the file up to `end` (rounded up to `GROW_BY`) if it is shorter; says whether
+    /// it grew (its size changed: the next sync must write the inode too).
+    fn ensure_space(&mut self, end: u64) -> anyhow::Result<bool> {
+        if end <= self.allocated {
+            return Ok(false);
+        }
+        let target = end.div_ceil(GROW_BY) * GROW_BY;
+        let zeros = vec![0; (target - self.allocated) as usize];
+        self.file
+            .write_all_at(&zeros, self.allocated)
+            .with_context(|| format!("growing the journal {}", self.path.display()))?;
+        self.allocated = target;
+        Ok(true)
+    }
+
+    /// Writes one frame per batch and makes them durable (or, without `sync_each_append`, safe
     /// from the process dying).
     pub fn append<'a>(&mut self, batches: impl Iterator<Item = &'a [Write]>) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         for writes in batches {
-            encode(writes, &mut buf);
+            encode(writes, self.epoch, &mut buf);
         }
+        let frames = buf.len() as u64;
+        buf.extend_from_slice(&TERMINATOR);
+        let grew = self.ensure_space(self.len + buf.len() as u64)?;
         self.file
-            .write_all(&buf)
-            .and_then(|()| if self.sync_each_append { self.file.sync_data() } else { Ok(()) })
+            .write_all_at(&buf, self.len)
+            .and_then(|()| match (self.sync_each_append, grew) {
+                (false, _) => Ok(()),
+                (true, false) => self.file.sync_data(),
+                (true, true) => self.file.sync_all(),
+            })
             .with_context(|| format!("appending to the journal {}", self.path.display()))?;
-        self.len += buf.len() as u64;
+        self.len += frames;
         Ok(())
     }
 
-    /// Empties the journal (once redb holds its content durably).
+    /// Empties the journal (once redb holds its content durably): a new epoch disowns its frames.
+    /// Space grown far beyond the usual (checkpoints that failed for a while) is given back.
     pub fn clear(&mut self) -> anyhow::Result<()> {
-        if self.len > 0 {
-            self.file
-                .set_len(0)
-                .and_then(|()| self.file.sync_all())
+        if self.len > FILE_HEADER {
+            self.epoch += 1;
+            let shrink = self.allocated > KEEP_AT_MOST;
+            self.write_header()
+                .and_then(|()| if shrink { self.file.set_len(GROW_BY) } else { Ok(()) })
+                .and_then(|()| if shrink { self.file.sync_all() } else { self.file.sync_data() })
                 .with_context(|| format!("emptying the journal {}", self.path.display()))?;
-            self.len = 0;
+            if shrink {
+                self.allocated = GROW_BY;
+            }
+            self.len = FILE_HEADER;
         }
         Ok(())
     }
 }
 
 /// The batches a journal holds, in order. A frame cut short or failing its checksum ends the
-/// journal (the tail of a crash: it was never acknowledged); a frame whose checksum holds but
-/// whose content does not parse is corruption and an error.
+/// journal (the tail of a crash: it was never acknowledged, or a frame of an earlier epoch); a
+/// frame whose checksum holds but whose content does not parse is corruption and an error.
 pub fn read(path: &Path) -> anyhow::Result<Vec<Vec<Write>>> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading the journal {}", path.display())),
     };
+    let (epoch, mut at) = match bytes.get(..FILE_HEADER as usize) {
+        Some(h) if h[..8] == *MAGIC => {
+            (Some(u64::from_le_bytes(h[8..].try_into().expect("8 bytes"))), FILE_HEADER as usize)
+        }
+        _ => (None, 0), // the earlier layout
+    };
     let mut batches = Vec::new();
-    let mut at = 0;
     while at < bytes.len() {
         let word = |from: usize| bytes.get(from..from + 4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
         let len = word(at).map(|len| len as usize);
         if len == Some(0) {
-            break; // a tail never written (a crash after the file grew, before its data)
+            break; // the terminator, or a tail never written (a crash after the file grew, before its data)
         }
         let frame = len.zip(word(at + 4)).and_then(|(len, crc)| {
             let payload = bytes.get(at + HEADER..at + HEADER + len)?;
-            (crc32fast::hash(payload) == crc).then_some(payload)
+            (checksum(epoch, payload) == crc).then_some(payload)
         });
         let Some(payload) = frame else {
             tracing::warn!(
                 journal = %path.display(),
                 offset = at,
-                dropped_bytes = bytes.len() - at,
                 "the journal ends in a frame cut short (a crash while writing it): dropping that batch, never acknowledged"
             );
             break;
@@ -111,7 +187,17 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Vec<Write>>> {
     Ok(batches)
 }
 
-fn encode(writes: &[Write], out: &mut Vec<u8>) {
+/// A frame's checksum: of its epoch and payload (of the payload alone in the earlier layout).
+fn checksum(epoch: Option<u64>, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(e) = epoch {
+        h.update(&e.to_le_bytes());
+    }
+    h.update(payload);
+    h.finalize()
+}
+
+fn encode(writes: &[Write], epoch: u64, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER]);
     out.extend_from_slice(&(writes.len() as u32).to_le_bytes());
@@ -130,7 +216,7 @@ fn encode(writes: &[Write], out: &mut Vec<u8>) {
         }
     }
     let payload = &out[start + HEADER..];
-    let (len, crc) = (payload.len() as u32, crc32fast::hash(payload));
+    let (len, crc) = (payload.len() as u32, checksum(Some(epoch), payload));
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
 }
@@ -186,13 +272,9 @@ mod tests {
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
         assert_eq!(read(&path).unwrap(), [batch(1), batch(2), batch(3)]);
         let full = std::fs::read(&path).unwrap();
-        let end = full.len();
-        assert_eq!(end as u64, j.len);
-        // A crash after the file grew, before its data was written: the zeros end the journal.
-        let mut grown = full.clone();
-        grown.extend([0; 100]);
-        std::fs::write(&path, &grown).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(1), batch(2), batch(3)]);
+        assert_eq!(full.len() as u64, GROW_BY, "written in place, in space made ahead");
+        let end = j.len as usize;
+        assert!(full[end..].iter().all(|b| *b == 0));
         // A crash in the middle of the last frame, its end never written (zeros) or the file cut
         // there: it is dropped, the others stay.
         let mut torn = full.clone();
@@ -210,18 +292,75 @@ mod tests {
     }
 
     #[test]
-    fn a_cleared_journal_holds_only_what_came_after() {
+    fn a_cleared_journal_holds_only_what_came_after_even_without_its_terminator() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
         let mut j = Journal::create(&path, true).unwrap();
-        j.append(std::iter::once(batch(1).as_slice())).unwrap();
+        let long = |n: u8| vec![Write::put(Table::Rules, format!("user{n}@x"), &vec![n; 300])];
+        j.append([long(1), long(2), long(3)].iter().map(Vec::as_slice)).unwrap();
+        let before = std::fs::read(&path).unwrap();
         j.clear().unwrap();
         assert!(read(&path).unwrap().is_empty());
-        j.append([batch(2), batch(3)].iter().map(Vec::as_slice)).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(2), batch(3)]);
-        // Creating it again (after a replay) empties it.
+        j.append(std::iter::once(batch(4).as_slice())).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(4)]);
+        // Were the terminator after the new frame lost (a torn write), what follows is the middle
+        // of the earlier epoch's frames: never taken for frames.
+        let end = j.len as usize;
+        let mut lost = std::fs::read(&path).unwrap();
+        lost[end..end + 4].copy_from_slice(&before[end..end + 4]);
+        assert_ne!(lost[end..end + 4], TERMINATOR);
+        std::fs::write(&path, &lost).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(4)]);
+        // Even an intact frame of an earlier epoch right after the new ones is not read.
+        let start = FILE_HEADER as usize;
+        let old_frame =
+            &before[start..start + HEADER + u32::from_le_bytes(before[start..start + 4].try_into().unwrap()) as usize];
+        let mut old_whole = lost.clone();
+        old_whole[end..end + old_frame.len()].copy_from_slice(old_frame);
+        std::fs::write(&path, &old_whole).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(4)], "the header's epoch is newer than that frame's");
+        // Opening it again (after a replay) empties it, keeping its space.
+        std::fs::write(&path, &lost).unwrap();
         Journal::create(&path, true).unwrap();
         assert!(read(&path).unwrap().is_empty());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BY);
+    }
+
+    #[test]
+    fn the_journal_grows_for_a_large_batch_and_shrinks_back_when_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::create(&path, true).unwrap();
+        let huge = || vec![Write::put(Table::Offline, "u@x\u{0}1", &vec![7u8; (KEEP_AT_MOST as usize) / 2])];
+        j.append(std::iter::once(batch(1).as_slice())).unwrap();
+        j.append(std::iter::once(huge().as_slice())).unwrap();
+        j.append(std::iter::once(huge().as_slice())).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(1), huge(), huge()]);
+        assert!(std::fs::metadata(&path).unwrap().len() > KEEP_AT_MOST);
+        j.clear().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BY);
+        j.append(std::iter::once(batch(2).as_slice())).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(2)]);
+    }
+
+    #[test]
+    fn a_journal_of_the_earlier_layout_is_read_then_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut bytes = Vec::new();
+        for n in [1, 2] {
+            let mut frame = Vec::new();
+            encode(&batch(n), 0, &mut frame);
+            let payload = frame[HEADER..].to_vec();
+            frame[4..HEADER].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes()); // payload alone
+            bytes.extend(frame);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(1), batch(2)]);
+        let mut j = Journal::create(&path, true).unwrap();
+        assert!(read(&path).unwrap().is_empty());
+        j.append(std::iter::once(batch(3).as_slice())).unwrap();
+        assert_eq!(read(&path).unwrap(), [batch(3)]);
     }
 
     #[test]
