@@ -53,22 +53,18 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens the journal empty (durably), with a new epoch: `read` and replay it first. The
-    /// file's space is kept, and made at least `GROW_BY`.
-    pub fn create(path: &Path, sync_each_append: bool) -> anyhow::Result<Journal> {
+    /// Opens the journal empty (durably), with `epoch`: `read` and replay it first. The file's
+    /// space is kept, and made at least `GROW_BY`.
+    pub fn create(path: &Path, sync_each_append: bool, epoch: u64) -> anyhow::Result<Journal> {
         let context = || format!("opening the journal {}", path.display());
         let existed = path.exists();
         let file =
             OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).with_context(context)?;
-        let mut header = [0; FILE_HEADER as usize];
+        let mut magic = [0; MAGIC.len()];
         let size = file.metadata().with_context(context)?.len();
-        let epoch = match file.read_exact_at(&mut header, 0) {
-            Ok(()) if header[..8] == *MAGIC => u64::from_le_bytes(header[8..].try_into().expect("8 bytes")) + 1,
-            _ => 1,
-        };
         let mut journal =
             Journal { file, path: path.to_path_buf(), len: FILE_HEADER, allocated: size, epoch, sync_each_append };
-        if header[..8] != *MAGIC {
+        if journal.file.read_exact_at(&mut magic, 0).is_err() || magic != *MAGIC {
             // New, or the earlier layout (replayed by now): start over in this one.
             journal.file.set_len(0).with_context(context)?;
             journal.allocated = 0;
@@ -126,32 +122,32 @@ impl Journal {
         Ok(())
     }
 
-    /// Empties the journal (once redb holds its content durably): a new epoch disowns its frames.
-    /// Space grown far beyond the usual (checkpoints that failed for a while) is given back.
-    pub fn clear(&mut self) -> anyhow::Result<()> {
-        if self.len > FILE_HEADER {
-            self.epoch += 1;
-            let shrink = self.allocated > KEEP_AT_MOST;
-            self.write_header()
-                .and_then(|()| if shrink { self.file.set_len(GROW_BY) } else { Ok(()) })
-                .and_then(|()| if shrink { self.file.sync_all() } else { self.file.sync_data() })
-                .with_context(|| format!("emptying the journal {}", self.path.display()))?;
-            if shrink {
-                self.allocated = GROW_BY;
-            }
-            self.len = FILE_HEADER;
+    /// Empties the journal (once redb holds its content durably) and gives it `epoch`, which
+    /// disowns the frames it held. Space grown far beyond the usual (checkpoints that failed for
+    /// a while) is given back.
+    pub fn restart(&mut self, epoch: u64) -> anyhow::Result<()> {
+        self.epoch = epoch;
+        let shrink = self.allocated > KEEP_AT_MOST;
+        self.write_header()
+            .and_then(|()| if shrink { self.file.set_len(GROW_BY) } else { Ok(()) })
+            .and_then(|()| if shrink { self.file.sync_all() } else { self.file.sync_data() })
+            .with_context(|| format!("emptying the journal {}", self.path.display()))?;
+        if shrink {
+            self.allocated = GROW_BY;
         }
+        self.len = FILE_HEADER;
         Ok(())
     }
 }
 
-/// The batches a journal holds, in order. A frame cut short or failing its checksum ends the
-/// journal (the tail of a crash: it was never acknowledged, or a frame of an earlier epoch); a
-/// frame whose checksum holds but whose content does not parse is corruption and an error.
-pub fn read(path: &Path) -> anyhow::Result<Vec<Vec<Write>>> {
+/// A journal's epoch (0 for the earlier layout or no file) and the batches it holds, in order. A
+/// frame cut short or failing its checksum ends the journal (the tail of a crash: it was never
+/// acknowledged, or a frame of an earlier epoch); a frame whose checksum holds but whose content
+/// does not parse is corruption and an error.
+pub fn read(path: &Path) -> anyhow::Result<(u64, Vec<Vec<Write>>)> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
         Err(e) => return Err(e).with_context(|| format!("reading the journal {}", path.display())),
     };
     let (epoch, mut at) = match bytes.get(..FILE_HEADER as usize) {
@@ -184,7 +180,7 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Vec<Write>>> {
         batches.push(writes);
         at += HEADER + payload.len();
     }
-    Ok(batches)
+    Ok((epoch.unwrap_or(0), batches))
 }
 
 /// A frame's checksum: of its epoch and payload (of the payload alone in the earlier layout).
@@ -267,10 +263,10 @@ mod tests {
     fn frames_come_back_in_order_and_a_cut_tail_drops_only_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path, true).unwrap();
+        let mut j = Journal::create(&path, true, 1).unwrap();
         j.append([batch(1), batch(2)].iter().map(Vec::as_slice)).unwrap();
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(1), batch(2), batch(3)]);
+        assert_eq!(read(&path).unwrap().1, [batch(1), batch(2), batch(3)]);
         let full = std::fs::read(&path).unwrap();
         assert_eq!(full.len() as u64, GROW_BY, "written in place, in space made ahead");
         let end = j.len as usize;
@@ -280,29 +276,29 @@ mod tests {
         let mut torn = full.clone();
         torn[end - 3..end].fill(0);
         std::fs::write(&path, &torn).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(1), batch(2)]);
+        assert_eq!(read(&path).unwrap().1, [batch(1), batch(2)]);
         std::fs::write(&path, &full[..end - 3]).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(1), batch(2)]);
+        assert_eq!(read(&path).unwrap().1, [batch(1), batch(2)]);
         // A frame whose bytes changed fails its checksum: the journal ends there.
         let mut flipped = full.clone();
         flipped[end - 1] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert_eq!(read(&path).unwrap().len(), 2);
-        assert!(read(&dir.path().join("absent")).unwrap().is_empty());
+        assert_eq!(read(&path).unwrap().1.len(), 2);
+        assert!(read(&dir.path().join("absent")).unwrap().1.is_empty());
     }
 
     #[test]
     fn a_cleared_journal_holds_only_what_came_after_even_without_its_terminator() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path, true).unwrap();
+        let mut j = Journal::create(&path, true, 1).unwrap();
         let long = |n: u8| vec![Write::put(Table::Rules, format!("user{n}@x"), &vec![n; 300])];
         j.append([long(1), long(2), long(3)].iter().map(Vec::as_slice)).unwrap();
         let before = std::fs::read(&path).unwrap();
-        j.clear().unwrap();
-        assert!(read(&path).unwrap().is_empty());
+        j.restart(2).unwrap();
+        assert!(read(&path).unwrap().1.is_empty());
         j.append(std::iter::once(batch(4).as_slice())).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(4)]);
+        assert_eq!(read(&path).unwrap().1, [batch(4)]);
         // Were the terminator after the new frame lost (a torn write), what follows is the middle
         // of the earlier epoch's frames: never taken for frames.
         let end = j.len as usize;
@@ -310,7 +306,7 @@ mod tests {
         lost[end..end + 4].copy_from_slice(&before[end..end + 4]);
         assert_ne!(lost[end..end + 4], TERMINATOR);
         std::fs::write(&path, &lost).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(4)]);
+        assert_eq!(read(&path).unwrap().1, [batch(4)]);
         // Even an intact frame of an earlier epoch right after the new ones is not read.
         let start = FILE_HEADER as usize;
         let old_frame =
@@ -318,11 +314,12 @@ mod tests {
         let mut old_whole = lost.clone();
         old_whole[end..end + old_frame.len()].copy_from_slice(old_frame);
         std::fs::write(&path, &old_whole).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(4)], "the header's epoch is newer than that frame's");
+        assert_eq!(read(&path).unwrap().1, [batch(4)], "the header's epoch is newer than that frame's");
         // Opening it again (after a replay) empties it, keeping its space.
         std::fs::write(&path, &lost).unwrap();
-        Journal::create(&path, true).unwrap();
-        assert!(read(&path).unwrap().is_empty());
+        Journal::create(&path, true, 3).unwrap();
+        assert_eq!(read(&path).unwrap().0, 3);
+        assert!(read(&path).unwrap().1.is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BY);
     }
 
@@ -330,17 +327,17 @@ mod tests {
     fn the_journal_grows_for_a_large_batch_and_shrinks_back_when_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path, true).unwrap();
+        let mut j = Journal::create(&path, true, 1).unwrap();
         let huge = || vec![Write::put(Table::Offline, "u@x\u{0}1", &vec![7u8; (KEEP_AT_MOST as usize) / 2])];
         j.append(std::iter::once(batch(1).as_slice())).unwrap();
         j.append(std::iter::once(huge().as_slice())).unwrap();
         j.append(std::iter::once(huge().as_slice())).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(1), huge(), huge()]);
+        assert_eq!(read(&path).unwrap().1, [batch(1), huge(), huge()]);
         assert!(std::fs::metadata(&path).unwrap().len() > KEEP_AT_MOST);
-        j.clear().unwrap();
+        j.restart(2).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BY);
         j.append(std::iter::once(batch(2).as_slice())).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(2)]);
+        assert_eq!(read(&path).unwrap().1, [batch(2)]);
     }
 
     #[test]
@@ -356,11 +353,11 @@ mod tests {
             bytes.extend(frame);
         }
         std::fs::write(&path, &bytes).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(1), batch(2)]);
-        let mut j = Journal::create(&path, true).unwrap();
-        assert!(read(&path).unwrap().is_empty());
+        assert_eq!(read(&path).unwrap().1, [batch(1), batch(2)]);
+        let mut j = Journal::create(&path, true, 1).unwrap();
+        assert!(read(&path).unwrap().1.is_empty());
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
-        assert_eq!(read(&path).unwrap(), [batch(3)]);
+        assert_eq!(read(&path).unwrap().1, [batch(3)]);
     }
 
     #[test]

@@ -2,21 +2,22 @@
 //! contact lists and messages kept for offline users, each a table of JSON values in one redb
 //! file (`<data_dir>/parley.redb`).
 //!
-//! Writes go to one writer thread. It takes everything queued since it last ran (group commit),
-//! appends it to the journal (`journal`: one checksummed frame per caller's batch, one
-//! `fdatasync` for all), keeps it in memory as not yet in redb, and answers the callers: a write
-//! the server has awaited before answering a client survives `kill -9` and power loss (with
-//! `storage.sync = "checkpoint"`, the journal is synced only at checkpoints: `kill -9` still loses
-//! nothing, power loss the changes since the last checkpoint). redb takes
+//! Writes go to one writer thread (`writer`). It takes everything queued since it last ran
+//! (group commit), appends it to the journal (`journal`: one checksummed frame per caller's
+//! batch, one `fdatasync` for all), keeps it in memory as not yet in redb, and answers the
+//! callers: a write the server has awaited before answering a client survives `kill -9` and
+//! power loss (with `storage.sync = "checkpoint"`, the journal is synced only at checkpoints:
+//! `kill -9` still loses nothing, power loss the changes since the last checkpoint). redb takes
 //! the kept writes in one transaction at the next checkpoint (every `CHECKPOINT_EVERY` or
-//! `CHECKPOINT_WRITES` writes, and on `flush`), a durable commit after which the journal is
-//! emptied; a read first gives redb whatever is kept (reads are rare: at start and when a user
-//! moves), so every read sees every acknowledged write. A redb commit that syncs costs several
-//! page writes and syncs of the B-trees: made for every batch it was a third of a REGISTER's CPU
-//! and most of its latency; a commit that does not sync, for every batch, still a tenth of its
-//! CPU. At start, whatever the journal still holds is replayed into redb.
+//! `CHECKPOINT_WRITES` writes, in the background, and on `flush`), a durable commit after which
+//! the journal it covers is emptied; a read first gives redb whatever is kept (reads are rare: at
+//! start and when a user moves), so every read sees every acknowledged write. A redb commit that
+//! syncs costs several page writes and syncs of the B-trees: made for every batch it was a third
+//! of a REGISTER's CPU and most of its latency; a commit that does not sync, for every batch,
+//! still a tenth of its CPU. At start, whatever the journals still hold is replayed into redb.
 
 mod journal;
+mod writer;
 
 use anyhow::Context;
 pub use parley_config::SyncPolicy;
@@ -25,8 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Table {
@@ -103,20 +103,16 @@ impl Write {
 }
 
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
-/// How long journalled writes wait at most for the durable redb commit that lets the journal be
-/// emptied: a checkpoint holds the writer for a sync of what changed since the last one (a few
-/// milliseconds), so it runs seldom enough that few requests meet one (fewer than 1 in 100 at
-/// 1,000 REGISTERs a second), and the journal replayed at start stays small.
+/// How long journalled writes wait at most for the durable redb commit that lets their journal be
+/// emptied: often enough that the journal replayed at start stays small, seldom enough that the
+/// commit's fixed cost (syncs of redb's pages) is shared by many writes.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// A checkpoint also runs once this many writes are journalled, whatever the time.
 const CHECKPOINT_WRITES: usize = 20_000;
+/// The journal files, taking turns (the first is also where the earlier, single journal was).
+const JOURNALS: [&str; 2] = ["parley.journal", "parley.journal.1"];
 
-/// When the writer checkpoints (tests wait longer, to look at a journal before it empties).
-#[derive(Clone, Copy)]
-struct Checkpoints {
-    every: Duration,
-    writes: usize,
-}
+use writer::Checkpoints;
 
 type Batch = (Vec<Write>, tokio::sync::oneshot::Sender<Result<(), String>>);
 
@@ -126,9 +122,7 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Arc<Database>,
-    /// Journalled (acknowledged) writes redb has not taken yet, in order.
-    unapplied: Arc<std::sync::Mutex<Vec<Write>>>,
+    shared: writer::Shared,
     writer: Option<std::sync::mpsc::Sender<Batch>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -145,7 +139,7 @@ impl Drop for Inner {
 
 impl Store {
     pub fn open(data_dir: &Path, sync: SyncPolicy) -> anyhow::Result<Store> {
-        Self::open_with(data_dir, sync, Checkpoints { every: CHECKPOINT_EVERY, writes: CHECKPOINT_WRITES })
+        Self::open_with(data_dir, sync, Checkpoints::new(CHECKPOINT_EVERY, CHECKPOINT_WRITES))
     }
 
     fn open_with(data_dir: &Path, sync: SyncPolicy, checkpoints: Checkpoints) -> anyhow::Result<Store> {
@@ -161,136 +155,38 @@ impl Store {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
-        // What the last run journalled but never checkpointed (it stopped abruptly).
-        let journal_path = data_dir.join("parley.journal");
-        let replay = journal::read(&journal_path)?;
+        // What the last run journalled but never checkpointed (it stopped abruptly, maybe in the
+        // middle of a checkpoint: then both journals hold writes, the older epoch's first).
+        let mut journals =
+            JOURNALS.iter().map(|name| journal::read(&data_dir.join(name))).collect::<anyhow::Result<Vec<_>>>()?;
+        journals.sort_by_key(|(epoch, _)| *epoch);
+        let next_epoch = journals.last().map_or(0, |(epoch, _)| *epoch) + 1;
+        let replay: Vec<Write> = journals.into_iter().flat_map(|(_, batches)| batches).flatten().collect();
         if !replay.is_empty() {
-            tracing::info!(batches = replay.len(), "replaying the store's journal");
-            Self::apply_now(&db, &replay.into_iter().flatten().collect::<Vec<_>>(), Durability::Immediate)?;
+            tracing::info!(writes = replay.len(), "replaying the store's journal");
+            Self::apply_now(&db, &replay, Durability::Immediate)?;
         }
-        let journal = journal::Journal::create(&journal_path, sync == SyncPolicy::EachChange)?;
-        let db = Arc::new(db);
-        let (writer, queue) = std::sync::mpsc::channel::<Batch>();
-        let (writer_db, unapplied) = (db.clone(), Arc::new(std::sync::Mutex::new(Vec::new())));
-        let writer_unapplied = unapplied.clone();
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || Self::write_loop(&writer_db, &writer_unapplied, journal, &queue, checkpoints))?;
-        Ok(Store { inner: Arc::new(Inner { db, unapplied, writer: Some(writer), thread: Some(thread) }) })
+        let each = sync == SyncPolicy::EachChange;
+        let active = journal::Journal::create(&data_dir.join(JOURNALS[0]), each, next_epoch)?;
+        let spare = journal::Journal::create(&data_dir.join(JOURNALS[1]), each, next_epoch + 1)?;
+        let shared = writer::Shared { db: Arc::new(db), unapplied: Arc::default(), committing: Arc::default() };
+        let writer = writer::Writer::new(shared.clone(), checkpoints, active, spare, next_epoch + 2);
+        let (queue_tx, queue) = std::sync::mpsc::channel::<Batch>();
+        let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(&queue))?;
+        Ok(Store { inner: Arc::new(Inner { shared, writer: Some(queue_tx), thread: Some(thread) }) })
     }
 
-    /// The writer thread: journal, keep, answer; checkpoint when due; a last checkpoint when the
-    /// store is dropped. Callers are answered as soon as their writes are durable in the journal.
-    /// A checkpoint that fails leaves the writes where they were (journal and memory, in order)
-    /// and is tried again an interval later; should checkpoints keep failing, writes are refused
-    /// before what is kept in memory grows past ten checkpoints' worth.
-    fn write_loop(
-        db: &Database,
-        unapplied: &std::sync::Mutex<Vec<Write>>,
-        mut journal: journal::Journal,
-        queue: &Receiver<Batch>,
-        every: Checkpoints,
-    ) {
-        // Writes journalled since the last checkpoint, and when the first of them was.
-        let mut journalled = 0;
-        let mut since: Option<Instant> = None;
-        // After a failed checkpoint: the earliest next try.
-        let mut not_before: Option<Instant> = None;
-        loop {
-            let due_at = since.map(|t| (t + every.every).max(not_before.unwrap_or(t)));
-            let first = match due_at {
-                None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => queue.recv_timeout(at.saturating_duration_since(Instant::now())),
-            };
-            let batches = match first {
-                Ok(first) => std::iter::once(first).chain(queue.try_iter()).collect(),
-                Err(RecvTimeoutError::Timeout) => Vec::new(),
-                Err(RecvTimeoutError::Disconnected) => {
-                    if journalled > 0 {
-                        let _ = Self::checkpoint(db, unapplied, &mut journal);
-                    }
-                    return;
-                }
-            };
-            // An empty batch is a flush: it is answered after a checkpoint.
-            let (flushes, batches): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(w, _)| w.is_empty());
-            if !batches.is_empty() {
-                let result = if journalled >= every.writes.saturating_mul(10) {
-                    Err(anyhow::anyhow!("the store cannot checkpoint (see the errors logged): refusing writes"))
-                } else {
-                    journal.append(batches.iter().map(|(w, _)| w.as_slice()))
-                };
-                let result = result.map_err(|e| format!("{e:#}"));
-                let (writes, waiters): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
-                if result.is_ok() {
-                    journalled += writes.iter().map(Vec::len).sum::<usize>();
-                    unapplied.lock().unwrap_or_else(|p| p.into_inner()).extend(writes.into_iter().flatten());
-                    since.get_or_insert_with(Instant::now);
-                }
-                for waiter in waiters {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-            let now = Instant::now();
-            let due = since.is_some_and(|t| now >= t + every.every || journalled >= every.writes)
-                && not_before.is_none_or(|t| now >= t);
-            if !flushes.is_empty() || due {
-                let result = Self::checkpoint(db, unapplied, &mut journal);
-                match result {
-                    Ok(()) => (journalled, since, not_before) = (0, None, None),
-                    Err(_) => not_before = Some(now + every.every),
-                }
-                for (_, waiter) in flushes {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        }
-    }
-
-    /// Gives redb the kept writes in a durable commit, then empties the journal.
-    fn checkpoint(
-        db: &Database,
-        unapplied: &std::sync::Mutex<Vec<Write>>,
-        journal: &mut journal::Journal,
-    ) -> Result<(), String> {
-        let started = Instant::now();
-        let result = Self::catch_up(db, unapplied, Durability::Immediate).and_then(|writes| {
-            journal.clear()?;
-            Ok(writes)
-        });
-        match result {
-            Ok(writes) => {
-                tracing::debug!(writes, took = ?started.elapsed(), "store checkpoint");
-                Ok(())
-            }
-            Err(e) => {
-                let e = format!("{e:#}");
-                tracing::error!(error = %e, "store checkpoint failed: the journal keeps the writes");
-                Err(e)
-            }
-        }
-    }
-
-    /// Gives redb the kept writes, all in one transaction, and says how many. A durable commit
-    /// also makes every earlier commit that did not sync durable, so it runs even with none kept.
-    fn catch_up(
-        db: &Database,
-        unapplied: &std::sync::Mutex<Vec<Write>>,
-        durability: Durability,
-    ) -> anyhow::Result<usize> {
-        let mut kept = unapplied.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.is_empty() && matches!(durability, Durability::None) {
-            return Ok(0);
-        }
-        Self::apply_now(db, &kept, durability)?;
-        let writes = kept.len();
-        kept.clear();
-        Ok(writes)
-    }
-
-    /// Before a read: redb takes what is kept, so the read sees every acknowledged write.
+    /// Before a read: redb takes what is kept (after any checkpoint in flight), so the read sees
+    /// every acknowledged write.
     fn caught_up(&self) -> anyhow::Result<()> {
-        Self::catch_up(&self.inner.db, &self.inner.unapplied, Durability::None).map(|_| ())
+        let shared = &self.inner.shared;
+        let _committing = shared.committing();
+        let mut kept = shared.unapplied();
+        if !kept.is_empty() {
+            Self::apply_now(&shared.db, &kept, Durability::None)?;
+            kept.clear();
+        }
+        Ok(())
     }
 
     /// Applies writes; returns once they are durable.
@@ -348,7 +244,7 @@ impl Store {
     /// One value, if stored.
     pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> anyhow::Result<Option<T>> {
         self.caught_up()?;
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.inner.shared.db.begin_read()?;
         let t = txn.open_table(table.def())?;
         match t.get(key)? {
             Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
@@ -368,7 +264,7 @@ impl Store {
         let prefix = format!("{aor}\u{0}");
         for table in Table::PER_USER_MANY {
             self.caught_up()?;
-            let txn = self.inner.db.begin_read()?;
+            let txn = self.inner.shared.db.begin_read()?;
             let t = txn.open_table(table.def())?;
             let mut entries = serde_json::Map::new();
             for entry in t.range(prefix.as_str()..)? {
@@ -417,7 +313,7 @@ impl Store {
     /// Every value of a table; entries that no longer parse are skipped with a warning.
     pub fn load<T: DeserializeOwned>(&self, table: Table) -> anyhow::Result<Vec<(String, T)>> {
         self.caught_up()?;
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.inner.shared.db.begin_read()?;
         let t = txn.open_table(table.def())?;
         let mut out = Vec::new();
         for entry in t.iter()? {
@@ -465,7 +361,7 @@ mod tests {
 
     async fn survive_a_crash(sync: SyncPolicy) {
         let dir = tempfile::tempdir().unwrap();
-        let hour = Checkpoints { every: Duration::from_secs(3600), writes: usize::MAX };
+        let hour = Checkpoints::new(Duration::from_secs(3600), usize::MAX);
         let store = Store::open_with(dir.path(), sync, hour).unwrap();
         store
             .apply(vec![Write::put(Table::Rules, "alice@x", &1), Write::put(Table::Rules, "bob@x", &2)])
@@ -473,21 +369,70 @@ mod tests {
             .unwrap();
         store.apply(vec![Write::delete(Table::Rules, "bob@x"), Write::put(Table::Contacts, "c@x", &3)]).await.unwrap();
         assert_eq!(store.get::<u32>(Table::Rules, "alice@x").unwrap(), Some(1), "reads see journalled writes");
-        let journalled = journal::read(&dir.path().join("parley.journal")).unwrap();
+        let journalled = journal::read(&dir.path().join("parley.journal")).unwrap().1;
         assert_eq!(journalled.len(), 2, "the writes are in the journal, not yet checkpointed");
         let crashed = tempfile::tempdir().unwrap();
-        for name in ["parley.redb", "parley.journal"] {
+        for name in ["parley.redb", JOURNALS[0], JOURNALS[1]] {
             std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
         }
         let reopened = Store::open(crashed.path(), sync).unwrap();
         let rules: Vec<(String, u32)> = reopened.load(Table::Rules).unwrap();
         assert_eq!(rules, vec![("alice@x".to_string(), 1)]);
         assert_eq!(reopened.get::<u32>(Table::Contacts, "c@x").unwrap(), Some(3));
-        assert!(journal::read(&crashed.path().join("parley.journal")).unwrap().is_empty(), "replayed, then emptied");
+        assert!(journal::read(&crashed.path().join("parley.journal")).unwrap().1.is_empty(), "replayed, then emptied");
         // A flush checkpoints: redb holds everything and the journal is empty.
         store.flush().await.unwrap();
-        assert!(journal::read(&dir.path().join("parley.journal")).unwrap().is_empty());
+        assert!(journal::read(&dir.path().join("parley.journal")).unwrap().1.is_empty());
         assert_eq!(store.get::<u32>(Table::Contacts, "c@x").unwrap(), Some(3));
+    }
+
+    /// A checkpoint runs beside the writer: a write made while one commits is answered at once,
+    /// and a crash in the middle of one (both journals holding writes, the older in either file)
+    /// loses nothing and replays them in order.
+    #[tokio::test]
+    async fn writes_go_on_during_a_checkpoint_and_a_crash_in_one_replays_both_journals_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate_tx, gate) = std::sync::mpsc::channel();
+        let mut every = Checkpoints::new(Duration::from_secs(3600), 1); // one after every write
+        every.gate = Some(Arc::new(std::sync::Mutex::new(gate)));
+        let store = Store::open_with(dir.path(), SyncPolicy::EachChange, every).unwrap();
+        let open_gate = gate_tx; // declared after the store: should a check fail, dropped first
+        let k = |v: u32| vec![Write::put(Table::Rules, "k", &v)];
+        let answered = |w| tokio::time::timeout(Duration::from_secs(10), store.apply(w));
+        let epoch = |n: usize| journal::read(&dir.path().join(JOURNALS[n])).unwrap().0;
+        let wait_for_epoch = |n: usize, want: u64| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while epoch(n) != want {
+                assert!(std::time::Instant::now() < deadline, "journal {n}: epoch {} not {want}", epoch(n));
+                std::thread::yield_now();
+            }
+        };
+        let after_a_crash = || {
+            let crashed = tempfile::tempdir().unwrap();
+            for name in ["parley.redb", JOURNALS[0], JOURNALS[1]] {
+                std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
+            }
+            let reopened = Store::open(crashed.path(), SyncPolicy::EachChange).unwrap();
+            reopened.get::<u32>(Table::Rules, "k").unwrap()
+        };
+        // Epochs: journal 0 starts at 1, journal 1 at 2; each checkpoint gives the next one to
+        // the file that becomes the journal, then the one after to the file it empties.
+        answered(k(1)).await.expect("answered").unwrap(); // journal 0; checkpoint 1 takes journal 1 (epoch 3)
+        answered(k(2)).await.expect("answered while checkpoint 1 waits to commit").unwrap();
+        assert_eq!((epoch(0), epoch(1)), (1, 3));
+        assert_eq!(after_a_crash(), Some(2));
+        open_gate.send(()).unwrap(); // checkpoint 1 commits 1 and 2, empties journal 0 (epoch 4)
+        // Checkpoint 2 (due: 2 is journalled since checkpoint 1 began) takes journal 0 (epoch 5),
+        // the older writes now in journal 1, the second file.
+        wait_for_epoch(0, 5);
+        answered(k(3)).await.expect("answered while checkpoint 2 waits to commit").unwrap();
+        assert_eq!(journal::read(&dir.path().join(JOURNALS[1])).unwrap().1.len(), 1, "2, still in journal 1");
+        assert_eq!(after_a_crash(), Some(3), "journal 1 (older) replayed before journal 0");
+        drop(open_gate);
+        assert_eq!(store.get::<u32>(Table::Rules, "k").unwrap(), Some(3));
+        drop(store);
+        let reopened = Store::open(dir.path(), SyncPolicy::EachChange).unwrap();
+        assert_eq!(reopened.get::<u32>(Table::Rules, "k").unwrap(), Some(3));
     }
 
     /// A checkpoint must put what it takes out of the journal into redb durably: after a flush,
@@ -495,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_checkpoint_redb_alone_holds_every_acknowledged_write() {
         let dir = tempfile::tempdir().unwrap();
-        let hour = Checkpoints { every: Duration::from_secs(3600), writes: usize::MAX };
+        let hour = Checkpoints::new(Duration::from_secs(3600), usize::MAX);
         let store = Store::open_with(dir.path(), SyncPolicy::EachChange, hour).unwrap();
         store
             .apply(vec![Write::put(Table::Rules, "alice@x", &1), Write::put(Table::Rules, "bob@x", &2)])
