@@ -574,9 +574,7 @@ impl Core {
         // credentials: answering a retransmission with a fresh challenge costs no more than
         // looking the old one up and changes nothing (as Kamailio challenges statelessly), and
         // every client's first REGISTER and SUBSCRIBE is such a request.
-        let challenge = matches!(status, 401 | 407)
-            && task.req.headers.get("Authorization").is_none()
-            && task.req.headers.get("Proxy-Authorization").is_none();
+        let challenge = matches!(status, 401 | 407) && !carries_credentials(&task.req);
         let keep = !task.reply_flow.transport.is_reliable() && !challenge;
         self.server_txns.on_final(task.key, bytes.clone(), keep, now.instant);
         self.send(task.reply_flow, bytes);
@@ -813,7 +811,7 @@ impl Core {
         let limit = self
             .rate_limit
             .get_or_insert_with(|| crate::transport::admission::RateLimit::new(rate, now.instant).expect("rate > 0"));
-        let finishing = req.headers.get("Authorization").or(req.headers.get("Proxy-Authorization")).is_some();
+        let finishing = carries_credentials(req);
         let wait = limit.admit(finishing, now.instant).err()?;
         self.metrics.rate_limited.fetch_add(1, Relaxed);
         let mut r = self.respond_with(req, 503, "Rate Limited");
@@ -845,6 +843,11 @@ fn better_failure(new: u16, old: u16) -> bool {
         (_, 6) => false,
         (n, o) => n < o || (n == o && new < old),
     }
+}
+
+/// Whether a request answers a digest challenge (as a user agent or through a proxy).
+fn carries_credentials(req: &Message) -> bool {
+    req.headers.get("Authorization").or(req.headers.get("Proxy-Authorization")).is_some()
 }
 
 #[cfg(test)]
