@@ -12,6 +12,7 @@
 //! `cluster.rs`), and with `--baseline` the Home Server's fixed-rate rows for a second build.
 
 mod cluster;
+mod disk;
 mod procstat;
 mod report;
 mod servers;
@@ -25,7 +26,7 @@ use servers::{Kind, Server, Settings};
 use std::collections::BTreeMap;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use workloads::{Ctx, Users};
 
 pub fn free_udp_port() -> u16 {
@@ -68,6 +69,8 @@ pub struct Plan {
     pub rounds: usize,
     /// The load phase again with the servers on every CPU (the load generator then shares them).
     pub all_cpus: bool,
+    /// Small writes synced one at a time, paced at the fixed rate, to time the disk's sync.
+    pub disk_syncs: usize,
 }
 
 impl Plan {
@@ -92,6 +95,7 @@ impl Plan {
             cold_start_users: 10_000,
             rounds: 2,
             all_cpus: true,
+            disk_syncs: 2000,
         }
     }
 
@@ -113,6 +117,7 @@ impl Plan {
             cold_start_users: 100,
             rounds: 1,
             all_cpus: true,
+            disk_syncs: 50,
         }
     }
 
@@ -371,6 +376,12 @@ fn run() -> anyhow::Result<()> {
     servers::write_users_homed(&users_fe, 2 * plan.senders + 2, &cluster::HOMES)?;
 
     let load_start = procstat::loadavg();
+    let disk_sync = disk::measure(&work, plan.disk_syncs, Duration::from_secs(1) / plan.fixed_rate)
+        .map_err(|e| eprintln!("parley-bench: the disk's sync not measured: {e:#}"))
+        .ok();
+    if let Some(d) = &disk_sync {
+        eprintln!("disk: {d:?}");
+    }
     let mut results: BTreeMap<String, report::ServerResults> = BTreeMap::new();
     let mut kinds = vec![Kind::Parley];
     if args.baseline.is_some() && !args.frontend_only {
@@ -420,6 +431,7 @@ fn run() -> anyhow::Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         plan: plan.clone(),
         figures: report::figures(&results, plan),
+        disk_sync,
         servers: results,
     };
     std::fs::create_dir_all(&args.out)?;

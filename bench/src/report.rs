@@ -3,6 +3,7 @@
 //! drawing dependencies).
 
 use crate::Plan;
+use crate::disk::DiskSync;
 use crate::workloads::{Fanout, Memory, Step, max_clean};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -107,6 +108,8 @@ pub struct Run {
     pub duration_s: f64,
     pub plan: Plan,
     pub figures: Vec<Figure>,
+    /// This disk's sync, timed as a durable registration at the fixed rate pays it.
+    pub disk_sync: Option<DiskSync>,
     pub servers: BTreeMap<String, ServerResults>,
 }
 
@@ -611,6 +614,19 @@ pub fn markdown(run: &Run, root: &Path) -> String {
          link, against Kamailio: {kamailio_fe}; all three processes of a side on the server CPUs, CPU summed over them"
     );
     let _ = writeln!(s, "- Load generator: {}", run.sipp_version.as_deref().unwrap_or("sipp"));
+    if let Some(d) = &run.disk_sync {
+        let _ = writeln!(
+            s,
+            "- The disk under the servers' data: a {}-byte write in place then `fdatasync`, one every {} ms, {} \
+             times: p50 {} ms, p99 {} ms, {} µs of system CPU each (`bench/src/disk.rs`)",
+            crate::disk::FRAME_BYTES,
+            fmt(Some(d.every_ms)),
+            thousands(d.syncs),
+            fmt(Some(d.p50_ms)),
+            fmt(Some(d.p99_ms)),
+            fmt(Some(d.system_cpu_us))
+        );
+    }
     let _ = writeln!(
         s,
         "- Load average (1 min) at start {:.2}, at end {:.2}: the machine is shared{}; the run took {:.0} s\n",
@@ -737,12 +753,13 @@ pub fn markdown(run: &Run, root: &Path) -> String {
     for f in shortfalls {
         let _ = writeln!(
             s,
-            "- {}: Parley {} {} against target {} (Kamailio {}).",
+            "- {}: Parley {} {} against target {} (Kamailio {}).{}",
             f.name,
             fmt(f.parley),
             f.unit,
             f.target.as_deref().unwrap_or(""),
-            fmt(f.kamailio)
+            fmt(f.kamailio),
+            what_the_sync_bounds(run, &f.key).map(|w| format!(" {w}")).unwrap_or_default()
         );
     }
     for f in run.figures.iter().filter(|f| f.parley.is_none() && f.better != "info") {
@@ -753,6 +770,43 @@ pub fn markdown(run: &Run, root: &Path) -> String {
         let _ = writeln!(s, "\n{}", notes.trim_end());
     }
     s
+}
+
+/// For the durable REGISTER rows at the fixed rate: what the disk's sync, measured in the same
+/// run, leaves of the target. At that rate a registration's write is alone in its group commit,
+/// so it pays a whole sync; Kamailio's in-memory registrar pays none.
+fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
+    let d = run.disk_sync?;
+    let figure = |k: &str| run.figures.iter().find(|f| f.key == k);
+    let per_registration_us = |v: Option<f64>| v.filter(|v| *v > 0.0).map(|v| 1e6 / v);
+    match key {
+        "register_per_cpu_s" => {
+            let f = figure(key)?;
+            let kamailio = per_registration_us(f.kamailio)?;
+            let without_sync = per_registration_us(figure("sync_at_checkpoint_register_per_cpu_s")?.parley)?;
+            Some(format!(
+                "Each durable registration waits for a sync of its own at this rate: {} µs of system CPU on this \
+                 disk (above), where 1.5× Kamailio leaves {} µs for the whole registration (Kamailio spends {} µs, \
+                 Parley {} µs; {} µs with `storage.sync = \"checkpoint\"`, which syncs every 2 s).",
+                fmt(Some(d.system_cpu_us)),
+                fmt(Some(kamailio / 1.5)),
+                fmt(Some(kamailio)),
+                fmt(per_registration_us(f.parley)),
+                fmt(Some(without_sync))
+            ))
+        }
+        "register_p99_ms" => {
+            let without_sync = figure("sync_at_checkpoint_register_p99_ms")?.parley?;
+            Some(format!(
+                "The 200 waits for the sync: {} ms median, {} ms p99 on this disk alone; with \
+                 `storage.sync = \"checkpoint\"` Parley's p99 is {} ms.",
+                fmt(Some(d.p50_ms)),
+                fmt(Some(d.p99_ms)),
+                fmt(Some(without_sync))
+            ))
+        }
+        _ => None,
+    }
 }
 
 static NO_STEPS: Vec<Step> = Vec::new();
@@ -877,5 +931,72 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(nice(7300.0), 10000.0);
         assert_eq!(nice(2100.0), 2500.0);
+    }
+
+    fn run_with(figures: Vec<Figure>, disk_sync: Option<DiskSync>) -> Run {
+        Run {
+            date: String::new(),
+            machine: String::new(),
+            kamailio_version: None,
+            sipp_version: None,
+            server_cpus: "0".into(),
+            sipp_cpus: "1".into(),
+            kamailio_children: 2,
+            kamailio_shm_mb: 2048,
+            loadavg_start: 0.0,
+            loadavg_end: 0.0,
+            duration_s: 0.0,
+            plan: Plan::smoke(),
+            figures,
+            disk_sync,
+            servers: BTreeMap::new(),
+        }
+    }
+
+    fn figure(key: &str, parley: f64, kamailio: f64) -> Figure {
+        Figure {
+            key: key.into(),
+            name: key.into(),
+            unit: String::new(),
+            better: "higher".into(),
+            parley: Some(parley),
+            baseline: None,
+            kamailio: Some(kamailio),
+            ratio: None,
+            ratio_spread: None,
+            target: None,
+            meets_target: Some(false),
+        }
+    }
+
+    #[test]
+    fn a_durable_register_shortfall_says_what_the_measured_sync_leaves_of_the_target() {
+        let figures = vec![
+            figure("register_per_cpu_s", 11_494.0, 11_765.0),
+            figure("sync_at_checkpoint_register_per_cpu_s", 16_129.0, 11_765.0),
+            figure("register_p99_ms", 1.574, 1.332),
+            figure("sync_at_checkpoint_register_p99_ms", 0.977, 1.332),
+        ];
+        let disk = DiskSync { syncs: 2000, every_ms: 1.0, p50_ms: 0.17, p99_ms: 0.3, system_cpu_us: 40.0 };
+        let run = run_with(figures, Some(disk));
+        let cpu = what_the_sync_bounds(&run, "register_per_cpu_s").expect("explained");
+        for part in
+            ["40 µs of system CPU", "leaves 56.7 µs", "Kamailio spends 85.0 µs", "Parley 87.0 µs", "62.0 µs with"]
+        {
+            assert!(cpu.contains(part), "{part:?} not in {cpu:?}");
+        }
+        let p99 = what_the_sync_bounds(&run, "register_p99_ms").expect("explained");
+        for part in ["0.170 ms median", "0.300 ms p99", "p99 is 0.977 ms"] {
+            assert!(p99.contains(part), "{part:?} not in {p99:?}");
+        }
+        assert!(what_the_sync_bounds(&run, "message_p99_ms").is_none());
+        let markdown = markdown(&run, Path::new("/nonexistent"));
+        assert!(
+            markdown
+                .contains(&format!("- register_per_cpu_s: Parley 11,494  against target  (Kamailio 11,765). {cpu}"))
+        );
+        assert!(markdown.contains("one every 1 ms, 2,000 times: p50 0.170 ms, p99 0.300 ms, 40 µs of system CPU each"));
+        // Without the disk's figures there is nothing to say.
+        assert!(what_the_sync_bounds(&run_with(run.figures, None), "register_per_cpu_s").is_none());
     }
 }
