@@ -357,6 +357,13 @@ for step in schema enterprise domain domainadd-1; do
 done
 kubectl -n "$ns" wait --for=condition=Ready "communicationsdomain/$mdomain" --timeout="$timeout" \
   || die "CommunicationsDomain $mdomain did not become Ready: $(kubectl -n "$ns" get communicationsdomain "$mdomain" -o jsonpath='{.status.conditions}')"
+# homeServer.storageSync reaches the server's config, and the running server took it.
+mconfig=$(kubectl -n "$ns" get configmap "$mhs-config" -o jsonpath='{.data.parley\.toml}')
+grep -qx 'sync = "checkpoint"' <<<"$mconfig" || die "storageSync: checkpoint is not in $mhs's config: $mconfig"
+mlog=$(kubectl -n "$ns" logs "$mhs-0")
+grep -q 'store open.*Checkpoint' <<<"$mlog" \
+  || die "$mhs's server did not open its store with sync Checkpoint: $(tail -n 20 <<<"$mlog")"
+echo "ok: $mhs runs with storage.sync = checkpoint (homeServer.storageSync)"
 # slapd runs as the image's non-root user and wrote its config and database on the volume.
 pv=$(kubectl -n "$ns" get pvc "data-$mdomain-directory-0" -o jsonpath='{.spec.volumeName}')
 dir=$(kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}')

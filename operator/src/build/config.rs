@@ -1,7 +1,7 @@
 //! The `parley-server` config of each server, built as the server's own typed value
 //! (`parley-config`) and serialised; the server loads exactly this type.
 
-use parley_config::{Config, DirectoryConfig, FrontEnd, Limits, Listen, Storage, Tls};
+use parley_config::{Config, DirectoryConfig, FrontEnd, Limits, Listen, Storage, SyncPolicy, Tls};
 use std::net::SocketAddr;
 
 use super::{
@@ -23,6 +23,15 @@ pub struct Advertise {
     /// For the internal link (a Home Server's Service name; a Front-End's pod IP comes from
     /// `PARLEY_ADVERTISE_INTERNAL` at run time instead, as replicas share one config).
     pub internal: Option<String>,
+}
+
+/// The server a config is for, with what only its role has.
+#[derive(Clone, Copy, Debug)]
+pub enum ServerRole<'a> {
+    /// A Home Server, and when its store makes a change durable.
+    Home { sync: SyncPolicy },
+    /// A Front-End, and the routing table of the domain's Home Servers.
+    FrontEnd(&'a [HomeServerRoute]),
 }
 
 /// The cluster DNS name of a Service.
@@ -52,14 +61,17 @@ fn limits(resolved: &crate::crd::ResolvedDomain, server_name: &str, front_end: b
     }
 }
 
-/// The config of the server `server_name`; `front_end` is the routing table of a Front-End,
-/// `None` for a Home Server.
+/// The config of the server `server_name`.
 pub fn build(
     ctx: &BuildContext,
     server_name: &str,
-    front_end: Option<&[HomeServerRoute]>,
+    role: ServerRole,
     advertise: &Advertise,
 ) -> Result<Config, BuildError> {
+    let (front_end, sync) = match role {
+        ServerRole::Home { sync } => (None, sync),
+        ServerRole::FrontEnd(routes) => (Some(routes), SyncPolicy::default()),
+    };
     let resolved = ctx.resolved;
     let plain = !resolved.require_client_tls;
     let any = |port: i32| Some(SocketAddr::from(([0, 0, 0, 0], port as u16)));
@@ -108,7 +120,7 @@ pub fn build(
             logs_dir: paths::LOGS_DIR.into(),
             log_max_bytes: parley_config::default_log_max_bytes(),
             log_files: parley_config::default_log_files(),
-            sync: Default::default(),
+            sync,
         },
         directory,
         limits: limits(resolved, server_name, front_end.is_some()),
@@ -137,10 +149,10 @@ pub fn build(
 pub fn render(
     ctx: &BuildContext,
     server_name: &str,
-    front_end: Option<&[HomeServerRoute]>,
+    role: ServerRole,
     advertise: &Advertise,
 ) -> Result<String, BuildError> {
-    let config = build(ctx, server_name, front_end, advertise)?;
+    let config = build(ctx, server_name, role, advertise)?;
     Ok(format!("# Written by parley-operator; edits are overwritten.\n{}", config.to_toml()))
 }
 
@@ -151,6 +163,8 @@ mod tests {
     use crate::build::fixtures::ctx;
     use crate::crd::{DirectorySpec, FileDirectory, ManagedDirectory};
     use parley_config::Role;
+
+    const HOME: ServerRole = ServerRole::Home { sync: SyncPolicy::EachChange };
 
     /// Every rendered config must pass the server's own validation for its role.
     fn parse(text: &str, role: Role) -> toml::Value {
@@ -178,9 +192,10 @@ mod tests {
                     if directory == "managed" {
                         d.spec.directory = DirectorySpec { managed: Some(ManagedDirectory {}), ..Default::default() };
                     }
-                    parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
+                    parse(&render(&ctx(&d), "corp-home-1", HOME, &Advertise::default()).unwrap(), Role::Home);
                     parse(
-                        &render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap(),
+                        &render(&ctx(&d), "corp-frontend", ServerRole::FrontEnd(&routes), &Advertise::default())
+                            .unwrap(),
                         Role::FrontEnd,
                     );
                 }
@@ -193,9 +208,11 @@ mod tests {
         let d = fixtures::domain("corp", 25_000);
         let routes = [HomeServerRoute { name: "corp-home-1".into(), address: "corp-home-1.ns.svc:5062".into() }];
         let read = |text: String, role| parley_config::Config::parse(&text, role).expect("the server accepts it");
-        let home = read(render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
-        let front =
-            read(render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap(), Role::FrontEnd);
+        let home = read(render(&ctx(&d), "corp-home-1", HOME, &Advertise::default()).unwrap(), Role::Home);
+        let front = read(
+            render(&ctx(&d), "corp-frontend", ServerRole::FrontEnd(&routes), &Advertise::default()).unwrap(),
+            Role::FrontEnd,
+        );
         for c in [&home, &front] {
             assert_eq!(c.listen.wss.map(|a| a.port()), Some(SIP_WSS_PORT as u16));
             assert_eq!(c.listen.web.map(|a| a.port()), Some(WEB_PORT as u16));
@@ -214,7 +231,7 @@ mod tests {
         let ldap = d.spec.directory.ldap.as_mut().unwrap();
         ldap.start_tls = true;
         ldap.ca_bundle = Some(serde_json::from_value(serde_json::json!({"configMap": "ldap-ca"})).unwrap());
-        let c = build(&ctx(&d), "x", None, &Advertise::default()).unwrap();
+        let c = build(&ctx(&d), "x", HOME, &Advertise::default()).unwrap();
         let DirectoryConfig::Ldap { ca_file, starttls, .. } = c.directory else { panic!("ldap") };
         assert_eq!((ca_file.as_deref(), starttls), (Some(std::path::Path::new(paths::DIRECTORY_CA)), true));
     }
@@ -223,7 +240,7 @@ mod tests {
     fn a_managed_directory_reaches_the_server_as_ldaps_with_the_domains_ca() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.directory = DirectorySpec { managed: Some(ManagedDirectory {}), ..Default::default() };
-        let v = parse(&render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "corp-home-1", HOME, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["backend"].as_str(), Some("ldap"));
         assert_eq!(v["directory"]["url"].as_str(), Some("ldaps://corp-directory.ns.svc:636"));
         assert_eq!(v["directory"]["base_dn"].as_str(), Some("dc=example,dc=test"));
@@ -235,7 +252,7 @@ mod tests {
     #[test]
     fn home_server_config_follows_the_contract() {
         let d = fixtures::domain("corp", 500);
-        let text = render(&ctx(&d), "corp-home-1", None, &Advertise::default()).unwrap();
+        let text = render(&ctx(&d), "corp-home-1", HOME, &Advertise::default()).unwrap();
         let v = parse(&text, Role::Home);
         assert_eq!(v["sip_domain"].as_str(), Some("example.test"));
         assert_eq!(v["server_name"].as_str(), Some("corp-home-1"));
@@ -269,7 +286,7 @@ mod tests {
                 address: home_server_address("corp-home-2", "ns", "cluster.local"),
             },
         ];
-        let text = render(&ctx(&d), "corp-frontend", Some(&routes), &Advertise::default()).unwrap();
+        let text = render(&ctx(&d), "corp-frontend", ServerRole::FrontEnd(&routes), &Advertise::default()).unwrap();
         let v = parse(&text, Role::FrontEnd);
         let table = v["frontend"]["home_servers"].as_array().unwrap();
         assert_eq!(table.len(), 2);
@@ -281,7 +298,7 @@ mod tests {
     fn required_client_tls_drops_the_plain_listeners() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.tls.require_client_tls = true;
-        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "x", HOME, &Advertise::default()).unwrap(), Role::Home);
         assert!(v["listen"].get("udp").is_none() && v["listen"].get("tcp").is_none());
         assert_eq!(v["listen"]["tls"].as_str(), Some("0.0.0.0:5061"));
     }
@@ -294,7 +311,7 @@ mod tests {
             file: Some(FileDirectory { config_map: "users".into(), key: "u.toml".into() }),
             managed: None,
         };
-        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "x", HOME, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["backend"].as_str(), Some("file"));
         assert_eq!(v["directory"]["file"].as_str(), Some("/etc/parley/directory/users.toml"));
         assert!(v["directory"].get("url").is_none());
@@ -304,7 +321,7 @@ mod tests {
     fn values_are_escaped() {
         let mut d = fixtures::domain("corp", 500);
         d.spec.directory.ldap.as_mut().unwrap().base_dn = "dc=\"quoted\"\n,dc=x".into();
-        let v = parse(&render(&ctx(&d), "x", None, &Advertise::default()).unwrap(), Role::Home);
+        let v = parse(&render(&ctx(&d), "x", HOME, &Advertise::default()).unwrap(), Role::Home);
         assert_eq!(v["directory"]["base_dn"].as_str(), Some("dc=\"quoted\"\n,dc=x"));
     }
 }

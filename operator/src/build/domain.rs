@@ -104,9 +104,13 @@ pub fn plan(
             domain: name.clone(),
             capacity: Some(capacity),
             resources: hs_template.resources.clone(),
-            storage: hs_template
-                .delete_volumes_on_remove
-                .then(|| StorageOverrides { delete_on_remove: true, ..Default::default() }),
+            storage: (hs_template.delete_volumes_on_remove || hs_template.storage_sync.is_some()).then(|| {
+                StorageOverrides {
+                    delete_on_remove: hs_template.delete_volumes_on_remove,
+                    sync: hs_template.storage_sync,
+                    ..Default::default()
+                }
+            }),
             service: home_service.clone(),
             drain,
             advertise: None,
@@ -184,7 +188,7 @@ pub fn plan(
 mod tests {
     use super::*;
     use crate::build::fixtures;
-    use crate::crd::{FrontEndTemplate, HomeServerTemplate, ServiceType};
+    use crate::crd::{FrontEndTemplate, HomeServerTemplate, ServiceType, StorageSync};
     use crate::tiers::resolve;
     use k8s_openapi::api::core::v1::ResourceRequirements;
 
@@ -305,6 +309,19 @@ mod tests {
         d.spec.home_server = Some(HomeServerTemplate { delete_volumes_on_remove: true, ..Default::default() });
         let p = plan(&d, &resolve(500), &BTreeMap::new()).unwrap();
         assert!(p.home_servers[0].spec.storage.as_ref().unwrap().delete_on_remove);
+    }
+
+    #[test]
+    fn the_domain_s_storage_sync_reaches_every_home_server_it_owns() {
+        let mut d = fixtures::domain("corp", 25_000);
+        d.spec.home_server =
+            Some(HomeServerTemplate { storage_sync: Some(StorageSync::Checkpoint), ..Default::default() });
+        let p = plan(&d, &resolve(25_000), &BTreeMap::new()).unwrap();
+        assert!(p.home_servers.len() > 1);
+        for hs in &p.home_servers {
+            let storage = hs.spec.storage.as_ref().expect("storage overrides");
+            assert_eq!((storage.sync, storage.delete_on_remove), (Some(StorageSync::Checkpoint), false));
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub fn build(fe: &FrontEnd, ctx: &BuildContext, routes: &[HomeServerRoute]) -> R
         ),
         internal: None,
     };
-    let config_text = config::render(ctx, &name, Some(routes), &advertise)?;
+    let config_text = config::render(ctx, &name, config::ServerRole::FrontEnd(routes), &advertise)?;
     let config_hash = sha256_hex(config_text.as_bytes());
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&name)),

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::ObjectMeta;
 
-use super::config::{self, Advertise, home_server_address, service_host};
+use super::config::{self, Advertise, ServerRole, home_server_address, service_host};
 use super::*;
 use crate::crd::{HomeServer, ResolvedSize};
 use crate::tiers;
@@ -53,7 +53,9 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
         ),
         internal: Some(service_host(&name, &workload.namespace, ctx.cluster_domain)),
     };
-    let config_text = config::render(ctx, &name, None, &advertise)?;
+    let storage = hs.spec.storage.clone().unwrap_or_default();
+    let sync = storage.sync.unwrap_or_default().into();
+    let config_text = config::render(ctx, &name, ServerRole::Home { sync }, &advertise)?;
     let config_hash = sha256_hex(config_text.as_bytes());
     let config_map = ConfigMap {
         metadata: meta(config_map_name(&name)),
@@ -107,7 +109,6 @@ pub fn build(hs: &HomeServer, ctx: &BuildContext) -> Result<HomeServerObjects, B
     };
 
     let resources = tiers::home_server_resources(&ctx.resolved.home_server_size, hs.spec.resources.as_ref());
-    let storage = hs.spec.storage.clone().unwrap_or_default();
     let data_size = tiers::volume_size(&ctx.resolved.home_server_size.data_volume, storage.data_size.as_ref());
     let logs_size = tiers::volume_size(&ctx.resolved.home_server_size.logs_volume, storage.logs_size.as_ref());
     let resolved = ResolvedSize {
@@ -214,7 +215,7 @@ mod tests {
     use crate::build::fixtures;
     use crate::build::fixtures::ctx;
     use crate::build::quantity::q;
-    use crate::crd::StorageOverrides;
+    use crate::crd::{StorageOverrides, StorageSync};
 
     #[test]
     fn clients_reach_the_home_server_through_its_sip_service_and_it_says_so() {
@@ -351,6 +352,7 @@ mod tests {
             logs_size: None,
             storage_class_name: Some("fast".into()),
             delete_on_remove: true,
+            sync: None,
         });
         let o = build(&hs, &ctx(&d)).unwrap();
         let r = pod(&o).containers[0].resources.as_ref().unwrap();
@@ -368,6 +370,21 @@ mod tests {
         assert_eq!(o.resolved.data_volume.as_deref(), Some("100Gi"));
         let retention = o.stateful_set.spec.as_ref().unwrap().persistent_volume_claim_retention_policy.as_ref();
         assert_eq!(retention.unwrap().when_deleted.as_deref(), Some("Delete"), "deleteOnRemove");
+    }
+
+    /// `storage.sync` reaches the config the server parses; unset, the server's default.
+    #[test]
+    fn the_storage_sync_of_the_home_server_is_the_server_s() {
+        let d = fixtures::domain("corp", 500);
+        let mut hs = fixtures::home_server("h", "corp");
+        let sync_of = |hs: &HomeServer| {
+            let o = build(hs, &ctx(&d)).unwrap();
+            let text = &o.config_map.data.as_ref().unwrap()["parley.toml"];
+            parley_config::Config::parse(text, parley_config::Role::Home).unwrap().storage.sync
+        };
+        assert_eq!(sync_of(&hs), parley_config::SyncPolicy::EachChange);
+        hs.spec.storage = Some(StorageOverrides { sync: Some(StorageSync::Checkpoint), ..Default::default() });
+        assert_eq!(sync_of(&hs), parley_config::SyncPolicy::Checkpoint);
     }
 
     #[test]

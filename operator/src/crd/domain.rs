@@ -174,6 +174,10 @@ pub struct HomeServerTemplate {
     /// its users away). By default they are kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete_volumes_on_remove: bool,
+    /// When each Home Server makes a change durable (its `storage.sync`): `eachChange` (default)
+    /// or `checkpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_sync: Option<super::StorageSync>,
 }
 
 /// The directory users are listed in: exactly one of `ldap`, `file` or `managed`.

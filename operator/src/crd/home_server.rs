@@ -103,6 +103,37 @@ pub struct StorageOverrides {
     /// its state.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete_on_remove: bool,
+    /// When the server makes a change durable: `eachChange` (the default) or `checkpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<StorageSync>,
+}
+
+/// When a Home Server makes a change (a registration, a subscription, a message kept for an
+/// offline user) durable, the server's `storage.sync`: `eachChange` (default) syncs it to disk
+/// before the client is answered, so it survives a crash of the server or of the machine;
+/// `checkpoint` writes it before the answer but syncs every 2 seconds, so it survives a crash of
+/// the server but a crash of the machine (or power loss) can lose the last 2 seconds of changes,
+/// for less CPU per change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StorageSync {
+    /// Synced to disk before the client is answered: survives a crash of the server or of the
+    /// machine.
+    #[default]
+    EachChange,
+    /// Written before the answer but synced every 2 seconds: survives a crash of the server, but a
+    /// crash of the machine (or power loss) can lose the last 2 seconds of changes. Less CPU per
+    /// change (see BENCHMARKS.md).
+    Checkpoint,
+}
+
+impl From<StorageSync> for parley_config::SyncPolicy {
+    fn from(s: StorageSync) -> Self {
+        match s {
+            StorageSync::EachChange => parley_config::SyncPolicy::EachChange,
+            StorageSync::Checkpoint => parley_config::SyncPolicy::Checkpoint,
+        }
+    }
 }
 
 /// What the operator observed and decided for a Home Server.

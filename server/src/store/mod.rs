@@ -166,6 +166,7 @@ impl Store {
             tracing::info!(writes = replay.len(), "replaying the store's journal");
             Self::apply_now(&db, &replay, Durability::Immediate)?;
         }
+        tracing::info!(path = %path.display(), ?sync, "store open");
         let each = sync == SyncPolicy::EachChange;
         let active = journal::Journal::create(&data_dir.join(JOURNALS[0]), each, next_epoch)?;
         let spare = journal::Journal::create(&data_dir.join(JOURNALS[1]), each, next_epoch + 1)?;
