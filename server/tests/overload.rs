@@ -73,6 +73,9 @@ fn a_flood_from_one_address_costs_only_that_address() {
     stop.store(true, Ordering::Relaxed);
     let sent = flooder.join().unwrap();
     let dropped = server.metric("parley_overload_dropped_total");
+    let log = server.log_text();
+    let said = log.lines().filter(|l| l.contains("dropped unread") && l.contains("max_messages_per_source")).count();
+    assert!((1..=3).contains(&said), "the drops are logged, at most every 10 s ({said} lines):\n{log}");
     println!(
         "flood: {sent} datagrams at {FLOOD_RATE}/s, {dropped} dropped unread; two sign-ins took {registered:?}, \
          a message {messaged:?}; RSS {rss_before} KiB before, {rss_during} KiB during"

@@ -35,6 +35,31 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// Says, at most every `DropReport::EVERY`, that datagrams are being dropped for the per-address
+/// limit: a client whose requests go unanswered otherwise leaves no trace but a counter.
+#[derive(Default)]
+struct DropReport {
+    last: Option<std::time::Instant>,
+    since_last: u64,
+}
+
+impl DropReport {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, from: IpAddr, now: std::time::Instant) {
+        self.since_last += 1;
+        if self.last.is_none_or(|t| now.duration_since(t) >= Self::EVERY) {
+            tracing::warn!(
+                dropped = self.since_last,
+                latest_from = %from,
+                "UDP datagrams dropped unread: their address sends more than limits.max_messages_per_source \
+                 (see parley_overload_dropped_total)"
+            );
+            (self.last, self.since_last) = (Some(now), 0);
+        }
+    }
+}
+
 /// Resolves once the server stops accepting.
 async fn closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|c| *c).await;
@@ -138,14 +163,17 @@ impl Transports {
         let this = self.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65_535];
+            let mut dropped = DropReport::default();
             loop {
                 tokio::select! {
                     r = socket.recv_from(&mut buf) => match r {
                         Ok((n, from)) => {
+                            let now = std::time::Instant::now();
                             if let Some(a) = &this.admission
-                                && a.admit(from.ip(), std::time::Instant::now()).is_err()
+                                && a.admit(from.ip(), now).is_err()
                             {
                                 this.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
+                                dropped.note(from.ip(), now);
                                 continue;
                             }
                             let data = Bytes::copy_from_slice(&buf[..n]);
