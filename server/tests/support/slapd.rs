@@ -5,7 +5,6 @@
 //! `stop` and `restart` simulate an outage on the same port and data.
 #![allow(dead_code)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -119,14 +118,26 @@ impl Slapd {
             .spawn()
             .expect("start slapd");
         self.child = Some(child);
+        // Ready when it answers an LDAP search: a TCP connect alone can succeed before slapd
+        // listens (a connect to a free local port may be given that port as its own source and
+        // connect to itself), and then the first real client is refused.
         let deadline = Instant::now() + Duration::from_secs(10);
+        let log = || std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default();
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("slapd exited ({status}); log:\n{}", log());
+            }
+            let searched = Command::new("ldapsearch")
+                .args(["-x", "-LLL", "-H", &self.url, "-b", "", "-s", "base", "objectClass=*"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if searched.is_ok_and(|s| s.success()) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("slapd did not start; log:\n{}", std::fs::read_to_string(self.dir.path().join("slapd.log")).unwrap());
+        panic!("slapd did not start; log:\n{}", log());
     }
 
     /// Stops slapd (SIGTERM) and waits until it has exited.
