@@ -21,22 +21,40 @@ pub fn password(user: &str) -> String {
     format!("{user}-password")
 }
 
-/// A port free on both UDP and TCP of 127.0.0.1, and not handed out before in this process (the
-/// kernel may offer a port again once its probe socket is closed, and a server given the same
-/// port twice fails to bind).
+/// A port free on both UDP and TCP of 127.0.0.1, not handed out before in this process, and
+/// below the kernel's ephemeral range (and Kubernetes' NodePorts): a port from that range, once its probe socket is closed,
+/// can be given to any socket bound to port 0 (a user agent of a test running alongside takes a
+/// server's port while it restarts after `kill -9`) or to an outgoing connect as its source (a
+/// readiness check that connects to itself before the server listens).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            let mut given = GIVEN.lock().unwrap();
-            if !given.contains(&port) {
-                given.push(port);
-                return port;
-            }
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > LOWEST + 1_000)
+        .unwrap_or(32_768)
+        .min(30_000); // Kubernetes' NodePorts are 30000-32767.
+    let span = u32::from(ephemeral - LOWEST);
+    // Where this process starts looking: test binaries running at once start apart.
+    let start = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        (h.finish() % u64::from(span)) as u32
+    };
+    let mut given = GIVEN.lock().unwrap();
+    for i in 0..span {
+        let port = LOWEST + ((start + i) % span) as u16;
+        if !given.contains(&port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            given.push(port);
+            return port;
         }
     }
+    panic!("no free port between {LOWEST} and {ephemeral} on 127.0.0.1");
 }
 
 /// GET over plain HTTP: status and body, or None when the server does not answer.
