@@ -168,13 +168,13 @@ impl Transports {
                 tokio::select! {
                     r = socket.recv_from(&mut buf) => match r {
                         Ok((n, from)) => {
-                            let now = std::time::Instant::now();
-                            if let Some(a) = &this.admission
-                                && a.admit(from.ip(), now).is_err()
-                            {
-                                this.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
-                                dropped.note(from.ip(), now);
-                                continue;
+                            if let Some(a) = &this.admission {
+                                let now = std::time::Instant::now();
+                                if a.admit(from.ip(), now).is_err() {
+                                    this.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
+                                    dropped.note(from.ip(), now);
+                                    continue;
+                                }
                             }
                             let data = Bytes::copy_from_slice(&buf[..n]);
                             if data.iter().all(|b| b.is_ascii_whitespace()) {

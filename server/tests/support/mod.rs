@@ -22,10 +22,10 @@ pub fn password(user: &str) -> String {
 }
 
 /// A port free on both UDP and TCP of 127.0.0.1, not handed out before in this process, and
-/// below the kernel's ephemeral range (and Kubernetes' NodePorts): a port from that range, once its probe socket is closed,
-/// can be given to any socket bound to port 0 (a user agent of a test running alongside takes a
-/// server's port while it restarts after `kill -9`) or to an outgoing connect as its source (a
-/// readiness check that connects to itself before the server listens).
+/// below the kernel's ephemeral range (and Kubernetes' NodePorts): a port from that range, once
+/// its probe socket is closed, can be given to any socket bound to port 0 (a user agent of a test
+/// running alongside takes a server's port while it restarts after `kill -9`) or to an outgoing
+/// connect as its source (a readiness check that connects to itself before the server listens).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     const LOWEST: u16 = 10_000;
