@@ -2,10 +2,11 @@
 //! contact lists and messages kept for offline users, each a table of JSON values in one redb
 //! file (`<data_dir>/parley.redb`).
 //!
-//! Writes go to one writer thread (`writer`). It takes everything queued since it last ran
-//! (group commit), appends it to the journal (`journal`: one checksummed frame per caller's
-//! batch, one `fdatasync` for all), keeps it in memory as not yet in redb, and answers the
-//! callers: a write the server has awaited before answering a client survives `kill -9` and
+//! Writes go to one writer (`writer`), run by a thread of its own or, for writes staged by the
+//! UDP reader, by that thread after a burst of datagrams (no thread woken for it). It takes
+//! everything queued since it last ran (group commit), appends it to the journal (`journal`: one
+//! checksummed frame per caller's batch, one `fdatasync` for all), keeps it in memory as not yet
+//! in redb, and answers the callers: a write the server has awaited before answering a client survives `kill -9` and
 //! power loss (with `storage.sync = "checkpoint"`, the journal is synced only at checkpoints:
 //! `kill -9` still loses nothing, power loss the changes since the last checkpoint). redb takes
 //! the kept writes in one transaction at the next checkpoint (every `CHECKPOINT_EVERY` or
@@ -114,6 +115,10 @@ const JOURNALS: [&str; 2] = ["parley.journal", "parley.journal.1"];
 
 use writer::Checkpoints;
 
+fn stopped() -> anyhow::Error {
+    anyhow::anyhow!("the store writer has stopped")
+}
+
 type Batch = (Vec<Write>, tokio::sync::oneshot::Sender<Result<(), String>>);
 
 #[derive(Clone)]
@@ -123,14 +128,14 @@ pub struct Store {
 
 struct Inner {
     shared: writer::Shared,
-    writer: Option<std::sync::mpsc::Sender<Batch>>,
+    committer: Arc<writer::Committer>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     /// Lets the writer finish what is queued and release the database file.
     fn drop(&mut self) {
-        self.writer.take();
+        self.committer.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -172,9 +177,10 @@ impl Store {
         let spare = journal::Journal::create(&data_dir.join(JOURNALS[1]), each, next_epoch + 1)?;
         let shared = writer::Shared { db: Arc::new(db), unapplied: Arc::default(), committing: Arc::default() };
         let writer = writer::Writer::new(shared.clone(), checkpoints, active, spare, next_epoch + 2);
-        let (queue_tx, queue) = std::sync::mpsc::channel::<Batch>();
-        let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(&queue))?;
-        Ok(Store { inner: Arc::new(Inner { shared, writer: Some(queue_tx), thread: Some(thread) }) })
+        let committer = Arc::new(writer::Committer::new(writer));
+        let running = committer.clone();
+        let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || running.run())?;
+        Ok(Store { inner: Arc::new(Inner { shared, committer, thread: Some(thread) }) })
     }
 
     /// Before a read: redb takes what is kept (after any checkpoint in flight), so the read sees
@@ -195,20 +201,35 @@ impl Store {
         self.submit(writes).await
     }
 
-    /// Queues writes at once (so calls commit in the order they are made); the future resolves
-    /// when they are on disk.
+    /// Queues writes at once (so calls commit in the order they are made) for the writer thread;
+    /// the future resolves when they are on disk.
     pub fn submit(&self, writes: Vec<Write>) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
-        let stopped = || anyhow::anyhow!("the store writer has stopped");
-        let queued = (!writes.is_empty()).then(|| {
+        self.queue(writes, true)
+    }
+
+    /// Queues writes like `submit`, without waking the writer thread: the caller makes them
+    /// durable itself with `commit_staged` (a thread handling a burst of requests stages their
+    /// writes, then commits them together), unless another commit takes them first.
+    pub fn stage(&self, writes: Vec<Write>) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+        self.queue(writes, false)
+    }
+
+    /// Journals (and syncs, per the policy) every write queued so far, on the calling thread;
+    /// the futures of staged writes are then ready.
+    pub fn commit_staged(&self) {
+        self.inner.committer.commit_staged();
+    }
+
+    fn queue(&self, writes: Vec<Write>, wake: bool) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+        let rx = (!writes.is_empty()).then(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
-            writer.send((writes, tx)).map(|()| rx)
+            self.inner.committer.queue((writes, tx), wake);
+            rx
         });
         async move {
-            match queued {
+            match rx {
                 None => Ok(()),
-                Some(Err(_)) => Err(stopped()),
-                Some(Ok(rx)) => rx.await.map_err(|_| stopped())?.map_err(|e| anyhow::anyhow!(e)),
+                Some(rx) => rx.await.map_err(|_| stopped())?.map_err(|e| anyhow::anyhow!(e)),
             }
         }
     }
@@ -237,9 +258,8 @@ impl Store {
     /// Returns once everything queued before it is durable, and in redb (checkpointed).
     pub async fn flush(&self) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let writer = self.inner.writer.as_ref().expect("writer lives as long as the store");
-        writer.send((Vec::new(), tx)).map_err(|_| anyhow::anyhow!("the store writer has stopped"))?;
-        rx.await.map_err(|_| anyhow::anyhow!("the store writer has stopped"))?.map_err(|e| anyhow::anyhow!(e))
+        self.inner.committer.queue((Vec::new(), tx), true);
+        rx.await.map_err(|_| stopped())?.map_err(|e| anyhow::anyhow!(e))
     }
 
     /// One value, if stored.
@@ -434,6 +454,67 @@ mod tests {
         drop(store);
         let reopened = Store::open(dir.path(), SyncPolicy::EachChange).unwrap();
         assert_eq!(reopened.get::<u32>(Table::Rules, "k").unwrap(), Some(3));
+    }
+
+    /// A thread committing what it staged journals it itself: its writes are answered when
+    /// `commit_staged` returns and a crash then loses none of them. A write staged and left
+    /// goes with the next commit, in its place: before a later one the writer thread commits.
+    #[tokio::test]
+    async fn staged_writes_are_journalled_by_the_thread_committing_them_in_order_with_the_rest() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Checkpoints::new(Duration::from_secs(3600), usize::MAX);
+        let store = Store::open_with(dir.path(), SyncPolicy::EachChange, hour).unwrap();
+        let k = |v: u32| vec![Write::put(Table::Rules, "k", &v)];
+        let frames = || {
+            let batches = journal::read(&dir.path().join(JOURNALS[0])).unwrap().1;
+            batches
+                .into_iter()
+                .flatten()
+                .map(|w| serde_json::from_slice(&w.value.unwrap()).unwrap())
+                .collect::<Vec<u32>>()
+        };
+        let (one, two) = (store.stage(k(1)), store.stage(k(2)));
+        assert!(frames().is_empty(), "staged writes wait for their commit");
+        store.commit_staged();
+        assert!(matches!(one.now_or_never(), Some(Ok(()))), "answered by the commit, on this thread");
+        assert!(matches!(two.now_or_never(), Some(Ok(()))));
+        assert_eq!(frames(), [1, 2]);
+        let left = store.stage(k(3));
+        store.apply(k(4)).await.unwrap();
+        assert!(matches!(left.now_or_never(), Some(Ok(()))), "taken by the writer thread's commit");
+        assert_eq!(frames(), [1, 2, 3, 4]);
+        let crashed = tempfile::tempdir().unwrap();
+        for name in ["parley.redb", JOURNALS[0], JOURNALS[1]] {
+            std::fs::copy(dir.path().join(name), crashed.path().join(name)).unwrap();
+        }
+        assert_eq!(
+            Store::open(crashed.path(), SyncPolicy::EachChange).unwrap().get::<u32>(Table::Rules, "k").unwrap(),
+            Some(4)
+        );
+    }
+
+    /// Writes only ever committed by the threads that staged them are still checkpointed when
+    /// due: the writer thread, asleep with no deadline, hears of the first.
+    #[tokio::test]
+    async fn staged_writes_are_checkpointed_when_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let soon = Checkpoints::new(Duration::from_millis(20), usize::MAX);
+        let store = Store::open_with(dir.path(), SyncPolicy::EachChange, soon).unwrap();
+        store.flush().await.unwrap(); // the writer thread has been and gone to sleep, nothing due
+        let written = store.stage(vec![Write::put(Table::Rules, "k", &1)]);
+        store.commit_staged();
+        written.await.unwrap();
+        assert_eq!(journal::read(&dir.path().join(JOURNALS[0])).unwrap().1.len(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !journal::read(&dir.path().join(JOURNALS[0])).unwrap().1.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint emptied the journal");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.path().join("parley.redb"), copy.path().join("parley.redb")).unwrap();
+        let redb_alone = Store::open(copy.path(), SyncPolicy::EachChange).unwrap();
+        assert_eq!(redb_alone.get::<u32>(Table::Rules, "k").unwrap(), Some(1), "the checkpoint put it in redb");
     }
 
     /// A checkpoint must put what it takes out of the journal into redb durably: after a flush,

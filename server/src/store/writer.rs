@@ -1,4 +1,6 @@
-//! The store's writer thread: journal, keep, answer; checkpoint when due, in the background.
+//! The store's writer: journal, keep, answer; checkpoint when due, in the background. Its own
+//! thread runs it for writes queued with `submit`; a thread that staged writes runs it itself
+//! (`commit_staged`), one writer at a time, each taking the queue in order.
 //!
 //! Two journal files take turns. A checkpoint makes the other one (empty) the journal, then a
 //! thread of its own gives redb what is kept in one durable commit and empties the former
@@ -10,8 +12,9 @@
 use super::journal::Journal;
 use super::{Batch, Store, Write};
 use redb::{Database, Durability};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+#[cfg(test)]
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -84,6 +87,118 @@ impl Shared {
     }
 }
 
+/// The writer and its queue, shared by the writer thread and by threads that commit what they
+/// staged themselves (the UDP reader: a write it commits costs no wake-up of the writer thread and
+/// back, which at a light load was a third of a registration's CPU).
+pub(super) struct Committer {
+    writer: Mutex<Writer>,
+    queue: Queue,
+}
+
+impl Committer {
+    pub fn new(writer: Writer) -> Committer {
+        Committer { writer: Mutex::new(writer), queue: Queue::default() }
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a batch (an empty one is a flush). With `wake`, the writer thread commits it; without,
+    /// the caller commits it (`commit_staged`), or it goes with the next commit. Once the writer
+    /// has stopped, the batch is dropped, which its caller hears as an error.
+    pub fn queue(&self, batch: Batch, wake: bool) {
+        let mut waiting = self.queue.lock();
+        if !waiting.stopped {
+            waiting.batches.push(batch);
+            drop(waiting);
+            if wake {
+                self.queue.wake.notify_one();
+            }
+        }
+    }
+
+    /// Journals what is queued, on the calling thread.
+    pub fn commit_staged(&self) {
+        let mut writer = self.writer();
+        let before = writer.due_at();
+        writer.step(&self.queue);
+        // The writer thread sleeps until the deadline it last saw: a checkpoint now due is its job.
+        if before.is_none() && writer.due_at().is_some() {
+            self.queue.wake.notify_one();
+        }
+    }
+
+    /// Tells the writer thread to finish what is queued, checkpoint and return.
+    pub fn stop(&self) {
+        self.queue.lock().stopped = true;
+        self.queue.wake.notify_one();
+    }
+
+    /// The writer thread: commits what is queued for it and runs checkpoints when due. When told
+    /// to stop: a last checkpoint. However it ends, later batches are refused.
+    pub fn run(&self) {
+        struct Refuse<'a>(&'a Queue);
+        impl Drop for Refuse<'_> {
+            fn drop(&mut self) {
+                let mut waiting = self.0.lock();
+                waiting.stopped = true;
+                waiting.batches.clear();
+            }
+        }
+        let _refuse = Refuse(&self.queue);
+        loop {
+            let due_at = self.writer().due_at();
+            let stopped = self.queue.wait(due_at);
+            let mut writer = self.writer();
+            if stopped {
+                let _ = writer.checkpoint_now();
+                return;
+            }
+            writer.step(&self.queue);
+        }
+    }
+}
+
+/// Batches waiting to be journalled, in the order they were queued.
+#[derive(Default)]
+struct Queue {
+    waiting: Mutex<Waiting>,
+    /// Wakes the writer thread: a batch for it, a new deadline, or the end.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    batches: Vec<Batch>,
+    stopped: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Vec<Batch> {
+        std::mem::take(&mut self.lock().batches)
+    }
+
+    /// Waits for batches, the end, `until` or a wake-up; true once told to stop with nothing left.
+    fn wait(&self, until: Option<Instant>) -> bool {
+        let mut waiting = self.lock();
+        if waiting.batches.is_empty() && !waiting.stopped {
+            waiting = match until {
+                None => self.wake.wait(waiting).unwrap_or_else(|p| p.into_inner()),
+                Some(at) => {
+                    let timeout = at.saturating_duration_since(Instant::now());
+                    self.wake.wait_timeout(waiting, timeout).unwrap_or_else(|p| p.into_inner()).0
+                }
+            };
+        }
+        waiting.stopped && waiting.batches.is_empty()
+    }
+}
+
 /// A checkpoint running in the background: the former journal comes back with its result (the
 /// number of writes it had to put back, on failure).
 type Running = JoinHandle<(Journal, Result<(), (usize, String)>)>;
@@ -127,52 +242,48 @@ impl Writer {
         self.next_epoch - 1
     }
 
-    /// Callers are answered as soon as their writes are durable in the journal. A checkpoint that
-    /// fails leaves the writes where they were (journal and memory, in order) and is tried again
-    /// an interval later; should checkpoints keep failing, writes are refused before what is kept
-    /// in memory grows past ten checkpoints' worth. When the store is dropped: a last checkpoint.
-    pub fn run(mut self, queue: &Receiver<Batch>) {
-        loop {
-            let due_at = match self.running {
-                Some(_) => Some(Instant::now() + RUNNING_POLL),
-                None => self.since.map(|t| (t + self.every.every).max(self.not_before.unwrap_or(t))),
-            };
-            let first = match due_at {
-                None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(at) => queue.recv_timeout(at.saturating_duration_since(Instant::now())),
-            };
-            let batches: Vec<Batch> = match first {
-                Ok(first) => std::iter::once(first).chain(queue.try_iter()).collect(),
-                Err(RecvTimeoutError::Timeout) => Vec::new(),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.checkpoint_now();
-                    return;
-                }
-            };
-            // An empty batch is a flush: it is answered after a checkpoint.
-            let (flushes, batches): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(w, _)| w.is_empty());
-            if !batches.is_empty() {
-                self.journal(batches);
+    /// When the writer thread must look again without being woken: a checkpoint is due, or one
+    /// running may have finished.
+    fn due_at(&self) -> Option<Instant> {
+        match self.running {
+            Some(_) => Some(Instant::now() + RUNNING_POLL),
+            None => self.since.map(|t| (t + self.every.every).max(self.not_before.unwrap_or(t))),
+        }
+    }
+
+    /// Journals what is queued, answering its callers as soon as it is durable; then collects a
+    /// finished checkpoint, answers flushes (after a checkpoint of everything) and starts a
+    /// checkpoint when due. Run by the writer thread, or by a thread committing what it staged.
+    /// A checkpoint that fails leaves the writes where they were (journal and memory, in order)
+    /// and is tried again an interval later; should checkpoints keep failing, writes are refused
+    /// before what is kept in memory grows past ten checkpoints' worth.
+    fn step(&mut self, queue: &Queue) {
+        // Taken while this writer is held, so batches are journalled in the order they were queued
+        // whichever thread journals them.
+        let batches = queue.take();
+        // An empty batch is a flush: it is answered after a checkpoint.
+        let (flushes, batches): (Vec<_>, Vec<_>) = batches.into_iter().partition(|(w, _)| w.is_empty());
+        if !batches.is_empty() {
+            self.journal(batches);
+        }
+        if self.running.as_ref().is_some_and(JoinHandle::is_finished) {
+            self.collect();
+        }
+        if !flushes.is_empty() {
+            let result = self.checkpoint_now();
+            for (_, waiter) in flushes {
+                let _ = waiter.send(result.clone());
             }
-            if self.running.as_ref().is_some_and(JoinHandle::is_finished) {
-                self.collect();
-            }
-            if !flushes.is_empty() {
-                let result = self.checkpoint_now();
-                for (_, waiter) in flushes {
-                    let _ = waiter.send(result.clone());
-                }
-                continue;
-            }
-            let now = Instant::now();
-            let due = self.since.is_some_and(|t| now >= t + self.every.every || self.journalled >= self.every.writes)
-                && self.not_before.is_none_or(|t| now >= t);
-            if due {
-                if self.failed.is_some() {
-                    let _ = self.checkpoint_now();
-                } else if self.running.is_none() {
-                    self.start_checkpoint();
-                }
+            return;
+        }
+        let now = Instant::now();
+        let due = self.since.is_some_and(|t| now >= t + self.every.every || self.journalled >= self.every.writes)
+            && self.not_before.is_none_or(|t| now >= t);
+        if due {
+            if self.failed.is_some() {
+                let _ = self.checkpoint_now();
+            } else if self.running.is_none() {
+                self.start_checkpoint();
             }
         }
     }
