@@ -18,6 +18,17 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often the directory's list of admitted domains is read again.
 const DOMAINS_REFRESH: Duration = Duration::from_secs(1);
 
+/// Who makes the writes of a step durable, and hears when they are.
+enum Commit<'a> {
+    /// The store's writer thread, woken for them; a task of their own waits for them.
+    ByWriter,
+    /// The thread handling a burst (`Driver::burst`), after it: they are staged and wait here.
+    Staged(&'a mut Vec<Staged>),
+}
+
+/// Writes staged during a burst: the task to tell, and the answer to wait for.
+type Staged = (Option<TaskId>, BoxFuture<'static, anyhow::Result<()>>);
+
 /// An action whose store writes, if any, are queued already.
 pub enum Queued {
     Action(Action),
@@ -62,12 +73,18 @@ impl<S: Service> Driver<S> {
 
     /// Runs `f` on the service, then performs what it queued.
     pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut S, Now) -> R) -> R {
+        self.step(f, &mut Commit::ByWriter)
+    }
+
+    /// Runs `f` on the service and performs what it queued, its writes committed as `commit`
+    /// says (and those of the steps its actions lead to at once, such as a directory's answer).
+    fn step<R>(self: &Arc<Self>, f: impl FnOnce(&mut S, Now) -> R, commit: &mut Commit) -> R {
         let (result, actions) = {
             let mut service = self.service();
             let result = f(&mut service, Now::real());
-            (result, self.queue_writes(service.take_actions()))
+            (result, self.queue(service.take_actions(), matches!(commit, Commit::Staged(_))))
         };
-        self.perform(actions);
+        self.perform(actions, commit);
         result
     }
 
@@ -77,11 +94,19 @@ impl<S: Service> Driver<S> {
     /// another thread (a sweep's deletion of a binding after its re-registration, answered 200),
     /// and the disk would keep the older. Queueing does not wait for the disk.
     pub fn queue_writes(&self, actions: Vec<Action>) -> Vec<Queued> {
+        self.queue(actions, false)
+    }
+
+    /// Like `queue_writes`; `stage`: without waking the writer thread (see `Store::stage`).
+    fn queue(&self, actions: Vec<Action>, stage: bool) -> Vec<Queued> {
         actions
             .into_iter()
             .filter_map(|action| match action {
                 Action::Store { task, writes } => match &self.store {
-                    Some(store) => Some(Queued::Written { task, written: store.submit(writes).boxed() }),
+                    Some(store) => {
+                        let written = if stage { store.stage(writes).boxed() } else { store.submit(writes).boxed() };
+                        Some(Queued::Written { task, written })
+                    }
                     None => {
                         tracing::error!("a store write without a store: dropped");
                         None
@@ -93,13 +118,13 @@ impl<S: Service> Driver<S> {
     }
 
     /// Runs the service on one input and performs what it asks.
-    fn input(self: &Arc<Self>, input: Input) {
-        self.with(|service, now| service.handle(now, input));
+    fn input(self: &Arc<Self>, input: Input, commit: &mut Commit) {
+        self.step(|service, now| service.handle(now, input), commit);
     }
 
     /// Performs actions in order. Sends leave in that order when their connection is open (or on
     /// UDP); one that must wait for a connection or buffer space goes on a task of its own.
-    fn perform(self: &Arc<Self>, actions: Vec<Queued>) {
+    fn perform(self: &Arc<Self>, actions: Vec<Queued>, commit: &mut Commit) {
         for action in actions {
             match action {
                 Queued::Action(Action::Send { flow, data, branch }) => {
@@ -108,25 +133,59 @@ impl<S: Service> Driver<S> {
                         tokio::spawn(async move { this.send(flow, data, branch).await });
                     }
                 }
-                Queued::Action(Action::Fetch { task, users, resolve }) => self.fetch(task, users, resolve),
+                Queued::Action(Action::Fetch { task, users, resolve }) => self.fetch(task, users, resolve, commit),
                 Queued::Action(Action::Forget { user }) => self.directory.forget(&user),
-                // `queue_writes` turns every write into `Written`; should one come here anyway, it
-                // is still written, though no longer in order with what another thread decided.
-                Queued::Action(store @ Action::Store { .. }) => self.perform(self.queue_writes(vec![store])),
-                Queued::Written { task, written } => {
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        let result = written.await.map_err(|e| format!("{e:#}"));
-                        match task {
-                            Some(task) => this.input(Input::Stored { task, result }),
-                            None => {
-                                if let Err(e) = result {
-                                    tracing::error!(error = %e, "store write failed");
-                                }
-                            }
-                        }
-                    });
+                // `queue` turns every write into `Written`; should one come here anyway, it is
+                // still written, though no longer in order with what another thread decided.
+                Queued::Action(store @ Action::Store { .. }) => {
+                    let queued = self.queue(vec![store], matches!(commit, Commit::Staged(_)));
+                    self.perform(queued, commit)
                 }
+                Queued::Written { task, written } => match commit {
+                    Commit::Staged(staged) => staged.push((task, written)),
+                    Commit::ByWriter => {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.stored(task, written.await) });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Tells the service its writes are durable (or failed).
+    fn stored(self: &Arc<Self>, task: Option<TaskId>, result: anyhow::Result<()>) {
+        let result = result.map_err(|e| format!("{e:#}"));
+        match task {
+            Some(task) => self.input(Input::Stored { task, result }, &mut Commit::ByWriter),
+            None => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "store write failed");
+                }
+            }
+        }
+    }
+
+    /// Handles a burst of datagrams on the calling thread: their sends go at once, their writes
+    /// are staged and committed together here, then what waited for them (the answers) goes.
+    /// The writer thread is not woken, nor any task: at a light load those wake-ups cost more
+    /// than the work.
+    fn burst(self: &Arc<Self>, next: &mut dyn FnMut() -> Option<(Flow, Bytes)>) {
+        let mut staged = Vec::new();
+        while let Some((flow, data)) = next() {
+            let message = parse_datagram(&data, &self.limits);
+            self.input(Input::Received { flow, message }, &mut Commit::Staged(&mut staged));
+        }
+        if staged.is_empty() {
+            return;
+        }
+        if let Some(store) = &self.store {
+            store.commit_staged();
+        }
+        for (task, mut written) in staged {
+            match (&mut written).now_or_never() {
+                Some(result) => self.stored(task, result),
+                // Taken by a commit still syncing on the writer thread.
+                None => self.perform(vec![Queued::Written { task, written }], &mut Commit::ByWriter),
             }
         }
     }
@@ -141,7 +200,7 @@ impl<S: Service> Driver<S> {
                         tracing::error!(error = %e, "store write failed");
                     }
                 }
-                other => self.perform(vec![other]),
+                other => self.perform(vec![other], &mut Commit::ByWriter),
             }
         }
     }
@@ -150,14 +209,14 @@ impl<S: Service> Driver<S> {
         if let Err(e) = self.transports.send(&flow, data).await {
             tracing::debug!(error = %e, remote = %flow.remote, "not sent");
             if let Some(branch) = branch {
-                self.input(Input::NotSent { branch });
+                self.input(Input::NotSent { branch }, &mut Commit::ByWriter);
             }
         }
     }
 
     /// Looks users up (the file directory and the LDAP cache answer at once, without a task)
     /// and resolves a host.
-    fn fetch(self: &Arc<Self>, task: TaskId, users: Vec<String>, resolve: Option<(String, u16)>) {
+    fn fetch(self: &Arc<Self>, task: TaskId, users: Vec<String>, resolve: Option<(String, u16)>, commit: &mut Commit) {
         let mut facts = Facts::default();
         let mut waiting = Vec::new();
         for aor in users {
@@ -169,7 +228,7 @@ impl<S: Service> Driver<S> {
             }
         }
         if waiting.is_empty() && resolve.is_none() {
-            return self.input(Input::Fetched { task, facts });
+            return self.input(Input::Fetched { task, facts }, commit);
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -180,7 +239,7 @@ impl<S: Service> Driver<S> {
             if let Some((host, port)) = resolve {
                 facts.route = tokio::net::lookup_host((host.as_str(), port)).await.ok().and_then(|mut a| a.next());
             }
-            this.input(Input::Fetched { task, facts });
+            this.input(Input::Fetched { task, facts }, &mut Commit::ByWriter);
         });
     }
 
@@ -222,7 +281,11 @@ pub struct DriverHandler<S>(pub Arc<Driver<S>>);
 impl<S: Service> Handler for DriverHandler<S> {
     fn on_message(&self, flow: Flow, data: Bytes) {
         let message = parse_datagram(&data, &self.0.limits);
-        self.0.input(Input::Received { flow, message });
+        self.0.input(Input::Received { flow, message }, &mut Commit::ByWriter);
+    }
+
+    fn on_burst(&self, next: &mut dyn FnMut() -> Option<(Flow, Bytes)>) {
+        self.0.burst(next);
     }
 }
 
@@ -238,13 +301,24 @@ mod tests {
     struct Scripted {
         actions: Vec<Action>,
         stored: usize,
+        received: u64,
     }
 
     impl Service for Scripted {
+        /// A message received is written down (key `r<n>`); a write made durable is counted.
         fn handle(&mut self, _: Now, input: Input) {
-            if let Input::Stored { result, .. } = input {
-                result.expect("written");
-                self.stored += 1;
+            match input {
+                Input::Received { .. } => {
+                    let n = self.received;
+                    self.received += 1;
+                    let writes = vec![Write::put(Table::Rules, format!("r{n}"), &n)];
+                    self.actions.push(Action::Store { task: Some(n), writes });
+                }
+                Input::Stored { result, .. } => {
+                    result.expect("written");
+                    self.stored += 1;
+                }
+                _ => {}
             }
         }
         fn on_tick(&mut self, _: Now) {}
@@ -255,14 +329,7 @@ mod tests {
         fn set_advertised(&mut self, _: Transport, _: String) {}
     }
 
-    /// Two decisions about one key, the first after much sending (a tick's retransmissions before
-    /// its sweep deletes a binding): the store must end with the second, as the service does.
-    /// Were writes queued after the service is let go, the second could commit first, and a
-    /// restart would find the older (an acknowledged re-registration gone).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn writes_commit_in_the_order_the_service_made_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+    fn scripted(store: &Store) -> Arc<Driver<Scripted>> {
         let limits = crate::transport::Limits {
             message: Limits::default(),
             max_connections_per_ip: 1,
@@ -273,7 +340,33 @@ mod tests {
         };
         let transports = Transports::new(limits, Arc::new(crate::ops::metrics::Metrics::default()));
         let directory = Arc::new(crate::directory::file::FileDirectory::parse("").unwrap());
-        let driver = Driver::new(Scripted::default(), transports, directory, Some(store.clone()), Limits::default());
+        Driver::new(Scripted::default(), transports, directory, Some(store.clone()), Limits::default())
+    }
+
+    /// A burst of datagrams is handled on the thread reading them: when it returns, each one's
+    /// write is committed and the service told so, with no task or writer thread to wait for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_burst_s_writes_are_committed_and_answered_on_the_thread_handling_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let driver = scripted(&store);
+        let flow = Flow::datagram(Transport::Udp, "127.0.0.1:9".parse().unwrap());
+        let mut datagrams = (0..3).map(|_| (flow, Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n")));
+        DriverHandler(driver.clone()).on_burst(&mut || datagrams.next());
+        assert_eq!(driver.service().stored, 3, "a write not yet answered when the burst returned");
+        let on_disk: Vec<(String, u64)> = store.load(Table::Rules).unwrap();
+        assert_eq!(on_disk, [("r0".to_string(), 0), ("r1".to_string(), 1), ("r2".to_string(), 2)]);
+    }
+
+    /// Two decisions about one key, the first after much sending (a tick's retransmissions before
+    /// its sweep deletes a binding): the store must end with the second, as the service does.
+    /// Were writes queued after the service is let go, the second could commit first, and a
+    /// restart would find the older (an acknowledged re-registration gone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_commit_in_the_order_the_service_made_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let driver = scripted(&store);
         let put =
             |task, value: u32| Action::Store { task: Some(task), writes: vec![Write::put(Table::Rules, "k", &value)] };
 

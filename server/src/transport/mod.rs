@@ -10,12 +10,13 @@ pub mod ws;
 
 use crate::ops::metrics::Metrics;
 use bytes::Bytes;
+use socket2::Socket;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 pub use parley_sip::flow::{Flow, Transport};
@@ -24,15 +25,29 @@ pub use parley_sip::flow::{Flow, Transport};
 /// `wmem_max`): the default ~200 KiB drops bursts such as a fan-out's NOTIFY responses.
 const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
+/// Datagrams read without waiting after the first of a burst, at most: their store writes wait
+/// for the burst's end, so the bound is how long the first may wait (about 30 µs each).
+const MAX_BURST: usize = 32;
+
+/// A blocking socket: the reader thread sleeps in `recvfrom`; everyone else sends without
+/// waiting (`MSG_DONTWAIT`).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<Socket> {
+    use socket2::{Domain, Protocol, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES).and(socket.set_send_buffer_size(UDP_BUFFER_BYTES)) {
         tracing::warn!(error = %e, "could not enlarge the UDP socket buffers");
     }
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket)
+}
+
+/// Receives into `buf`, waiting for a datagram or not.
+fn recv_udp(socket: &Socket, buf: &mut [u8], wait: bool) -> std::io::Result<(usize, Option<SocketAddr>)> {
+    // SAFETY: the kernel only writes initialised bytes, and `buf` is initialised already.
+    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    let (n, from) =
+        if wait { socket.recv_from(uninit)? } else { socket.recv_from_with_flags(uninit, libc::MSG_DONTWAIT)? };
+    Ok((n, from.as_socket()))
 }
 
 /// Says, at most every `DropReport::EVERY`, that datagrams are being dropped for the per-address
@@ -68,6 +83,16 @@ async fn closed(rx: &mut watch::Receiver<bool>) {
 /// Receives every message the transports read.
 pub trait Handler: Send + Sync + 'static {
     fn on_message(&self, flow: Flow, data: Bytes);
+
+    /// The datagrams `next` reads until it returns `None` (one that had to be waited for, then
+    /// those already arrived), handled in order on the calling thread, which may make their
+    /// store writes durable together before their answers go: one sync for the burst, and no
+    /// other thread woken to make it.
+    fn on_burst(&self, next: &mut dyn FnMut() -> Option<(Flow, Bytes)>) {
+        while let Some((flow, data)) = next() {
+            self.on_message(flow, data);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +127,7 @@ struct Connection {
 pub struct Transports {
     limits: Limits,
     metrics: Arc<Metrics>,
-    udp: Mutex<Option<Arc<UdpSocket>>>,
+    udp: Mutex<Option<Arc<Socket>>>,
     conns: Mutex<HashMap<u64, Connection>>,
     /// Newest connection per (transport, remote address), for requests to a peer without a flow.
     by_remote: Mutex<HashMap<(Transport, SocketAddr), u64>>,
@@ -153,42 +178,62 @@ impl Transports {
         self.handler.get().expect("Transports::set_handler before listening").clone()
     }
 
-    /// Binds UDP and starts reading; returns the bound address.
+    /// Binds UDP and starts its reader thread; returns the bound address.
     pub async fn listen_udp(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let handler = self.handler();
         let socket = Arc::new(bind_udp(addr)?);
-        let local = socket.local_addr()?;
+        let local = socket.local_addr()?.as_socket().expect("an IP socket");
         *self.udp.lock().expect("udp") = Some(socket.clone());
-        let mut closing = self.closing.subscribe();
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_535];
-            let mut dropped = DropReport::default();
-            loop {
-                tokio::select! {
-                    r = socket.recv_from(&mut buf) => match r {
-                        Ok((n, from)) => {
-                            if let Some(a) = &this.admission {
-                                let now = std::time::Instant::now();
-                                if a.admit(from.ip(), now).is_err() {
-                                    this.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
-                                    dropped.note(from.ip(), now);
-                                    continue;
-                                }
-                            }
-                            let data = Bytes::copy_from_slice(&buf[..n]);
-                            if data.iter().all(|b| b.is_ascii_whitespace()) {
-                                continue; // keep-alive datagram
-                            }
-                            handler.on_message(Flow::datagram(Transport::Udp, from), data);
-                        }
-                        Err(e) => tracing::debug!(error = %e, "udp receive"),
-                    },
-                    _ = closed(&mut closing) => break,
-                }
-            }
-        });
+        let (this, runtime) = (self.clone(), tokio::runtime::Handle::current());
+        std::thread::Builder::new().name("udp-reader".into()).spawn(move || {
+            let _runtime = runtime.enter(); // what the handler hands to tasks runs there
+            this.read_udp(&socket, &*handler);
+        })?;
         Ok(local)
+    }
+
+    /// The UDP reader, a thread of its own as in Kamailio: it sleeps in `recvfrom` until a
+    /// datagram comes, then hands over that one and those arrived meanwhile as one burst, until
+    /// the server stops accepting (which wakes it: `stop_accepting`).
+    fn read_udp(&self, socket: &Socket, handler: &dyn Handler) {
+        let mut buf = vec![0u8; 65_535];
+        let mut dropped = DropReport::default();
+        let closing = self.closing.subscribe();
+        loop {
+            let mut first = Some(recv_udp(socket, &mut buf, true));
+            if *closing.borrow() {
+                return;
+            }
+            let mut read = 0;
+            handler.on_burst(&mut || {
+                while read < MAX_BURST {
+                    read += 1;
+                    let received = first.take().unwrap_or_else(|| recv_udp(socket, &mut buf, false));
+                    let (n, from) = match received {
+                        Ok((n, Some(from))) => (n, from),
+                        Ok((_, None)) => continue, // not from an IP peer
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "udp receive");
+                            continue;
+                        }
+                    };
+                    if let Some(a) = &self.admission {
+                        let now = std::time::Instant::now();
+                        if a.admit(from.ip(), now).is_err() {
+                            self.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
+                            dropped.note(from.ip(), now);
+                            continue;
+                        }
+                    }
+                    if buf[..n].iter().all(|b| b.is_ascii_whitespace()) {
+                        continue; // keep-alive datagram
+                    }
+                    return Some((Flow::datagram(Transport::Udp, from), Bytes::copy_from_slice(&buf[..n])));
+                }
+                None
+            });
+        }
     }
 
     /// Sets the client side of the internal link; call once before sending on Internal flows.
@@ -340,8 +385,12 @@ impl Transports {
 
     async fn send_or_connect(self: &Arc<Self>, flow: &Flow, data: Bytes) -> Result<(), SendError> {
         if flow.transport == Transport::Udp {
-            let socket = self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))?;
-            socket.send_to(&data, flow.remote).await?;
+            // The socket blocks: the wait for buffer space goes to a thread that may block.
+            let socket = self.udp_socket()?;
+            let remote = flow.remote.into();
+            tokio::task::spawn_blocking(move || socket.send_to(&data, &remote))
+                .await
+                .map_err(|e| SendError::Io(std::io::Error::other(e)))??;
             return Ok(());
         }
         match self.sender(flow) {
@@ -357,12 +406,15 @@ impl Transports {
     /// caller may then fall back to `send`, which waits and connects.
     pub fn send_now(&self, flow: &Flow, data: Bytes) -> Result<(), SendError> {
         if flow.transport == Transport::Udp {
-            let socket = self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))?;
-            socket.try_send_to(&data, flow.remote)?;
+            self.udp_socket()?.send_to_with_flags(&data, &flow.remote.into(), libc::MSG_DONTWAIT)?;
             return Ok(());
         }
         let tx = self.sender(flow).ok_or(SendError::NoConnection(flow.remote))?;
         tx.try_send(data).map_err(|_| SendError::NoConnection(flow.remote))
+    }
+
+    fn udp_socket(&self) -> Result<Arc<Socket>, SendError> {
+        self.udp.lock().expect("udp").clone().ok_or(SendError::NoTransport(Transport::Udp))
     }
 
     /// The queue of a stream flow's connection, or else of the newest connection to its address.
@@ -424,5 +476,9 @@ impl Transports {
     /// Stops accepting new messages and connections (the first step of a graceful shutdown).
     pub fn stop_accepting(&self) {
         self.closing.send_replace(true);
+        if let Some(udp) = self.udp.lock().expect("udp").as_ref() {
+            // Wakes the reader thread from `recvfrom` (Linux does, though it answers ENOTCONN).
+            let _ = udp.shutdown(std::net::Shutdown::Read);
+        }
     }
 }
