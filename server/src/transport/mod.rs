@@ -29,6 +29,10 @@ const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// for the burst's end, so the bound is how long the first may wait (about 30 µs each).
 const MAX_BURST: usize = 32;
 
+/// Threads reading the UDP socket: while one waits for the disk (its burst's sync), the other
+/// reads and answers what comes meanwhile (the kernel wakes one of them per datagram).
+const UDP_READERS: usize = 2;
+
 /// A blocking socket: the reader thread sleeps in `recvfrom`; everyone else sends without
 /// waiting (`MSG_DONTWAIT`).
 fn bind_udp(addr: SocketAddr) -> std::io::Result<Socket> {
@@ -184,11 +188,14 @@ impl Transports {
         let socket = Arc::new(bind_udp(addr)?);
         let local = socket.local_addr()?.as_socket().expect("an IP socket");
         *self.udp.lock().expect("udp") = Some(socket.clone());
-        let (this, runtime) = (self.clone(), tokio::runtime::Handle::current());
-        std::thread::Builder::new().name("udp-reader".into()).spawn(move || {
-            let _runtime = runtime.enter(); // what the handler hands to tasks runs there
-            this.read_udp(&socket, &*handler);
-        })?;
+        for _ in 0..UDP_READERS {
+            let (this, socket, handler) = (self.clone(), socket.clone(), handler.clone());
+            let runtime = tokio::runtime::Handle::current();
+            std::thread::Builder::new().name("udp-reader".into()).spawn(move || {
+                let _runtime = runtime.enter(); // what the handler hands to tasks runs there
+                this.read_udp(&socket, &*handler);
+            })?;
+        }
         Ok(local)
     }
 
