@@ -1,6 +1,7 @@
 //! The one IO layer under both roles: hands a role's state machine (`Service`) what the
 //! transports receive, performs the actions it queues (sends, directory lookups, name resolution,
-//! store writes) with tokio, and feeds their answers back. No protocol decision is made here.
+//! store writes) with tokio, or on the thread that read a burst of UDP datagrams, and feeds their
+//! answers back. No protocol decision is made here.
 
 use crate::directory::Directory;
 use crate::service::{Action, Facts, Input, Now, Service, TaskId};
