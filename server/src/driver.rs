@@ -185,7 +185,7 @@ impl<S: Service> Driver<S> {
         for (task, mut written) in staged {
             match (&mut written).now_or_never() {
                 Some(result) => self.stored(task, result),
-                // Taken by a commit still syncing on the writer thread.
+                // Not expected: `commit_staged` returns once all queued before it is answered.
                 None => self.perform(vec![Queued::Written { task, written }], &mut Commit::ByWriter),
             }
         }

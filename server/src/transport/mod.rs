@@ -92,11 +92,7 @@ pub trait Handler: Send + Sync + 'static {
     /// those already arrived), handled in order on the calling thread, which may make their
     /// store writes durable together before their answers go: one sync for the burst, and no
     /// other thread woken to make it.
-    fn on_burst(&self, next: &mut dyn FnMut() -> Option<(Flow, Bytes)>) {
-        while let Some((flow, data)) = next() {
-            self.on_message(flow, data);
-        }
-    }
+    fn on_burst(&self, next: &mut dyn FnMut() -> Option<(Flow, Bytes)>);
 }
 
 #[derive(Debug, thiserror::Error)]
