@@ -125,6 +125,7 @@ impl Committer {
         writer.step(&self.queue);
         // The writer thread sleeps until the deadline it last saw: a checkpoint now due is its job.
         if before.is_none() && writer.due_at().is_some() {
+            self.queue.lock().nudged = true; // seen even if it is not yet asleep
             self.queue.wake.notify_one();
         }
     }
@@ -172,6 +173,8 @@ struct Queue {
 struct Waiting {
     batches: Vec<Batch>,
     stopped: bool,
+    /// The writer thread's deadline may have changed since it last looked.
+    nudged: bool,
 }
 
 impl Queue {
@@ -183,10 +186,10 @@ impl Queue {
         std::mem::take(&mut self.lock().batches)
     }
 
-    /// Waits for batches, the end, `until` or a wake-up; true once told to stop with nothing left.
+    /// Waits for batches, the end, `until` or a nudge; true once told to stop with nothing left.
     fn wait(&self, until: Option<Instant>) -> bool {
         let mut waiting = self.lock();
-        if waiting.batches.is_empty() && !waiting.stopped {
+        if waiting.batches.is_empty() && !waiting.stopped && !std::mem::take(&mut waiting.nudged) {
             waiting = match until {
                 None => self.wake.wait(waiting).unwrap_or_else(|p| p.into_inner()),
                 Some(at) => {
