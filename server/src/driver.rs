@@ -27,6 +27,12 @@ enum Commit<'a> {
     Staged(&'a mut Vec<Staged>),
 }
 
+impl Commit<'_> {
+    fn stages(&self) -> bool {
+        matches!(self, Commit::Staged(_))
+    }
+}
+
 /// Writes staged during a burst: the task to tell, and the answer to wait for.
 type Staged = (Option<TaskId>, BoxFuture<'static, anyhow::Result<()>>);
 
@@ -83,7 +89,7 @@ impl<S: Service> Driver<S> {
         let (result, actions) = {
             let mut service = self.service();
             let result = f(&mut service, Now::real());
-            (result, self.queue(service.take_actions(), matches!(commit, Commit::Staged(_))))
+            (result, self.queue(service.take_actions(), commit.stages()))
         };
         self.perform(actions, commit);
         result
@@ -139,7 +145,7 @@ impl<S: Service> Driver<S> {
                 // `queue` turns every write into `Written`; should one come here anyway, it is
                 // still written, though no longer in order with what another thread decided.
                 Queued::Action(store @ Action::Store { .. }) => {
-                    let queued = self.queue(vec![store], matches!(commit, Commit::Staged(_)));
+                    let queued = self.queue(vec![store], commit.stages());
                     self.perform(queued, commit)
                 }
                 Queued::Written { task, written } => match commit {

@@ -43,6 +43,7 @@ fn a_flood_from_one_address_costs_only_that_address() {
     let rss_before = server.rss_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
+    let flood_began = Instant::now();
     let flooder = {
         let (stop, target) = (stop.clone(), server.sip);
         std::thread::spawn(move || flood(target, stop))
@@ -75,7 +76,12 @@ fn a_flood_from_one_address_costs_only_that_address() {
     let dropped = server.metric("parley_overload_dropped_total");
     let log = server.log_text();
     let said = log.lines().filter(|l| l.contains("dropped unread") && l.contains("max_messages_per_source")).count();
-    assert!((1..=3).contains(&said), "the drops are logged, at most every 10 s ({said} lines):\n{log}");
+    // Both UDP readers drop datagrams: one warning every 10 s between them, not one each.
+    let most = flood_began.elapsed().as_secs() as usize / 10 + 1;
+    assert!(
+        (1..=most).contains(&said),
+        "the drops are logged, at most every 10 s ({said} lines, {most} at most):\n{log}"
+    );
     println!(
         "flood: {sent} datagrams at {FLOOD_RATE}/s, {dropped} dropped unread; two sign-ins took {registered:?}, \
          a message {messaged:?}; RSS {rss_before} KiB before, {rss_during} KiB during"

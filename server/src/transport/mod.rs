@@ -139,6 +139,8 @@ pub struct Transports {
     /// Client side of the internal link, for connections this server opens to a peer.
     internal: OnceLock<tokio_rustls::TlsConnector>,
     admission: Option<admission::Admission>,
+    /// One report for every UDP reader, so the warning comes at most every `DropReport::EVERY`.
+    drops: Mutex<DropReport>,
 }
 
 /// What a stream listener speaks.
@@ -166,6 +168,7 @@ impl Transports {
             closing: watch::channel(false).0,
             internal: OnceLock::new(),
             admission: admission::Admission::new(limits.max_messages_per_source),
+            drops: Mutex::new(DropReport::default()),
         })
     }
 
@@ -200,7 +203,6 @@ impl Transports {
     /// the server stops accepting (which wakes it: `stop_accepting`).
     fn read_udp(&self, socket: &Socket, handler: &dyn Handler) {
         let mut buf = vec![0u8; 65_535];
-        let mut dropped = DropReport::default();
         let closing = self.closing.subscribe();
         loop {
             let mut first = Some(recv_udp(socket, &mut buf, true));
@@ -225,7 +227,7 @@ impl Transports {
                         let now = std::time::Instant::now();
                         if a.admit(from.ip(), now).is_err() {
                             self.metrics.overload_dropped.fetch_add(1, Ordering::Relaxed);
-                            dropped.note(from.ip(), now);
+                            self.drops.lock().expect("drops").note(from.ip(), now);
                             continue;
                         }
                     }
