@@ -474,6 +474,7 @@ mod tests {
                 .map(|w| serde_json::from_slice(&w.value.unwrap()).unwrap())
                 .collect::<Vec<u32>>()
         };
+        store.inner.committer.until_the_writer_thread_sleeps(); // or it may take them
         let (one, two) = (store.stage(k(1)), store.stage(k(2)));
         assert!(frames().is_empty(), "staged writes wait for their commit");
         store.commit_staged();
@@ -501,7 +502,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let soon = Checkpoints::new(Duration::from_millis(20), usize::MAX);
         let store = Store::open_with(dir.path(), SyncPolicy::EachChange, soon).unwrap();
-        store.flush().await.unwrap(); // the writer thread has been and gone to sleep, nothing due
+        store.flush().await.unwrap(); // nothing due
+        store.inner.committer.until_the_writer_thread_sleeps();
         let written = store.stage(vec![Write::put(Table::Rules, "k", &1)]);
         store.commit_staged();
         written.await.unwrap();

@@ -130,6 +130,17 @@ impl Committer {
         }
     }
 
+    /// Waits (10 s at most) until the writer thread sleeps: what is queued after that stays
+    /// queued until something wakes it.
+    #[cfg(test)]
+    pub fn until_the_writer_thread_sleeps(&self) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while !self.queue.lock().asleep {
+            assert!(Instant::now() < deadline, "the writer thread never went to sleep");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Tells the writer thread to finish what is queued, checkpoint and return.
     pub fn stop(&self) {
         self.queue.lock().stopped = true;
@@ -175,6 +186,9 @@ struct Waiting {
     stopped: bool,
     /// The writer thread's deadline may have changed since it last looked.
     nudged: bool,
+    /// The writer thread waits on the condvar (what a test waits for before staging).
+    #[cfg(test)]
+    asleep: bool,
 }
 
 impl Queue {
@@ -190,6 +204,10 @@ impl Queue {
     fn wait(&self, until: Option<Instant>) -> bool {
         let mut waiting = self.lock();
         if waiting.batches.is_empty() && !waiting.stopped && !std::mem::take(&mut waiting.nudged) {
+            #[cfg(test)]
+            {
+                waiting.asleep = true;
+            }
             waiting = match until {
                 None => self.wake.wait(waiting).unwrap_or_else(|p| p.into_inner()),
                 Some(at) => {
@@ -197,6 +215,10 @@ impl Queue {
                     self.wake.wait_timeout(waiting, timeout).unwrap_or_else(|p| p.into_inner()).0
                 }
             };
+            #[cfg(test)]
+            {
+                waiting.asleep = false;
+            }
         }
         waiting.stopped && waiting.batches.is_empty()
     }
