@@ -4,7 +4,7 @@
 
 use crate::Plan;
 use crate::disk::DiskSync;
-use crate::workloads::{Fanout, Memory, Step, max_clean};
+use crate::workloads::{Fanout, Memory, Step, highest_clean, max_clean};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -233,11 +233,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             format!("{label}: {what} per server CPU-second at the highest clean step"),
             "per CPU-s",
             "higher",
-            &|r| {
-                let l = ladder(r);
-                let best = max_clean(l)?;
-                l.iter().find(|s| s.offered_per_s == best).map(|s| s.per_server_cpu_s)
-            },
+            &|r| highest_clean(ladder(r)).map(|s| s.per_server_cpu_s),
             Target::TimesKamailio(1.5),
         );
         add(
@@ -277,11 +273,16 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             format!("{label}: sipp CPU at the highest clean step (share of one CPU)"),
             "CPU",
             "info",
-            &|r| {
-                let l = ladder(r);
-                let best = max_clean(l)?;
-                l.iter().find(|s| s.offered_per_s == best).map(|s| s.sipp_cpu_s / s.elapsed_s.max(1e-9))
-            },
+            &|r| highest_clean(ladder(r)).map(|s| s.sipp_cpu_s / s.elapsed_s.max(1e-9)),
+            Target::None,
+        );
+        let server_cpu = |s: &Step| s.server_cpu_s / s.elapsed_s.max(1e-9);
+        add(
+            &format!("{m}_server_cpu_at_max"),
+            format!("{label}: server CPU at the highest clean step (share of one CPU)"),
+            "CPU",
+            "info",
+            &|r| highest_clean(ladder(r)).map(server_cpu),
             Target::None,
         );
         fn all<'a>(r: &'a ServerResults, m: &str) -> Option<&'a Vec<Step>> {
@@ -299,11 +300,27 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             Target::VsKamailio,
         );
         add(
+            &format!("{m}_server_cpu_at_max_all_cpus"),
+            format!("{label}: server CPU at that step, on CPUs {on} (share of one CPU)"),
+            "CPU",
+            "info",
+            &|r| all(r, m).and_then(|l| highest_clean(l)).map(server_cpu),
+            Target::None,
+        );
+        // Blank when the one-CPU ladder's top step was clean: its limit is above the ladder, and
+        // a ratio to it would say nothing.
+        add(
             &format!("{m}_all_cpus_scaling"),
-            format!("{label}: that rate over the one-CPU rate (how the server scales)"),
+            format!(
+                "{label}: that rate over the one-CPU rate (how the server scales; blank if the one-CPU ladder never failed)"
+            ),
             "times",
             "info",
-            &|r| Some(f64::from(max_clean(all(r, m)?)?) / f64::from(max_clean(ladder(r))?)),
+            &|r| {
+                let one = ladder(r);
+                (!one.last()?.clean).then_some(())?;
+                Some(f64::from(max_clean(all(r, m)?)?) / f64::from(max_clean(one)?))
+            },
             Target::None,
         );
     }
@@ -935,6 +952,53 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(nice(7300.0), 10000.0);
         assert_eq!(nice(2100.0), 2500.0);
+    }
+
+    fn step(offered_per_s: u32, clean: bool) -> Step {
+        Step {
+            offered_per_s,
+            calls: 0,
+            successful: 0,
+            failed: 0,
+            retransmissions: 0,
+            achieved_per_s: 0.0,
+            elapsed_s: 4.0,
+            server_cpu_s: f64::from(offered_per_s) / 1000.0,
+            sipp_cpu_s: 0.0,
+            per_server_cpu_s: 0.0,
+            p50_ms: None,
+            p99_ms: None,
+            clean,
+            udp_rcvbuf_errors: 0,
+        }
+    }
+
+    /// A ratio of two highest clean rates means something only when the one-CPU ladder found
+    /// its limit; the server's CPU at the top steps shows how much of the CPUs it used.
+    #[test]
+    fn scaling_is_blank_unless_the_one_cpu_ladder_failed() {
+        let parley = |one: Vec<Step>, all: Vec<Step>| {
+            let all_cpus = AllCpus {
+                cpus: "0-1".into(),
+                register_fixed: step(1000, true),
+                message_fixed: step(1000, true),
+                register_ladder: all,
+                message_ladder: Vec::new(),
+            };
+            let r = ServerResults { register_ladder: one, all_cpus: Some(all_cpus), ..Default::default() };
+            let results = BTreeMap::from([("parley".to_string(), r)]);
+            let figures = figures(&results, &Plan::smoke());
+            let value = |key: &str| figures.iter().find(|f| f.key == key).and_then(|f| f.parley);
+            (
+                value("register_all_cpus_scaling"),
+                value("register_server_cpu_at_max"),
+                value("register_server_cpu_at_max_all_cpus"),
+            )
+        };
+        let top_clean = parley(vec![step(1000, true), step(2000, true)], vec![step(1000, true), step(2000, true)]);
+        assert_eq!(top_clean, (None, Some(0.5), Some(0.5)));
+        let limit_found = parley(vec![step(1000, true), step(2000, false)], vec![step(1000, true), step(2000, true)]);
+        assert_eq!(limit_found, (Some(2.0), Some(0.25), Some(0.5)));
     }
 
     fn run_with(figures: Vec<Figure>, disk_sync: Option<DiskSync>) -> Run {

@@ -255,7 +255,12 @@ pub fn ladder(rates: &[u32], mut step: impl FnMut(u32) -> anyhow::Result<Step>) 
 }
 
 pub fn max_clean(steps: &[Step]) -> Option<u32> {
-    steps.iter().filter(|s| s.clean).map(|s| s.offered_per_s).max()
+    highest_clean(steps).map(|s| s.offered_per_s)
+}
+
+/// The clean step at the highest rate.
+pub fn highest_clean(steps: &[Step]) -> Option<&Step> {
+    steps.iter().filter(|s| s.clean).max_by_key(|s| s.offered_per_s)
 }
 
 #[derive(Debug, Clone, Serialize)]
