@@ -79,8 +79,10 @@ impl Plan {
             smoke: false,
             // Up to where one CPU fails (each ladder stops at its first step that is not clean):
             // a ladder whose top step is clean gives only a lower bound.
-            register_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000, 25000],
-            message_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000],
+            register_rates: vec![
+                1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000, 40000,
+            ],
+            message_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000],
             step_secs: 4.0,
             fixed_rate: 1000,
             fixed_secs: 10.0,
