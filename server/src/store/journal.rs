@@ -91,11 +91,19 @@ impl Journal {
         if end <= self.allocated {
             return Ok(false);
         }
+        // Zeros from a static buffer, not a fresh megabyte of heap: on this virtual machine the
+        // page faults of that buffer made opening the two journals of a new data directory take
+        // 18 to 25 ms of a cold start instead of about 2.
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         let target = end.div_ceil(GROW_BY) * GROW_BY;
-        let zeros = vec![0; (target - self.allocated) as usize];
-        self.file
-            .write_all_at(&zeros, self.allocated)
-            .with_context(|| format!("growing the journal {}", self.path.display()))?;
+        let mut at = self.allocated;
+        while at < target {
+            let n = ZEROS.len().min((target - at) as usize);
+            self.file
+                .write_all_at(&ZEROS[..n], at)
+                .with_context(|| format!("growing the journal {}", self.path.display()))?;
+            at += n as u64;
+        }
         self.allocated = target;
         Ok(true)
     }
