@@ -318,7 +318,9 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             "info",
             &|r| {
                 let one = ladder(r);
-                (!one.last()?.clean).then_some(())?;
+                if one.last()?.clean {
+                    return None;
+                }
                 Some(f64::from(max_clean(all(r, m)?)?) / f64::from(max_clean(one)?))
             },
             Target::None,
