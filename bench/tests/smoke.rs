@@ -93,6 +93,12 @@ fn smoke_run_writes_every_figure() {
     assert_eq!(fe["cpu_s_by_process"].as_object().map(|o| o.len()), Some(3), "{fe}");
     for f in figures {
         let key = f["key"].as_str().unwrap();
+        if key.ends_with("_all_cpus_scaling") {
+            // Blank while the one-CPU ladder never failed, as the smoke's one step does not (the
+            // report's unit test covers its value).
+            assert!(f["parley"].is_null(), "{f}");
+            continue;
+        }
         assert!(f["parley"].is_number(), "Parley has no value for {key}: {f}");
         if kamailio_ran && !key.starts_with("tls_") {
             assert!(f["kamailio"].is_number(), "Kamailio has no value for {key}: {f}");
