@@ -17,7 +17,6 @@ use parley_operator::crd::{CommunicationsDomain, FrontEnd, HomeServer};
 use super::prep::{apply_ldap_domain, create_admin_secret, mark_job};
 use super::{condition, converged};
 use crate::support::Harness;
-use crate::support::harness::eventually;
 use crate::support::status_board::StatusBoard;
 
 /// Plays the Job controller until aborted: prep Jobs succeed, drain Jobs move their users first.
@@ -46,13 +45,9 @@ async fn play_jobs(jobs: Api<Job>, board: StatusBoard) {
 /// A running Home Server's user count reaches its status at the operator's next read of it, which
 /// may come a whole `STATUS_POLL` after the count changed.
 async fn users_reported(h: &Harness, hs: &str, users: u64) {
-    let api = h.api::<HomeServer>();
     let within = parley_operator::controllers::home_server::STATUS_POLL + h.timeout;
-    eventually(&format!("{hs} reporting {users} users"), within, || {
-        let api = api.clone();
-        async move {
-            api.get_opt(hs).await.ok().flatten().filter(|h| h.status.as_ref().is_some_and(|s| s.users == Some(users)))
-        }
+    h.wait_for_within::<HomeServer, _>(&format!("{hs} reporting {users} users"), hs, within, |h| {
+        h.status.as_ref().is_some_and(|s| s.users == Some(users))
     })
     .await;
 }

@@ -472,9 +472,18 @@ impl Harness {
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
         F: Fn(&K) -> bool,
     {
+        self.wait_for_within(what, name, self.timeout, check).await
+    }
+
+    /// `wait_for` with its own deadline, for a condition that comes only with a periodic poll.
+    pub async fn wait_for_within<K, F>(&self, what: &str, name: &str, timeout: Duration, check: F) -> K
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        F: Fn(&K) -> bool,
+    {
         let api = self.api::<K>();
         let check = &check;
-        eventually(what, self.timeout, || {
+        eventually(what, timeout, || {
             let api = api.clone();
             async move { api.get_opt(name).await.ok().flatten().filter(|o| check(o)) }
         })
