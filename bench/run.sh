@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: Parley's Home Server side by side with Kamailio 5.6, in one run.
-#   bench/run.sh            full run (about 15 minutes): results/latest.json, results/throughput.svg, BENCHMARKS.md
+#   bench/run.sh            full run (about 20 minutes): results/latest.json, results/throughput.svg, BENCHMARKS.md
 #   bench/run.sh --smoke    a few seconds of tiny loads (Kamailio too when installed); writes to a temp dir
 #   BASELINE=<git rev> bench/run.sh   also measures that revision's Home Server (cold start, fixed-rate
 #                           REGISTER and MESSAGE) in a "Parley (baseline)" column: the rev is built in

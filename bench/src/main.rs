@@ -85,7 +85,9 @@ impl Plan {
             message_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 15000, 20000, 25000, 30000],
             step_secs: 4.0,
             fixed_rate: 1000,
-            fixed_secs: 10.0,
+            // Five runs of 6 s (the main run and four interleaved rounds) rather than three of
+            // 10 s: a median of five is what one busy moment cannot move.
+            fixed_secs: 6.0,
             senders: 1000,
             frontend_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000],
             fanout: vec![1000, 10000],
@@ -95,9 +97,9 @@ impl Plan {
             memory_sizes: vec![10_000, 100_000, 1_000_000],
             memory_sizes_kamailio: vec![10_000, 100_000],
             memory_report: vec![10_000, 100_000, 1_000_000],
-            cold_start_runs: 5,
+            cold_start_runs: 9,
             cold_start_users: 10_000,
-            rounds: 2,
+            rounds: 4,
             all_cpus: true,
             disk_syncs: 2000,
         }
@@ -397,12 +399,18 @@ fn run() -> anyhow::Result<()> {
     if !args.frontend_only {
         kinds.extend([Kind::ParleyTls, Kind::ParleySyncAtCheckpoint]);
     }
+    let mut cold = if args.frontend_only {
+        BTreeMap::new()
+    } else {
+        let timed: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::ParleySyncAtCheckpoint).collect();
+        cold_starts(&timed, plan.cold_start_runs, &settings, &ctx, &users_cold)?
+    };
     for kind in kinds {
         let mut r = if args.frontend_only {
             report::ServerResults::default()
         } else {
             eprintln!("== {}", kind.key());
-            bench_server(kind, plan, &settings, &ctx, &users_phase, &users_cold, &users_mem)
+            bench_server(kind, plan, &settings, &ctx, &users_phase, &users_mem)
                 .with_context(|| format!("benchmarking {}", kind.key()))?
         };
         if matches!(kind, Kind::Parley | Kind::Kamailio) {
@@ -411,6 +419,12 @@ fn run() -> anyhow::Result<()> {
                 bench_frontend(kind, plan, &settings, &ctx, &root, &users_fe)
                     .with_context(|| format!("benchmarking {} behind a Front-End", kind.key()))?,
             );
+        }
+        if let Some(runs) = cold.remove(kind.key()) {
+            let mut sorted = runs.clone();
+            sorted.sort_by(f64::total_cmp);
+            r.cold_start_ms = sipp::percentile(&sorted, 50.0);
+            r.cold_start_runs_ms = runs;
         }
         results.insert(kind.key().to_string(), r);
     }
@@ -588,6 +602,36 @@ fn fixed_rows(
     Ok((register, message, senders_inf, recipient))
 }
 
+/// Cold starts (process start to the first answered OPTIONS) of several servers, in turn, the
+/// order rotated every run, so that a moment when the machine is slower (other work, or memory
+/// the host must back again after a large run freed it) touches them alike. Times in ms, in run
+/// order (the n-th of each server were measured side by side).
+fn cold_starts(
+    kinds: &[Kind],
+    runs: usize,
+    settings: &Settings,
+    ctx: &Ctx,
+    users: &Path,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<f64>>> {
+    eprintln!("== cold starts, {runs} of each, interleaved");
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for run in 0..runs {
+        let mut order = kinds.to_vec();
+        order.rotate_left(run % kinds.len().max(1));
+        for kind in order {
+            let key = kind.key();
+            let server = Server::start(kind, settings, &ctx.work.join(format!("{key}-cold-{run}")), users)
+                .with_context(|| format!("cold start of {key}"))?;
+            times.entry(key).or_default().push(server.ready_after.as_secs_f64() * 1000.0);
+            server.stop();
+        }
+    }
+    for (key, t) in &times {
+        eprintln!("  {key}: {t:.1?} ms");
+    }
+    Ok(times)
+}
+
 /// The fixed-rate rows of several servers, in turn on fresh servers for `rounds` rounds (the order
 /// rotated every round), so that a machine that speeds up or slows down touches them alike.
 fn interleaved(
@@ -669,23 +713,10 @@ fn bench_server(
     settings: &Settings,
     ctx: &Ctx,
     users_phase: &Path,
-    users_cold: &Path,
     users_mem: &Path,
 ) -> anyhow::Result<report::ServerResults> {
     let key = kind.key();
     let mut r = report::ServerResults::default();
-
-    // 5. Cold start: process start to the first answered OPTIONS.
-    let mut cold = Vec::new();
-    for i in 0..plan.cold_start_runs {
-        let s = Server::start(kind, settings, &ctx.work.join(format!("{key}-cold-{i}")), users_cold)?;
-        cold.push(s.ready_after.as_secs_f64() * 1000.0);
-        s.stop();
-    }
-    cold.sort_by(|a, b| a.total_cmp(b));
-    eprintln!("  cold start: {cold:.1?} ms");
-    r.cold_start_ms = sipp::percentile(&cold, 50.0);
-    r.cold_start_runs_ms = cold;
 
     // 1 and 2: REGISTER and MESSAGE throughput and latency, on one server instance.
     let mut server = Server::start(kind, settings, &ctx.work.join(format!("{key}-load")), users_phase)?;
