@@ -83,10 +83,25 @@ impl FileDirectory {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<FileDirectory> {
+        if let Some(tables) = users_tables(text) {
+            let mut unreadable = false;
+            let users = tables.iter().map_while(|t| toml::from_str::<User>(t).map_err(|_| unreadable = true).ok());
+            let built = Self::build(users, tables.len());
+            if !unreadable {
+                return built;
+            }
+        }
+        // Not only `[[users]]` tables, or one did not parse: the whole document (whose errors
+        // say where in the file they are).
         let file: UsersFile = toml::from_str(text)?;
+        let count = file.users.len();
+        Self::build(file.users.into_iter(), count)
+    }
+
+    fn build(users_read: impl Iterator<Item = User>, count: usize) -> anyhow::Result<FileDirectory> {
         let hasher = RandomState::new();
-        let mut users: HashTable<Box<Entry>> = HashTable::with_capacity(file.users.len());
-        for user in file.users {
+        let mut users: HashTable<Box<Entry>> = HashTable::with_capacity(count);
+        for user in users_read {
             let entry = Entry::new(user)?;
             let hash = hasher.hash_one(&*entry.address);
             match users.entry(hash, |e| e.address == entry.address, |e| hasher.hash_one(&*e.address)) {
@@ -106,6 +121,35 @@ impl FileDirectory {
     fn get(&self, address: &str) -> Option<&Entry> {
         self.users.find(self.hasher.hash_one(address), |e| &*e.address == address).map(|e| &**e)
     }
+}
+
+/// The bodies of the file's `[[users]]` tables when the file is nothing else (as `parley-server
+/// user` and `prep` write it): comments and blank lines before the first, no other header, no
+/// multi-line string (where a line could look like a header). Each is parsed on its own, in a
+/// few kilobytes used again and again: the whole file as one TOML document takes several times
+/// its size in fresh memory, which was most of a cold start (`bench/NOTES.md`).
+fn users_tables(text: &str) -> Option<Vec<&str>> {
+    const HEADER: &str = "[[users]]";
+    if text.contains("\"\"\"") || text.contains("'''") {
+        return None;
+    }
+    let mut tables = Vec::new();
+    let mut body: Option<usize> = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed == HEADER {
+            if let Some(start) = body {
+                tables.push(&text[start..at]);
+            }
+            body = Some(at + line.len());
+        } else if trimmed.starts_with('[') || (body.is_none() && !trimmed.is_empty() && !trimmed.starts_with('#')) {
+            return None;
+        }
+        at += line.len();
+    }
+    tables.push(&text[body?..]);
+    Some(tables)
 }
 
 impl Directory for FileDirectory {
@@ -152,5 +196,70 @@ mod tests {
         assert!(FileDirectory::parse("[[users]]\naddress = \"a@b\"\n").is_err());
         assert!(FileDirectory::parse("[[users]]\naddress = \"a@b\"\nha1_md5 = \"xyz\"\n").is_err());
         assert!(FileDirectory::parse("[[users]]\naddress = \"a@b\"\npassword = \"plain\"\n").is_err());
+    }
+
+    /// Every user of a directory, sorted, with its domains: what a parse produced.
+    fn contents(d: &FileDirectory) -> (Vec<User>, Vec<String>) {
+        let mut users: Vec<User> = d.users.iter().map(|e| e.user()).collect();
+        users.sort_by(|a, b| a.address.cmp(&b.address));
+        (users, d.domains.clone())
+    }
+
+    /// The whole file as one TOML document, as before the table-at-a-time reading.
+    fn parsed_whole(text: &str) -> Result<(Vec<User>, Vec<String>), String> {
+        let file: UsersFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let count = file.users.len();
+        FileDirectory::build(file.users.into_iter(), count).map(|d| contents(&d)).map_err(|e| e.to_string())
+    }
+
+    /// Reading one `[[users]]` table at a time gives what reading the whole document gives, for
+    /// the files it takes (comments, blank lines, CRLF, keys in any order, a header-like string,
+    /// a sub-table, an unknown key) and for those it leaves to the whole parse.
+    #[test]
+    fn a_table_at_a_time_reads_what_the_whole_document_says() {
+        let ha1 = "0123456789abcdef0123456789abcdef";
+        let taken = [
+            format!(
+                "# users\n\n[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n[[users]]\nha1_md5 = '{ha1}' # b\naddress = \"b@y.test\"\nenabled = false\n"
+            ),
+            format!("[[users]]\r\naddress = \"a@x.test\"\r\nha1_md5 = \"{ha1}\"\r\nhome_server = \"[[users]]\"\r\n"),
+            format!(
+                "[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\nnickname = \"A\"\n  [[users]]  \naddress = \"c@x.test\"\nha1_md5 = \"{ha1}\"\n"
+            ),
+            "[[users]]\naddress = \"a@x.test\"\n".to_string(),
+            format!(
+                "[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n"
+            ),
+            format!("[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n[[users]]\naddress = = \"b@x.test\"\n"),
+            format!("[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\naddress = \"b@x.test\"\n"),
+        ];
+        let left = [
+            String::new(),
+            "users = []\n".to_string(),
+            format!("users = [{{ address = \"a@x.test\", ha1_md5 = \"{ha1}\" }}]\n"),
+            format!("[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n[other]\nkey = 1\n"),
+            format!("[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n[users.extra]\nkey = 1\n"),
+            format!("[[users]] # first\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n"),
+            format!("[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\nnote = \"\"\"\n[[users]]\n\"\"\"\n"),
+            format!("title = \"t\"\n[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"{ha1}\"\n"),
+        ];
+        for (text, fast) in taken.iter().map(|t| (t, true)).chain(left.iter().map(|t| (t, false))) {
+            assert_eq!(users_tables(text).is_some(), fast, "read a table at a time: {text:?}");
+            let read = FileDirectory::parse(text).map(|d| contents(&d)).map_err(|e| format!("{e:#}"));
+            match (read, parsed_whole(text)) {
+                (Ok(read), Ok(whole)) => assert_eq!(read, whole, "{text:?}"),
+                (Err(_), Err(_)) => {}
+                (read, whole) => panic!("{text:?}: read {read:?}, as a whole {whole:?}"),
+            }
+        }
+    }
+
+    /// A syntax error is reported where it is in the file, not in a table read on its own.
+    #[test]
+    fn a_syntax_error_says_its_line_in_the_file() {
+        let text = "[[users]]\naddress = \"a@x.test\"\nha1_md5 = \"0123456789abcdef0123456789abcdef\"\n\
+                    [[users]]\naddress = = \"b@x.test\"\n";
+        let e = format!("{:#}", FileDirectory::parse(text).err().expect("an error"));
+        assert!(e.contains("line 5"), "{e}");
     }
 }
