@@ -86,7 +86,8 @@ impl Plan {
             step_secs: 4.0,
             fixed_rate: 1000,
             // Five runs of 6 s (the main run and four interleaved rounds) rather than three of
-            // 10 s: a median of five is what one busy moment cannot move.
+            // 10 s, in about the same time: the machine's drift is between runs more than within
+            // one, and a median of five pairs wanders less than one of three.
             fixed_secs: 6.0,
             senders: 1000,
             frontend_rates: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000],
