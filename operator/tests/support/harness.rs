@@ -279,7 +279,7 @@ impl Harness {
                 let _ = writeln!(
                     std::io::stderr(),
                     "skipped: KUBECONFIG not set, so the cluster::* scenarios did not run against a real cluster; \
-                     `make e2e` runs them in kind"
+                     `make e2e` runs them against the cluster in KUBECONFIG (CI: the one-node cluster)"
                 );
             });
             return None;
