@@ -102,9 +102,29 @@ impl Policy {
 #[derive(Debug, Default)]
 pub struct Registrar {
     policy: Policy,
-    bindings: HashMap<String, Vec<Binding>>,
+    bindings: HashMap<String, Held>,
     /// Bindings held, kept as they change: counting on demand walks every binding.
     count: usize,
+}
+
+/// An address of record's bindings, with the soonest of their expiries beside them in the table:
+/// the sweep every second reads that and follows the pointer to the bindings only where one is
+/// due. Reading every binding took 55 ms a sweep over a million of them (release build), the
+/// core held meanwhile.
+#[derive(Debug)]
+struct Held {
+    soonest: SystemTime,
+    bindings: Vec<Binding>,
+}
+
+impl Held {
+    fn new(bindings: Vec<Binding>) -> Held {
+        Held { soonest: Held::soonest_of(&bindings), bindings }
+    }
+
+    fn soonest_of(bindings: &[Binding]) -> SystemTime {
+        bindings.iter().map(|b| b.expires_at).min().unwrap_or(SystemTime::UNIX_EPOCH)
+    }
 }
 
 impl Registrar {
@@ -115,7 +135,7 @@ impl Registrar {
     /// Applies a REGISTER; returns the address of record's bindings afterwards. All or nothing.
     pub fn register(&mut self, u: Update, now: SystemTime) -> Result<Vec<Binding>, RegisterError> {
         let p = self.policy;
-        let current = self.bindings.get(&u.aor).cloned().unwrap_or_default();
+        let current = self.bindings.get(&u.aor).map(|h| h.bindings.clone()).unwrap_or_default();
         let stale = |b: &Binding| b.call_id == u.call_id && u.cseq <= b.cseq;
         let next: Vec<Binding> = match &u.contacts {
             Contacts::Wildcard => {
@@ -163,9 +183,12 @@ impl Registrar {
                 next
             }
         };
-        let before =
-            if next.is_empty() { self.bindings.remove(&u.aor) } else { self.bindings.insert(u.aor, next.clone()) };
-        self.count = self.count + next.len() - before.map_or(0, |b| b.len());
+        let before = if next.is_empty() {
+            self.bindings.remove(&u.aor)
+        } else {
+            self.bindings.insert(u.aor, Held::new(next.clone()))
+        };
+        self.count = self.count + next.len() - before.map_or(0, |h| h.bindings.len());
         Ok(next)
     }
 
@@ -174,8 +197,8 @@ impl Registrar {
         let live: Vec<Binding> = bindings.into_iter().filter(|b| b.expires_at > now).collect();
         if !live.is_empty() {
             self.count += live.len();
-            if let Some(old) = self.bindings.insert(aor, live) {
-                self.count -= old.len();
+            if let Some(old) = self.bindings.insert(aor, Held::new(live)) {
+                self.count -= old.bindings.len();
             }
         }
     }
@@ -183,7 +206,7 @@ impl Registrar {
     /// Forgets every binding of an address of record (the user moved to another server).
     pub fn remove(&mut self, aor: &str) {
         if let Some(old) = self.bindings.remove(aor) {
-            self.count -= old.len();
+            self.count -= old.bindings.len();
         }
     }
 
@@ -194,7 +217,8 @@ impl Registrar {
 
     /// Current (unexpired) bindings of an address of record.
     pub fn lookup(&self, aor: &str, now: SystemTime) -> Vec<Binding> {
-        self.bindings.get(aor).map(|bs| bs.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()
+        let held = self.bindings.get(aor);
+        held.map(|h| h.bindings.iter().filter(|b| b.expires_at > now).cloned().collect()).unwrap_or_default()
     }
 
     /// Removes expired bindings; returns the addresses of record that lost their last binding,
@@ -203,7 +227,11 @@ impl Registrar {
         let mut emptied = Vec::new();
         let mut removed = Vec::new();
         let count = &mut self.count;
-        self.bindings.retain(|aor, bs| {
+        self.bindings.retain(|aor, held| {
+            if held.soonest > now {
+                return true;
+            }
+            let bs = &mut held.bindings;
             let before = bs.len();
             bs.retain(|b| {
                 let live = b.expires_at > now;
@@ -215,15 +243,17 @@ impl Registrar {
             *count -= before - bs.len();
             if bs.is_empty() {
                 emptied.push(aor.clone());
+                return false;
             }
-            !bs.is_empty()
+            held.soonest = Held::soonest_of(&held.bindings);
+            true
         });
         (emptied, removed)
     }
 
     /// Number of bindings held.
     pub fn binding_count(&self) -> usize {
-        debug_assert_eq!(self.count, self.bindings.values().map(Vec::len).sum::<usize>());
+        debug_assert_eq!(self.count, self.bindings.values().map(|h| h.bindings.len()).sum::<usize>());
         self.count
     }
 }
@@ -251,6 +281,31 @@ mod tests {
 
     fn list(uris: &[(&str, Option<u32>)]) -> Contacts {
         Contacts::List(uris.iter().map(|(u, e)| (u.to_string(), *e, None)).collect())
+    }
+
+    /// The sweep skips an address of record whose soonest expiry is still ahead: that soonest
+    /// must follow every change, down as well as up, or a due binding would outlive its expiry.
+    #[test]
+    fn the_sweep_finds_each_binding_when_it_is_due() {
+        let mut r = Registrar::new(Policy::default());
+        let now = SystemTime::now();
+        let at = |s: u64| now + Duration::from_secs(s);
+        let uris = |(_, removed): (Vec<String>, Vec<(String, Binding)>)| {
+            removed.into_iter().map(|(_, b)| b.uri).collect::<Vec<_>>()
+        };
+        r.register(update(list(&[("sip:a@1", Some(3600))]), None, "c", 1), now).unwrap();
+        r.register(update(list(&[("sip:a@2", Some(100))]), None, "c", 2), now).unwrap();
+        assert_eq!(uris(r.expire(at(101))), ["sip:a@2"], "a later contact with a sooner expiry");
+        r.register(update(list(&[("sip:a@1", Some(120))]), None, "c", 3), at(101)).unwrap();
+        assert_eq!(uris(r.expire(at(222))), ["sip:a@1"], "a refresh that shortened the expiry");
+        r.restore("bob@example.test".into(), vec![r_binding("sip:b@1", at(300)), r_binding("sip:b@2", at(60))], now);
+        assert_eq!(uris(r.expire(at(61))), ["sip:b@2"], "restored bindings");
+        assert_eq!(uris(r.expire(at(301))), ["sip:b@1"]);
+        assert_eq!(r.binding_count(), 0);
+    }
+
+    fn r_binding(uri: &str, expires_at: SystemTime) -> Binding {
+        Binding { uri: uri.into(), expires_at, call_id: "r".into(), cseq: 1, q: None, flow: flow(), path: vec![] }
     }
 
     #[test]
