@@ -260,8 +260,8 @@ impl PresenceState {
         self.subscriptions.to(resource, package).collect()
     }
 
-    pub fn expired_subscriptions(&self, now: SystemTime) -> Vec<String> {
-        self.subscriptions.iter().filter(|s| s.expires_at <= now).map(|s| s.id.to_string()).collect()
+    pub fn expired_subscriptions(&mut self, now: SystemTime) -> Vec<String> {
+        self.subscriptions.expired(now)
     }
 
     pub fn subscription_count(&self) -> usize {

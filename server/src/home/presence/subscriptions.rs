@@ -13,12 +13,18 @@ use super::state::{Package, Subscription};
 use hashbrown::HashTable;
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, RandomState};
+use std::time::SystemTime;
 
 type Slot = u32;
 
 #[derive(Default)]
 pub struct Subscriptions {
     slots: Vec<Option<Box<Subscription>>>,
+    /// By slot, the soonest its subscription can expire: its expiry when inserted, the epoch
+    /// once it was handed out to be changed (the next sweep reads it again). The sweep every
+    /// second reads this array and follows a slot's pointer only where it is due: reading every
+    /// subscription took a cache miss each, with the core held.
+    due: Vec<SystemTime>,
     free: Vec<Slot>,
     by_id: HashTable<Slot>,
     by_resource: BTreeSet<(u64, Slot)>,
@@ -55,16 +61,19 @@ impl Subscriptions {
             let old_key = self.resource_hash(&old.resource, old.package);
             self.by_resource.remove(&(old_key, slot));
             self.by_resource.insert((self.resource_hash(&sub.resource, sub.package), slot));
+            self.due[slot as usize] = sub.expires_at;
             self.slots[slot as usize] = Some(Box::new(sub));
             return;
         }
         let (id_hash, key) = (self.id_hash(&sub.id), self.resource_hash(&sub.resource, sub.package));
         let slot = match self.free.pop() {
             Some(slot) => {
+                self.due[slot as usize] = sub.expires_at;
                 self.slots[slot as usize] = Some(Box::new(sub));
                 slot
             }
             None => {
+                self.due.push(sub.expires_at);
                 self.slots.push(Some(Box::new(sub)));
                 Slot::try_from(self.slots.len() - 1).expect("fewer than 4 billion subscriptions")
             }
@@ -83,6 +92,7 @@ impl Subscriptions {
     /// indexed).
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Subscription> {
         let slot = self.slot_of(id)?;
+        self.due[slot as usize] = SystemTime::UNIX_EPOCH;
         self.slots[slot as usize].as_deref_mut()
     }
 
@@ -106,6 +116,24 @@ impl Subscriptions {
             .filter(move |s| s.package == package && *s.resource == *resource)
     }
 
+    /// Ids of the subscriptions expired at `now`.
+    pub fn expired(&mut self, now: SystemTime) -> Vec<String> {
+        let mut expired = Vec::new();
+        for (due, slot) in self.due.iter_mut().zip(&self.slots) {
+            if *due > now {
+                continue;
+            }
+            if let Some(sub) = slot {
+                if sub.expires_at <= now {
+                    expired.push(sub.id.to_string());
+                } else {
+                    *due = sub.expires_at;
+                }
+            }
+        }
+        expired
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Subscription> {
         self.slots.iter().filter_map(|s| s.as_deref())
     }
@@ -119,7 +147,6 @@ impl Subscriptions {
 mod tests {
     use super::*;
     use crate::transport::{Flow, Transport};
-    use std::time::SystemTime;
 
     fn sub(id: &str, resource: &str, package: Package) -> Subscription {
         Subscription {
@@ -171,6 +198,28 @@ mod tests {
         s.get_mut("4").unwrap().local_cseq = 7;
         assert_eq!(s.get("4").unwrap().local_cseq, 7);
         assert_eq!(ids(s.iter()), ["2", "3", "4", "5"]);
+    }
+
+    /// The sweep reads a subscription only when its slot may be due: a change through `get_mut`
+    /// (a refresh, shorter or longer) must be seen, or a subscription would outlive its expiry.
+    #[test]
+    fn the_sweep_finds_each_subscription_when_it_is_due() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + s);
+        let with_expiry = |id: &str, s: u64| Subscription { expires_at: at(s), ..sub(id, "a@x", Package::Presence) };
+        let mut s = Subscriptions::default();
+        s.insert(with_expiry("1", 100));
+        s.insert(with_expiry("2", 200));
+        s.insert(with_expiry("3", 300));
+        assert_eq!(s.expired(at(50)), Vec::<String>::new());
+        s.get_mut("3").unwrap().expires_at = at(60);
+        s.get_mut("1").unwrap().expires_at = at(400);
+        assert_eq!(s.expired(at(150)), ["3"], "a refresh that shortened one and lengthened another");
+        s.remove("3");
+        assert_eq!(s.expired(at(250)), ["2"]);
+        s.remove("2");
+        s.insert(with_expiry("4", 10));
+        assert_eq!(s.expired(at(250)), ["4"], "a reused slot");
+        assert_eq!(s.expired(at(400)), ["1", "4"]);
     }
 
     #[test]
