@@ -92,9 +92,30 @@ pub enum PublishError {
     MissingBody,
 }
 
+/// A presentity's publications, with the soonest of their expiries beside them in the table (no
+/// later than it: a change that only removes may leave it earlier): the sweep every second
+/// reads that and follows the pointer to the publications only where one may be due.
+#[derive(Debug)]
+struct Published {
+    soonest: SystemTime,
+    pubs: Vec<Publication>,
+}
+
+impl Published {
+    fn new(pubs: Vec<Publication>) -> Published {
+        let mut p = Published { soonest: SystemTime::UNIX_EPOCH, pubs };
+        p.reckon();
+        p
+    }
+
+    fn reckon(&mut self) {
+        self.soonest = self.pubs.iter().map(|p| p.expires_at).min().unwrap_or(SystemTime::UNIX_EPOCH);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct PresenceState {
-    publications: HashMap<String, Vec<Publication>>,
+    publications: HashMap<String, Published>,
     /// By id, and by the resource they watch (presence and winfo by user, lists by owner) and
     /// their package: finding a user's few winfo subscriptions among ten thousand presence
     /// subscriptions to the same user costs one lookup.
@@ -113,7 +134,8 @@ impl PresenceState {
         expires: u32,
         now: SystemTime,
     ) -> Result<Option<String>, PublishError> {
-        let pubs = self.publications.entry(aor.to_string()).or_default();
+        let published = self.publications.entry(aor.to_string()).or_insert_with(|| Published::new(Vec::new()));
+        let pubs = &mut published.pubs;
         pubs.retain(|p| p.expires_at > now);
         let etag = format!("{:016x}", rand::random::<u64>());
         let expires_at = now + Duration::from_secs(expires.into());
@@ -144,28 +166,34 @@ impl PresenceState {
         };
         if pubs.is_empty() {
             self.publications.remove(aor);
+        } else {
+            published.reckon();
         }
         Ok(result)
     }
 
     pub fn publications_of(&self, aor: &str) -> &[Publication] {
-        self.publications.get(aor).map(Vec::as_slice).unwrap_or_default()
+        self.publications.get(aor).map(|p| p.pubs.as_slice()).unwrap_or_default()
     }
 
     pub fn restore_publications(&mut self, aor: String, pubs: Vec<Publication>) {
-        self.publications.insert(aor, pubs);
+        self.publications.insert(aor, Published::new(pubs));
     }
 
     /// Drops expired publications; returns the presentities whose state changed.
     pub fn expire_publications(&mut self, now: SystemTime) -> Vec<String> {
         let mut changed = Vec::new();
-        self.publications.retain(|aor, pubs| {
-            let before = pubs.len();
-            pubs.retain(|p| p.expires_at > now);
-            if pubs.len() != before {
+        self.publications.retain(|aor, published| {
+            if published.soonest > now {
+                return true;
+            }
+            let before = published.pubs.len();
+            published.pubs.retain(|p| p.expires_at > now);
+            if published.pubs.len() != before {
                 changed.push(aor.clone());
             }
-            !pubs.is_empty()
+            published.reckon();
+            !published.pubs.is_empty()
         });
         changed
     }
@@ -297,6 +325,26 @@ mod tests {
         assert_eq!(s.expire_publications(now + Duration::from_secs(61)), vec!["a@x".to_string()]);
         let _ = e2;
         assert_eq!(s.publications_of("a@x").len(), 0);
+    }
+
+    /// The sweep skips a presentity whose soonest expiry is ahead: that soonest must follow a
+    /// refresh that shortens one, a new one due sooner, and publications restored.
+    #[test]
+    fn the_sweep_finds_each_publication_when_it_is_due() {
+        let mut s = PresenceState::default();
+        let now = SystemTime::now();
+        let at = |secs: u64| now + Duration::from_secs(secs);
+        let doc = "<presence xmlns=\"urn:ietf:params:xml:ns:pidf\"><basic>open</basic></presence>";
+        let e1 = s.publish("a@x", None, Some(doc.into()), 3600, now).unwrap().unwrap();
+        s.publish("a@x", None, Some(doc.into()), 100, now).unwrap();
+        assert_eq!(s.expire_publications(at(101)), ["a@x"], "a second one due sooner");
+        assert_eq!(s.publications_of("a@x").len(), 1);
+        s.publish("a@x", Some(&e1), None, 120, at(101)).unwrap();
+        assert_eq!(s.expire_publications(at(222)), ["a@x"], "a refresh that shortened it");
+        assert_eq!(s.publications_of("a@x").len(), 0);
+        let restored = Publication { etag: "r".into(), body: doc.into(), expires_at: at(60), published_at: now };
+        s.restore_publications("b@x".into(), vec![restored]);
+        assert_eq!(s.expire_publications(at(61)), ["b@x"], "restored");
     }
 
     #[test]
