@@ -119,11 +119,13 @@ struct Held {
 
 impl Held {
     fn new(bindings: Vec<Binding>) -> Held {
-        Held { soonest: Held::soonest_of(&bindings), bindings }
+        let mut held = Held { soonest: SystemTime::UNIX_EPOCH, bindings };
+        held.reckon();
+        held
     }
 
-    fn soonest_of(bindings: &[Binding]) -> SystemTime {
-        bindings.iter().map(|b| b.expires_at).min().unwrap_or(SystemTime::UNIX_EPOCH)
+    fn reckon(&mut self) {
+        self.soonest = self.bindings.iter().map(|b| b.expires_at).min().unwrap_or(SystemTime::UNIX_EPOCH);
     }
 }
 
@@ -245,7 +247,7 @@ impl Registrar {
                 emptied.push(aor.clone());
                 return false;
             }
-            held.soonest = Held::soonest_of(&held.bindings);
+            held.reckon();
             true
         });
         (emptied, removed)
