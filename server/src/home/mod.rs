@@ -5,6 +5,7 @@
 pub mod auth;
 mod core;
 pub mod driver;
+mod expiring;
 mod front_ends;
 pub mod guard;
 mod identity;

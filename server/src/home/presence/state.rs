@@ -7,6 +7,7 @@
 
 use super::pidf;
 use super::subscriptions::Subscriptions;
+use crate::home::expiring::{Expires, Expiring};
 use crate::transport::Flow;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -92,30 +93,16 @@ pub enum PublishError {
     MissingBody,
 }
 
-/// A presentity's publications, with the soonest of their expiries beside them in the table (no
-/// later than it: a change that only removes may leave it earlier): the sweep every second
-/// reads that and follows the pointer to the publications only where one may be due.
-#[derive(Debug)]
-struct Published {
-    soonest: SystemTime,
-    pubs: Vec<Publication>,
-}
-
-impl Published {
-    fn new(pubs: Vec<Publication>) -> Published {
-        let mut p = Published { soonest: SystemTime::UNIX_EPOCH, pubs };
-        p.reckon();
-        p
-    }
-
-    fn reckon(&mut self) {
-        self.soonest = self.pubs.iter().map(|p| p.expires_at).min().unwrap_or(SystemTime::UNIX_EPOCH);
+impl Expires for Publication {
+    fn expires_at(&self) -> SystemTime {
+        self.expires_at
     }
 }
 
 #[derive(Debug, Default)]
 pub struct PresenceState {
-    publications: HashMap<String, Published>,
+    /// Each presentity's publications with their soonest expiry, which the sweep reads first.
+    publications: HashMap<String, Expiring<Publication>>,
     /// By id, and by the resource they watch (presence and winfo by user, lists by owner) and
     /// their package: finding a user's few winfo subscriptions among ten thousand presence
     /// subscriptions to the same user costs one lookup.
@@ -134,8 +121,8 @@ impl PresenceState {
         expires: u32,
         now: SystemTime,
     ) -> Result<Option<String>, PublishError> {
-        let published = self.publications.entry(aor.to_string()).or_insert_with(|| Published::new(Vec::new()));
-        let pubs = &mut published.pubs;
+        let published = self.publications.entry(aor.to_string()).or_insert_with(|| Expiring::new(Vec::new()));
+        let pubs = &mut published.items;
         pubs.retain(|p| p.expires_at > now);
         let etag = format!("{:016x}", rand::random::<u64>());
         let expires_at = now + Duration::from_secs(expires.into());
@@ -173,11 +160,11 @@ impl PresenceState {
     }
 
     pub fn publications_of(&self, aor: &str) -> &[Publication] {
-        self.publications.get(aor).map(|p| p.pubs.as_slice()).unwrap_or_default()
+        self.publications.get(aor).map(|p| p.items.as_slice()).unwrap_or_default()
     }
 
     pub fn restore_publications(&mut self, aor: String, pubs: Vec<Publication>) {
-        self.publications.insert(aor, Published::new(pubs));
+        self.publications.insert(aor, Expiring::new(pubs));
     }
 
     /// Drops expired publications; returns the presentities whose state changed.
@@ -187,13 +174,13 @@ impl PresenceState {
             if published.soonest > now {
                 return true;
             }
-            let before = published.pubs.len();
-            published.pubs.retain(|p| p.expires_at > now);
-            if published.pubs.len() != before {
+            let before = published.items.len();
+            published.items.retain(|p| p.expires_at > now);
+            if published.items.len() != before {
                 changed.push(aor.clone());
             }
             published.reckon();
-            !published.pubs.is_empty()
+            !published.items.is_empty()
         });
         changed
     }
