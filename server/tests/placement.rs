@@ -138,7 +138,11 @@ fn deploy() -> Deployment {
     let homes: Vec<Node> =
         (1..=3).map(|i| Node::start_with(dir.path(), &format!("home-{i}"), &ca, &directory, None, "", &api)).collect();
     let table: Vec<(String, SocketAddr)> = homes.iter().map(|h| (h.name.clone(), h.internal)).collect();
-    let fe = Node::start_with(dir.path(), "fe-1", &ca, &directory, Some(&table), "", "");
+    // Every client of these tests sends from 127.0.0.1, several of them without pause: the
+    // per-address limit would take them for one flooder and drop what they send (a load
+    // generator's case in the README), and a test client does not retransmit.
+    let unlimited = "[limits]\nmax_messages_per_source = 0\n";
+    let fe = Node::start_with(dir.path(), "fe-1", &ca, &directory, Some(&table), "", unlimited);
     let d = Deployment { dir, slapd, homes, fe, token_file };
     let out = d.register_homes([200, 200, 200]);
     assert!(out.contains("home-1: address set to") && out.contains("capacity set to 200"), "{out}");
