@@ -227,7 +227,7 @@ impl<S: Service> Driver<S> {
         let mut facts = Facts::default();
         let mut waiting = Vec::new();
         for aor in users {
-            match self.directory.find_user(&aor).now_or_never() {
+            match self.directory.user_at_hand(&aor) {
                 Some(found) => {
                     facts.users.insert(aor, found);
                 }
@@ -299,9 +299,10 @@ impl<S: Service> Handler for DriverHandler<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::{DirectoryError, Load, User};
     use crate::store::{Table, Write};
     use crate::transport::Flow;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// A service that does what each test closure tells it, and counts the writes made durable.
     #[derive(Default)]
@@ -309,12 +310,21 @@ mod tests {
         actions: Vec<Action>,
         stored: usize,
         received: u64,
+        /// Whether a message received asks for a user instead of writing.
+        fetch: bool,
+        fetched: usize,
     }
 
     impl Service for Scripted {
         /// A message received is written down (key `r<n>`); a write made durable is counted.
         fn handle(&mut self, _: Now, input: Input) {
             match input {
+                Input::Received { .. } if self.fetch => {
+                    self.received += 1;
+                    let users = vec!["a@x.test".to_string()];
+                    self.actions.push(Action::Fetch { task: self.received, users, resolve: None });
+                }
+                Input::Fetched { .. } => self.fetched += 1,
                 Input::Received { .. } => {
                     let n = self.received;
                     self.received += 1;
@@ -337,6 +347,11 @@ mod tests {
     }
 
     fn scripted(store: &Store) -> Arc<Driver<Scripted>> {
+        let directory = Arc::new(crate::directory::file::FileDirectory::parse("").unwrap());
+        driver(Scripted::default(), directory, Some(store.clone()))
+    }
+
+    fn driver(service: Scripted, directory: Arc<dyn Directory>, store: Option<Store>) -> Arc<Driver<Scripted>> {
         let limits = crate::transport::Limits {
             message: Limits::default(),
             max_connections_per_ip: 1,
@@ -346,8 +361,50 @@ mod tests {
             max_messages_per_source: 0,
         };
         let transports = Transports::new(limits, Arc::new(crate::ops::metrics::Metrics::default()));
-        let directory = Arc::new(crate::directory::file::FileDirectory::parse("").unwrap());
-        Driver::new(Scripted::default(), transports, directory, Some(store.clone()), Limits::default())
+        Driver::new(service, transports, directory, store, Limits::default())
+    }
+
+    /// A directory that must ask a server, as LDAP does: a lookup is counted when it begins (its
+    /// request sent) and answers on a later poll.
+    #[derive(Default)]
+    struct Remote {
+        begun: AtomicUsize,
+    }
+
+    impl Directory for Remote {
+        fn find_user<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<User>, DirectoryError>> {
+            Box::pin(async move {
+                self.begun.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                Ok(None)
+            })
+        }
+        fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn is_ready(&self) -> BoxFuture<'_, bool> {
+            Box::pin(async { true })
+        }
+        fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Load, DirectoryError>> {
+            Box::pin(async { Ok(Load::default()) })
+        }
+    }
+
+    /// A user who is not at hand is looked up once. Polling the lookup once to see whether it
+    /// answers at once, then beginning it again on a task, sent every LDAP search twice, the
+    /// first one's answer arriving for no one (a warning from the LDAP client each time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_user_not_at_hand_is_looked_up_once() {
+        let directory = Arc::new(Remote::default());
+        let driver = driver(Scripted { fetch: true, ..Scripted::default() }, directory.clone(), None);
+        let flow = Flow::datagram(Transport::Udp, "127.0.0.1:9".parse().unwrap());
+        DriverHandler(driver.clone()).on_message(flow, Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while driver.service().fetched < 1 {
+            assert!(std::time::Instant::now() < deadline, "the lookup was not answered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(directory.begun.load(Ordering::SeqCst), 1, "lookups begun for one user");
     }
 
     /// A burst of datagrams is handled on the thread reading them: when it returns, each one's

@@ -157,6 +157,10 @@ impl Directory for FileDirectory {
         Box::pin(async move { Ok(self.get(address).map(Entry::user)) })
     }
 
+    fn user_at_hand(&self, address: &str) -> Option<Result<Option<User>, DirectoryError>> {
+        Some(Ok(self.get(address).map(Entry::user)))
+    }
+
     fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>> {
         let domains = self.domains.clone();
         Box::pin(async move { Ok(domains) })

@@ -62,6 +62,14 @@ pub trait Directory: Send + Sync {
     /// Finds a user by address of record (`user@domain`, lower-case host).
     fn find_user<'a>(&'a self, address: &'a str) -> BoxFuture<'a, Result<Option<User>, DirectoryError>>;
 
+    /// The answer about a user when it is at hand (a file, a cache), or `None` when only
+    /// `find_user` can tell. Polling `find_user` once for this would not do: where it must ask a
+    /// server, the request leaves on that poll, and dropping the future leaves its answer to
+    /// arrive for no one while the lookup is made again.
+    fn user_at_hand(&self, _address: &str) -> Option<Result<Option<User>, DirectoryError>> {
+        None
+    }
+
     /// The SIP domains whose users this directory holds (the domain itself and those admitted
     /// with `prep domainadd`), lower-case.
     fn domains(&self) -> BoxFuture<'_, Result<Vec<String>, DirectoryError>>;
