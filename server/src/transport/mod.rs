@@ -5,6 +5,8 @@
 
 pub mod admission;
 mod stream;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 pub mod ws;
 
@@ -16,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use stream::Opened;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -466,12 +469,12 @@ impl Transports {
                 }
             };
             tokio::spawn(async move {
-                this.run_stream(id, transport, remote, stream, handler, tx, rx).await;
+                this.run_stream(id, transport, remote, stream, handler, tx, rx, Opened::Here).await;
                 this.release(remote.ip());
             });
         } else {
             tokio::spawn(async move {
-                this.run_stream(id, transport, remote, stream, handler, tx, rx).await;
+                this.run_stream(id, transport, remote, stream, handler, tx, rx, Opened::Here).await;
                 this.release(remote.ip());
             });
         }

@@ -11,6 +11,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// Which end opened a connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Opened {
+    ByPeer,
+    Here,
+}
+
 impl Transports {
     pub(super) async fn serve_stream<S>(
         self: &Arc<Self>,
@@ -23,7 +30,7 @@ impl Transports {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(256);
-        self.run_stream(id, transport, remote, stream, handler, tx, rx).await;
+        self.run_stream(id, transport, remote, stream, handler, tx, rx, Opened::ByPeer).await;
     }
 
     /// Waits until the sender may send another message (reading nothing meanwhile).
@@ -45,6 +52,7 @@ impl Transports {
         handler: Arc<dyn Handler>,
         tx: mpsc::Sender<Bytes>,
         mut rx: mpsc::Receiver<Bytes>,
+        opened: Opened,
     ) where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -68,9 +76,10 @@ impl Transports {
         // read and dropped for a moment before closing: closing with unread data would reset the
         // connection and could destroy the answer before the peer reads it.
         let mut drain = false;
-        // Until the first message, and while a message is incomplete, the peer has the (short)
-        // message timeout; otherwise the idle timeout.
-        let mut unfinished_since = Some(tokio::time::Instant::now());
+        // Until the first message on a connection it opened, and while a message is incomplete,
+        // the peer has the (short) message timeout; otherwise the idle timeout. A peer this server
+        // connected to owes it nothing: its answers may come on a connection of its own.
+        let mut unfinished_since = (opened == Opened::ByPeer).then(tokio::time::Instant::now);
         'read: loop {
             let deadline = match unfinished_since {
                 Some(t) => t + self.limits.message_timeout,
