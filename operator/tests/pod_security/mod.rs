@@ -14,7 +14,7 @@ use parley_operator::build::{self, BuildContext, Owner, config::HomeServerRoute,
 use parley_operator::crd::{CommunicationsDomain, FrontEnd, HomeServer};
 use serde_json::json;
 
-use crate::support::Harness;
+use crate::support::{Harness, eventually};
 
 fn with_meta<K: serde::de::DeserializeOwned>(kind: &str, name: &str, ns: &str, spec: serde_json::Value) -> K {
     serde_json::from_value(json!({
@@ -81,7 +81,10 @@ async fn every_pod_the_operator_describes_is_admitted_under_enforce_restricted()
         }),
         ..Default::default()
     };
-    let refused = pods.create(&dry_run, &plain).await.expect_err("a plain pod is refused under restricted");
+    // The admission plugin reads the namespace from its cache, which may see the label a moment
+    // after the patch returns (a plain pod was admitted once in `make test`): wait until it does.
+    let what = "a plain pod refused under restricted";
+    let refused = eventually(what, h.timeout, || async { pods.create(&dry_run, &plain).await.err() }).await;
     assert!(refused.to_string().contains("violates PodSecurity"), "{refused}");
 
     // The enterprise tier with a managed directory: every kind of pod there is.
