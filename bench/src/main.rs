@@ -430,10 +430,21 @@ fn run() -> anyhow::Result<()> {
         results.insert(kind.key().to_string(), r);
     }
     if with_kamailio && !args.frontend_only && plan.rounds > 0 {
-        eprintln!("== {} interleaved rounds of the fixed-rate rows", plan.rounds);
+        eprintln!("== {} interleaved rounds of the fixed-rate rows and the ladders' highest clean steps", plan.rounds);
         let kinds = [Kind::Parley, Kind::Kamailio, Kind::ParleySyncAtCheckpoint];
-        for (key, rounds) in interleaved(&kinds, plan.rounds, plan, &settings, &ctx, &users_phase)? {
-            results.get_mut(key).expect("benched above").rounds = rounds;
+        let tops: BTreeMap<&str, (u32, u32)> = results
+            .iter()
+            .filter_map(|(key, r)| {
+                let top = workloads::max_clean(&r.register_ladder).zip(workloads::max_clean(&r.message_ladder))?;
+                Some((kinds.iter().find(|k| k.key() == key)?.key(), top))
+            })
+            .collect();
+        for (key, rounds) in interleaved(&kinds, plan.rounds, plan, &settings, &ctx, &users_phase, &tops)? {
+            let r = results.get_mut(key).expect("benched above");
+            for round in rounds {
+                r.rounds.push(round.fixed);
+                r.top_rounds.extend(round.top);
+            }
         }
     }
     let run = report::Run {
@@ -633,8 +644,18 @@ fn cold_starts(
     Ok(times)
 }
 
+/// One server's share of an interleaved round.
+struct Round {
+    /// The fixed-rate REGISTER and MESSAGE rows.
+    fixed: (workloads::Step, workloads::Step),
+    /// Then the REGISTER and MESSAGE steps at the rates of its ladders' highest clean steps.
+    top: Option<(workloads::Step, workloads::Step)>,
+}
+
 /// The fixed-rate rows of several servers, in turn on fresh servers for `rounds` rounds (the order
-/// rotated every round), so that a machine that speeds up or slows down touches them alike.
+/// rotated every round), so that a machine that speeds up or slows down touches them alike; for
+/// the servers in `tops`, then a REGISTER and a MESSAGE step at those rates (their ladders'
+/// highest clean steps), whose CPU a single ladder each cannot compare fairly.
 fn interleaved(
     kinds: &[Kind],
     rounds: usize,
@@ -642,8 +663,9 @@ fn interleaved(
     settings: &Settings,
     ctx: &Ctx,
     users: &Path,
-) -> anyhow::Result<BTreeMap<&'static str, Vec<(workloads::Step, workloads::Step)>>> {
-    let mut rows: BTreeMap<&str, Vec<(workloads::Step, workloads::Step)>> = BTreeMap::new();
+    tops: &BTreeMap<&str, (u32, u32)>,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<Round>>> {
+    let mut rows: BTreeMap<&str, Vec<Round>> = BTreeMap::new();
     for round in 0..rounds {
         let mut order = kinds.to_vec();
         order.rotate_left(round % kinds.len());
@@ -652,10 +674,24 @@ fn interleaved(
             eprintln!("== round {} of {rounds}: {key}", round + 1);
             let server = Server::start(kind, settings, &ctx.work.join(format!("{key}-round-{round}")), users)?;
             let mut users = Users { next: 0, dir: ctx.work.clone() };
-            let (register, message, _, recipient) = fixed_rows(&server, &mut users, plan, ctx, key)?;
+            let (register, message, senders, recipient) = fixed_rows(&server, &mut users, plan, ctx, key)?;
+            let top = match tops.get(key) {
+                Some(&(register_rate, message_rate)) => {
+                    let step = plan.step_secs;
+                    let r = workloads::register_step(ctx, &server, &mut users, register_rate, step, key, None)?;
+                    let m = workloads::message_step(ctx, &server, &recipient, &senders, message_rate, step, key)?;
+                    eprintln!(
+                        "  again at the highest clean steps: REGISTER {register_rate}/s {:.0} per CPU-s (clean: {}), \
+                         MESSAGE {message_rate}/s {:.0} per CPU-s (clean: {})",
+                        r.per_server_cpu_s, r.clean, m.per_server_cpu_s, m.clean
+                    );
+                    Some((r, m))
+                }
+                None => None,
+            };
             recipient.stop();
             server.stop();
-            rows.entry(key).or_default().push((register, message));
+            rows.entry(key).or_default().push(Round { fixed: (register, message), top });
         }
     }
     Ok(rows)
@@ -663,8 +699,12 @@ fn interleaved(
 
 /// `--ab ROUNDS`: Parley and the baseline, interleaved; prints each round and the medians.
 fn ab(rounds: usize, plan: &Plan, settings: &Settings, ctx: &Ctx, users: &Path, out: &Path) -> anyhow::Result<()> {
-    let rows = interleaved(&[Kind::Parley, Kind::ParleyBaseline], rounds, plan, settings, ctx, users)?;
     type Round = (workloads::Step, workloads::Step);
+    let kinds = [Kind::Parley, Kind::ParleyBaseline];
+    let rows: BTreeMap<&str, Vec<Round>> = interleaved(&kinds, rounds, plan, settings, ctx, users, &BTreeMap::new())?
+        .into_iter()
+        .map(|(key, rounds)| (key, rounds.into_iter().map(|round| round.fixed).collect()))
+        .collect();
     type Figure = (&'static str, fn(&Round) -> f64);
     fn per_cpu_s(s: &workloads::Step) -> f64 {
         s.successful as f64 / s.server_cpu_s.max(1e-9)
