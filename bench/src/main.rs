@@ -432,11 +432,11 @@ fn run() -> anyhow::Result<()> {
     if with_kamailio && !args.frontend_only && plan.rounds > 0 {
         eprintln!("== {} interleaved rounds of the fixed-rate rows and the ladders' highest clean steps", plan.rounds);
         let kinds = [Kind::Parley, Kind::Kamailio, Kind::ParleySyncAtCheckpoint];
-        let tops: BTreeMap<&str, (u32, u32)> = results
+        let tops: BTreeMap<String, (u32, u32)> = results
             .iter()
             .filter_map(|(key, r)| {
                 let top = workloads::max_clean(&r.register_ladder).zip(workloads::max_clean(&r.message_ladder))?;
-                Some((kinds.iter().find(|k| k.key() == key)?.key(), top))
+                Some((key.clone(), top))
             })
             .collect();
         for (key, rounds) in interleaved(&kinds, plan.rounds, plan, &settings, &ctx, &users_phase, &tops)? {
@@ -663,7 +663,7 @@ fn interleaved(
     settings: &Settings,
     ctx: &Ctx,
     users: &Path,
-    tops: &BTreeMap<&str, (u32, u32)>,
+    tops: &BTreeMap<String, (u32, u32)>,
 ) -> anyhow::Result<BTreeMap<&'static str, Vec<Round>>> {
     let mut rows: BTreeMap<&str, Vec<Round>> = BTreeMap::new();
     for round in 0..rounds {
