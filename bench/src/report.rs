@@ -207,7 +207,12 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         for (m, pick) in picks {
             // The highest clean steps: rounds in which both were clean.
             let (tp, tk) = (p.top_per_cpu_s(m == "register"), k.top_per_cpu_s(m == "register"));
-            let ratios: Vec<f64> = tp.iter().zip(&tk).filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?)).collect();
+            let ratios: Vec<f64> = tp
+                .iter()
+                .zip(&tk)
+                .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
+                .filter(|r| r.is_finite())
+                .collect();
             if let Some(r) = median(ratios.clone()) {
                 paired.insert(format!("{m}_per_cpu_s_at_max"), (r, spread(&ratios)));
             }
@@ -1084,19 +1089,20 @@ mod tests {
     fn the_highest_clean_step_ratio_is_the_median_of_the_clean_rounds() {
         // Messages per server CPU-second at the highest clean step: the ladder's, then each round's
         // (`None`: that round's step was not clean).
-        let with = |per_cpu: [Option<f64>; 4]| {
+        let with = |per_cpu: [Option<f64>; 5]| {
             let at = |p: Option<f64>| Step { per_server_cpu_s: p.unwrap_or(1.0), ..step(10_000, p.is_some()) };
             let top_rounds = per_cpu[1..].iter().map(|&p| (at(Some(1.0)), at(p))).collect();
             ServerResults { message_ladder: vec![at(per_cpu[0])], top_rounds, ..Default::default() }
         };
-        // Per round 1.4 (the ladder's alone would say short), (not clean), 2.0 and 1.6 times
-        // Kamailio's; the unclean round is left out.
-        let parley = with([Some(14.0), None, Some(20.0), Some(16.0)]);
-        let kamailio = with([Some(10.0), Some(10.0), Some(10.0), Some(10.0)]);
+        // Per round 1.4 (the ladder's alone would say short), (not clean), 2.0, 1.6 and (no CPU
+        // measured for Kamailio's step, as in a smoke run's short steps) times Kamailio's: the
+        // unclean round and the infinite ratio are left out.
+        let parley = with([Some(14.0), None, Some(20.0), Some(16.0), Some(12.0)]);
+        let kamailio = with([Some(10.0), Some(10.0), Some(10.0), Some(10.0), Some(0.0)]);
         let results = BTreeMap::from([("parley".to_string(), parley), ("kamailio".to_string(), kamailio)]);
         let figures = figures(&results, &Plan::smoke());
         let row = figures.iter().find(|f| f.key == "message_per_cpu_s_at_max").expect("the row");
-        assert!(row.name.contains("median of 4"), "{}", row.name);
+        assert!(row.name.contains("median of 5"), "{}", row.name);
         assert_eq!((row.parley, row.kamailio), (Some(16.0), Some(10.0)));
         let ratio = row.ratio.expect("a ratio");
         assert!((ratio - 1.6).abs() < 1e-9, "ratio {ratio}");
