@@ -218,25 +218,13 @@ impl Registrar {
         let mut removed = Vec::new();
         let count = &mut self.count;
         self.bindings.retain(|aor, held| {
-            if held.soonest > now {
-                return true;
-            }
-            let bs = &mut held.items;
-            let before = bs.len();
-            bs.retain(|b| {
-                let live = b.expires_at > now;
-                if !live {
-                    removed.push((aor.clone(), b.clone()));
-                }
-                live
-            });
-            *count -= before - bs.len();
-            if bs.is_empty() {
+            let expired = held.take_expired(now);
+            *count -= expired.len();
+            removed.extend(expired.into_iter().map(|b| (aor.clone(), b)));
+            if held.items.is_empty() {
                 emptied.push(aor.clone());
-                return false;
             }
-            held.reckon();
-            true
+            !held.items.is_empty()
         });
         (emptied, removed)
     }

@@ -171,15 +171,9 @@ impl PresenceState {
     pub fn expire_publications(&mut self, now: SystemTime) -> Vec<String> {
         let mut changed = Vec::new();
         self.publications.retain(|aor, published| {
-            if published.soonest > now {
-                return true;
-            }
-            let before = published.items.len();
-            published.items.retain(|p| p.expires_at > now);
-            if published.items.len() != before {
+            if !published.take_expired(now).is_empty() {
                 changed.push(aor.clone());
             }
-            published.reckon();
             !published.items.is_empty()
         });
         changed
