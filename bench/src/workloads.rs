@@ -338,14 +338,30 @@ pub struct Memory {
     pub pss_bytes: u64,
     pub rss_bytes: u64,
     pub fill_s: f64,
+    /// At the largest size only: PSS once the fill's own transactions have expired (`settle`
+    /// after its last answer), what the users hold rather than the fill's traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_pss_bytes: Option<u64>,
 }
 
 /// Fills a server with users (REGISTER, then SUBSCRIBE to the previous user's presence) up to
-/// each size in turn and records its memory at each.
-pub fn memory(server: &mut Server, sizes: &[usize], window: usize) -> anyhow::Result<Vec<Memory>> {
+/// each size in turn and records its memory at each; with `settle`, at the largest also that long
+/// after the fill.
+///
+/// Right after a fill, a server still holds every transaction of its last 32 s (RFC 3261's Timer
+/// J: a completed non-INVITE server transaction keeps its response for retransmitted requests
+/// that long over UDP), so that figure grows with the fill's rate, a property of the machine
+/// running the bench (2026-12-04: a million users read 1,825 MiB right after a fill at 4,600
+/// users/s and 1,565 MiB 35 s later; 1,926 after a fill at 7,800/s).
+pub fn memory(
+    server: &mut Server,
+    sizes: &[usize],
+    window: usize,
+    settle: Option<Duration>,
+) -> anyhow::Result<Vec<Memory>> {
     let mut out = Vec::new();
     let (pss, rss) = server.memory();
-    out.push(Memory { users: 0, failed: 0, pss_bytes: pss, rss_bytes: rss, fill_s: 0.0 });
+    out.push(Memory { users: 0, failed: 0, pss_bytes: pss, rss_bytes: rss, fill_s: 0.0, settled_pss_bytes: None });
     let mut client = Client::new(server.sip)?;
     let mut filled = 0usize;
     let mut failed = 0usize;
@@ -372,10 +388,22 @@ pub fn memory(server: &mut Server, sizes: &[usize], window: usize) -> anyhow::Re
             t0.elapsed().as_secs_f64(),
             client.first_error
         );
-        out.push(Memory { users: size, failed, pss_bytes: pss, rss_bytes: rss, fill_s: t0.elapsed().as_secs_f64() });
+        let fill_s = t0.elapsed().as_secs_f64();
+        out.push(Memory { users: size, failed, pss_bytes: pss, rss_bytes: rss, fill_s, settled_pss_bytes: None });
         if failed > size / 100 {
             break; // the server is refusing: larger sizes would say nothing more
         }
+    }
+    if let (Some(settle), Some(largest)) = (settle, out.last_mut().filter(|m| m.users > 0)) {
+        // The client keeps answering what the server sends meanwhile (NOTIFY retransmissions).
+        client.pump(settle, &mut |_| false);
+        if !server.alive() {
+            anyhow::bail!("{} exited after the fill, while its transactions expired", server.name);
+        }
+        let (pss, _) = server.memory();
+        let mib = pss as f64 / 1048576.0;
+        eprintln!("    {:>8} users, {:.0} s after the fill: PSS {mib:.0} MiB", largest.users, settle.as_secs_f64());
+        largest.settled_pss_bytes = Some(pss);
     }
     Ok(out)
 }
