@@ -874,16 +874,28 @@ fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
         "register_per_cpu_s" => {
             let f = figure(key)?;
             let (parley, kamailio) = (per_registration_us(f.parley)?, per_registration_us(f.kamailio)?);
-            let without_sync = per_registration_us(figure("sync_at_checkpoint_register_per_cpu_s")?.parley)?;
+            let unsynced = figure("sync_at_checkpoint_register_per_cpu_s")?;
+            let without_sync = per_registration_us(unsynced.parley)?;
             let share = if without_sync < parley {
                 format!("the sync before each 200 accounts for {} µs of it", fmt(Some(parley - without_sync)))
             } else {
                 "no less: the sync before each 200 is not what the gap is made of".to_string()
             };
+            // The verdict without the sync, from the same rounds' paired ratios (the row's own
+            // statistic; the µs above are medians of each server's runs, taken apart).
+            let paired = match (unsynced.ratio, unsynced.meets_target) {
+                (Some(r), Some(met)) => format!(
+                    " Round by round against the same Kamailio runs, Parley without the sync reaches {r:.2}× \
+                     (median of the per-round ratios{}): {}.",
+                    unsynced.ratio_spread.map(|(lo, hi)| format!(", {lo:.2} to {hi:.2}")).unwrap_or_default(),
+                    if met { "the target is met without it" } else { "short of the target even without it" }
+                ),
+                _ => String::new(),
+            };
             Some(format!(
                 "Per registration Parley spends {} µs of server CPU and Kamailio {}: 1.5× Kamailio would be {} µs. \
                  Without a sync before the 200 (`storage.sync = \"checkpoint\"`, same run) Parley spends {} µs, \
-                 {share}.",
+                 {share}.{paired}",
                 fmt(Some(parley)),
                 fmt(Some(kamailio)),
                 fmt(Some(kamailio / 1.5)),
@@ -1232,6 +1244,24 @@ mod tests {
         // Without the disk's figures there is nothing to say of the response time.
         let mut figures = run.figures;
         assert!(what_the_sync_bounds(&run_with(figures.clone(), None), "register_p99_ms").is_none());
+        // No paired ratio for the row without the sync: nothing said of it.
+        assert!(!cpu.contains("Round by round"), "{cpu}");
+        // With one, its verdict, whichever it is.
+        (figures[1].ratio, figures[1].ratio_spread, figures[1].meets_target) =
+            (Some(1.59), Some((1.1, 1.72)), Some(true));
+        let cpu = what_the_sync_bounds(&run_with(figures.clone(), None), "register_per_cpu_s").expect("explained");
+        assert!(
+            cpu.contains("reaches 1.59× (median of the per-round ratios, 1.10 to 1.72): the target is met without it"),
+            "{cpu}"
+        );
+        (figures[1].ratio, figures[1].meets_target) = (Some(1.31), Some(false));
+        let cpu = what_the_sync_bounds(&run_with(figures.clone(), None), "register_per_cpu_s").expect("explained");
+        assert!(
+            cpu.contains(
+                "reaches 1.31× (median of the per-round ratios, 1.10 to 1.72): short of the target even without it"
+            ),
+            "{cpu}"
+        );
         // A run where going without the sync saved nothing says so.
         figures[1].parley = Some(10_000.0);
         let cpu = what_the_sync_bounds(&run_with(figures, None), "register_per_cpu_s").expect("explained");
