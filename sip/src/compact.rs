@@ -1,5 +1,7 @@
 //! Compact header names (RFC 3261 section 7.3.3 and later RFCs) and their long forms.
 
+use std::borrow::Cow;
+
 /// Returns the long form of a compact header name, or the name unchanged.
 pub fn expand(name: &str) -> &str {
     if name.len() != 1 {
@@ -23,9 +25,70 @@ pub fn expand(name: &str) -> &str {
     }
 }
 
+/// The header names Parley reads or writes, spelled as RFC 3261 and its extensions spell them.
+const KNOWN: &[&str] = &[
+    "Via",
+    "From",
+    "To",
+    "Call-ID",
+    "CSeq",
+    "Contact",
+    "Max-Forwards",
+    "Content-Length",
+    "Content-Type",
+    "Expires",
+    "Min-Expires",
+    "Authorization",
+    "Proxy-Authorization",
+    "WWW-Authenticate",
+    "Proxy-Authenticate",
+    "Authentication-Info",
+    "User-Agent",
+    "Server",
+    "Allow",
+    "Allow-Events",
+    "Supported",
+    "Require",
+    "Unsupported",
+    "Accept",
+    "Event",
+    "Subscription-State",
+    "Route",
+    "Record-Route",
+    "Path",
+    "SIP-ETag",
+    "SIP-If-Match",
+    "Retry-After",
+    "Date",
+    "Subject",
+    "Content-Encoding",
+    "Refer-To",
+    "Timestamp",
+];
+
+/// A parsed header name to keep: its long form, as a static string when it is one of the names
+/// above byte for byte (no allocation for the usual headers of every message; any other spelling
+/// is kept as it came, so a forwarded message keeps its names).
+pub fn name(name: &str) -> Cow<'static, str> {
+    let long = expand(name);
+    match KNOWN.iter().find(|known| **known == long) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(long.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::expand;
+    use super::{Cow, expand, name};
+
+    #[test]
+    fn known_names_are_static_and_others_kept_as_written() {
+        assert!(matches!(name("Via"), Cow::Borrowed("Via")));
+        assert!(matches!(name("i"), Cow::Borrowed("Call-ID")));
+        assert!(matches!(name("CSeq"), Cow::Borrowed("CSeq")));
+        assert_eq!(name("cseq"), Cow::<str>::Owned("cseq".into()));
+        assert!(matches!(name("X-Custom"), Cow::Owned(n) if n == "X-Custom"));
+    }
 
     #[test]
     fn compact_names_expand_and_long_names_stay() {

@@ -6,6 +6,7 @@
 
 use crate::compact;
 use bytes::Bytes;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Limits applied while parsing; exceeding one is a parse error, never unbounded work.
@@ -27,8 +28,10 @@ pub enum StartLine {
     Response { code: u16, reason: String },
 }
 
+/// Header lines in order. A name is a static string for the usual headers (`compact::name`, and
+/// names written as literals), so most lines cost one allocation, their value.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(Cow<'static, str>, String)>);
 
 impl Headers {
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -40,12 +43,12 @@ impl Headers {
         self.0.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn push(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.0.push((name.into(), value.into()));
     }
 
     /// Inserts a header line before every other (used for a proxy's own Via).
-    pub fn push_front(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn push_front(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.0.insert(0, (name.into(), value.into()));
     }
 
@@ -54,21 +57,21 @@ impl Headers {
     }
 
     /// Replaces every value of `name` with one value.
-    pub fn set(&mut self, name: &str, value: impl Into<String>) {
-        let value = value.into();
-        match self.0.iter().position(|(n, _)| n.eq_ignore_ascii_case(name)) {
+    pub fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+        let (name, value) = (name.into(), value.into());
+        match self.0.iter().position(|(n, _)| n.eq_ignore_ascii_case(&name)) {
             Some(i) => {
                 self.0[i].1 = value;
                 let mut seen = false;
                 self.0.retain(|(n, _)| {
-                    let keep = !n.eq_ignore_ascii_case(name) || !seen;
-                    if n.eq_ignore_ascii_case(name) {
+                    let keep = !n.eq_ignore_ascii_case(&name) || !seen;
+                    if n.eq_ignore_ascii_case(&name) {
                         seen = true;
                     }
                     keep
                 });
             }
-            None => self.push(name.to_string(), value),
+            None => self.0.push((name, value)),
         }
     }
 
@@ -99,7 +102,7 @@ impl Headers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
     }
 }
 
@@ -251,7 +254,7 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
         if scan.len() >= limits.max_headers {
             return Err(fail(format!("too many headers (limit {})", limits.max_headers), scan, looks_like_request));
         }
-        scan.push(compact::expand(name).to_string(), value.trim().to_string());
+        scan.push(compact::name(name), value.trim().to_string());
     }
     let start = match parse_start_line(start_line) {
         Ok(s) => s,
@@ -326,7 +329,7 @@ fn validate_request(method: &str, headers: &Headers) -> Result<(), String> {
     if headers.get("Max-Forwards").is_some_and(|mf| mf.trim().parse::<u8>().is_err()) {
         return Err("malformed Max-Forwards".into());
     }
-    crate::via::Via::parse(headers.get("Via").unwrap_or_default()).map_err(|e| format!("malformed Via: {e}"))?;
+    crate::via::Via::check(headers.get("Via").unwrap_or_default()).map_err(|e| format!("malformed Via: {e}"))?;
     let vias = headers.get_all("Via").flat_map(crate::params::split_list).count();
     if vias > MAX_VIAS {
         return Err(format!("{vias} Via values (at most {MAX_VIAS})"));
@@ -345,8 +348,8 @@ pub fn answerable(scan: &Headers) -> Headers {
     if let Some(top) = scan.get("Via").and_then(|v| crate::params::split_list(v).first().map(|s| s.to_string())) {
         out.push("Via", top);
     }
-    for (name, value) in scan.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("Via")) {
-        out.push(name, value);
+    for (name, value) in scan.0.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("Via")) {
+        out.push(name.clone(), value.as_str());
     }
     out
 }

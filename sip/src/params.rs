@@ -10,7 +10,12 @@ pub fn split_list(value: &str) -> Vec<&str> {
 
 /// Splits on `sep` outside quoted strings and `<...>`, trimming each part and dropping empty ones.
 pub fn split_top_level(value: &str, sep: u8) -> Vec<&str> {
-    TopLevel { value, sep, start: 0 }.collect()
+    top_level(value, sep).collect()
+}
+
+/// The parts of `split_top_level`, one at a time (nothing allocated).
+pub fn top_level(value: &str, sep: u8) -> impl Iterator<Item = &str> {
+    TopLevel { value, sep, start: 0 }
 }
 
 /// The parts of `split_top_level`, found one at a time: a parameter lookup stops at its match

@@ -2,7 +2,7 @@
 //! (`branch`, `received`, `rport`, RFC 3261 section 18.2.1 and RFC 3581). Parsed here rather than by
 //! rsip because rsip 0.4.0 cannot hold an IPv6 sent-by (`[2001:db8::1]:5060`).
 
-use crate::params::split_top_level;
+use crate::params::top_level;
 use std::net::{IpAddr, SocketAddr};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,29 +19,15 @@ pub struct Via {
 impl Via {
     /// Parses the first value of a Via header (a line may hold several, comma-separated).
     pub fn parse(value: &str) -> Result<Via, String> {
-        let (first, _) = crate::params::split_first(value, b',').ok_or("empty")?;
-        let mut parts = split_top_level(first, b';').into_iter();
-        let proto_and_host = parts.next().ok_or("empty")?;
-        let (proto, sent_by) = proto_and_host.split_once(char::is_whitespace).ok_or("no sent-by")?;
-        let mut proto_parts = proto.split('/').map(str::trim);
-        let (Some(name), Some(version), Some(transport), None) =
-            (proto_parts.next(), proto_parts.next(), proto_parts.next(), proto_parts.next())
-        else {
-            return Err("malformed protocol".into());
-        };
-        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
-            return Err("unsupported protocol".into());
-        }
-        let (host, port) = split_host_port(sent_by.trim())?;
         let mut params = Vec::new();
-        for p in parts {
-            let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim(), v.trim()));
-            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
-                return Err(format!("bad parameter name: {:.20}", k));
-            }
-            params.push((k.to_string(), v.to_string()));
-        }
-        Ok(Via { transport: transport.to_ascii_uppercase(), host, port, params })
+        let (transport, host, port) = read(value, |k, v| params.push((k.to_string(), v.to_string())))?;
+        Ok(Via { transport: transport.to_ascii_uppercase(), host: host.to_string(), port, params })
+    }
+
+    /// Whether the first value of a Via header parses, keeping nothing (every request's is
+    /// checked before it is handled, and parsed again only where it is used).
+    pub fn check(value: &str) -> Result<(), String> {
+        read(value, |_, _| {}).map(|_| ())
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -84,6 +70,36 @@ impl Via {
     }
 }
 
+/// Reads the first value of a Via header, borrowing from it: transport, host and port returned,
+/// each parameter handed to `param` in order.
+fn read<'a>(
+    value: &'a str,
+    mut param: impl FnMut(&'a str, &'a str),
+) -> Result<(&'a str, &'a str, Option<u16>), String> {
+    let (first, _) = crate::params::split_first(value, b',').ok_or("empty")?;
+    let mut parts = top_level(first, b';');
+    let proto_and_host = parts.next().ok_or("empty")?;
+    let (proto, sent_by) = proto_and_host.split_once(char::is_whitespace).ok_or("no sent-by")?;
+    let mut proto_parts = proto.split('/').map(str::trim);
+    let (Some(name), Some(version), Some(transport), None) =
+        (proto_parts.next(), proto_parts.next(), proto_parts.next(), proto_parts.next())
+    else {
+        return Err("malformed protocol".into());
+    };
+    if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
+        return Err("unsupported protocol".into());
+    }
+    let (host, port) = split_host_port(sent_by.trim())?;
+    for p in parts {
+        let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim(), v.trim()));
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+            return Err(format!("bad parameter name: {:.20}", k));
+        }
+        param(k, v);
+    }
+    Ok((transport, host, port))
+}
+
 impl std::fmt::Display for Via {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Piece by piece rather than `write!`: a Via is written for every request.
@@ -105,8 +121,8 @@ impl std::fmt::Display for Via {
     }
 }
 
-/// Splits `host[:port]`, where host may be a bracketed IPv6 literal.
-pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
+/// Splits `host[:port]`, where host may be a bracketed IPv6 literal (returned with its brackets).
+pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
     let bad_port = |p: &str| format!("bad port: {:.8}", p);
     if let Some(rest) = s.strip_prefix('[') {
         let (addr, after) = rest.split_once(']').ok_or("unterminated IPv6 literal")?;
@@ -116,7 +132,7 @@ pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
             None if after.is_empty() => None,
             None => return Err("junk after IPv6 literal".into()),
         };
-        return Ok((format!("[{addr}]"), port));
+        return Ok((&s[..addr.len() + 2], port));
     }
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (h, Some(p.parse().map_err(|_| bad_port(p))?)),
@@ -125,7 +141,7 @@ pub fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
         return Err(format!("bad host: {:.40}", host));
     }
-    Ok((host.to_string(), port))
+    Ok((host, port))
 }
 
 #[cfg(test)]
@@ -158,8 +174,12 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        for bad in ["garbage", "SIP/2.0/UDP", "SIP/3.0/UDP h", "SIP/2.0/UDP h:xx", "SIP/2.0/UDP [::1"] {
+        let bad =
+            ["garbage", "SIP/2.0/UDP", "SIP/3.0/UDP h", "SIP/2.0/UDP h:xx", "SIP/2.0/UDP [::1", "SIP/2.0/UDP h;=x"];
+        for bad in bad {
             assert!(Via::parse(bad).is_err(), "{bad}");
+            assert_eq!(Via::check(bad), Via::parse(bad).map(|_| ()), "{bad}");
         }
+        assert_eq!(Via::check("SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1;rport, SIP/2.0/TCP b"), Ok(()));
     }
 }
