@@ -452,6 +452,13 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
+    if with_kamailio && plan.rounds > 0 {
+        eprintln!("== {} interleaved rounds of the Front-End row's fixed-rate run", plan.rounds);
+        for (key, runs) in frontend_rounds(plan.rounds, plan, &settings, &ctx, &root, &users_fe)? {
+            let fe = results.get_mut(key).and_then(|r| r.frontend.as_mut()).expect("benched above");
+            fe.rounds = runs;
+        }
+    }
     let run = report::Run {
         date: report::now_utc(),
         machine: procstat::machine(),
@@ -880,11 +887,7 @@ fn bench_frontend(
     users_file: &Path,
 ) -> anyhow::Result<report::FrontEndResults> {
     let key = format!("{}_fe", kind.key());
-    let dir = ctx.work.join(&key);
-    let mut cluster = match kind {
-        Kind::Kamailio => cluster::Cluster::start_kamailio(settings, root, &dir)?,
-        _ => cluster::Cluster::start_parley(settings, &dir, users_file)?,
-    };
+    let mut cluster = start_frontend_cluster(kind, settings, root, &ctx.work.join(&key), users_file)?;
     let mut r = report::FrontEndResults {
         setup: match kind {
             Kind::Kamailio => format!(
@@ -896,26 +899,11 @@ fn bench_frontend(
         ready_ms: cluster.front.ready_after.as_secs_f64() * 1000.0,
         ..Default::default()
     };
-    // Senders u0, u2, ... are homed on the first Home Server, the recipient u1 on the second.
-    let senders: Vec<usize> = (0..plan.senders).map(|i| 2 * i).collect();
+    let senders = frontend_senders(plan);
     let mut users = workloads::Users { next: 1, dir: ctx.work.clone() };
     let recipient = workloads::Recipient::start(ctx, &cluster, &mut users, &key)?;
-    let to = recipient.user.clone();
-    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
-    let mut jobs = senders.iter().cycle().enumerate().map(|(n, i)| {
-        sip::Job::new(
-            format!("u{i}"),
-            vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
-        )
-    });
-    let cpu0 = cluster.cpu_by_process();
-    let fixed = workloads::fixed_rate(&cluster, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
-    r.cpu_s_by_process = cluster.cpu_by_process().into_iter().map(|(k, v)| (k.clone(), v - cpu0[&k])).collect();
-    eprintln!(
-        "  MESSAGE via the Front-End at {}/s: p50 {:?} ms, p99 {:?} ms, {:.0} per CPU-s, {} failed; CPU-s by process {:.2?}",
-        plan.fixed_rate, fixed.p50_ms, fixed.p99_ms, fixed.per_server_cpu_s, fixed.failed, r.cpu_s_by_process
-    );
-    r.message_fixed = Some(fixed);
+    let (fixed, by_process) = frontend_fixed(&cluster, &recipient.user, &senders, plan)?;
+    (r.message_fixed, r.cpu_s_by_process) = (Some(fixed), by_process);
     if !plan.frontend_rates.is_empty() {
         eprintln!("  MESSAGE ladder via the Front-End");
         let inf = users.inf(&format!("{key}-senders"), senders.iter().copied())?;
@@ -939,4 +927,85 @@ fn bench_frontend(
     r.log_errors = cluster.log_errors();
     cluster.stop();
     Ok(r)
+}
+
+fn start_frontend_cluster(
+    kind: Kind,
+    settings: &Settings,
+    root: &Path,
+    dir: &Path,
+    users_file: &Path,
+) -> anyhow::Result<cluster::Cluster> {
+    match kind {
+        Kind::Kamailio => cluster::Cluster::start_kamailio(settings, root, dir),
+        _ => cluster::Cluster::start_parley(settings, dir, users_file),
+    }
+}
+
+/// The Front-End row's senders: u0, u2, ..., homed on the first Home Server (the recipient, u1,
+/// on the second).
+fn frontend_senders(plan: &Plan) -> Vec<usize> {
+    (0..plan.senders).map(|i| 2 * i).collect()
+}
+
+/// The Front-End row's fixed-rate run: MESSAGE from the senders to `to` at the fixed rate, its
+/// server CPU summed over the three process trees (and returned by process).
+fn frontend_fixed(
+    cluster: &cluster::Cluster,
+    to: &str,
+    senders: &[usize],
+    plan: &Plan,
+) -> anyhow::Result<(workloads::Step, BTreeMap<String, f64>)> {
+    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
+    let mut jobs = senders.iter().cycle().enumerate().map(|(n, i)| {
+        sip::Job::new(
+            format!("u{i}"),
+            vec![sip::message(to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
+        )
+    });
+    let cpu0 = cluster.cpu_by_process();
+    let fixed = workloads::fixed_rate(cluster, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
+    let by_process: BTreeMap<String, f64> =
+        cluster.cpu_by_process().into_iter().map(|(k, v)| (k.clone(), v - cpu0[&k])).collect();
+    eprintln!(
+        "  MESSAGE via the Front-End at {}/s: p50 {:?} ms, p99 {:?} ms, {:.0} per CPU-s, {} failed; CPU-s by process {:.2?}",
+        plan.fixed_rate, fixed.p50_ms, fixed.p99_ms, fixed.per_server_cpu_s, fixed.failed, by_process
+    );
+    Ok((fixed, by_process))
+}
+
+/// The Front-End row's fixed-rate run again, Parley's and Kamailio's clusters in turn on fresh
+/// processes, `rounds` times (the order rotated each round): the row's figures are medians over
+/// these and the main run, its ratios the median of the per-round ratios. One run each, minutes
+/// apart, flipped the row's verdicts from one `make bench` to the next (Parley's three processes
+/// spent 0.165 CPU-s per 1,000 messages in one run and 0.247 in the next, the whole machine slower).
+fn frontend_rounds(
+    rounds: usize,
+    plan: &Plan,
+    settings: &Settings,
+    ctx: &Ctx,
+    root: &Path,
+    users_file: &Path,
+) -> anyhow::Result<BTreeMap<&'static str, Vec<workloads::Step>>> {
+    let mut out: BTreeMap<&str, Vec<workloads::Step>> = BTreeMap::new();
+    let senders = frontend_senders(plan);
+    for round in 0..rounds {
+        let mut order = [Kind::Parley, Kind::Kamailio];
+        order.rotate_left(round % 2);
+        for kind in order {
+            let key = format!("{}_fe_round_{round}", kind.key());
+            eprintln!("== round {} of {rounds}: {} behind a Front-End", round + 1, kind.key());
+            let mut cluster = start_frontend_cluster(kind, settings, root, &ctx.work.join(&key), users_file)?;
+            let mut users = workloads::Users { next: 1, dir: ctx.work.clone() };
+            let recipient = workloads::Recipient::start(ctx, &cluster, &mut users, &key)?;
+            let (fixed, _) = frontend_fixed(&cluster, &recipient.user, &senders, plan)?;
+            recipient.stop();
+            if !cluster.alive() {
+                bail!("{key}: a server died during the load: {:?}", cluster.log_errors());
+            }
+            cluster.stop();
+            out.entry(kind.key()).or_default().push(fixed);
+        }
+    }
+    Ok(out)
 }
