@@ -24,6 +24,7 @@ fn give_back_freed_memory_promptly() {
 }
 
 /// mimalloc v3's `mi_option_purge_delay` (milliseconds; libmimalloc-sys names no constant for it).
+#[cfg(not(feature = "system-allocator"))]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 #[cfg(feature = "system-allocator")]
@@ -194,7 +195,7 @@ fn user_hash(address: &str, password_file: Option<PathBuf>) -> anyhow::Result<()
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "system-allocator")))]
 mod tests {
     /// The option number names the purge delay: its documented default is 1,000 ms.
     #[test]
