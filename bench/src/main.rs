@@ -133,6 +133,12 @@ impl Plan {
         }
     }
 
+    /// How long after its fill a server's largest size is measured again: Parley's, whose
+    /// largest size is the million of the memory target (Kamailio's is not).
+    fn memory_settle(&self, kind: Kind) -> Option<Duration> {
+        (kind != Kind::Kamailio).then(|| Duration::from_secs_f64(self.memory_settle_secs))
+    }
+
     /// Users one throughput phase takes from its counter at most.
     fn phase_users(&self) -> usize {
         let ladder = |rates: &[u32]| rates.iter().map(|r| (*r as f64 * self.step_secs) as usize).sum::<usize>();
@@ -507,8 +513,7 @@ fn memory_only(args: &Args, settings: &Settings, ctx: &Ctx, with_kamailio: bool)
     for (kind, sizes) in kinds {
         eprintln!("== {} memory: {sizes:?} users", kind.key());
         let mut server = Server::start(kind, settings, &ctx.work.join(format!("{}-memory", kind.key())), &users)?;
-        let settle = (kind != Kind::Kamailio).then(|| Duration::from_secs_f64(args.plan.memory_settle_secs));
-        let filled = workloads::memory(&mut server, &sizes, 1000, settle)?;
+        let filled = workloads::memory(&mut server, &sizes, 1000, args.plan.memory_settle(kind))?;
         server.stop();
         for pair in filled.windows(2).filter(|p| p[0].users > 0) {
             let per_user =
@@ -818,9 +823,7 @@ fn bench_server(
         if !sizes.is_empty() {
             eprintln!("  memory");
             let mut server = Server::start(kind, settings, &ctx.work.join(format!("{key}-memory")), users_mem)?;
-            // Parley's largest size is the million of the memory target; Kamailio's is not.
-            let settle = (kind != Kind::Kamailio).then(|| Duration::from_secs_f64(plan.memory_settle_secs));
-            r.memory = workloads::memory(&mut server, sizes, 1000, settle)?;
+            r.memory = workloads::memory(&mut server, sizes, 1000, plan.memory_settle(kind))?;
             server.stop();
         }
     }
