@@ -41,12 +41,12 @@ pub struct ServerResults {
 }
 
 impl ServerResults {
-    /// The fixed-rate REGISTER and MESSAGE rows of the main run and of every interleaved round.
     /// The Front-End row's fixed-rate runs: the main one, then one per interleaved round.
     fn frontend_runs(&self) -> Vec<&Step> {
         self.frontend.iter().flat_map(|f| f.message_fixed.iter().chain(&f.rounds)).collect()
     }
 
+    /// The fixed-rate REGISTER and MESSAGE rows of the main run and of every interleaved round.
     fn fixed_runs(&self) -> Vec<(&Step, &Step)> {
         let main = self.register_fixed.as_ref().zip(self.message_fixed.as_ref());
         main.into_iter().chain(self.rounds.iter().map(|(r, m)| (r, m))).collect()
@@ -214,12 +214,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         for (m, pick) in picks {
             // The highest clean steps: rounds in which both were clean.
             let (tp, tk) = (p.top_per_cpu_s(m == "register"), k.top_per_cpu_s(m == "register"));
-            let ratios: Vec<f64> = tp
-                .iter()
-                .zip(&tk)
-                .filter_map(|(a, b)| Some(a.as_ref()? / b.as_ref()?))
-                .filter(|r| r.is_finite())
-                .collect();
+            let ratios = paired_ratios(tp, tk);
             if let Some(r) = median(ratios.clone()) {
                 paired.insert(format!("{m}_per_cpu_s_at_max"), (r, spread(&ratios)));
             }
@@ -233,8 +228,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         // The Front-End row's fixed-rate runs, round by round as well.
         for (name, g) in &fixed_figures {
             let (pr, kr) = (p.frontend_runs(), k.frontend_runs());
-            let ratios: Vec<f64> =
-                pr.iter().zip(&kr).filter_map(|(a, b)| Some(g(a)? / g(b)?)).filter(|r| r.is_finite()).collect();
+            let ratios = paired_ratios(pr.into_iter().map(g), kr.into_iter().map(g));
             if let Some(r) = median(ratios.clone()) {
                 paired.insert(format!("frontend_message_{name}"), (r, spread(&ratios)));
             }
@@ -620,12 +614,13 @@ fn at_least(a: f64, b: f64) -> bool {
 /// A figure of `a` over the same figure of `b`, run by run (the fixed-rate runs of the servers,
 /// interleaved round by round).
 fn round_ratios(a: &ServerResults, b: &ServerResults, g: impl Fn(&(&Step, &Step)) -> Option<f64>) -> Vec<f64> {
-    a.fixed_runs()
-        .iter()
-        .zip(b.fixed_runs())
-        .filter_map(|(x, y)| Some(g(x)? / g(&y)?))
-        .filter(|r| r.is_finite())
-        .collect()
+    paired_ratios(a.fixed_runs().iter().map(&g), b.fixed_runs().iter().map(&g))
+}
+
+/// `a` over `b`, run by run; a run without a figure on either side, or whose ratio is not finite
+/// (a smoke run's short step can measure no CPU), is left out.
+fn paired_ratios(a: impl IntoIterator<Item = Option<f64>>, b: impl IntoIterator<Item = Option<f64>>) -> Vec<f64> {
+    a.into_iter().zip(b).filter_map(|(x, y)| Some(x? / y?)).filter(|r| r.is_finite()).collect()
 }
 
 /// The lowest and highest of several per-round ratios.
