@@ -19,7 +19,8 @@ say() { echo "bench: $*" >&2; }
 
 sudo_cmd=()
 [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo -n)
-"$root/scripts/apt-install.sh" sip-tester kamailio kamailio-presence-modules
+# linux-perf: the kernel's share of each server's CPU in the fixed-rate REGISTER runs (bench/src/profile.rs).
+"$root/scripts/apt-install.sh" sip-tester kamailio kamailio-presence-modules linux-perf
 
 # UDP socket buffers: up to 32 MiB for sipp (-buff_size), Kamailio (maxbuffer) and the bench client,
 # and a default of 8 MiB for the run, as an operator would set for a busy SIP server (Parley asks for

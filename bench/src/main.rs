@@ -14,6 +14,7 @@
 mod cluster;
 mod disk;
 mod procstat;
+mod profile;
 mod report;
 mod servers;
 mod sip;
@@ -605,17 +606,21 @@ fn fixed_rows(
     let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
     let print = |what: &str, f: &workloads::Step| {
         eprintln!(
-            "  {what} at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000, {} failed",
+            "  {what} at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000{}, {} failed",
             plan.fixed_rate,
             f.p50_ms,
             f.p99_ms,
             1000.0 * f.server_cpu_s / f.successful.max(1) as f64,
+            f.kernel_share.map(|k| format!(" ({:.0}% in the kernel)", 100.0 * k)).unwrap_or_default(),
             f.failed
         )
     };
     let range = users.take(count as usize);
     let mut jobs = range.map(|i| sip::Job::new(format!("u{i}"), vec![sip::register(&format!("u{i}"))]));
-    let register = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
+    // Profiled: how much of a registration's CPU is the kernel's (`what_the_profile_shows`).
+    let recording = profile::start(&server.pids(), ctx.sipp_cpus, &ctx.work.join(format!("{key}-register.perf")));
+    let mut register = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
+    register.kernel_share = recording.and_then(profile::Recording::kernel_share);
     print("REGISTER", &register);
     let senders = users.take(plan.senders);
     let senders_inf = users.inf(&format!("{key}-senders"), senders.clone())?;

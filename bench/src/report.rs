@@ -193,9 +193,11 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     // The fixed-rate figures, per round: (REGISTER step, MESSAGE step) of the main run and of each
     // interleaved round.
     type Of = dyn Fn(&Step) -> Option<f64>;
-    let fixed_figures: [(&str, &Of); 5] = [
+    let fixed_figures: [(&str, &Of); 7] = [
         ("per_cpu_s", &|s| Some(s.per_server_cpu_s)),
         ("cpu_s_per_1000", &|s| Some(1000.0 * s.server_cpu_s / s.successful.max(1) as f64)),
+        ("kernel_us", &|s| kernel_us(s, true)),
+        ("user_us", &|s| kernel_us(s, false)),
         ("p50_ms", &|s| s.p50_ms),
         ("p99_ms", &|s| s.p99_ms),
         ("failed_fixed", &|s| Some(s.failed as f64)),
@@ -299,6 +301,18 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
             &|r| median_of(r, fixed("cpu_s_per_1000")),
             Target::None,
         );
+        if m == "register" {
+            for (name, side) in [("kernel_us", "in the kernel"), ("user_us", "in user space")] {
+                add(
+                    &format!("{m}_{name}"),
+                    format!("{label}: server CPU per registration {side} at {rate}/s (`perf` samples){over}"),
+                    "µs",
+                    "lower",
+                    &|r| median_of(r, fixed(name)),
+                    Target::None,
+                );
+            }
+        }
         add(
             &format!("{m}_p50_ms"),
             format!("{label}: p50 response time at {rate}/s{over}"),
@@ -524,7 +538,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     // in-memory registrar): its REGISTER rows against Kamailio's, round by round.
     if let (Some(c), Some(k)) = (c, k) {
         type Of = fn(&Step) -> Option<f64>;
-        let rows: [(&str, &str, &str, &str, Of, Target); 2] = [
+        let rows: [(&str, &str, &str, &str, Of, Target); 4] = [
             (
                 "per_cpu_s",
                 "registrations per server CPU-second",
@@ -534,6 +548,22 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                 Target::TimesKamailio(1.5),
             ),
             ("p99_ms", "p99 response time", "ms", "lower", |s| s.p99_ms, Target::VsKamailio),
+            (
+                "kernel_us",
+                "server CPU per registration in the kernel (`perf` samples)",
+                "µs",
+                "lower",
+                |s| kernel_us(s, true),
+                Target::None,
+            ),
+            (
+                "user_us",
+                "server CPU per registration in user space (`perf` samples)",
+                "µs",
+                "lower",
+                |s| kernel_us(s, false),
+                Target::None,
+            ),
         ];
         for (key, what, unit, better, g, target) in rows {
             let values = |r: &ServerResults| median(r.fixed_runs().iter().filter_map(|x| g(x.0)).collect());
@@ -597,6 +627,13 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         });
     }
     out
+}
+
+/// A profiled step's server CPU per call in the kernel (or, with `false`, in user space), in µs.
+fn kernel_us(s: &Step, kernel: bool) -> Option<f64> {
+    let share = s.kernel_share?;
+    let side = if kernel { share } else { 1.0 - share };
+    Some(1e6 * s.server_cpu_s * side / s.successful.max(1) as f64)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -919,13 +956,15 @@ fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
             Some(format!(
                 "Per registration Parley spends {} µs of server CPU and Kamailio {}: 1.5× Kamailio would be {} µs. \
                  Without a sync before the 200 (`storage.sync = \"checkpoint\"`, same run) Parley spends {} µs, \
-                 {share}.{paired}",
+                 {share}.{paired}{}",
                 fmt(Some(parley)),
                 fmt(Some(kamailio)),
                 fmt(Some(kamailio / 1.5)),
                 fmt(Some(without_sync)),
+                what_the_profile_shows(run, true).map(|w| format!(" {w}")).unwrap_or_default(),
             ))
         }
+        "sync_at_checkpoint_register_per_cpu_s" => what_the_profile_shows(run, false),
         "register_p99_ms" => {
             let d = run.disk_sync?;
             let without_sync = figure("sync_at_checkpoint_register_p99_ms")?.parley?;
@@ -939,6 +978,53 @@ fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// For a REGISTER CPU shortfall at the fixed rate (durable, or with `storage.sync =
+/// "checkpoint"`): the profile's kernel and user-space time per registration against Kamailio's,
+/// and whether Parley's kernel time alone already exceeds what the target allows in all. That
+/// kernel time is the datagrams' (received, answered, a sleeping thread woken for each: Kamailio
+/// pays the same) and, durable, the sync's.
+fn what_the_profile_shows(run: &Run, durable: bool) -> Option<String> {
+    let figure = |k: &str| run.figures.iter().find(|f| f.key == k);
+    let prefix = if durable { "" } else { "sync_at_checkpoint_" };
+    let budget = 1e6 / figure(&format!("{prefix}register_per_cpu_s"))?.kamailio.filter(|v| *v > 0.0)? / 1.5;
+    let kernel = figure(&format!("{prefix}register_kernel_us"))?;
+    let user = figure(&format!("{prefix}register_user_us"))?;
+    let (pk, pu, kk, ku) = (kernel.parley?, user.parley?, kernel.kamailio?, user.kamailio?);
+    let sync = if durable {
+        figure("sync_at_checkpoint_register_kernel_us")
+            .and_then(|f| f.parley)
+            .map(|unsynced| format!(" (the same build without the sync: {} µs in the kernel)", fmt(Some(unsynced))))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let verdict = if pk >= budget {
+        format!(
+            "Parley's kernel time alone is more than the {} µs the target allows for everything: no saving in \
+             user space can meet it, only less kernel work per registration{}.",
+            fmt(Some(budget)),
+            if durable { " (fewer syncs: a sync shared by several registrations, or none before the 200)" } else { "" }
+        )
+    } else {
+        format!(
+            "The target leaves {} µs of user space after Parley's kernel time: {:.0}% of what Parley spends there, \
+             {:.0}% of Kamailio's.",
+            fmt(Some(budget - pk)),
+            100.0 * (budget - pk) / pu,
+            100.0 * (budget - pk) / ku
+        )
+    };
+    Some(format!(
+        "Profiled (`perf`, the same runs, medians): per registration Kamailio spends {} µs in the kernel and {} in \
+         user space, Parley{} {} in the kernel{sync} and {} in user space. {verdict}",
+        fmt(Some(kk)),
+        fmt(Some(ku)),
+        if durable { "" } else { " without the sync" },
+        fmt(Some(pk)),
+        fmt(Some(pu)),
+    ))
 }
 
 static NO_STEPS: Vec<Step> = Vec::new();
@@ -1081,6 +1167,7 @@ mod tests {
             p99_ms: None,
             clean,
             udp_rcvbuf_errors: 0,
+            kernel_share: None,
         }
     }
 
@@ -1340,5 +1427,66 @@ mod tests {
         figures[1].parley = Some(10_000.0);
         let cpu = what_the_sync_bounds(&run_with(figures, None), "register_per_cpu_s").expect("explained");
         assert!(cpu.contains("100 µs, no less: the sync before each 200 is not what the gap is made of"), "{cpu}");
+    }
+    /// The profile's split of a registration's CPU: its rows, and what they say of a REGISTER
+    /// CPU shortfall (whether Parley's kernel time alone is more than the target allows).
+    #[test]
+    fn a_register_cpu_shortfall_says_whether_the_kernel_time_alone_exceeds_the_target() {
+        // 1,000 registrations a run, server CPU-seconds and the kernel's share of them.
+        let with = |cpu: f64, kernel_share: f64| {
+            let s = Step {
+                successful: 1000,
+                server_cpu_s: cpu,
+                per_server_cpu_s: 1000.0 / cpu,
+                kernel_share: Some(kernel_share),
+                ..step(1000, true)
+            };
+            ServerResults { register_fixed: Some(s.clone()), message_fixed: Some(s), ..Default::default() }
+        };
+        // Kamailio 90.3 µs a registration (30.1 in the kernel): the target allows 60.2 in all.
+        let kamailio = with(0.0903, 1.0 / 3.0);
+        // Durable: 64.3 µs in the kernel, 28.2 in user space; without the sync 28.1 and 32.4.
+        let durable = with(0.0925, 64.3 / 92.5);
+        let unsynced = with(0.0605, 28.1 / 60.5);
+        let results = BTreeMap::from([
+            ("parley".to_string(), durable),
+            ("kamailio".to_string(), kamailio),
+            ("parley_sync_at_checkpoint".to_string(), unsynced),
+        ]);
+        let run = run_with(figures(&results, &Plan::smoke()), None);
+        let value = |key: &str| {
+            let f = run.figures.iter().find(|f| f.key == key).unwrap_or_else(|| panic!("no row {key}"));
+            (f.parley.expect("Parley's"), f.kamailio.expect("Kamailio's"))
+        };
+        let close = |(a, b): (f64, f64), (x, y): (f64, f64)| (a - x).abs() < 1e-6 && (b - y).abs() < 1e-6;
+        assert!(close(value("register_kernel_us"), (64.3, 30.1)), "{:?}", value("register_kernel_us"));
+        assert!(close(value("register_user_us"), (28.2, 60.2)), "{:?}", value("register_user_us"));
+        assert!(close(value("sync_at_checkpoint_register_kernel_us"), (28.1, 30.1)));
+        // Durable, short: the kernel time alone (64.3 µs) is more than the 60.2 allowed.
+        let durable = what_the_sync_bounds(&run, "register_per_cpu_s").expect("explained");
+        for part in [
+            "Kamailio spends 30.1 µs in the kernel and 60.2 in user space, Parley 64.3 in the kernel",
+            "(the same build without the sync: 28.1 µs in the kernel) and 28.2 in user space",
+            "more than the 60.2 µs the target allows for everything",
+        ] {
+            assert!(durable.contains(part), "{part:?} not in {durable:?}");
+        }
+        // Without the sync: 32.1 µs of user space would meet it; the text says what is left.
+        let unsynced = what_the_sync_bounds(&run, "sync_at_checkpoint_register_per_cpu_s").expect("explained");
+        for part in
+            ["Parley without the sync 28.1 in the kernel and 32.4 in user space", "leaves 32.1 µs of user space"]
+        {
+            assert!(unsynced.contains(part), "{part:?} not in {unsynced:?}");
+        }
+        assert!(unsynced.contains(": 99% of what Parley spends there, 53% of Kamailio's."), "{unsynced}");
+        // Not profiled (no perf): no rows, nothing said of it.
+        let mut results = results;
+        for r in results.values_mut() {
+            r.register_fixed.as_mut().expect("a run").kernel_share = None;
+        }
+        let run = run_with(figures(&results, &Plan::smoke()), None);
+        let kernel = run.figures.iter().find(|f| f.key == "register_kernel_us").expect("the row");
+        assert_eq!((kernel.parley, kernel.kamailio), (None, None));
+        assert_eq!(what_the_sync_bounds(&run, "sync_at_checkpoint_register_per_cpu_s"), None);
     }
 }

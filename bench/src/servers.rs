@@ -214,6 +214,11 @@ impl Server {
         procstat::tree_cpu_seconds(self.pid())
     }
 
+    /// The server's processes (Kamailio's children too).
+    pub fn pids(&self) -> Vec<u32> {
+        procstat::tree(self.pid())
+    }
+
     /// (PSS, RSS) of the server's process tree in bytes.
     pub fn memory(&self) -> (u64, u64) {
         procstat::tree_memory(self.pid())

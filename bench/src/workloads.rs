@@ -28,6 +28,9 @@ pub struct Step {
     pub clean: bool,
     /// Datagrams the kernel dropped for a full receive buffer during the step (all sockets).
     pub udp_rcvbuf_errors: u64,
+    /// The kernel's share of the server's CPU during the step, where it was profiled (`profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_share: Option<f64>,
 }
 
 /// The kernel's count of UDP datagrams dropped for a full socket receive buffer.
@@ -109,6 +112,7 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, dro
             && o.retransmissions == 0
             && achieved >= 0.95 * offered as f64,
         udp_rcvbuf_errors: drops,
+        kernel_share: None,
     }
 }
 

@@ -34,6 +34,7 @@ fn require(tool: &str) {
 fn smoke_run_writes_every_figure() {
     require("sipp");
     require("taskset");
+    require("perf");
     let out = tempfile::tempdir().unwrap();
     let md = out.path().join("BENCHMARKS.md");
     let started = std::time::Instant::now();
@@ -72,6 +73,8 @@ fn smoke_run_writes_every_figure() {
         "frontend_message_p99_ms",
         "memory_idle_mib",
         "cold_start_ms",
+        "register_kernel_us",
+        "register_user_us",
         "tls_cold_start_ms",
     ] {
         assert!(keys.contains(&key), "figure {key} missing: {keys:?}");
@@ -88,6 +91,9 @@ fn smoke_run_writes_every_figure() {
         let f = figures.iter().find(|f| f["key"] == key).unwrap();
         assert!(f["baseline"].is_number(), "the baseline has no value for {key}: {f}");
     }
+    // The REGISTER run was profiled: some of its CPU in the kernel, some in user space.
+    let share = json["servers"]["parley"]["register_fixed"]["kernel_share"].as_f64();
+    assert!(share.is_some_and(|s| s > 0.0 && s < 1.0), "kernel share {share:?}");
     let fe = &json["servers"]["parley"]["frontend"];
     assert_eq!(fe["message_fixed"]["failed"], 0, "{fe}");
     assert_eq!(fe["cpu_s_by_process"].as_object().map(|o| o.len()), Some(3), "{fe}");
