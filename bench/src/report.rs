@@ -196,8 +196,8 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     let fixed_figures: [(&str, &Of); 7] = [
         ("per_cpu_s", &|s| Some(s.per_server_cpu_s)),
         ("cpu_s_per_1000", &|s| Some(1000.0 * s.server_cpu_s / s.successful.max(1) as f64)),
-        ("kernel_us", &|s| kernel_us(s, true)),
-        ("user_us", &|s| kernel_us(s, false)),
+        ("kernel_us", &|s| cpu_split_us(s, true)),
+        ("user_us", &|s| cpu_split_us(s, false)),
         ("p50_ms", &|s| s.p50_ms),
         ("p99_ms", &|s| s.p99_ms),
         ("failed_fixed", &|s| Some(s.failed as f64)),
@@ -553,7 +553,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                 "server CPU per registration in the kernel (`perf` samples)",
                 "µs",
                 "lower",
-                |s| kernel_us(s, true),
+                |s| cpu_split_us(s, true),
                 Target::None,
             ),
             (
@@ -561,7 +561,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
                 "server CPU per registration in user space (`perf` samples)",
                 "µs",
                 "lower",
-                |s| kernel_us(s, false),
+                |s| cpu_split_us(s, false),
                 Target::None,
             ),
         ];
@@ -630,7 +630,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
 }
 
 /// A profiled step's server CPU per call in the kernel (or, with `false`, in user space), in µs.
-fn kernel_us(s: &Step, kernel: bool) -> Option<f64> {
+fn cpu_split_us(s: &Step, kernel: bool) -> Option<f64> {
     let share = s.kernel_share?;
     let side = if kernel { share } else { 1.0 - share };
     Some(1e6 * s.server_cpu_s * side / s.successful.max(1) as f64)
