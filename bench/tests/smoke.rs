@@ -93,7 +93,10 @@ fn smoke_run_writes_every_figure() {
     }
     // The REGISTER run was profiled: some of its CPU in the kernel, some in user space.
     let share = json["servers"]["parley"]["register_fixed"]["kernel_share"].as_f64();
-    assert!(share.is_some_and(|s| s > 0.0 && s < 1.0), "kernel share {share:?}");
+    assert!(
+        share.is_some_and(|s| s > 0.0 && s < 1.0),
+        "kernel share {share:?}: perf must sample the kernel (root, or kernel.perf_event_paranoid at most 1)"
+    );
     let fe = &json["servers"]["parley"]["frontend"];
     assert_eq!(fe["message_fixed"]["failed"], 0, "{fe}");
     assert_eq!(fe["cpu_s_by_process"].as_object().map(|o| o.len()), Some(3), "{fe}");
