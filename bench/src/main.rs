@@ -140,11 +140,16 @@ impl Plan {
         (kind != Kind::Kamailio).then(|| Duration::from_secs_f64(self.memory_settle_secs))
     }
 
+    /// Calls in one fixed-rate run.
+    fn fixed_count(&self) -> u32 {
+        (self.fixed_rate as f64 * self.fixed_secs) as u32
+    }
+
     /// Users one throughput phase takes from its counter at most.
     fn phase_users(&self) -> usize {
         let ladder = |rates: &[u32]| rates.iter().map(|r| (*r as f64 * self.step_secs) as usize).sum::<usize>();
         ladder(&self.register_rates)
-            + (self.fixed_rate as f64 * self.fixed_secs) as usize
+            + self.fixed_count() as usize
             + self.senders
             + 4
             + self.fanout.iter().map(|n| n + 1).sum::<usize>()
@@ -603,14 +608,14 @@ fn fixed_rows(
     ctx: &Ctx,
     key: &str,
 ) -> anyhow::Result<(workloads::Step, workloads::Step, PathBuf, workloads::Recipient)> {
-    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
+    let count = plan.fixed_count();
     let print = |what: &str, f: &workloads::Step| {
         eprintln!(
             "  {what} at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000{}, {} failed",
             plan.fixed_rate,
             f.p50_ms,
             f.p99_ms,
-            1000.0 * f.server_cpu_s / f.successful.max(1) as f64,
+            1000.0 * f.cpu_s_per_call(),
             f.kernel_share.map(|k| format!(" ({:.0}% in the kernel)", 100.0 * k)).unwrap_or_default(),
             f.failed
         )
@@ -626,15 +631,23 @@ fn fixed_rows(
     let senders_inf = users.inf(&format!("{key}-senders"), senders.clone())?;
     let recipient = workloads::Recipient::start(ctx, server, users, key)?;
     let to = recipient.user.clone();
-    let mut jobs = senders.clone().cycle().enumerate().map(|(n, i)| {
-        sip::Job::new(
-            format!("u{i}"),
-            vec![sip::message(&to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
-        )
-    });
+    let mut jobs = message_jobs(&to, senders);
     let message = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
     print("MESSAGE", &message);
     Ok((register, message, senders_inf, recipient))
+}
+
+/// The fixed-rate MESSAGE run's requests: the senders in turn, each sending `to` a numbered message.
+fn message_jobs<'a>(
+    to: &'a str,
+    senders: impl Iterator<Item = usize> + Clone + 'a,
+) -> impl Iterator<Item = sip::Job> + 'a {
+    senders.cycle().enumerate().map(move |(n, i)| {
+        sip::Job::new(
+            format!("u{i}"),
+            vec![sip::message(to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
+        )
+    })
 }
 
 /// Cold starts (process start to the first answered OPTIONS) of several servers, in turn, the
@@ -964,15 +977,10 @@ fn frontend_fixed(
     senders: &[usize],
     plan: &Plan,
 ) -> anyhow::Result<(workloads::Step, BTreeMap<String, f64>)> {
-    let count = (plan.fixed_rate as f64 * plan.fixed_secs) as u32;
-    let mut jobs = senders.iter().cycle().enumerate().map(|(n, i)| {
-        sip::Job::new(
-            format!("u{i}"),
-            vec![sip::message(to, &format!("Hello {to}, this is u{i}: message {n} of the benchmark."))],
-        )
-    });
+    let mut jobs = message_jobs(to, senders.iter().copied());
     let cpu0 = cluster.cpu_by_process();
-    let fixed = workloads::fixed_rate(cluster, &mut jobs, plan.fixed_rate, count, workloads::Timed::AuthenticatedLeg)?;
+    let timed = workloads::Timed::AuthenticatedLeg;
+    let fixed = workloads::fixed_rate(cluster, &mut jobs, plan.fixed_rate, plan.fixed_count(), timed)?;
     let by_process: BTreeMap<String, f64> =
         cluster.cpu_by_process().into_iter().map(|(k, v)| (k.clone(), v - cpu0[&k])).collect();
     eprintln!(

@@ -195,13 +195,14 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
     type Of = dyn Fn(&Step) -> Option<f64>;
     let fixed_figures: [(&str, &Of); 7] = [
         ("per_cpu_s", &|s| Some(s.per_server_cpu_s)),
-        ("cpu_s_per_1000", &|s| Some(1000.0 * s.server_cpu_s / s.successful.max(1) as f64)),
+        ("cpu_s_per_1000", &|s| Some(1000.0 * s.cpu_s_per_call())),
         ("kernel_us", &|s| cpu_split_us(s, true)),
         ("user_us", &|s| cpu_split_us(s, false)),
         ("p50_ms", &|s| s.p50_ms),
         ("p99_ms", &|s| s.p99_ms),
         ("failed_fixed", &|s| Some(s.failed as f64)),
     ];
+    let fixed = |name: &str| fixed_figures.iter().find(|(n, _)| *n == name).expect("named above").1;
     type Pick = for<'a> fn(&(&'a Step, &'a Step)) -> &'a Step;
     let picks: [(&str, Pick); 2] = [("register", |x| x.0), ("message", |x| x.1)];
     // Their Parley/Kamailio ratios: the median of the per-round ratios, each round having measured
@@ -262,7 +263,6 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         let median_of = |r: &ServerResults, g: &dyn Fn(&Step) -> Option<f64>| {
             median(r.fixed_runs().iter().filter_map(|x| g(pick(x))).collect())
         };
-        let fixed = |name: &str| fixed_figures.iter().find(|(n, _)| *n == name).expect("named above").1;
         add(
             &format!("{m}_max_rate"),
             format!("{label}: highest offered rate with zero failures"),
@@ -419,7 +419,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         format!("{fe_label}: messages per CPU-second of all three servers at {rate}/s{fe_over}"),
         "per CPU-s",
         "higher",
-        &|r| fe_fixed(r, &|s| Some(s.per_server_cpu_s)),
+        &|r| fe_fixed(r, fixed("per_cpu_s")),
         Target::VsKamailio,
     );
     add(
@@ -427,7 +427,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         format!("{fe_label}: CPU-seconds of all three servers per 1,000 messages at {rate}/s{fe_over}"),
         "CPU-s",
         "lower",
-        &|r| fe_fixed(r, &|s| Some(1000.0 * s.server_cpu_s / s.successful.max(1) as f64)),
+        &|r| fe_fixed(r, fixed("cpu_s_per_1000")),
         Target::None,
     );
     add(
@@ -435,7 +435,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         format!("{fe_label}: p50 response time at {rate}/s{fe_over}"),
         "ms",
         "lower",
-        &|r| fe_fixed(r, &|s| s.p50_ms),
+        &|r| fe_fixed(r, fixed("p50_ms")),
         Target::None,
     );
     add(
@@ -443,7 +443,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
         format!("{fe_label}: p99 response time at {rate}/s{fe_over}"),
         "ms",
         "lower",
-        &|r| fe_fixed(r, &|s| s.p99_ms),
+        &|r| fe_fixed(r, fixed("p99_ms")),
         Target::VsKamailio,
     );
     add(
@@ -633,7 +633,7 @@ pub fn figures(results: &BTreeMap<String, ServerResults>, plan: &Plan) -> Vec<Fi
 fn cpu_split_us(s: &Step, kernel: bool) -> Option<f64> {
     let share = s.kernel_share?;
     let side = if kernel { share } else { 1.0 - share };
-    Some(1e6 * s.server_cpu_s * side / s.successful.max(1) as f64)
+    Some(1e6 * s.cpu_s_per_call() * side)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {

@@ -33,6 +33,13 @@ pub struct Step {
     pub kernel_share: Option<f64>,
 }
 
+impl Step {
+    /// Server CPU-seconds per successful call.
+    pub fn cpu_s_per_call(&self) -> f64 {
+        self.server_cpu_s / self.successful.max(1) as f64
+    }
+}
+
 /// The kernel's count of UDP datagrams dropped for a full socket receive buffer.
 pub fn udp_rcvbuf_errors() -> u64 {
     let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
