@@ -238,6 +238,7 @@ async fn run_front_end(config: Config, shared: Shared) -> anyhow::Result<()> {
 async fn run_home(config: Config, shared: Shared) -> anyhow::Result<()> {
     let Shared { directory, metrics, transports, limits, .. } = &shared;
     let store = Store::open(&config.storage.data_dir, config.storage.sync)?;
+    let _ = metrics.journal_syncs.set(store.journal_syncs());
     let admin_token = match &config.api.admin_token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)

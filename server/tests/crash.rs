@@ -66,6 +66,10 @@ fn every_acknowledged_registration_survives_kill_9_under_load() {
         std::thread::sleep(Duration::from_millis(2));
     }
     stop.store(true, Ordering::Relaxed);
+    // Each of those 200s waited for a sync of the journal, and /metrics timed it (group commit:
+    // one sync may cover several).
+    let syncs = server.metric("parley_store_journal_sync_seconds_count");
+    assert!(syncs >= 1.0, "{syncs} journal syncs timed");
     server.kill_and_restart();
     let uas: Vec<(usize, Ua)> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
     let acked = acked.lock().unwrap().clone();

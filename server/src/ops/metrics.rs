@@ -61,17 +61,20 @@ pub struct Metrics {
     pub latency: [Histogram; 9],
     /// Front-End only: traffic and state per Home Server, by name.
     pub home_servers: std::sync::Mutex<std::collections::BTreeMap<String, HomeServerStats>>,
+    /// Home Server only: the time each sync of the store's journal took (the store counts them).
+    pub journal_syncs: std::sync::OnceLock<std::sync::Arc<Histogram>>,
 }
 
-/// Upper bounds (seconds) of the latency buckets: sub-millisecond answers to directory and store
-/// waits of a second.
-pub const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+/// Upper bounds (seconds) of the latency buckets: a disk's sync of a tenth of a millisecond and
+/// sub-millisecond answers, to directory and store waits of a second.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// A Prometheus histogram: cumulative counts are computed when rendered.
 #[derive(Default)]
 pub struct Histogram {
     /// Observations per bucket (the last one: above every bound).
-    counts: [AtomicU64; 13],
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of observations in microseconds.
     sum_micros: AtomicU64,
 }
@@ -82,6 +85,28 @@ impl Histogram {
         let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
         self.counts[i].fetch_add(1, Relaxed);
         self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// How many observations it holds.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// Appends the series of histogram `name`; `labels` (e.g. `method="REGISTER",`) come before
+    /// each bucket's `le`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[LATENCY_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let labels = labels.trim_end_matches(',');
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
     }
 }
 
@@ -269,22 +294,20 @@ impl Metrics {
         for (name, kind, help, v) in scalars {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
         }
-        out.push_str("# HELP parley_sip_request_duration_seconds Time from a request's arrival to its final response, by method.\n# TYPE parley_sip_request_duration_seconds histogram\n");
+        let name = "parley_sip_request_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Time from a request's arrival to its final response, by method.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
         for (m, h) in METHODS.iter().zip(&self.latency) {
-            let mut cumulative = 0;
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += h.counts[i].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "parley_sip_request_duration_seconds_bucket{{method=\"{m}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            cumulative += h.counts[LATENCY_BUCKETS.len()].load(Relaxed);
-            let _ =
-                writeln!(out, "parley_sip_request_duration_seconds_bucket{{method=\"{m}\",le=\"+Inf\"}} {cumulative}");
-            let sum = h.sum_micros.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "parley_sip_request_duration_seconds_sum{{method=\"{m}\"}} {sum}");
-            let _ = writeln!(out, "parley_sip_request_duration_seconds_count{{method=\"{m}\"}} {cumulative}");
+            h.render(&mut out, name, &format!("method=\"{m}\","));
+        }
+        if let Some(h) = self.journal_syncs.get() {
+            let name = "parley_store_journal_sync_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Time each sync of the store's journal took (the writes it covers are answered after it)."
+            );
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            h.render(&mut out, name, "");
         }
         let homes = self.home_servers.lock().expect("home server stats");
         if !homes.is_empty() {
@@ -336,6 +359,25 @@ mod tests {
         assert!(line("parley_sip_request_duration_seconds_bucket{method=\"REGISTER\",le=\"+Inf\"} 2"));
         assert!(line("parley_sip_request_duration_seconds_count{method=\"REGISTER\"} 2"));
         assert!(line("parley_sip_request_duration_seconds_sum{method=\"REGISTER\"} 3.0015"));
+        assert!(!text.contains("parley_store_journal_sync_seconds"), "no store, no journal syncs: {text}");
+    }
+
+    #[test]
+    fn a_home_servers_journal_syncs_are_a_histogram_without_labels() {
+        let m = Metrics::default();
+        let syncs = std::sync::Arc::new(Histogram::default());
+        syncs.observe(std::time::Duration::from_micros(90));
+        syncs.observe(std::time::Duration::from_micros(12_000));
+        assert!(m.journal_syncs.set(syncs).is_ok());
+        let text = m.render();
+        let line = |l: &str| text.lines().any(|t| t == l);
+        assert!(line("# TYPE parley_store_journal_sync_seconds histogram"), "{text}");
+        assert!(line("parley_store_journal_sync_seconds_bucket{le=\"0.0001\"} 1"), "{text}");
+        assert!(line("parley_store_journal_sync_seconds_bucket{le=\"0.01\"} 1"));
+        assert!(line("parley_store_journal_sync_seconds_bucket{le=\"0.025\"} 2"));
+        assert!(line("parley_store_journal_sync_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(line("parley_store_journal_sync_seconds_sum 0.01209"));
+        assert!(line("parley_store_journal_sync_seconds_count 2"));
     }
 }
 

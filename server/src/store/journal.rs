@@ -23,10 +23,13 @@
 //! earlier layout (frames from the start, checksum of the payload alone) and is read as such.
 
 use super::{Table, Write};
+use crate::ops::metrics::Histogram;
 use anyhow::{Context, bail};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
 const MAGIC: &[u8; 8] = b"PJOURNL2";
 /// Magic and epoch.
@@ -47,23 +50,23 @@ pub struct Journal {
     /// The file's size: zeros (or frames of earlier epochs) beyond `len`.
     allocated: u64,
     epoch: u64,
-    /// Whether `append` syncs (`storage.sync = "each-change"`); if not, the changes reach the disk
-    /// with the next checkpoint (redb's durable commit).
-    sync_each_append: bool,
+    /// With `storage.sync = "each-change"`, where `append` counts the time each of its syncs
+    /// took; without (`None`), `append` does not sync: the changes reach the disk with the next
+    /// checkpoint (redb's durable commit).
+    syncs: Option<Arc<Histogram>>,
 }
 
 impl Journal {
     /// Opens the journal empty (durably), with `epoch`: `read` and replay it first. The file's
     /// space is kept, and made at least `GROW_BY`.
-    pub fn create(path: &Path, sync_each_append: bool, epoch: u64) -> anyhow::Result<Journal> {
+    pub fn create(path: &Path, syncs: Option<Arc<Histogram>>, epoch: u64) -> anyhow::Result<Journal> {
         let context = || format!("opening the journal {}", path.display());
         let existed = path.exists();
         let file =
             OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).with_context(context)?;
         let mut magic = [0; MAGIC.len()];
         let size = file.metadata().with_context(context)?.len();
-        let mut journal =
-            Journal { file, path: path.to_path_buf(), len: FILE_HEADER, allocated: size, epoch, sync_each_append };
+        let mut journal = Journal { file, path: path.to_path_buf(), len: FILE_HEADER, allocated: size, epoch, syncs };
         if journal.file.read_exact_at(&mut magic, 0).is_err() || magic != *MAGIC {
             // New, or the earlier layout (replayed by now): start over in this one.
             journal.file.set_len(0).with_context(context)?;
@@ -120,10 +123,12 @@ impl Journal {
         let grew = self.ensure_space(self.len + buf.len() as u64)?;
         self.file
             .write_all_at(&buf, self.len)
-            .and_then(|()| match (self.sync_each_append, grew) {
-                (false, _) => Ok(()),
-                (true, false) => self.file.sync_data(),
-                (true, true) => self.file.sync_all(),
+            .and_then(|()| {
+                let Some(syncs) = &self.syncs else { return Ok(()) };
+                let started = Instant::now();
+                if grew { self.file.sync_all() } else { self.file.sync_data() }?;
+                syncs.observe(started.elapsed());
+                Ok(())
             })
             .with_context(|| format!("appending to the journal {}", self.path.display()))?;
         self.len += frames;
@@ -271,7 +276,7 @@ mod tests {
     fn frames_come_back_in_order_and_a_cut_tail_drops_only_its_batch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path, true, 1).unwrap();
+        let mut j = Journal::create(&path, Some(Arc::default()), 1).unwrap();
         j.append([batch(1), batch(2)].iter().map(Vec::as_slice)).unwrap();
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
         assert_eq!(read(&path).unwrap().1, [batch(1), batch(2), batch(3)]);
@@ -299,7 +304,7 @@ mod tests {
     fn a_cleared_journal_holds_only_what_came_after_even_without_its_terminator() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path, true, 1).unwrap();
+        let mut j = Journal::create(&path, Some(Arc::default()), 1).unwrap();
         let long = |n: u8| vec![Write::put(Table::Rules, format!("user{n}@x"), &vec![n; 300])];
         j.append([long(1), long(2), long(3)].iter().map(Vec::as_slice)).unwrap();
         let before = std::fs::read(&path).unwrap();
@@ -325,7 +330,7 @@ mod tests {
         assert_eq!(read(&path).unwrap().1, [batch(4)], "the header's epoch is newer than that frame's");
         // Opening it again (after a replay) empties it, keeping its space.
         std::fs::write(&path, &lost).unwrap();
-        Journal::create(&path, true, 3).unwrap();
+        Journal::create(&path, Some(Arc::default()), 3).unwrap();
         assert_eq!(read(&path).unwrap().0, 3);
         assert!(read(&path).unwrap().1.is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_BY);
@@ -335,7 +340,7 @@ mod tests {
     fn the_journal_grows_for_a_large_batch_and_shrinks_back_when_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let mut j = Journal::create(&path, true, 1).unwrap();
+        let mut j = Journal::create(&path, Some(Arc::default()), 1).unwrap();
         let huge = || vec![Write::put(Table::Offline, "u@x\u{0}1", &vec![7u8; (KEEP_AT_MOST as usize) / 2])];
         j.append(std::iter::once(batch(1).as_slice())).unwrap();
         j.append(std::iter::once(huge().as_slice())).unwrap();
@@ -362,7 +367,7 @@ mod tests {
         }
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap().1, [batch(1), batch(2)]);
-        let mut j = Journal::create(&path, true, 1).unwrap();
+        let mut j = Journal::create(&path, Some(Arc::default()), 1).unwrap();
         assert!(read(&path).unwrap().1.is_empty());
         j.append(std::iter::once(batch(3).as_slice())).unwrap();
         assert_eq!(read(&path).unwrap().1, [batch(3)]);

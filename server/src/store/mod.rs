@@ -20,6 +20,7 @@
 mod journal;
 mod writer;
 
+use crate::ops::metrics::Histogram;
 use anyhow::Context;
 pub use parley_config::SyncPolicy;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -130,6 +131,7 @@ struct Inner {
     shared: writer::Shared,
     committer: Arc<writer::Committer>,
     thread: Option<std::thread::JoinHandle<()>>,
+    syncs: Arc<Histogram>,
 }
 
 impl Drop for Inner {
@@ -172,15 +174,22 @@ impl Store {
             Self::apply_now(&db, &replay, Durability::Immediate)?;
         }
         tracing::info!(path = %path.display(), ?sync, "store open");
-        let each = sync == SyncPolicy::EachChange;
-        let active = journal::Journal::create(&data_dir.join(JOURNALS[0]), each, next_epoch)?;
-        let spare = journal::Journal::create(&data_dir.join(JOURNALS[1]), each, next_epoch + 1)?;
+        let syncs = Arc::new(Histogram::default());
+        let timed = (sync == SyncPolicy::EachChange).then_some(&syncs);
+        let active = journal::Journal::create(&data_dir.join(JOURNALS[0]), timed.cloned(), next_epoch)?;
+        let spare = journal::Journal::create(&data_dir.join(JOURNALS[1]), timed.cloned(), next_epoch + 1)?;
         let shared = writer::Shared { db: Arc::new(db), unapplied: Arc::default(), committing: Arc::default() };
         let writer = writer::Writer::new(shared.clone(), checkpoints, active, spare, next_epoch + 2);
         let committer = Arc::new(writer::Committer::new(writer));
         let running = committer.clone();
         let thread = std::thread::Builder::new().name("store-writer".into()).spawn(move || running.run())?;
-        Ok(Store { inner: Arc::new(Inner { shared, committer, thread: Some(thread) }) })
+        Ok(Store { inner: Arc::new(Inner { shared, committer, thread: Some(thread), syncs }) })
+    }
+
+    /// The time each sync of the journal took (none with `storage.sync = "checkpoint"`), for
+    /// `/metrics`: a disk whose syncs slow down delays every durable answer.
+    pub fn journal_syncs(&self) -> Arc<Histogram> {
+        self.inner.syncs.clone()
     }
 
     /// Before a read: redb takes what is kept (after any checkpoint in flight), so the read sees
@@ -389,6 +398,9 @@ mod tests {
             .await
             .unwrap();
         store.apply(vec![Write::delete(Table::Rules, "bob@x"), Write::put(Table::Contacts, "c@x", &3)]).await.unwrap();
+        // Each write answered after its own sync, timed; none without a sync per change.
+        let syncs = if sync == SyncPolicy::EachChange { 2 } else { 0 };
+        assert_eq!(store.journal_syncs().count(), syncs, "{sync:?}");
         assert_eq!(store.get::<u32>(Table::Rules, "alice@x").unwrap(), Some(1), "reads see journalled writes");
         let journalled = journal::read(&dir.path().join("parley.journal")).unwrap().1;
         assert_eq!(journalled.len(), 2, "the writes are in the journal, not yet checkpointed");
