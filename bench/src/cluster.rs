@@ -121,20 +121,12 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
 /// Waits until a Parley server's `/readyz` (on its ops port) answers 200, as
 /// scripts/run-multi.sh does.
 fn wait_ready(server: &Server, ops: u16) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
-        let answer = std::net::TcpStream::connect(("127.0.0.1", ops)).and_then(|mut c| {
-            c.set_read_timeout(Some(Duration::from_secs(2)))?;
-            c.write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-            let mut text = String::new();
-            c.read_to_string(&mut text)?;
-            Ok(text)
-        });
-        match answer {
-            Ok(text) if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") => return Ok(()),
-            Ok(text) => last = text.lines().next().unwrap_or_default().to_string(),
+        match crate::servers::http_get(ops, "/readyz") {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("{status} {}", body.trim()),
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(20));

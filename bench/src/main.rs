@@ -20,6 +20,7 @@ mod servers;
 mod sip;
 mod sipp;
 mod soak;
+mod syncs;
 mod workloads;
 
 use anyhow::{Context, bail};
@@ -624,8 +625,14 @@ fn fixed_rows(
     let mut jobs = range.map(|i| sip::Job::new(format!("u{i}"), vec![sip::register(&format!("u{i}"))]));
     // Profiled: how much of a registration's CPU is the kernel's (`what_the_profile_shows`).
     let recording = profile::start(&server.pids(), ctx.sipp_cpus, &ctx.work.join(format!("{key}-register.perf")));
+    let syncs_before = server.journal_syncs();
     let mut register = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
     register.kernel_share = recording.and_then(profile::Recording::kernel_share);
+    register.journal_syncs = server
+        .journal_syncs()
+        .zip(syncs_before)
+        .map(|(after, before)| after.since(&before))
+        .filter(|syncs| syncs.count() > 0);
     print("REGISTER", &register);
     let senders = users.take(plan.senders);
     let senders_inf = users.inf(&format!("{key}-senders"), senders.clone())?;

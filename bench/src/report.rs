@@ -983,14 +983,44 @@ fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
             let without_sync = figure("sync_at_checkpoint_register_p99_ms")?.parley?;
             Some(format!(
                 "The 200 waits for the sync: {} ms median, {} ms p99 on this disk alone; without it \
-                 (`storage.sync = \"checkpoint\"`, same run) Parley's p99 is {} ms.",
+                 (`storage.sync = \"checkpoint\"`, same run) Parley's p99 is {} ms.{}",
                 fmt(Some(d.p50_ms)),
                 fmt(Some(d.p99_ms)),
-                fmt(Some(without_sync))
+                fmt(Some(without_sync)),
+                what_the_journal_syncs_show(run).map(|w| format!(" {w}")).unwrap_or_default(),
             ))
         }
         _ => None,
     }
+}
+
+/// For the durable REGISTER p99 row: how long Parley's journal syncs took during its fixed-rate
+/// REGISTER runs (the server's own histogram), and each run's slowest sync beside its p99. The
+/// disk timed alone, before the servers run, cannot show a stall that comes during a run.
+fn what_the_journal_syncs_show(run: &Run) -> Option<String> {
+    let runs: Vec<&Step> = run.servers.get("parley")?.fixed_runs().into_iter().map(|(r, _)| r).collect();
+    let timed: Vec<(&crate::syncs::SyncTimes, f64)> =
+        runs.iter().filter_map(|r| Some((r.journal_syncs.as_ref()?, r.p99_ms?))).collect();
+    if timed.is_empty() {
+        return None;
+    }
+    let all = timed.iter().fold(crate::syncs::SyncTimes::default(), |all, (s, _)| all.plus(s));
+    let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v}"));
+    let list = |v: Vec<String>| match v.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => v.concat(),
+    };
+    Some(format!(
+        "During its {} fixed-rate REGISTER runs Parley's journal synced {} times \
+         (`parley_store_journal_sync_seconds`): half within {} ms, 99% within {} ms. The slowest sync of \
+         each run took more than {} ms; the runs' p99 response times were {} ms.",
+        timed.len(),
+        thousands(all.count() as usize),
+        ms(all.within_ms(0.5)),
+        ms(all.within_ms(0.99)),
+        list(timed.iter().map(|(s, _)| ms(s.slowest_above_ms())).collect()),
+        list(timed.iter().map(|(_, p99)| fmt(Some(*p99))).collect()),
+    ))
 }
 
 /// For a REGISTER CPU shortfall at the fixed rate (durable, or with `storage.sync =
@@ -1181,6 +1211,7 @@ mod tests {
             clean,
             udp_rcvbuf_errors: 0,
             kernel_share: None,
+            journal_syncs: None,
         }
     }
 
@@ -1451,6 +1482,51 @@ mod tests {
         let cpu = what_the_sync_bounds(&run_with(figures, None), "register_per_cpu_s").expect("explained");
         assert!(cpu.contains("100 µs, no less: the sync before each 200 is not what the gap is made of"), "{cpu}");
     }
+    /// The durable p99 row says how long the journal's syncs took during Parley's runs, and each
+    /// run's slowest beside its p99.
+    #[test]
+    fn a_durable_register_p99_shortfall_gives_the_journal_syncs_of_the_runs() {
+        let figures = vec![figure("register_p99_ms", 3.9, 1.2), figure("sync_at_checkpoint_register_p99_ms", 0.7, 1.2)];
+        let disk = DiskSync { syncs: 2000, every_ms: 1.0, p50_ms: 0.1, p99_ms: 0.18 };
+        let mut run = run_with(figures, Some(disk));
+        // Syncs by upper bound (s): a run whose slowest took 10 to 25 ms, one all within 0.25 ms.
+        let times = |counts: [u64; 4]| crate::syncs::SyncTimes {
+            buckets: [0.0001, 0.00025, 0.01, 0.025]
+                .into_iter()
+                .zip(counts)
+                .chain([(f64::INFINITY, counts[3])])
+                .collect(),
+        };
+        let with = |p99: f64, syncs: crate::syncs::SyncTimes| Step {
+            p99_ms: Some(p99),
+            journal_syncs: Some(syncs),
+            ..step(1000, true)
+        };
+        let (slow, quick) = (with(12.26, times([10, 97, 99, 100])), with(1.0, times([50, 100, 100, 100])));
+        let parley = ServerResults {
+            register_fixed: Some(slow),
+            message_fixed: Some(step(1000, true)),
+            rounds: vec![(quick, step(1000, true))],
+            ..Default::default()
+        };
+        run.servers.insert("parley".into(), parley);
+        let p99 = what_the_sync_bounds(&run, "register_p99_ms").expect("explained");
+        for part in [
+            "During its 2 fixed-rate REGISTER runs Parley's journal synced 200 times",
+            "half within 0.25 ms",
+            "99% within 10 ms",
+            "The slowest sync of each run took more than 10 and 0.1 ms",
+            "the runs' p99 response times were 12.3 and 1 ms.",
+        ] {
+            assert!(p99.contains(part), "{part:?} not in {p99:?}");
+        }
+        // No syncs timed (Kamailio, an older build): nothing said of them.
+        run.servers.get_mut("parley").unwrap().register_fixed.as_mut().unwrap().journal_syncs = None;
+        run.servers.get_mut("parley").unwrap().rounds[0].0.journal_syncs = None;
+        let p99 = what_the_sync_bounds(&run, "register_p99_ms").expect("explained");
+        assert!(!p99.contains("journal synced"), "{p99}");
+    }
+
     /// The profile's split of a registration's CPU: its rows, and what they say of a REGISTER
     /// CPU shortfall (whether Parley's kernel time alone is more than the target allows).
     #[test]
@@ -1462,6 +1538,7 @@ mod tests {
                 server_cpu_s: cpu,
                 per_server_cpu_s: 1000.0 / cpu,
                 kernel_share: Some(kernel_share),
+                journal_syncs: None,
                 ..step(1000, true)
             };
             ServerResults { register_fixed: Some(s.clone()), message_fixed: Some(s), ..Default::default() }

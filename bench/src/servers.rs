@@ -64,6 +64,21 @@ pub struct Server {
     /// When it was spawned.
     pub started: Instant,
     pub ready_after: Duration,
+    /// Parley's operations HTTP port (`/metrics`).
+    pub ops: Option<u16>,
+}
+
+/// `GET path` on 127.0.0.1:`port` (Parley's operations HTTP): the status code and the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    c.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)?;
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Ok((status, body))
 }
 
 /// Writes a Parley users file with u<first>..u<first+count-1> (password u<N>-password).
@@ -96,6 +111,7 @@ pub const LIMITS: &str = "[limits]\nmax_messages_per_source = 0\n";
 impl Server {
     /// Starts a server in a fresh directory under `dir` and waits until it answers OPTIONS.
     pub fn start(kind: Kind, settings: &Settings, dir: &Path, users: &Path) -> anyhow::Result<Server> {
+        let mut ops_port = None;
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }
@@ -107,6 +123,7 @@ impl Server {
         match kind {
             Kind::Parley | Kind::ParleyTls | Kind::ParleyBaseline | Kind::ParleySyncAtCheckpoint => {
                 let ops = crate::free_tcp_port();
+                ops_port = Some(ops);
                 let tls = if kind == Kind::ParleyTls {
                     let t = crate::free_tcp_port();
                     format!("tls = \"127.0.0.1:{t}\"\n")
@@ -167,7 +184,16 @@ impl Server {
                 std::fs::create_dir_all(dir.join("run"))?;
             }
         }
-        Server::spawn(kind.key(), cmd, dir, sip)
+        let mut server = Server::spawn(kind.key(), cmd, dir, sip)?;
+        server.ops = ops_port;
+        Ok(server)
+    }
+
+    /// Parley's journal syncs so far (`None` for Kamailio; none counted with `storage.sync =
+    /// "checkpoint"`).
+    pub fn journal_syncs(&self) -> Option<crate::syncs::SyncTimes> {
+        let (status, body) = http_get(self.ops?, "/metrics").ok()?;
+        (status == 200).then(|| crate::syncs::SyncTimes::parse(&body)).flatten()
     }
 
     /// Spawns `cmd` (already wrapped in taskset) in `dir`, its stderr to `dir/server.log`, and
@@ -184,8 +210,15 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        let mut server =
-            Server { name: name.to_string(), child, sip, dir: dir.to_path_buf(), started, ready_after: Duration::ZERO };
+        let mut server = Server {
+            name: name.to_string(),
+            child,
+            sip,
+            dir: dir.to_path_buf(),
+            started,
+            ready_after: Duration::ZERO,
+            ops: None,
+        };
         let limit = Duration::from_secs(120);
         let deadline = started + limit;
         // OPTIONS in short rounds, so that a server that exits at once is reported at once.

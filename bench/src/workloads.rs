@@ -31,6 +31,9 @@ pub struct Step {
     /// The kernel's share of the server's CPU during the step, where it was profiled (`profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_share: Option<f64>,
+    /// Parley's journal syncs during the step, where it syncs (`syncs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_syncs: Option<crate::syncs::SyncTimes>,
 }
 
 impl Step {
@@ -120,6 +123,7 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, dro
             && achieved >= 0.95 * offered as f64,
         udp_rcvbuf_errors: drops,
         kernel_share: None,
+        journal_syncs: None,
     }
 }
 

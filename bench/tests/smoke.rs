@@ -97,6 +97,13 @@ fn smoke_run_writes_every_figure() {
         share.is_some_and(|s| s > 0.0 && s < 1.0),
         "kernel share {share:?}: perf must sample the kernel (root, or kernel.perf_event_paranoid at most 1)"
     );
+    // Its 200s waited for the journal's syncs, timed by the server (`parley_store_journal_sync_seconds`);
+    // without a sync per change there are none.
+    let syncs = &json["servers"]["parley"]["register_fixed"]["journal_syncs"]["buckets"];
+    let counted = syncs.as_array().and_then(|b| b.last()).and_then(|b| b[1].as_u64());
+    assert!(counted.is_some_and(|n| n > 0), "journal syncs: {syncs}");
+    let unsynced = &json["servers"]["parley_sync_at_checkpoint"]["register_fixed"];
+    assert!(unsynced.is_object() && unsynced["journal_syncs"].is_null(), "{unsynced}");
     let fe = &json["servers"]["parley"]["frontend"];
     assert_eq!(fe["message_fixed"]["failed"], 0, "{fe}");
     assert_eq!(fe["cpu_s_by_process"].as_object().map(|o| o.len()), Some(3), "{fe}");
