@@ -623,9 +623,10 @@ fn fixed_rows(
     };
     let range = users.take(count as usize);
     let mut jobs = range.map(|i| sip::Job::new(format!("u{i}"), vec![sip::register(&format!("u{i}"))]));
+    // Read outside the run's CPU and profile: the journal's syncs so far.
+    let syncs_before = server.journal_syncs();
     // Profiled: how much of a registration's CPU is the kernel's (`what_the_profile_shows`).
     let recording = profile::start(&server.pids(), ctx.sipp_cpus, &ctx.work.join(format!("{key}-register.perf")));
-    let syncs_before = server.journal_syncs();
     let mut register = workloads::fixed_rate(server, &mut jobs, plan.fixed_rate, count, workloads::Timed::Whole)?;
     register.kernel_share = recording.and_then(profile::Recording::kernel_share);
     register.journal_syncs = server
