@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// The names the users file homes users on (u<N> on `HOMES[N % 2]`).
 pub const HOMES: [&str; 2] = ["home-1", "home-2"];
@@ -78,8 +77,9 @@ impl Cluster {
         for name in HOMES {
             let home_dir = dir.join(name);
             let (cmd, sip, internal, ops) = parley_cmd(settings, &home_dir, &pki, name, "home", users, "")?;
-            let home = Server::spawn(&format!("parley {name}"), cmd, &home_dir, sip)?;
-            wait_ready(&home, ops)?;
+            let mut home = Server::spawn(&format!("parley {name}"), cmd, &home_dir, sip)?;
+            home.ops = Some(ops);
+            home.wait_ready()?;
             homes.push(home);
             routes.push(format!("{{ name = \"{name}\", address = \"127.0.0.1:{internal}\" }}"));
         }
@@ -89,7 +89,8 @@ impl Cluster {
         let mut front = Server::spawn("parley frontend", cmd, &fe_dir, sip)?;
         // The Front-End answers SIP before it has probed its Home Servers (requests for users
         // get 503 until then); its /readyz answers once the probes are done.
-        wait_ready(&front, ops)?;
+        front.ops = Some(ops);
+        front.wait_ready()?;
         front.ready_after = front.started.elapsed();
         Ok(Cluster { front, homes })
     }
@@ -116,22 +117,6 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     Ok(())
-}
-
-/// Waits until a Parley server's `/readyz` (on its ops port) answers 200, as
-/// scripts/run-multi.sh does.
-fn wait_ready(server: &Server, ops: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match crate::servers::http_get(ops, "/readyz") {
-            Ok((200, _)) => return Ok(()),
-            Ok((status, body)) => last = format!("{status} {}", body.trim()),
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{}: /readyz on port {ops} did not answer 200 within 30 s (last: {last})", server.name)
 }
 
 /// A Parley process of the row: its config in `dir/parley.toml`, the command to start it, its

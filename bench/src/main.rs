@@ -612,12 +612,16 @@ fn fixed_rows(
     let count = plan.fixed_count();
     let print = |what: &str, f: &workloads::Step| {
         eprintln!(
-            "  {what} at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000{}, {} failed",
+            "  {what} at {}/s: p50 {:?} ms, p99 {:?} ms, {:.3} CPU-s per 1,000{}{}, {} failed",
             plan.fixed_rate,
             f.p50_ms,
             f.p99_ms,
             1000.0 * f.cpu_s_per_call(),
             f.kernel_share.map(|k| format!(" ({:.0}% in the kernel)", 100.0 * k)).unwrap_or_default(),
+            f.journal_syncs
+                .as_ref()
+                .map(|s| format!(", {} journal syncs (99% within {:?} ms)", s.count(), s.within_ms(0.99)))
+                .unwrap_or_default(),
             f.failed
         )
     };

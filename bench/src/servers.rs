@@ -185,8 +185,30 @@ impl Server {
             }
         }
         let mut server = Server::spawn(kind.key(), cmd, dir, sip)?;
-        server.ops = ops_port;
+        if ops_port.is_some() {
+            // It may answer SIP before its operations HTTP listens (with many users, by the time
+            // the directory file is read): the runs read its /metrics.
+            server.ops = ops_port;
+            server.wait_ready()?;
+        }
         Ok(server)
+    }
+
+    /// Waits until a Parley server's `/readyz` (on its ops port) answers 200, as
+    /// scripts/run-multi.sh does.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        let Some(ops) = self.ops else { bail!("{}: no operations port", self.name) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match http_get(ops, "/readyz") {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => last = format!("{status} {}", body.trim()),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{}: /readyz on port {ops} did not answer 200 within 30 s (last: {last})", self.name)
     }
 
     /// Parley's journal syncs so far (`None` for Kamailio; none counted with `storage.sync =
