@@ -939,8 +939,8 @@ fn paired_verdict(f: &Figure) -> String {
 
 /// For the durable REGISTER rows at the fixed rate: how much of the gap the sync before each 200
 /// is, from the same run's `storage.sync = "checkpoint"` rows (no sync before the answer) and the
-/// disk's sync timed alone. At that rate a registration's write is alone in its group commit, so
-/// it waits for a whole sync; Kamailio's in-memory registrar waits for none.
+/// disk's sync timed alone, and the server's own journal syncs during the runs. A registration's
+/// 200 waits for a whole sync; Kamailio's in-memory registrar waits for none.
 fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
     let figure = |k: &str| run.figures.iter().find(|f| f.key == k);
     let per_registration_us = |v: Option<f64>| v.filter(|v| *v > 0.0).map(|v| 1e6 / v);
