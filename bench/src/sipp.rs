@@ -123,7 +123,13 @@ fn read_stats(path: &Path) -> anyhow::Result<Outcome> {
     let field =
         |name: &str| -> Option<&str> { header.iter().position(|h| *h == name).and_then(|i| last.get(i).copied()) };
     let num = |name: &str| field(name).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
-    let elapsed_s = field("ElapsedTime(C)").map(parse_elapsed).unwrap_or(0.0);
+    // From the start and current times' epoch seconds: Debian's sipp 3.6 writes ElapsedTime(C)
+    // in whole seconds, so a 100-call step that took 0.999 s read as 0 s (and 0 calls a second).
+    let epoch = |name: &str| field(name).and_then(|v| v.split('\t').nth(2)).and_then(|v| v.trim().parse::<f64>().ok());
+    let elapsed_s = match (epoch("StartTime"), epoch("CurrentTime")) {
+        (Some(start), Some(now)) if now > start => now - start,
+        _ => field("ElapsedTime(C)").map(parse_elapsed).unwrap_or(0.0),
+    };
     Ok(Outcome {
         successful: num("SuccessfulCall(C)"),
         failed: num("FailedCall(C)"),
@@ -188,6 +194,24 @@ pub fn start_uas(scenario: &Path, port: u16, cpus: &str, dir: &Path) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_under_a_second_has_its_elapsed_time_from_the_epoch_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat.csv");
+        // Debian's sipp 3.6: dates with tabs, elapsed time in whole seconds.
+        let row = |current: &str, ok: u32| {
+            format!(
+                "2026-12-05\t02:23:10.247000\t1796437390.247000;2026-12-05\t02:23:11.246131\t1796437391.246131;\
+                 2026-12-05\t{current}\t1796437391.246205;00:00:00;00:00:00;{ok};0;0\n"
+            )
+        };
+        let header = "StartTime;LastResetTime;CurrentTime;ElapsedTime(P);ElapsedTime(C);SuccessfulCall(C);FailedCall(C);Retransmissions(C)\n";
+        std::fs::write(&path, format!("{header}{}{}", row("02:23:10.300000", 0), row("02:23:11.246205", 100))).unwrap();
+        let o = read_stats(&path).unwrap();
+        assert_eq!(o.successful, 100);
+        assert!((o.elapsed_s - 0.999205).abs() < 1e-6, "{}", o.elapsed_s);
+    }
 
     #[test]
     fn elapsed_and_percentiles() {
