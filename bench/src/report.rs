@@ -1001,10 +1001,7 @@ fn what_the_journal_syncs_show(run: &Run) -> Option<String> {
     let runs: Vec<&Step> = run.servers.get("parley")?.fixed_runs().into_iter().map(|(r, _)| r).collect();
     let timed: Vec<(&crate::syncs::SyncTimes, f64)> =
         runs.iter().filter_map(|r| Some((r.journal_syncs.as_ref()?, r.p99_ms?))).collect();
-    if timed.is_empty() {
-        return None;
-    }
-    let all = timed.iter().fold(crate::syncs::SyncTimes::default(), |all, (s, _)| all.plus(s));
+    let all = timed.iter().map(|(s, _)| (*s).clone()).reduce(|all, s| all.plus(&s))?;
     let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v}"));
     let list = |v: Vec<String>| match v.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
