@@ -30,6 +30,19 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 #[cfg(feature = "system-allocator")]
 fn give_back_freed_memory_promptly() {}
 
+/// No transparent huge pages for this process. mimalloc asks for them on its arenas, and memory
+/// given back (above) and touched again, or touched for the first time as the heap grows, then
+/// faults in 2 MiB at a time: a fault zeroes the whole huge page, and with the kernel's usual
+/// `defrag = madvise` may first compact memory. In `make bench`'s Front-End row such faults held
+/// a server's thread for 20 to 40 ms several times a run (perf: `clear_page_erms` under
+/// `do_huge_pmd_anonymous_page`), which made its MESSAGE p99. Small pages fault a little at a time.
+fn no_transparent_huge_pages() {
+    // SAFETY: a process-wide flag; takes no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
+        eprintln!("parley-server: transparent huge pages left on: {}", std::io::Error::last_os_error());
+    }
+}
+
 #[derive(Parser)]
 #[command(name = "parley-server", version, about = "Parley's SIP server: Home Server and Front-End")]
 struct Cli {
@@ -130,6 +143,7 @@ fn init_logging(format: LogFormat, file: Option<LogFile>) -> anyhow::Result<()> 
 
 fn main() -> std::process::ExitCode {
     give_back_freed_memory_promptly();
+    no_transparent_huge_pages();
     let cli = Cli::parse();
     let format = cli.log_format;
     let result = match cli.command {

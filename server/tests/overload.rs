@@ -91,3 +91,13 @@ fn a_flood_from_one_address_costs_only_that_address() {
     assert!(dropped > sent as f64 / 2.0, "most of the flood is dropped unread: {dropped} of {sent}");
     assert!(rss_during < rss_before + 50 * 1024, "memory grew from {rss_before} to {rss_during} KiB");
 }
+
+/// The server turns transparent huge pages off for itself: a huge page's fault zeroes 2 MiB at
+/// once (and may first compact memory), which held a thread for 20 to 40 ms in the benchmark.
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let server = Server::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let thp = status.lines().find(|l| l.starts_with("THP_enabled:")).expect("THP_enabled in /proc/PID/status");
+    assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
+}
