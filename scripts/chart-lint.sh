@@ -111,6 +111,7 @@ expect_refused "leaseDurationSeconds: Must be greater than or equal to 2" --set 
 expect_refused "logFormat must be one of the following" --set logFormat=xml
 expect_refused "metrics.serviceMonitor.enabled: Invalid type. Expected: boolean" --set metrics.serviceMonitor.enabled=yes
 expect_refused "metrics.serviceMonitor.interval: Invalid type. Expected: string" --set metrics.serviceMonitor.interval=30
+expect_refused "prometheusRule.storeSyncSlowSeconds: Must be greater than 0" --set prometheusRule.storeSyncSlowSeconds=0
 expect_refused "networkPolicy.apiServer.ports.0: Invalid type" --set 'networkPolicy.apiServer.ports[0]=https'
 expect_refused "resources.requests.cpu: Does not match pattern" --set resources.requests.cpu=lots
 expect_refused "Additional property enable is not allowed" --set prometheusRule.enable=true

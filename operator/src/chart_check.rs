@@ -477,7 +477,13 @@ fn all_features_render_monitoring_that_matches_what_the_operator_builds() {
         assert!(pattern("job_name").is_match(&job), "the prep alert misses Job {job}");
     }
     let alerts = rule_spec.to_string();
-    for a in ["ParleyHomeServerDown", "ParleyPrepJobFailed", "ParleyReconcileErrors", "ParleyOperatorNoLeader"] {
+    for a in [
+        "ParleyHomeServerDown",
+        "ParleyStoreSyncSlow",
+        "ParleyPrepJobFailed",
+        "ParleyReconcileErrors",
+        "ParleyOperatorNoLeader",
+    ] {
         assert!(alerts.contains(a), "no alert {a}");
     }
 
