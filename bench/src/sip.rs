@@ -211,7 +211,8 @@ impl Client {
         let mut exhausted = false;
         let mut buf = vec![0u8; 65536];
         let mut last_sweep = Instant::now();
-        // When the next job may start (None: none until one finishes, or none left).
+        // When the next job may start (None: none until one finishes, or none left): the one pacing
+        // rule for starting jobs and for how long to wait for datagrams.
         let next_start = |started: u64, inflight: usize, exhausted: bool| match rate {
             _ if exhausted || inflight >= window => None,
             Some(r) => Some(t0 + Duration::from_secs_f64(started as f64 / r)),
@@ -223,12 +224,7 @@ impl Client {
         let _ = self.sock.set_nonblocking(true);
         loop {
             let now = Instant::now();
-            while !exhausted && inflight.len() < window {
-                if let Some(r) = rate
-                    && started as f64 >= now.duration_since(t0).as_secs_f64() * r
-                {
-                    break;
-                }
+            while next_start(started, inflight.len(), exhausted).is_some_and(|due| now >= due) {
                 started += 1;
                 match jobs.next() {
                     Some(mut j) => {
