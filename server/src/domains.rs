@@ -25,11 +25,11 @@ impl Domains {
     }
 
     /// The served domain a URI host stands for (the primary domain for an alias).
-    pub fn domain_of(&self, host: &str) -> Option<String> {
+    pub fn domain_of(&self, host: &str) -> Option<&str> {
         if host == self.primary || self.aliases.iter().any(|a| a == host) {
-            return Some(self.primary.clone());
+            return Some(&self.primary);
         }
-        self.admitted.iter().find(|d| *d == host).cloned()
+        self.admitted.iter().find(|d| *d == host).map(String::as_str)
     }
 
     pub fn is_local(&self, host: &str) -> bool {
@@ -39,7 +39,7 @@ impl Domains {
     /// The address of record (`user@domain`) a URI names, if its domain is served here.
     pub fn aor(&self, uri: &SipUri) -> Option<String> {
         let user = uri.user()?;
-        Some(format!("{user}@{}", self.domain_of(uri.host())?))
+        Some([user, "@", self.domain_of(uri.host())?].concat())
     }
 
     /// Takes the directory's list of domains (the primary among them or not) as the admitted ones.

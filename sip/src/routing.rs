@@ -60,7 +60,7 @@ pub fn stateless_branch(incoming_top_via: &Via, request_uri: &str, salt: &str) -
         h.update(part.as_bytes());
         h.update([0]);
     }
-    format!("z9hG4bK{}", hex::encode(&h.finalize()[..12]))
+    format!("z9hG4bK{}", crate::hex::encode(&h.finalize()[..12]))
 }
 
 /// Encodes flows as opaque tokens that only this instance, or the group of instances sharing its
@@ -134,7 +134,7 @@ impl FlowTokens {
         data.extend_from_slice(&flow.conn.to_be_bytes());
         let mac = self.mac(&data);
         data.extend_from_slice(&mac);
-        hex::encode(data)
+        crate::hex::encode(data)
     }
 
     /// `None`: not a token of this group (forged, altered, or under another key).

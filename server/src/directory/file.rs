@@ -70,8 +70,8 @@ impl Entry {
             address: self.address.to_string(),
             enabled: self.enabled,
             home_server: self.home_server.as_ref().map(|h| h.to_string()),
-            ha1_md5: self.ha1_md5.map(hex::encode),
-            ha1_sha256: self.ha1_sha256.map(hex::encode),
+            ha1_md5: self.ha1_md5.map(parley_sip::hex::encode),
+            ha1_sha256: self.ha1_sha256.map(parley_sip::hex::encode),
         }
     }
 }

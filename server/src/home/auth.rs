@@ -30,7 +30,7 @@ fn hash_joined(alg: Algorithm, parts: &[&str]) -> String {
             }
             d.update(part.as_bytes());
         }
-        hex::encode(d.finalize())
+        parley_sip::hex::encode(d.finalize())
     }
     match alg {
         Algorithm::Md5 => run::<Md5>(parts),
@@ -110,7 +110,7 @@ impl DigestAuth {
     fn mac(&self, stamp: &str) -> String {
         let mut mac = self.keyed_mac.clone();
         mac.update(stamp.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        parley_sip::hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     fn new_nonce(&self, now: SystemTime) -> String {
