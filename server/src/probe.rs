@@ -432,7 +432,7 @@ impl Client {
             .headers
             .get("Contact")
             .and_then(|c| crate::sip::uri::NameAddr::parse(c).ok())
-            .map(|n| n.raw_uri)
+            .map(|n| n.raw_uri().to_string())
             .context("no Contact in the SUBSCRIBE's 200")?;
         let routes: String = ok
             .headers

@@ -7,7 +7,6 @@
 use crate::compact;
 use bytes::Bytes;
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 /// Limits applied while parsing; exceeding one is a parse error, never unbounded work.
 #[derive(Clone, Copy, Debug)]
@@ -155,8 +154,8 @@ impl Message {
 
     /// CSeq number and method.
     pub fn cseq(&self) -> Option<(u32, &str)> {
-        let (n, m) = self.headers.get("CSeq")?.trim().split_once(char::is_whitespace)?;
-        Some((n.trim().parse().ok()?, m.trim()))
+        let (n, m) = self.headers.get("CSeq")?.trim_ascii().split_once(char::is_whitespace)?;
+        Some((n.trim_ascii().parse().ok()?, m.trim_ascii()))
     }
 
     /// Serialises with CRLF line ends and a Content-Length that matches the body.
@@ -169,9 +168,9 @@ impl Message {
                 }
             }
             StartLine::Response { code, reason } => {
-                let _ = write!(out, "SIP/2.0 {code} ");
-                out.push_str(reason);
-                out.push_str("\r\n");
+                for part in ["SIP/2.0 ", itoa::Buffer::new().format(*code), " ", reason, "\r\n"] {
+                    out.push_str(part);
+                }
             }
         }
         // Pieces pushed, not `write!` per line: the formatting machinery took more than half of
@@ -183,7 +182,9 @@ impl Message {
                 }
             }
         }
-        let _ = write!(out, "Content-Length: {}\r\n\r\n", self.body.len());
+        for part in ["Content-Length: ", itoa::Buffer::new().format(self.body.len()), "\r\n\r\n"] {
+            out.push_str(part);
+        }
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&self.body);
         Bytes::from(bytes)
@@ -192,38 +193,70 @@ impl Message {
 
 /// Index just past the blank line ending the header section (CRLFCRLF or LFLF), if present.
 pub fn header_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
-        let nl = i + off;
-        let next = nl + 1;
-        if buf.get(next) == Some(&b'\n') {
-            return Some(next + 1);
-        }
-        if buf.get(next) == Some(&b'\r') && buf.get(next + 1) == Some(&b'\n') {
-            return Some(next + 2);
-        }
-        i = next;
-    }
-    None
+    memchr::memchr_iter(b'\n', buf).find_map(|nl| match &buf[nl + 1..] {
+        [b'\n', ..] => Some(nl + 2),
+        [b'\r', b'\n', ..] => Some(nl + 3),
+        _ => None,
+    })
 }
+
+/// Byte classes for the header scan: a table lookup per byte instead of a chain of comparisons.
+const CONTROL: u8 = 1;
+const TOKEN: u8 = 2;
+static CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if (byte < 0x20 && byte != b'\t') || byte == 0x7f {
+            table[b] |= CONTROL;
+        }
+        if byte.is_ascii_alphanumeric()
+            || matches!(byte, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+        {
+            table[b] |= TOKEN;
+        }
+        b += 1;
+    }
+    table
+};
 
 /// Control characters other than tab have no place in a header value (RFC 3261 25.1).
 fn has_control(s: &str) -> bool {
-    s.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f)
+    s.bytes().any(|b| CLASS[b as usize] & CONTROL != 0)
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| CLASS[b as usize] & TOKEN != 0)
+}
+
+/// The lines of a header section: split at LF, one CR before it dropped.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        let line = match memchr::memchr(b'\n', current.as_bytes()) {
+            Some(i) => {
+                rest = Some(&current[i + 1..]);
+                &current[..i]
+            }
+            None => {
+                rest = None;
+                current
+            }
+        };
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    })
 }
 
 /// Parses the header section (everything before the blank line) into a start line and headers.
 pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), ParseError> {
-    let mut scan = Headers::default();
+    let mut scan = Headers(Vec::with_capacity(16));
     let fail = |reason: String, scan: Headers, is_request: bool| ParseError { reason, scan, is_request };
     let Ok(text) = std::str::from_utf8(head) else {
         return Err(fail("header section is not valid UTF-8".into(), scan, false));
     };
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut lines = lines(text);
     let start_line = lines.by_ref().find(|l| !l.is_empty()).unwrap_or("");
     let looks_like_request = !start_line.starts_with("SIP/");
     let mut error: Option<String> = None;
@@ -240,17 +273,17 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
             match scan.0.last_mut() {
                 Some((_, v)) => {
                     v.push(' ');
-                    v.push_str(line.trim());
+                    v.push_str(line.trim_ascii());
                 }
                 None => error = error.or(Some("continuation line before any header".into())),
             }
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else {
+        let Some(colon) = memchr::memchr(b':', line.as_bytes()) else {
             error = error.or(Some(format!("header line without a colon: {:.40}", line)));
             continue;
         };
-        let name = name.trim_end();
+        let (name, value) = (line[..colon].trim_ascii_end(), &line[colon + 1..]);
         if has_control(value) {
             error = error.or(Some(format!("control character in header {:.40}", name)));
             continue;
@@ -262,7 +295,7 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
         if scan.len() >= limits.max_headers {
             return Err(fail(format!("too many headers (limit {})", limits.max_headers), scan, looks_like_request));
         }
-        scan.push(compact::name(name), value.trim().to_string());
+        scan.push(compact::name(name), value.trim_ascii());
     }
     let start = match parse_start_line(start_line) {
         Ok(s) => s,
@@ -311,10 +344,10 @@ pub fn content_length(headers: &Headers) -> Result<Option<usize>, String> {
     let Some(first) = values.next() else {
         return Ok(None);
     };
-    if values.any(|v| v.trim() != first.trim()) {
+    if values.any(|v| v.trim_ascii() != first.trim_ascii()) {
         return Err("conflicting Content-Length headers".into());
     }
-    first.trim().parse::<usize>().map(Some).map_err(|_| format!("bad Content-Length: {:.20}", first))
+    first.trim_ascii().parse::<usize>().map(Some).map_err(|_| format!("bad Content-Length: {:.20}", first))
 }
 
 /// Checks that a request carries what every request must (RFC 3261 section 8.1.1).
@@ -325,16 +358,16 @@ fn validate_request(method: &str, headers: &Headers) -> Result<(), String> {
         }
     }
     let cseq = headers.get("CSeq").unwrap_or_default();
-    let Some((n, m)) = cseq.trim().split_once(char::is_whitespace) else {
+    let Some((n, m)) = cseq.trim_ascii().split_once(char::is_whitespace) else {
         return Err("malformed CSeq".into());
     };
     if n.parse::<u32>().is_err() {
         return Err("malformed CSeq number".into());
     }
-    if m.trim() != method {
+    if m.trim_ascii() != method {
         return Err("CSeq method does not match the request method".into());
     }
-    if headers.get("Max-Forwards").is_some_and(|mf| mf.trim().parse::<u8>().is_err()) {
+    if headers.get("Max-Forwards").is_some_and(|mf| mf.trim_ascii().parse::<u8>().is_err()) {
         return Err("malformed Max-Forwards".into());
     }
     crate::via::Via::check(headers.get("Via").unwrap_or_default()).map_err(|e| format!("malformed Via: {e}"))?;
@@ -433,6 +466,27 @@ mod tests {
         let e = parse_datagram(bad.as_bytes(), &Limits::default()).unwrap_err();
         assert!(e.reason.contains("control character"), "{}", e.reason);
         assert!(e.scan.iter().all(|(_, v)| !has_control(v)), "{:?}", e.scan);
+    }
+
+    #[test]
+    fn the_header_section_ends_at_the_first_blank_line_whatever_its_line_ends() {
+        for msg in [&b"A\r\nB: c\r\n\r\nbody"[..], b"A\nB: c\n\nbody", b"A\nB: c\n\r\nbody", b"A\r\nB: c\n\nbody"] {
+            assert_eq!(
+                header_end(msg).map(|end| &msg[end..]),
+                Some(&b"body"[..]),
+                "{:?}",
+                String::from_utf8_lossy(msg)
+            );
+        }
+        assert_eq!(header_end(b"A\r\nB: c\r\n"), None);
+        assert_eq!(header_end(b""), None);
+    }
+
+    #[test]
+    fn values_are_trimmed_of_sip_whitespace_only() {
+        // RFC 3261 25.1: linear white space is spaces and tabs; a no-break space is content.
+        let m = parse_datagram(REQ.replace("Subject: hello", "Subject: \t hello\u{a0}").as_bytes(), &Limits::default());
+        assert_eq!(m.unwrap().headers.get("Subject"), Some("hello\u{a0} world"));
     }
 
     #[test]

@@ -34,7 +34,7 @@ impl<'a> Iterator for TopLevel<'a> {
         let bytes = self.value.as_bytes();
         while self.start <= bytes.len() {
             let end = self.part_end(bytes);
-            let part = self.value[self.start..end].trim();
+            let part = self.value[self.start..end].trim_ascii();
             self.start = end + 1;
             if !part.is_empty() {
                 return Some(part);
@@ -98,17 +98,16 @@ pub fn split_first(value: &str, sep: u8) -> Option<(&str, &str)> {
 /// and values unquoted; both borrow from `s` unless they had to change (credentials are checked on
 /// every authenticated request).
 pub fn parse_auth_params(s: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    split_list(s)
-        .into_iter()
+    top_level(s, b',')
         .filter_map(|item| {
             let (k, v) = item.split_once('=')?;
-            let k = k.trim();
+            let k = k.trim_ascii();
             let k = if k.bytes().any(|b| b.is_ascii_uppercase()) {
                 Cow::Owned(k.to_ascii_lowercase())
             } else {
                 Cow::Borrowed(k)
             };
-            Some((k, unquote(v.trim())))
+            Some((k, unquote(v.trim_ascii())))
         })
         .collect()
 }
@@ -138,8 +137,18 @@ pub fn unquote(v: &str) -> Cow<'_, str> {
 /// Finds a `;name=value` (or bare `;name`) parameter in the part of `s` after the first `;`.
 /// Returns `Some("")` for a bare flag.
 pub fn find_param<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    TopLevel { value: s, sep: b';', start: 0 }.skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim(), v.trim()));
+    named(TopLevel { value: s, sep: b';', start: 0 }.skip(1), name)
+}
+
+/// Finds a parameter in `;`-separated parameters with nothing before them (a name-addr's).
+pub fn param_among<'a>(params: &'a str, name: &str) -> Option<&'a str> {
+    named(top_level(params, b';'), name)
+}
+
+/// The value of the first part named `name` (any case), `""` for a bare flag.
+fn named<'a>(mut parts: impl Iterator<Item = &'a str>, name: &str) -> Option<&'a str> {
+    parts.find_map(|p| {
+        let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim_ascii(), v.trim_ascii()));
         k.eq_ignore_ascii_case(name).then_some(v)
     })
 }

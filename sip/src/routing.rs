@@ -9,7 +9,6 @@ use crate::params::split_list;
 use crate::via::Via;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 /// Adds `received`/`rport` to the request's top Via (RFC 3261 18.2.1, RFC 3581) and returns it;
@@ -21,7 +20,7 @@ pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Option<Via> {
     via.stamp_source(source);
     // Sized for the stamp at once: written piece by piece, it grew (and moved) five times.
     let mut stamped = String::with_capacity(top.len() + 48);
-    let _ = write!(stamped, "{via}");
+    via.write_to(&mut stamped);
     for other in split_list(rest) {
         stamped.push_str(", ");
         stamped.push_str(other);

@@ -16,14 +16,16 @@ pub struct SipUri {
     raw: String,
     /// Where the user part is in `raw`, if there is one.
     user: Option<std::ops::Range<usize>>,
-    /// Lower-cased; an IPv6 literal keeps its brackets.
-    host: String,
+    /// Where the host is in `raw` (an IPv6 literal with its brackets).
+    host_at: std::ops::Range<usize>,
+    /// The host lower-cased, when `raw` does not already have it so (most do: no allocation).
+    host_lower: Option<Box<str>>,
     port: Option<u16>,
 }
 
 impl SipUri {
     pub fn parse(s: &str) -> Result<SipUri, String> {
-        let raw = s.trim();
+        let raw = s.trim_ascii();
         if let Some(b) = raw.bytes().find(|&b| b <= b' ' || b == 0x7f) {
             return Err(format!("bad URI: {:?} is not allowed in a URI", b as char));
         }
@@ -46,7 +48,9 @@ impl SipUri {
         let after = &raw[hostport_at..];
         let hostport = &after[..after.find([';', '?']).unwrap_or(after.len())];
         let (host, port) = split_host_port(hostport).map_err(|e| format!("bad URI: {e}"))?;
-        Ok(SipUri { raw: raw.to_string(), user, host: host.to_ascii_lowercase(), port })
+        let host_at = hostport_at..hostport_at + host.len();
+        let host_lower = host.bytes().any(|b| b.is_ascii_uppercase()).then(|| host.to_ascii_lowercase().into());
+        Ok(SipUri { raw: raw.to_string(), user, host_at, host_lower, port })
     }
 
     pub fn user(&self) -> Option<&str> {
@@ -55,7 +59,12 @@ impl SipUri {
 
     /// Host as written in SIP (IPv6 bracketed), lower-cased.
     pub fn host(&self) -> &str {
-        &self.host
+        self.host_lower.as_deref().unwrap_or(&self.raw[self.host_at.clone()])
+    }
+
+    /// The URI as written (trimmed).
+    pub fn as_str(&self) -> &str {
+        &self.raw
     }
 
     /// The port, if the URI names one.
@@ -65,7 +74,7 @@ impl SipUri {
 
     /// The host as an IP address, when it is one.
     pub fn ip(&self) -> Option<IpAddr> {
-        self.host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+        self.host().trim_start_matches('[').trim_end_matches(']').parse().ok()
     }
 }
 
@@ -79,15 +88,14 @@ impl std::fmt::Display for SipUri {
 #[derive(Clone, Debug)]
 pub struct NameAddr {
     pub uri: SipUri,
-    /// The URI exactly as written, for echoing and as a binding key.
-    pub raw_uri: String,
-    /// Header parameters (after the URI), e.g. `tag`, `expires`, `q`.
-    pub params: Vec<(String, String)>,
+    /// Header parameters (after the URI), e.g. `tag`, `expires`, `q`, as written: read by
+    /// `param`, which most parsed values never call.
+    params: String,
 }
 
 impl NameAddr {
     pub fn parse(value: &str) -> Result<NameAddr, String> {
-        let value = value.trim();
+        let value = value.trim_ascii();
         let (uri, params) = match (value.find('<'), value.find('>')) {
             (Some(open), Some(close)) if open < close => (&value[open + 1..close], &value[close + 1..]),
             (None, None) => match value.find(';') {
@@ -97,18 +105,16 @@ impl NameAddr {
             },
             _ => return Err("unbalanced angle brackets".into()),
         };
-        let params = crate::params::split_top_level(params, b';')
-            .into_iter()
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().to_string()),
-                None => (p.trim().to_ascii_lowercase(), String::new()),
-            })
-            .collect();
-        Ok(NameAddr { uri: SipUri::parse(uri)?, raw_uri: uri.trim().to_string(), params })
+        Ok(NameAddr { uri: SipUri::parse(uri)?, params: params.to_string() })
+    }
+
+    /// The URI exactly as written, for echoing and as a binding key.
+    pub fn raw_uri(&self) -> &str {
+        self.uri.as_str()
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        crate::params::param_among(&self.params, name)
     }
 }
 
@@ -153,9 +159,12 @@ mod tests {
         assert_eq!((n.uri.user(), n.uri.host()), (Some("alice"), "example.test"));
         assert_eq!(n.param("tag"), Some("abc"));
         assert_eq!(n.param("expires"), Some("60"));
+        assert_eq!(n.param("Tag"), Some("abc"), "names match whatever their case");
+        assert_eq!(n.raw_uri(), "sip:alice@example.test;transport=tls");
         let bare = NameAddr::parse("sip:bob@Example.Test;tag=1").unwrap();
         assert_eq!(bare.uri.host(), "example.test");
         assert_eq!(bare.param("tag"), Some("1"));
+        assert_eq!(bare.raw_uri(), "sip:bob@Example.Test");
         assert!(NameAddr::parse("<sip:a@b").is_err());
         assert!(SipUri::parse("http://x").is_err());
     }

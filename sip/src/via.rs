@@ -50,11 +50,11 @@ impl Via {
     pub fn stamp_source(&mut self, source: SocketAddr) {
         let wants_rport = self.param("rport").is_some();
         if wants_rport {
-            self.set_param("rport", source.port().to_string());
+            self.set_param("rport", itoa::Buffer::new().format(source.port()).to_string());
         }
         let sent_by_ip = self.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
         if wants_rport || sent_by_ip != Some(source.ip()) {
-            self.set_param("received", source.ip().to_string());
+            self.set_param("received", ip_text(source.ip()));
         }
     }
 
@@ -89,9 +89,9 @@ fn read<'a>(
     if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
         return Err("unsupported protocol".into());
     }
-    let (host, port) = split_host_port(sent_by.trim())?;
+    let (host, port) = split_host_port(sent_by.trim_ascii())?;
     for p in parts {
-        let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim(), v.trim()));
+        let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim_ascii(), v.trim_ascii()));
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
             return Err(format!("bad parameter name: {:.20}", k));
         }
@@ -100,24 +100,52 @@ fn read<'a>(
     Ok((transport, host, port))
 }
 
-impl std::fmt::Display for Via {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Piece by piece rather than `write!`: a Via is written for every request.
+impl Via {
+    /// Appends the Via as it goes on the wire. Pushed piece by piece into the string: a Via is
+    /// written for every request, and through a `Formatter` each piece cost a dynamic call.
+    pub fn write_to(&self, out: &mut String) {
         for piece in ["SIP/2.0/", &self.transport, " ", &self.host] {
-            f.write_str(piece)?;
+            out.push_str(piece);
         }
         if let Some(p) = self.port {
-            write!(f, ":{p}")?;
+            out.push(':');
+            out.push_str(itoa::Buffer::new().format(p));
         }
         for (k, v) in &self.params {
-            f.write_str(";")?;
-            f.write_str(k)?;
+            out.push(';');
+            out.push_str(k);
             if !v.is_empty() {
-                f.write_str("=")?;
-                f.write_str(v)?;
+                out.push('=');
+                out.push_str(v);
             }
         }
-        Ok(())
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = String::with_capacity(96);
+        self.write_to(&mut out);
+        f.write_str(&out)
+    }
+}
+
+/// An address as `received` holds it: IPv4 dotted by hand, IPv6 as `Display` writes it. Numbers
+/// are written with `itoa` here, not the formatting machinery, which cost more than the rest of a
+/// Via's stamp (callgrind, 2026-12-05).
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+            out
+        }
+        IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -170,6 +198,14 @@ mod tests {
         same.stamp_source(src);
         assert_eq!(same.param("received"), None);
         assert_eq!(same.response_target(src), "192.0.2.7:5062".parse().unwrap());
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "2001:db8::1", "::ffff:1.2.3.4"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

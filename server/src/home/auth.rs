@@ -115,9 +115,12 @@ impl DigestAuth {
 
     fn new_nonce(&self, now: SystemTime) -> String {
         let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let stamp = format!("{secs:016x}{:016x}", rand::random::<u64>());
+        let mut stamp = [0u8; 16];
+        stamp[..8].copy_from_slice(&secs.to_be_bytes());
+        stamp[8..].copy_from_slice(&rand::random::<[u8; 8]>());
+        let stamp = parley_sip::hex::encode(stamp);
         let mac = self.mac(&stamp);
-        format!("{stamp}{mac}")
+        stamp + &mac
     }
 
     /// Checks a nonce we issued: `Some(age)` if genuine.
@@ -144,11 +147,18 @@ impl DigestAuth {
         self.algorithms
             .iter()
             .map(|alg| {
-                format!(
-                    "Digest realm=\"{realm}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{}",
+                let stale = if stale { ", stale=true" } else { "" };
+                let parts = [
+                    "Digest realm=\"",
+                    realm,
+                    "\", nonce=\"",
+                    &nonce,
+                    "\", algorithm=",
                     alg.token(),
-                    if stale { ", stale=true" } else { "" }
-                )
+                    ", qop=\"auth\"",
+                    stale,
+                ];
+                parts.concat()
             })
             .collect()
     }

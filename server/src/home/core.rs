@@ -368,9 +368,10 @@ impl Core {
     /// (or its absence) goes to `waiter`.
     pub(super) fn start_request(&mut self, now: Now, flow: Flow, mut req: Message, waiter: Waiter) {
         let flow = self.front_ends.route(flow, now.instant);
-        let branch = format!("z9hG4bK{:016x}{:08x}", rand::random::<u64>(), rand::random::<u32>());
+        let branch = ["z9hG4bK", &parley_sip::hex::encode(rand::random::<[u8; 12]>())].concat();
         let host = self.via_host(flow.transport);
-        req.headers.push_front("Via", format!("SIP/2.0/{} {host};branch={branch};rport", flow.transport.via_token()));
+        let via = ["SIP/2.0/", flow.transport.via_token(), " ", &host, ";branch=", &branch, ";rport"].concat();
+        req.headers.push_front("Via", via);
         let data = req.to_bytes();
         let outgoing = Outgoing { flow, data: data.clone(), waiter };
         self.client_txns.start(branch.clone(), flow.transport.is_reliable(), outgoing, now.instant);

@@ -53,7 +53,7 @@ impl Core {
             Err(e) => return Err(self.unavailable(req, e)),
         };
         let realm = realm_of(aor);
-        let quoted = format!("realm=\"{realm}\"");
+        let quoted = ["realm=\"", realm, "\""].concat();
         let creds = req.headers.get_all(header).find(|v| v.contains(&quoted));
         if creds.is_none() {
             log_unsupported_auth(flow, req, aor, header);

@@ -127,8 +127,10 @@ impl Core {
                     r.headers.push("Path", p.clone());
                 }
                 for b in bindings {
-                    let q = b.q.as_deref().map(|q| format!(";q={q}")).unwrap_or_default();
-                    r.headers.push("Contact", format!("<{}>;expires={}{q}", b.uri, b.remaining(now)));
+                    let (q_param, q) = b.q.as_deref().map_or(("", ""), |q| (";q=", q));
+                    let mut expires = itoa::Buffer::new();
+                    let expires = expires.format(b.remaining(now));
+                    r.headers.push("Contact", ["<", &b.uri, ">;expires=", expires, q_param, q].concat());
                 }
                 r
             }
@@ -176,7 +178,7 @@ fn parse_contacts(req: &Message) -> Result<Option<Contacts>, String> {
             None => None,
             Some(e) => Some(e.parse::<u32>().map_err(|_| "Bad Contact expires".to_string())?),
         };
-        list.push((c.raw_uri.clone(), expires, c.param("q").map(str::to_string)));
+        list.push((c.raw_uri().to_string(), expires, c.param("q").map(str::to_string)));
     }
     Ok(Some(Contacts::List(list)))
 }

@@ -178,7 +178,7 @@ impl Core {
             remote_party: req.headers.get("From").unwrap_or_default().into(),
             local_party: response.headers.get("To").unwrap_or_default().into(),
             event_id: event_id.map(String::into_boxed_str),
-            remote_target: contact.raw_uri.as_str().into(),
+            remote_target: contact.raw_uri().into(),
             route_set: route_set.into_boxed_slice(),
             flow,
             local_cseq: 0,
