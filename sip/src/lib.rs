@@ -13,6 +13,7 @@
 pub mod compact;
 pub mod flow;
 pub mod framing;
+pub mod hashing;
 pub mod hex;
 pub mod message;
 pub mod params;

@@ -226,7 +226,8 @@ fn has_control(s: &str) -> bool {
     s.bytes().any(|b| CLASS[b as usize] & CONTROL != 0)
 }
 
-fn is_token(s: &str) -> bool {
+/// A token (RFC 3261 25.1): header names, methods, parameter names.
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| CLASS[b as usize] & TOKEN != 0)
 }
 

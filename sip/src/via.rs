@@ -79,7 +79,9 @@ fn read<'a>(
     let (first, _) = crate::params::split_first(value, b',').ok_or("empty")?;
     let mut parts = top_level(first, b';');
     let proto_and_host = parts.next().ok_or("empty")?;
-    let (proto, sent_by) = proto_and_host.split_once(char::is_whitespace).ok_or("no sent-by")?;
+    // Linear white space is SP or HTAB (RFC 3261 25.1): found by byte, not by decoding characters.
+    let gap = proto_and_host.bytes().position(|b| b == b' ' || b == b'\t').ok_or("no sent-by")?;
+    let (proto, sent_by) = (&proto_and_host[..gap], &proto_and_host[gap + 1..]);
     let mut proto_parts = proto.split('/').map(str::trim);
     let (Some(name), Some(version), Some(transport), None) =
         (proto_parts.next(), proto_parts.next(), proto_parts.next(), proto_parts.next())
@@ -92,7 +94,7 @@ fn read<'a>(
     let (host, port) = split_host_port(sent_by.trim_ascii())?;
     for p in parts {
         let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim_ascii(), v.trim_ascii()));
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)) {
+        if !crate::message::is_token(k) {
             return Err(format!("bad parameter name: {:.20}", k));
         }
         param(k, v);

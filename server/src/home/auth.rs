@@ -4,11 +4,11 @@
 //! SHA-256 wrongly, cannot start from HA1 and compares in variable time.
 
 use crate::directory::User;
+use crate::sip::hashing::TrustedKeyMap;
 use crate::sip::params::parse_auth_params;
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
@@ -78,7 +78,7 @@ type NonceKey = (u64, u64);
 #[derive(Default)]
 struct NonceCounts {
     /// Highest nonce count seen per nonce still in use.
-    seen: HashMap<NonceKey, u64>,
+    seen: TrustedKeyMap<NonceKey, u64>,
     /// Nonces issued before this second were dropped from `seen` to make room when it was full:
     /// one of them that is not in `seen` counts as used (stale), so dropping never allows a replay.
     floor: u64,

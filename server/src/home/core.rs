@@ -16,6 +16,7 @@ use crate::directory::DirectoryError;
 use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
 pub use crate::service::{Action, Facts, Input, Now, Service, TaskId};
+use crate::sip::hashing::TrustedKeyMap;
 use crate::sip::response::{self, from_headers};
 use crate::sip::uri::{NameAddr, SipUri};
 use crate::sip::via::Via;
@@ -170,7 +171,7 @@ pub struct Core {
     via_hosts: HashMap<Transport, String>,
     /// To tag of responses this server generates.
     pub(super) tag: String,
-    tasks: HashMap<TaskId, Task>,
+    tasks: TrustedKeyMap<TaskId, Task>,
     next_task: TaskId,
     last_sweep: Option<Instant>,
     actions: Vec<Action>,
@@ -302,7 +303,7 @@ impl Core {
             client_txns: ClientTransactions::new(timers),
             via_hosts: HashMap::new(),
             tag: format!("{:016x}", rand::random::<u64>()),
-            tasks: HashMap::new(),
+            tasks: TrustedKeyMap::default(),
             next_task: 0,
             last_sweep: None,
             actions: Vec::new(),

@@ -2,10 +2,11 @@
 //! request is being handled and answered with the stored final response afterwards (timer J).
 
 use super::Timers;
+use crate::hashing::TrustedKeyMap;
 use bytes::Bytes;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::time::Instant;
 
@@ -38,7 +39,7 @@ struct Txn {
 #[derive(Debug, Default)]
 pub struct ServerTransactions {
     timers: Timers,
-    txns: HashMap<TxnKey, Txn>,
+    txns: TrustedKeyMap<TxnKey, Txn>,
     wakeups: BinaryHeap<Reverse<(Instant, TxnKey)>>,
     /// Two independently keyed hashers: 64 bits each.
     hashers: [RandomState; 2],
