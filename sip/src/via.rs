@@ -30,6 +30,26 @@ impl Via {
         read(value, |_, _| {}).map(|_| ())
     }
 
+    /// Appends the Via as it goes on the wire. Pushed piece by piece into the string: a Via is
+    /// written for every request, and through a `Formatter` each piece cost a dynamic call.
+    pub fn write_to(&self, out: &mut String) {
+        for piece in ["SIP/2.0/", &self.transport, " ", &self.host] {
+            out.push_str(piece);
+        }
+        if let Some(p) = self.port {
+            out.push(':');
+            out.push_str(itoa::Buffer::new().format(p));
+        }
+        for (k, v) in &self.params {
+            out.push(';');
+            out.push_str(k);
+            if !v.is_empty() {
+                out.push('=');
+                out.push_str(v);
+            }
+        }
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
@@ -82,7 +102,7 @@ fn read<'a>(
     // Linear white space is SP or HTAB (RFC 3261 25.1): found by byte, not by decoding characters.
     let gap = proto_and_host.bytes().position(|b| b == b' ' || b == b'\t').ok_or("no sent-by")?;
     let (proto, sent_by) = (&proto_and_host[..gap], &proto_and_host[gap + 1..]);
-    let mut proto_parts = proto.split('/').map(str::trim);
+    let mut proto_parts = proto.split('/').map(str::trim_ascii);
     let (Some(name), Some(version), Some(transport), None) =
         (proto_parts.next(), proto_parts.next(), proto_parts.next(), proto_parts.next())
     else {
@@ -100,28 +120,6 @@ fn read<'a>(
         param(k, v);
     }
     Ok((transport, host, port))
-}
-
-impl Via {
-    /// Appends the Via as it goes on the wire. Pushed piece by piece into the string: a Via is
-    /// written for every request, and through a `Formatter` each piece cost a dynamic call.
-    pub fn write_to(&self, out: &mut String) {
-        for piece in ["SIP/2.0/", &self.transport, " ", &self.host] {
-            out.push_str(piece);
-        }
-        if let Some(p) = self.port {
-            out.push(':');
-            out.push_str(itoa::Buffer::new().format(p));
-        }
-        for (k, v) in &self.params {
-            out.push(';');
-            out.push_str(k);
-            if !v.is_empty() {
-                out.push('=');
-                out.push_str(v);
-            }
-        }
-    }
 }
 
 impl std::fmt::Display for Via {
