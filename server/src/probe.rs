@@ -323,7 +323,7 @@ impl Client {
 
     fn request(&mut self, method: &str, uri: &str, to: &str, extra: &str, body: &str) -> String {
         self.cseq += 1;
-        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let branch = crate::sip::routing::new_branch();
         format!(
             "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\nMax-Forwards: 70\r\n\
              From: <sip:{}>;tag={}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\nContact: {}\r\n\

@@ -231,7 +231,8 @@ pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| CLASS[b as usize] & TOKEN != 0)
 }
 
-/// The lines of a header section: split at LF, one CR before it dropped.
+/// The lines of a header section: split at LF, one CR before it dropped. By `memchr` rather than
+/// `str::split('\n')`, whose char searcher cost about 2,000 more instructions a message (callgrind).
 fn lines(text: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(text);
     std::iter::from_fn(move || {

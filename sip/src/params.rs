@@ -137,7 +137,7 @@ pub fn unquote(v: &str) -> Cow<'_, str> {
 /// Finds a `;name=value` (or bare `;name`) parameter in the part of `s` after the first `;`.
 /// Returns `Some("")` for a bare flag.
 pub fn find_param<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    named(TopLevel { value: s, sep: b';', start: 0 }.skip(1), name)
+    named(top_level(s, b';').skip(1), name)
 }
 
 /// Finds a parameter in `;`-separated parameters with nothing before them (a name-addr's).

@@ -51,6 +51,12 @@ pub fn malformed_answer(e: &crate::ParseError, flow: Flow, tag: &str) -> Option<
     Some((answer, response_flow(flow, &via)))
 }
 
+/// A fresh branch for a request this server starts (RFC 3261 8.1.1.7): the magic cookie and 96
+/// random bits.
+pub fn new_branch() -> String {
+    ["z9hG4bK", &crate::hex::encode(rand::random::<[u8; 12]>())].concat()
+}
+
 /// The branch of a request forwarded statelessly (RFC 3261 16.11): the same for every
 /// retransmission of one request, different for different requests.
 pub fn stateless_branch(incoming_top_via: &Via, request_uri: &str, salt: &str) -> String {
@@ -178,6 +184,14 @@ impl FlowTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_branch_carries_the_cookie_and_is_new_each_time() {
+        let (a, b) = (new_branch(), new_branch());
+        assert!(a.starts_with("z9hG4bK") && a.len() == 7 + 24, "{a}");
+        assert!(a[7..].bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn tokens_round_trip_and_refuse_forgeries() {

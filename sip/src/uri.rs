@@ -6,7 +6,7 @@
 //! names five or six URIs). Only the parts the server reads are taken apart (user, host, port);
 //! parameters and headers are kept as written, and the URI is written back exactly as it came.
 
-use crate::via::split_host_port;
+use crate::via::{host_ip, split_host_port};
 use std::net::IpAddr;
 
 /// A parsed `sip:` or `sips:` URI.
@@ -74,7 +74,7 @@ impl SipUri {
 
     /// The host as an IP address, when it is one.
     pub fn ip(&self) -> Option<IpAddr> {
-        self.host().trim_start_matches('[').trim_end_matches(']').parse().ok()
+        host_ip(self.host())
     }
 }
 

@@ -72,7 +72,7 @@ impl Via {
         if wants_rport {
             self.set_param("rport", itoa::Buffer::new().format(source.port()).to_string());
         }
-        let sent_by_ip = self.host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let sent_by_ip = host_ip(&self.host);
         if wants_rport || sent_by_ip != Some(source.ip()) {
             self.set_param("received", ip_text(source.ip()));
         }
@@ -149,6 +149,11 @@ fn ip_text(ip: IpAddr) -> String {
     }
 }
 
+/// A host as SIP writes it (an IPv6 literal in brackets) as an IP address, when it is one.
+pub fn host_ip(host: &str) -> Option<IpAddr> {
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host).parse().ok()
+}
+
 /// Splits `host[:port]`, where host may be a bracketed IPv6 literal (returned with its brackets).
 pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
     let bad_port = |p: &str| format!("bad port: {:.8}", p);
@@ -198,6 +203,14 @@ mod tests {
         same.stamp_source(src);
         assert_eq!(same.param("received"), None);
         assert_eq!(same.response_target(src), "192.0.2.7:5062".parse().unwrap());
+    }
+
+    #[test]
+    fn hosts_read_as_addresses_with_or_without_brackets() {
+        assert_eq!(host_ip("[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(host_ip("192.0.2.7"), Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(host_ip("example.test"), None);
+        assert_eq!(host_ip("[example.test]"), None);
     }
 
     #[test]

@@ -377,7 +377,7 @@ impl Proxy {
             return;
         };
         let internal = self.advertised(Transport::Internal);
-        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let branch = crate::sip::routing::new_branch();
         let options = format!(
             "OPTIONS sip:{addr} SIP/2.0\r\nVia: SIP/2.0/TLS {internal};branch={branch}\r\nMax-Forwards: 1\r\n\
              From: <sip:frontend@{internal}>;tag={tag}\r\nTo: <sip:{addr}>\r\nCall-ID: {branch}\r\n\

@@ -369,7 +369,7 @@ impl Core {
     /// (or its absence) goes to `waiter`.
     pub(super) fn start_request(&mut self, now: Now, flow: Flow, mut req: Message, waiter: Waiter) {
         let flow = self.front_ends.route(flow, now.instant);
-        let branch = ["z9hG4bK", &parley_sip::hex::encode(rand::random::<[u8; 12]>())].concat();
+        let branch = crate::sip::routing::new_branch();
         let host = self.via_host(flow.transport);
         let via = ["SIP/2.0/", flow.transport.via_token(), " ", &host, ";branch=", &branch, ";rport"].concat();
         req.headers.push_front("Via", via);
