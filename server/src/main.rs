@@ -6,26 +6,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-/// mimalloc instead of glibc's malloc: under steady load glibc's per-thread arenas kept what was
-/// freed and the process grew without its live heap growing (see `make soak`). The feature
-/// `system-allocator` keeps glibc's, which heap profilers (heaptrack) see into.
+#[cfg(not(feature = "system-allocator"))]
+mod allocator;
+
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
-/// mimalloc gives freed pages back to the system only a second (whole arenas: ten) after they
-/// are freed, and only when the thread that freed them next calls the allocator: a server that
-/// frees a large transient and then idles kept all of it. Parsing a million-user users file left
-/// 1,200 MiB resident instead of 190. Freed pages are given back at once instead.
 #[cfg(not(feature = "system-allocator"))]
-fn give_back_freed_memory_promptly() {
-    // SAFETY: sets a process-wide option before any thread is started; takes no pointers.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
-}
-
-/// mimalloc v3's `mi_option_purge_delay` (milliseconds; libmimalloc-sys names no constant for it).
-#[cfg(not(feature = "system-allocator"))]
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+use allocator::give_back_freed_memory_promptly;
 
 #[cfg(feature = "system-allocator")]
 fn give_back_freed_memory_promptly() {}
@@ -207,14 +196,4 @@ fn user_hash(address: &str, password_file: Option<PathBuf>) -> anyhow::Result<()
     println!("ha1_md5 = \"{}\"", ha1(Algorithm::Md5, user, realm, password));
     println!("ha1_sha256 = \"{}\"", ha1(Algorithm::Sha256, user, realm, password));
     Ok(())
-}
-
-#[cfg(all(test, not(feature = "system-allocator")))]
-mod tests {
-    /// The option number names the purge delay: its documented default is 1,000 ms.
-    #[test]
-    fn the_purge_delay_option_is_the_one_set() {
-        // SAFETY: reads a process-wide option; takes no pointers.
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) }, 1000);
-    }
 }
