@@ -4,6 +4,7 @@
 //! they opened, RFC 5626 style reuse).
 
 pub mod admission;
+mod inbox;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -36,7 +37,7 @@ const MAX_BURST: usize = 32;
 /// reads and answers what comes meanwhile (the kernel wakes one of them per datagram).
 const UDP_READERS: usize = 2;
 
-/// A blocking socket: the reader thread sleeps in `recvfrom`; everyone else sends without
+/// A blocking socket: the reader threads sleep in `recvmmsg`; everyone else sends without
 /// waiting (`MSG_DONTWAIT`).
 fn bind_udp(addr: SocketAddr) -> std::io::Result<Socket> {
     use socket2::{Domain, Protocol, Type};
@@ -46,15 +47,6 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<Socket> {
     }
     socket.bind(&addr.into())?;
     Ok(socket)
-}
-
-/// Receives into `buf`, waiting for a datagram or not.
-fn recv_udp(socket: &Socket, buf: &mut [u8], wait: bool) -> std::io::Result<(usize, Option<SocketAddr>)> {
-    // SAFETY: the kernel only writes initialised bytes, and `buf` is initialised already.
-    let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
-    let (n, from) =
-        if wait { socket.recv_from(uninit)? } else { socket.recv_from_with_flags(uninit, libc::MSG_DONTWAIT)? };
-    Ok((n, from.as_socket()))
 }
 
 /// Says, at most every `DropReport::EVERY`, that datagrams are being dropped for the per-address
@@ -201,31 +193,45 @@ impl Transports {
         Ok(local)
     }
 
-    /// The UDP reader, a thread of its own as in Kamailio: it sleeps in `recvfrom` until a
-    /// datagram comes, then hands over that one and those arrived meanwhile as one burst, until
-    /// the server stops accepting (which wakes it: `stop_accepting`).
+    /// The UDP reader, a thread of its own as in Kamailio: it sleeps until a datagram comes, then
+    /// hands over that one and those queued with it as one burst, until the server stops
+    /// accepting (which wakes it: `stop_accepting`).
     fn read_udp(&self, socket: &Socket, handler: &dyn Handler) {
-        let mut buf = vec![0u8; 65_535];
+        let mut inbox = inbox::Inbox::new();
         let closing = self.closing.subscribe();
         loop {
-            let mut first = Some(recv_udp(socket, &mut buf, true));
+            let first = inbox.receive(socket, true);
             if *closing.borrow() {
                 return;
             }
-            let mut read = 0;
+            let mut received = match first {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive");
+                    continue;
+                }
+            };
             handler.on_burst(&mut || {
-                while read < MAX_BURST {
-                    read += 1;
-                    let received = first.take().unwrap_or_else(|| recv_udp(socket, &mut buf, false));
-                    let (n, from) = match received {
-                        Ok((n, Some(from))) => (n, from),
-                        Ok((_, None)) => continue, // not from an IP peer
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "udp receive");
-                            continue;
+                loop {
+                    let Some((datagram, from)) = inbox.take() else {
+                        // A call that came back short found nothing more queued a moment ago: the
+                        // burst ends without another call (at a steady rate the lone datagram is
+                        // the usual case, and that call found nothing nearly every time). A full
+                        // one means load: what came meanwhile joins the burst.
+                        if received % inbox::BATCH != 0 || received >= MAX_BURST {
+                            return None;
                         }
+                        match inbox.receive(socket, false) {
+                            Ok(n) => received += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "udp receive");
+                                return None;
+                            }
+                        }
+                        continue;
                     };
+                    let Some(from) = from else { continue }; // not from an IP peer
                     if let Some(a) = &self.admission {
                         let now = std::time::Instant::now();
                         if a.admit(from.ip(), now).is_err() {
@@ -234,12 +240,11 @@ impl Transports {
                             continue;
                         }
                     }
-                    if buf[..n].iter().all(|b| b.is_ascii_whitespace()) {
+                    if datagram.iter().all(|b| b.is_ascii_whitespace()) {
                         continue; // keep-alive datagram
                     }
-                    return Some((Flow::datagram(Transport::Udp, from), Bytes::copy_from_slice(&buf[..n])));
+                    return Some((Flow::datagram(Transport::Udp, from), Bytes::copy_from_slice(datagram)));
                 }
-                None
             });
         }
     }
@@ -485,7 +490,7 @@ impl Transports {
     pub fn stop_accepting(&self) {
         self.closing.send_replace(true);
         if let Some(udp) = self.udp.lock().expect("udp").as_ref() {
-            // Wakes the reader thread from `recvfrom` (Linux does, though it answers ENOTCONN).
+            // Wakes the reader threads from `recvmmsg` (Linux does, though it answers ENOTCONN).
             let _ = udp.shutdown(std::net::Shutdown::Read);
         }
     }
