@@ -18,9 +18,8 @@ pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Option<Via> {
     let (first, rest) = crate::params::split_first(top, b',')?;
     let mut via = Via::parse(first).ok()?;
     via.stamp_source(source);
-    // Sized for the stamp at once: written piece by piece, it grew (and moved) five times.
-    let mut stamped = String::with_capacity(top.len() + 48);
-    via.write_to(&mut stamped);
+    let mut stamped = String::with_capacity(via.as_str().len() + rest.len() + 2);
+    stamped.push_str(via.as_str());
     for other in split_list(rest) {
         stamped.push_str(", ");
         stamped.push_str(other);
@@ -61,7 +60,7 @@ pub fn new_branch() -> String {
 /// retransmission of one request, different for different requests.
 pub fn stateless_branch(incoming_top_via: &Via, request_uri: &str, salt: &str) -> String {
     let mut h = Sha256::new();
-    for part in [incoming_top_via.to_string().as_str(), request_uri, salt] {
+    for part in [incoming_top_via.as_str(), request_uri, salt] {
         h.update(part.as_bytes());
         h.update([0]);
     }

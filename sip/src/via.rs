@@ -2,79 +2,145 @@
 //! (`branch`, `received`, `rport`, RFC 3261 section 18.2.1 and RFC 3581). Parsed here rather than by
 //! rsip because rsip 0.4.0 cannot hold an IPv6 sent-by (`[2001:db8::1]:5060`).
 
-use crate::params::top_level;
+use crate::params::{split_first, top_level};
 use std::net::{IpAddr, SocketAddr};
 
+/// The first value of a Via header, held as the text it goes on the wire as, with where its
+/// parts are: one string rather than a string per part and per parameter (a Via is parsed,
+/// stamped and written for every request; its parts were a third of a request's allocations).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Via {
-    /// `UDP`, `TCP`, `TLS`, ... upper-cased.
-    pub transport: String,
-    /// Host as written (IPv6 with brackets), and port if given.
-    pub host: String,
-    pub port: Option<u16>,
-    /// Parameters in order; a flag has an empty value.
-    pub params: Vec<(String, String)>,
+    /// `SIP/2.0/`, the transport upper-cased, a space, the sent-by, then each parameter as
+    /// `;name` or `;name=value`, without white space.
+    text: String,
+    /// Where the transport ends (it starts after `SIP/2.0/`; a space follows it).
+    transport_end: usize,
+    /// Where the host ends (it starts after that space; IPv6 with brackets).
+    host_end: usize,
+    port: Option<u16>,
+    /// Where each parameter is in `text`, in order.
+    params: Vec<Param>,
 }
+
+/// A parameter's place in a Via's text: `text[start..name_end]` is its name; a value, if any,
+/// follows the `=` after it, up to `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Param {
+    start: usize,
+    name_end: usize,
+    end: usize,
+}
+
+const PROTOCOL: &str = "SIP/2.0/";
 
 impl Via {
     /// Parses the first value of a Via header (a line may hold several, comma-separated).
     pub fn parse(value: &str) -> Result<Via, String> {
-        let mut params = Vec::new();
-        let (transport, host, port) = read(value, |k, v| params.push((k.to_string(), v.to_string())))?;
-        Ok(Via { transport: transport.to_ascii_uppercase(), host: host.to_string(), port, params })
-    }
-
-    /// Whether the first value of a Via header parses, keeping nothing (every request's is
-    /// checked before it is handled, and parsed again only where it is used).
-    pub fn check(value: &str) -> Result<(), String> {
-        read(value, |_, _| {}).map(|_| ())
-    }
-
-    /// Appends the Via as it goes on the wire. Pushed piece by piece into the string: a Via is
-    /// written for every request, and through a `Formatter` each piece cost a dynamic call.
-    pub fn write_to(&self, out: &mut String) {
-        for piece in ["SIP/2.0/", &self.transport, " ", &self.host] {
-            out.push_str(piece);
+        let (first, _) = split_first(value, b',').ok_or("empty")?;
+        // Neither the protocol nor the sent-by (a host, an IPv6 literal, a port) holds a `;`: the
+        // parameters start at the first.
+        let params_at = memchr::memchr(b';', first.as_bytes()).unwrap_or(first.len());
+        let head = &first[..params_at];
+        // Linear white space is SP or HTAB (RFC 3261 25.1): found by byte, not by decoding characters.
+        let gap = memchr::memchr2(b' ', b'\t', head.as_bytes()).ok_or("no sent-by")?;
+        let transport = transport_of(&head[..gap])?;
+        let (host, port) = split_host_port(head[gap + 1..].trim_ascii())?;
+        // Room for what a stamp adds (`received`, an `rport` value) without moving.
+        let mut text = String::with_capacity(first.len() + 32);
+        text.push_str(PROTOCOL);
+        text.push_str(transport);
+        text[PROTOCOL.len()..].make_ascii_uppercase();
+        let transport_end = text.len();
+        text.push(' ');
+        text.push_str(host);
+        let host_end = text.len();
+        if let Some(p) = port {
+            text.push(':');
+            text.push_str(itoa::Buffer::new().format(p));
         }
-        if let Some(p) = self.port {
-            out.push(':');
-            out.push_str(itoa::Buffer::new().format(p));
-        }
-        for (k, v) in &self.params {
-            out.push(';');
-            out.push_str(k);
-            if !v.is_empty() {
-                out.push('=');
-                out.push_str(v);
+        let mut params = Vec::with_capacity(4);
+        for p in top_level(&first[params_at..], b';') {
+            let (k, v) = match memchr::memchr(b'=', p.as_bytes()) {
+                Some(i) => (p[..i].trim_ascii(), p[i + 1..].trim_ascii()),
+                None => (p, ""),
+            };
+            if !crate::message::is_token(k) {
+                return Err(format!("bad parameter name: {:.20}", k));
             }
+            params.push(push_param(&mut text, k, v));
         }
+        Ok(Via { text, transport_end, host_end, port, params })
     }
 
+    /// Whether the first value of a Via header parses (every request's is checked before it is
+    /// handled, and parsed again only where it is used).
+    pub fn check(value: &str) -> Result<(), String> {
+        Via::parse(value).map(|_| ())
+    }
+
+    /// The Via as it goes on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// `UDP`, `TCP`, `TLS`, ... upper-cased.
+    pub fn transport(&self) -> &str {
+        &self.text[PROTOCOL.len()..self.transport_end]
+    }
+
+    /// The sent-by host as written (IPv6 with brackets).
+    pub fn host(&self) -> &str {
+        &self.text[self.transport_end + 1..self.host_end]
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// A parameter's value (any case of its name), `""` for a flag.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        let p = self.find(name)?;
+        Some(self.text.get(p.name_end + 1..p.end).unwrap_or(""))
     }
 
     pub fn branch(&self) -> Option<&str> {
         self.param("branch")
     }
 
-    fn set_param(&mut self, name: &str, value: String) {
-        match self.params.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-            Some((_, v)) => *v = value,
-            None => self.params.push((name.to_string(), value)),
-        }
+    fn find(&self, name: &str) -> Option<Param> {
+        self.params.iter().copied().find(|p| self.text[p.start..p.name_end].eq_ignore_ascii_case(name))
     }
 
+    /// Gives the parameter `name` this value, where it is written, or at the end.
+    fn set_param(&mut self, name: &str, value: &str) {
+        let Some(i) = self.params.iter().position(|p| self.text[p.start..p.name_end].eq_ignore_ascii_case(name)) else {
+            let p = push_param(&mut self.text, name, value);
+            self.params.push(p);
+            return;
+        };
+        let p = self.params[i];
+        let old_len = self.text.len() as isize;
+        if p.end == p.name_end {
+            self.text.insert(p.name_end, '=');
+        }
+        self.text.replace_range(p.name_end + 1..p.end.max(p.name_end + 1), value);
+        let moved = self.text.len() as isize - old_len;
+        self.params[i].end = p.name_end + 1 + value.len();
+        for later in &mut self.params[i + 1..] {
+            for at in [&mut later.start, &mut later.name_end, &mut later.end] {
+                *at = at.wrapping_add_signed(moved);
+            }
+        }
+    }
     /// Records where the request really came from: `received` when the sent-by host differs from
     /// the source address, and the source port in an empty `rport` (RFC 3581).
     pub fn stamp_source(&mut self, source: SocketAddr) {
         let wants_rport = self.param("rport").is_some();
         if wants_rport {
-            self.set_param("rport", itoa::Buffer::new().format(source.port()).to_string());
+            self.set_param("rport", itoa::Buffer::new().format(source.port()));
         }
-        let sent_by_ip = host_ip(&self.host);
-        if wants_rport || sent_by_ip != Some(source.ip()) {
-            self.set_param("received", ip_text(source.ip()));
+        if wants_rport || host_ip(self.host()) != Some(source.ip()) {
+            self.set_param("received", &ip_text(source.ip()));
         }
     }
 
@@ -90,43 +156,43 @@ impl Via {
     }
 }
 
-/// Reads the first value of a Via header, borrowing from it: transport, host and port returned,
-/// each parameter handed to `param` in order.
-fn read<'a>(
-    value: &'a str,
-    mut param: impl FnMut(&'a str, &'a str),
-) -> Result<(&'a str, &'a str, Option<u16>), String> {
-    let (first, _) = crate::params::split_first(value, b',').ok_or("empty")?;
-    let mut parts = top_level(first, b';');
-    let proto_and_host = parts.next().ok_or("empty")?;
-    // Linear white space is SP or HTAB (RFC 3261 25.1): found by byte, not by decoding characters.
-    let gap = proto_and_host.bytes().position(|b| b == b' ' || b == b'\t').ok_or("no sent-by")?;
-    let (proto, sent_by) = (&proto_and_host[..gap], &proto_and_host[gap + 1..]);
-    let mut proto_parts = proto.split('/').map(str::trim_ascii);
-    let (Some(name), Some(version), Some(transport), None) =
-        (proto_parts.next(), proto_parts.next(), proto_parts.next(), proto_parts.next())
+/// Appends `;name`, or `;name=value`, and says where it is.
+fn push_param(text: &mut String, name: &str, value: &str) -> Param {
+    text.push(';');
+    let start = text.len();
+    text.push_str(name);
+    let name_end = text.len();
+    if !value.is_empty() {
+        text.push('=');
+        text.push_str(value);
+    }
+    Param { start, name_end, end: text.len() }
+}
+
+/// The transport of a sent-protocol, `SIP/2.0/transport`.
+fn transport_of(proto: &str) -> Result<&str, String> {
+    // The usual form by bytes (no letter in `/2.0/` for the case to change); anything else, and
+    // every error, by the general rule.
+    if let Some(transport) = proto.get(PROTOCOL.len()..)
+        && proto[..PROTOCOL.len()].eq_ignore_ascii_case(PROTOCOL)
+        && crate::message::is_token(transport)
+    {
+        return Ok(transport);
+    }
+    let mut parts = proto.split('/').map(str::trim_ascii);
+    let (Some(name), Some(version), Some(transport), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("malformed protocol".into());
     };
     if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
         return Err("unsupported protocol".into());
     }
-    let (host, port) = split_host_port(sent_by.trim_ascii())?;
-    for p in parts {
-        let (k, v) = p.split_once('=').map_or((p, ""), |(k, v)| (k.trim_ascii(), v.trim_ascii()));
-        if !crate::message::is_token(k) {
-            return Err(format!("bad parameter name: {:.20}", k));
-        }
-        param(k, v);
-    }
-    Ok((transport, host, port))
+    Ok(transport)
 }
 
 impl std::fmt::Display for Via {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut out = String::with_capacity(96);
-        self.write_to(&mut out);
-        f.write_str(&out)
+        f.write_str(&self.text)
     }
 }
 
@@ -184,7 +250,7 @@ mod tests {
     #[test]
     fn ipv6_sent_by_and_rport() {
         let mut v = Via::parse("SIP/2.0/udp [2001:db8::1]:5070;branch=z9hG4bKx;rport, SIP/2.0/TCP b").unwrap();
-        assert_eq!((v.transport.as_str(), v.host.as_str(), v.port), ("UDP", "[2001:db8::1]", Some(5070)));
+        assert_eq!((v.transport(), v.host(), v.port()), ("UDP", "[2001:db8::1]", Some(5070)));
         assert_eq!(v.branch(), Some("z9hG4bKx"));
         let src: SocketAddr = "[2001:db8::1]:40000".parse().unwrap();
         v.stamp_source(src);
@@ -206,6 +272,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_writes_parameters_in_place_and_those_after_them_still_read() {
+        let mut v = Via::parse("sip/2.0/tcp 10.0.0.1:5060 ; rport ; branch=z9hG4bK1;received=192.0.2.99;x").unwrap();
+        v.stamp_source("192.0.2.7:40000".parse().unwrap());
+        assert_eq!(v.as_str(), "SIP/2.0/TCP 10.0.0.1:5060;rport=40000;branch=z9hG4bK1;received=192.0.2.7;x");
+        assert_eq!((v.branch(), v.param("x"), v.param("RPORT")), (Some("z9hG4bK1"), Some(""), Some("40000")));
+        assert_eq!((v.transport(), v.host(), v.port()), ("TCP", "10.0.0.1", Some(5060)));
+        // A value shorter than the one it replaces moves what follows back.
+        let mut v = Via::parse("SIP/2.0/UDP h;rport=65535;branch=z9hG4bK2").unwrap();
+        v.stamp_source("192.0.2.7:7".parse().unwrap());
+        assert_eq!(v.as_str(), "SIP/2.0/UDP h;rport=7;branch=z9hG4bK2;received=192.0.2.7");
+        assert_eq!((v.branch(), v.param("received")), (Some("z9hG4bK2"), Some("192.0.2.7")));
+    }
+
+    #[test]
     fn hosts_read_as_addresses_with_or_without_brackets() {
         assert_eq!(host_ip("[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
         assert_eq!(host_ip("192.0.2.7"), Some("192.0.2.7".parse().unwrap()));
@@ -223,8 +303,17 @@ mod tests {
 
     #[test]
     fn garbage_is_rejected() {
-        let bad =
-            ["garbage", "SIP/2.0/UDP", "SIP/3.0/UDP h", "SIP/2.0/UDP h:xx", "SIP/2.0/UDP [::1", "SIP/2.0/UDP h;=x"];
+        let bad = [
+            "garbage",
+            "SIP/2.0/UDP",
+            "SIP/3.0/UDP h",
+            "SIP/2.0/UDP h:xx",
+            "SIP/2.0/UDP [::1",
+            "SIP/2.0/UDP h;=x",
+            "SIP/2.0/UDP;branch=x h",
+            "SIP/2.0/UDP/X h",
+            "SIP/2.0/ h",
+        ];
         for bad in bad {
             assert!(Via::parse(bad).is_err(), "{bad}");
             assert_eq!(Via::check(bad), Via::parse(bad).map(|_| ()), "{bad}");

@@ -385,15 +385,15 @@ impl Core {
         let method = msg.method().unwrap_or_default();
         match via.branch() {
             Some(b) if b.starts_with("z9hG4bK") => {
-                let port = via.port.unwrap_or(0).to_be_bytes();
-                self.server_txns.key(&[b.as_bytes(), via.host.as_bytes(), &port, method.as_bytes()])
+                let port = via.port().unwrap_or(0).to_be_bytes();
+                self.server_txns.key(&[b.as_bytes(), via.host().as_bytes(), &port, method.as_bytes()])
             }
             // RFC 2543 peers: match on the request's identity instead of a branch.
             _ => self.server_txns.key(&[
                 msg.call_id().as_bytes(),
                 msg.headers.get("CSeq").unwrap_or("").as_bytes(),
                 msg.headers.get("From").unwrap_or("").as_bytes(),
-                via.to_string().as_bytes(),
+                via.as_str().as_bytes(),
             ]),
         }
     }
