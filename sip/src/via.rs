@@ -233,8 +233,8 @@ pub fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
         };
         return Ok((&s[..addr.len() + 2], port));
     }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p.parse().map_err(|_| bad_port(p))?)),
+    let (host, port) = match memchr::memrchr(b':', s.as_bytes()) {
+        Some(i) => (&s[..i], Some(s[i + 1..].parse().map_err(|_| bad_port(&s[i + 1..]))?)),
         None => (s, None),
     };
     if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
