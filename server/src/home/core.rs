@@ -12,6 +12,7 @@ use super::auth::DigestAuth;
 use super::guard::Guard;
 use super::presence::state::PresenceState;
 use super::registrar::Registrar;
+use super::request::Request;
 use crate::directory::DirectoryError;
 use crate::domains::Domains;
 use crate::ops::metrics::Metrics;
@@ -119,7 +120,7 @@ struct Task {
     /// Where its response goes.
     reply_flow: Flow,
     flow: Flow,
-    req: Message,
+    req: Request,
     received: Instant,
     stage: Stage,
 }
@@ -423,7 +424,8 @@ impl Core {
                 return;
             }
         }
-        let task = Task { key, reply_flow, flow, req, received: now.instant, stage: Stage::Fetching };
+        let task =
+            Task { key, reply_flow, flow, req: Request::new(req), received: now.instant, stage: Stage::Fetching };
         if let Some(r) = self.gate(now, &task.req) {
             return self.finish(now, task, r);
         }
@@ -448,27 +450,26 @@ impl Core {
     /// What a request's handler will ask of the directory and the resolver: the users it names
     /// that live here, and the host of the route back to a client behind a Front-End when that
     /// is a name rather than an address.
-    fn needs(&self, flow: Flow, req: &Message) -> (Vec<String>, Option<(String, u16)>) {
-        let header_aor =
-            |name| NameAddr::parse(req.headers.get(name).unwrap_or_default()).ok().and_then(|a| self.local_aor(&a.uri));
-        let target_aor = || SipUri::parse(req.request_uri().unwrap_or_default()).ok().and_then(|u| self.local_aor(&u));
+    fn needs(&self, flow: Flow, req: &Request) -> (Vec<String>, Option<(String, u16)>) {
+        let from_aor = || req.parsed_from().ok().and_then(|a| self.local_aor(&a.uri));
+        let target_aor = || req.parsed_uri().ok().and_then(|u| self.local_aor(u));
         let mut users = Vec::new();
         let route_header = match req.method().unwrap_or_default() {
             "REGISTER" => {
-                users.extend(header_aor("To"));
+                users.extend(req.parsed_to().ok().and_then(|a| self.local_aor(&a.uri)));
                 Some("Path")
             }
             "MESSAGE" => {
-                users.extend(header_aor("From"));
+                users.extend(from_aor());
                 users.extend(target_aor());
                 None
             }
             "PUBLISH" => {
-                users.extend(header_aor("From"));
+                users.extend(from_aor());
                 None
             }
             "SUBSCRIBE" => {
-                users.extend(header_aor("From"));
+                users.extend(from_aor());
                 let list =
                     |aor: &String| aor.split('@').next().is_some_and(|u| u.ends_with(super::presence::LIST_SUFFIX));
                 users.extend(target_aor().filter(|aor| !list(aor)));
@@ -498,7 +499,7 @@ impl Core {
         self.advance(now, id, task, outcome);
     }
 
-    fn dispatch(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
+    fn dispatch(&mut self, now: Now, flow: Flow, req: &Request, facts: &Facts) -> Outcome {
         if let Some(r) = self.check_common(req) {
             return r.into();
         }

@@ -5,9 +5,9 @@
 use super::auth::{FOREIGN_NONCE, Verdict};
 use super::core::{Core, Facts, Now};
 use super::guard::Lockout;
+use super::request::Request;
 use crate::directory::User;
 use crate::sip::Message;
-use crate::sip::uri::NameAddr;
 use crate::sip::via::Via;
 use crate::transport::{Flow, Transport};
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,10 +18,10 @@ impl Core {
         &mut self,
         now: Now,
         flow: Flow,
-        req: &Message,
+        req: &Request,
         facts: &Facts,
     ) -> Result<User, Message> {
-        let from = match NameAddr::parse(req.headers.get("From").unwrap_or_default()) {
+        let from = match req.parsed_from() {
             Ok(f) => match self.local_aor(&f.uri) {
                 Some(aor) => aor,
                 None => return Err(self.respond_with(req, 403, "Relaying Denied")),

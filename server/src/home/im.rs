@@ -3,12 +3,12 @@
 //! collects the branches' answers). A user with no device gets the message later (`offline`).
 
 use super::core::{Core, Facts, Now, Outcome};
+use super::request::Request;
 use crate::sip::Message;
-use crate::sip::uri::SipUri;
 use crate::transport::Flow;
 
 impl Core {
-    pub(super) fn message(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
+    pub(super) fn message(&mut self, now: Now, flow: Flow, req: &Request, facts: &Facts) -> Outcome {
         let sender = match self.authenticated_sender(now, flow, req, facts) {
             Ok(u) => u,
             Err(r) => return r.into(),
@@ -16,11 +16,11 @@ impl Core {
         // Not at INFO: messages can come by the thousand a second (parley_sip_requests_total and
         // parley_messages_delivered_total count them).
         tracing::debug!(user = %sender.address, source = %flow.remote, to = req.request_uri().unwrap_or_default(), "message");
-        let target = match SipUri::parse(req.request_uri().unwrap_or_default()) {
+        let target = match req.parsed_uri() {
             Ok(u) => u,
             Err(e) => return self.respond_with(req, 400, &format!("Bad Request-URI: {e}")).into(),
         };
-        let Some(aor) = self.local_aor(&target) else {
+        let Some(aor) = self.local_aor(target) else {
             return self.respond_with(req, 404, "Not Found").into();
         };
         let homed_here = match facts.user(&aor) {
@@ -45,7 +45,7 @@ impl Core {
         let branches = bindings
             .into_iter()
             .map(|b| {
-                let mut fwd = req.clone();
+                let mut fwd = Message::clone(req);
                 fwd.start = crate::sip::StartLine::Request { method: "MESSAGE".into(), uri: b.uri.clone() };
                 fwd.headers.set("Max-Forwards", max_forwards.to_string());
                 fwd.headers.remove("Proxy-Authorization");

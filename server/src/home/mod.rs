@@ -16,6 +16,7 @@ mod offline;
 pub mod presence;
 mod register;
 pub mod registrar;
+mod request;
 #[cfg(test)]
 mod tests;
 

@@ -17,8 +17,8 @@
 use super::core::{After, Core, Now};
 use super::presence::state::{Package, Publication, Rules};
 use super::registrar::Binding;
+use super::request::Request;
 use crate::sip::Message;
-use crate::sip::uri::{NameAddr, SipUri};
 use crate::store::{Table, UserState, Write};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -103,11 +103,11 @@ impl Loaded {
 impl Core {
     /// The user a request is for, as a Front-End routes it: REGISTER's address of record, or the
     /// Request-URI's user (a contact list's owner). In-dialog requests are for their dialog.
-    pub(super) fn request_target(&self, req: &Message) -> Option<String> {
+    pub(super) fn request_target(&self, req: &Request) -> Option<String> {
         let aor = match req.method()? {
-            "REGISTER" => self.local_aor(&NameAddr::parse(req.headers.get("To")?).ok()?.uri)?,
-            _ if NameAddr::parse(req.headers.get("To")?).ok()?.param("tag").is_some() => return None,
-            _ => self.local_aor(&SipUri::parse(req.request_uri()?).ok()?)?,
+            "REGISTER" => self.local_aor(&req.parsed_to().ok()?.uri)?,
+            _ if req.parsed_to().ok()?.param("tag").is_some() => return None,
+            _ => self.local_aor(req.parsed_uri().ok()?)?,
         };
         let (user, domain) = aor.split_once('@')?;
         Some(match user.strip_suffix(super::presence::LIST_SUFFIX) {
@@ -117,7 +117,7 @@ impl Core {
     }
 
     /// The 503 for a request whose user is being moved away or has been: None when it is not.
-    pub(super) fn moving_answer(&self, req: &Message, now: Now) -> Option<Message> {
+    pub(super) fn moving_answer(&self, req: &Request, now: Now) -> Option<Message> {
         if self.moves.locked.is_empty() && self.moves.gone.is_empty() {
             return None;
         }

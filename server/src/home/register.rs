@@ -3,9 +3,10 @@
 
 use super::core::{After, Core, Facts, Now, Outcome};
 use super::registrar::{Binding, Contacts, RegisterError, Update};
+use super::request::Request;
 use crate::sip::Message;
 use crate::sip::params::split_list;
-use crate::sip::uri::{NameAddr, SipUri};
+use crate::sip::uri::NameAddr;
 use crate::store::{Table, Write};
 use crate::transport::Flow;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering::Relaxed;
 impl Core {
     /// Handles REGISTER; a successful change is on disk before the 200 goes out, and a user
     /// coming online or going offline is announced to watchers afterwards.
-    pub(super) fn register(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
+    pub(super) fn register(&mut self, now: Now, flow: Flow, req: &Request, facts: &Facts) -> Outcome {
         let mut change = None;
         let response = self.register_inner(now, flow, req, facts, &mut change);
         let Some(Change { aor, was_online, now_online, added, removed }) = change else { return response.into() };
@@ -49,16 +50,16 @@ impl Core {
         &mut self,
         now: Now,
         flow: Flow,
-        req: &Message,
+        req: &Request,
         facts: &Facts,
         change: &mut Option<Change>,
     ) -> Message {
-        match SipUri::parse(req.request_uri().unwrap_or_default()) {
+        match req.parsed_uri() {
             Ok(u) if self.is_local_host(u.host()) || u.ip().is_some() => {}
             Ok(_) => return self.respond_with(req, 404, "Domain Not Served Here"),
             Err(e) => return self.respond_with(req, 400, &format!("Bad Request-URI: {e}")),
         }
-        let aor = match NameAddr::parse(req.headers.get("To").unwrap_or_default()) {
+        let aor = match req.parsed_to() {
             Ok(to) if to.uri.user().is_none() => return self.respond_with(req, 400, "To has no user part"),
             Ok(to) => match self.local_aor(&to.uri) {
                 Some(aor) => aor,

@@ -12,10 +12,11 @@ mod subscriptions;
 pub use notify::DurablePresence;
 
 use super::core::{After, Core, Facts, Now, Outcome};
+use crate::home::request::Request;
 use crate::sip::Message;
 use crate::sip::params::{find_param, split_list};
 use crate::sip::response::from_headers;
-use crate::sip::uri::{NameAddr, SipUri};
+use crate::sip::uri::NameAddr;
 use crate::store::{Table, Write};
 use crate::transport::Flow;
 use state::{Package, PresenceState, PublishError, Subscription};
@@ -42,7 +43,7 @@ impl Core {
         Ok(expires.min(self.settings.max_expires))
     }
 
-    pub(in crate::home) fn publish(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
+    pub(in crate::home) fn publish(&mut self, now: Now, flow: Flow, req: &Request, facts: &Facts) -> Outcome {
         let event = req.headers.get("Event").map(|e| e.split(';').next().unwrap_or("").trim().to_string());
         if event.as_deref() != Some("presence") {
             let mut r = self.respond(req, 489);
@@ -53,7 +54,7 @@ impl Core {
             Ok(u) => u,
             Err(r) => return r.into(),
         };
-        let target = SipUri::parse(req.request_uri().unwrap_or_default()).ok().and_then(|u| self.local_aor(&u));
+        let target = req.parsed_uri().ok().and_then(|u| self.local_aor(u));
         if target.as_deref() != Some(user.address.as_str()) {
             return self.respond_with(req, 403, "Publish Only Your Own Presence").into();
         }
@@ -93,7 +94,7 @@ impl Core {
         }
     }
 
-    pub(in crate::home) fn subscribe(&mut self, now: Now, flow: Flow, req: &Message, facts: &Facts) -> Outcome {
+    pub(in crate::home) fn subscribe(&mut self, now: Now, flow: Flow, req: &Request, facts: &Facts) -> Outcome {
         let event_header = req.headers.get("Event").unwrap_or("");
         let event = event_header.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         let event_id = find_param(event_header, "id").map(str::to_string);
@@ -110,9 +111,9 @@ impl Core {
             Ok(e) => e,
             Err(r) => return r.into(),
         };
-        let to = NameAddr::parse(req.headers.get("To").unwrap_or_default());
-        let from = NameAddr::parse(req.headers.get("From").unwrap_or_default());
-        let (Ok(to), Ok(from)) = (to, from) else { return self.respond_with(req, 400, "Bad From or To").into() };
+        let (Ok(to), Ok(from)) = (req.parsed_to(), req.parsed_from()) else {
+            return self.respond_with(req, 400, "Bad From or To").into();
+        };
         let Some(from_tag) = from.param("tag").map(str::to_string) else {
             return self.respond_with(req, 400, "From Has No Tag").into();
         };
@@ -122,11 +123,11 @@ impl Core {
             return self.resubscribe(flow, req, &id, cseq, expires, now.wall);
         }
         // A new subscription: what does it watch?
-        let target = match SipUri::parse(req.request_uri().unwrap_or_default()) {
+        let target = match req.parsed_uri() {
             Ok(u) => u,
             Err(e) => return self.respond_with(req, 400, &format!("Bad Request-URI: {e}")).into(),
         };
-        let Some(target_aor) = self.local_aor(&target) else { return self.respond(req, 404).into() };
+        let Some(target_aor) = self.local_aor(target) else { return self.respond(req, 404).into() };
         let list_owner =
             target_aor.split_once('@').and_then(|(u, d)| u.strip_suffix(LIST_SUFFIX).map(|u| format!("{u}@{d}")));
         let package = match (event.as_str(), &list_owner) {
