@@ -52,12 +52,26 @@ impl ServerTransactions {
 
     /// The key of the transaction identified by `parts` (order matters, boundaries count).
     pub fn key(&self, parts: &[&[u8]]) -> TxnKey {
+        // The parts joined, each followed by 0xff (never in UTF-8 text: "ab","c" and "a","bc"
+        // differ), and hashed in one write: fed piece by piece, SipHash's bookkeeping for each
+        // write cost more than its rounds (callgrind). On the stack when they fit, as they do.
+        let len: usize = parts.iter().map(|p| p.len() + 1).sum();
+        let (mut stack, mut heap) = ([0u8; 256], Vec::new());
+        let joined = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap[..]
+        };
+        let mut at = 0;
+        for p in parts {
+            joined[at..at + p.len()].copy_from_slice(p);
+            joined[at + p.len()] = 0xff;
+            at += p.len() + 1;
+        }
         let [a, b] = self.hashers.each_ref().map(|h| {
             let mut h = h.build_hasher();
-            for p in parts {
-                h.write(p);
-                h.write_u8(0xff); // never in UTF-8 text: "ab","c" and "a","bc" differ
-            }
+            h.write(joined);
             h.finish()
         });
         TxnKey((a as u128) << 64 | b as u128)
@@ -160,6 +174,10 @@ mod tests {
         assert_eq!(s.key(&[b"ab", b"c"]), s.key(&[b"ab", b"c"]));
         assert_ne!(s.key(&[b"ab", b"c"]), s.key(&[b"a", b"bc"]));
         assert_ne!(s.key(&[b"ab", b"c"]), s.key(&[b"ab", b"d"]));
+        let long = [b"x".repeat(300), b"y".repeat(10)];
+        let long: Vec<&[u8]> = long.iter().map(Vec::as_slice).collect();
+        assert_eq!(s.key(&long), s.key(&long), "parts too long for the stack are keyed alike");
+        assert_ne!(s.key(&long), s.key(&long[..1]));
         let other = ServerTransactions::new(Timers::default());
         assert_ne!(s.key(&[b"ab"]), other.key(&[b"ab"]), "keyed per process");
     }
