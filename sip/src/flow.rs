@@ -49,13 +49,47 @@ impl Transport {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Flow {
     pub transport: Transport,
+    #[serde(serialize_with = "serialize_remote")]
     pub remote: SocketAddr,
     /// Connection id for TCP/TLS (0 for UDP).
     pub conn: u64,
 }
 
+/// The remote address in `SocketAddr`'s own serde form (`192.0.2.7:5060`), an IPv4 one written
+/// with `itoa` rather than through `Display`: a binding is stored at every REGISTER, and the
+/// formatting machinery was a fifth of its record's cost (callgrind, 2026-12-05).
+fn serialize_remote<S: serde::Serializer>(remote: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    match remote {
+        SocketAddr::V4(v4) if s.is_human_readable() => {
+            let mut text = crate::via::ip_text((*v4.ip()).into());
+            text.push(':');
+            text.push_str(itoa::Buffer::new().format(v4.port()));
+            s.serialize_str(&text)
+        }
+        _ => remote.serialize(s),
+    }
+}
+
 impl Flow {
     pub fn datagram(transport: Transport, remote: SocketAddr) -> Flow {
         Flow { transport, remote, conn: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flow is stored as it always was, its address in `SocketAddr`'s own form, and reads back.
+    #[test]
+    fn flows_are_stored_with_the_standard_address_form() {
+        for remote in ["192.0.2.7:5060", "0.0.0.0:0", "255.255.255.255:65535", "10.1.20.3:40000", "[2001:db8::1]:5061"]
+        {
+            let remote: SocketAddr = remote.parse().unwrap();
+            let flow = Flow { transport: Transport::Tcp, remote, conn: 7 };
+            let json = serde_json::to_value(flow).unwrap();
+            assert_eq!(json["remote"], serde_json::to_value(remote).unwrap());
+            assert_eq!(serde_json::from_value::<Flow>(json).unwrap(), flow);
+        }
     }
 }

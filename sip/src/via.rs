@@ -199,7 +199,7 @@ impl std::fmt::Display for Via {
 /// An address as `received` holds it: IPv4 dotted by hand, IPv6 as `Display` writes it. Numbers
 /// are written with `itoa` here, not the formatting machinery, which cost more than the rest of a
 /// Via's stamp (callgrind, 2026-12-05).
-fn ip_text(ip: IpAddr) -> String {
+pub(crate) fn ip_text(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {
             let mut out = String::with_capacity(15);
