@@ -5,27 +5,27 @@
 
 use crate::Message;
 use crate::flow::{Flow, Transport};
-use crate::params::split_list;
 use crate::via::Via;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, SocketAddr};
 
-/// Adds `received`/`rport` to the request's top Via (RFC 3261 18.2.1, RFC 3581) and returns it;
-/// `None` when there is no parsable Via (nowhere to send a response).
-pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Option<Via> {
-    let top = msg.headers.first_mut("Via")?;
-    let (first, rest) = crate::params::split_first(top, b',')?;
-    let mut via = Via::parse(first).ok()?;
+/// Adds `received`/`rport` to the request's top Via (RFC 3261 18.2.1, RFC 3581) and returns it.
+/// A request whose top Via does not parse is malformed (the parser leaves the Via to this, where
+/// it is parsed anyway): the error says why, and there is nowhere to send a response.
+pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Result<Via, String> {
+    let top = msg.headers.first_mut("Via").ok_or("missing Via header")?;
+    let (first, rest) = crate::params::split_first(top, b',').ok_or("malformed Via: empty")?;
+    let mut via = Via::parse(first).map_err(|e| format!("malformed Via: {e}"))?;
     via.stamp_source(source);
     let mut stamped = String::with_capacity(via.as_str().len() + rest.len() + 2);
     stamped.push_str(via.as_str());
-    for other in split_list(rest) {
+    for other in crate::params::top_level(rest, b',') {
         stamped.push_str(", ");
         stamped.push_str(other);
     }
     *top = stamped;
-    Some(via)
+    Ok(via)
 }
 
 /// Where responses to a request that came over `flow` go: back over its connection, or per its

@@ -72,12 +72,6 @@ impl Via {
         Ok(Via { text, transport_end, host_end, port, params })
     }
 
-    /// Whether the first value of a Via header parses (every request's is checked before it is
-    /// handled, and parsed again only where it is used).
-    pub fn check(value: &str) -> Result<(), String> {
-        Via::parse(value).map(|_| ())
-    }
-
     /// The Via as it goes on the wire.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -316,8 +310,7 @@ mod tests {
         ];
         for bad in bad {
             assert!(Via::parse(bad).is_err(), "{bad}");
-            assert_eq!(Via::check(bad), Via::parse(bad).map(|_| ()), "{bad}");
         }
-        assert_eq!(Via::check("SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1;rport, SIP/2.0/TCP b"), Ok(()));
+        assert!(Via::parse("SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1;rport, SIP/2.0/TCP b").is_ok());
     }
 }

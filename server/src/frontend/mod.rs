@@ -459,11 +459,17 @@ impl Proxy {
     }
 
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
+        let incoming_via = match stamp_top_via(&mut req, flow.remote) {
+            Ok(via) => via,
+            Err(reason) => {
+                // Nowhere to answer.
+                self.metrics.malformed_requests.fetch_add(1, Relaxed);
+                tracing::debug!(remote = %flow.remote, reason, "malformed request");
+                return;
+            }
+        };
         let method = req.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
-        let Some(incoming_via) = stamp_top_via(&mut req, flow.remote) else {
-            return; // nowhere to answer
-        };
         if method == "ACK" {
             return; // only INVITE has an ACK worth relaying, and nothing here speaks INVITE
         }

@@ -400,13 +400,14 @@ impl Core {
     }
 
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
+        let via = match crate::sip::routing::stamp_top_via(&mut req, flow.remote) {
+            Ok(via) => via,
+            Err(reason) => return self.count_malformed_request(flow, &reason), // nowhere to answer
+        };
         self.metrics.count_request(req.method().unwrap_or_default());
         if req.method() == Some("OPTIONS") {
             self.front_ends.heard(flow, now.instant); // a Front-End's probe (twice a second)
         }
-        let Some(via) = crate::sip::routing::stamp_top_via(&mut req, flow.remote) else {
-            return;
-        };
         if req.method() == Some("ACK") {
             return; // no INVITE transactions here: nothing to acknowledge
         }
@@ -727,13 +728,17 @@ impl Core {
             self.metrics.malformed_responses.fetch_add(1, Relaxed);
             return;
         }
-        self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        tracing::debug!(remote = %flow.remote, reason = %e.reason, "malformed request");
+        self.count_malformed_request(flow, &e.reason);
         let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) else {
             return; // nowhere to send a response
         };
         self.metrics.count_response(answer.status().unwrap_or(400));
         self.send(to, answer.to_bytes());
+    }
+
+    fn count_malformed_request(&self, flow: Flow, reason: &str) {
+        self.metrics.malformed_requests.fetch_add(1, Relaxed);
+        tracing::debug!(remote = %flow.remote, reason, "malformed request");
     }
 
     // ---- helpers for the method handlers ----

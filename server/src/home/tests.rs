@@ -419,6 +419,22 @@ fn a_retransmitted_request_gets_the_same_answer_without_a_second_lookup() {
 }
 
 #[test]
+fn a_request_whose_top_via_does_not_parse_is_counted_malformed_and_not_answered() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut sim = Sim::new();
+    let mut alice = client("alice", "192.0.2.10:5060");
+    let good = alice.request(&mut sim, "OPTIONS", "sip:example.test", "<sip:example.test>", &[], "");
+    let top = good.lines().find(|l| l.starts_with("Via: ")).expect("a Via");
+    for bad in ["Via: garbage", "Via: SIP/3.0/UDP 192.0.2.10:5060;branch=z9hG4bK1", "Via: SIP/2.0/UDP h:99999"] {
+        let sent = sim.receive(alice.flow, &good.replacen(top, bad, 1));
+        assert!(sent.is_empty(), "{bad}: nowhere to answer, yet sent {:?}", statuses(&sent));
+    }
+    assert_eq!(sim.core.metrics.malformed_requests.load(Relaxed), 3);
+    assert_eq!(statuses(&sim.receive(alice.flow, &good)), [200], "a good one is still answered");
+    assert_eq!(sim.core.metrics.malformed_requests.load(Relaxed), 3);
+}
+
+#[test]
 fn a_challenge_is_not_kept_but_an_answer_to_credentials_is() {
     let mut sim = Sim::new();
     let mut alice = client("alice", "192.0.2.10:5060");
