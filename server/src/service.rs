@@ -7,7 +7,6 @@ use crate::sip::{Message, ParseError};
 use crate::store::Write;
 use crate::transport::{Flow, Transport};
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
@@ -76,9 +75,28 @@ pub enum Action {
 /// What a task learnt from the directory and the resolver.
 #[derive(Debug, Default)]
 pub struct Facts {
-    pub users: HashMap<String, Result<Option<User>, DirectoryError>>,
+    pub users: FetchedUsers,
     /// The address of the route's host, when `Fetch` asked for one and it resolved.
     pub route: Option<SocketAddr>,
+}
+
+/// The users a task fetched, by address of record. A request names one or two: a list searched
+/// in order, where a hash map hashed each address (SipHash) to insert it and again at every
+/// lookup, several a request.
+#[derive(Debug, Default)]
+pub struct FetchedUsers(Vec<(String, Result<Option<User>, DirectoryError>)>);
+
+impl FetchedUsers {
+    pub fn insert(&mut self, aor: String, found: Result<Option<User>, DirectoryError>) {
+        match self.0.iter_mut().find(|(known, _)| *known == aor) {
+            Some((_, was)) => *was = found,
+            None => self.0.push((aor, found)),
+        }
+    }
+
+    pub fn get(&self, aor: &str) -> Option<&Result<Option<User>, DirectoryError>> {
+        self.0.iter().find(|(known, _)| known == aor).map(|(_, found)| found)
+    }
 }
 
 impl Facts {
@@ -92,5 +110,21 @@ impl Facts {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetched_users_are_found_by_address_and_a_later_fetch_replaces_an_earlier() {
+        let mut users = FetchedUsers::default();
+        users.insert("alice@example.test".into(), Ok(None));
+        users.insert("bob@example.test".into(), Err(DirectoryError::Unavailable("down".into())));
+        users.insert("alice@example.test".into(), Err(DirectoryError::Unavailable("later".into())));
+        assert!(matches!(users.get("alice@example.test"), Some(Err(DirectoryError::Unavailable(e))) if e == "later"));
+        assert!(matches!(users.get("bob@example.test"), Some(Err(_))));
+        assert!(users.get("carol@example.test").is_none());
     }
 }
