@@ -33,6 +33,10 @@ pub enum StartLine {
 pub struct Headers(Vec<(Cow<'static, str>, String)>);
 
 impl Headers {
+    pub fn with_capacity(lines: usize) -> Headers {
+        Headers(Vec::with_capacity(lines))
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }

@@ -37,18 +37,19 @@ pub fn reason_phrase(code: u16) -> &'static str {
 
 /// A response to a request given its headers (which may be a partial scan of a broken request).
 pub fn from_headers(request: &Headers, code: u16, reason: &str, to_tag: &str) -> Message {
-    let mut headers = Headers::default();
+    // Room for the copied lines and those a handler adds (challenges, Contact, Expires, ...):
+    // grown from empty, the list moved twice or three times per response.
+    let mut headers = Headers::with_capacity(12);
     for v in request.get_all("Via") {
         headers.push("Via", v);
     }
     for name in ["From", "To", "Call-ID", "CSeq"] {
         if let Some(v) = request.get(name) {
-            let mut v = v.to_string();
-            if name == "To" && code > 100 && crate::params::find_param(&v, "tag").is_none() {
-                v.push_str(";tag=");
-                v.push_str(to_tag);
+            if name == "To" && code > 100 && crate::params::find_param(v, "tag").is_none() {
+                headers.push(name, [v, ";tag=", to_tag].concat());
+            } else {
+                headers.push(name, v);
             }
-            headers.push(name, v);
         }
     }
     Message { start: StartLine::Response { code, reason: reason.to_string() }, headers, body: Bytes::new() }
