@@ -102,12 +102,19 @@ impl Via {
     }
 
     fn find(&self, name: &str) -> Option<Param> {
-        self.params.iter().copied().find(|p| self.text[p.start..p.name_end].eq_ignore_ascii_case(name))
+        self.position(name).map(|i| self.params[i])
+    }
+
+    /// Which parameter is `name`. Names compared as bytes: slicing the text as `str` checked
+    /// character boundaries at every comparison (several lookups a request).
+    fn position(&self, name: &str) -> Option<usize> {
+        let text = self.text.as_bytes();
+        self.params.iter().position(|p| text[p.start..p.name_end].eq_ignore_ascii_case(name.as_bytes()))
     }
 
     /// Gives the parameter `name` this value, where it is written, or at the end.
     fn set_param(&mut self, name: &str, value: &str) {
-        let Some(i) = self.params.iter().position(|p| self.text[p.start..p.name_end].eq_ignore_ascii_case(name)) else {
+        let Some(i) = self.position(name) else {
             let p = push_param(&mut self.text, name, value);
             self.params.push(p);
             return;
