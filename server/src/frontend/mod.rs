@@ -461,11 +461,9 @@ impl Proxy {
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
         let incoming_via = match stamp_top_via(&mut req, flow.remote) {
             Ok(via) => via,
-            Err(reason) => {
-                // Nowhere to answer.
+            Err(_) => {
                 self.metrics.malformed_requests.fetch_add(1, Relaxed);
-                tracing::debug!(remote = %flow.remote, reason, "malformed request");
-                return;
+                return; // nowhere to answer
             }
         };
         let method = req.method().unwrap_or_default().to_string();

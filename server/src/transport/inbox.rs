@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 /// Datagrams asked of the kernel per call.
-pub const BATCH: usize = 8;
+const BATCH: usize = 8;
 /// The largest UDP payload.
 const DATAGRAM: usize = 65_535;
 
@@ -71,6 +71,11 @@ impl Inbox {
             self.received.push((header.msg_len as usize, from));
         }
         Ok(n as usize)
+    }
+
+    /// Whether the last call took as many datagrams as it could: more may be queued.
+    pub fn was_full(&self) -> bool {
+        self.received.len() == BATCH
     }
 
     /// The next datagram the last call received, and its sender.

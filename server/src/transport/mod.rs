@@ -204,7 +204,7 @@ impl Transports {
             if *closing.borrow() {
                 return;
             }
-            let mut received = match first {
+            let mut read = match first {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive");
@@ -214,15 +214,15 @@ impl Transports {
             handler.on_burst(&mut || {
                 loop {
                     let Some((datagram, from)) = inbox.take() else {
-                        // A call that came back short found nothing more queued a moment ago: the
-                        // burst ends without another call (at a steady rate the lone datagram is
+                        // A receive that came back short found nothing more queued a moment ago:
+                        // the burst ends without another call (at a steady rate a lone datagram is
                         // the usual case, and that call found nothing nearly every time). A full
                         // one means load: what came meanwhile joins the burst.
-                        if received % inbox::BATCH != 0 || received >= MAX_BURST {
+                        if !inbox.was_full() || read >= MAX_BURST {
                             return None;
                         }
                         match inbox.receive(socket, false) {
-                            Ok(n) => received += n,
+                            Ok(n) => read += n,
                             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
                             Err(e) => {
                                 tracing::debug!(error = %e, "udp receive");
