@@ -230,6 +230,17 @@ fn has_control(s: &str) -> bool {
     s.bytes().any(|b| CLASS[b as usize] & CONTROL != 0)
 }
 
+/// Whether the only control characters of a header section are its line ends (LF or CR LF), as
+/// in nearly every message: then no line needs a check of its own (that check was 1.4
+/// instructions a byte, callgrind). The other control characters are looked for in one pass
+/// without branches, which the compiler vectorises; each CR is then checked for its LF.
+fn only_line_ends(head: &[u8]) -> bool {
+    let others = head.iter().fold(0u8, |found, &b| {
+        found | u8::from(((b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')) | (b == 0x7f))
+    });
+    others == 0 && memchr::memchr_iter(b'\r', head).all(|i| head.get(i + 1) == Some(&b'\n'))
+}
+
 /// A token (RFC 3261 25.1): header names, methods, parameter names.
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| CLASS[b as usize] & TOKEN != 0)
@@ -266,13 +277,14 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
     let start_line = lines.by_ref().find(|l| !l.is_empty()).unwrap_or("");
     let looks_like_request = !start_line.starts_with("SIP/");
     let mut error: Option<String> = None;
+    let clean = only_line_ends(head);
     for line in lines {
         if line.is_empty() {
             continue;
         }
         if line.starts_with([' ', '\t']) {
             // Folded line: continues the previous header's value, under the same rules.
-            if has_control(line) {
+            if !clean && has_control(line) {
                 error = error.or(Some("control character in a continuation line".into()));
                 continue;
             }
@@ -290,7 +302,7 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
             continue;
         };
         let (name, value) = (line[..colon].trim_ascii_end(), &line[colon + 1..]);
-        if has_control(value) {
+        if !clean && has_control(value) {
             error = error.or(Some(format!("control character in header {:.40}", name)));
             continue;
         }
@@ -487,6 +499,29 @@ mod tests {
         }
         assert_eq!(header_end(b"A\r\nB: c\r\n"), None);
         assert_eq!(header_end(b""), None);
+    }
+
+    /// The whole-section check agrees with the byte rule of `has_control` on every line, and a
+    /// control character anywhere in a value is refused whichever way it is found.
+    #[test]
+    fn only_line_ends_is_the_byte_rule_without_line_ends() {
+        for (head, clean) in [
+            (&b""[..], true),
+            (b"a: b\r\nc: d\r\n", true),
+            (b"a: b\nc:\td\n", true),
+            (b"a: b\rc: d\r\n", false),
+            (b"a: b\r", false),
+            (b"a: b\n\r", false),
+            (b"a: \x01b\r\n", false),
+            (b"a: b\x7f\r\n", false),
+            (b"a: b\r\r\n", false),
+        ] {
+            assert_eq!(only_line_ends(head), clean, "{:?}", String::from_utf8_lossy(head));
+        }
+        for bad in ["\x01", "\x7f", "\r", "\x0b", "\x00"] {
+            let e = parse_datagram(REQ.replace("call-1", &format!("call{bad}1")).as_bytes(), &Limits::default());
+            assert!(e.unwrap_err().reason.contains("control character"), "{bad:?}");
+        }
     }
 
     #[test]
