@@ -297,7 +297,9 @@ pub fn parse_head(head: &[u8], limits: &Limits) -> Result<(StartLine, Headers), 
             }
             continue;
         }
-        let Some(colon) = memchr::memchr(b':', line.as_bytes()) else {
+        // A plain scan, not `memchr`: the colon ends the name, a few bytes in, sooner than
+        // `memchr`'s set-up for a line (about 85 instructions a call, callgrind).
+        let Some(colon) = line.bytes().position(|b| b == b':') else {
             error = error.or(Some(format!("header line without a colon: {:.40}", line)));
             continue;
         };
