@@ -93,16 +93,12 @@ impl Via {
 
     /// A parameter's value (any case of its name), `""` for a flag.
     pub fn param(&self, name: &str) -> Option<&str> {
-        let p = self.find(name)?;
+        let p = self.params[self.position(name)?];
         Some(self.text.get(p.name_end + 1..p.end).unwrap_or(""))
     }
 
     pub fn branch(&self) -> Option<&str> {
         self.param("branch")
-    }
-
-    fn find(&self, name: &str) -> Option<Param> {
-        self.position(name).map(|i| self.params[i])
     }
 
     /// Which parameter is `name`. Names compared as bytes: slicing the text as `str` checked
@@ -133,6 +129,7 @@ impl Via {
             }
         }
     }
+
     /// Records where the request really came from: `received` when the sent-by host differs from
     /// the source address, and the source port in an empty `rport` (RFC 3581).
     pub fn stamp_source(&mut self, source: SocketAddr) {
