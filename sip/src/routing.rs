@@ -15,8 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 /// it is parsed anyway): the error says why, and there is nowhere to send a response.
 pub fn stamp_top_via(msg: &mut Message, source: SocketAddr) -> Result<Via, String> {
     let top = msg.headers.first_mut("Via").ok_or("missing Via header")?;
-    let (first, rest) = crate::params::split_first(top, b',').ok_or("malformed Via: empty")?;
-    let mut via = Via::parse(first).map_err(|e| format!("malformed Via: {e}"))?;
+    let (mut via, rest) = Via::parse_first(top).map_err(|e| format!("malformed Via: {e}"))?;
     via.stamp_source(source);
     let mut stamped = String::with_capacity(via.as_str().len() + rest.len() + 2);
     stamped.push_str(via.as_str());

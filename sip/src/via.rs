@@ -36,7 +36,13 @@ const PROTOCOL: &str = "SIP/2.0/";
 impl Via {
     /// Parses the first value of a Via header (a line may hold several, comma-separated).
     pub fn parse(value: &str) -> Result<Via, String> {
-        let (first, _) = split_first(value, b',').ok_or("empty")?;
+        Via::parse_first(value).map(|(via, _)| via)
+    }
+
+    /// Parses the first value of a Via header and returns it with the values after it, unread
+    /// (a request's top Via is stamped and the line written back: one split, not two).
+    pub fn parse_first(value: &str) -> Result<(Via, &str), String> {
+        let (first, rest) = split_first(value, b',').ok_or("empty")?;
         // Neither the protocol nor the sent-by (a host, an IPv6 literal, a port) holds a `;`: the
         // parameters start at the first.
         let params_at = memchr::memchr(b';', first.as_bytes()).unwrap_or(first.len());
@@ -69,7 +75,7 @@ impl Via {
             }
             params.push(push_param(&mut text, k, v));
         }
-        Ok(Via { text, transport_end, host_end, port, params })
+        Ok((Via { text, transport_end, host_end, port, params }, rest))
     }
 
     /// The Via as it goes on the wire.
@@ -315,6 +321,8 @@ mod tests {
         for bad in bad {
             assert!(Via::parse(bad).is_err(), "{bad}");
         }
+        let (via, rest) = Via::parse_first("SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/TCP b ,SIP/2.0/UDP c").unwrap();
+        assert_eq!((via.host(), rest), ("a", " SIP/2.0/TCP b ,SIP/2.0/UDP c"));
         assert!(Via::parse("SIP/2.0/UDP [::1]:5060;branch=z9hG4bK1;rport, SIP/2.0/TCP b").is_ok());
     }
 }

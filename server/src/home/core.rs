@@ -453,11 +453,12 @@ impl Core {
     /// is a name rather than an address.
     fn needs(&self, flow: Flow, req: &Request) -> (Vec<String>, Option<(String, u16)>) {
         let from_aor = || req.parsed_from().ok().and_then(|a| self.local_aor(&a.uri));
+        let to_aor = || req.parsed_to().ok().and_then(|a| self.local_aor(&a.uri));
         let target_aor = || req.parsed_uri().ok().and_then(|u| self.local_aor(u));
         let mut users = Vec::new();
         let route_header = match req.method().unwrap_or_default() {
             "REGISTER" => {
-                users.extend(req.parsed_to().ok().and_then(|a| self.local_aor(&a.uri)));
+                users.extend(to_aor());
                 Some("Path")
             }
             "MESSAGE" => {
