@@ -149,14 +149,20 @@ impl Via {
     }
 
     /// Where a response to this Via goes over an unreliable transport (RFC 3261 18.2.2, RFC 3581):
-    /// received address (or sent-by), with rport if given, else the sent-by port.
+    /// the `received` address, else the source's; the reply port.
     pub fn response_target(&self, source: SocketAddr) -> SocketAddr {
-        let ip = self.param("received").and_then(|r| r.parse().ok()).unwrap_or(source.ip());
-        let port = match self.param("rport").and_then(|p| p.parse().ok()) {
-            Some(p) => p,
-            None => self.port.unwrap_or(5060),
-        };
-        SocketAddr::new(ip, port)
+        SocketAddr::new(self.received().unwrap_or(source.ip()), self.reply_port())
+    }
+
+    /// The source address a hop recorded in `received`, if any.
+    pub fn received(&self) -> Option<IpAddr> {
+        self.param("received").and_then(|r| r.parse().ok())
+    }
+
+    /// The port replies go to: `rport` as a hop filled it in (RFC 3581), else the sent-by port,
+    /// else 5060.
+    pub fn reply_port(&self) -> u16 {
+        self.param("rport").and_then(|p| p.parse().ok()).or(self.port).unwrap_or(5060)
     }
 }
 
@@ -273,6 +279,17 @@ mod tests {
         same.stamp_source(src);
         assert_eq!(same.param("received"), None);
         assert_eq!(same.response_target(src), "192.0.2.7:5062".parse().unwrap());
+    }
+
+    #[test]
+    fn the_reply_port_is_a_filled_rport_else_the_sent_by_port_else_5060() {
+        let port = |v: &str| Via::parse(v).unwrap().reply_port();
+        assert_eq!(port("SIP/2.0/UDP h:5070;rport=40000"), 40000);
+        assert_eq!(port("SIP/2.0/UDP h:5070;rport"), 5070); // asked for, never filled in
+        assert_eq!(port("SIP/2.0/UDP h;rport"), 5060);
+        let received = |v: &str| Via::parse(v).unwrap().received();
+        assert_eq!(received("SIP/2.0/UDP h;received=192.0.2.7"), Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(received("SIP/2.0/UDP h;received=not-an-address"), None);
     }
 
     #[test]

@@ -189,11 +189,9 @@ pub(super) fn client_address(flow: Flow, req: &Message) -> std::net::SocketAddr 
     if flow.transport == Transport::Internal
         && let Some(via) =
             req.headers.get_all("Via").flat_map(crate::sip::params::split_list).nth(1).and_then(|v| Via::parse(v).ok())
-        && let Some(ip) =
-            via.param("received").and_then(|r| r.parse().ok()).or_else(|| crate::sip::via::host_ip(via.host()))
+        && let Some(ip) = via.received().or_else(|| crate::sip::via::host_ip(via.host()))
     {
-        let port = via.param("rport").and_then(|p| p.parse().ok()).or(via.port()).unwrap_or(5060);
-        return std::net::SocketAddr::new(ip, port);
+        return std::net::SocketAddr::new(ip, via.reply_port());
     }
     flow.remote
 }
