@@ -995,16 +995,13 @@ fn what_the_sync_bounds(run: &Run, key: &str) -> Option<String> {
                 Some(k) => format!(", within Kamailio's {}", fmt(Some(k))),
                 None => String::new(),
             };
+            let (fastest, sync_free) = (fmt(Some(d.fastest_ms)), fmt(Some(without_sync)));
             Some(format!(
-                "The 200 waits for the sync: {} ms median, {} ms p99, never less than {} ms on this disk alone; \
-                 without it (`storage.sync = \"checkpoint\"`, same run) Parley's p99 is {} ms. So with it, \
-                 Parley's p99 is at least {} + {} = {} ms{verdict}.{}",
+                "The 200 waits for the sync: {} ms median, {} ms p99, never less than {fastest} ms on this disk \
+                 alone; without it (`storage.sync = \"checkpoint\"`, same run) Parley's p99 is {sync_free} ms. So \
+                 with it, Parley's p99 is at least {sync_free} + {fastest} = {} ms{verdict}.{}",
                 fmt(Some(d.p50_ms)),
                 fmt(Some(d.p99_ms)),
-                fmt(Some(d.fastest_ms)),
-                fmt(Some(without_sync)),
-                fmt(Some(without_sync)),
-                fmt(Some(d.fastest_ms)),
                 fmt(Some(floor)),
                 what_the_journal_syncs_show(run).map(|w| format!(" {w}")).unwrap_or_default(),
             ))

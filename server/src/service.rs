@@ -3,12 +3,26 @@
 //! inputs and the time go in, actions come out, and the answers to actions come back as inputs.
 
 use crate::directory::{DirectoryError, User};
+use crate::ops::metrics::Metrics;
 use crate::sip::{Message, ParseError};
 use crate::store::Write;
 use crate::transport::{Flow, Transport};
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
+
+/// What either role does with a message that did not parse: counts it and, for a request with
+/// somewhere to answer, gives the 400 (or 513) to send, counted as sent.
+pub fn answer_malformed(metrics: &Metrics, flow: Flow, e: &ParseError, tag: &str) -> Option<(Message, Flow)> {
+    if !e.is_request {
+        metrics.malformed_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
+    metrics.count_malformed_request(flow.remote, &e.reason);
+    let (answer, to) = crate::sip::routing::malformed_answer(e, flow, tag)?;
+    metrics.count_response(answer.status().unwrap_or(400));
+    Some((answer, to))
+}
 
 /// A protocol state machine without IO. It never awaits, sleeps, opens a socket or reads a clock.
 pub trait Service: Send + 'static {

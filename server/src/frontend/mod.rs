@@ -461,10 +461,7 @@ impl Proxy {
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
         let incoming_via = match stamp_top_via(&mut req, flow.remote) {
             Ok(via) => via,
-            Err(_) => {
-                self.metrics.malformed_requests.fetch_add(1, Relaxed);
-                return; // nowhere to answer
-            }
+            Err(reason) => return self.metrics.count_malformed_request(flow.remote, &reason), // nowhere to answer
         };
         let method = req.method().unwrap_or_default().to_string();
         self.metrics.count_request(&method);
@@ -775,13 +772,7 @@ impl Proxy {
     }
 
     fn on_malformed(&mut self, flow: Flow, e: ParseError) {
-        if !e.is_request {
-            self.metrics.malformed_responses.fetch_add(1, Relaxed);
-            return;
-        }
-        self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        if let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) {
-            self.metrics.count_response(answer.status().unwrap_or(400));
+        if let Some((answer, to)) = crate::service::answer_malformed(&self.metrics, flow, &e, &self.tag) {
             self.send(to, answer.to_bytes());
         }
     }

@@ -479,3 +479,33 @@ fn a_shared_flow_key_too_short_to_be_secret_is_refused() {
     std::fs::write(&good, "0123456789abcdef0123").unwrap();
     assert!(super::read_flow_key(&good).is_ok());
 }
+
+/// What does not parse is counted: a request answered 400 where its Via says where, a request
+/// whose top Via does not parse left unanswered (nowhere to answer), a response dropped.
+#[test]
+fn malformed_messages_are_counted_and_answered_where_they_can_be() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut sim = Sim::new();
+    sim.probe_round(&[HOME_1, HOME_2]);
+    let carol = udp("192.0.2.30:5060");
+    let good = sim.client_request(carol, "OPTIONS", "sip:example.test", "<sip:example.test>", "");
+    let good = String::from_utf8(good.to_bytes().to_vec()).unwrap();
+    let (requests, responses) =
+        (sim.metrics.malformed_requests.load(Relaxed), sim.metrics.malformed_responses.load(Relaxed));
+
+    let bad_via = good.replacen("SIP/2.0/UDP 192.0.2.30:5060", "SIP/3.0/UDP 192.0.2.30:5060", 1);
+    let sent = sim.receive(carol, parse_datagram(bad_via.as_bytes(), &Limits::default()).unwrap());
+    assert!(sent.is_empty(), "nowhere to answer, yet sent {} messages", sent.len());
+
+    let no_colon = good.replacen("Max-Forwards: 70", "Max-Forwards 70", 1);
+    let e = parse_datagram(no_colon.as_bytes(), &Limits::default()).unwrap_err();
+    let sent = sim.input(Input::Received { flow: carol, message: Err(e) });
+    let [answer] = &sent[..] else { panic!("one answer, got {}", sent.len()) };
+    assert_eq!((answer.flow, answer.msg.status()), (carol, Some(400)));
+
+    let e = parse_datagram(b"SIP/2.0 200 OK\r\nbroken\r\n\r\n", &Limits::default()).unwrap_err();
+    assert!(sim.input(Input::Received { flow: internal(HOME_1), message: Err(e) }).is_empty());
+
+    assert_eq!(sim.metrics.malformed_requests.load(Relaxed), requests + 2);
+    assert_eq!(sim.metrics.malformed_responses.load(Relaxed), responses + 1);
+}

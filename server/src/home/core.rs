@@ -402,7 +402,7 @@ impl Core {
     fn on_request(&mut self, now: Now, flow: Flow, mut req: Message) {
         let via = match crate::sip::routing::stamp_top_via(&mut req, flow.remote) {
             Ok(via) => via,
-            Err(reason) => return self.count_malformed_request(flow, &reason), // nowhere to answer
+            Err(reason) => return self.metrics.count_malformed_request(flow.remote, &reason), // nowhere to answer
         };
         self.metrics.count_request(req.method().unwrap_or_default());
         if req.method() == Some("OPTIONS") {
@@ -725,21 +725,9 @@ impl Core {
     }
 
     fn on_malformed(&mut self, flow: Flow, e: ParseError) {
-        if !e.is_request {
-            self.metrics.malformed_responses.fetch_add(1, Relaxed);
-            return;
+        if let Some((answer, to)) = crate::service::answer_malformed(&self.metrics, flow, &e, &self.tag) {
+            self.send(to, answer.to_bytes());
         }
-        self.count_malformed_request(flow, &e.reason);
-        let Some((answer, to)) = crate::sip::routing::malformed_answer(&e, flow, &self.tag) else {
-            return; // nowhere to send a response
-        };
-        self.metrics.count_response(answer.status().unwrap_or(400));
-        self.send(to, answer.to_bytes());
-    }
-
-    fn count_malformed_request(&self, flow: Flow, reason: &str) {
-        self.metrics.malformed_requests.fetch_add(1, Relaxed);
-        tracing::debug!(remote = %flow.remote, reason, "malformed request");
     }
 
     // ---- helpers for the method handlers ----

@@ -130,6 +130,12 @@ impl Metrics {
         self.latency[i].observe(d);
     }
 
+    /// A request that cannot be handled as one (it did not parse, or its top Via did not).
+    pub fn count_malformed_request(&self, remote: std::net::SocketAddr, reason: &str) {
+        self.malformed_requests.fetch_add(1, Relaxed);
+        tracing::debug!(%remote, reason, "malformed request");
+    }
+
     pub fn count_response(&self, code: u16) {
         if let Some(c) = self.responses.get(usize::from(code / 100).saturating_sub(1)) {
             c.fetch_add(1, Relaxed);
