@@ -86,3 +86,34 @@ impl Inbox {
         Some((&self.buffers[start..start + len], from))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten datagrams queued: a first call takes `BATCH` of them and says it was full, the next the
+    /// other two and says it was not, the one after finds nothing (without waiting).
+    #[test]
+    fn a_full_receive_says_more_may_be_queued_and_a_short_one_says_not() {
+        let socket = Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        socket.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let to = socket.local_addr().unwrap().as_socket().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..BATCH + 2 {
+            sender.send_to(format!("datagram {i}").as_bytes(), to).unwrap();
+        }
+        let mut inbox = Inbox::new();
+        let mut got = Vec::new();
+        for (expected, full) in [(BATCH, true), (2, false)] {
+            assert_eq!(inbox.receive(&socket, true).unwrap(), expected);
+            assert_eq!(inbox.was_full(), full);
+            while let Some((datagram, from)) = inbox.take() {
+                assert_eq!(from, Some(sender.local_addr().unwrap()));
+                got.push(String::from_utf8(datagram.to_vec()).unwrap());
+            }
+        }
+        assert_eq!(got, (0..BATCH + 2).map(|i| format!("datagram {i}")).collect::<Vec<_>>());
+        let nothing = inbox.receive(&socket, false).unwrap_err();
+        assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock);
+    }
+}
