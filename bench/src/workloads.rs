@@ -34,6 +34,9 @@ pub struct Step {
     /// Parley's journal syncs during the step, where it syncs (`syncs`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal_syncs: Option<crate::syncs::SyncTimes>,
+    /// Every successful call's response time, shortest first (for the report, not written out).
+    #[serde(skip)]
+    pub rtt_ms: Vec<f64>,
 }
 
 impl Step {
@@ -124,6 +127,7 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, dro
         udp_rcvbuf_errors: drops,
         kernel_share: None,
         journal_syncs: None,
+        rtt_ms: o.rtt_ms.clone(),
     }
 }
 
