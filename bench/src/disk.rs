@@ -123,9 +123,8 @@ mod tests {
         let of = |p| percentile_of_sums(&a, &b, p).map(|v| (v * 1e6).round() / 1e6);
         assert_eq!((of(1.0), of(50.0), of(99.0)), (Some(11.0), Some(13.0), Some(23.0)));
         // Uneven values, some repeated, against the brute force.
-        let a: Vec<f64> = (0..300).map(|i| ((i * 37 % 101) as f64 / 7.0).floor()).collect::<Vec<_>>();
-        let b: Vec<f64> = (0..50).map(|i| (i * i % 23) as f64 * 0.013).collect::<Vec<_>>();
-        let (mut a, mut b) = (a, b);
+        let mut a: Vec<f64> = (0..300).map(|i| ((i * 37 % 101) as f64 / 7.0).floor()).collect();
+        let mut b: Vec<f64> = (0..50).map(|i| (i * i % 23) as f64 * 0.013).collect();
         a.sort_by(f64::total_cmp);
         b.sort_by(f64::total_cmp);
         let mut sums: Vec<f64> = a.iter().flat_map(|x| b.iter().map(move |y| x + y)).collect();
