@@ -104,7 +104,7 @@ pub struct Ctx<'a> {
     pub work: PathBuf,
 }
 
-fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, drops: u64) -> Step {
+fn step_from(offered: u32, calls: u32, o: sipp::Outcome, server_cpu_s: f64, drops: u64) -> Step {
     let achieved = if o.elapsed_s > 0.0 { o.successful as f64 / o.elapsed_s } else { 0.0 };
     Step {
         offered_per_s: offered,
@@ -127,7 +127,7 @@ fn step_from(offered: u32, calls: u32, o: &sipp::Outcome, server_cpu_s: f64, dro
         udp_rcvbuf_errors: drops,
         kernel_share: None,
         journal_syncs: None,
-        rtt_ms: o.rtt_ms.clone(),
+        rtt_ms: o.rtt_ms,
     }
 }
 
@@ -159,7 +159,7 @@ pub fn register_step(
         local_port,
     })?;
     let _ = std::fs::remove_file(&inf);
-    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
+    Ok(step_from(rate, calls, o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
 }
 
 /// The MESSAGE recipient: one registered user whose contact is a sipp UAS answering 200.
@@ -251,7 +251,7 @@ pub fn message_step(
         dir: ctx.work.join(format!("{tag}-message-{rate}")),
         local_port: None,
     })?;
-    Ok(step_from(rate, calls, &o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
+    Ok(step_from(rate, calls, o, server.cpu_seconds() - cpu0, udp_rcvbuf_errors() - drops0))
 }
 
 /// Runs a ladder of rates, stopping after the first step that is not clean.
@@ -484,7 +484,7 @@ pub fn fixed_rate(
     if let Some(e) = &client.first_error {
         eprintln!("    first error: {e}");
     }
-    Ok(step_from(rate, count, &o, server_cpu_s, udp_rcvbuf_errors() - drops0))
+    Ok(step_from(rate, count, o, server_cpu_s, udp_rcvbuf_errors() - drops0))
 }
 
 /// CPU seconds of the calling thread (the bench client's own cost).

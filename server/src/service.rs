@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 /// somewhere to answer, gives the 400 (or 513) to send, counted as sent.
 pub fn answer_malformed(metrics: &Metrics, flow: Flow, e: &ParseError, tag: &str) -> Option<(Message, Flow)> {
     if !e.is_request {
-        metrics.malformed_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.count_malformed_response();
         return None;
     }
     metrics.count_malformed_request(flow.remote, &e.reason);

@@ -692,7 +692,7 @@ impl Proxy {
     /// Responses follow the Via this instance added: its flow token says where they go.
     fn on_response(&mut self, now: Now, flow: Flow, mut resp: Message) {
         let Some(top) = resp.headers.pop_first_value("Via") else {
-            self.metrics.malformed_responses.fetch_add(1, Relaxed);
+            self.metrics.count_malformed_response();
             return;
         };
         let via = Via::parse(&top).ok();

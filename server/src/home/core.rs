@@ -707,7 +707,7 @@ impl Core {
         let Some(branch) =
             msg.headers.get("Via").and_then(|v| Via::parse(v).ok()).and_then(|v| v.branch().map(str::to_string))
         else {
-            self.metrics.malformed_responses.fetch_add(1, Relaxed);
+            self.metrics.count_malformed_response();
             return;
         };
         match self.client_txns.on_response(&branch, msg.status().unwrap_or(0), now.instant) {

@@ -136,6 +136,11 @@ impl Metrics {
         tracing::debug!(%remote, reason, "malformed request");
     }
 
+    /// A response that cannot be handled as one (it did not parse, or names no Via of ours).
+    pub fn count_malformed_response(&self) {
+        self.malformed_responses.fetch_add(1, Relaxed);
+    }
+
     pub fn count_response(&self, code: u16) {
         if let Some(c) = self.responses.get(usize::from(code / 100).saturating_sub(1)) {
             c.fetch_add(1, Relaxed);
