@@ -117,7 +117,9 @@ impl Plan {
             smoke: true,
             register_rates: vec![100],
             message_rates: vec![100],
-            step_secs: 1.0,
+            // Long enough that one stall of the machine (a sync of 100 ms on a busy disk) does
+            // not make the only step unclean: at 1 s it was a tenth of the step.
+            step_secs: 3.0,
             fixed_rate: 100,
             fixed_secs: 1.0,
             senders: 20,
